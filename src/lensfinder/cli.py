@@ -1,0 +1,297 @@
+"""The ``lensfinder`` command: one verb per pipeline stage, each a thin shell over a function.
+
+Imports of the stages happen inside each verb so that ``lensfinder --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from lensfinder import __version__
+from lensfinder.errors import LensfinderError
+
+app = typer.Typer(
+    name="lensfinder",
+    help="Find strong gravitational lenses in Euclid-like images with CNNs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+reproduce_app = typer.Typer(help="Reproduce the paper's experiments.", no_args_is_help=True)
+app.add_typer(reproduce_app, name="reproduce")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(func: F) -> F:
+    """Turn lensfinder's own errors into one plain line and exit status 2 (no traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except LensfinderError as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.secho("interrupted: finished work is kept; re-run to resume", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"lensfinder {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print version.")
+    ] = False,
+) -> None:
+    """lensfinder: simulate, pack, train, evaluate, scan, gallery."""
+
+
+Models = Annotated[
+    list[Path],
+    typer.Option("--model", "-m", help="Run directory of a trained model; repeat for an ensemble."),
+]
+Data = Annotated[Path, typer.Option("--data", "-d", help="A packed store or a challenge layout.")]
+Out = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
+
+
+@app.command()
+@user_errors
+def simulate(
+    out: Out,
+    n: Annotated[int, typer.Option("--n", help="Number of cutouts.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 0,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    lens_fraction: Annotated[float, typer.Option(help="Fraction of lenses.")] = 0.5,
+    first_id: Annotated[int, typer.Option(help="ID of the first object.")] = 200000,
+    config: Annotated[str | None, typer.Option(help="YAML config (SimulateConfig).")] = None,
+) -> None:
+    """Simulate Euclid-like cutouts in the Lens Finding Challenge 2 layout."""
+    from lensfinder.config import SimulateConfig, load_config
+    from lensfinder.simulate import simulate as run
+
+    cfg = load_config(
+        SimulateConfig,
+        config,
+        n=n,
+        seed=seed,
+        workers=workers,
+        lens_fraction=lens_fraction,
+        first_id=first_id,
+    )
+    result = run(cfg, out)
+    typer.echo(result.summary())
+
+
+@app.command()
+@user_errors
+def pack(
+    layout: Annotated[Path, typer.Argument(help="Challenge layout directory.")],
+    out: Out,
+    label_rule: Annotated[
+        str | None, typer.Option(help="is_lens rule, e.g. 'n_sources > 0 & mag_eff > 1.5'.")
+    ] = None,
+    chunk: Annotated[int, typer.Option(help="Objects per store chunk.")] = 64,
+) -> None:
+    """Pack a challenge layout into one chunked Zarr store for fast training and scanning."""
+    from lensfinder.data.store import pack as run
+
+    result = run(layout, out, label_rule=label_rule, chunk=chunk)
+    typer.echo(result.summary())
+
+
+@app.command()
+@user_errors
+def train(
+    data: Data,
+    out: Out,
+    config: Annotated[str, typer.Option(help="Config file or shipped name.")] = "cpu-small",
+    max_epochs: Annotated[int | None, typer.Option(help="Override max_epochs.")] = None,
+    devices: Annotated[str | None, typer.Option(help="Lightning devices (e.g. 4).")] = None,
+    num_nodes: Annotated[int | None, typer.Option(help="Nodes for multi-node DDP.")] = None,
+    no_resume: Annotated[bool, typer.Option("--no-resume", help="Start afresh.")] = False,
+) -> None:
+    """Train a classifier on a packed store; writes model.safetensors + model.json to OUT."""
+    from lensfinder.config import TrainConfig, load_config
+    from lensfinder.train import train as run
+
+    overrides: dict[str, Any] = {}
+    if max_epochs is not None:
+        overrides["max_epochs"] = max_epochs
+    if devices is not None:
+        overrides["devices"] = int(devices) if devices.isdigit() else devices
+    if num_nodes is not None:
+        overrides["num_nodes"] = num_nodes
+    cfg = load_config(TrainConfig, config, **overrides)
+    result = run(cfg, data, out, resume=not no_resume)
+    typer.echo(result.summary())
+
+
+@app.command()
+@user_errors
+def evaluate(
+    model: Models,
+    data: Data,
+    out: Out,
+    tta: Annotated[bool, typer.Option(help="Average over the 8 D4 transforms.")] = False,
+    split: Annotated[str, typer.Option(help="test, val, train or all.")] = "test",
+    batch_size: Annotated[int, typer.Option(help="Inference batch size.")] = 64,
+    average: Annotated[str, typer.Option(help="Ensemble average: probability or logit.")] = (
+        "probability"
+    ),
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the AUROC CI.")] = 1000,
+) -> None:
+    """Score a labelled set: metrics.json, ROC plots, histograms and an HTML report."""
+    from lensfinder.config import EvaluateConfig, from_dict
+    from lensfinder.evaluate import evaluate as run
+
+    cfg = from_dict(
+        EvaluateConfig,
+        {
+            "predict": {"tta": tta, "batch_size": batch_size, "ensemble_average": average},
+            "split": split,
+            "bootstrap": bootstrap,
+        },
+    )
+    result = run(model, data, out, cfg)
+    typer.echo(result.summary())
+
+
+@app.command("bn-study")
+@user_errors
+def bn_study(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Run directory.")],
+    data: Data,
+    out: Out,
+    sizes: Annotated[str, typer.Option(help="Comma-separated test batch sizes.")] = (
+        "1,2,4,8,16,32,128"
+    ),
+) -> None:
+    """AUROC against test batch size with BN in training mode (the paper's method 2)."""
+    from lensfinder.evaluate.bn_study import batchnorm_study
+
+    result = batchnorm_study(model, data, out, [int(s) for s in sizes.split(",")])
+    typer.echo(result.summary())
+
+
+@reproduce_app.command("table1")
+@user_errors
+def reproduce_table1(
+    data: Data,
+    out: Out,
+    budget: Annotated[str, typer.Option(help="cpu (scaled down) or gpu (the paper's).")] = "cpu",
+) -> None:
+    """Train and evaluate the eight configurations of the paper's Table I."""
+    from lensfinder.evaluate.table1 import reproduce_table1 as run
+
+    result = run(data, out, budget=budget)
+    typer.echo(result.summary())
+
+
+@app.command()
+@user_errors
+def export(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Run directory.")],
+    onnx: Annotated[Path, typer.Option("--onnx", help="Output .onnx file.")],
+) -> None:
+    """Export a model to ONNX (dynamic batch), checked against torch to 1e-4."""
+    from lensfinder.predict.export import export_onnx
+
+    result = export_onnx(model, onnx)
+    typer.echo(result.summary())
+
+
+@app.command()
+@user_errors
+def scan(
+    model: Models,
+    data: Data,
+    out: Out,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Dask scheduler address, e.g. tcp://host:8786.")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Local Dask workers (no --scheduler).")] = 1,
+    backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
+    tta: Annotated[bool, typer.Option(help="Average over the 8 D4 transforms.")] = False,
+    shard_size: Annotated[int, typer.Option(help="Cutouts per shard.")] = 2048,
+    batch_size: Annotated[int, typer.Option(help="Inference batch size.")] = 64,
+) -> None:
+    """Score many cutouts on Dask, one Parquet file per shard, resumable; merged catalogue."""
+    from lensfinder.config import ScanConfig, from_dict
+    from lensfinder.scan import scan as run
+
+    cfg = from_dict(
+        ScanConfig,
+        {
+            "predict": {"tta": tta, "backend": backend, "batch_size": batch_size},
+            "shard_size": shard_size,
+            "workers": workers,
+        },
+    )
+    result = run(model, data, out, cfg, scheduler=scheduler)
+    typer.echo(result.summary())
+
+
+@app.command()
+@user_errors
+def gallery(
+    candidates: Annotated[Path, typer.Argument(help="Scan output directory or catalogue.")],
+    data: Data,
+    out: Out,
+    top: Annotated[int, typer.Option(help="How many top candidates.")] = 100,
+    score_min: Annotated[float | None, typer.Option(help="Lowest score to show.")] = None,
+    score_max: Annotated[float | None, typer.Option(help="Highest score to show.")] = None,
+    known_lenses: Annotated[
+        str | None,
+        typer.Option(help="Flag known lenses: a catalogue file, or 'lenscat'."),
+    ] = None,
+    radius: Annotated[float, typer.Option(help="Match radius for known lenses, arcsec.")] = 2.0,
+) -> None:
+    """HTML page and PNG mosaic of candidates as colour composites."""
+    from lensfinder.config import GalleryConfig
+    from lensfinder.scan.gallery import make_gallery
+
+    score_range = None
+    if score_min is not None or score_max is not None:
+        score_range = (score_min or 0.0, 1.0 if score_max is None else score_max)
+    result = make_gallery(
+        candidates,
+        data,
+        out,
+        GalleryConfig(top=top),
+        score_range=score_range,
+        known_lenses=known_lenses,
+        radius_arcsec=radius,
+    )
+    typer.echo(result.summary())
+
+
+@app.command()
+@user_errors
+def demo(
+    out: Out = Path("demo-output"),
+    quick: Annotated[bool, typer.Option(help="A tiny run (for tests).")] = False,
+) -> None:
+    """Run the whole pipeline on fresh simulations: simulate, train, evaluate, scan, gallery."""
+    from lensfinder.demo import run_demo
+
+    result = run_demo(out, quick=quick)
+    typer.echo(result.summary())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

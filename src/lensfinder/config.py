@@ -1,0 +1,249 @@
+"""Every default of lensfinder, in one place, as typed dataclasses; YAML in, YAML out.
+
+A config file holds any subset of the fields below, nested as here; unknown keys are an error
+(a typo must not silently fall back to a default). Shipped configs live in
+``lensfinder/configs/*.yaml`` and are found by name (``--config cpu-small``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from lensfinder.errors import ConfigError
+from lensfinder.labels import DEFAULT_LABEL_RULE
+
+SHIPPED_CONFIGS = Path(__file__).parent / "configs"
+BANDS_ALL: tuple[str, ...] = ("VIS", "Y", "J", "H")
+BANDS_NISP: tuple[str, ...] = ("Y", "J", "H")
+
+
+@dataclass
+class SimulateConfig:
+    """What the simulator draws; see ``lensfinder.simulate``."""
+
+    n: int = 1000
+    seed: int = 0
+    lens_fraction: float = 0.5
+    workers: int = 1
+    first_id: int = 200000  # the challenge's training IDs are 2xxxxx
+    supersampling: int = 3  # for VIS, where arcs are sharp; NISP uses 1
+    label_rule: str = DEFAULT_LABEL_RULE
+    survey: str = "euclid"
+
+
+@dataclass
+class InputConfig:
+    """How cutouts become model input; recorded in every model file and checked on load."""
+
+    bands: tuple[str, ...] = BANDS_ALL
+    size: int = 100  # output side in pixels on the VIS field (200 = native VIS)
+    layout: Literal["stacked", "two_branch"] = "stacked"
+    normalization: Literal["asinh_noise", "asinh_percentile", "instance"] = "asinh_noise"
+    asinh_softening: float = 3.0  # in units of the per-band noise sigma
+    clip: float = 10.0  # clip of the stretched values (asinh units)
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "tf_efficientnet_lite0"
+    pretrained: str | None = "imagenet"  # "imagenet" (lite0 only, offline), a local file, or None
+    norm: Literal["batch", "instance"] = "batch"
+    bn_reinit: bool = False  # the paper's BN "method 1": re-initialise BN layers before training
+    bn_inference: Literal["eval", "batch"] = "eval"  # "batch" is the paper's method 2
+    bn_inference_batch: int = 8  # method 2's batch size at inference
+    freeze_backbone: bool = False  # the frozen-backbone baseline: only the head trains
+    drop_rate: float = 0.2
+
+
+@dataclass
+class SplitConfig:
+    """Split by object ID with a fixed seed, so evaluation finds the same test set."""
+
+    seed: int = 0
+    test_fraction: float = 0.2
+    val_fraction: float = 0.1  # of all objects, carved out of train
+
+
+@dataclass
+class TrainConfig:
+    input: InputConfig = field(default_factory=InputConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    max_epochs: int = 30
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4  # the paper's L2
+    augment_d4: bool = True
+    balanced_sampler: bool = True
+    batch_size: int = 8  # start of the growth schedule
+    batch_size_max: int = 128
+    batch_growth: bool = True  # on plateau: double the batch (up to max) before lowering the lr
+    lr_schedule: Literal["plateau", "cosine", "constant"] = "plateau"
+    lr_factor: float = 0.5
+    plateau_patience: int = 2
+    warmup_epochs: int = 0
+    stop_auroc_drop: float = 0.05  # stop when val AUROC falls this far below its best
+    stop_patience: int = 8  # ... or after this many epochs without improvement
+    max_train_samples: int | None = None  # cap per epoch (samples drawn), for quick runs
+    limit_val_samples: int | None = None
+    num_workers: int = 0
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = 1
+    precision: str = "auto"  # "auto": bf16/16-mixed on GPU, 32 on CPU
+    channels_last: bool = True
+    seed: int = 0
+
+
+@dataclass
+class PredictConfig:
+    batch_size: int = 64
+    tta: bool = False  # average over the 8 D4 transforms
+    backend: Literal["torch", "onnx"] = "torch"
+    ensemble_average: Literal["probability", "logit"] = "probability"
+
+
+@dataclass
+class EvaluateConfig:
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    bootstrap: int = 1000
+    purity_top_n: tuple[int, ...] = (10, 50, 100, 1000)
+    tpr_at_fpr: tuple[float, ...] = (1e-2, 1e-3, 1e-4)
+    split: Literal["test", "val", "train", "all"] = "test"
+
+
+@dataclass
+class ScanConfig:
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    shard_size: int = 2048
+    workers: int = 1
+    threads_per_worker: int = 1
+    memory_limit: str = "4GiB"
+
+
+@dataclass
+class GalleryConfig:
+    top: int = 100
+    columns: int = 10
+    stamp_pixels: int = 128
+    asinh_softening: float = 3.0
+
+
+C = TypeVar("C")
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    """Coerce a YAML value to the annotated type (nested dataclasses, tuples, optionals)."""
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config {where}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, where)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, where)
+            except (TypeError, ValueError) as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"config {where}: {value!r} fits none of {tp}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"config {where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)[:1]
+        return tuple(_convert(item, v, where) for v in value)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"config {where}: {value!r} is not one of {typing.get_args(tp)}")
+        return value
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, str):
+        return value
+    if tp is Any:
+        return value
+    raise ConfigError(f"config {where}: {value!r} is not a {getattr(tp, '__name__', tp)}")
+
+
+def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
+    """Build ``cls`` from a nested dict, refusing unknown keys."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(
+            f"config {where or cls.__name__}: unknown key(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    kwargs = {k: _convert(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A plain, JSON/YAML-safe dict (tuples become lists)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(asdict(config))
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A config file path, or the name of a shipped config (``cpu-small``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = SHIPPED_CONFIGS / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml"))
+    raise ConfigError(
+        f"config {str(name_or_path)!r}: no such file, and not a shipped config ({', '.join(names)})"
+    )
+
+
+def load_config(cls: type[C], name_or_path: str | Path | None = None, **overrides: Any) -> C:
+    """Load a YAML config (file or shipped name) into ``cls``; ``overrides`` win over the file."""
+    import yaml
+
+    data: dict[str, Any] = {}
+    if name_or_path is not None:
+        path = resolve_config_path(name_or_path)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at top level")
+        data = loaded or {}
+        try:
+            return from_dict(cls, {**data, **overrides})
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    return from_dict(cls, overrides)
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    import yaml
+
+    from lensfinder.utils import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))

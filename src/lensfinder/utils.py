@@ -1,0 +1,49 @@
+"""Small shared helpers: atomic file writes and progress bars."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it onto ``target`` only on success.
+
+    A crash mid-write leaves either the old file or nothing, never a half-written one.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_text(target: str | Path, text: str) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_write_bytes(target: str | Path, data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", **kw) -> Iterable[T]:
+    """A progress bar with rate and ETA (tqdm), on stderr; quiet when LENSFINDER_QUIET is set."""
+    from tqdm.auto import tqdm
+
+    disable = bool(os.environ.get("LENSFINDER_QUIET"))
+    return tqdm(iterable, total=total, desc=desc, disable=disable, dynamic_ncols=True, **kw)
