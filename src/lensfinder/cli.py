@@ -127,7 +127,6 @@ def train(
 ) -> None:
     """Train a classifier on a packed store; writes model.safetensors + model.json to OUT."""
     from lensfinder.config import TrainConfig, load_config
-    from lensfinder.train import train as run
 
     overrides: dict[str, Any] = {}
     if max_epochs is not None:
@@ -137,6 +136,8 @@ def train(
     if num_nodes is not None:
         overrides["num_nodes"] = num_nodes
     cfg = load_config(TrainConfig, config, **overrides)
+    from lensfinder.train import train as run
+
     result = run(cfg, data, out, resume=not no_resume)
     typer.echo(result.summary())
 

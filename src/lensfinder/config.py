@@ -134,6 +134,20 @@ class GalleryConfig:
     asinh_softening: float = 3.0
 
 
+@dataclass
+class DemoConfig:
+    """The ``make demo`` run: small enough for ~15 minutes on 2 CPU cores."""
+
+    n_train: int = 1500
+    n_field: int = 600
+    field_lens_fraction: float = 0.05  # lenses are rare in a survey field
+    train_config: str = "cpu-small"
+    max_epochs: int | None = None  # None: the train config's own
+    workers: int = 2
+    gallery_top: int = 48
+    seed: int = 0
+
+
 C = TypeVar("C")
 
 
