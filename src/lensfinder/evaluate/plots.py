@@ -1,0 +1,121 @@
+"""Evaluation plots as PNG files: ROC curves (log and linear FPR), score histograms, line plots.
+
+Figures are built with ``matplotlib.figure.Figure`` and the Agg canvas directly, never pyplot:
+no global backend switch (safe inside a notebook or a Dask worker) and no figures left open.
+matplotlib is imported inside the functions so that importing lensfinder stays fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lensfinder.evaluate.metrics import RocCurve, check_labels_scores
+from lensfinder.utils import atomic_path
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+_DPI = 110
+
+
+def _figure(width: float, height: float, panels: int = 1) -> tuple[Figure, list[Any]]:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+    axes = figure.subplots(1, panels, squeeze=False)[0]
+    return figure, list(axes)
+
+
+def _save(figure: Figure, path: str | Path) -> Path:
+    """Write the PNG atomically (a half-written plot never replaces a good one)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=_DPI)
+    return path
+
+
+def roc_plot(curves: Mapping[str, RocCurve], path: str | Path, title: str = "ROC") -> Path:
+    """ROC curves, log FPR (as Metcalf et al. 2019, Fig. 1: where a survey search lives) beside
+    linear FPR; one line per curve, its AUROC in the legend. The first curve is drawn boldest
+    (pass the ensemble first, then its members)."""
+    if not curves:
+        raise ValueError("roc_plot needs at least one curve")
+    figure, (log_axes, linear_axes) = _figure(10.0, 4.4, panels=2)
+    # On the log axis FPR = 0 sits at the left edge: half the smallest non-zero FPR possible.
+    left_edge = 0.5 / max(curve.n_nonlenses for curve in curves.values())
+    for rank, (name, curve) in enumerate(curves.items()):
+        style = {"lw": 2.2, "zorder": 3} if rank == 0 else {"lw": 1.0, "alpha": 0.75}
+        label = f"{name} (AUROC {curve.area():.3f})"
+        log_axes.plot(np.maximum(curve.fpr, left_edge), curve.tpr, label=label, **style)
+        linear_axes.plot(curve.fpr, curve.tpr, label=label, **style)
+    linear_axes.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--", label="random")
+    log_axes.set_xscale("log")
+    log_axes.set_xlim(left_edge, 1.0)
+    linear_axes.set_xlim(0.0, 1.0)
+    for axes, scale in ((log_axes, "log"), (linear_axes, "linear")):
+        axes.set_ylim(0.0, 1.01)
+        axes.set_xlabel(f"false positive rate ({scale})")
+        axes.set_ylabel("true positive rate")
+        axes.grid(True, which="major", alpha=0.3)
+    linear_axes.legend(loc="lower right", fontsize="small")
+    figure.suptitle(title)
+    return _save(figure, path)
+
+
+def score_histograms(
+    labels: Any, scores: Any, path: str | Path, title: str = "Scores by class", bins: int = 50
+) -> Path:
+    """Score distributions of lenses and non-lenses on a log count axis, where the few
+    high-scoring non-lenses (a survey's contaminants) stay visible."""
+    labels, scores = check_labels_scores(labels, scores)
+    in_unit_range = scores.min() >= 0.0 and scores.max() <= 1.0
+    edges = (
+        np.linspace(0.0, 1.0, bins + 1) if in_unit_range else np.histogram_bin_edges(scores, bins)
+    )
+    figure, (axes,) = _figure(6.0, 4.0)
+    for value, name, colour in ((0, "non-lenses", "tab:blue"), (1, "lenses", "tab:orange")):
+        chosen = scores[labels == value]
+        axes.hist(chosen, bins=edges, histtype="step", lw=1.6, color=colour,
+                  label=f"{name} ({len(chosen)})")  # fmt: skip
+    axes.set_yscale("log")
+    axes.set_xlabel("score")
+    axes.set_ylabel("objects per bin")
+    axes.legend(loc="best", fontsize="small")
+    axes.grid(True, alpha=0.3)
+    axes.set_title(title)
+    return _save(figure, path)
+
+
+def line_plot(
+    x: Sequence[float],
+    series: Mapping[str, Sequence[float]],
+    path: str | Path,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    log_x: bool = False,
+) -> Path:
+    """One or more lines against a shared x (e.g. AUROC against test batch size)."""
+    if not series:
+        raise ValueError("line_plot needs at least one series")
+    figure, (axes,) = _figure(6.0, 4.0)
+    for name, values in series.items():
+        if len(values) != len(x):
+            raise ValueError(f"series {name!r} has {len(values)} values for {len(x)} x values")
+        axes.plot(x, values, marker="o", label=name)
+    if log_x:  # ticks at the data points read better than powers of ten for a few values
+        axes.set_xscale("log")
+        axes.set_xticks(list(x), labels=[f"{value:g}" for value in x])
+        axes.minorticks_off()
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.grid(True, alpha=0.3)
+    if len(series) > 1:
+        axes.legend(fontsize="small")
+    if title:
+        axes.set_title(title)
+    return _save(figure, path)

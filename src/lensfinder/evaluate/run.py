@@ -1,0 +1,246 @@
+"""``lensfinder evaluate``: score a labelled set with one model or an ensemble, honestly.
+
+The test split is recomputed from the first model's recorded split settings (a hash of the object
+ID), so a model is evaluated on objects it never trained on. Writes to ``out``:
+``scores.csv`` (id, label, score, one column per member), ``metrics.json`` (overall, and per
+member for an ensemble), ``roc.png``, ``scores_histogram.png`` and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lensfinder.config import EvaluateConfig, SplitConfig, from_dict, to_dict
+from lensfinder.errors import ConfigError, DataError
+from lensfinder.evaluate.metrics import compute_metrics, roc_curve
+from lensfinder.evaluate.plots import roc_plot, score_histograms
+from lensfinder.evaluate.report import write_report
+from lensfinder.utils import atomic_path, atomic_write_text
+
+SCORES_NAME = "scores.csv"
+METRICS_NAME = "metrics.json"
+ROC_NAME = "roc.png"
+HISTOGRAM_NAME = "scores_histogram.png"
+
+
+@dataclass
+class EvaluationResult:
+    out: Path
+    scores_csv: Path
+    metrics_json: Path
+    report: Path
+    plots: list[Path]
+    metrics: dict[str, Any]  # the overall (ensemble) metrics
+    n_evaluated: int
+    n_skipped_invalid: int
+    n_skipped_unlabelled: int
+    split: str
+    member_auroc: list[float] = field(default_factory=list)
+
+    def summary(self) -> str:
+        m = self.metrics
+        ci = m.get("auroc_ci")
+        ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+        lines = [
+            f"evaluated {self.n_evaluated} objects ({m['n_lenses']} lenses), split {self.split}",
+            f"AUROC {m['auroc']:.4f}{ci_text}  TPR0 {m['tpr0']:.3f}  TPR10 {m['tpr10']:.3f}",
+        ]
+        if self.member_auroc:
+            lines.append("members' AUROC: " + ", ".join(f"{a:.4f}" for a in self.member_auroc))
+        skipped = []
+        if self.n_skipped_invalid:
+            skipped.append(f"{self.n_skipped_invalid} unreadable")
+        if self.n_skipped_unlabelled:
+            skipped.append(f"{self.n_skipped_unlabelled} unlabelled")
+        if skipped:
+            lines.append("skipped: " + ", ".join(skipped))
+        lines.append(f"report: {self.report}")
+        return "\n".join(lines)
+
+
+def _split_config(meta: dict[str, Any], run_dir: Path) -> SplitConfig:
+    try:
+        recorded = meta["train"]["split"]
+    except (KeyError, TypeError):
+        raise ConfigError(
+            f"{run_dir}: model.json records no train.split settings, so its test split is "
+            "unknown; evaluate a separate labelled set with --split all"
+        ) from None
+    return from_dict(SplitConfig, recorded, f"{run_dir} train.split")
+
+
+def select_indices(
+    ids: np.ndarray, split: str, metas: Sequence[dict[str, Any]], run_dirs: Sequence[Path]
+) -> np.ndarray:
+    """Indices of the objects to evaluate: one split of the members' common split, or all.
+
+    Members split with different settings would see each other's test objects in training, so
+    that is refused unless the whole set is independent data (``all``).
+    """
+    if split == "all":
+        return np.arange(len(ids))
+    from lensfinder.data.splits import split_indices
+
+    configs = [_split_config(meta, run_dir) for meta, run_dir in zip(metas, run_dirs, strict=True)]
+    for config, run_dir in zip(configs[1:], run_dirs[1:], strict=True):
+        if config != configs[0]:
+            raise ConfigError(
+                f"{run_dir}: trained with split {to_dict(config)}, but {run_dirs[0]} with "
+                f"{to_dict(configs[0])}: one member's {split} objects are another's training "
+                "objects; use members with the same split, or --split all on independent data"
+            )
+    return np.sort(np.asarray(split_indices(ids, configs[0])[split], dtype=np.int64))
+
+
+def _member_names(run_dirs: Sequence[Path]) -> list[str]:
+    """Short, unique display names: the run directory's name, or its path if names repeat."""
+    names = [Path(p).name or str(p) for p in run_dirs]
+    if len(set(names)) < len(names):
+        names = [str(p) for p in run_dirs]
+    return [f"member {i} ({name})" for i, name in enumerate(names)]
+
+
+def _write_scores_csv(
+    path: Path, ids: np.ndarray, labels: np.ndarray, score: np.ndarray, members: np.ndarray | None
+) -> None:
+    """One row per evaluated object; 9 significant digits keep float32 scores exact."""
+    header = ["id", "label", "score"]
+    n_members = 0 if members is None else len(members)
+    header += [f"member_{i}" for i in range(n_members)]
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for row in range(len(ids)):
+            values = [int(ids[row]), int(labels[row]), f"{score[row]:.9g}"]
+            values += [f"{members[m, row]:.9g}" for m in range(n_members)]  # type: ignore[index]
+            writer.writerow(values)
+
+
+def _labelled(
+    labels: np.ndarray, indices: np.ndarray, data: Path, split: str
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(indices, labels)`` of the labelled objects and how many had no label; a DataError when
+    none has one (metrics on unlabelled data cannot mean anything)."""
+    chosen = "the data set" if split == "all" else f"the {split} split"
+    if len(indices) == 0:
+        raise DataError(f"{data}: {chosen} holds no objects")
+    labels = labels[indices]
+    known = labels != -1
+    if not known.any():
+        raise DataError(
+            f"{data}: none of the {len(indices)} objects in {chosen} has a label "
+            "(no catalogue, or a catalogue without the label rule's columns): the data has no "
+            "labels, so it can be scanned but not evaluated"
+        )
+    return indices[known], labels[known], int((~known).sum())
+
+
+def _split_note(split: str) -> str:
+    """What the chosen objects can and cannot tell, for the report."""
+    if split == "all":
+        return (
+            "Every object of the data set is evaluated: honest only if the model never trained "
+            "on any of them (an independent set)."
+        )
+    if split == "test":
+        return (
+            "The test split is recomputed from the model's recorded split settings: objects the "
+            "model never trained on, but from the same simulations. Scores on independent data "
+            "(another simulator, real images) are the honest measure of a lens finder."
+        )
+    return (
+        f"The {split} split was used in training ("
+        + ("fitting the weights" if split == "train" else "choosing the epoch and learning rate")
+        + "): these numbers are optimistic."
+    )
+
+
+def evaluate(
+    models: Sequence[Path], data: Path, out: Path, cfg: EvaluateConfig | None = None
+) -> EvaluationResult:
+    """Score ``data`` (its ``cfg.split``) with the model(s) and write scores, metrics, plots and
+    the HTML report to ``out``."""
+    from lensfinder.data import open_source
+    from lensfinder.predict import Predictor
+
+    cfg = cfg or EvaluateConfig()
+    run_dirs = [Path(p) for p in models]
+    if not run_dirs:
+        raise ConfigError("evaluate needs at least one model run directory (--model)")
+    data, out = Path(data), Path(out)
+    source = open_source(data)
+    predictor = Predictor(run_dirs, cfg.predict)  # loads and checks every member (or ONNX file)
+    metas = [member.meta for member in predictor.members]
+    indices = select_indices(np.asarray(source.ids), cfg.split, metas, run_dirs)
+    indices, labels, n_unlabelled = _labelled(np.asarray(source.labels), indices, data, cfg.split)
+
+    scores = predictor.predict_source(source, indices)  # shows its own progress bar
+    score = np.asarray(scores.score, dtype=np.float64)
+    members = np.asarray(scores.member_scores, dtype=np.float64).reshape(-1, len(indices))
+    # Unreadable cutouts are skipped, never ranked as a lens or a non-lens.
+    valid = np.asarray(scores.valid, dtype=bool) & np.isfinite(score)
+    all_ids = np.asarray(source.ids)[indices]
+    ids, labels, score, members = all_ids[valid], labels[valid], score[valid], members[:, valid]
+    ensemble = len(run_dirs) > 1
+    try:
+        overall = compute_metrics(labels, score, cfg)
+        member_metrics = [compute_metrics(labels, m, cfg) for m in members] if ensemble else []
+    except DataError as exc:
+        raise DataError(f"{data} ({cfg.split} split, {len(labels)} objects): {exc}") from None
+
+    names = _member_names(run_dirs)
+    evaluation: dict[str, Any] = {
+        "data": str(data),
+        "split": cfg.split,
+        "models": [str(p) for p in run_dirs],
+        "ensemble_average": cfg.predict.ensemble_average if ensemble else None,
+        "tta": cfg.predict.tta,
+        "backend": cfg.predict.backend,
+        "n_evaluated": len(labels),
+        "n_skipped_invalid": int((~valid).sum()),
+        "skipped_reasons": dict(scores.skipped),
+        "skipped_ids": [int(i) for i in all_ids[~valid]],
+        "n_skipped_unlabelled": n_unlabelled,
+        "n_problems_in_data": len(getattr(source, "problems", ())),
+        "overall_name": "ensemble" if ensemble else "model",
+        "predictor": predictor.settings(),
+        "overall": overall,
+    }
+    if ensemble:
+        evaluation["members"] = dict(zip(names, member_metrics, strict=True))
+
+    out.mkdir(parents=True, exist_ok=True)
+    scores_csv = out / SCORES_NAME
+    _write_scores_csv(scores_csv, ids, labels, score, members if ensemble else None)
+    metrics_json = out / METRICS_NAME
+    atomic_write_text(metrics_json, json.dumps(evaluation, indent=2, allow_nan=False) + "\n")
+
+    curves = {evaluation["overall_name"]: roc_curve(labels, score)}
+    if ensemble:
+        curves |= {name: roc_curve(labels, m) for name, m in zip(names, members, strict=True)}
+    plots = [
+        roc_plot(curves, out / ROC_NAME, title=f"ROC, {data.name} ({cfg.split})"),
+        score_histograms(labels, score, out / HISTOGRAM_NAME, title="Scores by class"),
+    ]
+    title = f"lensfinder evaluation: {data.name}"
+    report = write_report(out, title, evaluation, plots, notes=_split_note(cfg.split))
+    return EvaluationResult(
+        out=out,
+        scores_csv=scores_csv,
+        metrics_json=metrics_json,
+        report=report,
+        plots=plots,
+        metrics=overall,
+        n_evaluated=len(labels),
+        n_skipped_invalid=evaluation["n_skipped_invalid"],
+        n_skipped_unlabelled=n_unlabelled,
+        split=cfg.split,
+        member_auroc=[m["auroc"] for m in member_metrics],
+    )

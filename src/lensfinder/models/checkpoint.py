@@ -1,0 +1,236 @@
+"""Model files: ``model.safetensors`` (tensors only) + ``model.json`` (how to rebuild and feed it).
+
+Model files get shared between people, so loading must be safe for a file from a stranger: only
+safetensors is read, pickles (``.pt``, ``.pth``, ``.ckpt``, or a pickle renamed to
+``model.safetensors``) are refused before anything parses them, and nothing is ever unpickled.
+The JSON records the ``InputConfig`` the model was trained on, so a model is never fed inputs
+made for other bands, sizes or normalisation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lensfinder.config import InputConfig, ModelConfig, from_dict, to_dict
+from lensfinder.errors import ConfigError, ModelFileError
+from lensfinder.models.pretrained import brief_list
+from lensfinder.utils import atomic_path, atomic_write_text
+
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "model.json"
+FORMAT_VERSION = 1
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
+_PICKLE_STARTS = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive; a raw pickle
+_MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
+
+
+def save_model(run_dir: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
+    """Write ``run_dir/model.safetensors`` and ``run_dir/model.json`` atomically; returns run_dir.
+
+    ``meta`` must hold ``input`` and ``model`` (dicts or the config dataclasses); other keys
+    (``label_rule``, ``train``, ``metrics``, ``split``, ...) are stored as given. The format
+    version, lensfinder and timm versions and an ``architecture`` description are added.
+    """
+    import timm
+    from safetensors.torch import save_file
+
+    import lensfinder
+
+    run_dir = Path(run_dir)
+    record = {k: to_dict(v) if dataclasses.is_dataclass(v) else v for k, v in meta.items()}
+    for key in ("input", "model"):
+        if not isinstance(record.get(key), dict):
+            raise ValueError(f"save_model: meta[{key!r}] must be the {key} config (dict)")
+    input_cfg = _parse(InputConfig, record["input"], run_dir / META_FILE, "input")
+    model_cfg = _parse(ModelConfig, record["model"], run_dir / META_FILE, "model")
+    record.setdefault("architecture", describe_architecture(model_cfg, input_cfg))
+    record.update(
+        format_version=FORMAT_VERSION,
+        lensfinder_version=lensfinder.__version__,
+        timm_version=timm.__version__,
+    )
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    text = json.dumps(record, indent=2, sort_keys=False, default=_json_default) + "\n"
+    with atomic_path(run_dir / WEIGHTS_FILE) as tmp:
+        save_file(
+            tensors, str(tmp), metadata={"format": "pt", "lensfinder_format": str(FORMAT_VERSION)}
+        )
+    atomic_write_text(run_dir / META_FILE, text)
+    return run_dir
+
+
+def describe_architecture(model_cfg: ModelConfig, input_cfg: InputConfig) -> str:
+    """A human-readable name such as ``tf_efficientnet_lite0 (4 bands, instance norm)``."""
+    two_branch = input_cfg.layout == "two_branch"
+    parts = ["two-branch VIS + NISP" if two_branch else f"{len(input_cfg.bands)} bands"]
+    if model_cfg.norm == "instance":
+        parts.append("instance norm")
+    if model_cfg.freeze_backbone:
+        parts.append("frozen backbone")
+    return f"{model_cfg.arch} ({', '.join(parts)})"
+
+
+def run_directory(path: str | Path) -> Path:
+    """The run directory of ``path`` (itself, or the directory of its model.safetensors or
+    model.json). Pickle-based files are refused here, by name, before anything opens them."""
+    path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise ModelFileError(
+            f"{path}: a pickle-based {path.suffix} file; lensfinder loads only model.safetensors "
+            "+ model.json (a pickle can run code when opened, so it is never unpickled)"
+        )
+    if path.is_file() and path.name in (WEIGHTS_FILE, META_FILE):
+        path = path.parent
+    if not path.is_dir():
+        raise ModelFileError(f"{path}: no such run directory")
+    return path
+
+
+def model_files(path: str | Path) -> tuple[Path, Path]:
+    """``(model.safetensors, model.json)`` of a run; the weights file must exist."""
+    run_dir = run_directory(path)
+    weights = run_dir / WEIGHTS_FILE
+    if not weights.is_file():
+        pickles = sorted(p.name for p in run_dir.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+        hint = f" (found {', '.join(pickles)}: pickles are refused)" if pickles else ""
+        raise ModelFileError(f"{weights}: missing{hint}")
+    return weights, run_dir / META_FILE
+
+
+def read_meta(run_dir: str | Path) -> dict[str, Any]:
+    """The checked ``model.json`` of a run: readable, ours, not newer than this lensfinder."""
+    meta_path = run_directory(run_dir) / META_FILE
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise ModelFileError(f"{meta_path}: missing (it says how to rebuild the model)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{meta_path}: cannot read ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"{meta_path}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{meta_path}: expected a JSON object")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ModelFileError(f"{meta_path}: not a lensfinder model file (no format_version)")
+    if version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{meta_path}: written by a newer lensfinder (format {version}; this one reads up to "
+            f"{FORMAT_VERSION}): upgrade lensfinder"
+        )
+    for key in ("input", "model"):
+        if not isinstance(meta.get(key), dict):
+            raise ModelFileError(f"{meta_path}: no {key!r} section")
+    return meta
+
+
+def input_config(meta: dict[str, Any], where: str | Path = META_FILE) -> InputConfig:
+    """The ``InputConfig`` a model was trained with (how to prepare its inputs)."""
+    return _parse(InputConfig, meta["input"], where, "input")
+
+
+def load_model(
+    run_dir: str | Path,
+    expect_input: InputConfig | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model of ``run_dir`` from its JSON, load its tensors, return ``(model, meta)``.
+
+    The model is in eval mode on ``device``. With ``expect_input``, a model made for other input
+    (bands, size, layout, normalisation) is refused rather than fed the wrong thing.
+    """
+    from lensfinder.models.factory import create_model
+
+    weights_path, meta_path = model_files(run_dir)
+    meta = read_meta(meta_path.parent)
+    input_cfg = input_config(meta, meta_path)
+    model_cfg = _parse(ModelConfig, meta["model"], meta_path, "model")
+    if expect_input is not None:
+        _check_input(input_cfg, expect_input, meta_path)
+    tensors = read_safetensors(weights_path)
+    try:
+        model = create_model(dataclasses.replace(model_cfg, pretrained=None), input_cfg)
+    except ConfigError as exc:
+        raise ModelFileError(f"{meta_path}: cannot rebuild the model ({exc})") from None
+    _check_tensors(model, tensors, weights_path)
+    model.load_state_dict(tensors, strict=True)
+    return model.to(device).eval(), meta
+
+
+def read_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file, after checking it is one (a renamed pickle is refused
+    unread)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if head.startswith(_PICKLE_STARTS):
+        raise ModelFileError(
+            f"{path}: a pickle (torch.save) file, not safetensors; refused without unpickling"
+        )
+    if len(head) < 9 or not 0 < struct.unpack("<Q", head[:8])[0] <= _MAX_HEADER or head[8:] != b"{":
+        raise ModelFileError(f"{path}: not a safetensors file (bad header)")
+    try:
+        return load_file(path, device=str(device))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ModelFileError(f"{path}: corrupt safetensors file ({exc})") from None
+
+
+def _check_input(found: InputConfig, expected: InputConfig, where: Path) -> None:
+    have, want = to_dict(found), to_dict(expected)
+    differ = [k for k in want if have.get(k) != want[k]]
+    if differ:
+        detail = "; ".join(f"{k} {_show(have.get(k))} (expected {_show(want[k])})" for k in differ)
+        raise ModelFileError(f"{where}: made for other input: {detail}")
+
+
+def _check_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], where: Path) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    misshapen = [
+        f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}"
+        for k, v in tensors.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    problems = [
+        f"{label} {brief_list(items)}"
+        for label, items in (
+            ("missing tensors", missing),
+            ("unexpected tensors", unexpected),
+            ("wrong shapes", misshapen),
+        )
+        if items
+    ]
+    if problems:
+        raise ModelFileError(f"{where}: does not match its model.json: {'; '.join(problems)}")
+
+
+def _parse(cls: type, data: dict[str, Any], where: str | Path, section: str) -> Any:
+    try:
+        return from_dict(cls, data, section)
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{where}: bad {section!r} section ({exc})") from None
+
+
+def _show(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+
+
+def _json_default(value: Any) -> Any:
+    """Numbers from numpy/torch in ``metrics`` become plain JSON numbers."""
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"save_model: cannot store {type(value).__name__} in model.json")

@@ -1,0 +1,95 @@
+"""The paper's BN methods: 1 (re-initialise), 2 (batch statistics at inference), instance norm."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from lensfinder.config import InputConfig, ModelConfig
+from lensfinder.models import create_model
+from lensfinder.models.batchnorm import (
+    batchnorm_layers,
+    bn_train_mode,
+    convert_to_instance_norm,
+    reinit_batchnorm,
+)
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture()
+def model() -> torch.nn.Module:
+    """A small random lite0 whose BN statistics are not at their initial values."""
+    net = create_model(ModelConfig(pretrained=None), InputConfig(bands=("VIS", "Y"), size=32))
+    with torch.no_grad():
+        for layer in batchnorm_layers(net):
+            layer.running_mean.normal_(0, 0.1)
+            layer.running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+def batches(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two batches of 8 sharing their first object."""
+    generator = torch.Generator().manual_seed(seed)
+    first = torch.randn(8, 2, 32, 32, generator=generator)
+    second = torch.randn(8, 2, 32, 32, generator=generator) * 3 + 1
+    second[0] = first[0]
+    return first, second
+
+
+def test_method2_scores_depend_on_the_batch_eval_scores_do_not(model):
+    first, second = batches()
+    with torch.no_grad():
+        eval_a, eval_b = model(first)[0], model(second)[0]
+        with bn_train_mode(model):
+            batch_a, batch_b = model(first)[0], model(second)[0]
+    torch.testing.assert_close(eval_a, eval_b)  # eval / method 1: the object alone counts
+    assert abs(batch_a - batch_b) > 1e-3  # method 2: the other members of the batch count
+    assert abs(batch_a - eval_a) > 1e-3
+
+
+def test_bn_train_mode_leaves_statistics_and_modes_unchanged(model):
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    first, _ = batches()
+    with torch.inference_mode(), bn_train_mode(model):
+        assert all(layer.training for layer in batchnorm_layers(model))
+        assert not model.training  # dropout and the rest stay in eval
+        model(first)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # num_batches_tracked too
+    assert not any(layer.training for layer in batchnorm_layers(model))
+    assert all(layer.track_running_stats for layer in batchnorm_layers(model))
+
+
+def test_bn_train_mode_restores_state_after_an_error(model):
+    with pytest.raises(RuntimeError), bn_train_mode(model):
+        model(torch.randn(2, 5, 32, 32))  # wrong band count
+    assert not any(layer.training for layer in batchnorm_layers(model))
+    assert all(layer.track_running_stats for layer in batchnorm_layers(model))
+
+
+def test_reinit_resets_statistics_and_affine_parameters(model):
+    with torch.no_grad():
+        for layer in batchnorm_layers(model):
+            layer.weight.uniform_(0.5, 2.0)
+            layer.bias.normal_()
+            layer.num_batches_tracked.fill_(7)
+    layers = batchnorm_layers(model)
+    assert reinit_batchnorm(model) == len(layers) > 10
+    for layer in layers:
+        assert torch.all(layer.running_mean == 0) and torch.all(layer.running_var == 1)
+        assert torch.all(layer.weight == 1) and torch.all(layer.bias == 0)
+        assert layer.num_batches_tracked == 0
+
+
+def test_convert_to_instance_norm_replaces_every_batchnorm(model):
+    count = len(batchnorm_layers(model))
+    weight = model.backbone.bn2.weight.detach().clone()
+    assert convert_to_instance_norm(model) == count
+    assert not any(isinstance(m, _BatchNorm) for m in model.modules())
+    assert all(
+        not m.track_running_stats for m in model.modules() if hasattr(m, "track_running_stats")
+    )
+    torch.testing.assert_close(model.backbone.bn2.weight.detach(), weight)
+    assert isinstance(model.backbone.bn2.act, torch.nn.ReLU6)  # lite0's fused activation kept

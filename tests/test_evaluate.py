@@ -1,0 +1,146 @@
+"""``evaluate`` end to end: tiny store, tiny random models, every output checked for consistency."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lensfinder.config import (
+    EvaluateConfig,
+    InputConfig,
+    ModelConfig,
+    PredictConfig,
+    SplitConfig,
+    TrainConfig,
+)
+from lensfinder.errors import ConfigError, DataError
+from lensfinder.evaluate import evaluate
+from lensfinder.evaluate.metrics import auroc, tpr0
+
+TINY_INPUT = InputConfig(size=32)
+TINY_MODEL = ModelConfig(arch="test_efficientnet", pretrained=None)
+
+
+def make_run(run_dir: Path, seed: int, split: SplitConfig) -> Path:
+    """A randomly initialised tiny model saved as a run directory, as training would leave it."""
+    import torch
+
+    from lensfinder.models import create_model, save_model
+
+    torch.manual_seed(seed)
+    model = create_model(TINY_MODEL, TINY_INPUT)
+    train = TrainConfig(input=TINY_INPUT, model=TINY_MODEL, split=split)
+    return save_model(
+        run_dir, model, {"input": TINY_INPUT, "model": TINY_MODEL, "train": train, "metrics": {}}
+    )
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("runs")
+    split = SplitConfig(seed=3, test_fraction=0.5, val_fraction=0.1)
+    return [make_run(root / f"run{i}", seed=i, split=split) for i in range(2)]
+
+
+def read_scores(path: Path) -> dict[str, np.ndarray]:
+    with path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    return {key: np.array([float(row[key]) for row in rows]) for key in rows[0]}
+
+
+def cfg(split: str, **kw) -> EvaluateConfig:
+    return EvaluateConfig(predict=PredictConfig(batch_size=8), bootstrap=50, split=split, **kw)
+
+
+def test_single_model_on_its_test_split(runs, tiny_store, tmp_path):
+    from lensfinder.data import open_source
+    from lensfinder.data.splits import split_indices
+
+    out = tmp_path / "eval"
+    result = evaluate([runs[0]], tiny_store, out, cfg("test"))
+    source = open_source(tiny_store)
+    test = split_indices(source.ids, SplitConfig(seed=3, test_fraction=0.5, val_fraction=0.1))
+    expected_ids = np.sort(np.asarray(source.ids)[test["test"]])
+
+    scores = read_scores(out / "scores.csv")
+    assert list(scores) == ["id", "label", "score"]
+    np.testing.assert_array_equal(np.sort(scores["id"]), expected_ids)
+    id_to_label = dict(zip(source.ids.tolist(), source.labels.tolist(), strict=True))
+    assert [id_to_label[int(i)] for i in scores["id"]] == scores["label"].astype(int).tolist()
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    overall = metrics["overall"]
+    assert metrics["split"] == "test" and "members" not in metrics
+    assert overall["n"] == len(expected_ids) == result.n_evaluated
+    assert overall["auroc"] == pytest.approx(auroc(scores["label"], scores["score"]))
+    assert overall["tpr0"] == pytest.approx(tpr0(scores["label"], scores["score"]))
+    assert result.metrics == overall
+    for name in ("roc.png", "scores_histogram.png", "report.html"):
+        assert (out / name).stat().st_size > 1000
+    assert f"{overall['auroc']:.4f}" in (out / "report.html").read_text()
+    assert f"AUROC {overall['auroc']:.4f}" in result.summary()
+
+
+def test_ensemble_on_all_objects_of_a_layout(runs, tiny_layout, tmp_path):
+    out = tmp_path / "eval"
+    result = evaluate(runs, tiny_layout, out, cfg("all"))
+    scores = read_scores(out / "scores.csv")
+    assert list(scores) == ["id", "label", "score", "member_0", "member_1"]
+    assert len(scores["id"]) == 24 and scores["label"].sum() == 12
+    # The default ensemble average is the mean probability of the members.
+    np.testing.assert_allclose(
+        scores["score"], (scores["member_0"] + scores["member_1"]) / 2, rtol=1e-6
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["ensemble_average"] == "probability"
+    members = metrics["members"]
+    assert list(members) == ["member 0 (run0)", "member 1 (run1)"]
+    assert members["member 1 (run1)"]["auroc"] == pytest.approx(
+        auroc(scores["label"], scores["member_1"]), abs=1e-6
+    )
+    assert result.member_auroc == [m["auroc"] for m in members.values()]
+    report = (out / "report.html").read_text()
+    assert ">ensemble<" in report and ">member 1 (run1)<" in report
+
+
+def test_unreadable_object_is_skipped_and_counted(runs, layout_factory, tmp_path):
+    from lensfinder.layout import image_path
+    from lensfinder.surveys import EUCLID
+
+    layout = layout_factory("broken", n=8, seed=1)
+    broken_id = 200003
+    image_path(layout, EUCLID.bands[0], broken_id).write_bytes(b"not a FITS file")
+    result = evaluate([runs[0]], layout, tmp_path / "eval", cfg("all"))
+    scores = read_scores(tmp_path / "eval" / "scores.csv")
+    assert broken_id not in scores["id"].astype(int).tolist()
+    assert len(scores["id"]) == 7 == result.n_evaluated
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    # Dropped either when the layout is listed or when the cutout is read, never silently.
+    assert metrics["n_skipped_invalid"] + metrics["n_problems_in_data"] == 1
+
+
+def test_clear_errors(runs, layout_factory, tiny_store, tmp_path):
+    unlabelled = layout_factory("nocatalog", n=4, catalog=False)
+    with pytest.raises(DataError, match=r"no labels|has no label"):
+        evaluate([runs[0]], unlabelled, tmp_path / "a", cfg("all"))
+    other_split = make_run(tmp_path / "other", seed=5, split=SplitConfig(seed=99))
+    with pytest.raises(ConfigError, match="split"):
+        evaluate([runs[0], other_split], tiny_store, tmp_path / "b", cfg("test"))
+    with pytest.raises(ConfigError, match="at least one model"):
+        evaluate([], tiny_store, tmp_path / "c", cfg("test"))
+
+
+def test_unlabelled_objects_are_dropped_and_counted():
+    from lensfinder.evaluate.run import _labelled
+
+    labels = np.array([1, -1, 0, -1, 1], dtype=np.int8)
+    indices, kept, n_unlabelled = _labelled(labels, np.array([0, 1, 2, 3]), Path("d"), "test")
+    np.testing.assert_array_equal(indices, [0, 2])
+    np.testing.assert_array_equal(kept, [1, 0])
+    assert n_unlabelled == 2
+    with pytest.raises(DataError, match="test split holds no objects"):
+        _labelled(labels, np.array([], dtype=np.int64), Path("d"), "test")
