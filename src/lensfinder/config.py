@@ -106,6 +106,7 @@ class PredictConfig:
     tta: bool = False  # average over the 8 D4 transforms
     backend: Literal["torch", "onnx"] = "torch"
     ensemble_average: Literal["probability", "logit"] = "probability"
+    onnx_threads: int | None = None  # ONNX Runtime intra-op threads per session (None: its default)
 
 
 @dataclass

@@ -1,0 +1,131 @@
+"""Scan speed of the three CPU backends on the same cutouts with the same model.
+
+Eager torch (NCHW), torch channels_last and ONNX Runtime, each through ``Predictor.predict_arrays``
+(so ``to_model_input`` is included, as in a real scan), after one warm-up batch. Prints cutouts/s,
+the ratio to eager torch, the largest logit difference from eager torch, and the machine.
+A run directory given with ``--model`` gets its ``model.onnx`` cache written, as a scan would.
+
+    python benchmarks/bench_backends.py                      # lite0, random init, 200 px, 4 bands
+    python benchmarks/bench_backends.py --model RUN_DIR --data STORE --n 256 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def machine() -> str:
+    import onnxruntime
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}; "
+        f"python {platform.python_version()}, torch {torch.__version__}, "
+        f"onnxruntime {onnxruntime.__version__}"
+    )
+
+
+def default_run(root: Path) -> Path:
+    """tf_efficientnet_lite0, random init, 4 bands at 200 px, saved as a run directory."""
+    from lensfinder.config import InputConfig, ModelConfig
+    from lensfinder.models import create_model, save_model
+
+    input_cfg = InputConfig(size=200)
+    model_cfg = ModelConfig(arch="tf_efficientnet_lite0", pretrained=None)
+    model = create_model(model_cfg, input_cfg)
+    return save_model(root / "lite0", model, {"input": input_cfg, "model": model_cfg})
+
+
+def cutouts(data: Path | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+    from lensfinder.predict import synthetic_cutouts
+
+    if data is None:
+        return synthetic_cutouts(n, seed=0)
+    from lensfinder.data import open_source
+
+    source = open_source(data)
+    cut = source.read(np.arange(min(n, len(source))))
+    return cut.vis[cut.valid], cut.nisp[cut.valid]
+
+
+def run(
+    model: Path | None, data: Path | None, n: int, batch: int, threads: int | None
+) -> dict[str, Any]:
+    import torch
+
+    from lensfinder.config import PredictConfig
+    from lensfinder.predict import Predictor
+
+    if threads:
+        torch.set_num_threads(threads)
+    vis, nisp = cutouts(data, n)
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(model) if model else default_run(Path(tmp))
+        # The first ONNX use exports the model next to it (cached for later scans): timed apart.
+        began = time.perf_counter()
+        Predictor([run_dir], PredictConfig(backend="onnx"), onnx_threads=threads)
+        export_seconds = time.perf_counter() - began
+        setups = {
+            "eager torch NCHW": (PredictConfig(batch_size=batch), {"channels_last": False}),
+            "torch channels_last": (PredictConfig(batch_size=batch), {"channels_last": True}),
+            "onnxruntime": (
+                PredictConfig(batch_size=batch, backend="onnx"),
+                {"onnx_threads": threads},
+            ),
+        }
+        results: dict[str, Any] = {}
+        for name, (cfg, kwargs) in setups.items():
+            predictor = Predictor([run_dir], cfg, device="cpu", **kwargs)
+            predictor.predict_arrays(vis[:batch], nisp[:batch])  # warm-up
+            began = time.perf_counter()
+            scores = predictor.predict_arrays(vis, nisp)
+            seconds = time.perf_counter() - began
+            results[name] = {"per_second": len(vis) / seconds, "logit": scores.logits[0]}
+    base = results["eager torch NCHW"]
+    print(f"machine: {machine()}")
+    print(f"model: {model or 'tf_efficientnet_lite0 (random init), 4 bands, 200 px'}")
+    print(
+        f"data: {data or 'synthetic cutouts'}, {len(vis)} cutouts, batch {batch}, "
+        f"threads {threads or torch.get_num_threads()}; "
+        f"ONNX export/cache check: {export_seconds:.1f} s"
+    )
+    for name, result in results.items():
+        ratio = result["per_second"] / base["per_second"]
+        diff = float(np.abs(result["logit"] - base["logit"]).max())
+        print(
+            f"  {name:22s} {result['per_second']:8.1f} cutouts/s  x{ratio:4.2f}  "
+            f"max |logit diff| {diff:.1e}"
+        )
+    return {name: result["per_second"] for name, result in results.items()}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="run directory (default: lite0, random init)")
+    parser.add_argument("--data", type=Path, help="store or layout (default: synthetic cutouts)")
+    parser.add_argument("--n", type=int, default=192, help="cutouts to score")
+    parser.add_argument("--batch", type=int, default=32, help="inference batch size")
+    parser.add_argument("--threads", type=int, default=None, help="torch and ORT threads")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("LENSFINDER_QUIET", "1")
+    return run(args.model, args.data, args.n, args.batch, args.threads)
+
+
+if __name__ == "__main__":
+    main()

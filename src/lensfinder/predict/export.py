@@ -1,0 +1,217 @@
+"""ONNX export of a trained model, checked against torch, with its input config inside the file.
+
+The graph has a dynamic batch axis; its inputs are ``x`` (stacked layout) or ``vis`` and ``nisp``
+(two-branch layout), exactly what ``to_model_input`` returns, and its output is ``logit``. The
+file's ``metadata_props`` hold the lensfinder version, the input config and the whole model meta
+(JSON), so the ONNX backend can prepare input for it with nothing else at hand.
+
+BN method 2 (batch-norm layers in training mode at inference) cannot be expressed in a frozen
+graph: such models are refused unless ``allow_bn_batch=True``, which exports them in eval mode
+(running statistics) and records that in the metadata, because their scores would then differ
+from what lensfinder's torch backend gives.
+
+The check compares logits on a real-shaped batch (synthetic challenge-like cutouts through
+``to_model_input``, at a batch size other than the traced one, so the dynamic axis is exercised
+too). Tolerance: ``|onnx - torch| <= 1e-4 * max(1, |logit|)`` - absolute where the probability is
+sensitive, relative for large logits, where float32 kernels that sum in another order differ by
+more than 1e-4 but the probability does not move.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lensfinder.config import InputConfig, to_dict
+from lensfinder.errors import ModelFileError
+from lensfinder.predict.predictor import flat_logits, forward, synthetic_cutouts
+from lensfinder.utils import atomic_path
+
+ONNX_FILE = "model.onnx"  # the ONNX backend's cache file in a run directory
+DEFAULT_OPSET = 17
+TOLERANCE = 1e-4
+CHECK_ROWS = 3  # differs from the traced batch (2), so the dynamic batch axis is tested
+META_VERSION = "lensfinder_version"
+META_INPUT = "lensfinder_input"
+META_MODEL = "lensfinder_meta"
+META_FINGERPRINT = "lensfinder_fingerprint"
+META_BN = "lensfinder_bn_inference"
+
+
+@dataclass
+class ExportResult:
+    path: Path | None  # None when exported to memory only
+    opset: int
+    input_names: tuple[str, ...]
+    max_abs_diff: float | None  # on logits, onnx vs torch; None when not checked
+    max_scaled_diff: float | None  # max |diff| / max(1, |logit|), the checked quantity
+    checked_rows: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        where = str(self.path) if self.path else "memory"
+        inputs = ", ".join(self.input_names)
+        text = f"exported ONNX (opset {self.opset}, inputs {inputs}) to {where}"
+        if self.max_abs_diff is not None:
+            text += (
+                f"; checked on {self.checked_rows} cutouts: max |logit diff| "
+                f"{self.max_abs_diff:.2e} (relative {self.max_scaled_diff:.2e} <= {TOLERANCE:g})"
+            )
+        else:
+            text += "; not checked against torch"
+        return "\n".join([text, *(f"note: {n}" for n in self.notes)])
+
+
+def input_names(input_cfg: InputConfig) -> tuple[str, ...]:
+    return ("vis", "nisp") if input_cfg.layout == "two_branch" else ("x",)
+
+
+def example_input(input_cfg: InputConfig, n: int, seed: int = 0) -> Any:
+    """Model input for ``n`` synthetic challenge-like cutouts, prepared the way predict does."""
+    from lensfinder.data.transforms import to_model_input
+
+    vis, nisp = synthetic_cutouts(n, seed)
+    return to_model_input(vis, nisp, input_cfg)
+
+
+def fingerprint(model: torch.nn.Module, meta: dict[str, Any]) -> str:
+    """SHA-256 of the weights and the meta: tells whether a cached ONNX file is still this model."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(json.dumps(meta, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def build_onnx(
+    model: torch.nn.Module,
+    meta: dict[str, Any],
+    source: str,
+    opset: int = DEFAULT_OPSET,
+    check: bool = True,
+    allow_bn_batch: bool = False,
+) -> tuple[bytes, ExportResult]:
+    """The serialised ONNX model for ``model`` (not written anywhere) and what was checked."""
+    import onnx
+
+    from lensfinder import __version__
+    from lensfinder.models.checkpoint import input_config
+
+    input_cfg = input_config(meta, source)
+    model_cfg = meta.get("model") or {}
+    if not isinstance(model_cfg, dict):
+        model_cfg = to_dict(model_cfg)
+    notes = []
+    bn_mode = model_cfg.get("bn_inference", "eval")
+    if bn_mode == "batch":
+        if not allow_bn_batch:
+            raise ModelFileError(
+                f"{source}: this model uses BN method 2 (batch statistics at inference), which an "
+                "ONNX graph cannot reproduce; its ONNX scores would differ from lensfinder's. "
+                "Use the torch backend, or export with allow_bn_batch=True for eval-mode BN"
+            )
+        notes.append("BN method 2 model exported with eval-mode BN (running statistics)")
+    model_fingerprint = fingerprint(model, meta)
+    model = copy.deepcopy(model).cpu().float().eval()
+    names = input_names(input_cfg)
+    example = example_input(input_cfg, n=2, seed=0)
+    args = example if isinstance(example, tuple) else (example,)
+    buffer = io.BytesIO()
+    dynamic = {name: {0: "batch"} for name in (*names, "logit")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notices
+        try:
+            torch.onnx.export(
+                model,
+                args,
+                buffer,
+                input_names=list(names),
+                output_names=["logit"],
+                dynamic_axes=dynamic,
+                opset_version=opset,
+                dynamo=False,  # the TorchScript exporter: fast, and handles opset 17 for timm
+            )
+        except Exception as exc:  # exporter errors come in many types; report them plainly
+            raise ModelFileError(
+                f"{source}: ONNX export failed ({type(exc).__name__}: {exc})"
+            ) from None
+    proto = onnx.load_from_string(buffer.getvalue())
+    props = {
+        META_VERSION: __version__,
+        META_INPUT: json.dumps(to_dict(input_cfg), sort_keys=True),
+        META_MODEL: json.dumps(meta, sort_keys=True, default=str),
+        META_FINGERPRINT: model_fingerprint,
+        META_BN: "eval",
+    }
+    onnx.helper.set_model_props(proto, props)
+    data = proto.SerializeToString()
+    result = ExportResult(None, opset, names, None, None, notes=notes)
+    if check:
+        result.max_abs_diff, result.max_scaled_diff = compare_with_torch(model, data, input_cfg)
+        result.checked_rows = CHECK_ROWS
+        if result.max_scaled_diff > TOLERANCE:
+            raise ModelFileError(
+                f"{source}: ONNX logits differ from torch by up to {result.max_abs_diff:.2e} "
+                f"(relative {result.max_scaled_diff:.2e} > {TOLERANCE:g}); not exported"
+            )
+    return data, result
+
+
+def compare_with_torch(
+    model: torch.nn.Module, onnx_model: bytes | Path, input_cfg: InputConfig
+) -> tuple[float, float]:
+    """(max |diff|, max |diff| / max(1, |logit|)) of ONNX vs torch logits on a real-shaped batch."""
+    from lensfinder.predict.onnx_backend import OnnxRunner
+
+    x = example_input(input_cfg, n=CHECK_ROWS, seed=1)
+    with torch.inference_mode():
+        expected = flat_logits(forward(model.eval(), x), CHECK_ROWS, "torch")
+    got = OnnxRunner(onnx_model, threads=1, source="export check")(x)
+    diff = np.abs(got - expected)
+    return float(diff.max()), float((diff / np.maximum(1.0, np.abs(expected))).max())
+
+
+def export_onnx(
+    run_dir: Path | str,
+    out_path: Path | str,
+    opset: int = DEFAULT_OPSET,
+    check: bool = True,
+    allow_bn_batch: bool = False,
+) -> ExportResult:
+    """Export the model in ``run_dir`` to ``out_path`` (written atomically, only after the check
+    passed); dynamic batch axis; ModelFileError if ONNX and torch logits differ beyond 1e-4."""
+    from lensfinder.models.checkpoint import load_model
+
+    model, meta = load_model(Path(run_dir))
+    data, result = build_onnx(model, meta, str(run_dir), opset, check, allow_bn_batch)
+    result.path = write_onnx(data, out_path)
+    return result
+
+
+def write_onnx(data: bytes, out_path: Path | str) -> Path:
+    out_path = Path(out_path)
+    with atomic_path(out_path) as tmp:
+        tmp.write_bytes(data)
+    return out_path
+
+
+def read_metadata(model_path: Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file (without loading its weights into a session)."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(model_path), load_external_data=False)
+    except Exception as exc:  # a truncated or foreign file
+        raise ModelFileError(f"{model_path}: not a readable ONNX file ({exc})") from None
+    return {p.key: p.value for p in proto.metadata_props}

@@ -1,0 +1,101 @@
+"""The ONNX Runtime backend (CPU): often about twice as fast as eager torch on CPU for these CNNs.
+
+A run directory needs no manual step: the first use exports the model to ``model.onnx`` next to
+it (checked against torch to 1e-4, written atomically, so parallel scan workers cannot see a half
+file). The file carries a fingerprint of the weights and meta; a stale one (retrained in the same
+directory) is re-exported, never silently used. Where the run directory is read-only the exported
+model is kept in memory instead.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lensfinder.errors import ModelFileError
+from lensfinder.predict.export import (
+    META_FINGERPRINT,
+    META_MODEL,
+    ONNX_FILE,
+    build_onnx,
+    fingerprint,
+    read_metadata,
+    write_onnx,
+)
+from lensfinder.predict.predictor import ModelInput, flat_logits
+
+
+class OnnxRunner:
+    """One ONNX Runtime session on CPU; called with a prepared batch, returns ``(n,)`` logits."""
+
+    def __init__(self, model: bytes | Path, threads: int | None = None, source: str = "") -> None:
+        import onnxruntime as ort
+
+        self.source = source or str(model)[:80]
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only: its warnings are about graph rewrites
+        try:
+            self.session = ort.InferenceSession(
+                model if isinstance(model, bytes) else str(model),
+                options,
+                providers=["CPUExecutionProvider"],
+            )
+        except Exception as exc:  # ORT raises its own exception types for bad files
+            raise ModelFileError(f"{self.source}: ONNX Runtime cannot load it ({exc})") from None
+        self.input_names = tuple(i.name for i in self.session.get_inputs())
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The lensfinder model meta stored at export (ModelFileError for a foreign file)."""
+        if META_MODEL not in self.metadata:
+            raise ModelFileError(
+                f"{self.source}: no lensfinder metadata; export it with `lensfinder export`"
+            )
+        return json.loads(self.metadata[META_MODEL])
+
+    def __call__(self, x: ModelInput) -> np.ndarray:
+        tensors = x if isinstance(x, tuple) else (x,)
+        if len(tensors) != len(self.input_names):
+            raise ModelFileError(
+                f"{self.source}: expects inputs {self.input_names}, got {len(tensors)} tensor(s)"
+            )
+        feeds = {
+            name: np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32)
+            if isinstance(t, torch.Tensor)
+            else np.ascontiguousarray(t, dtype=np.float32)
+            for name, t in zip(self.input_names, tensors, strict=True)
+        }
+        out = self.session.run(None, feeds)[0]
+        return flat_logits(out, len(tensors[0]), self.source)
+
+
+def cached_runner(
+    run_dir: Path, model: torch.nn.Module, meta: dict[str, Any], threads: int | None = None
+) -> OnnxRunner:
+    """A session for the model of ``run_dir``, from its ``model.onnx`` when that file is this
+    model's (same fingerprint), else exported now and cached there."""
+    path = Path(run_dir) / ONNX_FILE
+    if path.is_file():
+        try:
+            current = read_metadata(path).get(META_FINGERPRINT) == fingerprint(model, meta)
+        except ModelFileError:
+            current = False
+        if current:
+            return OnnxRunner(path, threads=threads, source=str(path))
+        warnings.warn(f"{path}: not made from this model's weights; exporting afresh", stacklevel=2)
+    data, _ = build_onnx(model, meta, str(run_dir), check=True)
+    try:
+        write_onnx(data, path)
+    except OSError as exc:
+        message = f"{path}: cannot cache the ONNX export ({exc}); using it from memory"
+        warnings.warn(message, stacklevel=2)
+    return OnnxRunner(data, threads=threads, source=str(path))

@@ -1,0 +1,585 @@
+"""Scoring cutouts with one model or an ensemble: the one place for batching, TTA, BN mode and
+backends, so that a score means the same thing in ``evaluate``, ``scan`` and the BN study.
+
+How scores are combined (one rule, applied the same way to TTA views and to ensemble members):
+
+- ``ensemble_average="probability"``: the score is the mean of the sigmoid probabilities over all
+  members and (with TTA) all eight D4 views. A member's reported logit is the logit of its mean
+  probability over the views (computed stably in log space), so ``member_scores`` is always
+  ``sigmoid(logits)``.
+- ``ensemble_average="logit"``: the score is the sigmoid of the mean logit over all members and
+  views; a member's logit is its mean logit over the views.
+
+Either way an ensemble of identical members scores exactly like the member, and TTA on an image
+that is invariant under D4 changes nothing.
+
+BN "method 2" (the paper's): a member whose meta says ``model.bn_inference == "batch"`` runs with
+its batch-norm layers in training mode (batch statistics, running statistics untouched), in
+consecutive groups of ``model.bn_inference_batch`` valid cutouts. Its score for one object then
+depends on the other objects in the same group: the order of the input and which rows are
+skipped matter. Groups are formed over the sequence of valid rows only, identically in
+``predict_arrays`` and ``predict_source`` (the last group may be smaller).
+
+Members may have different input configs (bands, size, normalisation, layout): the input is
+prepared once per distinct config, so such members can still be ensembled. Members trained with
+different label rules cannot (their probabilities answer different questions).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from scipy.special import expit, logsumexp
+
+from lensfinder.config import InputConfig, PredictConfig, to_dict
+from lensfinder.errors import ConfigError, DataError, ModelFileError
+from lensfinder.surveys import EUCLID
+
+ModelInput = torch.Tensor | tuple[torch.Tensor, ...]
+Average = Literal["probability", "logit"]
+READ_BATCHES = 4  # predict_source reads this many chunks of batches from the source at a time
+
+
+@dataclass(frozen=True)
+class Member:
+    """One model of the ensemble, as this Predictor runs it."""
+
+    name: str  # the run directory's name (or the ONNX file's stem)
+    run_dir: Path
+    version: str  # lensfinder version that wrote the model
+    architecture: str
+    input: InputConfig
+    label_rule: str | None
+    bn_inference: Literal["eval", "batch"]  # the mode used here (after any override)
+    bn_batch_size: int | None  # method 2's group size; None in eval mode
+    meta: dict[str, Any] = field(repr=False, compare=False)
+
+
+@dataclass
+class Scores:
+    """Scores of ``n`` rows, aligned with the input (arrays) or the requested indices (source).
+
+    ``score`` is the ensemble probability (float64); ``logits`` and ``member_scores`` are
+    ``(n_members, n)``. Rows that could not be scored (``valid`` False) hold NaN, so they can never
+    pass for a real score; ``reasons`` says why per row (in full) and ``skipped`` counts them by
+    kind (see ``reason_kind``).
+    """
+
+    score: np.ndarray
+    logits: np.ndarray
+    member_scores: np.ndarray
+    valid: np.ndarray
+    ids: np.ndarray | None = None
+    indices: np.ndarray | None = None
+    reasons: list[str | None] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+    @property
+    def n_valid(self) -> int:
+        return int(self.valid.sum())
+
+    def only_valid(self) -> Scores:
+        """The scored rows alone (drops the NaN rows of skipped cutouts)."""
+        keep = self.valid
+
+        def pick(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[..., keep]
+
+        return Scores(
+            score=self.score[keep],
+            logits=self.logits[:, keep],
+            member_scores=self.member_scores[:, keep],
+            valid=self.valid[keep],
+            ids=pick(self.ids),
+            indices=pick(self.indices),
+            reasons=[r for r, k in zip(self.reasons, keep, strict=True) if k],
+            skipped=dict(self.skipped),
+        )
+
+    def summary(self) -> str:
+        text = f"scored {self.n_valid} of {len(self)} cutouts with {len(self.logits)} member(s)"
+        if self.skipped:
+            parts = ", ".join(f"{reason}: {count}" for reason, count in self.skipped.items())
+            text += f"; skipped {len(self) - self.n_valid} ({parts})"
+        return text
+
+
+def average_logits(logits: np.ndarray, axis: int, average: Average) -> np.ndarray:
+    """The logit of the average over ``axis``: the mean logit ("logit"), or the logit of the mean
+    probability ("probability"), computed in log space so that it stays finite for large logits.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    if average == "logit":
+        return logits.mean(axis=axis)
+    if average == "probability":
+        log_k = math.log(logits.shape[axis])
+        log_p = logsumexp(-np.logaddexp(0.0, -logits), axis=axis) - log_k  # log mean sigmoid(l)
+        log_q = logsumexp(-np.logaddexp(0.0, logits), axis=axis) - log_k  # log mean sigmoid(-l)
+        return log_p - log_q
+    raise ConfigError(f"ensemble_average {average!r}: expected 'probability' or 'logit'")
+
+
+def ensemble_score(member_logits: np.ndarray, average: Average) -> np.ndarray:
+    """The ensemble probability from ``(n_members, n)`` member logits."""
+    member_logits = np.asarray(member_logits, dtype=np.float64)
+    if average == "probability":
+        return expit(member_logits).mean(axis=0)
+    return expit(average_logits(member_logits, axis=0, average=average))
+
+
+def synthetic_cutouts(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` raw cutouts shaped and scaled like the challenge's (noise plus a central galaxy, VIS
+    ~1e-11 and NISP ~1e-10 per pixel): real-shaped input when no data is at hand (export checks,
+    benchmarks). Returns ``(vis (n,200,200), nisp (n,3,66,66))`` float32.
+    """
+    rng = np.random.default_rng(seed)
+    vis_band, nisp_bands = EUCLID.bands[0], EUCLID.bands[1:]
+
+    def galaxy(pixels: int, pixel_scale: float, sigma_arcsec: np.ndarray) -> np.ndarray:
+        axis = (np.arange(pixels) - (pixels - 1) / 2.0) * pixel_scale
+        r2 = axis[None, :] ** 2 + axis[:, None] ** 2
+        return np.exp(-0.5 * r2[None] / sigma_arcsec[:, None, None] ** 2)
+
+    sigma = rng.uniform(0.3, 0.8, size=n)
+    amplitude = rng.uniform(5.0, 30.0, size=n)[:, None, None]
+    vis = amplitude * galaxy(vis_band.cutout_pixels, vis_band.pixel_scale, sigma)
+    vis = (vis + rng.normal(size=vis.shape)) * 1e-11
+    nisp = np.stack(
+        [
+            (9.0 * amplitude * galaxy(b.cutout_pixels, b.pixel_scale, sigma))
+            + rng.normal(size=(n, b.cutout_pixels, b.cutout_pixels))
+            for b in nisp_bands
+        ],
+        axis=1,
+    )
+    return vis.astype(np.float32), (nisp * 2e-10).astype(np.float32)
+
+
+def _map_input(x: ModelInput, fn: Any) -> ModelInput:
+    return tuple(fn(t) for t in x) if isinstance(x, tuple) else fn(x)
+
+
+def _rows(x: ModelInput, start: int, stop: int) -> ModelInput:
+    return _map_input(x, lambda t: t[start:stop])
+
+
+def _n_rows(x: ModelInput) -> int:
+    return len(x[0]) if isinstance(x, tuple) else len(x)
+
+
+def forward(model: torch.nn.Module, x: ModelInput) -> torch.Tensor:
+    """Call a model on a stacked tensor or a two-branch ``(vis, nisp)`` tuple."""
+    return model(*x) if isinstance(x, tuple) else model(x)
+
+
+def flat_logits(out: Any, n: int, source: str) -> np.ndarray:
+    """A model output as ``(n,)`` float64 logits; a clear error when it is not one per object."""
+    array = out.detach().float().cpu().numpy() if isinstance(out, torch.Tensor) else out
+    array = np.asarray(array, dtype=np.float64)
+    if array.size != n:
+        raise ModelFileError(
+            f"{source}: the model returned output of shape {array.shape} for {n} cutouts; "
+            "expected one logit per cutout"
+        )
+    return array.reshape(n)
+
+
+class TorchRunner:
+    """Runs one torch model on prepared batches; BN method 2 when ``bn_batch`` is set."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: torch.device,
+        channels_last: bool,
+        bn_batch: bool,
+        source: str,
+    ) -> None:
+        self.model = model.to(device).eval()
+        self.device = device
+        self.channels_last = channels_last
+        self.bn_batch = bn_batch
+        self.source = source
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.to(self.device, dtype=torch.float32, non_blocking=True)
+        if self.channels_last and t.ndim == 4:
+            t = t.contiguous(memory_format=torch.channels_last)
+        return t
+
+    def __call__(self, x: ModelInput) -> np.ndarray:
+        from lensfinder.models.batchnorm import bn_train_mode
+
+        x = _map_input(x, self._to_device)
+        with torch.inference_mode():
+            if self.bn_batch:
+                with bn_train_mode(self.model):
+                    try:
+                        out = forward(self.model, x)
+                    except ValueError as exc:  # e.g. batch norm over one value per channel
+                        raise ConfigError(
+                            f"{self.source}: BN method 2 cannot run on a batch of "
+                            f"{_n_rows(x)} here ({exc}); use a larger bn batch size"
+                        ) from None
+            else:
+                out = forward(self.model, x)
+        return flat_logits(out, _n_rows(x), self.source)
+
+
+class Predictor:
+    """Scores raw cutouts with one model or an ensemble (see the module docstring for the rules).
+
+    ``run_dirs``: run directories (``model.safetensors`` + ``model.json``), or, with
+    ``backend="onnx"``, also ``.onnx`` files written by ``lensfinder export``.
+    ``device``: torch device (default: CUDA when available, else CPU); the ONNX backend runs on
+    CPU. ``bn_batch_size``: run every member in BN method 2 at this group size whatever its meta
+    says (the batch-norm study); ``bn_inference``: force "eval" or "batch" for every member.
+    ``onnx_threads``: ONNX Runtime intra-op threads (default: ``cfg.onnx_threads`` if the config
+    has it, else ONNX Runtime's own choice). ``channels_last``: torch memory format (default on;
+    faster for these CNNs on CPU, see benchmarks/bench_backends.py).
+    """
+
+    def __init__(
+        self,
+        run_dirs: Sequence[Path | str] | Path | str,
+        cfg: PredictConfig | None = None,
+        device: str | None = None,
+        *,
+        bn_batch_size: int | None = None,
+        bn_inference: Literal["eval", "batch"] | None = None,
+        onnx_threads: int | None = None,
+        channels_last: bool | None = None,
+    ) -> None:
+        self.cfg = cfg or PredictConfig()
+        if isinstance(run_dirs, str | Path):
+            run_dirs = [run_dirs]
+        if not run_dirs:
+            raise ConfigError("predict: no model given (pass at least one run directory)")
+        if self.cfg.batch_size < 1:
+            raise ConfigError(f"predict: batch_size must be >= 1, got {self.cfg.batch_size}")
+        if self.cfg.ensemble_average not in ("probability", "logit"):
+            raise ConfigError(
+                f"predict: ensemble_average {self.cfg.ensemble_average!r}: "
+                "expected 'probability' or 'logit'"
+            )
+        if self.cfg.backend not in ("torch", "onnx"):
+            raise ConfigError(f"predict: backend {self.cfg.backend!r}: expected 'torch' or 'onnx'")
+        if bn_batch_size is not None and bn_batch_size < 1:
+            raise ConfigError(f"predict: bn_batch_size must be >= 1, got {bn_batch_size}")
+        if bn_inference not in (None, "eval", "batch"):
+            raise ConfigError(f"predict: bn_inference {bn_inference!r}: expected 'eval' or 'batch'")
+        if bn_batch_size is not None and bn_inference == "eval":
+            raise ConfigError("predict: bn_batch_size sets BN method 2; it contradicts 'eval'")
+        if bn_batch_size is not None:
+            bn_inference = "batch"
+        if self.cfg.backend == "onnx" and device not in (None, "cpu"):
+            raise ConfigError(f"predict: the onnx backend runs on CPU, not {device!r}")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.cfg.backend == "onnx":
+            self.device = torch.device("cpu")
+        self.channels_last = True if channels_last is None else channels_last
+        if onnx_threads is None:
+            onnx_threads = getattr(self.cfg, "onnx_threads", None)
+        self.onnx_threads = onnx_threads
+
+        self.members: list[Member] = []
+        self._runners: list[Any] = []
+        for run_dir in run_dirs:
+            member, runner = self._load(Path(run_dir), bn_inference, bn_batch_size)
+            self.members.append(member)
+            self._runners.append(runner)
+        self._check_label_rules()
+
+        # Members grouped by input config: the input is prepared once per group.
+        groups: dict[str, list[int]] = {}
+        for i, member in enumerate(self.members):
+            key = repr(to_dict(member.input))
+            groups.setdefault(key, []).append(i)
+        self._groups = [(self.members[ids[0]].input, ids) for ids in groups.values()]
+        # Rows per chunk: a multiple of every method-2 group size, so that groups never straddle
+        # two chunks, and at least one batch.
+        bn_sizes = [m.bn_batch_size for m in self.members if m.bn_batch_size]
+        base = math.lcm(*bn_sizes) if bn_sizes else 1
+        self.chunk_rows = base * math.ceil(self.cfg.batch_size / base)
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def _load(
+        self,
+        path: Path,
+        bn_inference: Literal["eval", "batch"] | None,
+        bn_batch_size: int | None,
+    ) -> tuple[Member, Any]:
+        from lensfinder.models.checkpoint import input_config, load_model
+        from lensfinder.predict import onnx_backend
+
+        if path.suffix == ".onnx" and path.is_file():
+            if self.cfg.backend != "onnx":
+                raise ConfigError(f"{path}: an ONNX file needs backend 'onnx'")
+            runner = onnx_backend.OnnxRunner(path, threads=self.onnx_threads, source=str(path))
+            meta = runner.meta
+            model = None
+        else:
+            model, meta = load_model(path)
+        model_cfg = meta.get("model") or {}
+        if not isinstance(model_cfg, dict):
+            model_cfg = to_dict(model_cfg)
+        trained_bn = model_cfg.get("bn_inference", "eval")
+        mode = bn_inference or trained_bn
+        if mode not in ("eval", "batch"):
+            raise ModelFileError(f"{path}: unknown bn_inference {mode!r} in model meta")
+        group = None
+        if mode == "batch":
+            group = bn_batch_size or int(model_cfg.get("bn_inference_batch") or 8)
+        member = Member(
+            name=path.stem if path.suffix == ".onnx" else path.name,
+            run_dir=path,
+            version=str(meta.get("lensfinder_version", "unknown")),
+            architecture=str(meta.get("architecture") or model_cfg.get("arch", "unknown")),
+            input=input_config(meta, path),
+            label_rule=meta.get("label_rule"),
+            bn_inference=mode,
+            bn_batch_size=group,
+            meta=meta,
+        )
+        if self.cfg.backend == "onnx":
+            if mode == "batch":
+                raise ConfigError(
+                    f"{path}: BN method 2 (batch statistics at inference) cannot run in ONNX; "
+                    "use backend 'torch' (or bn_inference='eval' to score with running statistics)"
+                )
+            if model is not None:
+                runner = onnx_backend.cached_runner(path, model, meta, threads=self.onnx_threads)
+            return member, runner
+        assert model is not None  # the ONNX-file branch returned above
+        runner = TorchRunner(model, self.device, self.channels_last, mode == "batch", str(path))
+        return member, runner
+
+    def _check_label_rules(self) -> None:
+        """Members must predict the same thing; a member that does not record its rule is let
+        through (older or hand-made model files)."""
+        known = [m for m in self.members if m.label_rule]
+        for first, other in itertools.pairwise(known):
+            if other.label_rule != first.label_rule:
+                raise ModelFileError(
+                    f"ensemble mismatch: {first.run_dir} was trained with label rule "
+                    f"{first.label_rule!r} but {other.run_dir} with {other.label_rule!r}; "
+                    "their probabilities mean different things"
+                )
+
+    # -- scoring ---------------------------------------------------------------------------
+
+    def settings(self) -> dict[str, Any]:
+        """What this Predictor does, for reports and result files."""
+        return {
+            "backend": self.cfg.backend,
+            "tta": self.cfg.tta,
+            "ensemble_average": self.cfg.ensemble_average,
+            "batch_size": self.cfg.batch_size,
+            "device": str(self.device),
+            "channels_last": self.channels_last if self.cfg.backend == "torch" else None,
+            "onnx_threads": self.onnx_threads if self.cfg.backend == "onnx" else None,
+            "members": [
+                {
+                    "name": m.name,
+                    "run_dir": str(m.run_dir),
+                    "version": m.version,
+                    "architecture": m.architecture,
+                    "bn_inference": m.bn_inference,
+                    "bn_batch_size": m.bn_batch_size,
+                }
+                for m in self.members
+            ],
+        }
+
+    def _views(self, x: ModelInput) -> Iterator[ModelInput]:
+        if not self.cfg.tta:
+            yield x
+            return
+        from lensfinder.data.augment import D4_ELEMENTS, apply_d4
+
+        for k in range(len(D4_ELEMENTS)):
+            yield _map_input(x, lambda t, k=k: apply_d4(t, k))
+
+    def _run_member(self, index: int, x: ModelInput) -> np.ndarray:
+        batch = self.members[index].bn_batch_size or self.cfg.batch_size
+        n = _n_rows(x)
+        out = np.empty(n, dtype=np.float64)
+        for start in range(0, n, batch):
+            stop = min(n, start + batch)
+            out[start:stop] = self._runners[index](_rows(x, start, stop))
+        return out
+
+    def _score_chunk(self, vis: np.ndarray, nisp: np.ndarray) -> np.ndarray:
+        """``(n_members, n)`` member logits (TTA views combined) for raw cutouts that are all
+        valid; ``n`` is at most ``chunk_rows``."""
+        from lensfinder.data.transforms import to_model_input
+
+        n = len(vis)
+        logits = np.empty((len(self.members), n), dtype=np.float64)
+        for input_cfg, member_ids in self._groups:
+            x = to_model_input(vis, nisp, input_cfg)
+            per_view = [
+                np.stack([self._run_member(i, view) for i in member_ids]) for view in self._views(x)
+            ]
+            logits[member_ids] = average_logits(
+                np.stack(per_view, axis=1), axis=1, average=self.cfg.ensemble_average
+            )
+        return logits
+
+    def _scores(
+        self,
+        logits: np.ndarray,
+        valid: np.ndarray,
+        reasons: list[str | None],
+        ids: np.ndarray | None = None,
+        indices: np.ndarray | None = None,
+    ) -> Scores:
+        skipped = Counter(reason_kind(r) for r, ok in zip(reasons, valid, strict=True) if not ok)
+        return Scores(
+            score=ensemble_score(logits, self.cfg.ensemble_average),
+            logits=logits,
+            member_scores=expit(logits),
+            valid=valid,
+            ids=ids,
+            indices=indices,
+            reasons=reasons,
+            skipped=dict(skipped.most_common()),
+        )
+
+    def predict_arrays(self, vis: np.ndarray, nisp: np.ndarray, progress: bool = False) -> Scores:
+        """Score raw cutouts, as a source's ``read`` returns them: ``vis (n,200,200)``,
+        ``nisp (n,3,66,66)``. Every row is scored; a non-finite pixel is a DataError (in BN
+        method 2 one bad row would spoil its companions), so drop invalid rows first or use
+        ``predict_source``, which skips them.
+        """
+        vis, nisp = np.asarray(vis), np.asarray(nisp)
+        if vis.ndim != 3 or nisp.ndim != 4 or len(vis) != len(nisp):
+            raise DataError(
+                f"predict: expected vis (n,H,W) and nisp (n,3,h,w) with the same n, got "
+                f"{vis.shape} and {nisp.shape}"
+            )
+        bad = ~(_finite_rows(vis) & _finite_rows(nisp))
+        if bad.any():
+            raise DataError(
+                f"predict: {int(bad.sum())} cutout(s) have non-finite pixels (first: row "
+                f"{int(np.argmax(bad))}); remove them or use predict_source, which skips them"
+            )
+        n = len(vis)
+        logits = np.empty((len(self.members), n), dtype=np.float64)
+        bar = _bar(n, progress)
+        for start in range(0, n, self.chunk_rows):
+            stop = min(n, start + self.chunk_rows)
+            logits[:, start:stop] = self._score_chunk(vis[start:stop], nisp[start:stop])
+            bar.update(stop - start)
+        bar.close()
+        return self._scores(logits, np.ones(n, dtype=bool), [None] * n)
+
+    def predict_source(
+        self,
+        source: Any,
+        indices: Sequence[int] | np.ndarray | None = None,
+        progress: bool = True,
+    ) -> Scores:
+        """Score a CutoutSource (or the path of a store or layout) row by row, streaming: memory
+        stays flat whatever the size. Rows the source marks invalid, or with non-finite pixels,
+        are skipped (NaN scores, ``valid`` False) and their reasons counted. Results are aligned
+        with ``indices`` (default: every row), with the source's ``ids``.
+        """
+        if isinstance(source, str | Path):
+            from lensfinder.data import open_source
+
+            source = open_source(source)
+        total = len(source)
+        if indices is None:
+            indices = np.arange(total, dtype=np.int64)
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(indices) and (indices.min() < 0 or indices.max() >= total):
+            raise DataError(f"predict: indices outside the source's {total} rows")
+        n = len(indices)
+        logits = np.full((len(self.members), n), np.nan)
+        valid = np.zeros(n, dtype=bool)
+        reasons: list[str | None] = [None] * n
+        pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (rows, vis, nisp)
+        n_pending = 0
+
+        def flush(final: bool) -> None:
+            nonlocal pending, n_pending
+            if not pending:
+                return
+            rows = np.concatenate([p[0] for p in pending])
+            vis = np.concatenate([p[1] for p in pending])
+            nisp = np.concatenate([p[2] for p in pending])
+            usable = len(rows) if final else len(rows) - len(rows) % self.chunk_rows
+            for start in range(0, usable, self.chunk_rows):
+                stop = start + self.chunk_rows
+                logits[:, rows[start:stop]] = self._score_chunk(vis[start:stop], nisp[start:stop])
+            pending = [(rows[usable:], vis[usable:], nisp[usable:])] if usable < len(rows) else []
+            n_pending = len(rows) - usable
+
+        bar = _bar(n, progress)
+        step = self.chunk_rows * READ_BATCHES
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            cut = source.read(indices[start:stop])
+            ok = np.asarray(cut.valid, dtype=bool).copy()
+            finite = _finite_rows(cut.vis) & _finite_rows(cut.nisp)
+            for j in np.flatnonzero(~ok | ~finite):
+                reasons[start + j] = (cut.reasons[j] or "invalid") if not ok[j] else "non-finite"
+            ok &= finite
+            valid[start:stop] = ok
+            if ok.any():
+                pending.append((start + np.flatnonzero(ok), cut.vis[ok], cut.nisp[ok]))
+                n_pending += int(ok.sum())
+            if n_pending >= self.chunk_rows:
+                flush(final=False)
+            bar.update(stop - start)
+        flush(final=True)
+        bar.close()
+        ids = np.asarray(source.ids)[indices] if n else np.zeros(0, dtype=np.int64)
+        return self._scores(logits, valid, reasons, ids=ids, indices=indices)
+
+
+def reason_kind(reason: str | None) -> str:
+    """The kind of a skip reason, for counting: ``"/d/imageEUC_VIS-2.fits: truncated FITS file
+    (80 bytes)"`` -> ``"truncated FITS file"`` (the file and the details stay in ``reasons``)."""
+    if not reason:
+        return "invalid"
+    where, sep, what = reason.partition(": ")
+    if sep and ("/" in where or "\\" in where or where.endswith(".fits")):
+        reason = what
+    return reason.split(" (")[0].split(":")[0].strip() or "invalid"
+
+
+def _finite_rows(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    return np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    from lensfinder.utils import progress
+
+    return progress(iter(()), total=total, desc="scoring", unit="cutout")
