@@ -1,0 +1,9 @@
+"""Survey-scale scanning on Dask, the candidate gallery, and known-lens flags.
+
+``scan`` (shards -> Parquet -> ranked catalogue), ``gallery.make_gallery`` (HTML + PNG mosaic),
+``crossmatch.flag_known_lenses``. Dask, torch and pyarrow are imported inside the functions.
+"""
+
+from lensfinder.scan.run import ScanResult, scan
+
+__all__ = ["ScanResult", "scan"]

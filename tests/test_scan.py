@@ -1,0 +1,181 @@
+"""Scanning on Dask: same scores as direct prediction, resumable, bad cutouts counted, refusals.
+
+Cluster starts are the slow part, so most tests share one module-scoped 2-worker LocalCluster
+(passed as an external scheduler); one test uses the LocalCluster that ``scan`` starts itself.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from lensfinder.config import InputConfig, ModelConfig, PredictConfig, ScanConfig
+from lensfinder.errors import ConfigError
+from lensfinder.scan import scan
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+TINY_INPUT = InputConfig(size=32)
+
+
+def _tiny_run(root: Path, seed: int) -> Path:
+    """A random-init ~100k-parameter model at 32 px, saved as a run directory."""
+    import torch
+
+    from lensfinder.models import create_model, save_model
+
+    torch.manual_seed(seed)
+    model_cfg = ModelConfig(arch="test_efficientnet", pretrained=None)
+    model = create_model(model_cfg, TINY_INPUT)
+    return save_model(root, model, {"input": TINY_INPUT, "model": model_cfg})
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("runs")
+    return [_tiny_run(root / "alpha", 0), _tiny_run(root / "beta", 1)]
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    """One 2-worker LocalCluster for the module, used as an external scheduler."""
+    import logging
+
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": ":0"},  # no dashboard; its server on a free port
+        silence_logs=logging.CRITICAL,
+    )
+    yield cluster.scheduler_address
+    cluster.close()
+
+
+def _cfg(shard_size: int = 5, **kw) -> ScanConfig:
+    return ScanConfig(predict=PredictConfig(batch_size=4), shard_size=shard_size, **kw)
+
+
+def _rows(path: Path) -> list[tuple[int, float]]:
+    table = pq.read_table(path / "candidates.parquet")
+    return list(zip(table["id"].to_pylist(), table["score"].to_pylist(), strict=True))
+
+
+def test_scan_of_a_store_equals_direct_prediction(tiny_store, runs, scheduler, tmp_path):
+    from lensfinder.data import open_source
+    from lensfinder.predict import Predictor
+
+    out = tmp_path / "scan"
+    result = scan(runs, tiny_store, out, _cfg(), scheduler=scheduler, progress=False)
+    source = open_source(tiny_store)
+    direct = Predictor(runs, PredictConfig(batch_size=4)).predict_source(source, progress=False)
+
+    table = pq.read_table(out / "candidates.parquet").to_pydict()
+    assert result.n_scored == len(source) == len(table["id"]) == len(set(table["id"]))
+    assert table["rank"] == list(range(1, len(source) + 1))
+    assert table["score"] == sorted(table["score"], reverse=True)
+    by_id = {i: k for k, i in enumerate(np.asarray(source.ids).tolist())}
+    order = [by_id[i] for i in table["id"]]
+    np.testing.assert_allclose(table["score"], direct.score[order], rtol=1e-5, atol=1e-6)
+    for m, name in enumerate(("alpha", "beta")):  # one column per ensemble member
+        np.testing.assert_allclose(
+            table[f"score_{name}"], direct.member_scores[m][order], rtol=1e-5, atol=1e-6
+        )
+    np.testing.assert_array_equal(table["ra"], np.asarray(source.ra)[order])
+    np.testing.assert_array_equal(table["label"], np.asarray(source.labels)[order])
+
+    meta = json.loads(pq.read_schema(out / "candidates.parquet").metadata[b"lensfinder"])
+    assert [m["name"] for m in meta["models"]] == ["alpha", "beta"]
+    assert meta["lensfinder_version"] and all(m["version"] for m in meta["models"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_scored"] == len(source)
+    assert summary["shards"] == {"total": 5, "done": 5, "reused": 0}  # 24 cutouts, 5 per shard
+    assert summary["rate_cutouts_per_s"] > 0
+    csv_lines = (out / "candidates.csv").read_text().splitlines()
+    assert len(csv_lines) == len(source) + 1 and csv_lines[0].startswith('"rank","id","score"')
+    assert "24 of 24" in result.summary()
+
+
+def test_interrupted_scan_resumes_to_the_clean_result(
+    tiny_store, tiny_layout, runs, scheduler, tmp_path
+):
+    out = tmp_path / "scan"
+    first = scan(runs[:1], tiny_store, out, _cfg(), scheduler=scheduler, progress=False)
+    clean = _rows(out)
+    assert first.shards_done == 5
+    shards = sorted((out / "shards").glob("shard-*.parquet"))
+    # A crash: two shards never written, one half-written, a temp file left behind.
+    shards[0].unlink()
+    shards[3].unlink()
+    shards[2].write_bytes(shards[2].read_bytes()[:100])
+    (out / "shards" / ".shard-10-15.parquet.abc.tmp").write_bytes(b"partial")
+    (out / "candidates.parquet").unlink()
+
+    again = scan(runs[:1], tiny_store, out, _cfg(), scheduler=scheduler, progress=False)
+    assert (again.shards_done, again.shards_reused) == (3, 2)
+    resumed = _rows(out)
+    assert [i for i, _ in resumed] == [i for i, _ in clean]  # same rows, same order
+    np.testing.assert_allclose([s for _, s in resumed], [s for _, s in clean], rtol=1e-6)
+    assert len({i for i, _ in resumed}) == len(resumed)
+    assert not list((out / "shards").glob(".*.tmp"))
+
+    # Resuming into this directory with other models, data or shard size is refused.
+    with pytest.raises(ConfigError, match="other models"):
+        scan(runs, tiny_store, out, _cfg(), scheduler=scheduler, progress=False)
+    with pytest.raises(ConfigError, match="data path"):  # same IDs, other files
+        scan(runs[:1], tiny_layout, out, _cfg(), scheduler=scheduler, progress=False)
+    with pytest.raises(ConfigError, match="shard size"):
+        scan(runs[:1], tiny_store, out, _cfg(shard_size=7), scheduler=scheduler, progress=False)
+    with pytest.raises(ConfigError, match="tta"):
+        tta = ScanConfig(predict=PredictConfig(batch_size=4, tta=True), shard_size=5)
+        scan(runs[:1], tiny_store, out, tta, scheduler=scheduler, progress=False)
+
+
+def test_retrained_model_at_the_same_path_is_refused(tiny_store, runs, scheduler, tmp_path):
+    run = shutil.copytree(runs[0], tmp_path / "run")
+    out = tmp_path / "scan"
+    scan([run], tiny_store, out, _cfg(shard_size=12), scheduler=scheduler, progress=False)
+    _tiny_run(run, seed=5)  # overwrite with new weights
+    with pytest.raises(ConfigError, match="other models"):
+        scan([run], tiny_store, out, _cfg(shard_size=12), scheduler=scheduler, progress=False)
+
+
+def test_corrupt_cutouts_are_counted_not_fatal(layout_factory, runs, scheduler, tmp_path):
+    from lensfinder.layout import image_path
+    from lensfinder.surveys import EUCLID
+
+    layout = layout_factory("corrupt_layout", n=10, seed=3)
+    vis = EUCLID.band("VIS")
+    nan_image = image_path(layout, vis, 200002)  # all-NaN pixels: unusable
+    from astropy.io import fits
+
+    fits.writeto(nan_image, np.full((200, 200), np.nan, dtype=">f4"), overwrite=True)
+    image_path(layout, vis, 200007).write_bytes(b"not a FITS file at all")
+
+    out = tmp_path / "scan"
+    result = scan(runs[:1], layout, out, _cfg(shard_size=4), scheduler=scheduler, progress=False)
+    ids = pq.read_table(out / "candidates.parquet")["id"].to_pylist()
+    assert 200002 not in ids and 200007 not in ids
+    bad = sum(result.skipped.values()) + sum(result.source_problems.values())
+    assert bad == 2 and result.n_scored == 8
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_skipped"] + sum(summary["source_problems"].values()) == 2
+
+
+def test_two_workers_give_the_catalogue_of_one(tiny_store, runs, scheduler, tmp_path):
+    one = tmp_path / "one"
+    result = scan(runs[:1], tiny_store, one, _cfg(shard_size=8, workers=1), progress=False)
+    assert result.shards_done == 3
+    two = tmp_path / "two"
+    scan(runs[:1], tiny_store, two, _cfg(shard_size=8), scheduler=scheduler, progress=False)
+    a, b = _rows(one), _rows(two)
+    assert [i for i, _ in a] == [i for i, _ in b]
+    np.testing.assert_allclose([s for _, s in a], [s for _, s in b], rtol=1e-5, atol=1e-6)
