@@ -1,0 +1,359 @@
+"""``simulate()``: many objects, in worker processes, into the challenge layout; resumable.
+
+Each object is a pure function of (seed, ID, lens or not): its generator is
+``np.random.default_rng([seed, ID])``, so the files are the same whatever the worker count or the
+order objects finish in. Which IDs are lenses is fixed up front (a seeded permutation), so the
+lens fraction is exact. An intended lens whose measured quantities fail the label rule is redrawn
+(new source, then new lens galaxy, a bounded number of times); an intended non-lens with a
+background source that passes the rule is redrawn too.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lensfinder import __version__
+from lensfinder.config import SimulateConfig
+from lensfinder.errors import ConfigError, DataError
+from lensfinder.labels import LabelRule, label_rule
+from lensfinder.simulate import scene as scenes
+from lensfinder.simulate import writer
+from lensfinder.simulate.quantities import SIMULATED_COLUMNS, catalogue_row
+from lensfinder.simulate.render import BandImages, BandRenderer, preload
+from lensfinder.surveys import Survey, get_survey
+from lensfinder.utils import progress as progress_bar
+
+GALAXY_TRIES = 20  # lens galaxies tried per intended lens ...
+SOURCE_TRIES = 25  # ... and sources behind each
+NONLENS_TRIES = 50
+_PLAN_TAG = 0x51D  # keeps the plan's generator apart from the per-object ones
+
+
+@dataclass(frozen=True)
+class ObjectSettings:
+    """What a worker needs to make one object (small and picklable)."""
+
+    seed: int
+    supersampling: int
+    label_rule: str
+    survey: str
+
+
+@dataclass
+class SimulatedObject:
+    object_id: int
+    intended_lens: bool
+    scene: scenes.Scene
+    ra: float
+    dec: float
+    row: dict[str, float]
+    bands: dict[str, BandImages] = field(default_factory=dict)  # components + observed image
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return {
+            "kind": self.scene.kind,
+            "central_type": self.scene.central_type,
+            "intended_lens": self.intended_lens,
+            "theta_e": self.scene.theta_e,
+            "lens_model": self.scene.lens_models[0] if self.scene.lens_models else None,
+            "ra": self.ra,
+            "dec": self.dec,
+        }
+
+
+@dataclass
+class SimulateResult:
+    out: Path
+    catalog: Path
+    preview: Path | None
+    n: int
+    written: int
+    skipped: int  # already finished in an earlier run
+    lenses: int  # in the whole catalogue, by the label rule
+    seconds: float
+    workers: int
+    label_rule: str
+
+    @property
+    def rate(self) -> float:
+        """Cutouts simulated per second in this run."""
+        return self.written / self.seconds if self.seconds > 0 else math.nan
+
+    def summary(self) -> str:
+        done = f" ({self.skipped} already done)" if self.skipped else ""
+        preview = f"; preview {self.preview}" if self.preview else ""
+        return (
+            f"simulated {self.written} cutouts{done} into {self.out} in {self.seconds:.1f} s "
+            f"({self.rate:.2f}/s, {self.workers} worker(s)); {self.lenses}/{self.n} lenses by "
+            f"'{self.label_rule}'; catalogue {self.catalog}{preview}"
+        )
+
+
+# ------------------------------------------------------------------------------ one object
+
+
+def _reference_renderer(
+    scene: scenes.Scene, survey: Survey, settings: ObjectSettings
+) -> BandRenderer:
+    return BandRenderer(scene, survey.band(survey.reference_band), settings.supersampling)
+
+
+def _colour_bands(survey: Survey) -> tuple[str, str]:
+    reddest = max(survey.bands, key=lambda b: b.wavelength_um)
+    return survey.reference_band, reddest.name
+
+
+def _measure(
+    object_id: int,
+    scene: scenes.Scene,
+    central: np.ndarray,
+    survey: Survey,
+    settings: ObjectSettings,
+) -> tuple[dict[str, float], BandRenderer]:
+    """The catalogue row, rendering only the reference band's lensed source; also returns the
+    reference-band renderer, which keeps that source image for the final render."""
+    ref = _reference_renderer(scene, survey, settings)
+    ref.use_central(central)
+    unlensed = ref.flux(scenes.total_magnitude(scene.source, ref.band.name)) if scene.source else 1
+    row = catalogue_row(
+        object_id,
+        scene,
+        central,
+        ref.source(),
+        ref.background_noise,
+        unlensed,
+        _colour_bands(survey),
+    )
+    return row, ref
+
+
+def _passes(rule: LabelRule, row: dict[str, float]) -> bool:
+    return bool(rule.apply({k: np.array([v]) for k, v in row.items()})[0])
+
+
+_Drawn = tuple[scenes.Scene, dict[str, float], BandRenderer]
+
+
+def _draw_lens(
+    object_id: int,
+    rng: np.random.Generator,
+    survey: Survey,
+    settings: ObjectSettings,
+    rule: LabelRule,
+) -> _Drawn:
+    for _ in range(GALAXY_TRIES):
+        scene = scenes.draw_lens_galaxy(rng, survey.bands, "lens")
+        scenes.add_field(rng, survey.bands, scene)
+        central = _reference_renderer(scene, survey, settings).central()
+        for _ in range(SOURCE_TRIES):
+            scenes.draw_source(rng, survey.bands, scene, lensed=True)
+            row, ref = _measure(object_id, scene, central, survey, settings)
+            if _passes(rule, row):
+                return scene, row, ref
+    raise ConfigError(
+        f"label rule '{rule}': no simulated lens passed it after "
+        f"{GALAXY_TRIES * SOURCE_TRIES} draws (object {object_id}); is the rule satisfiable?"
+    )
+
+
+def _draw_nonlens(
+    object_id: int,
+    rng: np.random.Generator,
+    survey: Survey,
+    settings: ObjectSettings,
+    rule: LabelRule,
+) -> _Drawn:
+    kind = scenes.draw_nonlens_kind(rng)
+    for _ in range(NONLENS_TRIES):
+        scene = scenes.draw_nonlens(rng, survey.bands, kind)
+        scenes.add_field(rng, survey.bands, scene)
+        if kind == "elliptical+source":
+            scenes.draw_source(rng, survey.bands, scene, lensed=False)
+        central = _reference_renderer(scene, survey, settings).central()
+        row, ref = _measure(object_id, scene, central, survey, settings)
+        if not _passes(rule, row):
+            return scene, row, ref
+    raise ConfigError(
+        f"label rule '{rule}': simulated non-lenses ({kind}) keep passing it "
+        f"(object {object_id}); a rule must reject galaxies without a lensed source"
+    )
+
+
+def simulate_object(
+    settings: ObjectSettings, object_id: int, intended_lens: bool, observe: bool = True
+) -> SimulatedObject:
+    """Draw, measure and render one object in every band (with noise when ``observe``)."""
+    survey = get_survey(settings.survey)
+    rule = label_rule(settings.label_rule)
+    rng = np.random.default_rng([settings.seed, object_id])
+    ra, dec = scenes.sky_position(rng)
+    draw = _draw_lens if intended_lens else _draw_nonlens
+    scene, row, reference = draw(object_id, rng, survey, settings, rule)
+    noise_seeds = {band.name: int(rng.integers(2**31 - 1)) for band in survey.bands}
+    obj = SimulatedObject(object_id, intended_lens, scene, ra, dec, row)
+    for band in survey.bands:
+        renderer = (
+            reference
+            if band.name == survey.reference_band
+            else BandRenderer(scene, band, settings.supersampling)
+        )
+        obj.bands[band.name] = renderer.render(noise_seeds[band.name] if observe else None)
+    return obj
+
+
+def _make_and_write(task: tuple[ObjectSettings, str, int, bool]) -> tuple[int, bool]:
+    """Worker: simulate one object, write its band files, then its row file (last)."""
+    settings, root, object_id, intended_lens = task
+    obj = simulate_object(settings, object_id, intended_lens)
+    survey = get_survey(settings.survey)
+    for band in survey.bands:
+        image = obj.bands[band.name].image
+        assert image is not None
+        writer.write_band_fits(root, band, object_id, image, obj.ra, obj.dec)
+    writer.write_row(root, object_id, obj.row, obj.meta)
+    return object_id, intended_lens
+
+
+# ------------------------------------------------------------------------------ many objects
+
+
+def lens_plan(config: SimulateConfig) -> np.ndarray:
+    """Which of the ``n`` objects are drawn as lenses: exactly round(n * lens_fraction)."""
+    n_lenses = round(config.n * config.lens_fraction)
+    order = np.random.default_rng([config.seed, config.n, _PLAN_TAG]).permutation(config.n)
+    plan = np.zeros(config.n, dtype=bool)
+    plan[order[:n_lenses]] = True
+    return plan
+
+
+def validate(config: SimulateConfig) -> tuple[Survey, LabelRule]:
+    """Refuse settings that cannot work, with one clear line each."""
+    if not isinstance(config.n, int) or config.n < 1:
+        raise ConfigError(f"simulate: n must be a positive integer, got {config.n!r}")
+    if not 0.0 <= config.lens_fraction <= 1.0:
+        raise ConfigError(f"simulate: lens_fraction must be in [0, 1], got {config.lens_fraction}")
+    if config.workers < 1:
+        raise ConfigError(f"simulate: workers must be at least 1, got {config.workers}")
+    if config.supersampling < 1:
+        raise ConfigError(f"simulate: supersampling must be >= 1, got {config.supersampling}")
+    if config.first_id < 0:
+        raise ConfigError(f"simulate: first_id must be >= 0, got {config.first_id}")
+    try:
+        survey = get_survey(config.survey)
+        rule = label_rule(config.label_rule)
+    except ValueError as exc:
+        raise ConfigError(f"simulate: {exc}") from None
+    unknown = [c for c in rule.columns if c not in SIMULATED_COLUMNS]
+    if unknown:
+        raise ConfigError(
+            f"simulate: label rule '{rule}' uses {', '.join(unknown)}, which the simulator does "
+            f"not compute; it fills {', '.join(SIMULATED_COLUMNS[1:])}"
+        )
+    return survey, rule
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """fork where the platform has it (Linux): workers start at once and scripts need no
+    ``if __name__ == "__main__"`` guard; spawn elsewhere. Workers touch only numpy, lenstronomy
+    and astropy, and the pool starts before any progress bar thread."""
+    if "fork" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
+def _run_tasks(tasks: list, workers: int, show: bool) -> Iterator[tuple[int, bool]]:
+    """Run the tasks in-process (one worker) or in a pool, yielding as objects finish."""
+
+    def shown(results: Iterable[tuple[int, bool]]) -> Iterable[tuple[int, bool]]:
+        if not show:
+            return results
+        return progress_bar(results, total=len(tasks), desc="simulate", unit="cutout")
+
+    if workers == 1:
+        yield from shown(map(_make_and_write, tasks))
+        return
+    context = _pool_context()
+    if context.get_start_method() == "fork":
+        preload()  # inherited by every worker
+    with context.Pool(workers) as pool:
+        yield from shown(pool.imap_unordered(_make_and_write, tasks, chunksize=1))
+
+
+def simulate(config: SimulateConfig, out: Path, progress: bool = True) -> SimulateResult:
+    """Simulate ``config.n`` Euclid-like objects into the challenge layout at ``out``.
+
+    Re-running into the same directory skips finished objects and completes partial ones.
+    Writes ``out/image_catalog2.0train.csv`` and ``out/preview.png`` at the end.
+    """
+    from lensfinder.simulate.preview import write_preview
+
+    survey, rule = validate(config)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    writer.check_run_settings(
+        out,
+        {
+            "seed": config.seed,
+            "n": config.n,
+            "first_id": config.first_id,
+            "lens_fraction": config.lens_fraction,
+            "supersampling": config.supersampling,
+            "label_rule": str(rule),
+            "survey": survey.name,
+        },
+    )
+    settings = ObjectSettings(config.seed, config.supersampling, str(rule), survey.name)
+    ids = config.first_id + np.arange(config.n)
+    plan = lens_plan(config)
+    tasks = [
+        (settings, str(out), int(object_id), bool(is_lens))
+        for object_id, is_lens in zip(ids, plan, strict=True)
+        if not writer.is_done(out, int(object_id), survey.bands)
+    ]
+    skipped = config.n - len(tasks)
+    start = time.perf_counter()
+    workers = max(1, min(config.workers, len(tasks)))
+    for _ in _run_tasks(tasks, workers, progress):
+        pass
+    seconds = time.perf_counter() - start
+
+    rows = []
+    for object_id in ids:
+        record = writer.read_row(out, int(object_id))
+        if record is None:
+            raise DataError(f"{writer.row_path(out, int(object_id))}: missing or unreadable")
+        rows.append(record["row"])
+    columns = {c: np.array([r.get(c, np.nan) for r in rows], dtype=float) for c in rule.columns}
+    lenses = int(rule.apply(columns).sum())
+    comments = [
+        f"Simulated Euclid-like cutouts, lensfinder {__version__} (lenstronomy), "
+        f"survey {survey.name}",
+        f"seed={config.seed} n={config.n} first_id={config.first_id} "
+        f"lens_fraction={config.lens_fraction} supersampling={config.supersampling}",
+        f"label rule: {rule}",
+        "pixel units: electron/s (see BUNIT, MAGZP in each FITS header); "
+        "empty fields are not simulated",
+    ]
+    catalog = writer.write_catalogue(out, rows, comments)
+    preview = write_preview(out, out / "preview.png", label_rule=str(rule))
+    return SimulateResult(
+        out=out,
+        catalog=catalog,
+        preview=preview,
+        n=config.n,
+        written=len(tasks),
+        skipped=skipped,
+        lenses=lenses,
+        seconds=seconds,
+        workers=workers,
+        label_rule=str(rule),
+    )

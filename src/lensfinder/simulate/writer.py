@@ -1,0 +1,143 @@
+"""Write simulated objects in the challenge layout, atomically and resumably.
+
+Per object: one FITS file per band (``lensfinder.layout.image_path``), then a row file
+``ROOT/.sim_rows/<ID>.json``. The row file is written last, so its presence (with all band files)
+means the object is finished; a re-run skips it. The catalogue is assembled from the row files at
+the end, in one atomic write.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lensfinder import layout
+from lensfinder.errors import ConfigError, DataError
+from lensfinder.surveys import Band
+from lensfinder.utils import atomic_path, atomic_write_text
+
+ROWS_DIR = ".sim_rows"
+RUN_FILE = "run.json"
+BUNIT = "electron/s"
+
+
+def rows_dir(root: str | Path) -> Path:
+    return Path(root) / ROWS_DIR
+
+
+def row_path(root: str | Path, object_id: int) -> Path:
+    return rows_dir(root) / f"{object_id}.json"
+
+
+def band_header(band: Band, object_id: int, ra: float, dec: float) -> Any:
+    """A header with the band, pixel scale, ID, units and a TAN WCS centred on (ra, dec)."""
+    from astropy.wcs import WCS
+
+    n = band.cutout_pixels
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.cunit = ["deg", "deg"]
+    wcs.wcs.crval = [ra, dec]
+    wcs.wcs.crpix = [(n + 1) / 2.0, (n + 1) / 2.0]  # the cutout centre, FITS 1-based
+    wcs.wcs.cdelt = [-band.pixel_scale / 3600.0, band.pixel_scale / 3600.0]  # East left
+    header = wcs.to_header()
+    header["BAND"] = (band.name, "band name")
+    header["INSTRUME"] = (band.instrument, "instrument")
+    header["PIXSCALE"] = (band.pixel_scale, "pixel scale, arcsec")
+    header["OBJ_ID"] = (int(object_id), "object ID")
+    header["BUNIT"] = (BUNIT, "pixel unit")
+    header["MAGZP"] = (band.zero_point, "AB magnitude of 1 e-/s")
+    header["PSF_FWHM"] = (band.psf_fwhm, "Gaussian PSF FWHM, arcsec")
+    header["EXPTIME"] = (band.total_exposure, "total exposure, s")
+    header["ORIGIN"] = ("lensfinder.simulate", "simulated with lenstronomy")
+    return header
+
+
+def write_band_fits(
+    root: str | Path, band: Band, object_id: int, image: np.ndarray, ra: float, dec: float
+) -> Path:
+    """Write one cutout (float32 primary HDU) atomically; returns its path."""
+    from astropy.io import fits
+
+    n = band.cutout_pixels
+    if image.shape != (n, n):
+        raise ValueError(f"band {band.name}: image shape {image.shape}, expected {(n, n)}")
+    path = layout.image_path(root, band, object_id)
+    hdu = fits.PrimaryHDU(
+        data=np.asarray(image, dtype=np.float32), header=band_header(band, object_id, ra, dec)
+    )
+    with atomic_path(path) as tmp:
+        hdu.writeto(tmp, overwrite=True)
+    return path
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, np.generic):
+        return _json_safe(value.item())
+    return value
+
+
+def write_row(
+    root: str | Path, object_id: int, row: Mapping[str, float], meta: Mapping[str, Any]
+) -> None:
+    """The object's catalogue row plus simulator truth (kind, Einstein radius, sky position)."""
+    record = {
+        "row": {k: _json_safe(v) for k, v in row.items()},
+        "meta": {k: _json_safe(v) for k, v in meta.items()},
+    }
+    atomic_write_text(row_path(root, object_id), json.dumps(record, sort_keys=True) + "\n")
+
+
+def read_row(root: str | Path, object_id: int) -> dict[str, Any] | None:
+    """The stored record of a finished object, or None if it is missing or unreadable."""
+    path = row_path(root, object_id)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or "row" not in record:
+        return None
+    record["row"] = {k: (math.nan if v is None else v) for k, v in record["row"].items()}
+    return record
+
+
+def is_done(root: str | Path, object_id: int, bands: Sequence[Band]) -> bool:
+    """Finished = the row file (written last) and every band's FITS file exist."""
+    if not row_path(root, object_id).is_file():
+        return False
+    return all(layout.image_path(root, band, object_id).is_file() for band in bands)
+
+
+def check_run_settings(root: str | Path, settings: Mapping[str, Any]) -> None:
+    """Record what this directory is simulated with; refuse to mix objects of other settings."""
+    path = rows_dir(root) / RUN_FILE
+    if path.is_file():
+        try:
+            stored = json.loads(path.read_text())
+        except ValueError:
+            raise DataError(f"{path}: not valid JSON; delete it to start afresh") from None
+        changed = {k: (stored.get(k), v) for k, v in settings.items() if stored.get(k) != v}
+        if changed:
+            detail = ", ".join(f"{k} was {old!r}, now {new!r}" for k, (old, new) in changed.items())
+            raise ConfigError(
+                f"{Path(root)}: already holds a simulation made with other settings ({detail}); "
+                "re-run with the same settings to resume, or choose another --out"
+            )
+        return
+    atomic_write_text(path, json.dumps(dict(settings), indent=1, sort_keys=True) + "\n")
+
+
+def write_catalogue(
+    root: str | Path, rows: Sequence[Mapping[str, float]], comments: Sequence[str]
+) -> Path:
+    """The challenge catalogue from the objects' rows, in one atomic write."""
+    path = layout.catalog_path(root)
+    atomic_write_text(path, layout.format_catalog(rows, comments))
+    return path

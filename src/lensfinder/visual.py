@@ -1,0 +1,146 @@
+"""Images for people: colour composites of VIS + NISP cutouts and PNG mosaics.
+
+Shared by the simulator's preview and the candidate gallery. Every scaling is measured on the
+image itself (median and MAD for background and noise), so the pictures look alike in any flux
+units: simulated e-/s, the challenge's tiny arbitrary units, or real survey data. As in the
+Euclid Q1 lens searches, VIS gives the luminance (its resolution shows arcs) and NISP gives the
+colour (red lens galaxies, blue star-forming sources).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from lensfinder.utils import atomic_path
+
+MAD_TO_SIGMA = 1.4826
+
+
+def robust_background(image: np.ndarray) -> tuple[float, float]:
+    """(background level, noise sigma) from the median and MAD of the finite pixels.
+
+    The sigma falls back to the standard deviation, then to 1, for images with no spread,
+    so a blank or constant cutout never divides by zero.
+    """
+    values = np.asarray(image, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return 0.0, 1.0
+    median = float(np.median(values))
+    sigma = MAD_TO_SIGMA * float(np.median(np.abs(values - median)))
+    if not sigma > 0:
+        sigma = float(values.std())
+    if not sigma > 0:
+        sigma = 1.0
+    return median, sigma
+
+
+def in_noise_units(image: np.ndarray) -> np.ndarray:
+    """Background-subtracted image divided by its noise sigma (NaN and inf become 0)."""
+    median, sigma = robust_background(image)
+    scaled = (np.asarray(image, dtype=np.float64) - median) / sigma
+    return np.nan_to_num(scaled, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def asinh_stretch(image: np.ndarray, softening: float = 3.0, top_percentile: float = 99.95):
+    """Arcsinh stretch to [0, 1]: linear up to ``softening`` noise sigmas, logarithmic above, so
+    faint arcs and a bright galaxy core show together. The brightest 0.05% of pixels saturate."""
+    signal = in_noise_units(image)
+    stretched = np.arcsinh(signal / softening)
+    top = max(float(np.percentile(stretched, top_percentile)), float(np.arcsinh(10.0 / softening)))
+    return np.clip(stretched / top, 0.0, 1.0)
+
+
+def _to_grid(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resample to ``shape`` (bicubic, edges clamped): NISP onto the VIS grid."""
+    from scipy.ndimage import zoom
+
+    image = np.nan_to_num(np.asarray(image, dtype=np.float64))
+    if image.shape == shape:
+        return image
+    factors = (shape[0] / image.shape[0], shape[1] / image.shape[1])
+    resampled = zoom(image, factors, order=3, mode="nearest", grid_mode=True)
+    return resampled[: shape[0], : shape[1]]
+
+
+def colour_composite(vis: np.ndarray, nisp: np.ndarray, softening: float = 3.0) -> np.ndarray:
+    """An RGB picture (H, W, 3) uint8 of one object: VIS luminance, NISP colour.
+
+    ``vis`` is (H, W); ``nisp`` is (3, h, w) in Y, J, H order (any resolution). Red comes from H,
+    green from Y and J, blue from VIS blurred to NISP resolution, each in its own noise units
+    and balanced on the brightest object, so colours are relative: a red lens galaxy looks
+    orange-white and a blue arc around it looks blue, whatever the flux units.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    vis = np.asarray(vis, dtype=np.float64)
+    nisp = np.asarray(nisp, dtype=np.float64)
+    if vis.ndim != 2 or nisp.ndim != 3 or nisp.shape[0] != 3:
+        raise ValueError(
+            f"colour_composite: need vis (H, W) and nisp (3, h, w), got {vis.shape}, {nisp.shape}"
+        )
+    shape = vis.shape
+    luminance = asinh_stretch(vis, softening)
+
+    blur = 1.0 * shape[0] / nisp.shape[1]  # about one NISP pixel, in VIS pixels
+    blue = in_noise_units(gaussian_filter(np.nan_to_num(vis), blur))
+    green = _to_grid(in_noise_units(nisp[0]) + in_noise_units(nisp[1]), shape) / np.sqrt(2.0)
+    red = _to_grid(in_noise_units(nisp[2]), shape)
+    channels = np.stack([red, green, blue])
+    channels = gaussian_filter(channels, (0, blur, blur))  # colour is a low-resolution quantity
+    # Balance on the bright part of the picture (the channel values where the object is), but
+    # never amplify a channel beyond a few of its noise sigmas: pure noise stays grey.
+    sigmas = np.array([robust_background(c)[1] for c in channels])
+    bright = luminance >= np.percentile(luminance, 98)
+    levels = np.array([float(np.median(c[bright])) for c in channels])
+    levels = np.maximum(levels, 5.0 * sigmas)
+    balanced = np.clip(channels / levels[:, None, None], 0.0, None)
+    floor = float(np.mean(3.0 * sigmas / levels))  # faint pixels tend to grey
+    intensity = balanced.mean(axis=0)
+    chroma = (balanced + floor) / (intensity + floor)[None]
+    # Saturation follows the luminance: where VIS shows only noise, the picture stays grey
+    # (NISP's wider PSF must not paint coloured halos around stars and galaxies).
+    saturation = 1.3 * np.clip(gaussian_filter(luminance, blur) / 0.12, 0.0, 1.0)
+    chroma = 1.0 + saturation[None] * (chroma - 1.0)
+    rgb = np.clip(luminance[None] * chroma, 0.0, 1.0)
+    return np.round(np.moveaxis(rgb, 0, -1) * 255).astype(np.uint8)
+
+
+def save_grid(
+    images: Sequence[np.ndarray],
+    titles: Sequence[str],
+    path: str | Path,
+    columns: int = 6,
+    tile_inches: float = 2.2,
+    dpi: int = 100,
+) -> Path:
+    """A PNG mosaic of images (RGB uint8, or 2-D arrays shown with an asinh stretch), each
+    with its title; written atomically. Returns the path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if len(images) != len(titles):
+        raise ValueError(f"save_grid: {len(images)} images but {len(titles)} titles")
+    if not images:
+        raise ValueError("save_grid: no images")
+    columns = max(1, min(columns, len(images)))
+    rows = -(-len(images) // columns)
+    figure = Figure(figsize=(columns * tile_inches, rows * (tile_inches + 0.35)), dpi=dpi)
+    FigureCanvasAgg(figure)
+    for i, (image, title) in enumerate(zip(images, titles, strict=True)):
+        axes = figure.add_subplot(rows, columns, i + 1)
+        image = np.asarray(image)
+        if image.ndim == 2:
+            axes.imshow(asinh_stretch(image), cmap="gray", origin="lower", vmin=0, vmax=1)
+        else:
+            axes.imshow(image, origin="lower")
+        axes.set_title(title, fontsize=7)
+        axes.set_axis_off()
+    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.95, wspace=0.04, hspace=0.25)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", facecolor="white")
+    return path
