@@ -105,12 +105,16 @@ def pack(
     label_rule: Annotated[
         str | None, typer.Option(help="is_lens rule, e.g. 'n_sources > 0 & mag_eff > 1.5'.")
     ] = None,
-    chunk: Annotated[int, typer.Option(help="Objects per store chunk.")] = 64,
+    chunk: Annotated[int, typer.Option(help="Objects per store chunk.")] = 8,
+    workers: Annotated[int, typer.Option(help="FITS reader processes.")] = 1,
+    overwrite: Annotated[bool, typer.Option(help="Replace a store packed differently.")] = False,
 ) -> None:
     """Pack a challenge layout into one chunked Zarr store for fast training and scanning."""
     from lensfinder.data.store import pack as run
 
-    result = run(layout, out, label_rule=label_rule, chunk=chunk)
+    result = run(
+        layout, out, label_rule=label_rule, chunk=chunk, workers=workers, overwrite=overwrite
+    )
     typer.echo(result.summary())
 
 

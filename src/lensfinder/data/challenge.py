@@ -1,0 +1,450 @@
+"""Reading the Lens Finding Challenge 2 layout: list objects, read the catalogue, read FITS.
+
+Bad input never crashes a run over 100,000 objects: a file that cannot be used becomes a
+``Problem(id, path, reason)`` and the object is skipped and counted. Only a directory that is not
+a layout at all, or a catalogue that cannot give labels, raises ``DataError`` (one line).
+
+Non-finite pixels: an image with at most ``MAX_NONFINITE_FRACTION`` of its pixels NaN/inf is
+repaired (those pixels are set to the median of the finite pixels, so the repair is neutral in any
+flux unit) and the repair is counted; an image with more is rejected with a reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from lensfinder.errors import ConfigError, DataError
+from lensfinder.labels import LabelRule
+from lensfinder.labels import label_rule as parse_label_rule
+from lensfinder.layout import (
+    CATALOG_NAME,
+    KNOWN_MISSING_IDS,
+    PUBLIC_DIR,
+    band_dir,
+    catalog_path,
+    image_path,
+    parse_image_name,
+)
+from lensfinder.surveys import EUCLID, Band
+
+MAX_NONFINITE_FRACTION = 0.01
+FITS_BLOCK = 2880  # every FITS file is a whole number of 2880-byte blocks
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One skipped input: the object ID (None when unknown), the file, and why."""
+
+    id: int | None
+    path: str
+    reason: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {"id": self.id, "path": self.path, "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> Problem:
+        raw_id = data.get("id")
+        return cls(None if raw_id is None else int(raw_id), str(data["path"]), str(data["reason"]))
+
+    def __str__(self) -> str:
+        who = f"ID {self.id}" if self.id is not None else "-"
+        return f"{who}: {self.path}: {self.reason}"
+
+
+class BadImage(Exception):
+    """An object's files cannot be used; the message is the reason shown to the user."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        super().__init__(reason)
+        self.path = str(path)
+        self.reason = reason
+
+
+@dataclass
+class LoadedObject:
+    """The pixels of one object, native float32, plus the repairs made to them."""
+
+    vis: np.ndarray  # (200, 200)
+    nisp: np.ndarray  # (3, 66, 66), Y J H
+    ra: float
+    dec: float
+    repaired_pixels: int = 0
+    repaired_bands: tuple[str, ...] = ()
+
+
+def summarise_problems(problems: list[Problem], limit: int = 3) -> str:
+    """ "12 skipped (9 catalogue ID without images, 3 unreadable FITS ...)" for summaries."""
+    if not problems:
+        return "no problems"
+    kinds = Counter(p.reason.split(" (")[0].split(":")[0] for p in problems)
+    top = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common(limit))
+    more = "" if len(kinds) <= limit else f", {len(kinds) - limit} other kinds"
+    return f"{len(problems)} skipped ({top}{more})"
+
+
+def _read_fits_image(path: Path) -> tuple[np.ndarray, object]:
+    """The first image HDU with data, as native float32, and its header; BadImage otherwise."""
+    from astropy.io import fits
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with fits.open(path, memmap=False) as hdul:
+                for hdu in hdul:
+                    if getattr(hdu, "data", None) is not None and hdu.is_image:
+                        data = np.asarray(hdu.data)
+                        header = hdu.header
+                        break
+                else:
+                    raise BadImage(path, "FITS file holds no image data")
+    except BadImage:
+        raise
+    except Exception as exc:
+        size = path.stat().st_size if path.exists() else 0
+        if size == 0:
+            raise BadImage(path, "empty file") from None
+        with path.open("rb") as handle:
+            starts_as_fits = handle.read(9) == b"SIMPLE  ="
+        if not starts_as_fits:
+            raise BadImage(path, "corrupt FITS: not a FITS file (no SIMPLE card)") from None
+        if size % FITS_BLOCK:
+            raise BadImage(path, f"truncated FITS file ({size} bytes)") from None
+        raise BadImage(path, f"unreadable FITS ({type(exc).__name__}: {exc})") from None
+    while data.ndim > 2 and data.shape[0] == 1:  # (1, H, W) cubes from some writers
+        data = data[0]
+    # Native byte order float32: astropy gives big-endian '>f4', which torch cannot take.
+    return data.astype(np.float32, copy=False), header
+
+
+def _repair_nonfinite(data: np.ndarray, path: Path) -> int:
+    """Replace a few NaN/inf pixels in place by the finite median; reject images with many."""
+    bad = ~np.isfinite(data)
+    count = int(bad.sum())
+    if count == 0:
+        return 0
+    if count > MAX_NONFINITE_FRACTION * data.size:
+        raise BadImage(path, f"non-finite pixels: {count} of {data.size} are NaN or inf")
+    data[bad] = np.median(data[~bad])
+    return count
+
+
+def _centre_radec(header, shape: tuple[int, ...]) -> tuple[float, float]:
+    """RA/Dec (deg) of the cutout centre from a celestial WCS, or NaN when there is none."""
+    if "CTYPE1" not in header or "CTYPE2" not in header:
+        return float("nan"), float("nan")
+    ctypes = (str(header["CTYPE1"]), str(header["CTYPE2"]))
+    centre = ((shape[-1] + 1) / 2.0, (shape[-2] + 1) / 2.0)  # 1-based FITS pixel
+    if (
+        ctypes[0].startswith("RA--")
+        and ctypes[1].startswith("DEC-")
+        and (header.get("CRPIX1"), header.get("CRPIX2")) == centre
+    ):
+        # The reference pixel maps to CRVAL in every projection: no WCS object needed (~1 ms).
+        return float(header["CRVAL1"]), float(header["CRVAL2"])
+    try:
+        from astropy.wcs import WCS
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            wcs = WCS(header, naxis=2)
+            if not wcs.has_celestial:
+                return float("nan"), float("nan")
+            ra, dec = wcs.pixel_to_world_values((shape[-1] - 1) / 2.0, (shape[-2] - 1) / 2.0)
+        return float(ra), float(dec)
+    except Exception:  # a broken WCS only loses the position, not the object
+        return float("nan"), float("nan")
+
+
+def read_band(path: Path, band: Band, want_position: bool = False) -> tuple[np.ndarray, int, tuple]:
+    """One band's image checked against the survey's cutout shape; (pixels, repaired, (ra, dec))."""
+    data, header = _read_fits_image(path)
+    expected = (band.cutout_pixels, band.cutout_pixels)
+    if data.shape != expected:
+        raise BadImage(path, f"wrong shape {data.shape} for band {band.name}, expected {expected}")
+    data = np.array(data, dtype=np.float32, copy=True) if not data.flags.writeable else data
+    repaired = _repair_nonfinite(data, path)
+    position = _centre_radec(header, data.shape) if want_position else (np.nan, np.nan)
+    return data, repaired, position
+
+
+def _parse_number(text: str) -> float:
+    text = text.strip()
+    return float(text) if text else float("nan")
+
+
+def _split_csv(line: str) -> list[str]:
+    return next(csv.reader([line]))
+
+
+def read_catalog(path: Path) -> tuple[dict[str, np.ndarray], list[Problem]]:
+    """Columns of a challenge catalogue CSV (``#`` comments, header with an unnamed index).
+
+    Empty fields are NaN; a row with the wrong number of fields or a non-number is a Problem;
+    a repeated ID keeps its first row. Raises DataError when there is no usable header or ID.
+    """
+    problems: list[Problem] = []
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read catalogue ({exc.strerror})") from None
+    numbered = [
+        (number, line)
+        for number, line in enumerate(text.splitlines(), start=1)
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    if not numbered:
+        raise DataError(f"{path}: catalogue has no header row")
+    names = [h.strip() for h in _split_csv(numbered[0][1])]
+    if "ID" not in names:
+        raise DataError(f"{path}: catalogue header has no ID column (found {','.join(names)})")
+    id_column = names.index("ID")
+    columns: list[list[float]] = [[] for _ in names]
+    seen: set[int] = set()
+    for number, line in numbered[1:]:
+        where = f"{path}:{number}"
+        row = _split_csv(line)
+        if len(row) != len(names):
+            reason = f"catalogue row has {len(row)} fields, header has {len(names)}"
+            problems.append(Problem(None, where, reason))
+            continue
+        try:
+            values = [_parse_number(v) for v in row]
+        except ValueError:
+            problems.append(Problem(None, where, "catalogue row holds a non-number"))
+            continue
+        object_id = values[id_column]
+        if not np.isfinite(object_id):
+            problems.append(Problem(None, where, "catalogue row has no ID"))
+            continue
+        if int(object_id) in seen:
+            problems.append(Problem(int(object_id), where, "duplicate catalogue ID"))
+            continue
+        seen.add(int(object_id))
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    catalog = {
+        name: np.asarray(values, dtype=np.float64)
+        for name, values in zip(names, columns, strict=True)
+        if name  # the unnamed leading index is a row number, not a quantity
+    }
+    catalog["ID"] = catalog["ID"].astype(np.int64)
+    return catalog, problems
+
+
+def find_layout_root(path: str | Path) -> Path:
+    """The layout root for ``path`` (itself, or above its ``Public`` folder); else DataError."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such directory")
+    if not path.is_dir():
+        raise DataError(f"{path}: not a directory (expected a challenge layout)")
+    if path.name == PUBLIC_DIR and (path / EUCLID.bands[0].directory).is_dir():
+        path = path.parent
+    if not any(band_dir(path, band).is_dir() for band in EUCLID.bands):
+        dirs = ", ".join(f"{PUBLIC_DIR}/{b.directory}" for b in EUCLID.bands)
+        raise DataError(f"{path}: not a challenge layout (none of {dirs} found)")
+    return path
+
+
+def _list_band(root: Path, band: Band) -> dict[int, Path]:
+    """ID -> file for one band, from one directory listing (fast for 100,000 files)."""
+    folder = band_dir(root, band)
+    found: dict[int, Path] = {}
+    if not folder.is_dir():
+        return found
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            parsed = parse_image_name(entry.name)
+            if parsed is not None and parsed[0] == band.name:
+                found[parsed[1]] = Path(entry.path)
+    return found
+
+
+@dataclass
+class ChallengeLayout:
+    """The usable objects of a layout (sorted by ID), their catalogue rows and labels.
+
+    ``labels`` are -1 when the layout has no catalogue (an unlabelled scan set).
+    ``ra``/``dec`` come from the VIS headers and are read on first use (one header per object).
+    """
+
+    root: Path
+    ids: np.ndarray  # int64
+    labels: np.ndarray  # int8
+    catalog: dict[str, np.ndarray]
+    problems: list[Problem]
+    label_rule: str | None
+    has_catalog: bool
+    _positions: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def path(self, index: int, band: Band | str) -> Path:
+        band = EUCLID.band(band) if isinstance(band, str) else band
+        return image_path(self.root, band, int(self.ids[index]))
+
+    def load(self, index: int, want_position: bool = True) -> LoadedObject:
+        """All four bands of object ``index``; raises BadImage with the reason if unusable."""
+        planes, repaired, position = [], {}, (np.nan, np.nan)
+        for band in EUCLID.bands:
+            data, fixed, where = read_band(
+                self.path(index, band), band, want_position and band.name == "VIS"
+            )
+            planes.append(data)
+            if fixed:
+                repaired[band.name] = fixed
+            if band.name == "VIS":
+                position = where
+        return LoadedObject(
+            planes[0],
+            np.stack(planes[1:]),
+            position[0],
+            position[1],
+            sum(repaired.values()),
+            tuple(repaired),
+        )
+
+    def _read_positions(self) -> tuple[np.ndarray, np.ndarray]:
+        from astropy.io import fits
+
+        from lensfinder.utils import progress
+
+        ra = np.full(len(self), np.nan)
+        dec = np.full(len(self), np.nan)
+        vis = EUCLID.bands[0]
+        for index in progress(range(len(self)), total=len(self), desc="reading positions"):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    header = fits.getheader(self.path(index, vis))
+            except Exception:  # an unreadable file is reported when its pixels are read
+                continue
+            shape = (header.get("NAXIS2", vis.cutout_pixels), header.get("NAXIS1", 0))
+            ra[index], dec[index] = _centre_radec(header, shape)
+        return ra, dec
+
+    @property
+    def ra(self) -> np.ndarray:
+        if self._positions is None:
+            self._positions = self._read_positions()
+        return self._positions[0]
+
+    @property
+    def dec(self) -> np.ndarray:
+        if self._positions is None:
+            self._positions = self._read_positions()
+        return self._positions[1]
+
+    @cached_property
+    def index_of(self) -> dict[int, int]:
+        return {int(object_id): i for i, object_id in enumerate(self.ids)}
+
+    def summary(self) -> str:
+        labelled = (
+            f"{int((self.labels == 1).sum())} lenses, {int((self.labels == 0).sum())} non-lenses"
+            if self.has_catalog
+            else "unlabelled (no catalogue)"
+        )
+        return f"{self.root}: {len(self)} objects, {labelled}; {summarise_problems(self.problems)}"
+
+
+def read_layout(
+    path: str | Path,
+    label_rule: str | LabelRule | None = None,
+    catalog: str | Path | None = None,
+) -> ChallengeLayout:
+    """List the objects of a challenge layout, read its catalogue, label by ``label_rule``.
+
+    Cheap: lists directories and reads the catalogue; pixels are read later (``load``), so
+    unreadable files surface there. Objects missing a band, or missing a catalogue row when a
+    catalogue exists, become Problems here; so do catalogue IDs without images.
+    """
+    root = find_layout_root(path)
+    rule = _as_rule(label_rule)
+    problems: list[Problem] = []
+    per_band = {band.name: _list_band(root, band) for band in EUCLID.bands}
+    all_ids = set().union(*per_band.values())
+    if not all_ids:
+        raise DataError(f"{root}: challenge layout holds no imageEUC_<BAND>-<ID>.fits files")
+    complete = []
+    for object_id in sorted(all_ids):
+        missing = [name for name, files in per_band.items() if object_id not in files]
+        if missing:
+            present = next(files[object_id] for files in per_band.values() if object_id in files)
+            problems.append(Problem(object_id, str(present), f"missing band {','.join(missing)}"))
+        else:
+            complete.append(object_id)
+    ids = np.asarray(complete, dtype=np.int64)
+
+    cat_file = Path(catalog) if catalog is not None else catalog_path(root)
+    if not cat_file.is_file():
+        if catalog is not None:
+            raise DataError(f"{cat_file}: no such catalogue file")
+        return ChallengeLayout(
+            root, ids, np.full(len(ids), -1, np.int8), {}, problems, None, has_catalog=False
+        )
+
+    columns, cat_problems = read_catalog(cat_file)
+    problems += cat_problems
+    needed = [c for c in rule.columns if c not in columns]
+    if needed:
+        raise DataError(
+            f"{cat_file}: catalogue lacks column(s) {', '.join(needed)} needed by the label rule "
+            f"'{rule}'"
+        )
+    row_of = {int(object_id): row for row, object_id in enumerate(columns["ID"])}
+    for object_id in columns["ID"]:
+        if int(object_id) not in all_ids:
+            known = (
+                " (known missing in the challenge set)" if object_id in KNOWN_MISSING_IDS else ""
+            )
+            problems.append(
+                Problem(int(object_id), str(cat_file), f"catalogue ID without images{known}")
+            )
+    keep = np.asarray([int(i) in row_of for i in ids], dtype=bool)
+    for object_id in ids[~keep]:
+        problems.append(
+            Problem(
+                int(object_id),
+                str(image_path(root, EUCLID.bands[0], int(object_id))),
+                "images without a catalogue row",
+            )
+        )
+    ids = ids[keep]
+    rows = np.asarray([row_of[int(i)] for i in ids], dtype=np.int64)
+    aligned = {name: values[rows] for name, values in columns.items()}
+    labels = rule.apply(aligned)
+    return ChallengeLayout(root, ids, labels, aligned, problems, str(rule), has_catalog=True)
+
+
+def _as_rule(rule: str | LabelRule | None) -> LabelRule:
+    if isinstance(rule, LabelRule):
+        return rule
+    try:
+        return parse_label_rule(rule)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+__all__ = [
+    "CATALOG_NAME",
+    "MAX_NONFINITE_FRACTION",
+    "BadImage",
+    "ChallengeLayout",
+    "LoadedObject",
+    "Problem",
+    "read_band",
+    "read_catalog",
+    "read_layout",
+    "summarise_problems",
+]

@@ -1,0 +1,227 @@
+"""Pixels -> model input: the only place where normalisation and resampling happen.
+
+Dataset, predict and scan all call ``to_model_input``, so training and inference can never
+disagree. Normalisation measures every image's own background and noise, because the data a model
+meets later come in other flux units (our simulator and the challenge files differ by ~1e10) and
+from other simulators: nothing here depends on absolute units or on one simulator's noise level.
+
+Geometry: VIS is 200 px at 0.1" (20"), NISP 66 px at 0.3" (19.8"), both centred on the object.
+NISP is resampled onto the VIS field by its true pixel scale (not stretched to fit), so a point
+source lands at the same sky position in every channel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lensfinder.config import BANDS_ALL, BANDS_NISP, InputConfig
+from lensfinder.errors import ConfigError
+from lensfinder.surveys import EUCLID
+
+MAD_TO_SIGMA = 1.4826  # sigma of a Gaussian per unit median absolute deviation
+CLIP_SIGMAS = 3.0
+CLIP_ITERATIONS = 2
+BORDER_FRACTION = 1 / 8  # noise is measured in a frame this wide: sky, away from the lens
+FALLBACK_QUANTILE = 0.99
+MAX_FRAME_PIXELS = 2048  # enough for a ~3% sigma; more only costs time (medians sort)
+
+ArrayLike = np.ndarray | torch.Tensor
+
+
+def _as_tensor(x: ArrayLike) -> torch.Tensor:
+    """float32 tensor; big-endian FITS arrays are converted to native order first."""
+    if isinstance(x, torch.Tensor):
+        return x.float()
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+
+def _border_index(height: int, width: int, device: torch.device) -> torch.Tensor:
+    width_px = max(2, round(min(height, width) * BORDER_FRACTION))
+    mask = torch.ones(height, width, dtype=torch.bool, device=device)
+    mask[width_px:-width_px, width_px:-width_px] = False
+    index = mask.flatten().nonzero().squeeze(1)
+    stride = max(1, -(-len(index) // MAX_FRAME_PIXELS))
+    return index[::stride]
+
+
+def _quantile_last(x: torch.Tensor, q: float) -> torch.Tensor:
+    """Quantile along the last axis via kthvalue (torch.quantile refuses large inputs)."""
+    k = min(x.shape[-1], max(1, round(q * (x.shape[-1] - 1)) + 1))
+    return torch.kthvalue(x, k, dim=-1).values
+
+
+def background_and_noise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image and band: robust sky level and noise sigma from the border frame.
+
+    Median and 1.4826 x MAD, then ``CLIP_ITERATIONS`` rounds of 3-sigma clipping so companions
+    in the frame do not inflate the noise. ``x`` is (n, c, h, w); results are (n, c, 1, 1).
+    Where sigma cannot be measured (noiseless or constant images) it is NaN or 0; callers fall
+    back to other scales.
+    """
+    n, c, h, w = x.shape
+    frame = x.flatten(2)[..., _border_index(h, w, x.device)]
+    frame = torch.where(torch.isfinite(frame), frame, torch.nan)
+    median = torch.nanmedian(frame, dim=-1, keepdim=True).values
+    sigma = MAD_TO_SIGMA * torch.nanmedian((frame - median).abs(), dim=-1, keepdim=True).values
+    for _ in range(CLIP_ITERATIONS):
+        kept = torch.where((frame - median).abs() <= CLIP_SIGMAS * sigma, frame, torch.nan)
+        median = torch.nanmedian(kept, dim=-1, keepdim=True).values
+        sigma = MAD_TO_SIGMA * torch.nanmedian((kept - median).abs(), dim=-1, keepdim=True).values
+    return median.reshape(n, c, 1, 1), sigma.reshape(n, c, 1, 1)
+
+
+def _fallback_scale(residual: torch.Tensor) -> torch.Tensor:
+    """A positive scale for images without measurable noise: the 99th percentile of |x - bg|,
+    else the largest |x - bg|, else 1 (the image is constant and maps to zeros anyway)."""
+    flat = residual.abs().flatten(2)
+    scale = _quantile_last(flat, FALLBACK_QUANTILE)
+    scale = torch.where(scale > 0, scale, flat.amax(dim=-1))
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return scale.reshape(*residual.shape[:2], 1, 1)
+
+
+def fast_asinh(x: torch.Tensor) -> torch.Tensor:
+    """asinh via log and sqrt: ~4x faster than torch.asinh on CPU, within 5e-7 absolute."""
+    magnitude = x.abs()
+    return torch.copysign(torch.log(magnitude + torch.sqrt(magnitude * magnitude + 1.0)), x)
+
+
+def _usable(scale: torch.Tensor) -> torch.Tensor:
+    return torch.isfinite(scale) & (scale > 0)
+
+
+def normalize(x: torch.Tensor, input_cfg: InputConfig) -> torch.Tensor:
+    """Normalise (n, c, h, w) per image and band, as ``input_cfg.normalization`` says.
+
+    - ``asinh_noise``: asinh((x - sky) / (softening x sigma)), sky and sigma from the border.
+    - ``asinh_percentile``: asinh((x - sky) / p99(x - sky)), for images without a sky border.
+    - ``instance``: (x - mean) / std, no stretch.
+    All results are clipped to +-``clip`` and never NaN (non-finite pixels become 0).
+    """
+    finite = torch.isfinite(x)
+    method = input_cfg.normalization
+    if method == "instance":
+        clean = torch.where(finite, x, torch.nan)
+        mean = torch.nanmean(clean.flatten(2), dim=-1).reshape(*x.shape[:2], 1, 1)
+        centred = torch.where(finite, x - mean, 0.0)
+        # Divide by the largest value before squaring: 1e-22 squared underflows float32.
+        peak = centred.abs().flatten(2).amax(-1).reshape(*x.shape[:2], 1, 1)
+        unit = centred / torch.where(_usable(peak), peak, torch.ones_like(peak))
+        count = finite.flatten(2).sum(-1).clamp(min=1).reshape(*x.shape[:2], 1, 1)
+        std = (unit.square().flatten(2).sum(-1).reshape(*x.shape[:2], 1, 1) / count).sqrt()
+        out = unit / torch.where(_usable(std), std, torch.ones_like(std))
+        flat = torch.where(finite, x, torch.nan).flatten(2)
+        spread = torch.nan_to_num(
+            flat.nan_to_num(nan=-torch.inf).amax(-1) - flat.nan_to_num(nan=torch.inf).amin(-1),
+            nan=0.0,
+        )
+        out = torch.where(spread.reshape(*x.shape[:2], 1, 1) > 0, out, 0.0)  # constant images
+    elif method in ("asinh_noise", "asinh_percentile"):
+        sky, sigma = background_and_noise(x)
+        sky = torch.where(torch.isfinite(sky), sky, torch.zeros_like(sky))
+        residual = torch.where(finite, x - sky, 0.0)
+        if method == "asinh_noise":
+            if not bool(_usable(sigma).all()):
+                sigma = torch.where(_usable(sigma), sigma, _fallback_scale(residual))
+            scale = input_cfg.asinh_softening * sigma
+        else:
+            flat = residual.flatten(2)
+            scale = _quantile_last(flat, FALLBACK_QUANTILE).reshape(*x.shape[:2], 1, 1)
+            scale = torch.where(_usable(scale), scale, _fallback_scale(residual))
+        out = fast_asinh(residual / scale)
+    else:
+        raise ConfigError(f"unknown normalization {method!r}")
+    out = torch.nan_to_num(out, nan=0.0, posinf=input_cfg.clip, neginf=-input_cfg.clip)
+    return out.clamp(-input_cfg.clip, input_cfg.clip)
+
+
+def resize_vis(vis: torch.Tensor, size: int) -> torch.Tensor:
+    """VIS (n, c, H, W) to (n, c, size, size) over the same field, centres aligned.
+
+    Integer down-sampling averages whole pixel blocks (flux-area correct, no aliasing); other
+    ratios use antialiased bilinear interpolation.
+    """
+    height = vis.shape[-1]
+    if size == height:
+        return vis
+    if size < height and height % size == 0:
+        return F.avg_pool2d(vis, kernel_size=height // size)
+    return F.interpolate(
+        vis, size=(size, size), mode="bilinear", align_corners=False, antialias=size < height
+    )
+
+
+def resample_nisp(nisp: torch.Tensor, size: int, vis_pixels: int) -> torch.Tensor:
+    """NISP (n, c, h, w) onto the VIS field sampled by ``size`` pixels, bilinear.
+
+    The output covers ``vis_pixels`` x 0.1"; the input covers h x 0.3". With
+    ``align_corners=False`` both grids' normalised coordinates run edge to edge, so one scale
+    factor (output field / input field) maps output pixel centres onto the input, centres aligned.
+    The outer 0.1" that NISP does not cover repeats its edge pixels.
+    """
+    vis_band, nisp_band = EUCLID.band("VIS"), EUCLID.band(BANDS_NISP[0])
+    vis_field = vis_pixels * vis_band.pixel_scale
+    nisp_field = nisp.shape[-1] * nisp_band.pixel_scale
+    ratio = vis_field / nisp_field
+    n = nisp.shape[0]
+    theta = torch.zeros(n, 2, 3, dtype=nisp.dtype, device=nisp.device)
+    theta[:, 0, 0] = ratio
+    theta[:, 1, 1] = ratio
+    grid = F.affine_grid(theta, [n, nisp.shape[1], size, size], align_corners=False)
+    return F.grid_sample(nisp, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def check_bands(input_cfg: InputConfig) -> tuple[str, ...]:
+    bands = tuple(input_cfg.bands)
+    unknown = [b for b in bands if b not in BANDS_ALL]
+    if not bands or unknown or len(set(bands)) != len(bands):
+        raise ConfigError(
+            f"input bands {list(bands)}: need one or more distinct bands out of {list(BANDS_ALL)}"
+        )
+    if input_cfg.layout == "two_branch" and ("VIS" not in bands or len(bands) < 2):
+        raise ConfigError("input layout two_branch needs VIS and at least one NISP band")
+    if input_cfg.size < 8:
+        raise ConfigError(f"input size {input_cfg.size} is too small (at least 8 pixels)")
+    return bands
+
+
+def to_model_input(
+    vis: ArrayLike, nisp: ArrayLike | None, input_cfg: InputConfig
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Model input from raw cutouts: VIS (n, 200, 200) and NISP (n, 3, 66, 66) in any units.
+
+    ``stacked``: (n, len(bands), size, size) float32, channels in ``input_cfg.bands`` order, all
+    on the VIS field. ``two_branch``: (VIS (n, 1, size, size), NISP (n, k, 66, 66)) with the k
+    selected NISP bands on their native grid. ``nisp`` may be None when only VIS is selected.
+    """
+    bands = check_bands(input_cfg)
+    vis_t = _as_tensor(vis)
+    if vis_t.ndim != 3:
+        raise ValueError(f"vis must be (n, height, width), got shape {tuple(vis_t.shape)}")
+    nisp_index = [BANDS_NISP.index(b) for b in bands if b != "VIS"]
+    nisp_t = None
+    if nisp_index:
+        if nisp is None:
+            raise ValueError(f"bands {list(bands)} need NISP images, got None")
+        nisp_t = _as_tensor(nisp)
+        if nisp_t.ndim != 4 or nisp_t.shape[0] != vis_t.shape[0]:
+            raise ValueError(
+                f"nisp must be (n, 3, height, width) with n={vis_t.shape[0]}, got "
+                f"{tuple(nisp_t.shape)}"
+            )
+        nisp_t = normalize(nisp_t[:, nisp_index], input_cfg)
+    vis_pixels = vis_t.shape[-1]
+    vis_n = normalize(vis_t[:, None], input_cfg) if "VIS" in bands else None
+    if input_cfg.layout == "two_branch":
+        assert vis_n is not None and nisp_t is not None  # check_bands guarantees both
+        return resize_vis(vis_n, input_cfg.size).contiguous(), nisp_t.contiguous()
+    channels: dict[str, torch.Tensor] = {}
+    if vis_n is not None:
+        channels["VIS"] = resize_vis(vis_n, input_cfg.size)
+    if nisp_t is not None:
+        resampled = resample_nisp(nisp_t, input_cfg.size, vis_pixels)
+        nisp_bands = [b for b in bands if b != "VIS"]
+        channels.update({b: resampled[:, i : i + 1] for i, b in enumerate(nisp_bands)})
+    return torch.cat([channels[b] for b in bands], dim=1).contiguous()

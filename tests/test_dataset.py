@@ -1,0 +1,119 @@
+"""CutoutDataset: shapes for each input layout, labels, augmentation, skipping bad objects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from lensfinder.config import InputConfig
+from lensfinder.data import open_source
+from lensfinder.data.augment import apply_d4
+from lensfinder.data.dataset import CutoutDataset
+from lensfinder.data.sampler import BalancedBatchSampler
+from lensfinder.data.splits import split_indices
+from lensfinder.data.transforms import to_model_input
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize("size", [100, 200])
+def test_stacked_items(tiny_store: Path, size: int) -> None:
+    source = open_source(tiny_store)
+    dataset = CutoutDataset(source, np.array([2, 5, 7]), InputConfig(size=size))
+    assert len(dataset) == 3 and dataset.skipped == 0
+    x, y = dataset[1]
+    assert x.shape == (4, size, size) and x.dtype == torch.float32
+    assert y.dtype == torch.float32 and float(y) == float(source.labels[5])
+    assert dataset.ids.tolist() == source.ids[[2, 5, 7]].tolist()
+
+
+def test_two_branch_items_and_batches(tiny_store: Path) -> None:
+    dataset = CutoutDataset(open_source(tiny_store), None, InputConfig(layout="two_branch"))
+    (vis, nisp), _ = dataset[0]
+    assert vis.shape == (1, 100, 100) and nisp.shape == (3, 66, 66)
+    loader = DataLoader(dataset, batch_size=5)
+    (vis_b, nisp_b), y_b = next(iter(loader))
+    assert vis_b.shape == (5, 1, 100, 100) and nisp_b.shape == (5, 3, 66, 66)
+    assert y_b.shape == (5,)
+
+
+def test_items_equal_the_shared_transform(tiny_store: Path) -> None:
+    source = open_source(tiny_store)
+    cfg = InputConfig(size=100)
+    dataset = CutoutDataset(source, None, cfg)
+    cutouts = source.read([4])
+    expected = to_model_input(cutouts.vis, cutouts.nisp, cfg)[0]
+    assert torch.allclose(dataset[4][0], expected)
+
+
+def test_augmentation_is_a_d4_element_applied_to_both_branches(tiny_store: Path) -> None:
+    source = open_source(tiny_store)
+    cfg = InputConfig(layout="two_branch", size=100)
+    plain = CutoutDataset(source, None, cfg)
+    augmented = CutoutDataset(source, None, cfg, augment=True, seed=1)
+    found = set()
+    for position in range(6):
+        (vis, nisp), _ = plain[position]
+        (vis_a, nisp_a), _ = augmented[position]
+        ks = [k for k in range(8) if torch.equal(apply_d4(vis, k), vis_a)]
+        assert len(ks) == 1 and torch.equal(apply_d4(nisp, ks[0]), nisp_a)
+        found.add(ks[0])
+    assert len(found) > 1
+
+
+def test_unreadable_objects_are_excluded_and_counted(layout_factory) -> None:
+    root = layout_factory("ds_broken", n=4, seed=2)
+    (root / "Public" / "EUC_Y" / "imageEUC_Y-200001.fits").write_bytes(b"junk")
+    dataset = CutoutDataset(open_source(root), None, InputConfig(size=100))
+    assert dataset.skipped == 1 and len(dataset) == 3
+    assert 200001 not in dataset.ids.tolist()
+
+
+def test_balanced_loader_over_a_split(tiny_store: Path) -> None:
+    from lensfinder.config import SplitConfig
+
+    source = open_source(tiny_store)
+    train = split_indices(source.ids, SplitConfig(test_fraction=0.2, val_fraction=0.0))["train"]
+    dataset = CutoutDataset(source, train, InputConfig(size=100), augment=True)
+    sampler = BalancedBatchSampler(dataset.labels, batch_size=4, num_batches=3, seed=0)
+    for x, y in DataLoader(dataset, batch_sampler=sampler):
+        assert x.shape == (4, 4, 100, 100) and float(y.sum()) == 2.0
+
+
+@pytest.mark.slow
+def test_a_small_cnn_learns_the_fixture(layout_factory, tiny_store: Path) -> None:
+    """The fixture is useful for the whole pipeline only if lenses can be told apart: a
+    three-layer CNN trained on 96 fresh objects separates tiny_store's 24 (AUROC > 0.85)."""
+    from sklearn.metrics import roc_auc_score
+
+    torch.manual_seed(0)
+    cfg = InputConfig(size=50)
+    train = CutoutDataset(open_source(layout_factory("learn", n=96, seed=1)), None, cfg)
+    test = CutoutDataset(open_source(tiny_store), None, cfg)
+    x_train, y_train = train.get_batch(np.arange(len(train)))
+    x_test, y_test = test.get_batch(np.arange(len(test)))
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(4, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 1),
+    )  # fmt: skip
+    optimizer = torch.optim.Adam(net.parameters(), 3e-3)
+    generator = torch.Generator().manual_seed(0)
+    sampler = BalancedBatchSampler(y_train.numpy(), batch_size=16, num_batches=200, seed=0)
+    for batch in sampler:
+        ks = torch.randint(8, (len(batch),), generator=generator).tolist()
+        x = torch.stack([apply_d4(x_train[i], k) for i, k in zip(batch, ks, strict=True)])
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            net(x).squeeze(1), y_train[batch]
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        scores = net(x_test).squeeze(1)
+    assert roc_auc_score(y_test.numpy(), scores.numpy()) > 0.85

@@ -1,0 +1,72 @@
+"""Balanced batches: exactly half lenses whatever the class ratio; reproducible; resizable."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from torch.utils.data import DataLoader
+
+from lensfinder.data.sampler import BalancedBatchSampler
+from lensfinder.errors import DataError
+
+LABELS = np.array([1] * 10 + [0] * 90)  # 9:1 non-lenses to lenses
+
+
+def test_batches_are_exactly_half_lenses_from_a_9_to_1_set() -> None:
+    sampler = BalancedBatchSampler(LABELS, batch_size=16, num_batches=20, seed=0)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 20
+    for batch in batches:
+        assert len(batch) == 16
+        assert LABELS[batch].sum() == 8
+    drawn = np.concatenate(batches)
+    lens_counts = np.bincount(drawn[LABELS[drawn] == 1], minlength=10)[:10]
+    assert lens_counts.min() >= 15 and lens_counts.max() <= 17  # minority cycled evenly
+    first_pass = np.concatenate(batches[:11])  # 88 of the 90 non-lenses
+    others = first_pass[LABELS[first_pass] == 0]
+    assert len(others) == 88 and len(set(others.tolist())) == 88  # no repeats within a pass
+
+
+def test_epochs_reshuffle_but_are_reproducible() -> None:
+    sampler = BalancedBatchSampler(LABELS, batch_size=8, num_batches=5, seed=3)
+    first = list(sampler)
+    assert list(sampler) == first
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    other_seed = BalancedBatchSampler(LABELS, batch_size=8, num_batches=5, seed=4)
+    assert list(other_seed) != first
+
+
+def test_batch_size_can_grow_between_epochs() -> None:
+    sampler = BalancedBatchSampler(LABELS, batch_size=8, num_batches=None, seed=0)
+    assert len(sampler) == 23  # one pass over the 90 non-lenses at 4 per batch
+    sampler.batch_size = 32
+    assert len(sampler) == 6
+    assert all(len(b) == 32 and LABELS[b].sum() == 16 for b in sampler)
+    with pytest.raises(ValueError, match="batch_size"):
+        sampler.batch_size = 1
+
+
+def test_unknown_labels_are_never_drawn() -> None:
+    labels = np.array([1, 0, -1, -1, 1, 0, -1])
+    drawn = np.concatenate(list(BalancedBatchSampler(labels, 4, num_batches=10)))
+    assert set(drawn.tolist()) == {0, 1, 4, 5}
+
+
+def test_missing_class_is_a_clear_error() -> None:
+    with pytest.raises(DataError, match="no lenses"):
+        BalancedBatchSampler(np.zeros(10), batch_size=4)
+    with pytest.raises(DataError, match="no non-lenses"):
+        BalancedBatchSampler(np.ones(10), batch_size=4)
+
+
+def test_ranks_get_different_batches() -> None:
+    a = list(BalancedBatchSampler(LABELS, 8, 5, seed=0, rank=0, world_size=2))
+    b = list(BalancedBatchSampler(LABELS, 8, 5, seed=0, rank=1, world_size=2))
+    assert a != b
+
+
+def test_works_as_a_dataloader_batch_sampler() -> None:
+    loader = DataLoader(list(range(100)), batch_sampler=BalancedBatchSampler(LABELS, 6, 3))
+    batches = list(loader)
+    assert len(batches) == 3 and all(LABELS[b.numpy()].sum() == 3 for b in batches)

@@ -1,0 +1,149 @@
+"""Normalisation (unit-free, never NaN) and geometry (NISP on the VIS field) of model input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lensfinder.config import InputConfig
+from lensfinder.data.store import open_store
+from lensfinder.data.transforms import background_and_noise, resize_vis, to_model_input
+from lensfinder.errors import ConfigError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+NORMALIZATIONS = ["asinh_noise", "asinh_percentile", "instance"]
+
+
+@pytest.fixture(scope="module")
+def cutouts(tiny_store):
+    return open_store(tiny_store).read(range(8))
+
+
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+def test_output_does_not_depend_on_flux_units(cutouts, normalization: str) -> None:
+    cfg = InputConfig(normalization=normalization)
+    base = to_model_input(cutouts.vis, cutouts.nisp, cfg)
+    for factor in (1e-11, 1e3):
+        scaled = to_model_input(cutouts.vis * factor, cutouts.nisp * factor, cfg)
+        assert torch.allclose(base, scaled, atol=1e-5, rtol=0), factor
+    if normalization != "instance":  # a sky pedestal is removed as well
+        offset = to_model_input(cutouts.vis + 5e-11, cutouts.nisp + 5e-10, cfg)
+        assert (base - offset).abs().max() < 2e-3
+
+
+def test_noise_is_measured_in_every_band(cutouts) -> None:
+    """The fixture's noise is 1e-11 in VIS and 2e-10 in NISP (per-band units differ by 20x)."""
+    nisp = torch.from_numpy(cutouts.nisp)
+    vis = torch.from_numpy(cutouts.vis)[:, None]
+    _, sigma_vis = background_and_noise(vis)
+    _, sigma_nisp = background_and_noise(nisp)
+    assert torch.allclose(sigma_vis, torch.full_like(sigma_vis, 1e-11), rtol=0.1)
+    assert torch.allclose(sigma_nisp, torch.full_like(sigma_nisp, 2e-10), rtol=0.1)
+    vis_x, nisp_x = to_model_input(
+        cutouts.vis, cutouts.nisp, InputConfig(size=200, layout="two_branch")
+    )
+    # pure noise of sigma 1 through asinh(x / 3) has a standard deviation of ~0.32 in any band
+    for x, edge in ((vis_x, 20), (nisp_x, 7)):
+        border = torch.cat([x[..., :edge, :].flatten(2), x[..., -edge:, :].flatten(2)], dim=-1)
+        assert torch.allclose(border.std(dim=-1), torch.full((8, x.shape[1]), 0.32), atol=0.03)
+
+
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+def test_constant_zero_and_nan_images_give_finite_output(normalization: str) -> None:
+    cfg = InputConfig(normalization=normalization)
+    vis = np.stack([np.zeros((200, 200)), np.full((200, 200), 7e-11), np.zeros((200, 200))])
+    vis[2, 100, 100] = 1.0  # a noiseless point source: sigma 0, fallback scale
+    nisp = np.ones((3, 3, 66, 66))
+    nisp[0, 0, :10] = np.nan
+    nisp[1, 2, 5, 5] = np.inf
+    x = to_model_input(vis.astype(np.float32), nisp.astype(np.float32), cfg)
+    assert torch.isfinite(x).all()
+    assert x.abs().max() <= cfg.clip
+    assert x[0].abs().max() == 0 and x[1, 0].abs().max() == 0
+    assert x[2, 0].max() > 0  # the point source survives the fallback
+
+
+def test_big_endian_input_is_accepted(cutouts) -> None:
+    cfg = InputConfig()
+    native = to_model_input(cutouts.vis, cutouts.nisp, cfg)
+    swapped = to_model_input(cutouts.vis.astype(">f4"), cutouts.nisp.astype(">f4"), cfg)
+    assert torch.equal(native, swapped)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "shape"),
+    [
+        (InputConfig(size=100), (2, 4, 100, 100)),
+        (InputConfig(size=200), (2, 4, 200, 200)),
+        (InputConfig(size=64), (2, 4, 64, 64)),
+        (InputConfig(size=100, bands=("H", "VIS")), (2, 2, 100, 100)),
+        (InputConfig(size=100, bands=("VIS",)), (2, 1, 100, 100)),
+    ],
+)
+def test_stacked_shapes(cutouts, cfg: InputConfig, shape) -> None:
+    x = to_model_input(cutouts.vis[:2], cutouts.nisp[:2], cfg)
+    assert x.shape == shape and x.dtype == torch.float32
+
+
+def test_band_order_follows_config(cutouts) -> None:
+    full = to_model_input(cutouts.vis[:2], cutouts.nisp[:2], InputConfig())
+    picked = to_model_input(cutouts.vis[:2], cutouts.nisp[:2], InputConfig(bands=("H", "VIS")))
+    assert torch.equal(picked[:, 0], full[:, 3]) and torch.equal(picked[:, 1], full[:, 0])
+
+
+def test_two_branch_shapes(cutouts) -> None:
+    vis, nisp = to_model_input(cutouts.vis[:3], cutouts.nisp[:3], InputConfig(layout="two_branch"))
+    assert vis.shape == (3, 1, 100, 100) and nisp.shape == (3, 3, 66, 66)
+    stacked = to_model_input(cutouts.vis[:3], cutouts.nisp[:3], InputConfig())
+    assert torch.equal(vis, stacked[:, :1])
+
+
+def test_bad_band_config_is_a_config_error(cutouts) -> None:
+    with pytest.raises(ConfigError, match="bands"):
+        to_model_input(cutouts.vis, cutouts.nisp, InputConfig(bands=("VIS", "K")))
+    with pytest.raises(ConfigError, match="two_branch"):
+        to_model_input(cutouts.vis, cutouts.nisp, InputConfig(layout="two_branch", bands=("J",)))
+
+
+def test_vis_downsampling_averages_pixel_blocks() -> None:
+    vis = torch.arange(16.0).reshape(1, 1, 4, 4)
+    down = resize_vis(vis, 2)
+    assert torch.equal(down[0, 0], torch.tensor([[2.5, 4.5], [10.5, 12.5]]))
+
+
+def _gaussian(pixels: int, scale: float, x0: float, y0: float, sigma: float) -> np.ndarray:
+    axis = (np.arange(pixels) - (pixels - 1) / 2) * scale
+    x, y = np.meshgrid(axis, axis, indexing="xy")
+    return np.exp(-0.5 * ((x - x0) ** 2 + (y - y0) ** 2) / sigma**2)
+
+
+def _centroid(image: torch.Tensor) -> tuple[float, float]:
+    weights = image.clamp(min=0).double()
+    weights = torch.where(weights > 0.2 * weights.max(), weights, 0)
+    rows, cols = torch.meshgrid(
+        torch.arange(image.shape[0], dtype=torch.float64),
+        torch.arange(image.shape[1], dtype=torch.float64),
+        indexing="ij",
+    )
+    return float((weights * cols).sum() / weights.sum()), float(
+        (weights * rows).sum() / weights.sum()
+    )
+
+
+@pytest.mark.parametrize("size", [100, 200])
+def test_point_source_lands_at_the_same_sky_position_in_all_bands(size: int) -> None:
+    """A source 8" off-centre: stretching NISP's 19.8" to 20" would move it by 0.08" (0.4 px
+    at size 200), a half-pixel error by 0.5 px; both fail the 0.1 px tolerance."""
+    x0, y0, sigma = 7.3, -5.6, 0.35  # arcsec from the centre, x right, y up
+    rng = np.random.default_rng(0)
+    vis = _gaussian(200, 0.1, x0, y0, sigma) + rng.normal(0, 1e-3, (200, 200))
+    nisp = np.stack([_gaussian(66, 0.3, x0, y0, sigma)] * 3) + rng.normal(0, 1e-3, (3, 66, 66))
+    x = to_model_input(vis[None].astype(np.float32), nisp[None].astype(np.float32),
+                       InputConfig(size=size))  # fmt: skip
+    pixel = 20.0 / size  # arcsec per output pixel
+    expected = ((size - 1) / 2 + x0 / pixel, (size - 1) / 2 + y0 / pixel)
+    for channel in range(4):
+        cx, cy = _centroid(x[0, channel])
+        assert cx == pytest.approx(expected[0], abs=0.1), channel
+        assert cy == pytest.approx(expected[1], abs=0.1), channel
