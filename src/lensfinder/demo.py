@@ -121,7 +121,7 @@ def run_demo(out: Path, quick: bool = False, config: DemoConfig | None = None) -
     timed("simulate", simulate, sim, paths["training layout"])
 
     _stage(2, total, "Packing the layout into one chunked store")
-    timed("pack", pack, paths["training layout"], paths["training store"], workers=cfg.workers)
+    timed("pack", pack, paths["training layout"], paths["training store"])
 
     train_cfg = demo_train_config(cfg, quick)
     _stage(3, total, f"Training {train_cfg.model.arch} at {train_cfg.input.size}px on 4 bands")
