@@ -55,3 +55,10 @@ def test_overrides_win_over_file(tmp_path):
     path.write_text("max_epochs: 3\nlr: 0.01\n")
     cfg = load_config(TrainConfig, path, max_epochs=7)
     assert (cfg.max_epochs, cfg.lr) == (7, 0.01)
+
+
+def test_nested_overrides_merge_with_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("input:\n  bands: [Y, J, H]\n  size: 200\n")
+    cfg = load_config(TrainConfig, path, input={"size": 64})
+    assert cfg.input.size == 64 and cfg.input.bands == ("Y", "J", "H")

@@ -235,8 +235,22 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     )
 
 
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` applied; nested mappings are merged key by key."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def load_config(cls: type[C], name_or_path: str | Path | None = None, **overrides: Any) -> C:
-    """Load a YAML config (file or shipped name) into ``cls``; ``overrides`` win over the file."""
+    """Load a YAML config (file or shipped name) into ``cls``; ``overrides`` win over the file.
+
+    Nested overrides merge: ``input={"size": 64}`` changes the size and keeps the file's bands.
+    """
     import yaml
 
     data: dict[str, Any] = {}
@@ -250,7 +264,7 @@ def load_config(cls: type[C], name_or_path: str | Path | None = None, **override
             raise ConfigError(f"{path}: expected a mapping at top level")
         data = loaded or {}
         try:
-            return from_dict(cls, {**data, **overrides})
+            return from_dict(cls, merge(data, overrides))
         except ValueError as exc:
             raise ConfigError(f"{path}: {exc}") from None
     return from_dict(cls, overrides)

@@ -38,7 +38,10 @@ class DemoResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
-        tpr = "unresolved (too few non-lenses)" if self.tpr_at_1e3 is None else f"{self.tpr_at_1e3:.3f}"
+        tpr = "unresolved (too few non-lenses)"
+        if self.tpr_at_1e3 is not None:
+            tpr = f"{self.tpr_at_1e3:.3f}"
+        found, top = self.field_lenses_in_top
         lines = [
             "",
             "lensfinder demo finished",
@@ -46,7 +49,7 @@ class DemoResult:
             f"(95% CI {self.auroc_ci[0]:.3f}-{self.auroc_ci[1]:.3f}), TPR0 {self.tpr0:.3f}",
             f"  TPR at FPR 1e-3   {tpr}",
             f"  scan rate         {self.scan_rate:.1f} cutouts/s",
-            f"  field top {self.field_lenses_in_top[1]:<6}  {self.field_lenses_in_top[0]} true lenses",
+            f"  field top {top:<6}  {found} true lenses",
             f"  wall time         {sum(self.stage_seconds.values()) / 60:.1f} min "
             + "("
             + ", ".join(f"{k} {v:.0f}s" for k, v in self.stage_seconds.items())
@@ -63,25 +66,12 @@ def _stage(number: int, total: int, text: str) -> None:
     print(f"\n[{number}/{total}] {text}", file=sys.stderr, flush=True)
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def demo_train_config(cfg: DemoConfig, quick: bool) -> TrainConfig:
-    """The demo's training config: the named config, with the demo's epoch cap (and tiny if quick)."""
-    from lensfinder.config import from_dict, to_dict
-
-    base = to_dict(load_config(TrainConfig, cfg.train_config))
-    extra: dict[str, Any] = dict(QUICK_TRAIN_OVERRIDES) if quick else {}
+    """The named training config with the demo's epoch cap (and tiny when quick)."""
+    overrides: dict[str, Any] = dict(QUICK_TRAIN_OVERRIDES) if quick else {}
     if cfg.max_epochs is not None:
-        extra["max_epochs"] = cfg.max_epochs
-    return from_dict(TrainConfig, _merge(base, extra))
+        overrides["max_epochs"] = cfg.max_epochs
+    return load_config(TrainConfig, cfg.train_config, **overrides)
 
 
 def run_demo(out: Path, quick: bool = False, config: DemoConfig | None = None) -> DemoResult:

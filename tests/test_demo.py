@@ -1,0 +1,28 @@
+"""The newcomer path: the whole pipeline runs end to end (tiny sizes) and reports where things are."""
+
+import json
+
+import pytest
+
+from lensfinder.demo import run_demo
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.mark.slow
+def test_quick_demo_runs_every_stage(tmp_path, one_thread):
+    result = run_demo(tmp_path / "demo", quick=True)
+    for name, path in result.paths.items():
+        assert path.exists(), name
+    metrics = json.loads((tmp_path / "demo" / "evaluation" / "metrics.json").read_text())
+    overall = metrics.get("overall", metrics)
+    assert result.auroc == pytest.approx(overall["auroc"])
+    assert 0.0 <= result.auroc <= 1.0 and result.scan_rate > 0
+    html = result.paths["gallery"].read_text()
+    assert html.count("<img") >= 8  # the quick demo shows its top 8
+    text = result.summary()
+    assert "test AUROC" in text and str(result.paths["gallery"]) in text
+    # every stage resumes: a second run reuses finished work and agrees
+    again = run_demo(tmp_path / "demo", quick=True)
+    assert again.auroc == pytest.approx(result.auroc)
+    assert again.stage_seconds["train"] < result.stage_seconds["train"]
