@@ -1,0 +1,8 @@
+"""Training with the paper's recipe on Lightning: ``train(config, store, out) -> TrainResult``.
+
+``run`` imports torch and Lightning only inside ``train``, so importing this package stays cheap.
+"""
+
+from lensfinder.train.run import TrainResult, train
+
+__all__ = ["TrainResult", "train"]

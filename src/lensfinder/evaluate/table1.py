@@ -1,0 +1,526 @@
+"""``lensfinder reproduce table1``: train the eight configurations of the paper's Table I, evaluate
+each on the same test split, and write the table.
+
+The rows are the shipped configs ``table1-model1`` .. ``table1-model8`` (an ablation ladder: each
+row adds one factor to the one before; see their YAML headers). A budget decides how far they are
+scaled: ``gpu`` runs them as they are (the paper's settings); ``cpu`` scales every row the same way
+(smaller input, few epochs, capped samples per epoch) so that eight rows finish in ~15-20 minutes
+on 2 CPU cores for a ~2000-cutout store. What was scaled is computed from the configs themselves
+(before -> after) and written in the table header, with the machine it ran on: a CPU-budget table
+compares the rows with each other, it does not reproduce the paper's numbers.
+
+Every row shares one split (by object ID with a fixed seed), so all are tested on the same objects.
+Resume: a row whose run directory holds ``model.json`` is not retrained (its recorded config must
+match, else a ``ConfigError``); an interrupted row resumes from its checkpoint; an evaluation newer
+than its model is reused. Outputs in ``out``: ``model<N>/`` (run directories),
+``evaluations/model<N>/`` (``lensfinder evaluate`` outputs), ``table1.md``, ``table1.json``,
+``roc_best.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lensfinder.config import (
+    EvaluateConfig,
+    PredictConfig,
+    TrainConfig,
+    from_dict,
+    load_config,
+    to_dict,
+)
+from lensfinder.errors import ConfigError, DataError
+from lensfinder.evaluate.bn_study import bn_method
+from lensfinder.utils import atomic_write_text
+
+ROWS: tuple[int, ...] = tuple(range(1, 9))
+CONFIG_PATTERN = "table1-model{row}"
+MARKDOWN_NAME = "table1.md"
+JSON_NAME = "table1.json"
+ROC_NAME = "roc_best.png"
+COLUMNS: tuple[str, ...] = (
+    "model", "bands", "data augmentation", "balanced sampler", "batch size (start→max)",
+    "epochs (run/max)", "L2", "BN method", "AUROC [95% CI]", "TPR0", "TPR10",
+)  # fmt: skip
+
+
+def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` applied, nested mappings merged key by key."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+@dataclass(frozen=True)
+class Table1Budget:
+    """How the eight configs are scaled: ``train`` holds TrainConfig fields (nested like the
+    YAML) applied to every row alike; ``why`` is said in the table header."""
+
+    name: str
+    why: str
+    train: Mapping[str, Any] = field(default_factory=dict)
+    bootstrap: int = 1000  # AUROC CI resamples
+    eval_batch_size: int = 64
+
+    def apply(self, config: TrainConfig, where: str = "") -> TrainConfig:
+        return from_dict(TrainConfig, _merge(to_dict(config), self.train), where or self.name)
+
+
+BUDGETS: dict[str, Table1Budget] = {
+    "gpu": Table1Budget(
+        name="gpu",
+        why="the configs as shipped (the paper's settings: full 200x200 grid, up to 50 epochs, "
+        "whole training split per epoch, batch growth up to 128), on one device per row (a "
+        "multi-GPU launch would re-run this whole command in every process)",
+        train={"devices": 1},
+    ),
+    "cpu": Table1Budget(
+        name="cpu",
+        why="scaled down to finish in ~15-20 minutes on 2 CPU cores for a ~2000-cutout store; "
+        "the same EfficientNet-Lite0 with ImageNet weights, every row scaled alike, so rows "
+        "compare with each other but not with the paper",
+        train={
+            "input": {"size": 64},  # measured here: 100 px was no better after 5 epochs
+            "max_epochs": 8,
+            "max_train_samples": 1024,
+            "limit_val_samples": 256,
+            "plateau_patience": 1,
+            # A validation AUROC on ~200 objects scatters by ~0.04: stop on real drops only.
+            "stop_auroc_drop": 0.1,
+            "stop_patience": 3,
+            "num_workers": 0,
+            "devices": 1,
+        },
+    ),
+}
+
+
+def resolve_budget(budget: str | Table1Budget) -> Table1Budget:
+    if isinstance(budget, Table1Budget):
+        return budget
+    try:
+        return BUDGETS[budget]
+    except KeyError:
+        raise ConfigError(
+            f"table1 budget {budget!r}: expected one of {', '.join(sorted(BUDGETS))}"
+        ) from None
+
+
+def _flat(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def scaled_settings(budget: Table1Budget, rows: Sequence[int] = ROWS) -> list[str]:
+    """``setting before -> after`` for every setting the budget changes in some of ``rows``."""
+    changes: dict[str, tuple[set[str], str]] = {}
+    for row in rows:
+        original = load_config(TrainConfig, CONFIG_PATTERN.format(row=row))
+        before = _flat(to_dict(original))
+        after = _flat(to_dict(budget.apply(original)))
+        for key, value in after.items():
+            if before.get(key) != value:
+                olds, _ = changes.setdefault(key, (set(), str(value)))
+                olds.add("all" if before.get(key) is None else str(before.get(key)))
+    return [f"{key} {'/'.join(sorted(olds))} → {new}" for key, (olds, new) in changes.items()]
+
+
+def machine_description() -> str:
+    """Where the table was made: CPU cores and model, GPU if any, torch version."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            names = [line.split(":", 1)[1].strip() for line in handle if "model name" in line]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    text = f"{os.cpu_count()} CPU cores ({cpu}, {platform.system()})"
+    if torch.cuda.is_available():
+        names = sorted({torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())})
+        text += f", {torch.cuda.device_count()} GPU(s): {', '.join(names)}"
+    else:
+        text += ", no GPU"
+    return f"{text}, torch {torch.__version__} ({torch.get_num_threads()} thread(s))"
+
+
+# -- rows --------------------------------------------------------------------------------------
+@dataclass
+class Table1Row:
+    row: int
+    config_name: str
+    config: TrainConfig  # as scaled by the budget
+    run_dir: Path
+    eval_dir: Path
+    trained_now: bool
+    train_seconds: float | None  # wall time of the training that made the model, if known
+    train_metrics: dict[str, Any]  # model.json's "metrics"
+    test: dict[str, Any]  # compute_metrics on the test split
+
+    def cells(self) -> dict[str, str]:
+        cfg = self.config
+        growth = cfg.batch_growth and cfg.batch_size_max > cfg.batch_size
+        ci = self.test.get("auroc_ci")
+        ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+        return {
+            "model": str(self.row),
+            "bands": "+".join(cfg.input.bands),
+            "data augmentation": "D4" if cfg.augment_d4 else "none",
+            "balanced sampler": "yes" if cfg.balanced_sampler else "no",
+            "batch size (start→max)": (
+                f"{cfg.batch_size}→{cfg.batch_size_max}" if growth else str(cfg.batch_size)
+            ),
+            "epochs (run/max)": f"{self.train_metrics.get('epochs', '?')}/{cfg.max_epochs}",
+            "L2": f"{cfg.weight_decay:g}",
+            "BN method": bn_method(to_dict(cfg.model)),
+            "AUROC [95% CI]": f"{self.test['auroc']:.3f}{ci_text}",
+            "TPR0": f"{self.test['tpr0']:.3f}",
+            "TPR10": f"{self.test['tpr10']:.3f}",
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "row": self.row,
+            "config_name": self.config_name,
+            "config": to_dict(self.config),
+            "run_dir": str(self.run_dir),
+            "eval_dir": str(self.eval_dir),
+            "train_seconds": self.train_seconds,
+            "train_metrics": self.train_metrics,
+            "test": self.test,
+            "cells": self.cells(),
+        }
+
+
+@dataclass
+class Table1Result:
+    out: Path
+    budget: str
+    rows: list[Table1Row]
+    markdown_path: Path
+    json_path: Path
+    roc_path: Path
+    best_row: int
+    n_trained_now: int
+    seconds: float
+
+    def summary(self) -> str:
+        best = next(r for r in self.rows if r.row == self.best_row)
+        ci = best.test.get("auroc_ci")
+        ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+        return "\n".join(
+            [
+                f"Table I ({self.budget} budget): {len(self.rows)} rows, "
+                f"{self.n_trained_now} trained now, {len(self.rows) - self.n_trained_now} "
+                f"resumed; {self.seconds / 60:.1f} min",
+                *(
+                    f"  model {r.row}: AUROC {r.test['auroc']:.3f}  TPR0 {r.test['tpr0']:.3f}  "
+                    f"TPR10 {r.test['tpr10']:.3f}  ({r.cells()['BN method']})"
+                    for r in self.rows
+                ),
+                f"best: model {best.row}, test AUROC {best.test['auroc']:.3f}{ci_text}",
+                f"table: {self.markdown_path}  ROC: {self.roc_path}",
+            ]
+        )
+
+
+def _say(text: str) -> None:
+    """One progress line per row on stderr (the CLI's stdout gets the summary)."""
+    if not os.environ.get("LENSFINDER_QUIET"):
+        print(text, file=sys.stderr, flush=True)
+
+
+def _check_same_run(run_dir: Path, config: TrainConfig, data: Path) -> None:
+    """A finished run in ``run_dir`` must have been made with ``config`` on ``data`` (another
+    budget's, config's or store's model must never fill this row)."""
+    from lensfinder.models import read_meta
+    from lensfinder.train.run import CONFIG_FILE, config_differences
+
+    saved = run_dir / CONFIG_FILE
+    if not saved.is_file():
+        raise ConfigError(f"{run_dir}: holds a model but no {CONFIG_FILE}; use another --out")
+    differences = config_differences(load_config(TrainConfig, saved), config)
+    if differences:
+        raise ConfigError(
+            f"{run_dir}: trained with other settings ({'; '.join(differences)}); use another "
+            "--out for another budget"
+        )
+    store = (read_meta(run_dir).get("data") or {}).get("store")
+    if store is not None and Path(store) != data.resolve():
+        raise ConfigError(f"{run_dir}: trained on {store}, not {data}; use another --out")
+
+
+def _evaluate_row(
+    run_dir: Path, data: Path, eval_dir: Path, budget: Table1Budget, resume: bool
+) -> dict[str, Any]:
+    """The row's test metrics, from ``lensfinder evaluate`` (reused if newer than the model)."""
+    from lensfinder.evaluate.run import METRICS_NAME, evaluate
+
+    metrics_path = eval_dir / METRICS_NAME
+    model_file = run_dir / "model.safetensors"
+    if (
+        resume
+        and metrics_path.is_file()
+        and metrics_path.stat().st_mtime >= model_file.stat().st_mtime
+    ):
+        recorded = json.loads(metrics_path.read_text())
+        same_data = recorded.get("data") == str(data) and recorded.get("split") == "test"
+        if same_data and recorded.get("overall", {}).get("bootstrap") == budget.bootstrap:
+            return recorded["overall"]
+    cfg = EvaluateConfig(
+        predict=PredictConfig(batch_size=budget.eval_batch_size),
+        bootstrap=budget.bootstrap,
+        split="test",
+    )
+    return evaluate([run_dir], data, eval_dir, cfg).metrics
+
+
+def _previous_times(path: Path) -> dict[int, float | None]:
+    """Training wall times recorded by an earlier call (kept for rows not retrained now)."""
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+        return {int(r["row"]): r.get("train_seconds") for r in record.get("rows", [])}
+    except (ValueError, KeyError, TypeError):
+        return {}
+
+
+def _run_row(
+    row: int,
+    position: str,
+    budget: Table1Budget,
+    data: Path,
+    out: Path,
+    resume: bool,
+    previous_seconds: float | None,
+) -> Table1Row:
+    from lensfinder.models import read_meta
+    from lensfinder.train import train
+
+    name = CONFIG_PATTERN.format(row=row)
+    config = budget.apply(load_config(TrainConfig, name), name)
+    run_dir, eval_dir = out / f"model{row}", out / "evaluations" / f"model{row}"
+    trained_now, seconds = False, previous_seconds
+    if resume and (run_dir / "model.json").is_file():
+        _check_same_run(run_dir, config, data)
+        _say(f"[{position}] {name}: already trained in {run_dir}, not retrained")
+    else:
+        _say(f"[{position}] {name}: training ({', '.join(_row_description(config))})")
+        start = time.perf_counter()
+        train(config, data, run_dir, resume=resume)
+        trained_now, seconds = True, time.perf_counter() - start
+    train_metrics = read_meta(run_dir).get("metrics") or {}
+    test = _evaluate_row(run_dir, data, eval_dir, budget, resume)
+    took = f" in {seconds / 60:.1f} min" if trained_now and seconds is not None else ""
+    _say(
+        f"[{position}] {name}: {train_metrics.get('epochs', '?')} epochs{took}; test AUROC "
+        f"{test['auroc']:.3f}, TPR0 {test['tpr0']:.3f}, TPR10 {test['tpr10']:.3f}"
+    )
+    return Table1Row(
+        row=row,
+        config_name=name,
+        config=config,
+        run_dir=run_dir,
+        eval_dir=eval_dir,
+        trained_now=trained_now,
+        train_seconds=seconds,
+        train_metrics=train_metrics,
+        test=test,
+    )
+
+
+def _row_description(config: TrainConfig) -> list[str]:
+    return [
+        f"{config.model.arch} at {config.input.size} px",
+        f"{config.max_epochs} epochs max",
+        f"{config.max_train_samples or 'all'} samples/epoch",
+    ]
+
+
+# -- outputs -----------------------------------------------------------------------------------
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities (possible in a model.json's histories) become None: strict JSON."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _read_scores(eval_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels, scores)`` from an evaluation's scores.csv."""
+    from lensfinder.evaluate.run import SCORES_NAME
+
+    path = eval_dir / SCORES_NAME
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        return (
+            np.array([int(r["label"]) for r in rows], dtype=np.int8),
+            np.array([float(r["score"]) for r in rows]),
+        )
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read the evaluation's scores ({exc})") from None
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _markdown(
+    rows: list[Table1Row], budget: Table1Budget, head: dict[str, Any], scaled: list[str]
+) -> str:
+    lines = [
+        f"# Table I reproduced: budget {budget.name}",
+        "",
+        f"- **Budget {budget.name}**: {budget.why}.",
+        "- **Scaled on every row**: " + ("; ".join(scaled) if scaled else "nothing") + ".",
+        f"- **Machine**: {head['machine']}.",
+        f"- **Data**: `{head['data']}`, {head['n_objects']} objects; test split "
+        f"{head['n_test']} objects ({head['n_test_lenses']} lenses), by object ID with "
+        f"split seed {head['split']['seed']} (test fraction {head['split']['test_fraction']}, "
+        f"val fraction {head['split']['val_fraction']}), the same for every row.",
+        f"- **Made**: lensfinder {head['lensfinder_version']}, {head['date']}; "
+        f"total training time {_duration(head['train_minutes'] * 60)}.",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join("---" if c in ("bands", "BN method") else "---:" for c in COLUMNS) + "|",
+    ]
+    for row in rows:
+        cells = row.cells()
+        lines.append("| " + " | ".join(cells[c] for c in COLUMNS) + " |")
+    lines += [
+        "",
+        "AUROC: Mann-Whitney estimate on the test split, 95% CI by stratified bootstrap "
+        f"({budget.bootstrap} resamples). TPR0 / TPR10: highest true positive rate with no / "
+        "fewer than ten false positives (Metcalf et al. 2019); they count false positives, so "
+        "they depend on the size of the test set. Epochs (run/max): epochs trained before the "
+        "early stop / the budget's maximum. Each row keeps its best epoch by validation AUROC.",
+        "",
+        "| model | config | train time | best epoch (1 = first) | best val AUROC | images/s |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        m = row.train_metrics
+        minutes = "?" if row.train_seconds is None else _duration(row.train_seconds)
+        val, best = m.get("best_val_auroc"), m.get("best_epoch")
+        lines.append(
+            f"| {row.row} | {row.config_name} | {minutes} | {'?' if best is None else best + 1} | "
+            f"{'?' if val is None else f'{val:.3f}'} | {m.get('images_per_s', 0):.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def reproduce_table1(
+    data: Path,
+    out: Path,
+    budget: str | Table1Budget = "cpu",
+    resume: bool = True,
+    rows: Sequence[int] | None = None,
+) -> Table1Result:
+    """Train (or resume) and evaluate the Table I rows on ``data``; write the table to ``out``.
+
+    ``budget``: ``"cpu"``, ``"gpu"`` or a ``Table1Budget`` (tests use a tiny one); ``rows``: a
+    subset of 1..8 (default all).
+    """
+    import datetime
+
+    from lensfinder import __version__
+    from lensfinder.data import open_source
+    from lensfinder.evaluate.metrics import roc_curve
+    from lensfinder.evaluate.plots import roc_plot
+
+    chosen = resolve_budget(budget)
+    wanted = sorted(set(ROWS if rows is None else rows))
+    if not wanted or any(r not in ROWS for r in wanted):
+        raise ConfigError(f"table1 rows {list(rows or [])}: choose among 1..8")
+    data, out = Path(data), Path(out)
+    if not data.exists():
+        raise DataError(f"{data}: no such store or layout")
+    started = time.perf_counter()
+    json_path = out / JSON_NAME
+    previous = _previous_times(json_path) if resume else {}
+    results = [
+        _run_row(row, f"{i}/{len(wanted)}", chosen, data, out, resume, previous.get(row))
+        for i, row in enumerate(wanted, start=1)
+    ]
+    splits = {repr(to_dict(r.config.split)) for r in results}
+    if len(splits) != 1:  # the shipped configs share one split; a custom budget must too
+        raise ConfigError(f"table1 rows use different splits ({', '.join(sorted(splits))})")
+
+    best = max(results, key=lambda r: r.test["auroc"])
+    labels, scores = _read_scores(best.eval_dir)
+    curves = {f"model {best.row} (best)": roc_curve(labels, scores)}
+    for row in results:
+        if row is not best:
+            curves[f"model {row.row}"] = roc_curve(*_read_scores(row.eval_dir))
+    roc_path = roc_plot(
+        curves, out / ROC_NAME, title=f"Table I ROC, best: model {best.row} ({chosen.name})"
+    )
+
+    source = open_source(data)
+    split = to_dict(results[0].config.split)
+    known = [s for s in (r.train_seconds for r in results) if s is not None]
+    head = {
+        "budget": chosen.name,
+        "budget_why": chosen.why,
+        "budget_train_overrides": dict(chosen.train),
+        "machine": machine_description(),
+        "data": str(data),
+        "n_objects": len(source),
+        "n_test": int(best.test["n"]),
+        "n_test_lenses": int(best.test["n_lenses"]),
+        "split": split,
+        "lensfinder_version": __version__,
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "train_minutes": sum(known) / 60,
+    }
+    scaled = scaled_settings(chosen, wanted)
+    markdown_path = out / MARKDOWN_NAME
+    atomic_write_text(markdown_path, _markdown(results, chosen, head, scaled))
+    record = {
+        **head,
+        "scaled": scaled,
+        "columns": list(COLUMNS),
+        "best_row": best.row,
+        "rows": [r.to_json() for r in results],
+    }
+    text = json.dumps(_json_safe(record), indent=2, allow_nan=False, default=str)
+    atomic_write_text(json_path, text + "\n")
+    return Table1Result(
+        out=out,
+        budget=chosen.name,
+        rows=results,
+        markdown_path=markdown_path,
+        json_path=json_path,
+        roc_path=roc_path,
+        best_row=best.row,
+        n_trained_now=sum(r.trained_now for r in results),
+        seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,252 @@
+"""Data for training: the ID split, D4-augmented training cutouts, and a train loader rebuilt every
+epoch so that a batch size changed by ``BatchSizeGrowth`` takes effect at the next epoch.
+
+Every epoch draws the same number of samples (``max_train_samples``, at most the training split),
+so epochs stay comparable as the batch grows; only the number of steps changes. Batches come from
+``BalancedBatchSampler`` (half lenses, half not) or from plain shuffling, seeded by (seed, epoch,
+rank): a resumed run draws the same batches as an uninterrupted one (augmentations and dropout
+differ, their random streams are not checkpointed). With several
+processes each draws its own share of the epoch's batches and validates its own slice of the
+validation set (the AUROC metric gathers the slices), so Lightning's distributed sampler is off.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader
+
+from lensfinder.config import TrainConfig
+from lensfinder.data.source import NISP_SHAPE, VIS_SHAPE
+from lensfinder.errors import ConfigError, DataError
+
+EVAL_BATCH_SIZE = 64
+MEMORY_SHARE = 0.5  # load a store into RAM when all processes' copies fit in this share
+
+
+def available_memory() -> int:
+    """Bytes of memory available without swapping (Linux MemAvailable, else free pages, else a
+    conservative 4 GiB guess)."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return 4 * 2**30
+
+
+def load_into_memory(source: Any, processes: int = 1) -> bool:
+    """Load a store's pixels into RAM when the copies of all ``processes`` fit comfortably.
+
+    Training reads random objects; from a chunked store each random batch would decompress a
+    whole chunk per object, so an in-memory copy is many times faster. Larger stores are read
+    from disk (slowly). Returns whether the pixels are now in memory.
+    """
+    if not hasattr(source, "to_memory"):
+        return False
+    if getattr(source, "_memory", None) is not None:
+        return True
+    nbytes = len(source) * 4 * (math.prod(VIS_SHAPE) + math.prod(NISP_SHAPE))
+    free = available_memory()
+    if nbytes * processes > MEMORY_SHARE * free:
+        rank_zero_warn(
+            f"{source.path}: {nbytes / 2**30:.1f} GiB of pixels do not fit in memory here; "
+            "training reads them from disk, which is much slower"
+        )
+        return False
+    source.to_memory()
+    return True
+
+
+def epoch_seed(*parts: int) -> int:
+    """A 32-bit seed from several integers (seed, epoch, rank) that never collide trivially."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+class ShuffledBatchSampler:
+    """``num_batches`` batches of ``batch_size`` distinct-within-a-pass indices into ``n`` items,
+    reshuffled for every pass; the unbalanced counterpart of ``BalancedBatchSampler``."""
+
+    def __init__(self, n: int, batch_size: int, num_batches: int, seed: int) -> None:
+        if n < 1 or batch_size < 1 or num_batches < 1:
+            raise ValueError(
+                f"need n, batch_size, num_batches >= 1: {n}, {batch_size}, {num_batches}"
+            )
+        self.n, self.batch_size, self.num_batches, self.seed = n, batch_size, num_batches, seed
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng(self.seed)
+        needed = self.batch_size * self.num_batches
+        passes = -(-needed // self.n)
+        order = np.concatenate([rng.permutation(self.n) for _ in range(passes)])[:needed]
+        for start in range(0, needed, self.batch_size):
+            yield order[start : start + self.batch_size].tolist()
+
+
+class LensDataModule(pl.LightningDataModule):
+    """Train/validation loaders over a store, split by object ID (``split_indices``).
+
+    ``train_batch_size`` is the one mutable setting (``BatchSizeGrowth`` doubles it); it is part
+    of the datamodule's checkpoint state so a resumed run continues with the grown batch.
+    """
+
+    def __init__(self, config: TrainConfig, store: str | Path) -> None:
+        super().__init__()
+        self.config = config
+        self.store = Path(store)
+        self.train_batch_size = config.batch_size
+        self.source: Any = None
+        self.train_indices = np.empty(0, np.int64)
+        self.val_indices = np.empty(0, np.int64)
+        self.test_indices = np.empty(0, np.int64)
+        self.train_dataset: Any = None
+        self.val_dataset: Any = None
+
+    # -- data ------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Open the store, split it and check both classes are present; idempotent, and
+        called before the Trainer starts so bad data fails in one line, not mid-launch."""
+        if self.source is not None:
+            return
+        from lensfinder.data import open_source
+        from lensfinder.data.splits import split_indices
+
+        source = open_source(self.store)
+        labels = np.asarray(source.labels)
+        if not (labels >= 0).any():
+            raise DataError(
+                f"{self.store}: no labels (every object is unlabelled); pack a layout that has "
+                "a catalogue to train on it"
+            )
+        if self.config.split.val_fraction <= 0:
+            raise ConfigError("split.val_fraction must be > 0: training selects on val AUROC")
+        splits = split_indices(np.asarray(source.ids), self.config.split)
+        labelled = {name: idx[labels[idx] >= 0] for name, idx in splits.items()}
+        for name in ("train", "val"):
+            self._check_classes(name, labels[labelled[name]])
+        self.source = source
+        self.train_indices = labelled["train"]
+        self.val_indices = self._cap(labelled["val"], self.config.limit_val_samples)
+        self.test_indices = np.asarray(splits["test"])
+
+    def _check_classes(self, split: str, labels: np.ndarray) -> None:
+        lenses, others = int((labels == 1).sum()), int((labels == 0).sum())
+        if lenses == 0 or others == 0:
+            missing = "lenses" if lenses == 0 else "non-lenses"
+            raise DataError(
+                f"{self.store}: the {split} split has no {missing} ({lenses} lenses, {others} "
+                f"non-lenses labelled); training needs both classes in train and validation"
+            )
+
+    def _cap(self, indices: np.ndarray, limit: int | None) -> np.ndarray:
+        """At most ``limit`` of ``indices``, a seeded random subset (kept in store order)."""
+        if limit is None or len(indices) <= limit:
+            return indices
+        rng = np.random.default_rng(self.config.split.seed)
+        return np.sort(rng.choice(indices, size=limit, replace=False))
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.source.labels)
+
+    @property
+    def samples_per_epoch(self) -> int:
+        """Samples drawn per epoch: ``max_train_samples``, at most the training split."""
+        n_train = len(self.train_indices)
+        cap = self.config.max_train_samples
+        return n_train if cap is None else max(1, min(cap, n_train))
+
+    def setup(self, stage: str | None = None) -> None:
+        """Datasets are made once (for a layout that checks every file once); the augmentation
+        stream of the training set simply continues from epoch to epoch."""
+        from lensfinder.data.dataset import CutoutDataset
+
+        self.prepare()
+        if self.train_dataset is not None:
+            return
+        processes = self.trainer.num_devices if self.trainer is not None else 1
+        load_into_memory(self.source, processes)
+        _, rank, world = self._rank()
+        self.train_dataset = CutoutDataset(
+            self.source,
+            self.train_indices,
+            self.config.input,
+            augment=self.config.augment_d4,
+            seed=epoch_seed(self.config.seed, rank),
+        )
+        self.val_dataset = CutoutDataset(
+            self.source, self.val_indices[rank::world], self.config.input, augment=False
+        )
+
+    # -- loaders ---------------------------------------------------------------------------
+    def _rank(self) -> tuple[int, int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 0, 1
+        return trainer.current_epoch, trainer.global_rank, trainer.world_size
+
+    def _loader(self, dataset: Any, **kwargs: Any) -> DataLoader:
+        workers = self.config.num_workers
+        return DataLoader(
+            dataset,
+            num_workers=workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=False,  # the train loader is rebuilt every epoch anyway
+            **({"prefetch_factor": 4} if workers > 0 else {}),
+            **kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        dataset = self.train_dataset
+        epoch, rank, world = self._rank()
+        batch_size = int(self.train_batch_size)
+        total_batches = max(1, self.samples_per_epoch // batch_size)
+        num_batches = -(-total_batches // world)
+        if self.config.balanced_sampler:
+            from lensfinder.data.sampler import BalancedBatchSampler
+
+            sampler: Any = BalancedBatchSampler(
+                dataset.labels,
+                batch_size,
+                num_batches,
+                seed=self.config.seed,
+                rank=rank,
+                world_size=world,
+            )
+            sampler.set_epoch(epoch)
+        else:
+            seed = epoch_seed(self.config.seed, epoch, rank)
+            sampler = ShuffledBatchSampler(len(dataset), batch_size, num_batches, seed)
+        return self._loader(dataset, batch_sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        model_cfg = self.config.model
+        batch_size = (
+            model_cfg.bn_inference_batch if model_cfg.bn_inference == "batch" else EVAL_BATCH_SIZE
+        )
+        return self._loader(self.val_dataset, batch_size=batch_size, shuffle=False)
+
+    # -- checkpoint state ------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_batch_size": int(self.train_batch_size)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.train_batch_size = int(state_dict["train_batch_size"])

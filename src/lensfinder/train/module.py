@@ -1,0 +1,160 @@
+"""The LightningModule: the paper's loss, optimiser, L2 and learning-rate schedule around one
+classifier that returns a logit per cutout."""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torchmetrics.classification import BinaryAUROC
+
+from lensfinder.config import TrainConfig
+
+Batch = tuple[Any, torch.Tensor]
+
+
+def lr_multiplier(epoch: int, warmup_epochs: int, max_epochs: int, shape: str) -> float:
+    """The epoch schedule as a multiple of the base lr: linear warmup over ``warmup_epochs``, then
+    constant (``"plateau"``/``"constant"``; plateaus lower the base lr elsewhere) or a cosine decay
+    to zero at ``max_epochs`` (``"cosine"``)."""
+    if epoch < warmup_epochs:
+        return (epoch + 1) / (warmup_epochs + 1)
+    if shape != "cosine":
+        return 1.0
+    span = max(max_epochs - warmup_epochs, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(epoch - warmup_epochs, span) / span))
+
+
+def to_channels_last(x: Any) -> Any:
+    """Channels-last for 4-D image tensors (also inside a two-branch tuple); others unchanged."""
+    if isinstance(x, torch.Tensor):
+        return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+    if isinstance(x, tuple | list):
+        return type(x)(to_channels_last(t) for t in x)
+    return x
+
+
+def zero_head(model: nn.Module) -> bool:
+    """Zero the last linear layer of a one-logit model's head, so training starts at p = 0.5.
+
+    timm initialises a one-output classifier uniformly in [-1, 1] (its range is 1/sqrt(fan_out)),
+    which on 1280 pretrained features gives logits of std ~9: the first epochs are then spent
+    undoing confident random predictions, and their large gradients damage the pretrained
+    features. Returns False for a model without ``head_modules``.
+    """
+    heads = getattr(model, "head_modules", None)
+    linears = (
+        [m for head in heads() for m in head.modules() if isinstance(m, nn.Linear)] if heads else []
+    )
+    if not linears:
+        return False
+    with torch.no_grad():
+        linears[-1].weight.zero_()
+        if linears[-1].bias is not None:
+            linears[-1].bias.zero_()
+    return True
+
+
+class LensClassifier(pl.LightningModule):
+    """Binary lens classifier: BCE on logits (the paper's ``log(1 + exp(-x y))`` with y = +-1),
+    AdamW or Nesterov SGD with L2 on the weights, validation AUROC every epoch.
+
+    A frozen backbone needs nothing here: the model keeps its frozen BN layers in eval mode
+    itself and only parameters with ``requires_grad`` reach the optimiser.
+    Plateau-driven lr drops are not here but in ``callbacks.BatchSizeGrowth``, so that exactly one
+    thing lowers the lr; this module only applies the epoch shape of ``lr_multiplier``.
+    """
+
+    def __init__(self, config: TrainConfig, model: nn.Module | None = None) -> None:
+        super().__init__()
+        self.config = config
+        if model is None:
+            from lensfinder.models import create_model
+
+            model = create_model(config.model, config.input)
+            zero_head(model)
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.loss_fn = nn.BCEWithLogitsLoss()
+        self.val_auroc = BinaryAUROC()
+
+    def forward(self, x: Any) -> torch.Tensor:
+        if self.config.channels_last:
+            x = to_channels_last(x)
+        return self.model(x).float().reshape(-1)
+
+    def _loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, y = batch
+        target = y.float().reshape(-1)
+        logits = self(x)
+        return self.loss_fn(logits, target), logits, target
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        loss, _, target = self._loss(batch)
+        n = len(target)
+        self.log(
+            "train_loss",
+            loss,
+            on_epoch=True,
+            on_step=False,
+            prog_bar=True,
+            batch_size=n,
+            sync_dist=True,
+        )
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        if self.config.model.bn_inference == "batch":
+            # Validate as the model will be used (method 2), so early stopping picks for that.
+            from lensfinder.models.batchnorm import bn_train_mode
+
+            with bn_train_mode(self.model):
+                loss, logits, target = self._loss(batch)
+        else:
+            loss, logits, target = self._loss(batch)
+        self.val_auroc.update(torch.sigmoid(logits), target.long())
+        n = len(target)
+        self.log("val_loss", loss, on_epoch=True, sync_dist=True, batch_size=n)
+        self.log("val_auroc", self.val_auroc, on_epoch=True, prog_bar=True, batch_size=n)
+
+    def on_train_epoch_start(self) -> None:
+        # Same on every process; sync_dist only keeps Lightning from warning under DDP.
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        self.log("lr", lr, on_epoch=True, sync_dist=True)
+        batch_size = getattr(self.trainer.datamodule, "train_batch_size", None)
+        if batch_size is not None:
+            self.log("batch_size", float(batch_size), on_epoch=True, sync_dist=True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        config = self.config
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        if not trainable:
+            raise ValueError("the model has no trainable parameters")
+        # L2 on weights only: biases and normalisation scales are conventionally left free.
+        groups = [
+            {"params": [p for p in trainable if p.ndim > 1], "weight_decay": config.weight_decay},
+            {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0},
+        ]
+        groups = [g for g in groups if g["params"]]
+        if config.optimizer == "sgd":
+            optimizer: torch.optim.Optimizer = torch.optim.SGD(
+                groups, lr=config.lr, momentum=0.9, nesterov=True
+            )
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=config.lr)
+        shape = functools.partial(
+            lr_multiplier,
+            warmup_epochs=config.warmup_epochs,
+            max_epochs=config.max_epochs,
+            shape=config.lr_schedule,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, shape)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }

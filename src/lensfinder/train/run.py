@@ -1,0 +1,411 @@
+"""``train``: a store and a TrainConfig in, a run directory out.
+
+The run directory holds ``model.safetensors`` + ``model.json`` (the model file every later stage
+reads), ``metrics.csv`` (Lightning's CSV log, one row per logged epoch value), ``config.yaml``
+(the resolved config) and ``last.ckpt`` (Lightning's checkpoint, for resuming).
+
+Resume: re-running the same command continues from ``last.ckpt``. That file is a torch pickle
+archive (Lightning's format); it is loaded with ``weights_only=True``, which only accepts tensors
+and plain containers and never runs code, and our callbacks keep their state in exactly those.
+A run directory whose ``config.yaml`` differs from the requested config (other than
+``max_epochs`` and where/how it runs: devices, nodes, accelerator, workers) is refused rather than
+silently mixed. A finished run is not retrained: raise ``max_epochs`` to continue it, or pass
+``resume=False`` to start afresh.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import signal
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lensfinder.config import TrainConfig, load_config, save_config, to_dict
+from lensfinder.errors import ConfigError, ModelFileError
+
+# OpenMP threads that spin while waiting make torch several times slower (8x measured here) as
+# soon as other processes share the cores; sleeping waiters cost little on an idle machine. Read
+# once, when torch first loads (this module imports it only inside ``train``); a user's setting
+# wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+CONFIG_FILE = "config.yaml"
+CHECKPOINT_FILE = "last.ckpt"
+METRICS_FILE = "metrics.csv"
+# Fields that may change between an interrupted run and its resumption.
+RESUMABLE_FIELDS = frozenset({"max_epochs", "num_workers", "devices", "num_nodes", "accelerator"})
+# Files a run writes; only these are removed when starting afresh in an existing directory.
+RUN_FILES = (
+    CHECKPOINT_FILE, f"{CHECKPOINT_FILE}.tmp", METRICS_FILE, "hparams.yaml", CONFIG_FILE,
+    "model.safetensors", "model.json",
+)  # fmt: skip
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced; ``summary()`` is what the CLI prints."""
+
+    run_dir: Path
+    epochs: int
+    best_epoch: int
+    best_val_auroc: float
+    val_auroc_history: list[float]
+    images_per_s: float
+    stopped: str
+    resumed_from_epoch: int | None = None
+    already_trained: bool = False
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_metrics(cls, run_dir: Path, metrics: dict[str, Any], **kwargs: Any) -> TrainResult:
+        return cls(
+            run_dir=run_dir,
+            epochs=int(metrics["epochs"]),
+            best_epoch=int(metrics["best_epoch"]),
+            best_val_auroc=float(metrics["best_val_auroc"]),
+            val_auroc_history=[float(v) for v in metrics["val_auroc_history"]],
+            images_per_s=float(metrics["images_per_s"]),
+            stopped=str(metrics["stopped"]),
+            metrics=metrics,
+            **kwargs,
+        )
+
+    def summary(self) -> str:
+        if self.already_trained:
+            head = "already trained (raise max_epochs to continue, --no-resume to start afresh)"
+        else:
+            head = f"trained {self.epochs} epochs"
+            if self.resumed_from_epoch is not None:
+                head += f" (resumed after epoch {self.resumed_from_epoch})"
+        history = " ".join(f"{v:.3f}" for v in self.val_auroc_history)
+        return "\n".join(
+            [
+                f"{self.run_dir}: {head}",
+                f"  best val AUROC {self.best_val_auroc:.4f} at epoch {self.best_epoch}; "
+                f"stopped: {self.stopped}",
+                f"  val AUROC per epoch: {history}",
+                f"  training rate: {self.images_per_s:.1f} images/s",
+                f"  model: {self.run_dir / 'model.safetensors'} (+ model.json, metrics.csv)",
+            ]
+        )
+
+
+# -- settings ----------------------------------------------------------------------------------
+def check_config(config: TrainConfig) -> None:
+    """Settings that would fail obscurely mid-run fail here, in one line."""
+    problems = []
+    if config.batch_size < 1:
+        problems.append(f"batch_size {config.batch_size} < 1")
+    if config.batch_size_max < config.batch_size:
+        problems.append(f"batch_size_max {config.batch_size_max} < batch_size {config.batch_size}")
+    if config.max_epochs < 1:
+        problems.append(f"max_epochs {config.max_epochs} < 1")
+    if not 0 < config.lr_factor <= 1:
+        problems.append(f"lr_factor {config.lr_factor} not in (0, 1]")
+    if config.plateau_patience < 1 or config.stop_patience < 1:
+        problems.append("plateau_patience and stop_patience must be >= 1")
+    if config.max_train_samples is not None and config.max_train_samples < 1:
+        problems.append(f"max_train_samples {config.max_train_samples} < 1")
+    if problems:
+        raise ConfigError(f"train config: {'; '.join(problems)}")
+
+
+def uses_cuda(accelerator: str) -> bool:
+    import torch
+
+    return accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def resolve_precision(config: TrainConfig) -> str:
+    """``"auto"``: bf16 mixed precision on CUDA cards that support it, else fp16 mixed; fp32 on
+    CPU (CPU autocast is slower than fp32 for these convolutions)."""
+    if config.precision != "auto":
+        return config.precision
+    if uses_cuda(config.accelerator):
+        import torch
+
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def plateau_callback(config: TrainConfig) -> Any:
+    """The one owner of plateau decisions, or None when nothing should happen on a plateau.
+
+    Batch growth on: the batch doubles at each plateau up to ``batch_size_max``. The lr drops by
+    ``lr_factor`` at each plateau when ``lr_schedule`` is ``"plateau"``; with ``"cosine"`` or
+    ``"constant"`` the lr follows its schedule and plateaus only grow the batch.
+    """
+    from lensfinder.train.callbacks import BatchSizeGrowth
+
+    lr_factor = config.lr_factor if config.lr_schedule == "plateau" else 1.0
+    max_batch = config.batch_size_max if config.batch_growth else config.batch_size
+    if lr_factor == 1.0 and max_batch == config.batch_size:
+        return None
+    return BatchSizeGrowth(max_batch, config.plateau_patience, lr_factor)
+
+
+# -- run directory -----------------------------------------------------------------------------
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def config_differences(saved: TrainConfig, wanted: TrainConfig) -> list[str]:
+    """``key: old -> new`` for every setting that differs, except ``RESUMABLE_FIELDS``."""
+    old, new = _flatten(to_dict(saved)), _flatten(to_dict(wanted))
+    return [
+        f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+        for key in sorted(set(old) | set(new))
+        if key not in RESUMABLE_FIELDS and old.get(key) != new.get(key)
+    ]
+
+
+def _is_finished(out: Path, config: TrainConfig) -> dict[str, Any] | None:
+    """The metrics of a finished run in ``out`` that ``config`` would not extend, else None."""
+    from lensfinder.models import read_meta
+
+    if not (out / "model.json").is_file():
+        return None
+    try:
+        metrics = read_meta(out).get("metrics") or {}
+    except ModelFileError:
+        return None
+    if "epochs" not in metrics:
+        return None
+    if metrics.get("stopped_early") or int(metrics["epochs"]) >= config.max_epochs:
+        return metrics
+    return None
+
+
+def prepare_run_dir(config: TrainConfig, out: Path, resume: bool) -> Path | None:
+    """Check ``out`` against ``config``; returns the checkpoint to resume from, or None.
+
+    ``resume=False`` removes a previous run's files (and only those) first.
+    """
+    if not resume:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+        return None
+    saved_path = out / CONFIG_FILE
+    checkpoint = out / CHECKPOINT_FILE
+    has_run = checkpoint.is_file() or (out / "model.json").is_file()
+    if has_run and saved_path.is_file():
+        differences = config_differences(load_config(TrainConfig, saved_path), config)
+        if differences:
+            raise ConfigError(
+                f"{out}: holds a run made with another config ({'; '.join(differences)}); use "
+                "another --out, or --no-resume to start afresh"
+            )
+    return checkpoint if checkpoint.is_file() else None
+
+
+def checkpoint_epoch(checkpoint: Path) -> int:
+    """The last finished epoch recorded in a Lightning checkpoint (read with weights_only)."""
+    import torch
+
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+        return int(state["epoch"])
+    except Exception as exc:  # any unreadable file: a clear message, not a traceback
+        raise ModelFileError(
+            f"{checkpoint}: cannot resume from it ({type(exc).__name__}: {exc}); delete it or "
+            "pass --no-resume"
+        ) from None
+
+
+def keep_csv_rows_through(path: Path, last_epoch: int | None) -> list[str]:
+    """Trim a previous ``metrics.csv`` to the epochs a checkpoint covers (all of it is dropped
+    for a fresh run); returns its header, for the logger to append under."""
+    from lensfinder.utils import atomic_path
+
+    if not path.is_file():
+        return []
+    if last_epoch is None:
+        path.unlink()
+        return []
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        header = list(reader.fieldnames or [])
+        rows = [r for r in reader if not r.get("epoch") or int(float(r["epoch"])) <= last_epoch]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+    return header
+
+
+def make_loggers(out: Path, header: list[str]) -> list[Any]:
+    """Lightning's CSV logger writing ``out/metrics.csv`` (appending after a resume) and, when
+    tensorboard is installed, a TensorBoard logger in ``out/tensorboard``."""
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+    from lightning.pytorch.loggers.logger import rank_zero_experiment
+
+    class KeepingWriter(ExperimentWriter):
+        # Lightning's writer deletes an existing metrics.csv; the caller already trimmed it.
+        def _check_log_dir_exists(self) -> None:
+            self.metrics_keys = list(header)
+
+    class ResumableCSVLogger(CSVLogger):
+        @property
+        @rank_zero_experiment
+        def experiment(self) -> ExperimentWriter:
+            if self._experiment is None:
+                self._fs.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = KeepingWriter(log_dir=self.log_dir)
+            return self._experiment
+
+    loggers: list[Any] = [ResumableCSVLogger(out, name="", version="")]
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(
+            TensorBoardLogger(out, name="tensorboard", version="", default_hp_metric=False)
+        )
+    return loggers
+
+
+# -- training ----------------------------------------------------------------------------------
+def train(
+    config: TrainConfig,
+    store: str | Path,
+    out: str | Path,
+    resume: bool = True,
+    progress: bool = True,
+) -> TrainResult:
+    """Train a classifier on ``store`` with ``config``; writes the run directory ``out``.
+
+    Accelerator, devices, nodes and precision come from ``config``, so ``devices: 4`` (or
+    ``--devices 4 --num-nodes 2``) gives DDP over several GPUs with no other change.
+    """
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import TQDMProgressBar
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from lensfinder.train.callbacks import AtomicLastCheckpoint, AurocDropStopping, EpochHistory
+    from lensfinder.train.datamodule import LensDataModule
+    from lensfinder.train.module import LensClassifier
+
+    store, out = Path(store), Path(out)
+    check_config(config)
+    # Under DDP the other processes re-run this function after rank 0 has prepared ``out``.
+    is_rank_zero = rank_zero_only.rank == 0
+    if is_rank_zero:
+        checkpoint = prepare_run_dir(config, out, resume)
+    else:
+        checkpoint = out / CHECKPOINT_FILE if (out / CHECKPOINT_FILE).is_file() else None
+    finished = _is_finished(out, config) if resume else None
+    if finished is not None:
+        return TrainResult.from_metrics(out, finished, already_trained=True)
+    datamodule = LensDataModule(config, store)
+    datamodule.prepare()
+
+    last_epoch = checkpoint_epoch(checkpoint) if checkpoint is not None else None
+    header = keep_csv_rows_through(out / METRICS_FILE, last_epoch) if is_rank_zero else []
+    out.mkdir(parents=True, exist_ok=True)
+    if is_rank_zero:
+        save_config(config, out / CONFIG_FILE)
+
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    module = LensClassifier(config)
+    stopping = AurocDropStopping(config.stop_auroc_drop, config.stop_patience)
+    history = EpochHistory()
+    callbacks: list[Any] = [stopping, history, AtomicLastCheckpoint(out)]
+    growth = plateau_callback(config)
+    if growth is not None:
+        callbacks.append(growth)
+    show_progress = progress and not os.environ.get("LENSFINDER_QUIET")
+    if show_progress:
+        callbacks.append(TQDMProgressBar())
+    precision = resolve_precision(config)
+    trainer = pl.Trainer(
+        accelerator=config.accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        precision=precision,  # type: ignore[arg-type]
+        max_epochs=config.max_epochs,
+        callbacks=callbacks,
+        logger=make_loggers(out, header),
+        default_root_dir=out,
+        reload_dataloaders_every_n_epochs=1,
+        use_distributed_sampler=False,  # the datamodule shards per rank itself
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        enable_progress_bar=show_progress,
+        enable_model_summary=show_progress,
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
+        except SystemExit:
+            # Lightning turns Ctrl-C into sys.exit(1) after a graceful stop (last.ckpt kept);
+            # give the CLI its KeyboardInterrupt back so it can say how to resume.
+            if trainer.interrupted:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                raise KeyboardInterrupt from None
+            raise
+    stopping.restore_best(module)
+
+    metrics = _metrics(trainer, stopping, history, datamodule, precision)
+    if trainer.is_global_zero:
+        from lensfinder import __version__
+        from lensfinder.models import save_model
+
+        meta = {
+            "input": to_dict(config.input),
+            "model": to_dict(config.model),
+            "label_rule": getattr(datamodule.source, "label_rule", None),
+            "train": to_dict(config),
+            "split": to_dict(config.split),
+            "metrics": metrics,
+            "data": {
+                "store": str(store.resolve()),
+                "n_train": len(datamodule.train_indices),
+                "n_val": len(datamodule.val_indices),
+                "n_test": len(datamodule.test_indices),
+                "samples_per_epoch": datamodule.samples_per_epoch,
+            },
+            "lensfinder_version": __version__,
+        }
+        save_model(out, module.model, meta)
+    return TrainResult.from_metrics(out, metrics, resumed_from_epoch=last_epoch)
+
+
+def _metrics(
+    trainer: Any, stopping: Any, history: Any, datamodule: Any, precision: str
+) -> dict[str, Any]:
+    """The ``metrics`` section of model.json: best/final values and per-epoch histories."""
+    aurocs = history.column("val_auroc")
+    return {
+        "best_val_auroc": stopping.best,
+        "best_epoch": stopping.best_epoch,
+        "final_val_auroc": aurocs[-1] if aurocs else None,
+        "epochs": len(history.rows),
+        "stopped": stopping.stopped_reason or f"max_epochs ({trainer.max_epochs})",
+        "stopped_early": stopping.stopped_reason is not None,
+        "images_per_s": history.images_per_s(),
+        "val_auroc_history": aurocs,
+        "val_loss_history": history.column("val_loss"),
+        "train_loss_history": history.column("train_loss"),
+        "lr_history": history.column("lr"),
+        "batch_size_history": history.column("batch_size"),
+        "images_per_s_history": history.column("images_per_s"),
+        "hardware": {
+            "accelerator": type(trainer.accelerator).__name__,
+            "devices": trainer.num_devices,
+            "nodes": trainer.num_nodes,
+            "precision": precision,
+            "cpu_count": os.cpu_count(),
+        },
+    }

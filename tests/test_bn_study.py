@@ -1,0 +1,126 @@
+"""The batch-norm study on a tiny random model: eval mode is batch-independent, training-mode BN
+is not, and the study measures exactly that."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from lensfinder.config import InputConfig, ModelConfig, PredictConfig, SplitConfig, TrainConfig
+from lensfinder.errors import ConfigError, ModelFileError
+from lensfinder.evaluate.bn_study import batchnorm_study, bn_method
+
+TINY_INPUT = InputConfig(size=64)  # the deepest feature map is 2x2: BN works at batch 1
+METHOD2_MODEL = ModelConfig(
+    arch="test_efficientnet", pretrained=None, bn_reinit=True, bn_inference="batch",
+    bn_inference_batch=4,
+)  # fmt: skip
+SIZES = [1, 4]  # with the eval-mode reference at batch 64: three batch sizes
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine, two spinning threads per op make these
+    many tiny batches ~20x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_run(run_dir: Path, seed: int, model_cfg: ModelConfig) -> Path:
+    """A randomly initialised tiny model with non-trivial BN running statistics."""
+    import torch
+
+    from lensfinder.models import create_model, save_model
+    from lensfinder.models.batchnorm import batchnorm_layers
+
+    torch.manual_seed(seed)
+    model = create_model(model_cfg, TINY_INPUT)
+    for layer in batchnorm_layers(model):  # running stats unlike any batch's own
+        layer.running_mean.uniform_(-0.5, 0.5)
+        layer.running_var.uniform_(0.5, 2.0)
+    train = TrainConfig(input=TINY_INPUT, model=model_cfg, split=SplitConfig())
+    meta = {"input": TINY_INPUT, "model": model_cfg, "train": train, "metrics": {}}
+    return save_model(run_dir, model, meta)
+
+
+@pytest.fixture(scope="module")
+def study(tiny_store, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bn_study")
+    runs = [
+        make_run(root / "method2", 0, METHOD2_MODEL),
+        make_run(root / "method1", 1, replace(METHOD2_MODEL, bn_inference="eval")),
+    ]
+    return batchnorm_study(runs, tiny_store, root / "out", SIZES, split="all", bootstrap=50)
+
+
+def test_eval_mode_is_batch_independent(study):
+    for model in study.models:
+        # identical at every batch size, the reference's 64 included
+        assert set(model.eval_auroc) == {model.reference["auroc"]}
+        assert max(model.eval_change) < 1e-6  # reshuffling companions changes nothing
+
+
+def test_training_mode_depends_on_the_batch(study):
+    for model in study.models:
+        assert not model.errors
+        # batch 1: each object normalised by its own statistics, far from the running ones...
+        assert model.at(model.train_vs_eval, 1) > 1e-3
+        # ... yet alone in its batch, so reshuffling cannot change it
+        assert model.at(model.train_change, 1) < 1e-6
+        # with companions, the score moves when the companions change
+        assert model.at(model.train_change, 4) > 1e-4
+        assert all(0.0 <= a <= 1.0 for a in model.train_auroc + model.sorted_auroc)
+
+
+def test_scores_match_a_direct_predictor_pass(study, tiny_store):
+    """The study's eval-mode reference is what ``Predictor`` gives in eval mode."""
+    from lensfinder.data import open_source
+    from lensfinder.evaluate.metrics import auroc
+    from lensfinder.predict import Predictor
+
+    model = study.models[0]
+    source = open_source(tiny_store)
+    scores = Predictor([model.run_dir], PredictConfig(), bn_inference="eval").predict_source(
+        source, progress=False
+    )
+    assert auroc(source.labels, scores.score) == pytest.approx(model.reference["auroc"])
+
+
+def test_outputs_and_summary(study):
+    out = study.out
+    record = json.loads((out / "bn_study.json").read_text())
+    assert record["sizes"] == SIZES and record["n_objects"] == 24 and record["n_lenses"] == 12
+    names = [m["name"] for m in record["models"]]
+    assert names == ["method2", "method1"]
+    first = record["models"][0]
+    assert first["deployed_batch"] == 4 and first["deployed_metrics"]["n"] == 24
+    assert len(first["train_auroc_class_sorted"]) == len(SIZES)
+    markdown = (out / "bn_study.md").read_text()
+    assert markdown.count("\n| 4 |") == 2  # one table row per model for batch 4
+    for plot in study.plots:
+        assert plot.stat().st_size > 1000 and plot.read_bytes()[:4] == b"\x89PNG"
+    assert "method2: eval mode" in study.report.read_text()
+    text = study.summary()
+    assert "method 2 at batch 4: its score for one object changes by" in text
+    assert "method 1 (BN re-initialised) + method 2 (batch 4)" in text
+
+
+def test_bn_method_names():
+    assert bn_method({"freeze_backbone": True}) == "frozen ImageNet BN"
+    assert bn_method({"bn_reinit": False}) == "ImageNet BN, fine-tuned"
+    assert bn_method({"pretrained": None}) == "random-init BN, fine-tuned"
+    assert bn_method({"norm": "instance"}) == "instance norm (no BN)"
+
+
+def test_clear_errors(tiny_store, tmp_path, study):
+    with pytest.raises(ModelFileError, match="not a run directory"):
+        batchnorm_study(tmp_path, tiny_store, tmp_path / "out", SIZES)
+    with pytest.raises(ConfigError, match=">= 1"):
+        batchnorm_study(study.models[0].run_dir, tiny_store, tmp_path / "out", [0, 4])

@@ -1,0 +1,127 @@
+"""``reproduce_table1`` with a tiny test budget: real training and evaluation of two rows on the
+tiny store, the table's columns, the stated scaling, and resuming without retraining."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from lensfinder.config import TrainConfig, load_config
+from lensfinder.errors import ConfigError
+from lensfinder.evaluate.table1 import (
+    BUDGETS,
+    COLUMNS,
+    Table1Budget,
+    reproduce_table1,
+    scaled_settings,
+)
+
+# Split seed 2 with these fractions gives the 24-object tiny store 8 train, 8 val and 8 test
+# objects, half of them lenses in each: both classes everywhere, as training and AUROC need.
+TINY_BUDGET = Table1Budget(
+    name="test",
+    why="a tiny test run",
+    train={
+        "input": {"size": 64},
+        "model": {"arch": "test_efficientnet", "pretrained": None},
+        "split": {"seed": 2, "test_fraction": 0.4, "val_fraction": 0.3},
+        "max_epochs": 1,
+        "max_train_samples": 16,
+        "num_workers": 0,
+        "devices": 1,
+        "accelerator": "cpu",
+    },
+    bootstrap=20,
+)
+ROWS = [1, 8]  # the frozen baseline and the method 1 + method 2 row
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine two spinning threads per op are far slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def table(tiny_store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("table1")
+    return reproduce_table1(tiny_store, out, budget=TINY_BUDGET, rows=ROWS)
+
+
+def test_table_has_the_rows_and_columns(table):
+    markdown = table.markdown_path.read_text()
+    header = next(line for line in markdown.splitlines() if line.startswith("| model |"))
+    assert [c.strip() for c in header.strip("|").split("|")] == list(COLUMNS)
+    body = [line for line in markdown.splitlines() if line.startswith(("| 1 |", "| 8 |"))]
+    assert len(body) == 4  # each row in the main table and in the run table
+    cells = {r.row: r.cells() for r in table.rows}
+    assert cells[1]["bands"] == "Y+J+H" and cells[8]["bands"] == "VIS+Y+J+H"
+    assert cells[1]["BN method"] == "frozen random-init BN"  # the tiny budget has no weights
+    assert cells[8]["BN method"] == "method 1 (BN re-initialised) + method 2 (batch 8)"
+    assert cells[1]["data augmentation"] == "none" and cells[8]["data augmentation"] == "D4"
+    assert cells[1]["balanced sampler"] == "no" and cells[8]["balanced sampler"] == "yes"
+    assert cells[1]["batch size (start→max)"] == "32"
+    assert cells[8]["batch size (start→max)"] == "8→128"
+    assert cells[8]["epochs (run/max)"] == "1/1" and cells[8]["L2"] == "0.0001"
+    assert "[" in cells[8]["AUROC [95% CI]"]
+
+
+def test_header_states_budget_scaling_and_data(table):
+    markdown = table.markdown_path.read_text()
+    assert "budget test" in markdown and "a tiny test run" in markdown
+    assert "input.size 200 → 64" in markdown and "max_epochs 50 → 1" in markdown
+    assert "model.arch tf_efficientnet_lite0 → test_efficientnet" in markdown
+    assert "CPU cores" in markdown and "test split 8 objects (4 lenses)" in markdown
+
+
+def test_json_plot_and_metrics(table):
+    record = json.loads(table.json_path.read_text())
+    assert [r["row"] for r in record["rows"]] == ROWS and record["best_row"] in ROWS
+    for row in record["rows"]:
+        assert row["test"]["n"] == 8 and 0.0 <= row["test"]["auroc"] <= 1.0
+        assert row["config"]["input"]["size"] == 64
+        assert (table.out / f"model{row['row']}" / "model.safetensors").is_file()
+    assert table.roc_path.read_bytes()[:4] == b"\x89PNG"
+    # row 8 is evaluated the way it was made: BN in training mode, groups of 8
+    evaluation = json.loads((table.out / "evaluations" / "model8" / "metrics.json").read_text())
+    member = evaluation["predictor"]["members"][0]
+    assert member["bn_inference"] == "batch" and member["bn_batch_size"] == 8
+    assert table.n_trained_now == 2 and "model 8" in table.summary()
+
+
+def test_second_call_resumes_without_retraining(table, tiny_store):
+    weights = [table.out / f"model{row}" / "model.safetensors" for row in ROWS]
+    before = [p.stat().st_mtime_ns for p in weights]
+    again = reproduce_table1(tiny_store, table.out, budget=TINY_BUDGET, rows=ROWS)
+    assert again.n_trained_now == 0 and not any(r.trained_now for r in again.rows)
+    assert [p.stat().st_mtime_ns for p in weights] == before
+    assert [r.test["auroc"] for r in again.rows] == [r.test["auroc"] for r in table.rows]
+    assert "2 rows, 0 trained now, 2 resumed" in again.summary()
+
+
+def test_another_budget_or_store_never_reuses_these_models(table, tiny_store, tiny_layout):
+    other = Table1Budget(name="test2", why="x", train={**TINY_BUDGET.train, "max_train_samples": 8})
+    with pytest.raises(ConfigError, match="trained with other settings"):
+        reproduce_table1(tiny_store, table.out, budget=other, rows=[1])
+    with pytest.raises(ConfigError, match=r"trained on .*tiny\.zarr"):
+        reproduce_table1(tiny_layout, table.out, budget=TINY_BUDGET, rows=[1])
+
+
+def test_budgets_and_bad_arguments(tiny_store, tmp_path):
+    gpu = load_config(TrainConfig, "table1-model6")
+    assert BUDGETS["gpu"].apply(gpu) == replace(gpu, devices=1)  # the paper's settings
+    assert scaled_settings(BUDGETS["gpu"]) == ["devices auto → 1"]
+    cpu = BUDGETS["cpu"].apply(gpu)
+    assert cpu.input.size < gpu.input.size and cpu.max_epochs < gpu.max_epochs
+    assert cpu.model == gpu.model and cpu.split == gpu.split  # same network, same split
+    with pytest.raises(ConfigError, match="budget 'tpu'"):
+        reproduce_table1(tiny_store, tmp_path, budget="tpu")
+    with pytest.raises(ConfigError, match=r"among 1\.\.8"):
+        reproduce_table1(tiny_store, tmp_path, budget=TINY_BUDGET, rows=[9])

@@ -1,0 +1,192 @@
+"""Training end to end on tiny stores: learning, the run directory, resume, batches, bad data."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lensfinder.config import InputConfig, ModelConfig, SplitConfig, TrainConfig, load_config
+from lensfinder.errors import ConfigError, DataError
+from lensfinder.train import TrainResult, train
+from lensfinder.train.datamodule import LensDataModule
+from lensfinder.train.run import check_config, config_differences, resolve_precision
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    """Pretrained lite0 at 64 px: learns the fixture's arcs in a few epochs on a CPU."""
+    base = TrainConfig(
+        input=InputConfig(size=64),
+        model=ModelConfig(arch="tf_efficientnet_lite0", pretrained="imagenet"),
+        split=SplitConfig(seed=0, test_fraction=0.1, val_fraction=0.3),
+        max_epochs=4,
+        batch_size=8,
+        batch_size_max=16,
+        plateau_patience=1,
+        stop_patience=10,
+        stop_auroc_drop=1.0,
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine two threads can run 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def store(layout_factory, tmp_path_factory) -> Path:
+    """100 objects (half lenses): ~30 validation objects, an AUROC that means something."""
+    from lensfinder.data.store import pack
+
+    out = tmp_path_factory.mktemp("train_store") / "store.zarr"
+    pack(layout_factory("train_layout", n=100, seed=3), out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(store, tmp_path_factory) -> tuple[TrainResult, TrainConfig]:
+    config = tiny_config()
+    run_dir = tmp_path_factory.mktemp("run")
+    return train(config, store, run_dir, progress=False), config
+
+
+def val_auroc_of_saved_model(run_dir: Path, store: Path, config: TrainConfig) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    from lensfinder.data import open_source
+    from lensfinder.data.splits import split_indices
+    from lensfinder.data.transforms import to_model_input
+    from lensfinder.models import load_model
+
+    model, _ = load_model(run_dir, expect_input=config.input)
+    source = open_source(store)
+    val = split_indices(source.ids, config.split)["val"]
+    cutouts = source.read(val)
+    with torch.no_grad():
+        scores = model(to_model_input(cutouts.vis, cutouts.nisp, config.input)).numpy()
+    return float(roc_auc_score(source.labels[val], scores))
+
+
+def test_training_learns_and_writes_a_loadable_run_dir(trained, store):
+    result, config = trained
+    run_dir = result.run_dir
+    assert result.best_val_auroc > 0.8, result.summary()
+    assert len(result.val_auroc_history) == result.epochs == config.max_epochs
+    assert result.images_per_s > 0
+    for name in ("model.safetensors", "model.json", "metrics.csv", "config.yaml", "last.ckpt"):
+        assert (run_dir / name).is_file(), name
+    assert load_config(TrainConfig, run_dir / "config.yaml") == config
+
+    from lensfinder.models import read_meta
+
+    meta = read_meta(run_dir)
+    assert meta["label_rule"] and meta["train"]["lr"] == config.lr
+    assert meta["metrics"]["val_auroc_history"] == pytest.approx(result.val_auroc_history)
+    assert meta["metrics"]["best_epoch"] == int(np.argmax(result.val_auroc_history))
+    # The saved weights are the best epoch's: they reproduce its validation AUROC exactly.
+    reproduced = val_auroc_of_saved_model(run_dir, store, config)
+    assert reproduced == pytest.approx(result.best_val_auroc, abs=1e-3)
+
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    epochs_with_auroc = [int(r["epoch"]) for r in rows if r.get("val_auroc")]
+    assert epochs_with_auroc == list(range(config.max_epochs))
+    assert {"train_loss", "val_loss", "lr", "batch_size"} <= set(rows[0])
+
+
+def test_resume_continues_from_the_last_epoch(trained, store, tmp_path):
+    first, config = trained
+    # Rerunning the finished command trains nothing.
+    again = train(config, store, first.run_dir, progress=False)
+    assert again.already_trained and again.epochs == config.max_epochs
+
+    # A longer run picks up from last.ckpt: the history so far is kept, one epoch is added.
+    longer = dataclasses.replace(config, max_epochs=config.max_epochs + 1)
+    resumed = train(longer, store, first.run_dir, progress=False)
+    assert resumed.resumed_from_epoch == config.max_epochs - 1
+    assert resumed.epochs == config.max_epochs + 1
+    assert resumed.val_auroc_history[:-1] == pytest.approx(first.val_auroc_history)
+    with open(first.run_dir / "metrics.csv", newline="") as handle:
+        epochs = [int(r["epoch"]) for r in csv.DictReader(handle) if r.get("val_auroc")]
+    assert epochs == list(range(config.max_epochs + 1))  # appended, no duplicated epochs
+
+    with pytest.raises(ConfigError, match="lr"):
+        train(dataclasses.replace(longer, lr=0.1), store, first.run_dir, progress=False)
+
+
+def test_balanced_batches_and_constant_samples_per_epoch(store):
+    module = LensDataModule(tiny_config(balanced_sampler=True, max_train_samples=32), store)
+    module.setup("fit")
+    batches = [y for _, y in module.train_dataloader()]
+    assert len(batches) == 4 and all(len(y) == 8 and int(y.sum()) == 4 for y in batches)
+    module.train_batch_size = 16  # what BatchSizeGrowth does on a plateau
+    assert [len(y) for _, y in module.train_dataloader()] == [16, 16]
+
+    plain = LensDataModule(tiny_config(balanced_sampler=False), store)
+    plain.setup("fit")
+    loader = plain.train_dataloader()
+    positions = [i for batch in loader.batch_sampler for i in batch]
+    assert len(positions) == len(set(positions)) == len(plain.train_indices) // 8 * 8
+
+
+def test_frozen_backbone_trains_only_the_head(store, tmp_path):
+    from lensfinder.models import create_model, load_model
+
+    config = tiny_config(
+        max_epochs=1, input=InputConfig(bands=("Y", "J", "H"), size=64),
+        model=ModelConfig(pretrained="imagenet", freeze_backbone=True),
+    )  # fmt: skip
+    train(config, store, tmp_path, progress=False)
+    before = create_model(config.model, config.input).state_dict()
+    after = load_model(tmp_path)[0].state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("backbone.classifier.") for k in changed), changed
+
+
+def test_unusable_labels_are_data_errors(layout_factory, tmp_path):
+    from lensfinder.data.store import pack
+
+    no_lenses = pack(layout_factory("no_lenses", n=12, lens_fraction=0.0), tmp_path / "a.zarr")
+    with pytest.raises(DataError, match="no lenses"):
+        train(tiny_config(), no_lenses.out, tmp_path / "run_a", progress=False)
+    unlabelled = pack(layout_factory("unlabelled", n=6, catalog=False), tmp_path / "b.zarr")
+    with pytest.raises(DataError, match="no labels"):
+        train(tiny_config(), unlabelled.out, tmp_path / "run_b", progress=False)
+    assert not (tmp_path / "run_a" / "model.json").exists()
+
+
+def test_precision_is_fp32_on_cpu_and_explicit_values_pass():
+    assert resolve_precision(TrainConfig(accelerator="cpu")) == "32-true"
+    assert resolve_precision(TrainConfig(precision="bf16-mixed")) == "bf16-mixed"
+
+
+def test_shipped_configs_load_and_table1_adds_one_factor_per_row():
+    check_config(load_config(TrainConfig, "cpu-small"))
+    rows = [load_config(TrainConfig, f"table1-model{i}") for i in range(1, 9)]
+    for row in rows:
+        check_config(row)
+        assert row.input.size == 200 and row.max_train_samples is None  # the paper's budget
+    changed = [
+        sorted(d.split(":")[0] for d in config_differences(a, b))
+        for a, b in itertools.pairwise(rows)
+    ]
+    assert changed == [
+        ["input.bands", "model.freeze_backbone"],  # 1 -> 2: fine-tune all layers on 4 bands
+        ["augment_d4"],
+        ["balanced_sampler"],
+        ["weight_decay"],
+        ["batch_growth", "batch_size", "lr_schedule"],  # 8 -> 128 with adaptive lr
+        ["model.bn_reinit"],
+        ["model.bn_inference"],
+    ]
+    assert rows[0].input.bands == ("Y", "J", "H") and rows[0].model.freeze_backbone
