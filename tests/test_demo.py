@@ -1,4 +1,4 @@
-"""The newcomer path: the whole pipeline runs end to end (tiny sizes) and reports where things are."""
+"""The newcomer path: the whole pipeline runs end to end (tiny) and says where things are."""
 
 import json
 
