@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("LENSFINDER_QUIET", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # 2 shared cores: 1 thread is faster
 
 from collections.abc import Callable
 from pathlib import Path

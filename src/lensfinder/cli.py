@@ -179,17 +179,28 @@ def evaluate(
 @app.command("bn-study")
 @user_errors
 def bn_study(
-    model: Annotated[Path, typer.Option("--model", "-m", help="Run directory.")],
+    model: Models,
     data: Data,
     out: Out,
     sizes: Annotated[str, typer.Option(help="Comma-separated test batch sizes.")] = (
         "1,2,4,8,16,32,128"
     ),
+    split: Annotated[str, typer.Option(help="test, val, train or all.")] = "test",
+    seed: Annotated[int, typer.Option(help="Seed of the random batch orders.")] = 0,
+    max_objects: Annotated[int, typer.Option(help="Cap on objects studied.")] = 4000,
 ) -> None:
     """AUROC against test batch size with BN in training mode (the paper's method 2)."""
     from lensfinder.evaluate.bn_study import batchnorm_study
 
-    result = batchnorm_study(model, data, out, [int(s) for s in sizes.split(",")])
+    result = batchnorm_study(
+        model,
+        data,
+        out,
+        [int(s) for s in sizes.split(",")],
+        split=split,
+        seed=seed,
+        max_objects=max_objects,
+    )
     typer.echo(result.summary())
 
 
@@ -199,11 +210,14 @@ def reproduce_table1(
     data: Data,
     out: Out,
     budget: Annotated[str, typer.Option(help="cpu (scaled down) or gpu (the paper's).")] = "cpu",
+    rows: Annotated[str | None, typer.Option(help="Only these rows, e.g. 1,6,8.")] = None,
+    no_resume: Annotated[bool, typer.Option("--no-resume", help="Retrain every row.")] = False,
 ) -> None:
     """Train and evaluate the eight configurations of the paper's Table I."""
     from lensfinder.evaluate.table1 import reproduce_table1 as run
 
-    result = run(data, out, budget=budget)
+    chosen = [int(r) for r in rows.split(",")] if rows else None
+    result = run(data, out, budget=budget, resume=not no_resume, rows=chosen)
     typer.echo(result.summary())
 
 

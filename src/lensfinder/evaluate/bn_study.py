@@ -254,13 +254,13 @@ def _load_set(
     """The labelled, readable objects of ``split`` (the models' shared split), at most
     ``max_objects`` of them (a seeded random subset)."""
     from lensfinder.data import open_source
-    from lensfinder.evaluate.run import _labelled, select_indices
+    from lensfinder.evaluate.run import labelled_only, select_indices
     from lensfinder.models import read_meta
 
     source = open_source(data)
     metas = [read_meta(run_dir) for run_dir in run_dirs]
     indices = select_indices(np.asarray(source.ids), split, metas, run_dirs)
-    indices, _, _ = _labelled(np.asarray(source.labels), indices, data, split)
+    indices, _, _ = labelled_only(np.asarray(source.labels), indices, data, split)
     subsampled_from = None
     if max_objects is not None and len(indices) > max_objects:
         rng = np.random.default_rng(seed)

@@ -123,7 +123,7 @@ def _write_scores_csv(
             writer.writerow(values)
 
 
-def _labelled(
+def labelled_only(
     labels: np.ndarray, indices: np.ndarray, data: Path, split: str
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """``(indices, labels)`` of the labelled objects and how many had no label; a DataError when
@@ -179,7 +179,9 @@ def evaluate(
     predictor = Predictor(run_dirs, cfg.predict)  # loads and checks every member (or ONNX file)
     metas = [member.meta for member in predictor.members]
     indices = select_indices(np.asarray(source.ids), cfg.split, metas, run_dirs)
-    indices, labels, n_unlabelled = _labelled(np.asarray(source.labels), indices, data, cfg.split)
+    indices, labels, n_unlabelled = labelled_only(
+        np.asarray(source.labels), indices, data, cfg.split
+    )
 
     scores = predictor.predict_source(source, indices)  # shows its own progress bar
     score = np.asarray(scores.score, dtype=np.float64)

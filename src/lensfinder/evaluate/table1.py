@@ -296,15 +296,17 @@ def _evaluate_row(
     return evaluate([run_dir], data, eval_dir, cfg).metrics
 
 
-def _previous_times(path: Path) -> dict[int, float | None]:
-    """Training wall times recorded by an earlier call (kept for rows not retrained now)."""
+def _previous_run(path: Path) -> tuple[dict[int, float | None], str | None]:
+    """Training wall times per row and the machine recorded by an earlier call (kept for rows
+    not retrained now: the table says where the models were trained)."""
     if not path.is_file():
-        return {}
+        return {}, None
     try:
         record = json.loads(path.read_text())
-        return {int(r["row"]): r.get("train_seconds") for r in record.get("rows", [])}
-    except (ValueError, KeyError, TypeError):
-        return {}
+        times = {int(r["row"]): r.get("train_seconds") for r in record.get("rows", [])}
+        return times, record.get("machine")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return {}, None
 
 
 def _run_row(
@@ -465,7 +467,7 @@ def reproduce_table1(
         raise DataError(f"{data}: no such store or layout")
     started = time.perf_counter()
     json_path = out / JSON_NAME
-    previous = _previous_times(json_path) if resume else {}
+    previous, previous_machine = _previous_run(json_path) if resume else ({}, None)
     results = [
         _run_row(row, f"{i}/{len(wanted)}", chosen, data, out, resume, previous.get(row))
         for i, row in enumerate(wanted, start=1)
@@ -491,7 +493,11 @@ def reproduce_table1(
         "budget": chosen.name,
         "budget_why": chosen.why,
         "budget_train_overrides": dict(chosen.train),
-        "machine": machine_description(),
+        "machine": (
+            machine_description()
+            if previous_machine is None or any(r.trained_now for r in results)
+            else previous_machine
+        ),
         "data": str(data),
         "n_objects": len(source),
         "n_test": int(best.test["n"]),
