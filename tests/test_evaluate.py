@@ -135,12 +135,12 @@ def test_clear_errors(runs, layout_factory, tiny_store, tmp_path):
 
 
 def test_unlabelled_objects_are_dropped_and_counted():
-    from lensfinder.evaluate.run import _labelled
+    from lensfinder.evaluate.run import labelled_only
 
     labels = np.array([1, -1, 0, -1, 1], dtype=np.int8)
-    indices, kept, n_unlabelled = _labelled(labels, np.array([0, 1, 2, 3]), Path("d"), "test")
+    indices, kept, n_unlabelled = labelled_only(labels, np.array([0, 1, 2, 3]), Path("d"), "test")
     np.testing.assert_array_equal(indices, [0, 2])
     np.testing.assert_array_equal(kept, [1, 0])
     assert n_unlabelled == 2
     with pytest.raises(DataError, match="test split holds no objects"):
-        _labelled(labels, np.array([], dtype=np.int64), Path("d"), "test")
+        labelled_only(labels, np.array([], dtype=np.int64), Path("d"), "test")
