@@ -143,7 +143,7 @@ class DemoConfig:
     n_field: int = 600
     field_lens_fraction: float = 0.05  # lenses are rare in a survey field
     train_config: str = "cpu-small"
-    max_epochs: int | None = None  # None: the train config's own
+    max_epochs: int | None = 5  # None: the train config's own
     workers: int = 2
     gallery_top: int = 48
     seed: int = 0
