@@ -12,44 +12,13 @@ A run directory given with ``--model`` gets its ``model.onnx`` cache written, as
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import common
 import numpy as np
-
-
-def machine() -> str:
-    import onnxruntime
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}; "
-        f"python {platform.python_version()}, torch {torch.__version__}, "
-        f"onnxruntime {onnxruntime.__version__}"
-    )
-
-
-def default_run(root: Path) -> Path:
-    """tf_efficientnet_lite0, random init, 4 bands at 200 px, saved as a run directory."""
-    from lensfinder.config import InputConfig, ModelConfig
-    from lensfinder.models import create_model, save_model
-
-    input_cfg = InputConfig(size=200)
-    model_cfg = ModelConfig(arch="tf_efficientnet_lite0", pretrained=None)
-    model = create_model(model_cfg, input_cfg)
-    return save_model(root / "lite0", model, {"input": input_cfg, "model": model_cfg})
 
 
 def cutouts(data: Path | None, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -76,7 +45,11 @@ def run(
         torch.set_num_threads(threads)
     vis, nisp = cutouts(data, n)
     with tempfile.TemporaryDirectory() as tmp:
-        run_dir = Path(model) if model else default_run(Path(tmp))
+        run_dir = (
+            Path(model)
+            if model
+            else common.untrained_run(Path(tmp) / "lite0", "cpu-small", size=200, pretrained=False)
+        )
         # The first ONNX use exports the model next to it (cached for later scans): timed apart.
         began = time.perf_counter()
         Predictor([run_dir], PredictConfig(backend="onnx"), onnx_threads=threads)
@@ -92,27 +65,25 @@ def run(
         results: dict[str, Any] = {}
         for name, (cfg, kwargs) in setups.items():
             predictor = Predictor([run_dir], cfg, device="cpu", **kwargs)
-            predictor.predict_arrays(vis[:batch], nisp[:batch])  # warm-up
-            began = time.perf_counter()
-            scores = predictor.predict_arrays(vis, nisp)
-            seconds = time.perf_counter() - began
-            results[name] = {"per_second": len(vis) / seconds, "logit": scores.logits[0]}
+            per_second, logits = common.time_predictor(predictor, vis, nisp, warmup=batch)
+            results[name] = {"per_second": per_second, "logit": logits[0]}
     base = results["eager torch NCHW"]
-    print(f"machine: {machine()}")
+    common.print_machine()
     print(f"model: {model or 'tf_efficientnet_lite0 (random init), 4 bands, 200 px'}")
     print(
         f"data: {data or 'synthetic cutouts'}, {len(vis)} cutouts, batch {batch}, "
         f"threads {threads or torch.get_num_threads()}; "
         f"ONNX export/cache check: {export_seconds:.1f} s"
     )
+    base_logit = base["logit"]
     for name, result in results.items():
-        ratio = result["per_second"] / base["per_second"]
-        diff = float(np.abs(result["logit"] - base["logit"]).max())
+        result["ratio"] = result["per_second"] / base["per_second"]
+        result["max_logit_diff"] = float(np.abs(result.pop("logit") - base_logit).max())
         print(
-            f"  {name:22s} {result['per_second']:8.1f} cutouts/s  x{ratio:4.2f}  "
-            f"max |logit diff| {diff:.1e}"
+            f"  {name:22s} {result['per_second']:8.1f} cutouts/s  x{result['ratio']:4.2f}  "
+            f"max |logit diff| {result['max_logit_diff']:.1e}"
         )
-    return {name: result["per_second"] for name, result in results.items()}
+    return {"backends": results, "n": len(vis), "export_s": export_seconds}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -122,9 +93,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--n", type=int, default=192, help="cutouts to score")
     parser.add_argument("--batch", type=int, default=32, help="inference batch size")
     parser.add_argument("--threads", type=int, default=None, help="torch and ORT threads")
+    common.add_json_argument(parser)
     args = parser.parse_args(argv)
-    os.environ.setdefault("LENSFINDER_QUIET", "1")
-    return run(args.model, args.data, args.n, args.batch, args.threads)
+    common.quiet()
+    details = run(args.model, args.data, args.n, args.batch, args.threads)
+    model = "untrained lite0 at 200 px" if args.model is None else "the given model"
+    figures = [
+        common.figure(
+            f"inference, {name} ({model}, batch {args.batch})",
+            r["per_second"],
+            "cutouts/s",
+            ratio_to_eager=round(r["ratio"], 3),
+        )
+        for name, r in details["backends"].items()
+    ]
+    details |= {"model": str(args.model), "data": str(args.data), "batch": args.batch}
+    common.write_results(args.json, __file__, figures, details, argv=argv)
+    return {name: r["per_second"] for name, r in details["backends"].items()}
 
 
 if __name__ == "__main__":

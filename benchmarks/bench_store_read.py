@@ -11,28 +11,15 @@ Files were just written, so all numbers are warm-cache; a cold disk favours the 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import common
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-
-def _rate(n: int, seconds: float) -> float:
-    return n / seconds if seconds > 0 else float("inf")
-
-
-def _best_of(repeats: int, func) -> float:
-    """Fastest of ``repeats`` runs: the least disturbed by other processes on shared cores."""
-    return min(func() for _ in range(repeats))
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=1024, help="objects in the layout")
     parser.add_argument("--chunk", type=int, default=None, help="store chunk (default: pack's)")
@@ -40,12 +27,14 @@ def main() -> None:
     parser.add_argument("--random-batch", type=int, default=128, help="random batch size")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary dir")
-    args = parser.parse_args()
-    os.environ.setdefault("LENSFINDER_QUIET", "1")
+    common.add_json_argument(parser)
+    args = parser.parse_args(argv)
+    common.quiet()
 
     from astropy.io import fits
 
-    from conftest import make_tiny_layout
+    with common.tests_importable():
+        from conftest import make_tiny_layout
     from lensfinder.data import open_source
     from lensfinder.data.store import pack
     from lensfinder.layout import image_path
@@ -98,25 +87,30 @@ def main() -> None:
         return time.perf_counter() - t
 
     rates = {
-        "FITS, astropy (4 files/object)": _rate(n, _best_of(args.repeats, raw_fits)),
-        "FITS via open_source(layout).read": _rate(n, _best_of(args.repeats, layout_read)),
-        f"store, contiguous reads of {args.batch}": _rate(
-            n, _best_of(args.repeats, store_contiguous)
+        "FITS, astropy (4 files/object)": common.rate(n, common.best_of(args.repeats, raw_fits)),
+        "FITS via open_source(layout).read": common.rate(
+            n, common.best_of(args.repeats, layout_read)
         ),
-        f"store, random batches of {args.random_batch}": _rate(
-            batches * args.random_batch, _best_of(args.repeats, store_random)
+        f"store, contiguous reads of {args.batch}": common.rate(
+            n, common.best_of(args.repeats, store_contiguous)
+        ),
+        f"store, random batches of {args.random_batch}": common.rate(
+            batches * args.random_batch, common.best_of(args.repeats, store_random)
         ),
     }
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
-    print(
-        f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, "
-        f"{platform.system()} {platform.release()}, Python {platform.python_version()}, "
-        f"load average {load[0]:.1f}"
-    )
+    machine = common.print_machine()
     print(f"chunk {store.chunk} objects; best of {args.repeats}; warm page cache")
     base = rates["FITS, astropy (4 files/object)"]
     for name, rate in rates.items():
         print(f"  {name:40s} {rate:10.0f} objects/s   x{rate / base:6.1f}")
+    figures = [
+        common.figure(
+            f"read 4 bands: {name}", rate, "objects/s", ratio_to_fits=round(rate / base, 2)
+        )
+        for name, rate in rates.items()
+    ]
+    details = {"n": n, "chunk": store.chunk, "repeats": args.repeats, "rates": rates}
+    common.write_results(args.json, __file__, figures, details, machine, argv)
 
 
 if __name__ == "__main__":

@@ -165,15 +165,21 @@ def _dask_client(cfg: ScanConfig, scheduler: str | None) -> Iterator[tuple[Any, 
         )
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     torch_threads = max(1, (cores or 1) // (cfg.workers * cfg.threads_per_worker))
-    cluster = LocalCluster(
-        n_workers=cfg.workers,
-        threads_per_worker=cfg.threads_per_worker,
-        processes=True,
-        memory_limit=cfg.memory_limit,
-        dashboard_address=None,
-        scheduler_kwargs={"dashboard_address": ":0"},  # no dashboard; its server on a free port
-        silence_logs=quiet,
-    )
+    import dask
+
+    # Dask sets MALLOC_TRIM_THRESHOLD_=65536 in its workers, which halves inference speed here
+    # (measured: 100 -> 167-193 cutouts/s for one worker without it); memory stays flat anyway.
+    unset_trim = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+    with dask.config.set(unset_trim):
+        cluster = LocalCluster(
+            n_workers=cfg.workers,
+            threads_per_worker=cfg.threads_per_worker,
+            processes=True,
+            memory_limit=cfg.memory_limit,
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": ":0"},  # no dashboard; a free port
+            silence_logs=quiet,
+        )
     client = Client(cluster)
     try:
         yield client, torch_threads
