@@ -38,6 +38,7 @@ from lensfinder.config import (
     TrainConfig,
     from_dict,
     load_config,
+    merge,
     to_dict,
 )
 from lensfinder.errors import ConfigError, DataError
@@ -55,17 +56,6 @@ COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 
 
-def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` with ``overrides`` applied, nested mappings merged key by key."""
-    merged = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 @dataclass(frozen=True)
 class Table1Budget:
     """How the eight configs are scaled: ``train`` holds TrainConfig fields (nested like the
@@ -78,7 +68,7 @@ class Table1Budget:
     eval_batch_size: int = 64
 
     def apply(self, config: TrainConfig, where: str = "") -> TrainConfig:
-        return from_dict(TrainConfig, _merge(to_dict(config), self.train), where or self.name)
+        return from_dict(TrainConfig, merge(to_dict(config), dict(self.train)), where or self.name)
 
 
 BUDGETS: dict[str, Table1Budget] = {
