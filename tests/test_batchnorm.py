@@ -15,8 +15,6 @@ from lensfinder.models.batchnorm import (
     reinit_batchnorm,
 )
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture()
 def model() -> torch.nn.Module:

@@ -21,18 +21,6 @@ METHOD2_MODEL = ModelConfig(
 SIZES = [1, 4]  # with the eval-mode reference at batch 64: three batch sizes
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine, two spinning threads per op make these
-    many tiny batches ~20x slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_run(run_dir: Path, seed: int, model_cfg: ModelConfig) -> Path:
     """A randomly initialised tiny model with non-trivial BN running statistics."""
     import torch

@@ -18,7 +18,6 @@ from lensfinder.models import create_model, load_model, read_meta, save_model
 from lensfinder.models.batchnorm import batchnorm_layers
 from lensfinder.models.checkpoint import FORMAT_VERSION, META_FILE, WEIGHTS_FILE
 
-torch.set_num_threads(1)
 INPUT = InputConfig(bands=("VIS", "J"), size=32)
 MODEL = ModelConfig(pretrained=None, bn_reinit=True)
 

@@ -16,9 +16,8 @@ from lensfinder.errors import ConfigError, ModelFileError
 from lensfinder.predict import Predictor, export_onnx, synthetic_cutouts
 from lensfinder.predict.export import build_onnx, example_input, read_metadata
 from lensfinder.predict.onnx_backend import OnnxRunner
-from test_predict import BN_BATCH_MODEL, TINY_INPUT, TINY_MODEL, make_run, one_torch_thread
+from test_predict import BN_BATCH_MODEL, TINY_INPUT, TINY_MODEL, make_run
 
-__all__ = ["one_torch_thread"]  # the autouse fixture, shared with test_predict
 ONNX = PredictConfig(backend="onnx", batch_size=4)
 
 

@@ -11,7 +11,6 @@ from lensfinder.errors import ConfigError
 from lensfinder.models import create_model
 from lensfinder.models.pretrained import imagenet_lite0_state_dict
 
-torch.set_num_threads(1)
 RANDOM_LITE0 = ModelConfig(pretrained=None)
 
 

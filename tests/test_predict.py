@@ -22,15 +22,6 @@ TINY_MODEL = ModelConfig(arch="test_efficientnet", pretrained=None)
 BN_BATCH_MODEL = replace(TINY_MODEL, bn_inference="batch", bn_inference_batch=4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine more threads only wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_run(
     run_dir: Path,
     seed: int = 0,

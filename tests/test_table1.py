@@ -38,17 +38,6 @@ TINY_BUDGET = Table1Budget(
 ROWS = [1, 8]  # the frozen baseline and the method 1 + method 2 row
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine two spinning threads per op are far slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def table(tiny_store, tmp_path_factory):
     out = tmp_path_factory.mktemp("table1")

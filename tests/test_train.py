@@ -34,15 +34,6 @@ def tiny_config(**overrides) -> TrainConfig:
     return dataclasses.replace(base, **overrides)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine two threads can run 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def store(layout_factory, tmp_path_factory) -> Path:
     """100 objects (half lenses): ~30 validation objects, an AUROC that means something."""
