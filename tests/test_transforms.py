@@ -147,3 +147,42 @@ def test_point_source_lands_at_the_same_sky_position_in_all_bands(size: int) -> 
         cx, cy = _centroid(x[0, channel])
         assert cx == pytest.approx(expected[0], abs=0.1), channel
         assert cy == pytest.approx(expected[1], abs=0.1), channel
+
+
+@pytest.mark.parametrize("size", [64, 100])
+def test_native_mode_keeps_vis_pixels_and_aligns_nisp(size: int) -> None:
+    """Native sampling: VIS keeps its 0.1" pixels (the centre cut out, not averaged) and a
+    source 2.1" off-centre sits at the same sky position in every channel of the cut-out field."""
+    x0, y0, sigma = 2.1, -1.4, 0.25
+    rng = np.random.default_rng(1)
+    vis = _gaussian(200, 0.1, x0, y0, sigma) + rng.normal(0, 1e-3, (200, 200))
+    nisp = np.stack([_gaussian(66, 0.3, x0, y0, sigma)] * 3) + rng.normal(0, 1e-3, (3, 66, 66))
+    cfg = InputConfig(size=size, vis_sampling="native")
+    x = to_model_input(vis[None].astype(np.float32), nisp[None].astype(np.float32), cfg)
+    assert x.shape == (1, 4, size, size)
+    whole = to_model_input(
+        vis[None].astype(np.float32), None, InputConfig(size=200, bands=("VIS",))
+    )
+    top = (200 - size) // 2
+    assert torch.equal(x[0, 0], whole[0, 0, top : top + size, top : top + size])
+    expected = ((size - 1) / 2 + x0 / 0.1, (size - 1) / 2 + y0 / 0.1)
+    for channel in range(4):
+        cx, cy = _centroid(x[0, channel])
+        assert cx == pytest.approx(expected[0], abs=0.15), channel
+        assert cy == pytest.approx(expected[1], abs=0.15), channel
+
+
+def test_native_two_branch_cuts_nisp_to_the_same_field(cutouts) -> None:
+    cfg = InputConfig(layout="two_branch", vis_sampling="native", size=100)
+    vis, nisp = to_model_input(cutouts.vis[:2], cutouts.nisp[:2], cfg)
+    assert vis.shape == (2, 1, 100, 100)
+    assert nisp.shape == (2, 3, 34, 34)  # 10" needs 33.3 NISP pixels; 34 keeps the centre
+    full = to_model_input(cutouts.vis[:2], cutouts.nisp[:2], InputConfig(layout="two_branch"))[1]
+    assert torch.equal(nisp, full[..., 16:50, 16:50])
+
+
+def test_native_size_larger_than_the_cutout_is_refused(cutouts) -> None:
+    with pytest.raises(ConfigError, match="larger than"):
+        to_model_input(
+            cutouts.vis[:1], cutouts.nisp[:1], InputConfig(vis_sampling="native", size=400)
+        )

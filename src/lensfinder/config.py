@@ -41,7 +41,11 @@ class InputConfig:
     """How cutouts become model input; recorded in every model file and checked on load."""
 
     bands: tuple[str, ...] = BANDS_ALL
-    size: int = 100  # output side in pixels on the VIS field (200 = native VIS)
+    # "native": keep VIS at its 0.1"/px and cut the central ``size`` pixels (100 px = 10", arcs
+    # out to 5" radius; small Einstein radii stay resolved); "bin": the whole 20" VIS field
+    # block-averaged to ``size`` pixels (100 px = 0.2"/px). NISP follows onto the same field.
+    vis_sampling: Literal["native", "bin"] = "bin"
+    size: int = 100  # output side in pixels (VIS pixels in "native", field samples in "bin")
     layout: Literal["stacked", "two_branch"] = "stacked"
     normalization: Literal["asinh_noise", "asinh_percentile", "instance"] = "asinh_noise"
     asinh_softening: float = 3.0  # in units of the per-band noise sigma

@@ -6,11 +6,15 @@ meets later come in other flux units (our simulator and the challenge files diff
 from other simulators: nothing here depends on absolute units or on one simulator's noise level.
 
 Geometry: VIS is 200 px at 0.1" (20"), NISP 66 px at 0.3" (19.8"), both centred on the object.
-NISP is resampled onto the VIS field by its true pixel scale (not stretched to fit), so a point
-source lands at the same sky position in every channel.
+The input covers either the central ``size`` VIS pixels at full resolution (``native``) or the
+whole field binned (``bin``); NISP is resampled onto that field by its true pixel scale (not
+stretched to fit), so a point source lands at the same sky position in every channel.
+Normalisation runs on the whole cutout first, so sky and noise come from its outer frame.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -153,24 +157,55 @@ def resize_vis(vis: torch.Tensor, size: int) -> torch.Tensor:
     )
 
 
-def resample_nisp(nisp: torch.Tensor, size: int, vis_pixels: int) -> torch.Tensor:
-    """NISP (n, c, h, w) onto the VIS field sampled by ``size`` pixels, bilinear.
+def crop_centre(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The central ``size`` x ``size`` pixels of (..., H, W); centres stay aligned when H - size
+    is even (an odd difference puts the extra pixel on the far side)."""
+    height, width = x.shape[-2:]
+    if size > min(height, width):
+        raise ConfigError(f"input size {size} is larger than the {height}x{width} px image")
+    top, left = (height - size) // 2, (width - size) // 2
+    return x[..., top : top + size, left : left + size]
 
-    The output covers ``vis_pixels`` x 0.1"; the input covers h x 0.3". With
-    ``align_corners=False`` both grids' normalised coordinates run edge to edge, so one scale
-    factor (output field / input field) maps output pixel centres onto the input, centres aligned.
-    The outer 0.1" that NISP does not cover repeats its edge pixels.
+
+def resample_nisp(nisp: torch.Tensor, size: int, field_arcsec: float) -> torch.Tensor:
+    """NISP (n, c, h, w) onto a ``size`` x ``size`` grid covering ``field_arcsec``, bilinear.
+
+    The input covers h x 0.3". With ``align_corners=False`` both grids' normalised coordinates
+    run edge to edge, so one scale factor (output field / input field) maps output pixel centres
+    onto the input, centres aligned. Beyond the NISP field, edge pixels repeat.
     """
-    vis_band, nisp_band = EUCLID.band("VIS"), EUCLID.band(BANDS_NISP[0])
-    vis_field = vis_pixels * vis_band.pixel_scale
-    nisp_field = nisp.shape[-1] * nisp_band.pixel_scale
-    ratio = vis_field / nisp_field
+    nisp_field = nisp.shape[-1] * EUCLID.band(BANDS_NISP[0]).pixel_scale
+    ratio = field_arcsec / nisp_field
     n = nisp.shape[0]
     theta = torch.zeros(n, 2, 3, dtype=nisp.dtype, device=nisp.device)
     theta[:, 0, 0] = ratio
     theta[:, 1, 1] = ratio
     grid = F.affine_grid(theta, [n, nisp.shape[1], size, size], align_corners=False)
     return F.grid_sample(nisp, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def field_arcsec(vis_pixels: int, input_cfg: InputConfig) -> float:
+    """The sky field (arcsec across) the model input covers: the one place that decides it.
+
+    ``native``: the central ``size`` VIS pixels at 0.1"; ``bin``: the whole VIS cutout.
+    """
+    pixels = input_cfg.size if input_cfg.vis_sampling == "native" else vis_pixels
+    return pixels * EUCLID.band("VIS").pixel_scale
+
+
+def vis_to_input(vis: torch.Tensor, input_cfg: InputConfig) -> torch.Tensor:
+    """VIS (n, c, H, W) on the input grid: cut out at 0.1"/px, or the whole field binned."""
+    if input_cfg.vis_sampling == "native":
+        return crop_centre(vis, input_cfg.size)
+    return resize_vis(vis, input_cfg.size)
+
+
+def nisp_native_crop(nisp: torch.Tensor, field_arcsec: float) -> torch.Tensor:
+    """NISP on its own 0.3" grid, cut to the pixels covering ``field_arcsec`` (two-branch)."""
+    height = nisp.shape[-1]
+    pixels = math.ceil(field_arcsec / EUCLID.band(BANDS_NISP[0]).pixel_scale - 1e-6)
+    pixels += (height - pixels) % 2  # same parity as the image: the centre stays the centre
+    return crop_centre(nisp, min(height, pixels))
 
 
 def check_bands(input_cfg: InputConfig) -> tuple[str, ...]:
@@ -212,16 +247,20 @@ def to_model_input(
                 f"{tuple(nisp_t.shape)}"
             )
         nisp_t = normalize(nisp_t[:, nisp_index], input_cfg)
-    vis_pixels = vis_t.shape[-1]
-    vis_n = normalize(vis_t[:, None], input_cfg) if "VIS" in bands else None
+    field = field_arcsec(vis_t.shape[-1], input_cfg)
+    vis_n = None
+    if "VIS" in bands:
+        vis_n = vis_to_input(normalize(vis_t[:, None], input_cfg), input_cfg)
     if input_cfg.layout == "two_branch":
         assert vis_n is not None and nisp_t is not None  # check_bands guarantees both
-        return resize_vis(vis_n, input_cfg.size).contiguous(), nisp_t.contiguous()
+        if input_cfg.vis_sampling == "native":
+            nisp_t = nisp_native_crop(nisp_t, field)
+        return vis_n.contiguous(), nisp_t.contiguous()
     channels: dict[str, torch.Tensor] = {}
     if vis_n is not None:
-        channels["VIS"] = resize_vis(vis_n, input_cfg.size)
+        channels["VIS"] = vis_n
     if nisp_t is not None:
-        resampled = resample_nisp(nisp_t, input_cfg.size, vis_pixels)
+        resampled = resample_nisp(nisp_t, input_cfg.size, field)
         nisp_bands = [b for b in bands if b != "VIS"]
         channels.update({b: resampled[:, i : i + 1] for i, b in enumerate(nisp_bands)})
     return torch.cat([channels[b] for b in bands], dim=1).contiguous()
