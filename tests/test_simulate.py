@@ -15,9 +15,8 @@ from lensfinder import layout
 from lensfinder.config import SimulateConfig
 from lensfinder.errors import ConfigError
 from lensfinder.labels import label_rule
-from lensfinder.simulate import scene as scenes
 from lensfinder.simulate import simulate, simulate_object
-from lensfinder.simulate.run import ObjectSettings, lens_plan
+from lensfinder.simulate.run import lens_plan
 from lensfinder.simulate.writer import row_path
 from lensfinder.surveys import EUCLID
 
@@ -120,13 +119,12 @@ def test_lenses_carry_source_light_around_the_einstein_radius(simulated):
     """Measured on the written VIS images minus the simulator's model of everything but the
     source: lensed light sits within ~2 Einstein radii for lenses, not for non-lenses."""
     out, _ = simulated
-    settings = ObjectSettings(CONFIG.seed, CONFIG.supersampling, CONFIG.label_rule, "euclid")
     plan = lens_plan(CONFIG)
     x = (np.arange(200) - 99.5) * 0.1
     radius = np.hypot(*np.meshgrid(x, x))
     snr = {True: [], False: []}
     for object_id, is_lens in zip(IDS, plan, strict=True):
-        obj = simulate_object(settings, object_id, bool(is_lens))
+        obj = simulate_object(CONFIG, object_id, bool(is_lens))
         vis = obj.bands["VIS"]
         written = image_data(out, "VIS", object_id)
         assert np.array_equal(vis.image, written)  # an object is a pure function of (seed, ID)
@@ -143,23 +141,44 @@ def test_lenses_carry_source_light_around_the_einstein_radius(simulated):
 
 
 def test_nonlens_with_background_source_fails_the_rule():
-    settings = ObjectSettings(3, 2, SimulateConfig().label_rule, "euclid")
-    rule = label_rule(settings.label_rule)
-    found = 0
-    for object_id in range(1000, 1200):
-        rng = np.random.default_rng([settings.seed, object_id])
-        scenes.sky_position(rng)
-        if scenes.draw_nonlens_kind(rng) != "elliptical+source":
-            continue
-        obj = simulate_object(settings, object_id, False, observe=False)
+    config = SimulateConfig(seed=3, supersampling=2, nonlens_mix={"elliptical+source": 1.0})
+    rule = label_rule(config.label_rule)
+    for object_id in (1000, 1001):
+        obj = simulate_object(config, object_id, False, observe=False)
         row = obj.row
+        assert obj.scene.kind == row["kind"] == "elliptical+source"
         assert obj.scene.has_source and row["n_sources"] == 1 and row["n_source_im"] >= 1
         assert row["mag_eff"] < 1.6 and row["source_flux"] > 0
         assert rule.apply({k: np.array([v]) for k, v in row.items()})[0] == 0
-        found += 1
-        if found == 2:
-            break
-    assert found == 2
+
+
+def test_subthreshold_nonlenses_are_multiply_imaged_but_fail_the_rule():
+    """The rule's hard boundary: lensed sources just too faint or small to count as lenses."""
+    config = SimulateConfig(seed=4, supersampling=1, nonlens_mix={"subthreshold": 1.0})
+    rule = label_rule(config.label_rule)
+    near = 0
+    for object_id in range(2000, 2004):
+        row = simulate_object(config, object_id, False, observe=False).row
+        assert row["kind"] == "subthreshold" and row["n_sources"] == 1
+        assert rule.apply({k: np.array([v]) for k, v in row.items()})[0] == 0
+        near += row["n_source_im"] >= 2 and row["mag_eff"] >= 1.0 and row["n_pix_source"] >= 5
+    assert near >= 3
+
+
+@pytest.mark.parametrize("family", ["sersic_clumps", "multi", "edge_on", "shapelets"])
+def test_every_source_family_makes_lenses(family: str):
+    config = SimulateConfig(seed=5, supersampling=1, source_mix={family: 1.0})
+    obj = simulate_object(config, 3000, True, observe=False)
+    assert obj.scene.source_family == family and obj.row["mag_eff"] > 1.6
+    source = obj.bands["VIS"].components["source"]
+    assert source.sum() > 0 and source.min() > -1e-9 * source.max()  # FFT round-off only
+
+
+def test_unknown_mix_kinds_are_refused_in_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="nonlens_mix has unknown kind"):
+        simulate(SimulateConfig(n=2, nonlens_mix={"blob": 1.0}), tmp_path / "x", progress=False)
+    with pytest.raises(ConfigError, match="source_mix shares"):
+        simulate(SimulateConfig(n=2, source_mix={"multi": 0.0}), tmp_path / "x", progress=False)
 
 
 def test_same_seed_gives_identical_files_with_one_or_two_workers(tmp_path):

@@ -20,6 +20,21 @@ from lensfinder.labels import DEFAULT_LABEL_RULE
 SHIPPED_CONFIGS = Path(__file__).parent / "configs"
 BANDS_ALL: tuple[str, ...] = ("VIS", "Y", "J", "H")
 BANDS_NISP: tuple[str, ...] = ("Y", "J", "H")
+NONLENS_MIX: dict[str, float] = {
+    "elliptical": 0.30,
+    "spiral": 0.28,  # discs at any inclination, most with clumpy arms
+    "elliptical+source": 0.10,  # a background galaxy that is NOT strongly lensed
+    "subthreshold": 0.10,  # lensed, but below the label rule's thresholds
+    "merger": 0.08,
+    "satellites": 0.08,  # blue compact companions around a red galaxy
+    "ring": 0.06,
+}
+SOURCE_MIX: dict[str, float] = {
+    "sersic_clumps": 0.4,  # a Sersic with star-forming knots
+    "multi": 0.2,  # two to four offset components: irregular or merging
+    "edge_on": 0.1,  # a thin disc seen edge-on, with a small bulge
+    "shapelets": 0.3,  # random shapelet coefficients: irregular, multi-lobed
+}
 
 
 @dataclass
@@ -34,6 +49,28 @@ class SimulateConfig:
     supersampling: int = 3  # for VIS, where arcs are sharp; NISP uses 1
     label_rule: str = DEFAULT_LABEL_RULE
     survey: str = "euclid"
+    # --- the population (simulate/scene.py cites the numbers) ---
+    # Einstein radii: lognormal; Collett (2015) forecasts most Euclid lenses below 1".
+    theta_e_median: float = 0.8  # arcsec
+    theta_e_sigma: float = 0.5  # natural-log width
+    theta_e_range: tuple[float, float] = (0.3, 3.0)  # arcsec, hard limits of the draw
+    # Unlensed source magnitude (reference band), uniform; the label rule then decides, so the
+    # faint end gives lenses whose arcs barely pass it.
+    source_mag_range: tuple[float, float] = (22.5, 27.0)
+    # Non-lens kinds and their shares: mostly ordinary galaxies, as in the sky, with look-alikes
+    # (rings, mergers, blue companions) about twice as common as in a real lens search.
+    # "subthreshold": multiply imaged sources that fail the label rule (a non-lens by the rule).
+    nonlens_mix: dict[str, float] = field(default_factory=lambda: dict(NONLENS_MIX))
+    # Source morphologies and their shares (all colours, sizes and clumps drawn per source).
+    source_mix: dict[str, float] = field(default_factory=lambda: dict(SOURCE_MIX))
+    # --- observing conditions, drawn per object (simulate/observing.py) ---
+    psf_family: Literal["gaussian", "moffat", "mixed"] = "mixed"  # mixed: half each
+    psf_fwhm_scatter: float = 0.1  # fractional spread of the FWHM around the band's value
+    depth_scatter_mag: float = 0.3  # depth drawn uniformly within +- this (exposure time)
+    correlated_noise_fraction: float = 0.5  # objects whose noise is correlated by resampling
+    # --- real galaxy stamps (optional): FITS images with a PIXSCALE header (arcsec) ---
+    source_stamps: str | None = None  # a folder; used as sources and as non-lens galaxies
+    stamp_fraction: float = 0.5  # share of sources and of non-lens galaxies taken from stamps
 
 
 @dataclass
@@ -181,6 +218,14 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"config {where}: expected a list, got {value!r}")
         (item,) = typing.get_args(tp)[:1]
         return tuple(_convert(item, v, where) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config {where}: expected a mapping, got {value!r}")
+        key_type, value_type = typing.get_args(tp)
+        return {
+            _convert(key_type, k, where): _convert(value_type, v, f"{where}.{k}")
+            for k, v in value.items()
+        }
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise ConfigError(f"config {where}: {value!r} is not one of {typing.get_args(tp)}")

@@ -9,11 +9,11 @@ same factor serves NISP, where compact sources are even less resolved by 0.3" pi
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from lensfinder.simulate.observing import NOMINAL, Observing
 from lensfinder.simulate.scene import Scene
 from lensfinder.surveys import Band
 
@@ -44,24 +44,20 @@ def preload() -> None:
     import lenstronomy.Util.kernel_util  # noqa: F401
 
 
-def gaussian_kernel(band: Band, truncation: float = 5.0) -> np.ndarray:
-    """The band's Gaussian PSF as a normalised pixel kernel out to ``truncation`` sigma."""
-    from lenstronomy.Util.kernel_util import kernel_gaussian
-
-    half = max(1, math.ceil(truncation * band.psf_sigma_pixels))
-    return kernel_gaussian(2 * half + 1, band.pixel_scale, band.psf_fwhm)
-
-
 class BandRenderer:
     """lenstronomy's image model for one scene in one band."""
 
-    def __init__(self, scene: Scene, band: Band, supersampling: int = 1) -> None:
+    def __init__(
+        self, scene: Scene, band: Band, supersampling: int = 1, observing: Observing = NOMINAL
+    ) -> None:
         from lenstronomy.Data.psf import PSF
         from lenstronomy.ImSim.image_model import ImageModel
         from lenstronomy.SimulationAPI.sim_api import SimAPI
 
         self.scene = scene
-        self.band = band
+        self.observing = observing
+        nominal, self.band = band, observing.band(band)
+        band = self.band
         lights = scene.central + scene.field
         kwargs_model = {
             "lens_model_list": list(scene.lens_models),
@@ -71,9 +67,9 @@ class BandRenderer:
         }
         self.sim = SimAPI(band.cutout_pixels, band.lenstronomy_kwargs(), kwargs_model)
         data = self.sim.data_class
-        # A pixel kernel (the Gaussian of the band table) because lenstronomy's adaptive
-        # supersampling does not take an analytic Gaussian PSF.
-        psf = PSF(psf_type="PIXEL", kernel_point_source=gaussian_kernel(band))
+        # A pixel kernel (Gaussian or Moffat): lenstronomy's adaptive supersampling does not take
+        # an analytic PSF, and Moffat wings need a kernel anyway.
+        psf = PSF(psf_type="PIXEL", kernel_point_source=observing.psf_kernel(nominal))
         numerics: dict[str, object] = {"supersampling_factor": 1}
         if supersampling > 1:
             numerics = {
@@ -176,6 +172,6 @@ class BandRenderer:
         images = BandImages(self.band, components, self.background_noise)
         if noise_seed is not None:
             model = images.model
-            noise = self.sim.noise_for_model(model, seed=noise_seed)
+            noise = self.observing.texture(self.sim.noise_for_model(model, seed=noise_seed))
             images.image = (model + noise).astype(np.float32)
         return images

@@ -21,13 +21,15 @@ from typing import Any
 import numpy as np
 
 from lensfinder import __version__
-from lensfinder.config import SimulateConfig
+from lensfinder.config import NONLENS_MIX, SimulateConfig, to_dict
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.labels import LabelRule, label_rule
 from lensfinder.simulate import scene as scenes
 from lensfinder.simulate import writer
+from lensfinder.simulate.observing import NOMINAL, Observing, draw_observing
 from lensfinder.simulate.quantities import SIMULATED_COLUMNS, catalogue_row
 from lensfinder.simulate.render import BandImages, BandRenderer, preload
+from lensfinder.simulate.stamps import StampLibrary
 from lensfinder.surveys import Survey, get_survey
 from lensfinder.utils import progress as progress_bar
 
@@ -35,16 +37,6 @@ GALAXY_TRIES = 20  # lens galaxies tried per intended lens ...
 SOURCE_TRIES = 25  # ... and sources behind each
 NONLENS_TRIES = 50
 _PLAN_TAG = 0x51D  # keeps the plan's generator apart from the per-object ones
-
-
-@dataclass(frozen=True)
-class ObjectSettings:
-    """What a worker needs to make one object (small and picklable)."""
-
-    seed: int
-    supersampling: int
-    label_rule: str
-    survey: str
 
 
 @dataclass
@@ -55,6 +47,7 @@ class SimulatedObject:
     ra: float
     dec: float
     row: dict[str, float]
+    observing: Observing = NOMINAL
     bands: dict[str, BandImages] = field(default_factory=dict)  # components + observed image
 
     @property
@@ -65,6 +58,11 @@ class SimulatedObject:
             "intended_lens": self.intended_lens,
             "theta_e": self.scene.theta_e,
             "lens_model": self.scene.lens_models[0] if self.scene.lens_models else None,
+            "source_family": self.scene.source_family or None,
+            "psf_family": self.observing.psf_family,
+            "fwhm_factor": self.observing.fwhm_factor,
+            "depth_offset_mag": self.observing.depth_offset_mag,
+            "correlated_noise": self.observing.noise_shift is not None,
             "ra": self.ra,
             "dec": self.dec,
         }
@@ -101,10 +99,24 @@ class SimulateResult:
 # ------------------------------------------------------------------------------ one object
 
 
-def _reference_renderer(
-    scene: scenes.Scene, survey: Survey, settings: ObjectSettings
-) -> BandRenderer:
-    return BandRenderer(scene, survey.band(survey.reference_band), settings.supersampling)
+class _Context:
+    """What drawing one object needs beside its generator: settings, survey, rule, stamps."""
+
+    def __init__(self, config: SimulateConfig, observing: Observing) -> None:
+        self.config = config
+        self.survey = get_survey(config.survey)
+        self.rule = label_rule(config.label_rule)
+        self.observing = observing
+        self.stamps = (
+            StampLibrary.from_folder(config.source_stamps) if config.source_stamps else None
+        )
+
+    def renderer(self, scene: scenes.Scene, band_name: str | None = None) -> BandRenderer:
+        band = self.survey.band(band_name or self.survey.reference_band)
+        return BandRenderer(scene, band, self.config.supersampling, self.observing)
+
+    def source(self, rng: np.random.Generator, scene: scenes.Scene, placement: str) -> None:
+        scenes.draw_source(rng, self.survey.bands, scene, placement, self.config, self.stamps)
 
 
 def _colour_bands(survey: Survey) -> tuple[str, str]:
@@ -113,15 +125,11 @@ def _colour_bands(survey: Survey) -> tuple[str, str]:
 
 
 def _measure(
-    object_id: int,
-    scene: scenes.Scene,
-    central: np.ndarray,
-    survey: Survey,
-    settings: ObjectSettings,
+    object_id: int, scene: scenes.Scene, central: np.ndarray, ctx: _Context
 ) -> tuple[dict[str, float], BandRenderer]:
     """The catalogue row, rendering only the reference band's lensed source; also returns the
     reference-band renderer, which keeps that source image for the final render."""
-    ref = _reference_renderer(scene, survey, settings)
+    ref = ctx.renderer(scene)
     ref.use_central(central)
     unlensed = ref.flux(scenes.total_magnitude(scene.source, ref.band.name)) if scene.source else 1
     row = catalogue_row(
@@ -131,7 +139,7 @@ def _measure(
         ref.source(),
         ref.background_noise,
         unlensed,
-        _colour_bands(survey),
+        _colour_bands(ctx.survey),
     )
     return row, ref
 
@@ -140,81 +148,86 @@ def _passes(rule: LabelRule, row: dict[str, float]) -> bool:
     return bool(rule.apply({k: np.array([v]) for k, v in row.items()})[0])
 
 
+def _near_boundary(row: dict[str, float]) -> bool:
+    """Multiply imaged with a visible, magnified source: what the label rule sees just below
+    its thresholds (mag_eff 1.0-1.6 or n_pix_source 5-20 under the default rule)."""
+    return row["n_source_im"] >= 2 and row["mag_eff"] >= 1.0 and row["n_pix_source"] >= 5
+
+
 _Drawn = tuple[scenes.Scene, dict[str, float], BandRenderer]
 
 
-def _draw_lens(
-    object_id: int,
-    rng: np.random.Generator,
-    survey: Survey,
-    settings: ObjectSettings,
-    rule: LabelRule,
-) -> _Drawn:
+def _draw_lens(object_id: int, rng: np.random.Generator, ctx: _Context) -> _Drawn:
     for _ in range(GALAXY_TRIES):
-        scene = scenes.draw_lens_galaxy(rng, survey.bands, "lens")
-        scenes.add_field(rng, survey.bands, scene)
-        central = _reference_renderer(scene, survey, settings).central()
+        scene = scenes.draw_lens_galaxy(rng, ctx.survey.bands, "lens", ctx.config)
+        scenes.add_field(rng, ctx.survey.bands, scene)
+        central = ctx.renderer(scene).central()
         for _ in range(SOURCE_TRIES):
-            scenes.draw_source(rng, survey.bands, scene, lensed=True)
-            row, ref = _measure(object_id, scene, central, survey, settings)
-            if _passes(rule, row):
+            ctx.source(rng, scene, "lensed")
+            row, ref = _measure(object_id, scene, central, ctx)
+            if _passes(ctx.rule, row):
                 return scene, row, ref
     raise ConfigError(
-        f"label rule '{rule}': no simulated lens passed it after "
+        f"label rule '{ctx.rule}': no simulated lens passed it after "
         f"{GALAXY_TRIES * SOURCE_TRIES} draws (object {object_id}); is the rule satisfiable?"
     )
 
 
-def _draw_nonlens(
-    object_id: int,
-    rng: np.random.Generator,
-    survey: Survey,
-    settings: ObjectSettings,
-    rule: LabelRule,
-) -> _Drawn:
-    kind = scenes.draw_nonlens_kind(rng)
+def _draw_nonlens(object_id: int, rng: np.random.Generator, ctx: _Context) -> _Drawn:
+    """A non-lens by the rule. "subthreshold" redraws its source behind one galaxy until the
+    source is multiply imaged yet fails the rule (else keeps the last draw that fails it)."""
+    kind = scenes.draw_nonlens_kind(rng, ctx.config)
+    fallback: _Drawn | None = None
     for _ in range(NONLENS_TRIES):
-        scene = scenes.draw_nonlens(rng, survey.bands, kind)
-        scenes.add_field(rng, survey.bands, scene)
-        if kind == "elliptical+source":
-            scenes.draw_source(rng, survey.bands, scene, lensed=False)
-        central = _reference_renderer(scene, survey, settings).central()
-        row, ref = _measure(object_id, scene, central, survey, settings)
-        if not _passes(rule, row):
-            return scene, row, ref
+        scene = scenes.draw_nonlens(rng, ctx.survey.bands, kind, ctx.config, ctx.stamps)
+        scenes.add_field(rng, ctx.survey.bands, scene)
+        central = ctx.renderer(scene).central()
+        if kind not in ("elliptical+source", "subthreshold"):
+            row, ref = _measure(object_id, scene, central, ctx)
+            if not _passes(ctx.rule, row):
+                return scene, row, ref
+            continue
+        placement = "unlensed" if kind == "elliptical+source" else "boundary"
+        for _ in range(1 if kind == "elliptical+source" else SOURCE_TRIES):
+            ctx.source(rng, scene, placement)
+            row, ref = _measure(object_id, scene, central, ctx)
+            if _passes(ctx.rule, row):
+                continue
+            if kind == "elliptical+source" or _near_boundary(row):
+                return scene, row, ref
+            fallback = fallback or (scene, row, ref)
+    if fallback is not None:
+        return fallback
     raise ConfigError(
-        f"label rule '{rule}': simulated non-lenses ({kind}) keep passing it "
+        f"label rule '{ctx.rule}': simulated non-lenses ({kind}) keep passing it "
         f"(object {object_id}); a rule must reject galaxies without a lensed source"
     )
 
 
 def simulate_object(
-    settings: ObjectSettings, object_id: int, intended_lens: bool, observe: bool = True
+    config: SimulateConfig, object_id: int, intended_lens: bool, observe: bool = True
 ) -> SimulatedObject:
     """Draw, measure and render one object in every band (with noise when ``observe``)."""
-    survey = get_survey(settings.survey)
-    rule = label_rule(settings.label_rule)
-    rng = np.random.default_rng([settings.seed, object_id])
+    rng = np.random.default_rng([config.seed, object_id])
     ra, dec = scenes.sky_position(rng)
+    ctx = _Context(config, draw_observing(rng, config))
     draw = _draw_lens if intended_lens else _draw_nonlens
-    scene, row, reference = draw(object_id, rng, survey, settings, rule)
-    noise_seeds = {band.name: int(rng.integers(2**31 - 1)) for band in survey.bands}
-    obj = SimulatedObject(object_id, intended_lens, scene, ra, dec, row)
-    for band in survey.bands:
-        renderer = (
-            reference
-            if band.name == survey.reference_band
-            else BandRenderer(scene, band, settings.supersampling)
-        )
+    scene, row, reference = draw(object_id, rng, ctx)
+    noise_seeds = {band.name: int(rng.integers(2**31 - 1)) for band in ctx.survey.bands}
+    obj = SimulatedObject(object_id, intended_lens, scene, ra, dec, row, ctx.observing)
+    obj.row["kind"] = scene.kind  # an extra catalogue column; readers ignore what they lack
+    for band in ctx.survey.bands:
+        is_reference = band.name == ctx.survey.reference_band
+        renderer = reference if is_reference else ctx.renderer(scene, band.name)
         obj.bands[band.name] = renderer.render(noise_seeds[band.name] if observe else None)
     return obj
 
 
-def _make_and_write(task: tuple[ObjectSettings, str, int, bool]) -> tuple[int, bool]:
+def _make_and_write(task: tuple[SimulateConfig, str, int, bool]) -> tuple[int, bool]:
     """Worker: simulate one object, write its band files, then its row file (last)."""
-    settings, root, object_id, intended_lens = task
-    obj = simulate_object(settings, object_id, intended_lens)
-    survey = get_survey(settings.survey)
+    config, root, object_id, intended_lens = task
+    obj = simulate_object(config, object_id, intended_lens)
+    survey = get_survey(config.survey)
     for band in survey.bands:
         image = obj.bands[band.name].image
         assert image is not None
@@ -258,7 +271,45 @@ def validate(config: SimulateConfig) -> tuple[Survey, LabelRule]:
             f"simulate: label rule '{rule}' uses {', '.join(unknown)}, which the simulator does "
             f"not compute; it fills {', '.join(SIMULATED_COLUMNS[1:])}"
         )
+    _validate_population(config)
     return survey, rule
+
+
+def _validate_population(config: SimulateConfig) -> None:
+    known = {
+        "nonlens_mix": set(NONLENS_MIX),
+        "source_mix": {*scenes.SOURCE_FAMILIES, "shapelets"},
+    }
+    for name, allowed in known.items():
+        mix: dict[str, float] = getattr(config, name)
+        bad = sorted(set(mix) - allowed)
+        if bad:
+            raise ConfigError(
+                f"simulate: {name} has unknown kind(s) {bad}; known: {sorted(allowed)}"
+            )
+        if any(w < 0 for w in mix.values()) or sum(mix.values()) <= 0:
+            raise ConfigError(f"simulate: {name} shares must be >= 0 with a positive sum")
+    lo, hi = config.theta_e_range
+    if not 0 < lo <= hi or config.theta_e_median <= 0 or config.theta_e_sigma < 0:
+        raise ConfigError(
+            "simulate: theta_e_range/median/sigma must be positive, range low <= high"
+        )
+    if config.source_mag_range[0] > config.source_mag_range[1]:
+        raise ConfigError(f"simulate: source_mag_range {config.source_mag_range} is reversed")
+    for name in ("correlated_noise_fraction", "stamp_fraction"):
+        if not 0.0 <= getattr(config, name) <= 1.0:
+            raise ConfigError(f"simulate: {name} must be in [0, 1], got {getattr(config, name)}")
+    if config.psf_fwhm_scatter < 0 or config.depth_scatter_mag < 0:
+        raise ConfigError("simulate: psf_fwhm_scatter and depth_scatter_mag must be >= 0")
+    if config.source_stamps is not None:
+        StampLibrary.from_folder(config.source_stamps)  # one clear line now, not in a worker
+
+
+def _population_summary(config: SimulateConfig) -> str:
+    """One comment line with the population settings (the catalogue records how it was made)."""
+    keys = ("theta_e_median", "theta_e_sigma", "source_mag_range", "psf_family", "nonlens_mix")
+    settings = to_dict(config)
+    return "; ".join(f"{k}={settings[k]}" for k in keys)
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
@@ -301,21 +352,12 @@ def simulate(config: SimulateConfig, out: Path, progress: bool = True) -> Simula
     out.mkdir(parents=True, exist_ok=True)
     writer.check_run_settings(
         out,
-        {
-            "seed": config.seed,
-            "n": config.n,
-            "first_id": config.first_id,
-            "lens_fraction": config.lens_fraction,
-            "supersampling": config.supersampling,
-            "label_rule": str(rule),
-            "survey": survey.name,
-        },
+        {k: v for k, v in to_dict(config).items() if k != "workers"} | {"label_rule": str(rule)},
     )
-    settings = ObjectSettings(config.seed, config.supersampling, str(rule), survey.name)
     ids = config.first_id + np.arange(config.n)
     plan = lens_plan(config)
     tasks = [
-        (settings, str(out), int(object_id), bool(is_lens))
+        (config, str(out), int(object_id), bool(is_lens))
         for object_id, is_lens in zip(ids, plan, strict=True)
         if not writer.is_done(out, int(object_id), survey.bands)
     ]
@@ -339,6 +381,7 @@ def simulate(config: SimulateConfig, out: Path, progress: bool = True) -> Simula
         f"survey {survey.name}",
         f"seed={config.seed} n={config.n} first_id={config.first_id} "
         f"lens_fraction={config.lens_fraction} supersampling={config.supersampling}",
+        f"population: {_population_summary(config)}",
         f"label rule: {rule}",
         "pixel units: electron/s (see BUNIT, MAGZP in each FITS header); "
         "empty fields are not simulated",

@@ -21,17 +21,12 @@ from dataclasses import field as default
 
 import numpy as np
 
+from lensfinder.config import NONLENS_MIX, SimulateConfig
+from lensfinder.simulate.stamps import Stamp, StampLibrary, random_shapelets
 from lensfinder.surveys import Band
 
-# Non-lens kinds and how often each is drawn (a lens's central galaxy is drawn separately).
-NONLENS_KINDS: dict[str, float] = {
-    "elliptical": 0.24,
-    "elliptical+source": 0.20,  # a background galaxy that is NOT strongly lensed
-    "spiral": 0.20,
-    "ring": 0.08,  # rare in the sky, but the classic false positive: over-represented here
-    "merger": 0.14,
-    "satellites": 0.14,  # blue compact companions around a red galaxy, like multiple images
-}
+# Non-lens kinds and source families, and their default shares, are in config.py
+# (NONLENS_MIX, SOURCE_MIX) so that a config file can change them.
 LENS_DISC_FRACTION = 0.15  # late-type lens galaxies
 FIELD_HALF_WIDTH = 9.5  # arcsec: neighbours and stars are placed within the cutout
 
@@ -55,6 +50,8 @@ class Light:
     @property
     def size(self) -> float:
         """A scale (arcsec) within which the profile is sharp: for supersampling masks."""
+        if self.profile == "INTERPOL":  # an image stamp: its half-width on the sky
+            return float(self.shape["scale"]) * len(self.shape["image"]) / 4
         return float(self.shape.get("R_sersic", self.shape.get("sigma", 0.1)))
 
 
@@ -69,7 +66,7 @@ class Star:
 class Scene:
     """Everything needed to render an object in any band and to compute its catalogue row."""
 
-    kind: str  # "lens", or a key of NONLENS_KINDS
+    kind: str  # "lens", or a key of config.NONLENS_MIX (or "stamp_galaxy")
     central_type: str  # elliptical, disc, ring, merger
     central: list[Light]  # the galaxy at the centre of the cutout (lens galaxy or confuser)
     field: list[Light] = default(default_factory=list)  # unlensed: neighbours, companions, tails
@@ -81,7 +78,8 @@ class Scene:
     z_lens: float = math.nan
     z_source: float = math.nan
     source_centre: tuple[float, float] = (math.nan, math.nan)
-    source_radius: float = math.nan  # effective radius of the source's main Sersic (arcsec)
+    source_radius: float = math.nan  # effective radius of the source's main component (arcsec)
+    source_family: str = ""  # a key of config.SOURCE_MIX, or "stamp"
     galaxy_centres: list[tuple[float, float]] = default(default_factory=list)  # for n_gal_*
 
     @property
@@ -212,9 +210,17 @@ def _rotate(xy: np.ndarray, phi: float, q: float = 1.0) -> np.ndarray:
 # ---------------------------------------------------------------------------- galaxies
 
 
-def _lens_mass(d: _Draw) -> tuple[float, float, float, list[str], list[dict[str, float]]]:
-    """Einstein radius, axis ratio and angle of the mass, and the lenstronomy lens model."""
-    theta_e = d.lognormal(1.0, 0.4, 0.35, 3.0)  # most 0.5-2", a tail to 3"
+def _lens_mass(
+    d: _Draw, config: SimulateConfig
+) -> tuple[float, float, float, list[str], list[dict[str, float]]]:
+    """Einstein radius, axis ratio and angle of the mass, and the lenstronomy lens model.
+
+    Einstein radii are lognormal (``config.theta_e_*``; default median 0.8"): forecasts of the
+    Euclid lens population put most galaxy-scale lenses below 1" (Collett 2015, ApJ 811, 20;
+    Sonnenfeld et al. 2024, A&A, arXiv:2406.17019), and the label rule then removes the arcs too
+    small or faint to count.
+    """
+    theta_e = d.lognormal(config.theta_e_median, config.theta_e_sigma, *config.theta_e_range)
     q = d.u(0.5, 1.0)
     phi = d.angle()
     e1, e2 = ellipticity(q, phi)
@@ -459,53 +465,146 @@ def _field_position(d: _Draw, min_radius: float) -> tuple[float, float]:
 # ---------------------------------------------------------------------------- sources
 
 
+def _stamp_light(
+    d: _Draw, stamp: Stamp, mags: dict[str, float], radius: float, x: float, y: float
+) -> Light:
+    """An image stamp on the sky with half-light radius ``radius`` (arcsec), any rotation."""
+    scale = radius / stamp.half_light_pixels
+    shape = {"image": stamp.image, "center_x": x, "center_y": y, "phi_G": d.angle() * 2}
+    shape["scale"] = scale
+    return Light("INTERPOL", shape, mags)
+
+
+def _sersic_with_clumps(
+    d: _Draw, mag: float, colour: float, radius: float, x: float, y: float
+) -> list[Light]:
+    """A Sersic with up to five compact star-forming knots scattered over it."""
+    clumps = int(d.rng.choice([0, 1, 2, 3, 4, 5], p=[0.2, 0.2, 0.2, 0.2, 0.1, 0.1]))
+    clump_fraction = d.u(0.1, 0.45) if clumps else 0.0
+    m_main = float(d.split(mag, np.array([1 - clump_fraction]))[0])
+    lights = [d.sersic(d.mags(m_main, colour), radius, d.u(0.5, 3.0), d.u(0.3, 1), d.angle(), x, y)]
+    if clumps:
+        weights = d.rng.dirichlet(np.ones(clumps))
+        for m in d.split(mag, clump_fraction * weights):
+            shape = {"sigma": d.u(0.01, 0.05), "center_x": x + d.normal(0, 0.8 * radius)}
+            shape["center_y"] = y + d.normal(0, 0.8 * radius)
+            lights.append(Light("GAUSSIAN", shape, d.mags(float(m), colour - 0.3)))
+    return lights
+
+
+def _multi_component(
+    d: _Draw, mag: float, colour: float, radius: float, x: float, y: float
+) -> list[Light]:
+    """Two to four offset Sersic components of different colours: irregular or merging."""
+    k = int(d.rng.integers(2, 5))
+    mags = d.split(mag, d.rng.dirichlet(np.full(k, 1.5)))
+    lights = []
+    for i, m in enumerate(mags):
+        r, a = (0.0, 0.0) if i == 0 else (d.u(0.5, 2.0) * radius, d.angle() * 2)
+        lights.append(
+            d.sersic(
+                d.mags(float(m), colour + d.normal(0, 0.3)),
+                radius * (1.0 if i == 0 else d.u(0.3, 1.0)),
+                d.u(0.5, 2.5),
+                d.u(0.3, 1.0),
+                d.angle(),
+                x + r * math.cos(a),
+                y + r * math.sin(a),
+            )
+        )
+    return lights
+
+
+def _edge_on(d: _Draw, mag: float, colour: float, radius: float, x: float, y: float) -> list[Light]:
+    """A thin disc seen edge-on with a small, redder bulge: a straight streak."""
+    phi, bulge = d.angle(), d.u(0.05, 0.3)
+    m_disc, m_bulge = d.split(mag, np.array([1 - bulge, bulge]))
+    return [
+        d.sersic(d.mags(float(m_disc), colour), radius, d.u(0.8, 1.2), d.u(0.08, 0.25), phi, x, y),
+        d.sersic(
+            d.mags(float(m_bulge), colour + 0.5), radius * 0.25, d.u(2, 4), d.u(0.6, 1), phi, x, y
+        ),
+    ]
+
+
+def _pick(rng: np.random.Generator, mix: dict[str, float], what: str) -> str:
+    """A key of ``mix`` drawn with probability proportional to its share."""
+    kinds = [k for k, w in mix.items() if w > 0]
+    if not kinds:
+        raise ValueError(f"{what}: every share is zero")
+    p = np.array([mix[k] for k in kinds], dtype=float)
+    return str(rng.choice(kinds, p=p / p.sum()))
+
+
 def draw_source(
-    rng: np.random.Generator, bands: Sequence[Band], scene: Scene, lensed: bool
+    rng: np.random.Generator,
+    bands: Sequence[Band],
+    scene: Scene,
+    placement: str,
+    config: SimulateConfig,
+    stamps: StampLibrary | None = None,
 ) -> None:
-    """Put a blue, clumpy background galaxy behind the scene's mass: inside the caustic region
-    (``lensed``) or well outside it. The caller checks the outcome against the label rule."""
+    """Put a background galaxy behind the scene's mass; the caller checks the outcome against
+    the label rule. ``placement``: "lensed" (inside the caustic region), "boundary" (fainter and
+    further out: multiply imaged, yet near or below the rule's thresholds) or "unlensed" (well
+    outside). Morphology from ``config.source_mix``, or a stamp (``config.stamp_fraction``)."""
     d = _Draw(rng, bands)
     theta_e = scene.theta_e
-    if lensed:
+    mag_lo, mag_hi = config.source_mag_range
+    if placement == "lensed":
         # magnification bias: a third sit near the caustic centre (rings, quads, cusps)
         reach = 0.25 if d.rng.random() < 0.3 else 0.9
         beta = theta_e * reach * math.sqrt(d.rng.random())
+    elif placement == "boundary":
+        beta = theta_e * d.u(0.3, 1.0)
+        mag_lo = max(mag_lo, (mag_lo + mag_hi) / 2)
+        mag_hi += 0.5
     else:
         # its image lands about theta_e further out: keep it inside the cutout
         beta = min(theta_e * d.u(2.2, 4.0) + 0.3, 8.5 - theta_e)
     angle = d.angle() * 2
     xs, ys = beta * math.cos(angle), beta * math.sin(angle)
-    mag = d.u(22.8, 26.5)  # unlensed VIS-like magnitude; lensing brightens it 1-3 mag
-    colour = d.normal(0.3, 0.35, -0.5, 1.5)
+    mag = d.u(mag_lo, mag_hi)  # unlensed; lensing brightens it 1-3 mag
+    colour = d.normal(0.35, 0.45, -0.6, 1.8)  # mostly blue star-forming, some red
     radius = math.exp(d.u(math.log(0.05), math.log(0.5)))
-    clumps = int(d.rng.choice([0, 1, 2, 3, 4, 5], p=[0.2, 0.2, 0.2, 0.2, 0.1, 0.1]))
-    clump_fraction = d.u(0.1, 0.45) if clumps else 0.0
-    m_main = float(d.split(mag, np.array([1 - clump_fraction]))[0])
-    lights = [
-        d.sersic(d.mags(m_main, colour), radius, d.u(0.5, 3.0), d.u(0.3, 1), d.angle(), xs, ys)
-    ]
-    if clumps:
-        weights = d.rng.dirichlet(np.ones(clumps))
-        for m in d.split(mag, clump_fraction * weights):
-            x = xs + d.normal(0, 0.8 * radius)
-            y = ys + d.normal(0, 0.8 * radius)
-            shape = {"sigma": d.u(0.01, 0.05), "center_x": x, "center_y": y}
-            lights.append(Light("GAUSSIAN", shape, d.mags(float(m), colour - 0.3)))
+    if stamps is not None and d.rng.random() < config.stamp_fraction:
+        family = "stamp"
+        lights = [_stamp_light(d, stamps.draw(d.rng), d.mags(mag, colour), radius, xs, ys)]
+    else:
+        family = _pick(d.rng, config.source_mix, "source_mix")
+        if family == "shapelets":
+            stamp = random_shapelets(d.rng)
+            lights = [_stamp_light(d, stamp, d.mags(mag, colour), radius, xs, ys)]
+        elif family in SOURCE_FAMILIES:
+            lights = SOURCE_FAMILIES[family](d, mag, colour, radius, xs, ys)
+        else:
+            known = ", ".join([*SOURCE_FAMILIES, "shapelets"])
+            raise ValueError(f"unknown source family {family!r} in source_mix; known: {known}")
     scene.source = lights
+    scene.source_family = family
     scene.source_centre = (xs, ys)
     scene.source_radius = radius
     scene.z_source = float(scene.z_lens + 0.3 + d.rng.gamma(2.0, 0.5))
 
 
+SOURCE_FAMILIES = {
+    "sersic_clumps": _sersic_with_clumps,
+    "multi": _multi_component,
+    "edge_on": _edge_on,
+}
+
+
 # ---------------------------------------------------------------------------- scenes
 
 
-def draw_lens_galaxy(rng: np.random.Generator, bands: Sequence[Band], kind: str) -> Scene:
+def draw_lens_galaxy(
+    rng: np.random.Generator, bands: Sequence[Band], kind: str, config: SimulateConfig
+) -> Scene:
     """A massive galaxy (elliptical or, for some lenses, a disc) with its mass model; the
     source is added by ``draw_source``. Shared by lenses and non-lens ellipticals, so the
     lens galaxy itself never gives the label away."""
     d = _Draw(rng, bands)
-    theta_e, q, phi, models, kwargs = _lens_mass(d)
+    theta_e, q, phi, models, kwargs = _lens_mass(d, config)
     z_lens = d.normal(0.55, 0.2, 0.15, 1.3)
     if kind == "lens" and d.rng.random() < LENS_DISC_FRACTION:
         mag = d.normal(19.9 - 4.0 * math.log10(theta_e) + 2.5 * (z_lens - 0.5), 0.6, 16.5, 23)
@@ -520,11 +619,29 @@ def draw_lens_galaxy(rng: np.random.Generator, bands: Sequence[Band], kind: str)
     return scene
 
 
-def draw_nonlens(rng: np.random.Generator, bands: Sequence[Band], kind: str) -> Scene:
-    """A confuser of the given kind (see NONLENS_KINDS), without its field."""
+def _stamp_galaxy(d: _Draw, stamps: StampLibrary) -> list[Light]:
+    """A real galaxy image as the central galaxy of a non-lens."""
+    mags = d.mags(d.normal(20.0, 1.0, 16.5, 23.5), d.normal(0.9, 0.5, -0.3, 2.4))
+    return [_stamp_light(d, stamps.draw(d.rng), mags, d.lognormal(0.8, 0.5, 0.15, 4.0), 0, 0)]
+
+
+def draw_nonlens(
+    rng: np.random.Generator,
+    bands: Sequence[Band],
+    kind: str,
+    config: SimulateConfig,
+    stamps: StampLibrary | None = None,
+) -> Scene:
+    """A confuser of the given kind (see ``config.nonlens_mix``), without its field. With
+    ``stamps``, ordinary galaxies (elliptical, spiral) are real stamps ``stamp_fraction`` of
+    the time (kind "stamp_galaxy")."""
     d = _Draw(rng, bands)
-    if kind in ("elliptical", "elliptical+source", "satellites"):
-        scene = draw_lens_galaxy(rng, bands, kind)
+    ordinary = kind in ("elliptical", "spiral")
+    if stamps is not None and ordinary and d.rng.random() < config.stamp_fraction:
+        z = d.normal(0.4, 0.2, 0.05, 1.2)
+        return Scene("stamp_galaxy", "stamp", _stamp_galaxy(d, stamps), z_lens=z)
+    if kind in ("elliptical", "elliptical+source", "satellites", "subthreshold"):
+        scene = draw_lens_galaxy(rng, bands, kind, config)
         if kind == "satellites":
             scene.field, scene.galaxy_centres = _satellites(d)
         return scene
@@ -539,13 +656,11 @@ def draw_nonlens(rng: np.random.Generator, bands: Sequence[Band], kind: str) -> 
         scene = Scene(kind=kind, central_type="merger", central=central, field=companions, z_lens=z)
         scene.galaxy_centres = centres
         return scene
-    raise ValueError(f"unknown non-lens kind {kind!r}; known: {', '.join(NONLENS_KINDS)}")
+    raise ValueError(f"unknown non-lens kind {kind!r}; known: {', '.join(NONLENS_MIX)}")
 
 
-def draw_nonlens_kind(rng: np.random.Generator) -> str:
-    kinds = list(NONLENS_KINDS)
-    p = np.array([NONLENS_KINDS[k] for k in kinds])
-    return str(rng.choice(kinds, p=p / p.sum()))
+def draw_nonlens_kind(rng: np.random.Generator, config: SimulateConfig) -> str:
+    return _pick(rng, config.nonlens_mix, "nonlens_mix")
 
 
 def add_field(rng: np.random.Generator, bands: Sequence[Band], scene: Scene) -> None:

@@ -1,0 +1,62 @@
+"""Per-object observing conditions: PSF families, depth and correlated noise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lensfinder.config import SimulateConfig
+from lensfinder.simulate.observing import NOMINAL, Observing, draw_observing
+from lensfinder.surveys import EUCLID
+
+VIS = EUCLID.band("VIS")
+
+
+def _radial_fraction_beyond(kernel: np.ndarray, radius: float) -> float:
+    half = kernel.shape[0] // 2
+    axis = np.arange(-half, half + 1)
+    r = np.hypot(*np.meshgrid(axis, axis))
+    return float(kernel[r > radius].sum())
+
+
+def test_moffat_has_wings_a_gaussian_of_the_same_fwhm_lacks() -> None:
+    gaussian = Observing("gaussian", 1.0, 3.0, 0.0, None).psf_kernel(VIS)
+    moffat = Observing("moffat", 1.0, 3.0, 0.0, None).psf_kernel(VIS)
+    assert gaussian.sum() == pytest.approx(1) and moffat.sum() == pytest.approx(1)
+    fwhm_pixels = VIS.psf_fwhm / VIS.pixel_scale
+    assert _radial_fraction_beyond(gaussian, 2 * fwhm_pixels) < 1e-4
+    assert _radial_fraction_beyond(moffat, 2 * fwhm_pixels) > 0.02
+    # same FWHM: half the peak is reached at the same radius
+    for kernel in (gaussian, moffat):
+        row = kernel[kernel.shape[0] // 2]
+        above = np.flatnonzero(row >= row.max() / 2)
+        assert above.size == pytest.approx(fwhm_pixels, abs=1.5)
+
+
+def test_depth_offset_scales_the_exposure_time() -> None:
+    deeper = Observing("gaussian", 1.0, 3.0, 0.5, None).band(VIS)
+    assert deeper.exposure_time == pytest.approx(VIS.exposure_time * 10**0.4)
+    assert NOMINAL.band(VIS) == VIS
+
+
+def test_resampled_noise_is_correlated_and_lower() -> None:
+    noise = np.random.default_rng(0).normal(0, 1, (200, 200))
+    white = NOMINAL.texture(noise)
+    assert white is noise
+    correlated = Observing("gaussian", 1.0, 3.0, 0.0, (0.5, 0.5)).texture(noise)
+    neighbour = np.corrcoef(correlated[:, :-1].ravel(), correlated[:, 1:].ravel())[0, 1]
+    assert 0.3 < neighbour < 0.7  # 0.5 for a half-pixel bilinear shift
+    assert correlated.std() == pytest.approx(0.5, rel=0.05)
+
+
+def test_draws_follow_the_settings() -> None:
+    rng = np.random.default_rng(1)
+    fixed = SimulateConfig(psf_family="gaussian", psf_fwhm_scatter=0.0, depth_scatter_mag=0.0,
+                           correlated_noise_fraction=0.0)  # fmt: skip
+    draws = [draw_observing(rng, fixed) for _ in range(20)]
+    assert all(d.psf_family == "gaussian" and d.fwhm_factor == 1.0 for d in draws)
+    assert all(d.depth_offset_mag == 0.0 and d.noise_shift is None for d in draws)
+    mixed = [draw_observing(rng, SimulateConfig()) for _ in range(200)]
+    assert 60 < sum(d.psf_family == "moffat" for d in mixed) < 140
+    assert 60 < sum(d.noise_shift is not None for d in mixed) < 140
+    assert max(abs(d.depth_offset_mag) for d in mixed) <= SimulateConfig().depth_scatter_mag
