@@ -633,11 +633,11 @@ def draw_nonlens(
     stamps: StampLibrary | None = None,
 ) -> Scene:
     """A confuser of the given kind (see ``config.nonlens_mix``), without its field. With
-    ``stamps``, ordinary galaxies (elliptical, spiral) are real stamps ``stamp_fraction`` of
-    the time (kind "stamp_galaxy")."""
+    ``stamps``, disc galaxies ("spiral") are real stamps ``stamp_fraction`` of the time (kind
+    "stamp_galaxy"); ellipticals stay parametric, drawn like lens galaxies, so that the central
+    galaxy's look never gives the label away."""
     d = _Draw(rng, bands)
-    ordinary = kind in ("elliptical", "spiral")
-    if stamps is not None and ordinary and d.rng.random() < config.stamp_fraction:
+    if stamps is not None and kind == "spiral" and d.rng.random() < config.stamp_fraction:
         z = d.normal(0.4, 0.2, 0.05, 1.2)
         return Scene("stamp_galaxy", "stamp", _stamp_galaxy(d, stamps), z_lens=z)
     if kind in ("elliptical", "elliptical+source", "satellites", "subthreshold"):
