@@ -131,6 +131,7 @@ class TrainConfig:
     stop_auroc_drop: float = 0.05  # stop when val AUROC falls this far below its best
     stop_patience: int = 8  # ... or after this many epochs without improvement
     max_train_samples: int | None = None  # cap per epoch (samples drawn), for quick runs
+    max_train_objects: int | None = None  # a subset of the training split (learning curves)
     limit_val_samples: int | None = None
     num_workers: int = 0
     accelerator: str = "auto"

@@ -141,7 +141,7 @@ class LensDataModule(pl.LightningDataModule):
         for name in ("train", "val"):
             self._check_classes(name, labels[labelled[name]])
         self.source = source
-        self.train_indices = labelled["train"]
+        self.train_indices = self._cap(labelled["train"], self.config.max_train_objects)
         self.val_indices = self._cap(labelled["val"], self.config.limit_val_samples)
         self.test_indices = np.asarray(splits["test"])
 
