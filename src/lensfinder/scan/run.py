@@ -194,6 +194,12 @@ def _dask_client(cfg: ScanConfig, scheduler: str | None) -> Iterator[tuple[Any, 
         cluster.close()
 
 
+def _remove_partial_shards(out: Path) -> None:
+    """Delete half-written shard files left by a killed worker (safe: we hold the lock)."""
+    for stale in (out / SHARD_DIR).glob(".shard-*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 def _complete_shards(shards: list[Shard], out: Path) -> dict[Shard, dict[str, Any]]:
     """Shards whose file is complete, with their summaries: these are reused, not redone."""
     from lensfinder.scan.catalog import read_shard, table_meta
@@ -341,8 +347,7 @@ def _scan_locked(
     mark_output(out, SCAN_KIND)
     (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    for stale in (out / SHARD_DIR).glob(".shard-*.tmp"):  # left by a killed worker
-        stale.unlink(missing_ok=True)
+    _remove_partial_shards(out)
 
     shards = plan_shards(len(source), cfg.shard_size)
     reused = _complete_shards(shards, out)
@@ -385,6 +390,7 @@ def _scan_locked(
         "n_objects": len(source),
     }
     parquet_path, csv_path, n_rows = merge_shards(_shard_tables(shards, out), out, meta)
+    _remove_partial_shards(out)  # a worker killed mid-shard in this run (its shard was redone)
 
     import pyarrow.parquet as pq
 
