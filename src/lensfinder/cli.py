@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 from lensfinder import __version__
 from lensfinder.errors import LensfinderError
@@ -21,8 +22,39 @@ from lensfinder.errors import LensfinderError
 # (measured: 6.7 -> 45 training images/s on 2 busy cores); a user's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+
+# Typer's command-line exceptions (Click's, which Typer may vendor): found from a public name.
+_cli_errors = sys.modules[typer.BadParameter.__module__]
+
+
+class _OneLineUsageErrors(TyperGroup):
+    """Bad command-line values give one line (``error: ...``) and exit status 2, like every
+    other user error, instead of a usage box."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except _cli_errors.NoArgsIsHelpError as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except _cli_errors.ClickException as exc:
+            hint = ""
+            if isinstance(exc, _cli_errors.UsageError) and exc.ctx is not None:
+                hint = f" (see '{exc.ctx.command_path} --help')"
+            message = " ".join(exc.format_message().split())
+            typer.secho(f"error: {message}{hint}", fg=typer.colors.RED, err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
     name="lensfinder",
+    cls=_OneLineUsageErrors,
     help="Find strong gravitational lenses in Euclid-like images with CNNs.",
     no_args_is_help=True,
     add_completion=False,
@@ -66,23 +98,90 @@ def main(
     """lensfinder: simulate, pack, train, evaluate, scan, gallery."""
 
 
+def _output_dir(value: Path | None) -> Path | None:
+    """Checked at parse time: an output directory that can be created and written."""
+    from lensfinder.safety import check_output_dir
+
+    if value is None:
+        return value
+    try:
+        return check_output_dir(value)
+    except LensfinderError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def int_list(text: str, lowest: int = 1, highest: int | None = None) -> list[int]:
+    """``"1,2,4"`` -> ``[1, 2, 4]``, each within ``[lowest, highest]``; BadParameter otherwise."""
+    items = [t.strip() for t in text.split(",")]
+    try:
+        values = [int(t) for t in items]
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r}: expected comma-separated whole numbers, e.g. 1,2,4"
+        ) from None
+    wrong = [v for v in values if v < lowest or (highest is not None and v > highest)]
+    if wrong:
+        span = f"{lowest}..{highest}" if highest is not None else f">= {lowest}"
+        raise typer.BadParameter(f"{text!r}: {wrong[0]} is outside {span}")
+    return values
+
+
+def _sizes(text: str) -> str:
+    int_list(text)
+    return text
+
+
+def _rows(text: str | None) -> str | None:
+    if text is not None:
+        int_list(text, 1, 8)
+    return text
+
+
+def _devices(text: str | None) -> str | None:
+    """Lightning's devices: a count, -1 (all), 'auto', or a list of device indices."""
+    if text is None or text == "auto" or text == "-1":
+        return text
+    try:
+        int_list(text, lowest=0 if "," in text else 1)
+    except typer.BadParameter:
+        raise typer.BadParameter(
+            f"{text!r}: expected a count (4), device indices (0,1), -1 (all) or auto"
+        ) from None
+    return text
+
+
 Models = Annotated[
     list[Path],
     typer.Option("--model", "-m", help="Run directory of a trained model; repeat for an ensemble."),
 ]
 Data = Annotated[Path, typer.Option("--data", "-d", help="A packed store or a challenge layout.")]
-Out = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
+Out = Annotated[Path, typer.Option("--out", "-o", help="Output directory.", callback=_output_dir)]
+Count = {"min": 1}  # typer.Option keywords of a count: at least 1
+
+
+def _budget(text: str) -> str:
+    if text not in ("cpu", "gpu"):
+        raise typer.BadParameter(f"{text!r}: expected cpu or gpu")
+    return text
+
+
+def _positive(value: float) -> float:
+    if not value > 0:
+        raise typer.BadParameter(f"{value}: must be > 0")
+    return value
 
 
 @app.command()
 @user_errors
 def simulate(
     out: Out,
-    n: Annotated[int, typer.Option("--n", help="Number of cutouts.")] = 1000,
+    n: Annotated[int, typer.Option("--n", help="Number of cutouts.", **Count)] = 1000,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 0,
-    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
-    lens_fraction: Annotated[float, typer.Option(help="Fraction of lenses.")] = 0.5,
-    first_id: Annotated[int, typer.Option(help="ID of the first object.")] = 200000,
+    workers: Annotated[int, typer.Option(help="Worker processes.", **Count)] = 1,
+    lens_fraction: Annotated[
+        float, typer.Option(help="Fraction of lenses.", min=0.0, max=1.0)
+    ] = 0.5,
+    first_id: Annotated[int, typer.Option(help="ID of the first object.", min=0)] = 200000,
     config: Annotated[str | None, typer.Option(help="YAML config (SimulateConfig).")] = None,
 ) -> None:
     """Simulate Euclid-like cutouts in the Lens Finding Challenge 2 layout."""
@@ -110,9 +209,11 @@ def pack(
     label_rule: Annotated[
         str | None, typer.Option(help="is_lens rule, e.g. 'n_sources > 0 & mag_eff > 1.5'.")
     ] = None,
-    chunk: Annotated[int, typer.Option(help="Objects per store chunk.")] = 8,
-    workers: Annotated[int, typer.Option(help="FITS reader processes.")] = 1,
-    overwrite: Annotated[bool, typer.Option(help="Replace a store packed differently.")] = False,
+    chunk: Annotated[int, typer.Option(help="Objects per store chunk.", **Count)] = 8,
+    workers: Annotated[int, typer.Option(help="FITS reader processes.", **Count)] = 1,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a store that lensfinder packed (nothing else).")
+    ] = False,
 ) -> None:
     """Pack a challenge layout into one chunked Zarr store for fast training and scanning."""
     from lensfinder.data.store import pack as run
@@ -129,9 +230,13 @@ def train(
     data: Data,
     out: Out,
     config: Annotated[str, typer.Option(help="Config file or shipped name.")] = "cpu-small",
-    max_epochs: Annotated[int | None, typer.Option(help="Override max_epochs.")] = None,
-    devices: Annotated[str | None, typer.Option(help="Lightning devices (e.g. 4).")] = None,
-    num_nodes: Annotated[int | None, typer.Option(help="Nodes for multi-node DDP.")] = None,
+    max_epochs: Annotated[int | None, typer.Option(help="Override max_epochs.", **Count)] = None,
+    devices: Annotated[
+        str | None, typer.Option(help="Lightning devices (e.g. 4, 0,1 or auto).", callback=_devices)
+    ] = None,
+    num_nodes: Annotated[
+        int | None, typer.Option(help="Nodes for multi-node DDP.", **Count)
+    ] = None,
     no_resume: Annotated[bool, typer.Option("--no-resume", help="Start afresh.")] = False,
 ) -> None:
     """Train a classifier on a packed store; writes model.safetensors + model.json to OUT."""
@@ -141,10 +246,13 @@ def train(
     if max_epochs is not None:
         overrides["max_epochs"] = max_epochs
     if devices is not None:
-        overrides["devices"] = int(devices) if devices.isdigit() else devices
+        overrides["devices"] = int(devices) if devices.lstrip("-").isdigit() else devices
     if num_nodes is not None:
         overrides["num_nodes"] = num_nodes
     cfg = load_config(TrainConfig, config, **overrides)
+    from lensfinder.train.run import check_config
+
+    check_config(cfg)
     from lensfinder.train import train as run
 
     result = run(cfg, data, out, resume=not no_resume)
@@ -159,15 +267,20 @@ def evaluate(
     out: Out,
     tta: Annotated[bool, typer.Option(help="Average over the 8 D4 transforms.")] = False,
     split: Annotated[str, typer.Option(help="test, val, train or all.")] = "test",
-    batch_size: Annotated[int, typer.Option(help="Inference batch size.")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Inference batch size.", **Count)] = 64,
     average: Annotated[str, typer.Option(help="Ensemble average: probability or logit.")] = (
         "probability"
     ),
-    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the AUROC CI.")] = 1000,
+    bootstrap: Annotated[
+        int, typer.Option(help="Bootstrap resamples for the AUROC CI (0: none).", min=0)
+    ] = 1000,
 ) -> None:
     """Score a labelled set: metrics.json, ROC plots, histograms and an HTML report."""
     from lensfinder.config import EvaluateConfig, from_dict
     from lensfinder.evaluate import evaluate as run
+    from lensfinder.safety import check_not_input
+
+    check_not_input(out, [data, *model], "evaluate")
 
     cfg = from_dict(
         EvaluateConfig,
@@ -187,21 +300,24 @@ def bn_study(
     model: Models,
     data: Data,
     out: Out,
-    sizes: Annotated[str, typer.Option(help="Comma-separated test batch sizes.")] = (
-        "1,2,4,8,16,32,128"
-    ),
+    sizes: Annotated[
+        str, typer.Option(help="Comma-separated test batch sizes.", callback=_sizes)
+    ] = "1,2,4,8,16,32,128",
     split: Annotated[str, typer.Option(help="test, val, train or all.")] = "test",
     seed: Annotated[int, typer.Option(help="Seed of the random batch orders.")] = 0,
-    max_objects: Annotated[int, typer.Option(help="Cap on objects studied.")] = 4000,
+    max_objects: Annotated[int, typer.Option(help="Cap on objects studied.", **Count)] = 4000,
 ) -> None:
     """AUROC against test batch size with BN in training mode (the paper's method 2)."""
     from lensfinder.evaluate.bn_study import batchnorm_study
+    from lensfinder.safety import check_not_input
+
+    check_not_input(out, [data, *model], "bn-study")
 
     result = batchnorm_study(
         model,
         data,
         out,
-        [int(s) for s in sizes.split(",")],
+        int_list(sizes),
         split=split,
         seed=seed,
         max_objects=max_objects,
@@ -214,14 +330,18 @@ def bn_study(
 def reproduce_table1(
     data: Data,
     out: Out,
-    budget: Annotated[str, typer.Option(help="cpu (scaled down) or gpu (the paper's).")] = "cpu",
-    rows: Annotated[str | None, typer.Option(help="Only these rows, e.g. 1,6,8.")] = None,
+    budget: Annotated[
+        str, typer.Option(help="cpu (scaled down) or gpu (the paper's).", callback=_budget)
+    ] = "cpu",
+    rows: Annotated[
+        str | None, typer.Option(help="Only these rows, e.g. 1,6,8.", callback=_rows)
+    ] = None,
     no_resume: Annotated[bool, typer.Option("--no-resume", help="Retrain every row.")] = False,
 ) -> None:
     """Train and evaluate the eight configurations of the paper's Table I."""
     from lensfinder.evaluate.table1 import reproduce_table1 as run
 
-    chosen = [int(r) for r in rows.split(",")] if rows else None
+    chosen = int_list(rows) if rows else None
     result = run(data, out, budget=budget, resume=not no_resume, rows=chosen)
     typer.echo(result.summary())
 
@@ -248,11 +368,11 @@ def scan(
     scheduler: Annotated[
         str | None, typer.Option(help="Dask scheduler address, e.g. tcp://host:8786.")
     ] = None,
-    workers: Annotated[int, typer.Option(help="Local Dask workers (no --scheduler).")] = 1,
+    workers: Annotated[int, typer.Option(help="Local Dask workers (no --scheduler).", **Count)] = 1,
     backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
     tta: Annotated[bool, typer.Option(help="Average over the 8 D4 transforms.")] = False,
-    shard_size: Annotated[int, typer.Option(help="Cutouts per shard.")] = 2048,
-    batch_size: Annotated[int, typer.Option(help="Inference batch size.")] = 64,
+    shard_size: Annotated[int, typer.Option(help="Cutouts per shard.", **Count)] = 2048,
+    batch_size: Annotated[int, typer.Option(help="Inference batch size.", **Count)] = 64,
 ) -> None:
     """Score many cutouts on Dask, one Parquet file per shard, resumable; merged catalogue."""
     from lensfinder.config import ScanConfig, from_dict
@@ -276,18 +396,27 @@ def gallery(
     candidates: Annotated[Path, typer.Argument(help="Scan output directory or catalogue.")],
     data: Data,
     out: Out,
-    top: Annotated[int, typer.Option(help="How many top candidates.")] = 100,
-    score_min: Annotated[float | None, typer.Option(help="Lowest score to show.")] = None,
-    score_max: Annotated[float | None, typer.Option(help="Highest score to show.")] = None,
+    top: Annotated[int, typer.Option(help="How many top candidates.", **Count)] = 100,
+    score_min: Annotated[
+        float | None, typer.Option(help="Lowest score to show.", min=0.0, max=1.0)
+    ] = None,
+    score_max: Annotated[
+        float | None, typer.Option(help="Highest score to show.", min=0.0, max=1.0)
+    ] = None,
     known_lenses: Annotated[
         str | None,
         typer.Option(help="Flag known lenses: a catalogue file, or 'lenscat'."),
     ] = None,
-    radius: Annotated[float, typer.Option(help="Match radius for known lenses, arcsec.")] = 2.0,
+    radius: Annotated[
+        float, typer.Option(help="Match radius for known lenses, arcsec.", callback=_positive)
+    ] = 2.0,
 ) -> None:
     """HTML page and PNG mosaic of candidates as colour composites."""
     from lensfinder.config import GalleryConfig
+    from lensfinder.safety import check_not_input
     from lensfinder.scan.gallery import make_gallery
+
+    check_not_input(out, [data, candidates], "gallery")
 
     score_range = None
     if score_min is not None or score_max is not None:

@@ -29,9 +29,11 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; results should be shareable
     try:
         yield tmp_path
+        # mkstemp makes 0600, and so do some writers (safetensors replaces the file with a 0600
+        # one): set the mode the umask asks for after writing, so results are shareable.
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():

@@ -91,6 +91,17 @@ def summarise_problems(problems: list[Problem], limit: int = 3) -> str:
     return f"{len(problems)} skipped ({top}{more})"
 
 
+def describe_label_gaps(gaps: dict[str, int]) -> str:
+    """ "; 3 labelled non-lens for an empty or non-finite rule value (mag_eff: 3)" or ""."""
+    if not gaps:
+        return ""
+    columns = ", ".join(f"{c}: {n}" for c, n in gaps.items() if c != "rows")
+    return (
+        f"; {gaps.get('rows', 0)} labelled non-lens for an empty or non-finite value in a "
+        f"label-rule column ({columns})"
+    )
+
+
 def _read_fits_image(path: Path) -> tuple[np.ndarray, object]:
     """The first image HDU with data, as native float32, and its header; BadImage otherwise."""
     from astropy.io import fits
@@ -172,6 +183,8 @@ def read_band(path: Path, band: Band, want_position: bool = False) -> tuple[np.n
         raise BadImage(path, f"wrong shape {data.shape} for band {band.name}, expected {expected}")
     data = np.array(data, dtype=np.float32, copy=True) if not data.flags.writeable else data
     repaired = _repair_nonfinite(data, path)
+    if data.size and data.min() == data.max():  # zeros from a failed writer, a masked field
+        raise BadImage(path, f"blank image (every pixel is {float(data.flat[0]):g})")
     position = _centre_radec(header, data.shape) if want_position else (np.nan, np.nan)
     return data, repaired, position
 
@@ -193,7 +206,8 @@ def read_catalog(path: Path) -> tuple[dict[str, np.ndarray], list[Problem]]:
     """
     problems: list[Problem] = []
     try:
-        text = path.read_text(errors="replace")
+        # utf-8-sig: spreadsheet exports start with a byte-order mark
+        text = path.read_text(encoding="utf-8-sig", errors="replace")
     except OSError as exc:
         raise DataError(f"{path}: cannot read catalogue ({exc.strerror})") from None
     numbered = [
@@ -225,6 +239,10 @@ def read_catalog(path: Path) -> tuple[dict[str, np.ndarray], list[Problem]]:
         if not np.isfinite(object_id):
             problems.append(Problem(None, where, "catalogue row has no ID"))
             continue
+        if not float(object_id).is_integer():
+            reason = f"catalogue ID {row[id_column].strip()} is not a whole number"
+            problems.append(Problem(None, where, reason))
+            continue
         if int(object_id) in seen:
             problems.append(Problem(int(object_id), where, "duplicate catalogue ID"))
             continue
@@ -237,6 +255,9 @@ def read_catalog(path: Path) -> tuple[dict[str, np.ndarray], list[Problem]]:
         if name  # the unnamed leading index is a row number, not a quantity
     }
     catalog["ID"] = catalog["ID"].astype(np.int64)
+    if not len(catalog["ID"]):
+        detail = f" ({len(problems)} unusable rows)" if problems else ""
+        raise DataError(f"{path}: catalogue has a header but no usable rows{detail}")
     return catalog, problems
 
 
@@ -284,6 +305,7 @@ class ChallengeLayout:
     problems: list[Problem]
     label_rule: str | None
     has_catalog: bool
+    label_gaps: dict[str, int] = field(default_factory=dict)  # see ``describe_label_gaps``
     _positions: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -355,19 +377,25 @@ class ChallengeLayout:
             if self.has_catalog
             else "unlabelled (no catalogue)"
         )
-        return f"{self.root}: {len(self)} objects, {labelled}; {summarise_problems(self.problems)}"
+        return (
+            f"{self.root}: {len(self)} objects, {labelled}; {summarise_problems(self.problems)}"
+            f"{describe_label_gaps(self.label_gaps)}"
+        )
 
 
 def read_layout(
     path: str | Path,
     label_rule: str | LabelRule | None = None,
     catalog: str | Path | None = None,
+    keep_unlisted: bool = False,
 ) -> ChallengeLayout:
     """List the objects of a challenge layout, read its catalogue, label by ``label_rule``.
 
     Cheap: lists directories and reads the catalogue; pixels are read later (``load``), so
     unreadable files surface there. Objects missing a band, or missing a catalogue row when a
     catalogue exists, become Problems here; so do catalogue IDs without images.
+    ``keep_unlisted`` keeps objects without a catalogue row instead, unlabelled (-1) with NaN
+    catalogue values: a survey field is scanned in full, labelled where the catalogue knows.
     """
     root = find_layout_root(path)
     rule = _as_rule(label_rule)
@@ -412,19 +440,35 @@ def read_layout(
                 Problem(int(object_id), str(cat_file), f"catalogue ID without images{known}")
             )
     keep = np.asarray([int(i) in row_of for i in ids], dtype=bool)
-    for object_id in ids[~keep]:
-        problems.append(
-            Problem(
-                int(object_id),
-                str(image_path(root, EUCLID.bands[0], int(object_id))),
-                "images without a catalogue row",
+    if not keep_unlisted:
+        for object_id in ids[~keep]:
+            problems.append(
+                Problem(
+                    int(object_id),
+                    str(image_path(root, EUCLID.bands[0], int(object_id))),
+                    "images without a catalogue row",
+                )
             )
-        )
-    ids = ids[keep]
-    rows = np.asarray([row_of[int(i)] for i in ids], dtype=np.int64)
+        ids, keep = ids[keep], keep[keep]
+    rows = np.asarray([row_of.get(int(i), 0) for i in ids], dtype=np.int64)
     aligned = {name: values[rows] for name, values in columns.items()}
+    for name, values in aligned.items():
+        if name == "ID":
+            values[:] = ids
+        elif values.dtype.kind == "f":
+            values[~keep] = np.nan
     labels = rule.apply(aligned)
-    return ChallengeLayout(root, ids, labels, aligned, problems, str(rule), has_catalog=True)
+    labels[~keep] = -1
+    gaps = {c: int((~np.isfinite(aligned[c][keep])).sum()) for c in rule.columns}
+    gaps = {c: n for c, n in gaps.items() if n}
+    if gaps:
+        undecided = np.zeros(int(keep.sum()), dtype=bool)
+        for column in gaps:
+            undecided |= ~np.isfinite(aligned[column][keep])
+        gaps = {"rows": int(undecided.sum()), **gaps}
+    return ChallengeLayout(
+        root, ids, labels, aligned, problems, str(rule), has_catalog=True, label_gaps=gaps
+    )
 
 
 def _as_rule(rule: str | LabelRule | None) -> LabelRule:

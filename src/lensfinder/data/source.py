@@ -53,6 +53,18 @@ class Cutouts:
         )
 
 
+def mark_blank(cutouts: Cutouts, where: Path) -> None:
+    """Mark valid rows with a constant (e.g. all-zero) band invalid, with the reason: such an
+    image holds no information and its score would mean nothing."""
+    for name, images in (("VIS", cutouts.vis), ("NISP", cutouts.nisp)):
+        flat = images.reshape(len(images), -1) if len(images) else images.reshape(0, 1)
+        with np.errstate(invalid="ignore"):
+            blank = np.flatnonzero((flat.max(axis=1) == flat.min(axis=1)) & cutouts.valid)
+        for row in blank.tolist():
+            cutouts.valid[row] = False
+            cutouts.reasons[row] = f"{where}: blank image ({name} constant)"
+
+
 class CutoutSource(ABC):
     """Objects with pixels, labels and positions; subclasses say where the pixels come from."""
 
@@ -99,6 +111,16 @@ class CutoutSource(ABC):
             )
         return array
 
+    def content_fingerprint(self) -> str:
+        """A short hash that changes when the pixels or labels change, even with the same IDs
+        (what a resumed scan checks before reusing old results). Sources that cannot tell
+        (this default) hash their IDs and labels only."""
+        import hashlib
+
+        digest = hashlib.sha256(np.ascontiguousarray(self.ids, dtype="<i8").tobytes())
+        digest.update(np.ascontiguousarray(self.labels, dtype="i1").tobytes())
+        return digest.hexdigest()[:16]
+
     def summary(self) -> str:
         lenses, non = int((self.labels == 1).sum()), int((self.labels == 0).sum())
         unknown = len(self) - lenses - non
@@ -138,6 +160,12 @@ class LayoutSource(CutoutSource):
     @property
     def catalog(self) -> dict[str, np.ndarray]:
         return self.layout.catalog
+
+    def content_fingerprint(self) -> str:
+        from lensfinder.safety import layout_fingerprint
+
+        files = [self.layout.path(i, band) for i in range(len(self)) for band in EUCLID.bands]
+        return layout_fingerprint(self.path, files)
 
     def _load(self, index: int):
         if index in self.failures:
@@ -186,9 +214,12 @@ def is_store(path: str | Path) -> bool:
     return (Path(path) / "zarr.json").is_file()
 
 
-def open_source(path: str | Path, label_rule: str | LabelRule | None = None) -> CutoutSource:
+def open_source(
+    path: str | Path, label_rule: str | LabelRule | None = None, keep_unlisted: bool = False
+) -> CutoutSource:
     """A packed store or a challenge layout, behind one interface.
 
+    ``keep_unlisted``: a layout keeps objects without a catalogue row, unlabelled (scanning).
     ``label_rule`` applies to layouts (a store keeps the rule it was packed with; asking for a
     different one is an error rather than a silent mismatch).
     """
@@ -209,4 +240,4 @@ def open_source(path: str | Path, label_rule: str | LabelRule | None = None) -> 
                     f"'{wanted}'; re-pack the layout with the rule you want"
                 )
         return source
-    return LayoutSource(read_layout(path, label_rule=label_rule))
+    return LayoutSource(read_layout(path, label_rule=label_rule, keep_unlisted=keep_unlisted))

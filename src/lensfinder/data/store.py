@@ -34,12 +34,21 @@ from lensfinder.data.challenge import (
     ChallengeLayout,
     LoadedObject,
     Problem,
+    describe_label_gaps,
     read_layout,
     summarise_problems,
 )
-from lensfinder.data.source import NISP_SHAPE, VIS_SHAPE, Cutouts, CutoutSource, Indices
+from lensfinder.data.source import (
+    NISP_SHAPE,
+    VIS_SHAPE,
+    Cutouts,
+    CutoutSource,
+    Indices,
+    mark_blank,
+)
 from lensfinder.errors import DataError
 from lensfinder.labels import LabelRule
+from lensfinder.safety import check_not_input, mark_output, output_lock, remove_output
 from lensfinder.surveys import EUCLID
 
 STORE_FORMAT_KEY = "lensfinder_store"
@@ -47,6 +56,7 @@ STORE_VERSION = 1
 VECTOR_CHUNK = 65536  # ids, labels, positions, catalogue columns: a few chunks per 100k objects
 DEFAULT_CHUNK = 8  # objects per chunk: random reads cost 8 objects, contiguous reads stay fast
 PARTIAL_SUFFIX = ".partial"
+STORE_KIND = "store"  # the output marker's kind: what ``pack --overwrite`` may replace
 FLUSH_OBJECTS = 256  # objects per write (rounded to whole chunks); also the resume granularity
 
 
@@ -61,6 +71,7 @@ class PackResult:
     seconds: float
     resumed: bool = False
     already_packed: bool = False
+    label_gaps: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
         if self.already_packed:
@@ -78,7 +89,7 @@ class PackResult:
         return (
             f"packed {self.n_objects} objects ({labels}) into {self.out} in {self.seconds:.1f} s "
             f"({rate:.0f} objects/s){' (resumed)' if self.resumed else ''}; "
-            f"{summarise_problems(self.problems)}{repaired}"
+            f"{summarise_problems(self.problems)}{repaired}{describe_label_gaps(self.label_gaps)}"
         )
 
 
@@ -150,16 +161,23 @@ class _Buffer:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def write(self, group, at: int) -> int:
+    def write(self, group, at: int) -> tuple[int, str]:
+        """Write at ``at``; returns the end and a digest of what was written (for the store's
+        content hash, built at pack time so nothing re-reads the pixels later)."""
         stop = at + len(self)
-        group["vis"][at:stop] = np.stack(self.vis)
-        group["nisp"][at:stop] = np.stack(self.nisp)
-        group["ids"][at:stop] = np.asarray(self.ids, dtype=np.int64)
+        vis, nisp = np.stack(self.vis), np.stack(self.nisp)
+        ids = np.asarray(self.ids, dtype=np.int64)
+        digest = hashlib.sha256(vis.tobytes())
+        digest.update(nisp.tobytes())
+        digest.update(ids.tobytes())
+        group["vis"][at:stop] = vis
+        group["nisp"][at:stop] = nisp
+        group["ids"][at:stop] = ids
         group["ra"][at:stop] = np.asarray(self.ra, dtype=np.float64)
         group["dec"][at:stop] = np.asarray(self.dec, dtype=np.float64)
         for items in (self.vis, self.nisp, self.ids, self.ra, self.dec):
             items.clear()
-        return stop
+        return stop, digest.hexdigest()[:16]
 
 
 def _finish(group, layout: ChallengeLayout, written: int) -> np.ndarray:
@@ -197,7 +215,7 @@ def _resume_or_start(partial: Path, identity: dict, n: int, chunk: int) -> tuple
         shutil.rmtree(partial)
     group = zarr.open_group(partial, mode="w")
     _create_arrays(group, n, chunk)
-    state = {**identity, "cursor": 0, "written": 0, "problems": [], "repairs": []}
+    state = {**identity, "cursor": 0, "written": 0, "problems": [], "repairs": [], "digests": []}
     group.attrs.update(state)
     return group, state
 
@@ -216,12 +234,13 @@ def pack(
     Unreadable objects are skipped and listed in the store's ``problems`` attribute. An
     existing complete store from the same layout and rule is left as it is.
     """
-    from lensfinder.utils import progress as progress_bar
-
     started = time.perf_counter()
     if chunk < 1:
         raise DataError(f"pack: chunk must be at least 1 object, got {chunk}")
+    if workers < 1:
+        raise DataError(f"pack: workers must be at least 1, got {workers}")
     out = Path(out)
+    check_not_input(out, [layout_dir], "pack")
     layout = read_layout(layout_dir, label_rule=label_rule)
     identity = {
         "source": str(layout.root.resolve()),
@@ -229,10 +248,10 @@ def pack(
         "listing": _listing_digest(layout),
         "chunk": chunk,
     }
-    if out.exists():
-        if overwrite:
-            shutil.rmtree(out)
-        else:
+    with output_lock(out, "pack", lock_file=out.parent / f".{out.name}.lock"):
+        if out.exists() and overwrite:
+            remove_output(out, STORE_KIND, [layout_dir], "pack")
+        if out.exists():
             existing = open_store(out)  # raises a clear DataError if it is something else
             if all(existing.attrs.get(k) == v for k, v in identity.items()):
                 return PackResult(
@@ -247,13 +266,29 @@ def pack(
                 )
             raise DataError(
                 f"{out}: already exists, packed from another layout or with another label rule "
-                "or chunk; remove it, choose another output, or pass overwrite=True"
+                "or chunk; remove it, choose another output, or pass --overwrite"
             )
+        return _pack_into(layout, out, identity, chunk, workers, progress, started)
+
+
+def _pack_into(
+    layout: ChallengeLayout,
+    out: Path,
+    identity: dict,
+    chunk: int,
+    workers: int,
+    progress: bool,
+    started: float,
+) -> PackResult:
+    """Write ``<out>.partial`` (resuming a matching one) and rename it to ``out`` when done."""
+    from lensfinder.utils import progress as progress_bar
+
     partial = out.with_name(out.name + PARTIAL_SUFFIX)
     group, state = _resume_or_start(partial, identity, len(layout), chunk)
     cursor, written = state["cursor"], state["written"]
     load_problems = [Problem.from_dict(p) for p in state["problems"]]
     repairs = [Problem.from_dict(p) for p in state["repairs"]]
+    digests = list(state.get("digests", []))
 
     flush_every = chunk * max(1, FLUSH_OBJECTS // chunk)
     buffer = _Buffer()
@@ -272,23 +307,28 @@ def pack(
                 reason = f"replaced {item.repaired_pixels} NaN/inf pixels in {bands}"
                 repairs.append(Problem(int(layout.ids[last]), where, reason))
         if len(buffer) >= flush_every:
-            written = buffer.write(group, written)
+            written, digest = buffer.write(group, written)
+            digests.append(digest)
             group.attrs.update(
                 {
                     "cursor": last + 1,
                     "written": written,
                     "problems": [p.to_dict() for p in load_problems],
                     "repairs": [p.to_dict() for p in repairs],
+                    "digests": digests,
                 }
             )
     if len(buffer):
-        written = buffer.write(group, written)
+        written, digest = buffer.write(group, written)
+        digests.append(digest)
 
     problems = list(layout.problems) + load_problems
     if written == 0:
         shutil.rmtree(partial)
         raise DataError(f"{layout.root}: no usable objects; {summarise_problems(problems)}")
     labels = _finish(group, layout, written)
+    content = hashlib.sha256("".join(digests).encode())
+    content.update(labels.tobytes())
     group.attrs.update(
         {
             STORE_FORMAT_KEY: STORE_VERSION,
@@ -298,14 +338,18 @@ def pack(
             "pixel_scales": {b.name: b.pixel_scale for b in EUCLID.bands},
             "problems": [p.to_dict() for p in problems],
             "repairs": [p.to_dict() for p in repairs],
+            "label_gaps": layout.label_gaps,
             "n_objects": written,
             "catalog_columns": list(layout.catalog),
             "lensfinder_version": _version(),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "cursor": len(layout),
             "written": written,
+            "digests": digests,
+            "content_hash": content.hexdigest()[:16],
         }
     )
+    mark_output(partial, STORE_KIND)
     partial.rename(out)
     return PackResult(
         out,
@@ -316,6 +360,7 @@ def pack(
         len(repairs),
         time.perf_counter() - started,
         resumed=cursor > 0,
+        label_gaps=layout.label_gaps,
     )
 
 
@@ -379,29 +424,84 @@ class StoreSource(CutoutSource):
         self._memory = (arrays["vis"][:], arrays["nisp"][:])
         return self
 
+    def content_fingerprint(self) -> str:
+        """The content hash recorded at pack time (older stores: their creation time and IDs)."""
+        if self.attrs.get("content_hash"):
+            return str(self.attrs["content_hash"])
+        digest = hashlib.sha256(str(self.attrs.get("created")).encode())
+        digest.update(np.ascontiguousarray(self.ids, dtype="<i8").tobytes())
+        return digest.hexdigest()[:16]
+
+    def _chunk_problems(self, positions: np.ndarray) -> dict[int, str]:
+        """Chunk number -> why it cannot be read, for chunks whose file is gone (Zarr would
+        silently return zeros for them)."""
+        arrays = self._open()
+        problems: dict[int, str] = {}
+        for number in np.unique(positions // self.chunk).tolist():
+            for name in ("vis", "nisp"):
+                array = arrays[name]
+                key = array.metadata.encode_chunk_key((number,) + (0,) * (array.ndim - 1))
+                if not (self.path / name / key).is_file():
+                    problems[number] = f"{self.path / name / key}: missing store chunk"
+                    break
+        return problems
+
+    def _read_rows(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._memory is not None:
+            return self._memory[0][positions], self._memory[1][positions]
+        arrays = self._open()
+        if len(positions) > 1 and np.all(np.diff(positions) == 1):
+            lo, hi = int(positions[0]), int(positions[-1]) + 1
+            return arrays["vis"][lo:hi], arrays["nisp"][lo:hi]
+        unique, inverse = np.unique(positions, return_inverse=True)
+        return arrays["vis"].oindex[unique][inverse], arrays["nisp"].oindex[unique][inverse]
+
     def read(self, indices: Indices) -> Cutouts:
-        """Contiguous ranges read as slices (whole chunks); other sets read chunk by chunk."""
+        """Contiguous ranges read as slices (whole chunks); other sets read chunk by chunk.
+
+        Rows in a chunk whose file is missing or unreadable come back invalid with the reason,
+        and so do blank (constant) images: a damaged store is counted, never scored as zeros.
+        """
         positions = self._as_indices(indices)
         n = len(positions)
         if n == 0:
             return Cutouts.empty(0)
-        if self._memory is not None:
-            vis, nisp = self._memory[0][positions], self._memory[1][positions]
-        elif n > 1 and np.all(np.diff(positions) == 1):
-            arrays = self._open()
-            lo, hi = int(positions[0]), int(positions[-1]) + 1
-            vis, nisp = arrays["vis"][lo:hi], arrays["nisp"][lo:hi]
-        else:
-            arrays = self._open()
-            unique, inverse = np.unique(positions, return_inverse=True)
-            vis = arrays["vis"].oindex[unique][inverse]
-            nisp = arrays["nisp"].oindex[unique][inverse]
-        return Cutouts(
+        bad = {} if self._memory is not None else self._chunk_problems(positions)
+        try:
+            vis, nisp = self._read_rows(positions)
+        except Exception:  # a truncated or corrupt chunk: read chunk by chunk to find it
+            out = Cutouts.empty(n)
+            for number in np.unique(positions // self.chunk).tolist():
+                rows = np.flatnonzero(positions // self.chunk == number)
+                if number in bad:
+                    continue
+                try:
+                    out.vis[rows], out.nisp[rows] = self._read_rows(positions[rows])
+                except Exception as exc:
+                    bad[number] = (
+                        f"{self.path}: unreadable store chunk (chunk {number}, "
+                        f"{type(exc).__name__}: {exc})"
+                    )
+            vis, nisp = out.vis, out.nisp
+        result = Cutouts(
             np.ascontiguousarray(vis, dtype=np.float32),
             np.ascontiguousarray(nisp, dtype=np.float32),
             np.ones(n, dtype=bool),
             [None] * n,
         )
+        for row, number in enumerate((positions // self.chunk).tolist()):
+            if number in bad:
+                result.valid[row], result.reasons[row] = False, bad[number]
+        mark_blank(result, self.path)
+        return result
+
+    def validate(self, indices: Indices | None = None, progress: bool = True) -> np.ndarray:
+        """False for objects in missing chunks (cheap: file checks only, no pixels read)."""
+        positions = self._as_indices(range(len(self)) if indices is None else indices)
+        if self._memory is not None or not len(positions):
+            return np.ones(len(positions), dtype=bool)
+        bad = self._chunk_problems(positions)
+        return ~np.isin(positions // self.chunk, list(bad))
 
 
 def open_store(path: str | Path) -> StoreSource:

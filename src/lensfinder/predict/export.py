@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from lensfinder.config import InputConfig, to_dict
-from lensfinder.errors import ModelFileError
+from lensfinder.errors import ConfigError, ModelFileError
 from lensfinder.predict.predictor import flat_logits, forward, synthetic_cutouts
 from lensfinder.utils import atomic_path
 
@@ -193,10 +193,28 @@ def export_onnx(
     passed); dynamic batch axis; ModelFileError if ONNX and torch logits differ beyond 1e-4."""
     from lensfinder.models.checkpoint import load_model
 
+    check_onnx_path(out_path)
     model, meta = load_model(Path(run_dir))
     data, result = build_onnx(model, meta, str(run_dir), opset, check, allow_bn_batch)
     result.path = write_onnx(data, out_path)
     return result
+
+
+def check_onnx_path(out_path: Path | str) -> None:
+    """Refuse, before any work, an ONNX path that would replace a model file (of this run or
+    any other) or that cannot be a file; ConfigError naming the path."""
+    from lensfinder.models.checkpoint import META_FILE, WEIGHTS_FILE
+    from lensfinder.safety import check_output_dir
+
+    out_path = Path(out_path)
+    if out_path.is_dir():
+        raise ConfigError(f"{out_path}: is a directory; give a file path such as model.onnx")
+    if out_path.name in (WEIGHTS_FILE, META_FILE):
+        raise ConfigError(
+            f"{out_path}: is a model file name; writing the ONNX export there would destroy the "
+            "model (choose e.g. model.onnx)"
+        )
+    check_output_dir(out_path.parent)
 
 
 def write_onnx(data: bytes, out_path: Path | str) -> Path:

@@ -27,10 +27,12 @@ from typing import Any
 
 from lensfinder.config import ScanConfig, to_dict
 from lensfinder.errors import ConfigError, DataError, LensfinderError, ModelFileError
+from lensfinder.safety import check_not_input, mark_output, output_lock
 from lensfinder.scan.shards import SHARD_DIR, Shard, ShardTask, ids_fingerprint, plan_shards
 from lensfinder.utils import atomic_write_text, progress
 
 MANIFEST = "scan.json"
+SCAN_KIND = "scan"  # the output marker's kind
 SUMMARY = "summary.json"
 # Settings that change scores: resuming with others would mix two catalogues in one.
 _SCORING_KEYS = ("tta", "ensemble_average")
@@ -92,13 +94,16 @@ def _model_fingerprint(model: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _manifest(models: list[Path], data: Path, data_key: str, cfg: ScanConfig) -> dict[str, Any]:
+def _manifest(
+    models: list[Path], data: Path, data_key: str, content_key: str, cfg: ScanConfig
+) -> dict[str, Any]:
     predict = to_dict(cfg.predict)
     return {
         "models": [str(m) for m in models],
         "model_fingerprints": [_model_fingerprint(m) for m in models],
         "data": str(data),
         "data_fingerprint": data_key,
+        "data_content": content_key,
         "shard_size": cfg.shard_size,
         "scoring": {k: predict[k] for k in _SCORING_KEYS},
         "config": to_dict(cfg),
@@ -124,6 +129,7 @@ def _check_resume(out: Path, manifest: dict[str, Any]) -> None:
         "model_fingerprints": "models",
         "data": "data path",
         "data_fingerprint": "objects in the data",
+        "data_content": "data content (pixels, catalogue or labels changed since)",
         "shard_size": "shard size",
         "scoring": "scoring settings (tta, ensemble_average)",
     }
@@ -186,6 +192,12 @@ def _dask_client(cfg: ScanConfig, scheduler: str | None) -> Iterator[tuple[Any, 
     finally:
         client.close()
         cluster.close()
+
+
+def _remove_partial_shards(out: Path) -> None:
+    """Delete half-written shard files left by a killed worker (safe: we hold the lock)."""
+    for stale in (out / SHARD_DIR).glob(".shard-*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def _complete_shards(shards: list[Shard], out: Path) -> dict[Shard, dict[str, Any]]:
@@ -294,12 +306,6 @@ def scan(
     one a LocalCluster of ``cfg.workers`` processes is started: from a script, call ``scan``
     under ``if __name__ == "__main__":``, as for any multiprocessing code.
     """
-    import numpy as np
-
-    from lensfinder import __version__
-    from lensfinder.data import open_source
-    from lensfinder.scan.catalog import merge_shards
-
     began = time.perf_counter()
     cfg = cfg or ScanConfig()
     if not models:
@@ -308,14 +314,40 @@ def scan(
         raise ConfigError(f"scan shard_size must be at least 1, got {cfg.shard_size}")
     models = [Path(m).expanduser().resolve() for m in models]
     data, out = Path(data).expanduser().resolve(), Path(out).expanduser().resolve()
-    source = open_source(data)
+    check_not_input(out, [data, *models], "scan")
+    with output_lock(out, "scan"):
+        return _scan_locked(models, data, out, cfg, scheduler, progress, began)
+
+
+def _scan_locked(
+    models: list[Path],
+    data: Path,
+    out: Path,
+    cfg: ScanConfig,
+    scheduler: str | None,
+    progress: bool,
+    began: float,
+) -> ScanResult:
+    """``scan`` once it holds the lock of ``out``."""
+    import numpy as np
+
+    from lensfinder import __version__
+    from lensfinder.data import open_source
+    from lensfinder.data.challenge import summarise_problems
+    from lensfinder.scan.catalog import merge_shards
+
+    source = open_source(data, keep_unlisted=True)
+    if len(source) == 0:
+        raise DataError(
+            f"{data}: no cutout can be scanned; {summarise_problems(list(source.problems))}"
+        )
     data_key = ids_fingerprint(np.asarray(source.ids))
-    manifest = _manifest(models, data, data_key, cfg)
+    manifest = _manifest(models, data, data_key, source.content_fingerprint(), cfg)
     _check_resume(out, manifest)
+    mark_output(out, SCAN_KIND)
     (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    for stale in (out / SHARD_DIR).glob(".shard-*.tmp"):  # left by a killed worker
-        stale.unlink(missing_ok=True)
+    _remove_partial_shards(out)
 
     shards = plan_shards(len(source), cfg.shard_size)
     reused = _complete_shards(shards, out)
@@ -358,6 +390,7 @@ def scan(
         "n_objects": len(source),
     }
     parquet_path, csv_path, n_rows = merge_shards(_shard_tables(shards, out), out, meta)
+    _remove_partial_shards(out)  # a worker killed mid-shard in this run (its shard was redone)
 
     import pyarrow.parquet as pq
 

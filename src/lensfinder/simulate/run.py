@@ -343,8 +343,18 @@ def simulate(config: SimulateConfig, out: Path, progress: bool = True) -> Simula
     """Simulate ``config.n`` Euclid-like objects into the challenge layout at ``out``.
 
     Re-running into the same directory skips finished objects and completes partial ones.
-    Writes ``out/image_catalog2.0train.csv`` and ``out/preview.png`` at the end.
+    Writes ``out/image_catalog2.0train.csv`` and ``out/preview.png`` at the end. Holds the
+    output's lock throughout, so two simulations never write into one directory at once.
     """
+    from lensfinder.safety import mark_output, output_lock
+
+    validate(config)
+    with output_lock(out, "simulate"):
+        mark_output(out, "simulation")
+        return _simulate_locked(config, Path(out), progress)
+
+
+def _simulate_locked(config: SimulateConfig, out: Path, progress: bool) -> SimulateResult:
     from lensfinder.simulate.preview import write_preview
 
     survey, rule = validate(config)

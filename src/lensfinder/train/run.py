@@ -110,6 +110,25 @@ def check_config(config: TrainConfig) -> None:
         problems.append("plateau_patience and stop_patience must be >= 1")
     if config.max_train_samples is not None and config.max_train_samples < 1:
         problems.append(f"max_train_samples {config.max_train_samples} < 1")
+    if config.limit_val_samples is not None and config.limit_val_samples < 1:
+        problems.append(f"limit_val_samples {config.limit_val_samples} < 1")
+    if not config.lr > 0:
+        problems.append(f"lr {config.lr} must be > 0")
+    if config.weight_decay < 0:
+        problems.append(f"weight_decay {config.weight_decay} < 0")
+    if config.num_workers < 0:
+        problems.append(f"num_workers {config.num_workers} < 0")
+    if config.warmup_epochs < 0:
+        problems.append(f"warmup_epochs {config.warmup_epochs} < 0")
+    if config.num_nodes < 1:
+        problems.append(f"num_nodes {config.num_nodes} < 1")
+    if not 0 <= config.model.drop_rate < 1:
+        problems.append(f"model.drop_rate {config.model.drop_rate} not in [0, 1)")
+    for name in ("test_fraction", "val_fraction"):
+        if not 0 <= getattr(config.split, name) < 1:
+            problems.append(f"split.{name} {getattr(config.split, name)} not in [0, 1)")
+    if isinstance(config.devices, int) and config.devices < 1 and config.devices != -1:
+        problems.append(f"devices {config.devices}: expected a count >= 1, -1 (all) or 'auto'")
     if problems:
         raise ConfigError(f"train config: {'; '.join(problems)}")
 
@@ -286,8 +305,25 @@ def train(
     """Train a classifier on ``store`` with ``config``; writes the run directory ``out``.
 
     Accelerator, devices, nodes and precision come from ``config``, so ``devices: 4`` (or
-    ``--devices 4 --num-nodes 2``) gives DDP over several GPUs with no other change.
+    ``--devices 4 --num-nodes 2``) gives DDP over several GPUs with no other change. Rank 0
+    holds the lock of ``out`` for the whole run: a second training into it is refused.
     """
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from lensfinder.safety import check_not_input, mark_output, output_lock
+
+    check_config(config)
+    check_not_input(out, [store], "train")
+    if rank_zero_only.rank != 0:  # DDP's other processes: rank 0 holds the lock
+        return _train_locked(config, Path(store), Path(out), resume, progress)
+    with output_lock(out, "train"):
+        mark_output(out, "train")
+        return _train_locked(config, Path(store), Path(out), resume, progress)
+
+
+def _train_locked(
+    config: TrainConfig, store: Path, out: Path, resume: bool, progress: bool
+) -> TrainResult:
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.utilities import rank_zero_only
@@ -296,8 +332,6 @@ def train(
     from lensfinder.train.datamodule import LensDataModule
     from lensfinder.train.module import LensClassifier
 
-    store, out = Path(store), Path(out)
-    check_config(config)
     # Under DDP the other processes re-run this function after rank 0 has prepared ``out``.
     is_rank_zero = rank_zero_only.rank == 0
     if is_rank_zero:
