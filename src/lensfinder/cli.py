@@ -158,7 +158,13 @@ def evaluate(
     data: Data,
     out: Out,
     tta: Annotated[bool, typer.Option(help="Average over the 8 D4 transforms.")] = False,
-    split: Annotated[str, typer.Option(help="test, val, train or all.")] = "test",
+    split: Annotated[
+        str,
+        typer.Option(
+            help="auto (test split of the training data, every object of other data), test, "
+            "val, train or all."
+        ),
+    ] = "auto",
     batch_size: Annotated[int, typer.Option(help="Inference batch size.")] = 64,
     average: Annotated[str, typer.Option(help="Ensemble average: probability or logit.")] = (
         "probability"
