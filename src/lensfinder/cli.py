@@ -132,9 +132,14 @@ def train(
     max_epochs: Annotated[int | None, typer.Option(help="Override max_epochs.")] = None,
     devices: Annotated[str | None, typer.Option(help="Lightning devices (e.g. 4).")] = None,
     num_nodes: Annotated[int | None, typer.Option(help="Nodes for multi-node DDP.")] = None,
+    members: Annotated[
+        int | None,
+        typer.Option(help="Train an ensemble of N members (seeds seed..seed+N-1, one split)."),
+    ] = None,
     no_resume: Annotated[bool, typer.Option("--no-resume", help="Start afresh.")] = False,
 ) -> None:
-    """Train a classifier on a packed store; writes model.safetensors + model.json to OUT."""
+    """Train a classifier on a packed store; writes model.safetensors + model.json to OUT
+    (with --members N: OUT/member-0..N-1 and OUT/ensemble.json, used as one model)."""
     from lensfinder.config import TrainConfig, load_config
 
     overrides: dict[str, Any] = {}
@@ -144,8 +149,10 @@ def train(
         overrides["devices"] = int(devices) if devices.isdigit() else devices
     if num_nodes is not None:
         overrides["num_nodes"] = num_nodes
+    if members is not None:
+        overrides["members"] = members
     cfg = load_config(TrainConfig, config, **overrides)
-    from lensfinder.train import train as run
+    from lensfinder.train.ensemble import train_models as run
 
     result = run(cfg, data, out, resume=not no_resume)
     typer.echo(result.summary())
@@ -235,10 +242,11 @@ def reproduce_table1(
 @app.command()
 @user_errors
 def export(
-    model: Annotated[Path, typer.Option("--model", "-m", help="Run directory.")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Run or ensemble directory.")],
     onnx: Annotated[Path, typer.Option("--onnx", help="Output .onnx file.")],
 ) -> None:
-    """Export a model to ONNX (dynamic batch), checked against torch to 1e-4."""
+    """Export a model (an ensemble as one averaging graph) to ONNX (dynamic batch), checked
+    against torch to 1e-4."""
     from lensfinder.predict.export import export_onnx
 
     result = export_onnx(model, onnx)

@@ -98,6 +98,8 @@ class TrainConfig:
     precision: str = "auto"  # "auto": bf16/16-mixed on GPU, 32 on CPU
     channels_last: bool = True
     seed: int = 0
+    # > 1: an ensemble, trained into OUT/member-k with seed + k and the same split (split.seed).
+    members: int = 1
 
 
 @dataclass

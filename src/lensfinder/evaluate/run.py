@@ -23,6 +23,7 @@ import numpy as np
 from lensfinder.config import EvaluateConfig, SplitConfig, from_dict, to_dict
 from lensfinder.data.identity import same_data
 from lensfinder.data.source import CutoutSource
+from lensfinder.ensemble import expand_models
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.evaluate.breakdown import (
     EINSTEIN_RADIUS,
@@ -201,7 +202,7 @@ def evaluate(
     from lensfinder.predict import Predictor
 
     cfg = cfg or EvaluateConfig()
-    run_dirs = [Path(p) for p in models]
+    run_dirs = expand_models(models)  # an ensemble directory is its members
     if not run_dirs:
         raise ConfigError("evaluate needs at least one model run directory (--model)")
     data, out = Path(data), Path(out)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lensfinder.config import ScanConfig, to_dict
+from lensfinder.ensemble import expand_models
 from lensfinder.errors import ConfigError, DataError, LensfinderError, ModelFileError
 from lensfinder.scan.shards import SHARD_DIR, Shard, ShardTask, ids_fingerprint, plan_shards
 from lensfinder.utils import atomic_write_text, progress
@@ -306,7 +307,7 @@ def scan(
         raise ConfigError("scan needs at least one model run directory (--model)")
     if cfg.shard_size < 1:
         raise ConfigError(f"scan shard_size must be at least 1, got {cfg.shard_size}")
-    models = [Path(m).expanduser().resolve() for m in models]
+    models = [Path(m).expanduser().resolve() for m in expand_models(models)]
     data, out = Path(data).expanduser().resolve(), Path(out).expanduser().resolve()
     source = open_source(data)
     data_key = ids_fingerprint(np.asarray(source.ids))
