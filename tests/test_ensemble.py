@@ -23,6 +23,7 @@ from lensfinder.config import (
 )
 from lensfinder.errors import ConfigError, ModelFileError
 from lensfinder.evaluate import evaluate
+from lensfinder.models import load_model
 from lensfinder.predict import Predictor, export_onnx, synthetic_cutouts
 from lensfinder.train.ensemble import EnsembleResult, train_models
 
@@ -48,8 +49,6 @@ def ensemble(kinds_store, tmp_path_factory) -> tuple[Path, EnsembleResult]:
 
 
 def test_members_have_their_own_seed_and_share_the_split(ensemble):
-    from lensfinder.models import load_model
-
     out, result = ensemble
     record = json.loads((out / "ensemble.json").read_text())
     assert record["members"] == ["member-0", "member-1"] and record["averaging"] == "probability"
@@ -105,3 +104,6 @@ def test_broken_ensemble_record_is_a_clear_error(tmp_path):
     (tmp_path / "ensemble.json").write_text(json.dumps({"members": ["member-0"]}))
     with pytest.raises(ModelFileError, match="member run directory missing"):
         Predictor([tmp_path])
+    (tmp_path / "member-0").mkdir()
+    with pytest.raises(ModelFileError, match=r"an ensemble directory .* pass one member"):
+        load_model(tmp_path)  # steps that take a single model say so
