@@ -141,7 +141,7 @@ def completeness_plot(
             y = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
             axes.plot(x, y, marker="o", label=name)
         axes.set_xticks(x, labels=list(bins), rotation=30, ha="right", fontsize="small")
-        axes.set_ylim(0.0, 1.02)
+        axes.set_ylim(-0.02, 1.02)  # a line at 0 stays visible
         axes.set_xlabel(xlabel)
         axes.set_ylabel("completeness (lenses found)")
         axes.grid(True, alpha=0.3)
