@@ -18,6 +18,8 @@ import pytest
 TINY_BAND_FLUX = {"VIS": 1.0, "Y": 20.0, "J": 20.0, "H": 20.0}
 # Colours: the lens galaxy is red (brighter in NISP), the lensed source blue (brighter in VIS).
 _LENS_COLOUR = {"VIS": 1.0, "Y": 1.6, "J": 2.0, "H": 2.3}
+# The non-lens kinds written by ``make_tiny_layout(kinds=True)``.
+TINY_KINDS = ("elliptical", "spiral", "ring")
 _ARC_COLOUR = {"VIS": 1.0, "Y": 0.8, "J": 0.7, "H": 0.6}
 
 
@@ -168,6 +170,7 @@ def make_tiny_layout(
     first_id: int = 200000,
     wcs: bool = True,
     catalog: bool = True,
+    kinds: bool = False,
 ) -> Path:
     """Write a valid challenge layout of ``n`` objects in well under a second per 10 objects.
 
@@ -177,6 +180,8 @@ def make_tiny_layout(
     downstream may rely on absolute units. Lenses are exactly ``round(n * lens_fraction)``
     objects, in shuffled order; labels by the default rule match them. ``vis_size`` and
     ``nisp_size`` other than 200 and 66 make wrong-shape files, which readers must reject.
+    ``kinds``: add the simulator's ``kind`` column (``lens``, and non-lenses in turn from
+    ``TINY_KINDS``).
     """
     from lensfinder.layout import CATALOG_NAME, format_catalog, image_path
     from lensfinder.surveys import EUCLID
@@ -198,6 +203,8 @@ def make_tiny_layout(
             image *= flux_scale * TINY_BAND_FLUX[band.name]
             write_fits(image_path(root, band, object_id), image, ra, dec, band.pixel_scale)
         rows.append(_catalog_row(rng, object_id, bool(is_lens[index])))
+        if kinds:
+            rows[-1]["kind"] = "lens" if is_lens[index] else TINY_KINDS[index % len(TINY_KINDS)]
     if catalog:
         text = format_catalog(rows, comments=["tiny lensfinder test layout", f"seed {seed}"])
         (root / CATALOG_NAME).write_text(text)
@@ -238,4 +245,20 @@ def tiny_store(tiny_layout, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("tiny_store") / "tiny.zarr"
     pack(tiny_layout, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def kinds_layout(tmp_path_factory) -> Path:
+    """40 objects, half lenses, with the simulator's ``kind`` column. Read-only!"""
+    return make_tiny_layout(tmp_path_factory.mktemp("kinds_layout"), n=40, seed=5, kinds=True)
+
+
+@pytest.fixture(scope="session")
+def kinds_store(kinds_layout, tmp_path_factory) -> Path:
+    """``kinds_layout`` packed into a Zarr store. Read-only!"""
+    from lensfinder.data.store import pack
+
+    out = tmp_path_factory.mktemp("kinds_store") / "kinds.zarr"
+    pack(kinds_layout, out, progress=False)
     return out

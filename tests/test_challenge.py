@@ -84,6 +84,36 @@ def test_catalogue_parsing_comments_empty_fields_and_bad_rows(tmp_path: Path) ->
     assert any(p.path.endswith("cat.csv:6") for p in problems)  # real line numbers
 
 
+def test_kind_text_is_carried_and_other_unknown_columns_are_ignored(tmp_path: Path) -> None:
+    text = (
+        ",ID,mag_eff,kind,note,weight\n"
+        "0,200000,2.5,lens,bright arc,1.5\n"
+        "1,200001,0.5, spiral ,,2\n"
+        "2,200002,1.0,,x,\n"
+        "3,200003,abc,ring,,1\n"  # a non-number in a challenge column is still a bad row
+    )
+    path = tmp_path / "cat.csv"
+    path.write_text(text)
+    columns, problems = read_catalog(path)
+    assert sorted(columns) == ["ID", "kind", "mag_eff", "weight"]  # 'note' holds text: ignored
+    assert columns["kind"].tolist() == ["lens", "spiral", ""]
+    assert columns["kind"].dtype.kind == "U"
+    np.testing.assert_array_equal(columns["weight"], [1.5, 2.0, np.nan])
+    assert [p.reason for p in problems] == ["catalogue row holds a non-number"]
+
+
+def test_layout_with_and_without_kind(kinds_layout: Path, tiny_layout: Path) -> None:
+    from conftest import TINY_KINDS
+
+    layout = read_layout(kinds_layout)
+    kinds = layout.catalog["kind"]
+    assert len(kinds) == len(layout) == 40
+    assert set(kinds[layout.labels == 1]) == {"lens"}
+    assert set(kinds[layout.labels == 0]) == set(TINY_KINDS)
+    assert open_source(kinds_layout).catalog["kind"].tolist() == kinds.tolist()
+    assert "kind" not in read_layout(tiny_layout).catalog  # real catalogues have none
+
+
 @pytest.fixture()
 def broken_layout(layout_factory) -> Path:
     """Eight objects, six of them broken in different ways, plus catalogue mismatches."""

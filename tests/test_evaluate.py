@@ -25,18 +25,22 @@ TINY_INPUT = InputConfig(size=32)
 TINY_MODEL = ModelConfig(arch="test_efficientnet", pretrained=None)
 
 
-def make_run(run_dir: Path, seed: int, split: SplitConfig) -> Path:
-    """A randomly initialised tiny model saved as a run directory, as training would leave it."""
+def make_run(run_dir: Path, seed: int, split: SplitConfig, data: Path | None = None) -> Path:
+    """A randomly initialised tiny model saved as a run directory, as training would leave it
+    (with the record of its training ``data`` when given)."""
     import torch
 
+    from lensfinder.data import open_source
+    from lensfinder.data.identity import data_record
     from lensfinder.models import create_model, save_model
 
     torch.manual_seed(seed)
     model = create_model(TINY_MODEL, TINY_INPUT)
     train = TrainConfig(input=TINY_INPUT, model=TINY_MODEL, split=split)
-    return save_model(
-        run_dir, model, {"input": TINY_INPUT, "model": TINY_MODEL, "train": train, "metrics": {}}
-    )
+    meta = {"input": TINY_INPUT, "model": TINY_MODEL, "train": train, "metrics": {}}
+    if data is not None:
+        meta["data"] = data_record(open_source(data))
+    return save_model(run_dir, model, meta)
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +148,45 @@ def test_unlabelled_objects_are_dropped_and_counted():
     assert n_unlabelled == 2
     with pytest.raises(DataError, match="test split holds no objects"):
         labelled_only(labels, np.array([], dtype=np.int64), Path("d"), "test")
+
+
+def test_kinds_and_bins_in_metrics_report_and_plot(runs, kinds_store, tmp_path):
+    from conftest import TINY_KINDS
+
+    out = tmp_path / "eval"
+    evaluate([runs[0]], kinds_store, out, cfg("all", operating_fprs=(0.1, 1e-3)))
+    metrics = json.loads((out / "metrics.json").read_text())
+    details = metrics["breakdown"]
+    (point,) = details["operating_points"]  # 20 non-lenses resolve FPR 0.1, not 1e-3
+    assert point["target_fpr"] == 0.1
+    assert any("1e-03 unresolved" in note for note in details["notes"])
+    kinds = {row["kind"]: row for row in details["kinds"]}
+    assert set(kinds) == set(TINY_KINDS) and sum(r["n"] for r in kinds.values()) == 20
+    shares = [r["fp_share@1e-01"] for r in kinds.values() if r["fp_share@1e-01"] is not None]
+    assert not shares or sum(shares) == pytest.approx(1.0)
+    for name in ("einstein_radius", "source_magnitude"):
+        assert sum(r["n_lenses"] for r in details[name]["rows"]) == 20
+    report = (out / "report.html").read_text()
+    assert "Non-lenses by kind" in report and "Lens completeness by Einstein radius" in report
+    assert ">ring<" in report and "completeness.png" not in report  # embedded, not linked
+    assert (out / "completeness.png").stat().st_size > 1000
+    assert report.count("<img") == 3
+
+
+def test_auto_split_scores_all_of_other_data_and_the_test_split_of_training_data(
+    kinds_store, tiny_store, tiny_layout, tmp_path
+):
+    split = SplitConfig(seed=3, test_fraction=0.5, val_fraction=0.1)
+    run = make_run(tmp_path / "run", seed=0, split=split, data=tiny_store)
+    own = evaluate([run], tiny_store, tmp_path / "own", cfg("auto"))
+    assert own.split == "test" and own.n_evaluated < 24 and "training data" in own.split_reason
+    packed_from = evaluate([run], tiny_layout, tmp_path / "layout", cfg("auto"))
+    assert packed_from.split == "test"  # the layout the store was packed from is the same data
+    other = evaluate([run], kinds_store, tmp_path / "other", cfg("auto"))
+    assert other.split == "all" and other.n_evaluated == 40
+    assert "every object is unseen" in other.summary()
+    metrics = json.loads((tmp_path / "other" / "metrics.json").read_text())
+    assert metrics["split"] == "all" and "not the models' training data" in metrics["split_reason"]
+    assert "every object is unseen" in (tmp_path / "other" / "report.html").read_text()
+    unknown = evaluate([make_run(tmp_path / "old", 0, split)], kinds_store, tmp_path / "u")
+    assert unknown.split == "test"  # no record of the training data: the safe choice

@@ -1,6 +1,7 @@
 """The challenge layout's names and catalogue format, shared by the simulator and the reader."""
 
 import numpy as np
+import pytest
 
 from lensfinder.layout import (
     CATALOG_COLUMNS,
@@ -37,3 +38,18 @@ def test_catalog_text_has_header_index_and_empty_missing_fields():
 
 def test_known_missing_ids():
     assert len(KNOWN_MISSING_IDS) == 9 and 213913 in KNOWN_MISSING_IDS
+
+
+def test_extra_text_columns_follow_the_challenge_columns():
+    rows = [{"ID": 1, "kind": "lens", "mag_eff": 2.0}, {"ID": 2, "kind": None}, {"ID": 3}]
+    lines = format_catalog(rows).splitlines()
+    assert lines[0].split(",") == ["", *CATALOG_COLUMNS, "kind"]
+    assert [line.split(",")[-1] for line in lines[1:]] == ["lens", "", ""]
+    assert all(len(line.split(",")) == 28 for line in lines)
+    only = format_catalog(rows, extra_columns=()).splitlines()
+    assert only[0].split(",") == ["", *CATALOG_COLUMNS]
+
+
+def test_text_that_would_break_the_csv_is_refused():
+    with pytest.raises(ValueError, match=r"row 0, column kind: 'ring, big'"):
+        format_catalog([{"ID": 1, "kind": "ring, big"}])

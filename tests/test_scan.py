@@ -104,6 +104,19 @@ def test_scan_of_a_store_equals_direct_prediction(tiny_store, runs, scheduler, t
     assert "24 of 24" in result.summary()
 
 
+def test_an_ensemble_directory_scans_as_its_members(tiny_store, runs, scheduler, tmp_path):
+    from lensfinder.ensemble import write_ensemble
+
+    ensemble = tmp_path / "ens"
+    members = [_tiny_run(ensemble / "member-0", 0), _tiny_run(ensemble / "member-1", 1)]
+    write_ensemble(ensemble, members, "probability")
+    scan([ensemble], tiny_store, tmp_path / "a", _cfg(), scheduler=scheduler, progress=False)
+    scan(runs, tiny_store, tmp_path / "b", _cfg(), scheduler=scheduler, progress=False)
+    assert _rows(tmp_path / "a") == _rows(tmp_path / "b")  # same seeds, same weights
+    table = pq.read_table(tmp_path / "a" / "candidates.parquet")
+    assert sum(c.startswith("score_") for c in table.column_names) == 2  # one per member
+
+
 def test_interrupted_scan_resumes_to_the_clean_result(
     tiny_store, tiny_layout, runs, scheduler, tmp_path
 ):

@@ -162,3 +162,11 @@ def test_newer_store_format_is_refused(tiny_store: Path, tmp_path: Path) -> None
     group.attrs["lensfinder_store"] = 99
     with pytest.raises(DataError, match="newer than this lensfinder"):
         open_store(copy)
+
+
+def test_kind_column_survives_packing(kinds_layout, kinds_store, tiny_store):
+    layout, store = read_layout(kinds_layout), open_store(kinds_store)
+    assert store.catalog["kind"].dtype.kind == "U"
+    by_id = dict(zip(layout.ids.tolist(), layout.catalog["kind"].tolist(), strict=True))
+    assert store.catalog["kind"].tolist() == [by_id[i] for i in store.ids.tolist()]
+    assert "kind" not in open_store(tiny_store).catalog

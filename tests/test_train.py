@@ -82,6 +82,10 @@ def test_training_learns_and_writes_a_loadable_run_dir(trained, store):
 
     meta = read_meta(run_dir)
     assert meta["label_rule"] and meta["train"]["lr"] == config.lr
+    from lensfinder.data import open_source
+    from lensfinder.data.identity import same_data
+
+    assert same_data(open_source(store), meta["data"]) is True  # evaluate's split "auto"
     assert meta["metrics"]["val_auroc_history"] == pytest.approx(result.val_auroc_history)
     assert meta["metrics"]["best_epoch"] == int(np.argmax(result.val_auroc_history))
     # The saved weights are the best epoch's: they reproduce its validation AUROC exactly.

@@ -237,9 +237,16 @@ def train(
     num_nodes: Annotated[
         int | None, typer.Option(help="Nodes for multi-node DDP.", **Count)
     ] = None,
+    members: Annotated[
+        int | None,
+        typer.Option(
+            help="Train an ensemble of N members (seeds seed..seed+N-1, one split).", **Count
+        ),
+    ] = None,
     no_resume: Annotated[bool, typer.Option("--no-resume", help="Start afresh.")] = False,
 ) -> None:
-    """Train a classifier on a packed store; writes model.safetensors + model.json to OUT."""
+    """Train a classifier on a packed store; writes model.safetensors + model.json to OUT
+    (with --members N: OUT/member-0..N-1 and OUT/ensemble.json, used as one model)."""
     from lensfinder.config import TrainConfig, load_config
 
     overrides: dict[str, Any] = {}
@@ -249,11 +256,13 @@ def train(
         overrides["devices"] = int(devices) if devices.lstrip("-").isdigit() else devices
     if num_nodes is not None:
         overrides["num_nodes"] = num_nodes
+    if members is not None:
+        overrides["members"] = members
     cfg = load_config(TrainConfig, config, **overrides)
     from lensfinder.train.run import check_config
 
     check_config(cfg)
-    from lensfinder.train import train as run
+    from lensfinder.train.ensemble import train_models as run
 
     result = run(cfg, data, out, resume=not no_resume)
     typer.echo(result.summary())
@@ -266,7 +275,13 @@ def evaluate(
     data: Data,
     out: Out,
     tta: Annotated[bool, typer.Option(help="Average over the 8 D4 transforms.")] = False,
-    split: Annotated[str, typer.Option(help="test, val, train or all.")] = "test",
+    split: Annotated[
+        str,
+        typer.Option(
+            help="auto (test split of the training data, every object of other data), test, "
+            "val, train or all."
+        ),
+    ] = "auto",
     batch_size: Annotated[int, typer.Option(help="Inference batch size.", **Count)] = 64,
     average: Annotated[str, typer.Option(help="Ensemble average: probability or logit.")] = (
         "probability"
@@ -349,10 +364,11 @@ def reproduce_table1(
 @app.command()
 @user_errors
 def export(
-    model: Annotated[Path, typer.Option("--model", "-m", help="Run directory.")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Run or ensemble directory.")],
     onnx: Annotated[Path, typer.Option("--onnx", help="Output .onnx file.")],
 ) -> None:
-    """Export a model to ONNX (dynamic batch), checked against torch to 1e-4."""
+    """Export a model (an ensemble as one averaging graph) to ONNX (dynamic batch), checked
+    against torch to 1e-4."""
     from lensfinder.predict.export import export_onnx
 
     result = export_onnx(model, onnx)

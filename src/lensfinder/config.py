@@ -140,6 +140,8 @@ class TrainConfig:
     precision: str = "auto"  # "auto": bf16/16-mixed on GPU, 32 on CPU
     channels_last: bool = True
     seed: int = 0
+    # > 1: an ensemble, trained into OUT/member-k with seed + k and the same split (split.seed).
+    members: int = 1
 
 
 @dataclass
@@ -157,7 +159,12 @@ class EvaluateConfig:
     bootstrap: int = 1000
     purity_top_n: tuple[int, ...] = (10, 50, 100, 1000)
     tpr_at_fpr: tuple[float, ...] = (1e-2, 1e-3, 1e-4)
-    split: Literal["test", "val", "train", "all"] = "test"
+    # "auto": the test split on the models' own training data, every object on other data.
+    split: Literal["auto", "test", "val", "train", "all"] = "auto"
+    # Where per-kind false positives and per-bin completeness are measured (overall FPR).
+    operating_fprs: tuple[float, ...] = (1e-2, 1e-3)
+    einstein_radius_bins: tuple[float, ...] = (0.5, 0.8, 1.2, 2.0)  # bin edges, arcsec
+    source_mag_bins: tuple[float, ...] = (23.0, 24.0, 25.0, 26.0)  # bin edges, AB mag
 
 
 @dataclass

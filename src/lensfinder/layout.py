@@ -24,6 +24,10 @@ CATALOG_COLUMNS: tuple[str, ...] = (
     "n_source_im", "mag_eff", "sb_contrast", "color_diff", "n_gal_3", "n_gal_5", "n_gal_10",
     "halo_mass", "star_mass", "mag_lens", "n_sources",
 )  # fmt: skip
+# Text columns that readers carry (as string arrays) when a catalogue has them; any other column
+# beyond the challenge's is ignored unless it holds numbers only. ``kind``: what the simulator
+# drew (lens, elliptical, spiral, ring, merger, ...), for per-kind evaluation.
+STRING_COLUMNS: tuple[str, ...] = ("kind",)
 # Catalogue IDs of the real training set that have no images (REFERENCE.md).
 KNOWN_MISSING_IDS: frozenset[int] = frozenset(
     {213913, 226305, 233597, 244071, 259871, 261145, 270458, 288731, 294173}
@@ -49,19 +53,43 @@ def catalog_path(root: str | Path) -> Path:
     return Path(root) / CATALOG_NAME
 
 
-def format_catalog(rows: Sequence[Mapping[str, float]], comments: Sequence[str] = ()) -> str:
-    """The catalogue CSV text, challenge style; missing values are written as empty fields."""
+def format_catalog(
+    rows: Sequence[Mapping[str, float | str | None]],
+    comments: Sequence[str] = (),
+    extra_columns: Sequence[str] | None = None,
+) -> str:
+    """The catalogue CSV text, challenge style; missing values are written as empty fields.
+
+    ``extra_columns`` (default: every key of ``rows`` that is not a challenge column, in order of
+    first appearance) follow the 26 challenge columns, so readers that know only the challenge's
+    columns still find theirs; their values may be text (an object's ``kind``). Text holding a
+    comma, quote or line break is refused: it would shift every later field of the row.
+    """
+    if extra_columns is None:
+        extra_columns = [k for k in dict.fromkeys(k for r in rows for k in r)
+                         if k not in CATALOG_COLUMNS]  # fmt: skip
+    columns = (*CATALOG_COLUMNS, *extra_columns)
     lines = [f"# {c}" for c in comments]
-    lines.append("," + ",".join(CATALOG_COLUMNS))
+    lines.append("," + ",".join(columns))
     for index, row in enumerate(rows):
         fields = [str(index)]
-        for column in CATALOG_COLUMNS:
-            value = row.get(column, np.nan)
-            if value is None or (isinstance(value, float) and not np.isfinite(value)):
-                fields.append("")
-            elif column in ("ID", "source_ID") or float(value).is_integer():
-                fields.append(str(int(value)))
-            else:
-                fields.append(f"{float(value):.6g}")
+        for column in columns:
+            fields.append(_format_field(row.get(column, np.nan), column, index))
         lines.append(",".join(fields))
     return "\n".join(lines) + "\n"
+
+
+def _format_field(value: float | str | None, column: str, row: int) -> str:
+    """One CSV field: integers plainly, floats to 6 significant digits, text as it is."""
+    if isinstance(value, str):
+        if any(c in value for c in ',"\r\n'):
+            raise ValueError(
+                f"catalogue row {row}, column {column}: {value!r} holds a comma, quote or line "
+                "break, which the challenge CSV cannot carry"
+            )
+        return value
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return ""
+    if column in ("ID", "source_ID") or float(value).is_integer():
+        return str(int(value))
+    return f"{float(value):.6g}"

@@ -25,9 +25,11 @@ from lensfinder.errors import ConfigError, DataError
 from lensfinder.labels import LabelRule
 from lensfinder.labels import label_rule as parse_label_rule
 from lensfinder.layout import (
+    CATALOG_COLUMNS,
     CATALOG_NAME,
     KNOWN_MISSING_IDS,
     PUBLIC_DIR,
+    STRING_COLUMNS,
     band_dir,
     catalog_path,
     image_path,
@@ -201,8 +203,11 @@ def _split_csv(line: str) -> list[str]:
 def read_catalog(path: Path) -> tuple[dict[str, np.ndarray], list[Problem]]:
     """Columns of a challenge catalogue CSV (``#`` comments, header with an unnamed index).
 
-    Empty fields are NaN; a row with the wrong number of fields or a non-number is a Problem;
-    a repeated ID keeps its first row. Raises DataError when there is no usable header or ID.
+    Challenge columns (and any other all-number column) are float64 with NaN for empty fields;
+    text columns named in ``STRING_COLUMNS`` (``kind``) are string arrays ('' when empty); other
+    columns holding text are ignored. A row with the wrong number of fields or a non-number in a
+    challenge column is a Problem; a repeated ID keeps its first row. Raises DataError when there
+    is no usable header or ID.
     """
     problems: list[Problem] = []
     try:
@@ -221,7 +226,9 @@ def read_catalog(path: Path) -> tuple[dict[str, np.ndarray], list[Problem]]:
     if "ID" not in names:
         raise DataError(f"{path}: catalogue header has no ID column (found {','.join(names)})")
     id_column = names.index("ID")
-    columns: list[list[float]] = [[] for _ in names]
+    # Must be numbers (else the row is a Problem): the ID and the challenge's own columns.
+    required = [i for i, name in enumerate(names) if name in CATALOG_COLUMNS or i == id_column]
+    kept: list[list[str]] = []
     seen: set[int] = set()
     for number, line in numbered[1:]:
         where = f"{path}:{number}"
@@ -231,11 +238,11 @@ def read_catalog(path: Path) -> tuple[dict[str, np.ndarray], list[Problem]]:
             problems.append(Problem(None, where, reason))
             continue
         try:
-            values = [_parse_number(v) for v in row]
+            numbers = {i: _parse_number(row[i]) for i in required}
         except ValueError:
             problems.append(Problem(None, where, "catalogue row holds a non-number"))
             continue
-        object_id = values[id_column]
+        object_id = numbers[id_column]
         if not np.isfinite(object_id):
             problems.append(Problem(None, where, "catalogue row has no ID"))
             continue
@@ -247,13 +254,19 @@ def read_catalog(path: Path) -> tuple[dict[str, np.ndarray], list[Problem]]:
             problems.append(Problem(int(object_id), where, "duplicate catalogue ID"))
             continue
         seen.add(int(object_id))
-        for column, value in zip(columns, values, strict=True):
-            column.append(value)
-    catalog = {
-        name: np.asarray(values, dtype=np.float64)
-        for name, values in zip(names, columns, strict=True)
-        if name  # the unnamed leading index is a row number, not a quantity
-    }
+        kept.append(row)
+    catalog: dict[str, np.ndarray] = {}
+    for column, name in enumerate(names):
+        if not name:  # the unnamed leading index is a row number, not a quantity
+            continue
+        fields = [row[column] for row in kept]
+        if name in STRING_COLUMNS:
+            catalog[name] = np.array([f.strip() for f in fields], dtype=str)
+            continue
+        try:
+            catalog[name] = np.asarray([_parse_number(f) for f in fields], dtype=np.float64)
+        except ValueError:
+            continue  # an unknown text column: checked above if it was a challenge column
     catalog["ID"] = catalog["ID"].astype(np.int64)
     if not len(catalog["ID"]):
         detail = f" ({len(problems)} unusable rows)" if problems else ""

@@ -8,7 +8,8 @@ Layout of the store (arrays chunked along N only, uncompressed: noise does not c
 decompression would cost scan time)::
 
     vis (N,200,200) f4   nisp (N,3,66,66) f4 (Y,J,H)   ids i8   labels i1 (-1 unknown)
-    ra, dec f8 (NaN without WCS)   catalog/<column> (one array per catalogue column)
+    ra, dec f8 (NaN without WCS)   catalog/<column> (one array per catalogue column; f8, or
+    variable-length UTF-8 for text columns such as ``kind``)
     attrs: lensfinder_store (format version), survey, bands, nisp_bands, label_rule, source,
            problems, repairs, lensfinder_version, chunk, n_objects, created
 
@@ -195,7 +196,9 @@ def _finish(group, layout: ChallengeLayout, written: int) -> np.ndarray:
     catalog = group.create_group("catalog", overwrite=True)
     for name, values in layout.catalog.items():
         column = values[rows]
-        catalog.create_array(name, shape=column.shape, dtype=column.dtype, **vector)[:] = column
+        # Text (an object's kind) as Zarr's variable-length UTF-8 strings.
+        dtype = str if column.dtype.kind == "U" else column.dtype
+        catalog.create_array(name, shape=column.shape, dtype=dtype, **vector)[:] = column
     return labels
 
 
@@ -415,7 +418,7 @@ class StoreSource(CutoutSource):
         if self._catalog is None:
             group = self._open()["group"]
             names = self.attrs.get("catalog_columns", [])
-            self._catalog = {name: group["catalog"][name][:] for name in names}
+            self._catalog = {name: _as_numpy(group["catalog"][name][:]) for name in names}
         return self._catalog
 
     def to_memory(self) -> StoreSource:
@@ -502,6 +505,13 @@ class StoreSource(CutoutSource):
             return np.ones(len(positions), dtype=bool)
         bad = self._chunk_problems(positions)
         return ~np.isin(positions // self.chunk, list(bad))
+
+
+def _as_numpy(values: np.ndarray) -> np.ndarray:
+    """A catalogue column as the layout reader gives it: text as a plain ``<U`` array."""
+    if values.dtype.kind == "T":  # numpy's variable-width StringDType, from Zarr's strings
+        return np.array(values.tolist(), dtype=str)
+    return values
 
 
 def open_store(path: str | Path) -> StoreSource:

@@ -1,4 +1,5 @@
-"""Evaluation plots as PNG files: ROC curves (log and linear FPR), score histograms, line plots.
+"""Evaluation plots as PNG files: ROC curves (log and linear FPR), score histograms, line plots,
+completeness per bin.
 
 Figures are built with ``matplotlib.figure.Figure`` and the Agg canvas directly, never pyplot:
 no global backend switch (safe inside a notebook or a Dask worker) and no figures left open.
@@ -118,4 +119,32 @@ def line_plot(
         axes.legend(fontsize="small")
     if title:
         axes.set_title(title)
+    return _save(figure, path)
+
+
+def completeness_plot(
+    panels: Mapping[str, tuple[Sequence[str], Mapping[str, Sequence[float | None]]]],
+    path: str | Path,
+    title: str = "Lens completeness",
+) -> Path:
+    """One panel per binned quantity (e.g. Einstein radius, source magnitude): the fraction of
+    lenses found in each bin, one line per operating point; ``panels`` maps the x label to
+    ``(bin names, {line name: value per bin, None where the bin is empty})``."""
+    if not panels:
+        raise ValueError("completeness_plot needs at least one panel")
+    figure, axes_list = _figure(5.0 * len(panels), 4.0, panels=len(panels))
+    for axes, (xlabel, (bins, series)) in zip(axes_list, panels.items(), strict=True):
+        x = np.arange(len(bins))
+        for name, values in series.items():
+            if len(values) != len(bins):
+                raise ValueError(f"series {name!r} has {len(values)} values for {len(bins)} bins")
+            y = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+            axes.plot(x, y, marker="o", label=name)
+        axes.set_xticks(x, labels=list(bins), rotation=30, ha="right", fontsize="small")
+        axes.set_ylim(-0.02, 1.02)  # a line at 0 stays visible
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel("completeness (lenses found)")
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize="small")
+    figure.suptitle(title)
     return _save(figure, path)

@@ -1,9 +1,12 @@
 """``lensfinder evaluate``: score a labelled set with one model or an ensemble, honestly.
 
-The test split is recomputed from the first model's recorded split settings (a hash of the object
-ID), so a model is evaluated on objects it never trained on. Writes to ``out``:
-``scores.csv`` (id, label, score, one column per member), ``metrics.json`` (overall, and per
-member for an ensemble), ``roc.png``, ``scores_histogram.png`` and ``report.html``.
+On the data the models were trained on (told by model.json's data record), the test split is
+recomputed from the first model's recorded split settings (a hash of the object ID), so a model
+is evaluated on objects it never trained on; on other data every object is unseen and all are
+scored (split "auto", the default). Writes to ``out``: ``scores.csv`` (id, label, score, one
+column per member), ``metrics.json`` (overall, per member for an ensemble, and the breakdown by
+kind of non-lens and by lens Einstein radius / source magnitude when the catalogue allows),
+``roc.png``, ``scores_histogram.png``, ``completeness.png`` and ``report.html``.
 """
 
 from __future__ import annotations
@@ -18,9 +21,18 @@ from typing import Any
 import numpy as np
 
 from lensfinder.config import EvaluateConfig, SplitConfig, from_dict, to_dict
+from lensfinder.data.identity import same_data
+from lensfinder.data.source import CutoutSource
+from lensfinder.ensemble import expand_models
 from lensfinder.errors import ConfigError, DataError
-from lensfinder.evaluate.metrics import compute_metrics, roc_curve
-from lensfinder.evaluate.plots import roc_plot, score_histograms
+from lensfinder.evaluate.breakdown import (
+    EINSTEIN_RADIUS,
+    SOURCE_MAGNITUDE,
+    breakdown,
+    report_tables,
+)
+from lensfinder.evaluate.metrics import compute_metrics, fpr_key, roc_curve
+from lensfinder.evaluate.plots import completeness_plot, roc_plot, score_histograms
 from lensfinder.evaluate.report import write_report
 from lensfinder.utils import atomic_path, atomic_write_text
 
@@ -28,6 +40,8 @@ SCORES_NAME = "scores.csv"
 METRICS_NAME = "metrics.json"
 ROC_NAME = "roc.png"
 HISTOGRAM_NAME = "scores_histogram.png"
+COMPLETENESS_NAME = "completeness.png"
+BREAKDOWN_COLUMNS = ("kind", "ein_area", SOURCE_MAGNITUDE)  # catalogue columns breakdown reads
 
 
 @dataclass
@@ -43,13 +57,15 @@ class EvaluationResult:
     n_skipped_unlabelled: int
     split: str
     member_auroc: list[float] = field(default_factory=list)
+    split_reason: str = ""
 
     def summary(self) -> str:
         m = self.metrics
         ci = m.get("auroc_ci")
         ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
         lines = [
-            f"evaluated {self.n_evaluated} objects ({m['n_lenses']} lenses), split {self.split}",
+            f"evaluated {self.n_evaluated} objects ({m['n_lenses']} lenses), split {self.split}"
+            + (f" ({self.split_reason})" if self.split_reason else ""),
             f"AUROC {m['auroc']:.4f}{ci_text}  TPR0 {m['tpr0']:.3f}  TPR10 {m['tpr10']:.3f}",
         ]
         if self.member_auroc:
@@ -97,6 +113,21 @@ def select_indices(
                 "objects; use members with the same split, or --split all on independent data"
             )
     return np.sort(np.asarray(split_indices(ids, configs[0])[split], dtype=np.int64))
+
+
+def resolve_split(
+    split: str, source: CutoutSource, metas: Sequence[dict[str, Any]]
+) -> tuple[str, str]:
+    """The split to score and why: ``auto`` becomes ``test`` on the models' training data (or
+    when an older model file cannot tell) and ``all`` on data none of them was trained on."""
+    if split != "auto":
+        return split, ""
+    verdicts = [same_data(source, meta.get("data") or {}) for meta in metas]
+    if all(v is False for v in verdicts):
+        return "all", "auto: not the models' training data, so every object is unseen"
+    if any(v is True for v in verdicts):
+        return "test", "auto: the models' training data, so only its held-out test split"
+    return "test", "auto: the model files do not record their training data; test split to be safe"
 
 
 def _member_names(run_dirs: Sequence[Path]) -> list[str]:
@@ -171,17 +202,16 @@ def evaluate(
     from lensfinder.predict import Predictor
 
     cfg = cfg or EvaluateConfig()
-    run_dirs = [Path(p) for p in models]
+    run_dirs = expand_models(models)  # an ensemble directory is its members
     if not run_dirs:
         raise ConfigError("evaluate needs at least one model run directory (--model)")
     data, out = Path(data), Path(out)
     source = open_source(data)
     predictor = Predictor(run_dirs, cfg.predict)  # loads and checks every member (or ONNX file)
     metas = [member.meta for member in predictor.members]
-    indices = select_indices(np.asarray(source.ids), cfg.split, metas, run_dirs)
-    indices, labels, n_unlabelled = labelled_only(
-        np.asarray(source.labels), indices, data, cfg.split
-    )
+    split, split_reason = resolve_split(cfg.split, source, metas)
+    indices = select_indices(np.asarray(source.ids), split, metas, run_dirs)
+    indices, labels, n_unlabelled = labelled_only(np.asarray(source.labels), indices, data, split)
 
     scores = predictor.predict_source(source, indices)  # shows its own progress bar
     score = np.asarray(scores.score, dtype=np.float64)
@@ -191,16 +221,30 @@ def evaluate(
     all_ids = np.asarray(source.ids)[indices]
     ids, labels, score, members = all_ids[valid], labels[valid], score[valid], members[:, valid]
     ensemble = len(run_dirs) > 1
+    catalog = {
+        name: np.asarray(values)[indices][valid]
+        for name, values in source.catalog.items()
+        if name in BREAKDOWN_COLUMNS
+    }
     try:
         overall = compute_metrics(labels, score, cfg)
         member_metrics = [compute_metrics(labels, m, cfg) for m in members] if ensemble else []
+        details = breakdown(
+            labels,
+            score,
+            catalog,
+            cfg.operating_fprs,
+            cfg.einstein_radius_bins,
+            cfg.source_mag_bins,
+        )
     except DataError as exc:
-        raise DataError(f"{data} ({cfg.split} split, {len(labels)} objects): {exc}") from None
+        raise DataError(f"{data} ({split} split, {len(labels)} objects): {exc}") from None
 
     names = _member_names(run_dirs)
     evaluation: dict[str, Any] = {
         "data": str(data),
-        "split": cfg.split,
+        "split": split,
+        "split_reason": split_reason,
         "models": [str(p) for p in run_dirs],
         "ensemble_average": cfg.predict.ensemble_average if ensemble else None,
         "tta": cfg.predict.tta,
@@ -214,6 +258,7 @@ def evaluate(
         "overall_name": "ensemble" if ensemble else "model",
         "predictor": predictor.settings(),
         "overall": overall,
+        "breakdown": details,
     }
     if ensemble:
         evaluation["members"] = dict(zip(names, member_metrics, strict=True))
@@ -228,11 +273,16 @@ def evaluate(
     if ensemble:
         curves |= {name: roc_curve(labels, m) for name, m in zip(names, members, strict=True)}
     plots = [
-        roc_plot(curves, out / ROC_NAME, title=f"ROC, {data.name} ({cfg.split})"),
+        roc_plot(curves, out / ROC_NAME, title=f"ROC, {data.name} ({split})"),
         score_histograms(labels, score, out / HISTOGRAM_NAME, title="Scores by class"),
     ]
+    panels = _completeness_panels(details)
+    if panels:
+        plots.append(completeness_plot(panels, out / COMPLETENESS_NAME))
     title = f"lensfinder evaluation: {data.name}"
-    report = write_report(out, title, evaluation, plots, notes=_split_note(cfg.split))
+    notes = "\n".join([f"Split {split}" + (f" ({split_reason})." if split_reason else "."),
+                       _split_note(split), *details["notes"]])  # fmt: skip
+    report = write_report(out, title, evaluation, plots, tables=report_tables(details), notes=notes)
     return EvaluationResult(
         out=out,
         scores_csv=scores_csv,
@@ -243,6 +293,25 @@ def evaluate(
         n_evaluated=len(labels),
         n_skipped_invalid=evaluation["n_skipped_invalid"],
         n_skipped_unlabelled=n_unlabelled,
-        split=cfg.split,
+        split=split,
         member_auroc=[m["auroc"] for m in member_metrics],
+        split_reason=split_reason,
     )
+
+
+def _completeness_panels(
+    details: dict[str, Any],
+) -> dict[str, tuple[list[str], dict[str, list[float | None]]]]:
+    """The completeness plot's panels (x label -> bin names, one line per operating point)."""
+    panels = {}
+    for key, xlabel in (("einstein_radius", EINSTEIN_RADIUS), ("source_magnitude", "mag_source")):
+        rows = details.get(key, {}).get("rows", [])
+        if not rows or not details["operating_points"]:
+            continue
+        bins = [f"{row['bin']} ({row['n_lenses']})" for row in rows]
+        series = {}
+        for point in details["operating_points"]:
+            fpr = fpr_key(point["target_fpr"])
+            series[f"at FPR {fpr}"] = [row[f"completeness@{fpr}"] for row in rows]
+        panels[xlabel] = (bins, series)
+    return panels

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from lensfinder.config import InputConfig, ModelConfig, from_dict, to_dict
+from lensfinder.ensemble import ENSEMBLE_FILE, is_ensemble
 from lensfinder.errors import ConfigError, ModelFileError
 from lensfinder.models.pretrained import brief_list
 from lensfinder.utils import atomic_path, atomic_write_text
@@ -98,6 +99,11 @@ def model_files(path: str | Path) -> tuple[Path, Path]:
     run_dir = run_directory(path)
     weights = run_dir / WEIGHTS_FILE
     if not weights.is_file():
+        if is_ensemble(run_dir):
+            raise ModelFileError(
+                f"{run_dir}: an ensemble directory ({ENSEMBLE_FILE}); this step takes one model: "
+                f"pass one member (e.g. {run_dir / 'member-0'})"
+            )
         pickles = sorted(p.name for p in run_dir.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
         hint = f" (found {', '.join(pickles)}: pickles are refused)" if pickles else ""
         raise ModelFileError(f"{weights}: missing{hint}")

@@ -23,6 +23,7 @@ import copy
 import hashlib
 import io
 import json
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 
 from lensfinder.config import InputConfig, to_dict
+from lensfinder.ensemble import is_ensemble, read_ensemble
 from lensfinder.errors import ConfigError, ModelFileError
 from lensfinder.predict.predictor import flat_logits, forward, synthetic_cutouts
 from lensfinder.utils import atomic_path
@@ -190,11 +192,12 @@ def export_onnx(
     allow_bn_batch: bool = False,
 ) -> ExportResult:
     """Export the model in ``run_dir`` to ``out_path`` (written atomically, only after the check
-    passed); dynamic batch axis; ModelFileError if ONNX and torch logits differ beyond 1e-4."""
+    passed); dynamic batch axis; ModelFileError if ONNX and torch logits differ beyond 1e-4.
+    An ensemble directory becomes one graph that averages its members (``EnsembleModel``)."""
     from lensfinder.models.checkpoint import load_model
 
     check_onnx_path(out_path)
-    model, meta = load_model(Path(run_dir))
+    model, meta = load_ensemble(run_dir) if is_ensemble(run_dir) else load_model(Path(run_dir))
     data, result = build_onnx(model, meta, str(run_dir), opset, check, allow_bn_batch)
     result.path = write_onnx(data, out_path)
     return result
@@ -215,6 +218,56 @@ def check_onnx_path(out_path: Path | str) -> None:
             "model (choose e.g. model.onnx)"
         )
     check_output_dir(out_path.parent)
+
+
+class EnsembleModel(torch.nn.Module):
+    """Members run on the same input, combined into one logit by the Predictor's rule
+    (``predictor.average_logits``): the mean logit, or the logit of the mean probability."""
+
+    def __init__(self, members: list[torch.nn.Module], average: str) -> None:
+        super().__init__()
+        if average not in ("probability", "logit"):
+            raise ModelFileError(f"ensemble averaging {average!r}: expected probability or logit")
+        self.members = torch.nn.ModuleList(members)
+        self.average = average
+
+    def forward(self, *x: torch.Tensor) -> torch.Tensor:
+        logits = torch.stack([member(*x).reshape(-1) for member in self.members])
+        if self.average == "logit":
+            return logits.mean(dim=0)
+        log_k = math.log(len(self.members))
+        log_p = torch.logsumexp(torch.nn.functional.logsigmoid(logits), dim=0) - log_k
+        log_q = torch.logsumexp(torch.nn.functional.logsigmoid(-logits), dim=0) - log_k
+        return log_p - log_q
+
+
+def load_ensemble(path: Path | str) -> tuple[EnsembleModel, dict[str, Any]]:
+    """The members of an ensemble directory as one model, and a meta for it: the first member's,
+    plus an ``ensemble`` section. Members must take the same input (one graph, one input)."""
+    from lensfinder.models.checkpoint import load_model
+
+    record = read_ensemble(path)
+    loaded = [load_model(member) for member in record["members"]]
+    first = loaded[0][1]
+
+    def settings(meta: dict[str, Any]) -> dict[str, Any]:
+        """What must agree: one input, one label rule, one BN mode (build_onnx checks it)."""
+        bn_mode = (meta.get("model") or {}).get("bn_inference", "eval")
+        return {"input": meta.get("input"), "label_rule": meta.get("label_rule"), "BN": bn_mode}
+
+    for member, (_, meta) in zip(record["members"], loaded, strict=True):
+        differ = [k for k, v in settings(meta).items() if v != settings(first)[k]]
+        if differ:
+            raise ModelFileError(
+                f"{member}: its {', '.join(differ)} differ from {record['members'][0]}'s; one "
+                "ONNX graph needs members that agree (export them one by one instead)"
+            )
+    average = str(record.get("averaging") or "probability")
+    meta = {
+        **first,
+        "ensemble": {"members": [str(m) for m in record["members"]], "averaging": average},
+    }
+    return EnsembleModel([model for model, _ in loaded], average), meta
 
 
 def write_onnx(data: bytes, out_path: Path | str) -> Path:

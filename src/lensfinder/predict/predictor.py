@@ -40,6 +40,7 @@ import torch
 from scipy.special import expit, logsumexp
 
 from lensfinder.config import InputConfig, PredictConfig, to_dict
+from lensfinder.ensemble import expand_models
 from lensfinder.errors import ConfigError, DataError, ModelFileError
 from lensfinder.surveys import EUCLID
 
@@ -242,7 +243,8 @@ class TorchRunner:
 class Predictor:
     """Scores raw cutouts with one model or an ensemble (see the module docstring for the rules).
 
-    ``run_dirs``: run directories (``model.safetensors`` + ``model.json``), or, with
+    ``run_dirs``: run directories (``model.safetensors`` + ``model.json``) or ensemble
+    directories (``ensemble.json``, expanded into their members), or, with
     ``backend="onnx"``, also ``.onnx`` files written by ``lensfinder export``.
     ``device``: torch device (default: CUDA when available, else CPU); the ONNX backend runs on
     CPU. ``bn_batch_size``: run every member in BN method 2 at this group size whatever its meta
@@ -266,6 +268,7 @@ class Predictor:
         self.cfg = cfg or PredictConfig()
         if isinstance(run_dirs, str | Path):
             run_dirs = [run_dirs]
+        run_dirs = expand_models(run_dirs)  # an ensemble directory is its members
         if not run_dirs:
             raise ConfigError("predict: no model given (pass at least one run directory)")
         if self.cfg.batch_size < 1:

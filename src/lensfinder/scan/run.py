@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lensfinder.config import ScanConfig, to_dict
+from lensfinder.ensemble import expand_models
 from lensfinder.errors import ConfigError, DataError, LensfinderError, ModelFileError
 from lensfinder.safety import check_not_input, mark_output, output_lock
 from lensfinder.scan.shards import SHARD_DIR, Shard, ShardTask, ids_fingerprint, plan_shards
@@ -312,7 +313,7 @@ def scan(
         raise ConfigError("scan needs at least one model run directory (--model)")
     if cfg.shard_size < 1:
         raise ConfigError(f"scan shard_size must be at least 1, got {cfg.shard_size}")
-    models = [Path(m).expanduser().resolve() for m in models]
+    models = [Path(m).expanduser().resolve() for m in expand_models(models)]
     data, out = Path(data).expanduser().resolve(), Path(out).expanduser().resolve()
     check_not_input(out, [data, *models], "scan")
     with output_lock(out, "scan"):

@@ -394,6 +394,7 @@ def _train_locked(
     metrics = _metrics(trainer, stopping, history, datamodule, precision)
     if trainer.is_global_zero:
         from lensfinder import __version__
+        from lensfinder.data.identity import data_record
         from lensfinder.models import save_model
 
         meta = {
@@ -404,7 +405,7 @@ def _train_locked(
             "split": to_dict(config.split),
             "metrics": metrics,
             "data": {
-                "store": str(store.resolve()),
+                **data_record(datamodule.source),  # evaluate tells its own data from other data
                 "n_train": len(datamodule.train_indices),
                 "n_val": len(datamodule.val_indices),
                 "n_test": len(datamodule.test_indices),

@@ -1,0 +1,80 @@
+"""Ensembles in one command: N members that differ only in their seed, used as one model.
+
+Member ``k`` trains with ``seed + k`` (initialisation, sampling, augmentation) but the same
+``split`` settings, so every member holds out the same test objects and the ensemble can be
+evaluated honestly on them. Members go to ``OUT/member-k`` as ordinary run directories, so each
+resumes like any run and a re-run skips the finished ones; ``OUT/ensemble.json`` is written last,
+when every member is done, so a half-trained ensemble is never used as a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from lensfinder.config import PredictConfig, TrainConfig, to_dict
+from lensfinder.ensemble import ENSEMBLE_FILE, is_ensemble, member_dir, write_ensemble
+from lensfinder.errors import ConfigError
+from lensfinder.models.checkpoint import META_FILE
+from lensfinder.train.run import TrainResult, train
+
+
+@dataclass
+class EnsembleResult:
+    out: Path
+    members: list[TrainResult]
+    averaging: str
+
+    def summary(self) -> str:
+        parts = [m.summary() for m in self.members]
+        aurocs = ", ".join(f"{m.best_val_auroc:.4f}" for m in self.members)
+        parts.append(
+            f"ensemble: {self.out / ENSEMBLE_FILE} ({len(self.members)} members, "
+            f"{self.averaging} average; members' best val AUROC {aurocs}); pass {self.out} as "
+            "the model to evaluate, scan or export"
+        )
+        return "\n".join(parts)
+
+
+def member_config(config: TrainConfig, index: int) -> TrainConfig:
+    """Member ``index``'s config: its own seed, the ensemble's split, one model."""
+    return dataclasses.replace(config, seed=config.seed + index, members=1)
+
+
+def train_models(
+    config: TrainConfig,
+    store: str | Path,
+    out: str | Path,
+    resume: bool = True,
+    progress: bool = True,
+) -> TrainResult | EnsembleResult:
+    """``train`` for ``members == 1``; else the ensemble of ``config.members`` into ``out``."""
+    out = Path(out)
+    if config.members < 1:
+        raise ConfigError(f"train config: members {config.members} < 1")
+    if config.members == 1:
+        if is_ensemble(out):
+            raise ConfigError(
+                f"{out}: holds an ensemble ({ENSEMBLE_FILE}); train one model into another --out"
+            )
+        return train(config, store, out, resume=resume, progress=progress)
+    if (out / META_FILE).is_file():
+        raise ConfigError(
+            f"{out}: holds a single trained model; train the ensemble into another --out"
+        )
+    results = []
+    for index in range(config.members):
+        if progress and not os.environ.get("LENSFINDER_QUIET"):
+            print(f"ensemble member {index + 1} of {config.members} (seed {config.seed + index})")
+        member = member_config(config, index)
+        results.append(train(member, store, member_dir(out, index), resume, progress))
+    averaging = PredictConfig().ensemble_average
+    write_ensemble(
+        out,
+        [r.run_dir for r in results],
+        averaging,
+        {"seeds": [config.seed + i for i in range(config.members)], "split": to_dict(config.split)},
+    )
+    return EnsembleResult(out, results, averaging)
