@@ -154,3 +154,18 @@ def test_two_branch_frozen_backbone_trains_only_the_mlp():
     )
     trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"head"}
+
+
+def test_two_branch_at_native_resolution_takes_the_cut_nisp_field(tiny_store):
+    """Native sampling hands the NISP branch a 34 px cut-out (10" field): the model runs on it."""
+    from lensfinder.data.store import open_store
+    from lensfinder.data.transforms import to_model_input
+
+    cfg = InputConfig(size=64, layout="two_branch", vis_sampling="native")
+    cutouts = open_store(tiny_store).read(range(2))
+    vis, nisp = to_model_input(cutouts.vis, cutouts.nisp, cfg)
+    assert vis.shape == (2, 1, 64, 64) and nisp.shape[-1] < 66
+    model = create_model(ModelConfig(pretrained=None, drop_rate=0.0), cfg).eval()
+    with torch.no_grad():
+        logits = model((vis, nisp))
+    assert logits.shape == (2,) and torch.isfinite(logits).all()

@@ -49,7 +49,7 @@ def catalogue_columns(path: Path) -> dict[str, np.ndarray]:
     return {
         name: np.array([float(r[i]) if r[i] else np.nan for r in rows])
         for i, name in enumerate(header)
-        if name
+        if name and name != "kind"
     }
 
 
@@ -98,8 +98,8 @@ def test_catalogue_has_the_challenge_format_and_the_lens_fraction(simulated):
     out, result = simulated
     comments, header, rows = read_catalogue(layout.catalog_path(out))
     assert comments and all(c.startswith("# ") for c in comments)
-    assert header == ["", *layout.CATALOG_COLUMNS]
-    assert len(rows) == N and all(len(r) == 27 for r in rows)
+    assert header == ["", *layout.CATALOG_COLUMNS, "kind"]  # the reader ignores what it lacks
+    assert len(rows) == N and all(len(r) == 28 for r in rows)
     assert [int(r[0]) for r in rows] == list(range(N))  # the unnamed index
     columns = catalogue_columns(layout.catalog_path(out))
     assert columns["ID"].astype(int).tolist() == IDS
@@ -107,6 +107,7 @@ def test_catalogue_has_the_challenge_format_and_the_lens_fraction(simulated):
     assert labels.sum() == round(N * CONFIG.lens_fraction) == result.lenses
     # lenses and the plan agree object by object
     assert labels.astype(bool).tolist() == lens_plan(CONFIG).tolist()
+    assert [r[-1] == "lens" for r in rows] == labels.astype(bool).tolist()
     # quantities the simulator defines are filled; the others are left empty
     assert np.isfinite(columns["mag_lens"]).all() and np.isnan(columns["halo_mass"]).all()
     lens = labels == 1
