@@ -11,7 +11,7 @@ import pytest
 
 from lensfinder.config import InputConfig, ModelConfig, PredictConfig, SplitConfig, TrainConfig
 from lensfinder.errors import ConfigError, ModelFileError
-from lensfinder.evaluate.bn_study import batchnorm_study, bn_method
+from lensfinder.experiments.bn_study import batchnorm_study, bn_method
 
 TINY_INPUT = InputConfig(size=64)  # the deepest feature map is 2x2: BN works at batch 1
 METHOD2_MODEL = ModelConfig(

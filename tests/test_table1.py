@@ -10,7 +10,7 @@ import pytest
 
 from lensfinder.config import TrainConfig, load_config
 from lensfinder.errors import ConfigError
-from lensfinder.evaluate.table1 import (
+from lensfinder.experiments.table1 import (
     BUDGETS,
     COLUMNS,
     Table1Budget,

@@ -195,7 +195,7 @@ def bn_study(
     max_objects: Annotated[int, typer.Option(help="Cap on objects studied.")] = 4000,
 ) -> None:
     """AUROC against test batch size with BN in training mode (the paper's method 2)."""
-    from lensfinder.evaluate.bn_study import batchnorm_study
+    from lensfinder.experiments.bn_study import batchnorm_study
 
     result = batchnorm_study(
         model,
@@ -219,7 +219,7 @@ def reproduce_table1(
     no_resume: Annotated[bool, typer.Option("--no-resume", help="Retrain every row.")] = False,
 ) -> None:
     """Train and evaluate the eight configurations of the paper's Table I."""
-    from lensfinder.evaluate.table1 import reproduce_table1 as run
+    from lensfinder.experiments.table1 import reproduce_table1 as run
 
     chosen = [int(r) for r in rows.split(",")] if rows else None
     result = run(data, out, budget=budget, resume=not no_resume, rows=chosen)

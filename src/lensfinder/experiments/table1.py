@@ -42,7 +42,7 @@ from lensfinder.config import (
     to_dict,
 )
 from lensfinder.errors import ConfigError, DataError
-from lensfinder.evaluate.bn_study import bn_method
+from lensfinder.experiments.bn_study import bn_method
 from lensfinder.utils import atomic_write_text
 
 ROWS: tuple[int, ...] = tuple(range(1, 9))
