@@ -119,3 +119,43 @@ def line_plot(
     if title:
         axes.set_title(title)
     return _save(figure, path)
+
+
+def grouped_bar_plot(
+    groups: Sequence[str],
+    series: Mapping[str, tuple[Sequence[float], Sequence[tuple[float, float]] | None]],
+    path: str | Path,
+    ylabel: str,
+    title: str = "",
+    ylim: tuple[float, float] | None = None,
+    reference: float | None = None,
+) -> Path:
+    """Bars side by side per group, one colour per series, each series ``(values, intervals)``
+    with optional (low, high) error bars (e.g. AUROC and its bootstrap CI against a paper's);
+    ``reference`` draws a dashed horizontal line (e.g. AUROC 0.5, chance)."""
+    if not series:
+        raise ValueError("grouped_bar_plot needs at least one series")
+    figure, (axes,) = _figure(max(6.0, 0.8 * len(groups) + 2), 4.0)
+    width = 0.8 / len(series)
+    x = np.arange(len(groups))
+    for i, (name, (values, intervals)) in enumerate(series.items()):
+        if len(values) != len(groups):
+            raise ValueError(f"series {name!r} has {len(values)} values for {len(groups)} groups")
+        values = np.asarray(values, dtype=float)
+        error = None
+        if intervals is not None:
+            low, high = np.asarray(intervals, dtype=float).T
+            error = np.vstack([values - low, high - values]).clip(min=0)
+        offset = (i - (len(series) - 1) / 2) * width
+        axes.bar(x + offset, values, width, yerr=error, capsize=3, label=name)
+    if reference is not None:
+        axes.axhline(reference, color="grey", linestyle="--", linewidth=1)
+    axes.set_xticks(x, labels=list(groups))
+    axes.set_ylabel(ylabel)
+    if ylim is not None:
+        axes.set_ylim(*ylim)
+    axes.grid(True, axis="y", alpha=0.3)
+    axes.legend(fontsize="small")
+    if title:
+        axes.set_title(title)
+    return _save(figure, path)
