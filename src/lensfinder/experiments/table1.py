@@ -126,18 +126,18 @@ BUDGETS: dict[str, Table1Budget] = {
         name="cpu",
         why="every row's recipe kept (augmentation, sampling, starting batch, epochs, L2, BN "
         "method, schedule) and what costs time scaled alike in every row, to fit ~15 minutes on "
-        "2 CPU cores with its own simulated set of 1,000 objects: rows compare with each other, "
+        "2 CPU cores with its own simulated set of 1,200 objects: rows compare with each other, "
         "not with the paper's numbers (other data, ~1% of its training objects and steps)",
         train={
             "input": {"size": 64},
-            "max_train_samples": 512,  # samples drawn per epoch
+            "max_train_samples": 768,  # samples drawn per epoch
             "limit_val_samples": 256,
             # A validation AUROC on ~100 objects scatters by ~0.05: stop on real drops only.
             "stop_auroc_drop": 0.1,
             "num_workers": 0,
             "devices": 1,
         },
-        simulate_n=1000,
+        simulate_n=1200,
     ),
 }
 
