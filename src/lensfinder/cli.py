@@ -187,21 +187,21 @@ def bn_study(
     model: Models,
     data: Data,
     out: Out,
-    sizes: Annotated[str, typer.Option(help="Comma-separated test batch sizes.")] = (
-        "1,2,4,8,16,32,128"
-    ),
+    sizes: Annotated[
+        str | None, typer.Option(help="Comma-separated test batch sizes (default 1 to 128).")
+    ] = None,
     split: Annotated[str, typer.Option(help="test, val, train or all.")] = "test",
     seed: Annotated[int, typer.Option(help="Seed of the random batch orders.")] = 0,
     max_objects: Annotated[int, typer.Option(help="Cap on objects studied.")] = 4000,
 ) -> None:
     """AUROC against test batch size with BN in training mode (the paper's method 2)."""
-    from lensfinder.experiments.bn_study import batchnorm_study
+    from lensfinder.experiments.bn_study import DEFAULT_SIZES, batchnorm_study
 
     result = batchnorm_study(
         model,
         data,
         out,
-        [int(s) for s in sizes.split(",")],
+        [int(s) for s in sizes.split(",")] if sizes else DEFAULT_SIZES,
         split=split,
         seed=seed,
         max_objects=max_objects,

@@ -98,15 +98,28 @@ def line_plot(
     ylabel: str,
     title: str = "",
     log_x: bool = False,
+    hlines: Mapping[str, float] | None = None,
+    caption: str = "",
 ) -> Path:
-    """One or more lines against a shared x (e.g. AUROC against test batch size)."""
+    """One or more lines against a shared x (e.g. AUROC against test batch size); ``hlines`` are
+    dashed horizontal references (e.g. eval-mode AUROC, which no batch size changes) and
+    ``caption`` a wrapped note under the axes (what the reader must not conclude)."""
     if not series:
         raise ValueError("line_plot needs at least one series")
-    figure, (axes,) = _figure(6.0, 4.0)
+    figure, (axes,) = _figure(6.0, 4.0 + (0.9 if caption else 0.0))
     for name, values in series.items():
         if len(values) != len(x):
             raise ValueError(f"series {name!r} has {len(values)} values for {len(x)} x values")
         axes.plot(x, values, marker="o", label=name)
+    for (name, level), colour in zip(
+        (hlines or {}).items(), ("black", "grey", "brown"), strict=False
+    ):
+        axes.axhline(level, linestyle="--", color=colour, linewidth=1.2, label=name)
+    if caption:
+        import textwrap
+
+        figure.text(0.01, 0.0, textwrap.fill(caption, 105), fontsize="x-small", va="bottom")
+        figure.get_layout_engine().set(rect=(0, 0.16, 1, 0.84))
     if log_x:  # ticks at the data points read better than powers of ten for a few values
         axes.set_xscale("log")
         axes.set_xticks(list(x), labels=[f"{value:g}" for value in x])
@@ -114,7 +127,7 @@ def line_plot(
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.grid(True, alpha=0.3)
-    if len(series) > 1:
+    if len(series) + len(hlines or {}) > 1:
         axes.legend(fontsize="small")
     if title:
         axes.set_title(title)
