@@ -135,3 +135,16 @@ def test_budgets_and_bad_arguments(tiny_store, tmp_path):
         reproduce_table1(tiny_store, tmp_path, budget="tpu")
     with pytest.raises(ConfigError, match=r"among 1\.\.8"):
         reproduce_table1(tiny_store, tmp_path, budget=TINY_BUDGET, rows=[9])
+
+
+def test_cli_gpu_budget_without_data_is_a_one_line_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from lensfinder.cli import app
+
+    result = CliRunner().invoke(
+        app, ["reproduce", "table1", "--out", str(tmp_path), "--budget", "gpu"]
+    )
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1
+    assert "paper's setting and needs its data: pass --data" in lines[0]
