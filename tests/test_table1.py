@@ -96,6 +96,9 @@ def test_json_plot_and_metrics(table):
     evaluation = json.loads((table.out / "evaluations" / "model8" / "metrics.json").read_text())
     member = evaluation["predictor"]["members"][0]
     assert member["bn_inference"] == "batch" and member["bn_batch_size"] == 8
+    # model.json says what weight_decay meant (row 8 has no L2)
+    meta = json.loads((table.out / "model8" / "model.json").read_text())
+    assert meta["regularisation"] == "none" and meta["train"]["optimizer"] == "adam"
     assert table.n_trained_now == 2 and f"best: model {table.best_row}" in table.summary()
 
 
