@@ -142,10 +142,6 @@ BUDGETS: dict[str, Table1Budget] = {
 }
 
 
-def to_dict_paper(row: PaperRow) -> dict[str, Any]:
-    return dataclasses.asdict(row)
-
-
 def resolve_budget(budget: str | Table1Budget) -> Table1Budget:
     if isinstance(budget, Table1Budget):
         return budget
@@ -269,7 +265,7 @@ class Table1Row:
             "train_seconds": self.train_seconds,
             "train_metrics": self.train_metrics,
             "test": self.test,
-            "paper": None if self.paper is None else to_dict_paper(self.paper),
+            "paper": None if self.paper is None else dataclasses.asdict(self.paper),
             "cells": self.cells(),
         }
 
