@@ -67,18 +67,23 @@ def test_bn_train_mode_restores_state_after_an_error(model):
     assert all(layer.track_running_stats for layer in batchnorm_layers(model))
 
 
-def test_reinit_resets_statistics_and_affine_parameters(model):
+@pytest.mark.parametrize("affine", [False, True])
+def test_reinit_resets_statistics_and_affine_parameters_only_if_asked(model, affine):
     with torch.no_grad():
         for layer in batchnorm_layers(model):
             layer.weight.uniform_(0.5, 2.0)
             layer.bias.normal_()
             layer.num_batches_tracked.fill_(7)
     layers = batchnorm_layers(model)
-    assert reinit_batchnorm(model) == len(layers) > 10
-    for layer in layers:
+    gammas = [layer.weight.detach().clone() for layer in layers]
+    assert reinit_batchnorm(model, affine=affine) == len(layers) > 10
+    for layer, gamma in zip(layers, gammas, strict=True):
         assert torch.all(layer.running_mean == 0) and torch.all(layer.running_var == 1)
-        assert torch.all(layer.weight == 1) and torch.all(layer.bias == 0)
         assert layer.num_batches_tracked == 0
+        if affine:
+            assert torch.all(layer.weight == 1) and torch.all(layer.bias == 0)
+        else:
+            assert torch.equal(layer.weight, gamma) and not torch.all(layer.bias == 0)
 
 
 def test_convert_to_instance_norm_replaces_every_batchnorm(model):

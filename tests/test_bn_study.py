@@ -11,7 +11,7 @@ import pytest
 
 from lensfinder.config import InputConfig, ModelConfig, PredictConfig, SplitConfig, TrainConfig
 from lensfinder.errors import ConfigError, ModelFileError
-from lensfinder.evaluate.bn_study import batchnorm_study, bn_method
+from lensfinder.experiments.bn_study import AUROC_CAPTION, batchnorm_study, bn_method
 
 TINY_INPUT = InputConfig(size=64)  # the deepest feature map is 2x2: BN works at batch 1
 METHOD2_MODEL = ModelConfig(
@@ -94,10 +94,12 @@ def test_outputs_and_summary(study):
     assert markdown.count("\n| 4 |") == 2  # one table row per model for batch 4
     for plot in study.plots:
         assert plot.stat().st_size > 1000 and plot.read_bytes()[:4] == b"\x89PNG"
+    assert study.plots[0].name == "bn_study_auroc.png"
+    assert "class-sorted" in AUROC_CAPTION and "leakage" in AUROC_CAPTION
     assert "method2: eval mode" in study.report.read_text()
     text = study.summary()
     assert "method 2 at batch 4: its score for one object changes by" in text
-    assert "method 1 (BN re-initialised) + method 2 (batch 4)" in text
+    assert "method 1 (BN statistics reset) + method 2 (batch 4)" in text
 
 
 def test_bn_method_names():
@@ -105,6 +107,8 @@ def test_bn_method_names():
     assert bn_method({"bn_reinit": False}) == "ImageNet BN, fine-tuned"
     assert bn_method({"pretrained": None}) == "random-init BN, fine-tuned"
     assert bn_method({"norm": "instance"}) == "instance norm (no BN)"
+    both = {"bn_reinit": True, "bn_reinit_affine": True}
+    assert bn_method(both) == "method 1 (BN statistics and gamma/beta reset)"
 
 
 def test_clear_errors(tiny_store, tmp_path, study):

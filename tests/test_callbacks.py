@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import lightning.pytorch as pl
@@ -123,6 +124,16 @@ def test_growth_doubles_batch_on_plateau_up_to_max_and_lowers_lr():
     restored = BatchSizeGrowth(max_batch_size=32, patience=1, lr_factor=0.5)
     restored.load_state_dict(growth.state_dict())
     assert restored.tracker.best == pytest.approx(0.8) and len(restored.events) == 5
+
+
+def test_growth_lowers_lr_to_its_floor_and_no_further():
+    """The paper's end points: lr /10 per plateau stops at lr_min (1e-9 in the table1 rows)."""
+    paper_like = config(batch_growth=True, batch_size_max=16, lr_factor=0.1, lr_min=1e-5)
+    cfg = dataclasses.replace(paper_like, lr=1e-3, plateau_patience=1)
+    module = Scripted(cfg, [0.7] * 5)
+    fit(module, [plateau_callback(cfg)], batch_size=8, max_epochs=5)
+    assert module.batch_sizes == [8, 8, 16, 16, 16]
+    assert module.lrs == pytest.approx([1e-3, 1e-3, 1e-4, 1e-5, 1e-5])
 
 
 def test_plateau_owner_follows_the_schedule():

@@ -34,7 +34,7 @@ def test_unknown_key_is_an_error_naming_the_file(tmp_path):
 @pytest.mark.parametrize(
     "data, message",
     [
-        ({"optimizer": "adam"}, "not one of"),
+        ({"optimizer": "rmsprop"}, "not one of"),
         ({"max_epochs": "ten"}, "not a int"),
         ({"input": 3}, "expected a mapping"),
         ({"balanced_sampler": 1}, "not a bool"),

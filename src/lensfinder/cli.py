@@ -126,8 +126,9 @@ def int_list(text: str, lowest: int = 1, highest: int | None = None) -> list[int
     return values
 
 
-def _sizes(text: str) -> str:
-    int_list(text)
+def _sizes(text: str | None) -> str | None:
+    if text is not None:
+        int_list(text)
     return text
 
 
@@ -316,14 +317,15 @@ def bn_study(
     data: Data,
     out: Out,
     sizes: Annotated[
-        str, typer.Option(help="Comma-separated test batch sizes.", callback=_sizes)
-    ] = "1,2,4,8,16,32,128",
+        str | None,
+        typer.Option(help="Comma-separated test batch sizes (default 1 to 128).", callback=_sizes),
+    ] = None,
     split: Annotated[str, typer.Option(help="test, val, train or all.")] = "test",
     seed: Annotated[int, typer.Option(help="Seed of the random batch orders.")] = 0,
     max_objects: Annotated[int, typer.Option(help="Cap on objects studied.", **Count)] = 4000,
 ) -> None:
     """AUROC against test batch size with BN in training mode (the paper's method 2)."""
-    from lensfinder.evaluate.bn_study import batchnorm_study
+    from lensfinder.experiments.bn_study import DEFAULT_SIZES, batchnorm_study
     from lensfinder.safety import check_not_input
 
     check_not_input(out, [data, *model], "bn-study")
@@ -332,7 +334,7 @@ def bn_study(
         model,
         data,
         out,
-        int_list(sizes),
+        int_list(sizes) if sizes else DEFAULT_SIZES,
         split=split,
         seed=seed,
         max_objects=max_objects,
@@ -343,8 +345,13 @@ def bn_study(
 @reproduce_app.command("table1")
 @user_errors
 def reproduce_table1(
-    data: Data,
     out: Out,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data", "-d", help="A packed store or a challenge layout (cpu: simulated if absent)."
+        ),
+    ] = None,
     budget: Annotated[
         str, typer.Option(help="cpu (scaled down) or gpu (the paper's).", callback=_budget)
     ] = "cpu",
@@ -353,8 +360,8 @@ def reproduce_table1(
     ] = None,
     no_resume: Annotated[bool, typer.Option("--no-resume", help="Retrain every row.")] = False,
 ) -> None:
-    """Train and evaluate the eight configurations of the paper's Table I."""
-    from lensfinder.evaluate.table1 import reproduce_table1 as run
+    """Train and evaluate the paper's Table I rows; our AUROC beside the paper's (md, CSV, PNG)."""
+    from lensfinder.experiments.table1 import reproduce_table1 as run
 
     chosen = int_list(rows) if rows else None
     result = run(data, out, budget=budget, resume=not no_resume, rows=chosen)

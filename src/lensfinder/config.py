@@ -94,7 +94,10 @@ class ModelConfig:
     arch: str = "tf_efficientnet_lite0"
     pretrained: str | None = "imagenet"  # "imagenet" (lite0 only, offline), a local file, or None
     norm: Literal["batch", "instance"] = "batch"
-    bn_reinit: bool = False  # the paper's BN "method 1": re-initialise BN layers before training
+    # The paper's BN "method 1": discard the ImageNet running mean, variance and count of every BN
+    # layer before training; the learnt scale and shift (gamma, beta) are reset only if asked too.
+    bn_reinit: bool = False
+    bn_reinit_affine: bool = False
     bn_inference: Literal["eval", "batch"] = "eval"  # "batch" is the paper's method 2
     bn_inference_batch: int = 8  # method 2's batch size at inference
     freeze_backbone: bool = False  # the frozen-backbone baseline: only the head trains
@@ -116,9 +119,13 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     max_epochs: int = 30
-    optimizer: Literal["adamw", "sgd"] = "adamw"
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"  # sgd: Nesterov, momentum 0.9
     lr: float = 1e-3
-    weight_decay: float = 1e-4  # the paper's L2
+    # The paper's L2: a penalty (coef/2)|w|^2 on the weights, i.e. coef * w added to the gradient
+    # (Adam/SGD ``weight_decay``). With optimizer adamw it must be 0: AdamW decays instead, by
+    # ``decoupled_weight_decay`` (lr * coef * w per step, not an L2 penalty).
+    weight_decay: float = 1e-4
+    decoupled_weight_decay: float = 0.0  # AdamW's decoupled decay; only with optimizer adamw
     augment_d4: bool = True
     balanced_sampler: bool = True
     batch_size: int = 8  # start of the growth schedule
@@ -126,6 +133,7 @@ class TrainConfig:
     batch_growth: bool = True  # on plateau: double the batch (up to max) before lowering the lr
     lr_schedule: Literal["plateau", "cosine", "constant"] = "plateau"
     lr_factor: float = 0.5
+    lr_min: float = 0.0  # plateaus never lower the lr below this (the paper ends near 1e-9)
     plateau_patience: int = 2
     warmup_epochs: int = 0
     stop_auroc_drop: float = 0.05  # stop when val AUROC falls this far below its best

@@ -1,19 +1,10 @@
-"""Evaluation: metrics (AUROC with CI, TPR0/TPR10, TPR at FPR, purity), plots, HTML report, the
-batch-norm study and the paper's Table I.
+"""Evaluation: metrics (AUROC with CI, TPR0/TPR10, TPR at FPR, purity), plots, HTML report.
 
 ``evaluate`` is the entry of ``lensfinder evaluate``; ``metrics`` is numpy only and usable alone.
+This package only measures; experiments that train (Table I, the BN study) live in
+``lensfinder.experiments``.
 """
 
-from lensfinder.evaluate.bn_study import BnStudyResult, batchnorm_study
 from lensfinder.evaluate.run import EvaluationResult, evaluate
-from lensfinder.evaluate.table1 import Table1Budget, Table1Result, reproduce_table1
 
-__all__ = [
-    "BnStudyResult",
-    "EvaluationResult",
-    "Table1Budget",
-    "Table1Result",
-    "batchnorm_study",
-    "evaluate",
-    "reproduce_table1",
-]
+__all__ = ["EvaluationResult", "evaluate"]

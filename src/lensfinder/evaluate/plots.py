@@ -99,15 +99,28 @@ def line_plot(
     ylabel: str,
     title: str = "",
     log_x: bool = False,
+    hlines: Mapping[str, float] | None = None,
+    caption: str = "",
 ) -> Path:
-    """One or more lines against a shared x (e.g. AUROC against test batch size)."""
+    """One or more lines against a shared x (e.g. AUROC against test batch size); ``hlines`` are
+    dashed horizontal references (e.g. eval-mode AUROC, which no batch size changes) and
+    ``caption`` a wrapped note under the axes (what the reader must not conclude)."""
     if not series:
         raise ValueError("line_plot needs at least one series")
-    figure, (axes,) = _figure(6.0, 4.0)
+    figure, (axes,) = _figure(6.0, 4.0 + (0.9 if caption else 0.0))
     for name, values in series.items():
         if len(values) != len(x):
             raise ValueError(f"series {name!r} has {len(values)} values for {len(x)} x values")
         axes.plot(x, values, marker="o", label=name)
+    for (name, level), colour in zip(
+        (hlines or {}).items(), ("black", "grey", "brown"), strict=False
+    ):
+        axes.axhline(level, linestyle="--", color=colour, linewidth=1.2, label=name)
+    if caption:
+        import textwrap
+
+        figure.text(0.01, 0.0, textwrap.fill(caption, 105), fontsize="x-small", va="bottom")
+        figure.get_layout_engine().set(rect=(0, 0.16, 1, 0.84))
     if log_x:  # ticks at the data points read better than powers of ten for a few values
         axes.set_xscale("log")
         axes.set_xticks(list(x), labels=[f"{value:g}" for value in x])
@@ -115,7 +128,7 @@ def line_plot(
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.grid(True, alpha=0.3)
-    if len(series) > 1:
+    if len(series) + len(hlines or {}) > 1:
         axes.legend(fontsize="small")
     if title:
         axes.set_title(title)
@@ -147,4 +160,44 @@ def completeness_plot(
         axes.grid(True, alpha=0.3)
         axes.legend(fontsize="small")
     figure.suptitle(title)
+    return _save(figure, path)
+
+
+def grouped_bar_plot(
+    groups: Sequence[str],
+    series: Mapping[str, tuple[Sequence[float], Sequence[tuple[float, float]] | None]],
+    path: str | Path,
+    ylabel: str,
+    title: str = "",
+    ylim: tuple[float, float] | None = None,
+    reference: float | None = None,
+) -> Path:
+    """Bars side by side per group, one colour per series, each series ``(values, intervals)``
+    with optional (low, high) error bars (e.g. AUROC and its bootstrap CI against a paper's);
+    ``reference`` draws a dashed horizontal line (e.g. AUROC 0.5, chance)."""
+    if not series:
+        raise ValueError("grouped_bar_plot needs at least one series")
+    figure, (axes,) = _figure(max(6.0, 0.8 * len(groups) + 2), 4.0)
+    width = 0.8 / len(series)
+    x = np.arange(len(groups))
+    for i, (name, (values, intervals)) in enumerate(series.items()):
+        if len(values) != len(groups):
+            raise ValueError(f"series {name!r} has {len(values)} values for {len(groups)} groups")
+        values = np.asarray(values, dtype=float)
+        error = None
+        if intervals is not None:
+            low, high = np.asarray(intervals, dtype=float).T
+            error = np.vstack([values - low, high - values]).clip(min=0)
+        offset = (i - (len(series) - 1) / 2) * width
+        axes.bar(x + offset, values, width, yerr=error, capsize=3, label=name)
+    if reference is not None:
+        axes.axhline(reference, color="grey", linestyle="--", linewidth=1)
+    axes.set_xticks(x, labels=list(groups))
+    axes.set_ylabel(ylabel)
+    if ylim is not None:
+        axes.set_ylim(*ylim)
+    axes.grid(True, axis="y", alpha=0.3)
+    axes.legend(fontsize="small")
+    if title:
+        axes.set_title(title)
     return _save(figure, path)

@@ -1,8 +1,9 @@
 """Batch-norm handling studied in the paper, plus the instance-norm variant.
 
 - Method 1 (``reinit_batchnorm``): ImageNet BN statistics describe photographs, not sky cutouts,
-  so every BN layer is reset (running mean 0, variance 1, weight 1, bias 0) after loading
-  pretrained weights and relearns its statistics during training.
+  so every BN layer's running mean, variance and count are reset after loading pretrained weights
+  and relearnt during training (the paper's stated reason). The learnt scale and shift (gamma,
+  beta) are part of the pretrained features and are kept unless ``affine=True``.
 - Method 2 (``bn_train_mode``): at inference BN normalises with the statistics of the batch
   itself (batches of ``ModelConfig.bn_inference_batch``), which helps when test data differ from
   training data. A score then depends on the other objects in the batch; the running statistics
@@ -25,12 +26,15 @@ def batchnorm_layers(model: nn.Module) -> list[_BatchNorm]:
     return [m for m in model.modules() if isinstance(m, _BatchNorm)]
 
 
-def reinit_batchnorm(model: nn.Module) -> int:
-    """Method 1: reset running statistics and affine parameters of every BN layer; returns the
-    number of layers reset."""
+def reinit_batchnorm(model: nn.Module, affine: bool = False) -> int:
+    """Method 1: reset every BN layer's running mean (0), variance (1) and batch count (0); with
+    ``affine`` also its weight (1) and bias (0). Returns the number of layers reset."""
     layers = batchnorm_layers(model)
     for layer in layers:
-        layer.reset_parameters()  # running stats, and weight 1, bias 0
+        if affine:
+            layer.reset_parameters()  # running statistics, and weight 1, bias 0
+        else:
+            layer.reset_running_stats()
     return len(layers)
 
 

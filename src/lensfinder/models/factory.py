@@ -107,8 +107,10 @@ def finish_model(model: OneLogitModel, model_cfg: ModelConfig) -> OneLogitModel:
             "model.bn_reinit with model.freeze_backbone: the reset BN layers would stay frozen at "
             "mean 0, variance 1 and never learn; choose one"
         )
+    if model_cfg.bn_reinit_affine and not model_cfg.bn_reinit:
+        raise ConfigError("model.bn_reinit_affine needs model.bn_reinit (method 1)")
     if model_cfg.bn_reinit:
-        reinit_batchnorm(model)
+        reinit_batchnorm(model, affine=model_cfg.bn_reinit_affine)
     if model_cfg.norm == "instance":
         convert_to_instance_norm(model)
     if model_cfg.freeze_backbone:

@@ -30,21 +30,25 @@ def monitored_value(trainer: pl.Trainer, key: str = MONITOR) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def scale_learning_rate(trainer: pl.Trainer, factor: float) -> None:
-    """Multiply the lr of every optimiser by ``factor``, durably.
+def scale_learning_rate(trainer: pl.Trainer, factor: float, lr_min: float = 0.0) -> None:
+    """Multiply the lr of every optimiser by ``factor`` (never below ``lr_min``), durably.
 
     The scheduler's ``base_lrs`` are scaled too: an epoch schedule (warmup, cosine) recomputes the
     lr from them at each step and would otherwise undo the drop.
     """
+
+    def lower(lr: float) -> float:
+        return max(lr * factor, min(lr, lr_min))
+
     for optimizer in trainer.optimizers:
         for group in optimizer.param_groups:
-            group["lr"] *= factor
+            group["lr"] = lower(group["lr"])
             if "initial_lr" in group:
-                group["initial_lr"] *= factor
+                group["initial_lr"] = lower(group["initial_lr"])
     for config in trainer.lr_scheduler_configs:
         base_lrs = getattr(config.scheduler, "base_lrs", None)
         if base_lrs is not None:
-            config.scheduler.base_lrs = [lr * factor for lr in base_lrs]
+            config.scheduler.base_lrs = [lower(lr) for lr in base_lrs]
 
 
 class PlateauTracker:
@@ -149,7 +153,8 @@ class AurocDropStopping(pl.Callback):
 class BatchSizeGrowth(pl.Callback):
     """The paper's hand-tuned schedule as a rule: start small with a high lr; on a val AUROC
     plateau (``patience`` epochs without a new best), double the training batch (up to
-    ``max_batch_size``) and multiply the lr by ``lr_factor``. Once the batch is at its cap a
+    ``max_batch_size``) and multiply the lr by ``lr_factor`` (down to ``lr_min``; the paper goes
+    from batch 8 and lr 0.01 to batch 128 and lr ~1e-9). Once the batch is at its cap a
     plateau only lowers the lr, i.e. this becomes plain reduce-on-plateau, which is also how it
     serves when batch growth is off (``max_batch_size`` = the starting batch).
 
@@ -161,12 +166,18 @@ class BatchSizeGrowth(pl.Callback):
     """
 
     def __init__(
-        self, max_batch_size: int, patience: int, lr_factor: float, monitor: str = MONITOR
+        self,
+        max_batch_size: int,
+        patience: int,
+        lr_factor: float,
+        monitor: str = MONITOR,
+        lr_min: float = 0.0,
     ) -> None:
         if not 0.0 < lr_factor <= 1.0:
             raise ValueError(f"lr_factor must be in (0, 1], got {lr_factor}")
         self.max_batch_size = max_batch_size
         self.lr_factor = lr_factor
+        self.lr_min = lr_min
         self.monitor = monitor
         self.tracker = PlateauTracker(patience)
         self.events: list[dict[str, float]] = []
@@ -182,7 +193,7 @@ class BatchSizeGrowth(pl.Callback):
         new_batch = max(old_batch, min(2 * old_batch, self.max_batch_size))
         datamodule.train_batch_size = new_batch
         if self.lr_factor != 1.0:
-            scale_learning_rate(trainer, self.lr_factor)
+            scale_learning_rate(trainer, self.lr_factor, self.lr_min)
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
         self.events.append({"epoch": trainer.current_epoch, "batch_size": new_batch, "lr": lr})
         rank_zero_info(

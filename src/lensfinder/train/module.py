@@ -61,7 +61,7 @@ def zero_head(model: nn.Module) -> bool:
 
 class LensClassifier(pl.LightningModule):
     """Binary lens classifier: BCE on logits (the paper's ``log(1 + exp(-x y))`` with y = +-1),
-    AdamW or Nesterov SGD with L2 on the weights, validation AUROC every epoch.
+    Adam, AdamW or Nesterov SGD (see ``make_optimizer`` for L2), validation AUROC every epoch.
 
     A frozen backbone needs nothing here: the model keeps its frozen BN layers in eval mode
     itself and only parameters with ``requires_grad`` reach the optimiser.
@@ -135,18 +135,7 @@ class LensClassifier(pl.LightningModule):
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         if not trainable:
             raise ValueError("the model has no trainable parameters")
-        # L2 on weights only: biases and normalisation scales are conventionally left free.
-        groups = [
-            {"params": [p for p in trainable if p.ndim > 1], "weight_decay": config.weight_decay},
-            {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0},
-        ]
-        groups = [g for g in groups if g["params"]]
-        if config.optimizer == "sgd":
-            optimizer: torch.optim.Optimizer = torch.optim.SGD(
-                groups, lr=config.lr, momentum=0.9, nesterov=True
-            )
-        else:
-            optimizer = torch.optim.AdamW(groups, lr=config.lr)
+        optimizer = make_optimizer(config, trainable)
         shape = functools.partial(
             lr_multiplier,
             warmup_epochs=config.warmup_epochs,
@@ -158,3 +147,43 @@ class LensClassifier(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
         }
+
+
+def regularisation(config: TrainConfig) -> str:
+    """What ``weight_decay`` / ``decoupled_weight_decay`` do in this run, in words (model.json)."""
+    if config.optimizer == "adamw":
+        if config.decoupled_weight_decay:
+            return (
+                f"AdamW decoupled weight decay {config.decoupled_weight_decay:g} "
+                "(lr x coef x w per step; not an L2 penalty)"
+            )
+        return "none"
+    if config.weight_decay:
+        return f"L2 penalty {config.weight_decay:g} ({config.optimizer}: gradient + coef x w)"
+    return "none"
+
+
+def make_optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """The optimiser with its regularisation on weights only (biases and normalisation scales,
+    the 1-d parameters, are conventionally left free).
+
+    ``weight_decay`` is the paper's L2 penalty: torch's Adam and SGD add ``coef * w`` to the
+    gradient, exactly the gradient of ``coef / 2 * |w|^2``. AdamW's ``weight_decay`` is a
+    different thing (decoupled decay, ``lr * coef * w`` per step, ~1e-7 at lr 1e-3 and 1e-4), so
+    it is only reachable as ``decoupled_weight_decay``; ``check_config`` refuses the mixes.
+    """
+    decay = config.decoupled_weight_decay if config.optimizer == "adamw" else config.weight_decay
+    groups = [
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": decay},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    match config.optimizer:
+        case "sgd":
+            return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
+        case "adam":
+            return torch.optim.Adam(groups, lr=config.lr)
+        case "adamw":
+            return torch.optim.AdamW(groups, lr=config.lr)
+        case other:
+            raise ValueError(f"optimizer {other!r}: expected adam, adamw or sgd")

@@ -108,6 +108,18 @@ def check_config(config: TrainConfig) -> None:
         problems.append(f"lr_factor {config.lr_factor} not in (0, 1]")
     if config.plateau_patience < 1 or config.stop_patience < 1:
         problems.append("plateau_patience and stop_patience must be >= 1")
+    if config.optimizer == "adamw" and config.weight_decay:
+        problems.append(
+            f"weight_decay {config.weight_decay:g} (an L2 penalty) with optimizer adamw, which "
+            "decays weights instead: use optimizer adam, or decoupled_weight_decay for AdamW's"
+        )
+    if config.optimizer != "adamw" and config.decoupled_weight_decay:
+        problems.append(
+            f"decoupled_weight_decay {config.decoupled_weight_decay:g} needs optimizer adamw "
+            f"(not {config.optimizer}); the L2 penalty is weight_decay"
+        )
+    if config.lr_min < 0:
+        problems.append(f"lr_min {config.lr_min} < 0")
     if config.max_train_samples is not None and config.max_train_samples < 1:
         problems.append(f"max_train_samples {config.max_train_samples} < 1")
     if config.limit_val_samples is not None and config.limit_val_samples < 1:
@@ -164,7 +176,7 @@ def plateau_callback(config: TrainConfig) -> Any:
     max_batch = config.batch_size_max if config.batch_growth else config.batch_size
     if lr_factor == 1.0 and max_batch == config.batch_size:
         return None
-    return BatchSizeGrowth(max_batch, config.plateau_patience, lr_factor)
+    return BatchSizeGrowth(max_batch, config.plateau_patience, lr_factor, lr_min=config.lr_min)
 
 
 # -- run directory -----------------------------------------------------------------------------
@@ -330,7 +342,7 @@ def _train_locked(
 
     from lensfinder.train.callbacks import AtomicLastCheckpoint, AurocDropStopping, EpochHistory
     from lensfinder.train.datamodule import LensDataModule
-    from lensfinder.train.module import LensClassifier
+    from lensfinder.train.module import LensClassifier, regularisation
 
     # Under DDP the other processes re-run this function after rank 0 has prepared ``out``.
     is_rank_zero = rank_zero_only.rank == 0
@@ -402,6 +414,7 @@ def _train_locked(
             "model": to_dict(config.model),
             "label_rule": getattr(datamodule.source, "label_rule", None),
             "train": to_dict(config),
+            "regularisation": regularisation(config),
             "split": to_dict(config.split),
             "metrics": metrics,
             "data": {

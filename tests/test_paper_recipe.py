@@ -1,0 +1,204 @@
+"""The paper's recipe in the shipped configs and in training: its Table I rows, its schedule's
+end points, L2 as a penalty (not AdamW's decoupled decay), and its two batch-norm methods."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from lensfinder.config import InputConfig, ModelConfig, TrainConfig, load_config
+from lensfinder.errors import ConfigError
+from lensfinder.experiments.table1 import PAPER_TABLE1, paper_bn_method
+from lensfinder.models import create_model
+from lensfinder.models.batchnorm import batchnorm_layers
+from lensfinder.train.module import LensClassifier, regularisation
+from lensfinder.train.run import check_config
+
+# The paper's Table I as REFERENCE.md copies it: D4, balanced, starting batch, epochs, L2,
+# highest AUROC, BN method.
+PAPER = {
+    1: (False, False, 128, 10, 0.0, 0.70, "1"),
+    2: (False, True, 128, 10, 0.0, 0.70, "1"),
+    3: (False, True, 8, 5, 0.0, 0.74, "1"),
+    4: (False, True, 4, 5, 0.0, 0.74, "1"),
+    5: (False, True, 128, 4, 1e-4, 0.64, "1"),
+    6: (False, False, 8, 1, 0.0, 0.72, "1"),
+    7: (True, True, 8, 10, 1e-4, 0.83, "1"),
+    8: (True, True, 8, 10, 0.0, 0.94, "2"),
+}
+
+
+@pytest.mark.parametrize("row", sorted(PAPER))
+def test_table1_configs_are_the_papers_rows(row):
+    d4, balanced, batch, epochs, l2, auroc, method = PAPER[row]
+    cfg = load_config(TrainConfig, f"table1-model{row}")
+    check_config(cfg)
+    assert (cfg.augment_d4, cfg.balanced_sampler) == (d4, balanced)
+    assert (cfg.batch_size, cfg.max_epochs) == (batch, epochs)
+    assert cfg.weight_decay == l2 and cfg.optimizer in ("adam", "sgd")  # a true L2 penalty
+    assert paper_bn_method(cfg) == method
+    assert cfg.input.bands == ("VIS", "Y", "J", "H") and cfg.model.pretrained == "imagenet"
+    # the paper's schedule: lr 0.01 at the start, batch growing to 128 and lr falling to 1e-9
+    assert cfg.lr == 0.01 and cfg.batch_growth and cfg.batch_size_max == 128
+    assert cfg.lr_schedule == "plateau" and cfg.lr_min == 1e-9 and cfg.plateau_patience == 1
+    assert cfg.lr * cfg.lr_factor**7 == pytest.approx(1e-9)  # reachable in 7 of 9 plateaus
+    paper = PAPER_TABLE1[row]
+    assert (paper.batch_size, paper.epochs, paper.auroc) == (batch, epochs, auroc)
+
+
+def test_row4_starts_at_batch_4_for_5_epochs_with_balanced_batches():
+    cfg = load_config(TrainConfig, "table1-model4")
+    assert (cfg.batch_size, cfg.max_epochs, cfg.balanced_sampler) == (4, 5, True)
+
+
+def test_method2_row_never_reinitialises_and_method1_keeps_gamma_beta():
+    row8 = load_config(TrainConfig, "table1-model8").model
+    assert not row8.bn_reinit and row8.bn_inference == "batch" and row8.bn_inference_batch == 8
+    for row in range(1, 8):
+        model = load_config(TrainConfig, f"table1-model{row}").model
+        assert model.bn_reinit and not model.bn_reinit_affine and model.bn_inference == "eval"
+
+
+def test_side_experiments():
+    frozen = load_config(TrainConfig, "paper-3band-frozen")
+    assert frozen.input.bands == ("Y", "J", "H") and frozen.model.freeze_backbone
+    assert paper_bn_method(frozen) == "frozen"
+    instance = load_config(TrainConfig, "paper-instance-norm")
+    assert instance.model.norm == "instance" and paper_bn_method(instance) == "instance norm"
+    for cfg in (frozen, instance):
+        check_config(cfg)
+
+
+# -- L2 ----------------------------------------------------------------------------------------
+class Tiny(nn.Module):
+    """A small conv net with BN, standing in for the classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(2, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(), nn.Linear(8, 1),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def weight_norm_after_training(**train: object) -> float:
+    """The norm of the multi-dimensional weights after 30 steps on fixed random data."""
+    torch.manual_seed(0)
+    config = TrainConfig(channels_last=False, lr=1e-2, **train)  # type: ignore[arg-type]
+    check_config(config)
+    module = LensClassifier(config, model=Tiny())
+    optimizer = module.configure_optimizers()["optimizer"]
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(16, 2, 8, 8, generator=generator)
+    y = (torch.rand(16, generator=generator) > 0.5).long()
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss, _, _ = module._loss((x, y))
+        loss.backward()
+        optimizer.step()
+    weights = [p for p in module.model.parameters() if p.ndim > 1]
+    return math.sqrt(sum(float((p.detach() ** 2).sum()) for p in weights))
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_l2_penalty_shrinks_weights_against_no_l2_on_the_same_seed(optimizer):
+    plain = weight_norm_after_training(optimizer=optimizer, weight_decay=0.0)
+    l2 = weight_norm_after_training(optimizer=optimizer, weight_decay=1.0)
+    assert l2 < 0.97 * plain
+
+
+def test_adamw_decay_is_decoupled_and_named_apart():
+    """AdamW at lr 1e-2 and 1e-4 shrinks weights by 1e-6 a step: indistinguishable from none,
+    which is why the paper's L2 cannot be AdamW's ``weight_decay``."""
+    plain = weight_norm_after_training(optimizer="adamw", weight_decay=0.0)
+    decoupled = weight_norm_after_training(
+        optimizer="adamw", weight_decay=0.0, decoupled_weight_decay=1e-4
+    )
+    assert decoupled == pytest.approx(plain, rel=1e-3)
+    assert "decoupled" in regularisation(
+        TrainConfig(optimizer="adamw", weight_decay=0.0, decoupled_weight_decay=1e-4)
+    )
+    assert regularisation(TrainConfig(optimizer="adam", weight_decay=1e-4)).startswith("L2 penalty")
+    with pytest.raises(ConfigError, match=r"weight_decay 0\.0001 .*with optimizer adamw"):
+        check_config(TrainConfig(optimizer="adamw", weight_decay=1e-4))
+    with pytest.raises(ConfigError, match=r"decoupled_weight_decay 0\.0001 needs optimizer adamw"):
+        check_config(TrainConfig(optimizer="adam", decoupled_weight_decay=1e-4))
+
+
+def test_cpu_small_keeps_its_adamw_decay_explicitly():
+    cfg = load_config(TrainConfig, "cpu-small")
+    assert (cfg.optimizer, cfg.weight_decay, cfg.decoupled_weight_decay) == ("adamw", 0.0, 1e-4)
+
+
+# -- BN methods on the ImageNet weights -----------------------------------------------------------
+@pytest.fixture(scope="module")
+def pretrained() -> nn.Module:
+    return create_model(ModelConfig(), InputConfig(size=32))
+
+
+def bn_state(model: nn.Module) -> list[tuple[torch.Tensor, ...]]:
+    return [
+        (m.running_mean, m.running_var, m.num_batches_tracked, m.weight, m.bias)
+        for m in batchnorm_layers(model)
+    ]
+
+
+def test_method1_resets_statistics_and_keeps_pretrained_gamma_beta(pretrained):
+    reset = create_model(ModelConfig(bn_reinit=True), InputConfig(size=32))
+    changed_stats = 0
+    for (mean0, _, _, w0, b0), (mean, var, count, w, b) in zip(
+        bn_state(pretrained), bn_state(reset), strict=True
+    ):
+        assert torch.all(mean == 0) and torch.all(var == 1) and count == 0
+        torch.testing.assert_close(w, w0)  # gamma and beta stay pretrained
+        torch.testing.assert_close(b, b0)
+        changed_stats += int(not torch.all(mean0 == 0))
+    assert changed_stats > 10  # the ImageNet statistics were really there to discard
+
+
+def test_method1_with_affine_resets_gamma_beta_too(pretrained):
+    reset = create_model(ModelConfig(bn_reinit=True, bn_reinit_affine=True), InputConfig(size=32))
+    for _, _, _, w, b in bn_state(reset):
+        assert torch.all(w == 1) and torch.all(b == 0)
+    with pytest.raises(ConfigError, match=r"bn_reinit_affine needs model\.bn_reinit"):
+        create_model(ModelConfig(bn_reinit_affine=True), InputConfig(size=32))
+
+
+def test_method2_never_reinitialises(pretrained):
+    model = load_config(TrainConfig, "table1-model8", input={"size": 32}).model
+    method2 = create_model(model, InputConfig(size=32))
+    for before, after in zip(bn_state(pretrained), bn_state(method2), strict=True):
+        for a, b in zip(before, after, strict=True):
+            assert torch.equal(a, b)
+
+
+def test_default_weight_decay_is_the_gradient_of_an_l2_penalty():
+    """One step with ``weight_decay`` = one step without it on ``loss + coef/2 |w|^2``: the L2
+    the paper meant. (AdamW's decay, the old meaning here, fails this: it bypasses Adam's
+    gradient normalisation.)"""
+    coef = 0.5
+
+    def one_step(weight_decay: float, explicit: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        module = LensClassifier(
+            TrainConfig(channels_last=False, weight_decay=weight_decay), model=Tiny()
+        )
+        optimizer = module.configure_optimizers()["optimizer"]
+        x, y = torch.randn(8, 2, 8, 8), torch.tensor([0, 1] * 4)
+        loss, _, _ = module._loss((x, y))
+        if explicit:
+            weights = [p for p in module.model.parameters() if p.ndim > 1]
+            loss = loss + coef / 2 * sum((p**2).sum() for p in weights)
+        loss.backward()
+        optimizer.step()
+        return [p.detach().clone() for p in module.model.parameters()]
+
+    assert TrainConfig().optimizer == "adam" and TrainConfig().weight_decay == 1e-4
+    for a, b in zip(one_step(coef, False), one_step(0.0, True), strict=True):
+        torch.testing.assert_close(a, b)
