@@ -74,6 +74,15 @@ class SimulateConfig:
 
 
 @dataclass
+class PackConfig:
+    """How ``pack`` writes a store from a challenge layout."""
+
+    chunk: int = 8  # objects per store chunk: random reads cost 8 objects, contiguous stay fast
+    workers: int = 1  # FITS reader processes
+    label_rule: str | None = None  # None: the rule the layout was simulated with, or the default
+
+
+@dataclass
 class InputConfig:
     """How cutouts become model input; recorded in every model file and checked on load."""
 
@@ -182,6 +191,19 @@ class GalleryConfig:
     columns: int = 10
     stamp_pixels: int = 128
     asinh_softening: float = 3.0
+    # Show only candidates scored in [score_min, score_max] (either alone: the other end open).
+    score_min: float | None = None
+    score_max: float | None = None
+    known_lenses: str | None = None  # a catalogue file, or "lenscat"; None: no badges
+    radius_arcsec: float = 2.0  # match radius for known lenses
+
+    @property
+    def score_range(self) -> tuple[float, float] | None:
+        """The chosen score interval, or None when the top candidates are wanted."""
+        if self.score_min is None and self.score_max is None:
+            return None
+        low = 0.0 if self.score_min is None else self.score_min
+        return (low, 1.0 if self.score_max is None else self.score_max)
 
 
 @dataclass

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lensfinder.config import PackConfig
 from lensfinder.data.challenge import (
     BadImage,
     ChallengeLayout,
@@ -55,7 +56,6 @@ from lensfinder.surveys import EUCLID
 STORE_FORMAT_KEY = "lensfinder_store"
 STORE_VERSION = 1
 VECTOR_CHUNK = 65536  # ids, labels, positions, catalogue columns: a few chunks per 100k objects
-DEFAULT_CHUNK = 8  # objects per chunk: random reads cost 8 objects, contiguous reads stay fast
 PARTIAL_SUFFIX = ".partial"
 STORE_KIND = "store"  # the output marker's kind: what ``pack --overwrite`` may replace
 FLUSH_OBJECTS = 256  # objects per write (rounded to whole chunks); also the resume granularity
@@ -227,9 +227,9 @@ def pack(
     layout_dir: str | Path,
     out: str | Path,
     label_rule: str | LabelRule | None = None,
-    chunk: int = DEFAULT_CHUNK,
+    chunk: int = PackConfig.chunk,
     progress: bool = True,
-    workers: int = 1,
+    workers: int = PackConfig.workers,
     overwrite: bool = False,
 ) -> PackResult:
     """Read every object of a layout once and write one Zarr store; resumable and atomic.
@@ -403,7 +403,7 @@ class StoreSource(CutoutSource):
 
     @property
     def chunk(self) -> int:
-        return int(self.attrs.get("chunk", DEFAULT_CHUNK))
+        return int(self.attrs.get("chunk", PackConfig.chunk))
 
     def _open(self) -> dict:
         if self._arrays is None:

@@ -171,19 +171,17 @@ def make_gallery(
     data: str | Path,
     out: str | Path,
     cfg: GalleryConfig | None = None,
-    score_range: tuple[float, float] | None = None,
-    known_lenses: str | Path | None = None,
-    radius_arcsec: float = 2.0,
     progress: bool = True,
 ) -> GalleryResult:
     """Write ``out/index.html`` (cards with stamp, rank, score, position, label, known-lens badge),
-    ``out/stamps/*.png`` and ``out/mosaic.png`` for the chosen candidates."""
+    ``out/stamps/*.png`` and ``out/mosaic.png`` for the candidates ``cfg`` chooses."""
     from lensfinder.data import open_source
     from lensfinder.scan.catalog import read_candidates, table_meta
     from lensfinder.scan.crossmatch import flag_known_lenses
     from lensfinder.visual import colour_composite, save_grid
 
     cfg = cfg or GalleryConfig()
+    score_range, known_lenses, radius_arcsec = cfg.score_range, cfg.known_lenses, cfg.radius_arcsec
     out = Path(out)
     catalogue = read_candidates(candidates)
     chosen, n_matched = select_candidates(catalogue, cfg.top, score_range)

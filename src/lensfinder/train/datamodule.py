@@ -24,11 +24,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
-from lensfinder.config import TrainConfig
+from lensfinder.config import PredictConfig, TrainConfig
 from lensfinder.data.source import NISP_SHAPE, VIS_SHAPE
 from lensfinder.errors import ConfigError, DataError
 
-EVAL_BATCH_SIZE = 64
 MEMORY_SHARE = 0.5  # load a store into RAM when all processes' copies fit in this share
 
 
@@ -240,7 +239,9 @@ class LensDataModule(pl.LightningDataModule):
         self.setup()
         model_cfg = self.config.model
         batch_size = (
-            model_cfg.bn_inference_batch if model_cfg.bn_inference == "batch" else EVAL_BATCH_SIZE
+            model_cfg.bn_inference_batch
+            if model_cfg.bn_inference == "batch"
+            else PredictConfig.batch_size
         )
         return self._loader(self.val_dataset, batch_size=batch_size, shuffle=False)
 
