@@ -11,7 +11,7 @@ import torch
 from scipy.special import expit
 
 from lensfinder.config import InputConfig, ModelConfig, PredictConfig
-from lensfinder.data.source import Cutouts, CutoutSource
+from lensfinder.data.cutouts import Cutouts, CutoutSource
 from lensfinder.errors import ConfigError, DataError, ModelFileError
 from lensfinder.labels import DEFAULT_LABEL_RULE
 from lensfinder.predict import Predictor, average_logits, synthetic_cutouts

@@ -16,6 +16,7 @@ from typing import Any, Literal, TypeVar
 
 from lensfinder.errors import ConfigError
 from lensfinder.labels import DEFAULT_LABEL_RULE
+from lensfinder.utils import atomic_write_text
 
 SHIPPED_CONFIGS = Path(__file__).parent / "configs"
 BANDS_ALL: tuple[str, ...] = ("VIS", "Y", "J", "H")
@@ -220,6 +221,22 @@ class DemoConfig:
     seed: int = 0
 
 
+def check_bands(input_cfg: InputConfig) -> tuple[str, ...]:
+    """The input's bands, refused unless known, distinct and non-empty (stems are built for
+    exactly these) and fit for the layout; one check for the model and its input alike."""
+    bands = tuple(input_cfg.bands)
+    unknown = [b for b in bands if b not in BANDS_ALL]
+    if not bands or unknown or len(set(bands)) != len(bands):
+        raise ConfigError(
+            f"input.bands {list(bands)}: need one or more distinct bands out of {list(BANDS_ALL)}"
+        )
+    if input_cfg.layout == "two_branch" and ("VIS" not in bands or len(bands) < 2):
+        raise ConfigError("input layout two_branch needs VIS and at least one NISP band")
+    if input_cfg.size < 8:
+        raise ConfigError(f"input size {input_cfg.size} is too small (at least 8 pixels)")
+    return bands
+
+
 C = TypeVar("C")
 
 
@@ -351,7 +368,5 @@ def load_config(cls: type[C], name_or_path: str | Path | None = None, **override
 
 def save_config(config: Any, path: str | Path) -> None:
     import yaml
-
-    from lensfinder.utils import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -36,6 +36,7 @@ from lensfinder.layout import (
     parse_image_name,
 )
 from lensfinder.surveys import EUCLID, Band
+from lensfinder.utils import progress
 
 MAX_NONFINITE_FRACTION = 0.01
 FITS_BLOCK = 2880  # every FITS file is a whole number of 2880-byte blocks
@@ -351,8 +352,6 @@ class ChallengeLayout:
 
     def _read_positions(self) -> tuple[np.ndarray, np.ndarray]:
         from astropy.io import fits
-
-        from lensfinder.utils import progress
 
         ra = np.full(len(self), np.nan)
         dec = np.full(len(self), np.nan)

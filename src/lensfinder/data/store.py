@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lensfinder import __version__
 from lensfinder.config import PackConfig
 from lensfinder.data.challenge import (
     BadImage,
@@ -40,7 +41,7 @@ from lensfinder.data.challenge import (
     read_layout,
     summarise_problems,
 )
-from lensfinder.data.source import (
+from lensfinder.data.cutouts import (
     NISP_SHAPE,
     VIS_SHAPE,
     Cutouts,
@@ -52,6 +53,7 @@ from lensfinder.errors import DataError
 from lensfinder.labels import LabelRule
 from lensfinder.safety import check_not_input, mark_output, output_lock, remove_output
 from lensfinder.surveys import EUCLID
+from lensfinder.utils import progress as progress_bar
 
 STORE_FORMAT_KEY = "lensfinder_store"
 STORE_VERSION = 1
@@ -100,8 +102,6 @@ def _listing_digest(layout: ChallengeLayout) -> str:
 
 
 def _version() -> str:
-    from lensfinder import __version__
-
     return __version__
 
 
@@ -284,8 +284,6 @@ def _pack_into(
     started: float,
 ) -> PackResult:
     """Write ``<out>.partial`` (resuming a matching one) and rename it to ``out`` when done."""
-    from lensfinder.utils import progress as progress_bar
-
     partial = out.with_name(out.name + PARTIAL_SUFFIX)
     group, state = _resume_or_start(partial, identity, len(layout), chunk)
     cursor, written = state["cursor"], state["written"]

@@ -16,9 +16,13 @@ from typing import Any
 import numpy as np
 
 from lensfinder.config import GalleryConfig
+from lensfinder.data import open_source
 from lensfinder.errors import ConfigError
+from lensfinder.scan.catalog import read_candidates, table_meta
+from lensfinder.scan.crossmatch import flag_known_lenses
 from lensfinder.utils import atomic_path, atomic_write_text
 from lensfinder.utils import progress as progress_bar
+from lensfinder.visual import colour_composite, save_grid
 
 STAMP_DIR = "stamps"
 READ_CHUNK = 64  # cutouts read at once: the gallery never holds more images than this
@@ -175,11 +179,6 @@ def make_gallery(
 ) -> GalleryResult:
     """Write ``out/index.html`` (cards with stamp, rank, score, position, label, known-lens badge),
     ``out/stamps/*.png`` and ``out/mosaic.png`` for the candidates ``cfg`` chooses."""
-    from lensfinder.data import open_source
-    from lensfinder.scan.catalog import read_candidates, table_meta
-    from lensfinder.scan.crossmatch import flag_known_lenses
-    from lensfinder.visual import colour_composite, save_grid
-
     cfg = cfg or GalleryConfig()
     score_range, known_lenses, radius_arcsec = cfg.score_range, cfg.known_lenses, cfg.radius_arcsec
     out = Path(out)
