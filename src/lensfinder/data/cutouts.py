@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from lensfinder.data.challenge import Problem
+from lensfinder.data.nonfinite import repair_nonfinite
 from lensfinder.surveys import EUCLID
 
 VIS_SHAPE: tuple[int, int] = (EUCLID.bands[0].cutout_pixels,) * 2
@@ -48,6 +49,24 @@ class Cutouts:
             np.ones(n, dtype=bool),
             [None] * n,
         )
+
+
+def repair_rows(cutouts: Cutouts) -> int:
+    """Apply the non-finite policy (``data.nonfinite``) to every valid row, band by band, in
+    place: a few bad pixels are repaired, a row with more is marked invalid with the reason.
+    Returns the number of pixels repaired."""
+    if np.isfinite(cutouts.vis).all() and np.isfinite(cutouts.nisp).all():
+        return 0
+    repaired = 0
+    for row in np.flatnonzero(cutouts.valid).tolist():
+        for image in (cutouts.vis[row], *cutouts.nisp[row]):
+            count, reason = repair_nonfinite(image)
+            if reason is not None:
+                cutouts.valid[row] = False
+                cutouts.reasons[row] = reason
+                break
+            repaired += count
+    return repaired
 
 
 def mark_blank(cutouts: Cutouts, where: Path) -> None:

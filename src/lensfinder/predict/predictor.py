@@ -42,6 +42,7 @@ from scipy.special import expit, logsumexp
 from lensfinder.config import InputConfig, PredictConfig, to_dict
 from lensfinder.data import open_source
 from lensfinder.data.augment import D4_ELEMENTS, apply_d4
+from lensfinder.data.cutouts import Cutouts, repair_rows
 from lensfinder.data.transforms import to_model_input
 from lensfinder.ensemble import expand_models
 from lensfinder.errors import ConfigError, DataError, ModelFileError
@@ -417,8 +418,9 @@ class Predictor:
 
     def predict_arrays(self, vis: np.ndarray, nisp: np.ndarray, progress: bool = False) -> Scores:
         """Score raw cutouts, as a source's ``read`` returns them: ``vis (n,200,200)``,
-        ``nisp (n,3,66,66)``. Every row is scored; a non-finite pixel is a DataError (in BN
-        method 2 one bad row would spoil its companions), so drop invalid rows first or use
+        ``nisp (n,3,66,66)``. Every row is scored: a few non-finite pixels are repaired
+        (``data.nonfinite``, on a copy); a row with more is a DataError (in BN method 2 one
+        bad row would spoil its companions), so drop such rows first or use
         ``predict_source``, which skips them.
         """
         vis, nisp = np.asarray(vis), np.asarray(nisp)
@@ -427,12 +429,17 @@ class Predictor:
                 f"predict: expected vis (n,H,W) and nisp (n,3,h,w) with the same n, got "
                 f"{vis.shape} and {nisp.shape}"
             )
-        bad = ~(_finite_rows(vis) & _finite_rows(nisp))
-        if bad.any():
-            raise DataError(
-                f"predict: {int(bad.sum())} cutout(s) have non-finite pixels (first: row "
-                f"{int(np.argmax(bad))}); remove them or use predict_source, which skips them"
-            )
+        if not (np.isfinite(vis).all() and np.isfinite(nisp).all()):
+            cut = Cutouts(vis.copy(), nisp.copy(), np.ones(len(vis), bool), [None] * len(vis))
+            repair_rows(cut)
+            if not cut.valid.all():
+                first = int(np.argmin(cut.valid))
+                raise DataError(
+                    f"predict: {int((~cut.valid).sum())} cutout(s) have too many non-finite "
+                    f"pixels (first: row {first}, {cut.reasons[first]}); remove them or use "
+                    "predict_source, which skips them"
+                )
+            vis, nisp = cut.vis, cut.nisp
         n = len(vis)
         logits = np.empty((len(self.members), n), dtype=np.float64)
         bar = _bar(n, progress)
@@ -488,11 +495,10 @@ class Predictor:
         for start in range(0, n, step):
             stop = min(n, start + step)
             cut = source.read(indices[start:stop])
+            repair_rows(cut)
             ok = np.asarray(cut.valid, dtype=bool).copy()
-            finite = _finite_rows(cut.vis) & _finite_rows(cut.nisp)
-            for j in np.flatnonzero(~ok | ~finite):
-                reasons[start + j] = (cut.reasons[j] or "invalid") if not ok[j] else "non-finite"
-            ok &= finite
+            for j in np.flatnonzero(~ok):
+                reasons[start + j] = cut.reasons[j] or "invalid"
             valid[start:stop] = ok
             if ok.any():
                 pending.append((start + np.flatnonzero(ok), cut.vis[ok], cut.nisp[ok]))
@@ -515,11 +521,6 @@ def reason_kind(reason: str | None) -> str:
     if sep and ("/" in where or "\\" in where or where.endswith(".fits")):
         reason = what
     return reason.split(" (")[0].split(":")[0].strip() or "invalid"
-
-
-def _finite_rows(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a)
-    return np.isfinite(a.reshape(len(a), -1)).all(axis=1)
 
 
 class _NoBar:
