@@ -6,7 +6,6 @@ Imports of the stages happen inside each verb so that ``lensfinder --help`` is i
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,11 +25,6 @@ from lensfinder.config import (
     TrainConfig,
 )
 from lensfinder.errors import LensfinderError
-
-# OpenMP threads that spin while waiting steal the cores from each other on small machines
-# (measured: 6.7 -> 45 training images/s on 2 busy cores); a user's own setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 
 # Typer's command-line exceptions (Click's, which Typer may vendor): found from a public name.
 _cli_errors = sys.modules[typer.BadParameter.__module__]

@@ -40,12 +40,6 @@ from lensfinder.train.datamodule import LensDataModule
 from lensfinder.train.module import LensClassifier
 from lensfinder.utils import atomic_path
 
-# OpenMP threads that spin while waiting make torch several times slower (8x measured here) as
-# soon as other processes share the cores; sleeping waiters cost little on an idle machine. Read
-# once, when torch first loads (this module imports it only inside ``train``); a user's setting
-# wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_FILE = "last.ckpt"
 METRICS_FILE = "metrics.csv"
