@@ -121,7 +121,7 @@ def test_1_pack_overwrite_never_deletes_the_input_or_an_unmarked_directory(
     assert cli("pack", layout, "--out", store, "--chunk", 4).exit_code == 0
     result = cli("pack", layout, "--out", store, "--chunk", 2, "--overwrite")
     assert result.exit_code == 0, result.output
-    from lensfinder.data import open_store
+    from lensfinder.data.store import open_store
 
     assert open_store(store).chunk == 2
 
@@ -336,7 +336,7 @@ def test_8_catalogue_with_a_byte_order_mark_reads_like_without(layout_factory):
 
 
 def test_8_empty_or_inf_rule_values_are_counted_and_reported(layout_factory, tmp_path):
-    from lensfinder.data import open_store
+    from lensfinder.data.store import open_store
 
     layout = layout_factory("gaps", n=6, seed=6, lens_fraction=1.0)
     lines = _catalogue(layout)
@@ -405,11 +405,11 @@ def test_8_nisp_only_model_on_a_layout_without_vis_says_why_nothing_is_scanned(
 # -- disk full and a killed worker: finished shards are kept, nothing half-written stays -----
 def _plant(start: int, fault: str, flag: str) -> None:
     """In a worker: make the shard starting at ``start`` fail while its file is half written."""
-    from lensfinder.scan import catalog
+    from lensfinder.scan import shards
     from lensfinder.utils import atomic_path
 
-    original = getattr(catalog, "_original_write_parquet", catalog.write_parquet)
-    catalog._original_write_parquet = original
+    original = getattr(shards, "_original_write_parquet", shards.write_parquet)
+    shards._original_write_parquet = original
 
     def faulty(table, path):
         if not Path(path).name.startswith(f"shard-{start}-") or os.path.exists(flag):
@@ -421,13 +421,13 @@ def _plant(start: int, fault: str, flag: str) -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
 
-    catalog.write_parquet = faulty
+    shards.write_parquet = faulty
 
 
 def _unplant() -> None:
-    from lensfinder.scan import catalog
+    from lensfinder.scan import shards
 
-    catalog.write_parquet = getattr(catalog, "_original_write_parquet", catalog.write_parquet)
+    shards.write_parquet = getattr(shards, "_original_write_parquet", shards.write_parquet)
 
 
 @pytest.fixture(scope="module")

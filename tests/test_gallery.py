@@ -48,7 +48,7 @@ def test_top_candidates_with_images_and_known_lens_badge(candidates, tiny_store,
     known.write_text(f"name,ra,dec\nSLACS-X,{table['ra'][1]},{table['dec'][1]}\n")
     out = tmp_path / "gallery"
     result = make_gallery(
-        candidates, tiny_store, out, GalleryConfig(top=6, columns=3), known_lenses=known
+        candidates, tiny_store, out, GalleryConfig(top=6, columns=3, known_lenses=str(known))
     )
     page = (out / "index.html").read_text()
     cards = _cards(page)
@@ -75,14 +75,18 @@ def test_score_range_selects_borderline_candidates(candidates, tiny_store, tmp_p
         candidates / "candidates.parquet",
         tiny_store,
         out,
-        GalleryConfig(top=100),
-        score_range=(low, high),
+        GalleryConfig(top=100, score_min=low, score_max=high),
         progress=False,
     )
     shown = [int(i) for i in re.findall(r"ID (\d+)<", (out / "index.html").read_text())]
     assert shown == wanted and result.n_shown == len(wanted) > 0
-    capped = make_gallery(candidates, tiny_store, tmp_path / "capped", GalleryConfig(top=2),
-                          score_range=(low, high), progress=False)  # fmt: skip
+    capped = make_gallery(
+        candidates,
+        tiny_store,
+        tmp_path / "capped",
+        GalleryConfig(top=2, score_min=low, score_max=high),
+        progress=False,
+    )
     assert capped.n_shown == 2 and capped.n_selected == len(wanted)
 
 

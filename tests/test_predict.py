@@ -11,7 +11,7 @@ import torch
 from scipy.special import expit
 
 from lensfinder.config import InputConfig, ModelConfig, PredictConfig
-from lensfinder.data.source import Cutouts, CutoutSource
+from lensfinder.data.cutouts import Cutouts, CutoutSource
 from lensfinder.errors import ConfigError, DataError, ModelFileError
 from lensfinder.labels import DEFAULT_LABEL_RULE
 from lensfinder.predict import Predictor, average_logits, synthetic_cutouts
@@ -221,7 +221,8 @@ class ArraySource(CutoutSource):
 @pytest.mark.parametrize("run", ["a", "batch"])
 def test_predict_source_skips_and_counts_invalid_rows(runs, run):
     vis, nisp = synthetic_cutouts(23, seed=7)
-    vis[9, 5, 5] = np.nan  # a bad pixel the source did not catch
+    vis[9, :5] = np.nan  # 1000 bad pixels the source did not catch: skipped
+    vis[11, 5, 5] = np.inf  # one bad pixel: repaired and scored, as the reader would
     unreadable = {
         2: "/data/Public/EUC_VIS/imageEUC_VIS-502.fits: truncated FITS file (80 bytes)",
         3: "/data/Public/EUC_J/imageEUC_J-503.fits: truncated FITS file (2880 bytes)",
@@ -234,7 +235,7 @@ def test_predict_source_skips_and_counts_invalid_rows(runs, run):
 
     bad = np.isin(indices, [2, 3, 9, 17])
     assert (scores.valid == ~bad).all() and np.isnan(scores.score[bad]).all()
-    assert scores.skipped == {"truncated FITS file": 2, "non-finite": 1, "empty file": 1}
+    assert scores.skipped == {"truncated FITS file": 2, "non-finite pixels": 1, "empty file": 1}
     assert scores.reasons[int(np.flatnonzero(indices == 2)[0])] == unreadable[2]
     assert (scores.ids == 500 + indices).all()
     assert max(source.reads) < len(indices)  # streamed in chunks, not read at once
@@ -269,9 +270,18 @@ def test_clear_errors(runs, cutouts, tmp_path):
         Predictor([tmp_path / "missing"])
     predictor = Predictor([runs["a"]])
     vis, nisp = cutouts[0].copy(), cutouts[1]
-    vis[4, 0, 0] = np.inf
+    vis[4, :3] = np.inf  # 600 of 40000 pixels (over 1%): beyond repair
     with pytest.raises(DataError, match=r"non-finite.*row 4"):
         predictor.predict_arrays(vis, nisp)
+    vis[4, :3] = 1e-11
+    vis[4, 0, 0] = np.inf  # one pixel: repaired on a copy (the median of the rest)
+    repaired = vis[4].copy()
+    repaired[0, 0] = np.median(repaired[np.isfinite(repaired)])
+    np.testing.assert_allclose(
+        predictor.predict_arrays(vis[4:5], nisp[4:5]).logits,
+        predictor.predict_arrays(repaired[None], nisp[4:5]).logits,
+    )
+    assert np.isinf(vis[4, 0, 0])
     with pytest.raises(DataError, match="same n"):
         predictor.predict_arrays(vis[:3], nisp[:4])
 

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from lensfinder.config import InputConfig, ModelConfig
 from lensfinder.errors import ConfigError, ModelFileError
 from lensfinder.models import create_model
-from lensfinder.models.factory import create_timm
+from lensfinder.models.base import create_timm
 from lensfinder.models.pretrained import (
     LITE0_ARCH,
     LITE0_MEAN,

@@ -95,3 +95,16 @@ def test_save_grid_writes_a_png_mosaic(tmp_path):
     with pytest.raises(ValueError, match="titles"):
         save_grid(images, ["a"], tmp_path / "bad.png")
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_nisp_lands_where_the_sky_puts_it_on_the_vis_grid():
+    """A NISP point 17.5 pixels (5.25") right of centre sits 52.5 VIS pixels right of the VIS
+    centre, as in the model input: true pixel scales, not 19.8" stretched to 20"."""
+    from lensfinder.visual import _on_vis_grid
+
+    nisp = np.zeros((1, 66, 66))
+    nisp[0, 32, 50] = 1.0  # centre of the 66-px grid is at 32.5
+    picture = _on_vis_grid(nisp, 200)[0]
+    columns = picture.sum(axis=0)
+    centroid = float((np.arange(200) * columns).sum() / columns.sum())
+    assert centroid == pytest.approx(99.5 + 52.5, abs=0.05)

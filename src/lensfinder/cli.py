@@ -6,7 +6,6 @@ Imports of the stages happen inside each verb so that ``lensfinder --help`` is i
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,12 +15,16 @@ import typer
 from typer.core import TyperGroup
 
 from lensfinder import __version__
+from lensfinder.config import (
+    DemoConfig,
+    EvaluateConfig,
+    GalleryConfig,
+    PackConfig,
+    ScanConfig,
+    SimulateConfig,
+    TrainConfig,
+)
 from lensfinder.errors import LensfinderError
-
-# OpenMP threads that spin while waiting steal the cores from each other on small machines
-# (measured: 6.7 -> 45 training images/s on 2 busy cores); a user's own setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 
 # Typer's command-line exceptions (Click's, which Typer may vendor): found from a public name.
 _cli_errors = sys.modules[typer.BadParameter.__module__]
@@ -64,6 +67,7 @@ reproduce_app = typer.Typer(help="Reproduce the paper's experiments.", no_args_i
 app.add_typer(reproduce_app, name="reproduce")
 
 F = TypeVar("F", bound=Callable[..., Any])
+C = TypeVar("C")
 
 
 def user_errors(func: F) -> F:
@@ -166,30 +170,88 @@ def _budget(text: str) -> str:
     return text
 
 
-def _positive(value: float) -> float:
-    if not value > 0:
+def _positive(value: float | None) -> float | None:
+    if value is not None and not value > 0:
         raise typer.BadParameter(f"{value}: must be > 0")
     return value
+
+
+def _default(cls: type, dotted: str) -> str:
+    """The config class's default of a field (``predict.batch_size``), for an option's help."""
+    value: Any = cls()
+    for name in dotted.split("."):
+        value = getattr(value, name)
+    return str(value)
+
+
+def _load(cls: type[C], config: str | None, **flags: Any) -> C:
+    """The config: class defaults, then the YAML file, then the flags the user typed.
+
+    A flag left at None was not typed, so the file's value (or the default) stands; a
+    ``__`` in a flag's name reaches into a nested config (``predict__tta``)."""
+    from lensfinder.config import load_config
+
+    overrides: dict[str, Any] = {}
+    for name, value in flags.items():
+        if value is None:
+            continue
+        *parents, leaf = name.split("__")
+        node = overrides
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return load_config(cls, config, **overrides)
+
+
+def _config_option(cls: type) -> Any:
+    """The ``--config`` option of a verb whose settings are a ``cls``."""
+    return typer.Option(help=f"YAML config file or shipped name ({cls.__name__}); flags win.")
 
 
 @app.command()
 @user_errors
 def simulate(
     out: Out,
-    n: Annotated[int, typer.Option("--n", help="Number of cutouts.", **Count)] = 1000,
-    seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 0,
-    workers: Annotated[int, typer.Option(help="Worker processes.", **Count)] = 1,
+    n: Annotated[
+        int | None,
+        typer.Option(
+            "--n", help="Number of cutouts.", show_default=_default(SimulateConfig, "n"), **Count
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Random seed (same seed, same files).",
+            show_default=_default(SimulateConfig, "seed"),
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Worker processes.", show_default=_default(SimulateConfig, "workers"), **Count
+        ),
+    ] = None,
     lens_fraction: Annotated[
-        float, typer.Option(help="Fraction of lenses.", min=0.0, max=1.0)
-    ] = 0.5,
-    first_id: Annotated[int, typer.Option(help="ID of the first object.", min=0)] = 200000,
-    config: Annotated[str | None, typer.Option(help="YAML config (SimulateConfig).")] = None,
+        float | None,
+        typer.Option(
+            help="Fraction of lenses.",
+            min=0.0,
+            max=1.0,
+            show_default=_default(SimulateConfig, "lens_fraction"),
+        ),
+    ] = None,
+    first_id: Annotated[
+        int | None,
+        typer.Option(
+            help="ID of the first object.", min=0, show_default=_default(SimulateConfig, "first_id")
+        ),
+    ] = None,
+    config: Annotated[str | None, _config_option(SimulateConfig)] = None,
 ) -> None:
     """Simulate Euclid-like cutouts in the Lens Finding Challenge 2 layout."""
-    from lensfinder.config import SimulateConfig, load_config
     from lensfinder.simulate import simulate as run
 
-    cfg = load_config(
+    cfg = _load(
         SimulateConfig,
         config,
         n=n,
@@ -208,19 +270,39 @@ def pack(
     layout: Annotated[Path, typer.Argument(help="Challenge layout directory.")],
     out: Out,
     label_rule: Annotated[
-        str | None, typer.Option(help="is_lens rule, e.g. 'n_sources > 0 & mag_eff > 1.5'.")
+        str | None,
+        typer.Option(
+            help="is_lens rule, e.g. 'n_sources > 0 & mag_eff > 1.5' (default: the layout's)."
+        ),
     ] = None,
-    chunk: Annotated[int, typer.Option(help="Objects per store chunk.", **Count)] = 8,
-    workers: Annotated[int, typer.Option(help="FITS reader processes.", **Count)] = 1,
+    chunk: Annotated[
+        int | None,
+        typer.Option(
+            help="Objects per store chunk.", show_default=_default(PackConfig, "chunk"), **Count
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="FITS reader processes.", show_default=_default(PackConfig, "workers"), **Count
+        ),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option(help="Replace a store that lensfinder packed (nothing else).")
     ] = False,
+    config: Annotated[str | None, _config_option(PackConfig)] = None,
 ) -> None:
     """Pack a challenge layout into one chunked Zarr store for fast training and scanning."""
     from lensfinder.data.store import pack as run
 
+    cfg = _load(PackConfig, config, label_rule=label_rule, chunk=chunk, workers=workers)
     result = run(
-        layout, out, label_rule=label_rule, chunk=chunk, workers=workers, overwrite=overwrite
+        layout,
+        out,
+        label_rule=cfg.label_rule,
+        chunk=cfg.chunk,
+        workers=cfg.workers,
+        overwrite=overwrite,
     )
     typer.echo(result.summary())
 
@@ -230,8 +312,15 @@ def pack(
 def train(
     data: Data,
     out: Out,
-    config: Annotated[str, typer.Option(help="Config file or shipped name.")] = "cpu-small",
-    max_epochs: Annotated[int | None, typer.Option(help="Override max_epochs.", **Count)] = None,
+    config: Annotated[str, typer.Option(help="Config file or shipped name; flags win.")] = (
+        "cpu-small"
+    ),
+    max_epochs: Annotated[
+        int | None,
+        typer.Option(
+            help="Override max_epochs.", show_default=_default(TrainConfig, "max_epochs"), **Count
+        ),
+    ] = None,
     devices: Annotated[
         str | None, typer.Option(help="Lightning devices (e.g. 4, 0,1 or auto).", callback=_devices)
     ] = None,
@@ -248,23 +337,22 @@ def train(
 ) -> None:
     """Train a classifier on a packed store; writes model.safetensors + model.json to OUT
     (with --members N: OUT/member-0..N-1 and OUT/ensemble.json, used as one model)."""
-    from lensfinder.config import TrainConfig, load_config
-
-    overrides: dict[str, Any] = {}
-    if max_epochs is not None:
-        overrides["max_epochs"] = max_epochs
-    if devices is not None:
-        overrides["devices"] = int(devices) if devices.lstrip("-").isdigit() else devices
-    if num_nodes is not None:
-        overrides["num_nodes"] = num_nodes
-    if members is not None:
-        overrides["members"] = members
-    cfg = load_config(TrainConfig, config, **overrides)
+    from lensfinder.train.ensemble import train_models as run
     from lensfinder.train.run import check_config
 
+    if devices is not None and devices.lstrip("-").isdigit():
+        devices_value: int | str | None = int(devices)
+    else:
+        devices_value = devices
+    cfg = _load(
+        TrainConfig,
+        config,
+        max_epochs=max_epochs,
+        devices=devices_value,
+        num_nodes=num_nodes,
+        members=members,
+    )
     check_config(cfg)
-    from lensfinder.train.ensemble import train_models as run
-
     result = run(cfg, data, out, resume=not no_resume)
     typer.echo(result.summary())
 
@@ -275,36 +363,60 @@ def evaluate(
     model: Models,
     data: Data,
     out: Out,
-    tta: Annotated[bool, typer.Option(help="Average over the 8 D4 transforms.")] = False,
+    tta: Annotated[
+        bool | None,
+        typer.Option(
+            "--tta/--no-tta",
+            help="Average over the 8 D4 transforms.",
+            show_default=_default(EvaluateConfig, "predict.tta"),
+        ),
+    ] = None,
     split: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="auto (test split of the training data, every object of other data), test, "
-            "val, train or all."
+            "val, train or all.",
+            show_default=_default(EvaluateConfig, "split"),
         ),
-    ] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Inference batch size.", **Count)] = 64,
-    average: Annotated[str, typer.Option(help="Ensemble average: probability or logit.")] = (
-        "probability"
-    ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Inference batch size.",
+            show_default=_default(EvaluateConfig, "predict.batch_size"),
+            **Count,
+        ),
+    ] = None,
+    average: Annotated[
+        str | None,
+        typer.Option(
+            help="Ensemble average: probability or logit.",
+            show_default=_default(EvaluateConfig, "predict.ensemble_average"),
+        ),
+    ] = None,
     bootstrap: Annotated[
-        int, typer.Option(help="Bootstrap resamples for the AUROC CI (0: none).", min=0)
-    ] = 1000,
+        int | None,
+        typer.Option(
+            help="Bootstrap resamples for the AUROC CI (0: none).",
+            min=0,
+            show_default=_default(EvaluateConfig, "bootstrap"),
+        ),
+    ] = None,
+    config: Annotated[str | None, _config_option(EvaluateConfig)] = None,
 ) -> None:
     """Score a labelled set: metrics.json, ROC plots, histograms and an HTML report."""
-    from lensfinder.config import EvaluateConfig, from_dict
     from lensfinder.evaluate import evaluate as run
     from lensfinder.safety import check_not_input
 
     check_not_input(out, [data, *model], "evaluate")
-
-    cfg = from_dict(
+    cfg = _load(
         EvaluateConfig,
-        {
-            "predict": {"tta": tta, "batch_size": batch_size, "ensemble_average": average},
-            "split": split,
-            "bootstrap": bootstrap,
-        },
+        config,
+        predict__tta=tta,
+        predict__batch_size=batch_size,
+        predict__ensemble_average=average,
+        split=split,
+        bootstrap=bootstrap,
     )
     result = run(model, data, out, cfg)
     typer.echo(result.summary())
@@ -391,23 +503,53 @@ def scan(
     scheduler: Annotated[
         str | None, typer.Option(help="Dask scheduler address, e.g. tcp://host:8786.")
     ] = None,
-    workers: Annotated[int, typer.Option(help="Local Dask workers (no --scheduler).", **Count)] = 1,
-    backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
-    tta: Annotated[bool, typer.Option(help="Average over the 8 D4 transforms.")] = False,
-    shard_size: Annotated[int, typer.Option(help="Cutouts per shard.", **Count)] = 2048,
-    batch_size: Annotated[int, typer.Option(help="Inference batch size.", **Count)] = 64,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Local Dask workers (no --scheduler).",
+            show_default=_default(ScanConfig, "workers"),
+            **Count,
+        ),
+    ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(help="torch or onnx.", show_default=_default(ScanConfig, "predict.backend")),
+    ] = None,
+    tta: Annotated[
+        bool | None,
+        typer.Option(
+            "--tta/--no-tta",
+            help="Average over the 8 D4 transforms.",
+            show_default=_default(ScanConfig, "predict.tta"),
+        ),
+    ] = None,
+    shard_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Cutouts per shard.", show_default=_default(ScanConfig, "shard_size"), **Count
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Inference batch size.",
+            show_default=_default(ScanConfig, "predict.batch_size"),
+            **Count,
+        ),
+    ] = None,
+    config: Annotated[str | None, _config_option(ScanConfig)] = None,
 ) -> None:
     """Score many cutouts on Dask, one Parquet file per shard, resumable; merged catalogue."""
-    from lensfinder.config import ScanConfig, from_dict
     from lensfinder.scan import scan as run
 
-    cfg = from_dict(
+    cfg = _load(
         ScanConfig,
-        {
-            "predict": {"tta": tta, "backend": backend, "batch_size": batch_size},
-            "shard_size": shard_size,
-            "workers": workers,
-        },
+        config,
+        predict__tta=tta,
+        predict__backend=backend,
+        predict__batch_size=batch_size,
+        shard_size=shard_size,
+        workers=workers,
     )
     result = run(model, data, out, cfg, scheduler=scheduler)
     typer.echo(result.summary())
@@ -419,7 +561,12 @@ def gallery(
     candidates: Annotated[Path, typer.Argument(help="Scan output directory or catalogue.")],
     data: Data,
     out: Out,
-    top: Annotated[int, typer.Option(help="How many top candidates.", **Count)] = 100,
+    top: Annotated[
+        int | None,
+        typer.Option(
+            help="How many top candidates.", show_default=_default(GalleryConfig, "top"), **Count
+        ),
+    ] = None,
     score_min: Annotated[
         float | None, typer.Option(help="Lowest score to show.", min=0.0, max=1.0)
     ] = None,
@@ -431,28 +578,30 @@ def gallery(
         typer.Option(help="Flag known lenses: a catalogue file, or 'lenscat'."),
     ] = None,
     radius: Annotated[
-        float, typer.Option(help="Match radius for known lenses, arcsec.", callback=_positive)
-    ] = 2.0,
+        float | None,
+        typer.Option(
+            help="Match radius for known lenses, arcsec.",
+            callback=_positive,
+            show_default=_default(GalleryConfig, "radius_arcsec"),
+        ),
+    ] = None,
+    config: Annotated[str | None, _config_option(GalleryConfig)] = None,
 ) -> None:
     """HTML page and PNG mosaic of candidates as colour composites."""
-    from lensfinder.config import GalleryConfig
     from lensfinder.safety import check_not_input
     from lensfinder.scan.gallery import make_gallery
 
     check_not_input(out, [data, candidates], "gallery")
-
-    score_range = None
-    if score_min is not None or score_max is not None:
-        score_range = (score_min or 0.0, 1.0 if score_max is None else score_max)
-    result = make_gallery(
-        candidates,
-        data,
-        out,
-        GalleryConfig(top=top),
-        score_range=score_range,
+    cfg = _load(
+        GalleryConfig,
+        config,
+        top=top,
+        score_min=score_min,
+        score_max=score_max,
         known_lenses=known_lenses,
         radius_arcsec=radius,
     )
+    result = make_gallery(candidates, data, out, cfg)
     typer.echo(result.summary())
 
 
@@ -461,11 +610,13 @@ def gallery(
 def demo(
     out: Out = Path("demo-output"),
     quick: Annotated[bool, typer.Option(help="A tiny run (for tests).")] = False,
+    config: Annotated[str | None, _config_option(DemoConfig)] = None,
 ) -> None:
     """Run the whole pipeline on fresh simulations: simulate, train, evaluate, scan, gallery."""
     from lensfinder.demo import run_demo
 
-    result = run_demo(out, quick=quick)
+    cfg = _load(DemoConfig, config) if config is not None else None
+    result = run_demo(out, quick=quick, config=cfg)
     typer.echo(result.summary())
 
 

@@ -16,6 +16,7 @@ from typing import Any, Literal, TypeVar
 
 from lensfinder.errors import ConfigError
 from lensfinder.labels import DEFAULT_LABEL_RULE
+from lensfinder.utils import atomic_write_text
 
 SHIPPED_CONFIGS = Path(__file__).parent / "configs"
 BANDS_ALL: tuple[str, ...] = ("VIS", "Y", "J", "H")
@@ -71,6 +72,15 @@ class SimulateConfig:
     # --- real galaxy stamps (optional): FITS images with a PIXSCALE header (arcsec) ---
     source_stamps: str | None = None  # a folder; used as sources and as non-lens galaxies
     stamp_fraction: float = 0.5  # share of sources and of non-lens galaxies taken from stamps
+
+
+@dataclass
+class PackConfig:
+    """How ``pack`` writes a store from a challenge layout."""
+
+    chunk: int = 8  # objects per store chunk: random reads cost 8 objects, contiguous stay fast
+    workers: int = 1  # FITS reader processes
+    label_rule: str | None = None  # None: the rule the layout was simulated with, or the default
 
 
 @dataclass
@@ -190,6 +200,19 @@ class GalleryConfig:
     columns: int = 10
     stamp_pixels: int = 128
     asinh_softening: float = 3.0
+    # Show only candidates scored in [score_min, score_max] (either alone: the other end open).
+    score_min: float | None = None
+    score_max: float | None = None
+    known_lenses: str | None = None  # a catalogue file, or "lenscat"; None: no badges
+    radius_arcsec: float = 2.0  # match radius for known lenses
+
+    @property
+    def score_range(self) -> tuple[float, float] | None:
+        """The chosen score interval, or None when the top candidates are wanted."""
+        if self.score_min is None and self.score_max is None:
+            return None
+        low = 0.0 if self.score_min is None else self.score_min
+        return (low, 1.0 if self.score_max is None else self.score_max)
 
 
 @dataclass
@@ -204,6 +227,22 @@ class DemoConfig:
     workers: int = 2
     gallery_top: int = 48
     seed: int = 0
+
+
+def check_bands(input_cfg: InputConfig) -> tuple[str, ...]:
+    """The input's bands, refused unless known, distinct and non-empty (stems are built for
+    exactly these) and fit for the layout; one check for the model and its input alike."""
+    bands = tuple(input_cfg.bands)
+    unknown = [b for b in bands if b not in BANDS_ALL]
+    if not bands or unknown or len(set(bands)) != len(bands):
+        raise ConfigError(
+            f"input.bands {list(bands)}: need one or more distinct bands out of {list(BANDS_ALL)}"
+        )
+    if input_cfg.layout == "two_branch" and ("VIS" not in bands or len(bands) < 2):
+        raise ConfigError("input layout two_branch needs VIS and at least one NISP band")
+    if input_cfg.size < 8:
+        raise ConfigError(f"input size {input_cfg.size} is too small (at least 8 pixels)")
+    return bands
 
 
 C = TypeVar("C")
@@ -337,7 +376,5 @@ def load_config(cls: type[C], name_or_path: str | Path | None = None, **override
 
 def save_config(config: Any, path: str | Path) -> None:
     import yaml
-
-    from lensfinder.utils import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -13,7 +13,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lensfinder.config import DemoConfig, TrainConfig, load_config
+from lensfinder.config import (
+    DemoConfig,
+    EvaluateConfig,
+    GalleryConfig,
+    ScanConfig,
+    SimulateConfig,
+    TrainConfig,
+    load_config,
+)
+from lensfinder.data.store import pack
+from lensfinder.evaluate import evaluate
+from lensfinder.scan import scan
+from lensfinder.scan.gallery import make_gallery
+from lensfinder.simulate import simulate
+from lensfinder.train import train
 
 QUICK = DemoConfig(n_train=48, n_field=24, field_lens_fraction=0.25, max_epochs=1, gallery_top=8)
 # A quick demo also shrinks the model input so that a test can run the whole pipeline in seconds.
@@ -76,14 +90,6 @@ def demo_train_config(cfg: DemoConfig, quick: bool) -> TrainConfig:
 
 def run_demo(out: Path, quick: bool = False, config: DemoConfig | None = None) -> DemoResult:
     """Run every stage into ``out``; returns the headline numbers and where everything is."""
-    from lensfinder.config import EvaluateConfig, GalleryConfig, ScanConfig, SimulateConfig
-    from lensfinder.data.store import pack
-    from lensfinder.evaluate import evaluate
-    from lensfinder.scan import scan
-    from lensfinder.scan.gallery import make_gallery
-    from lensfinder.simulate import simulate
-    from lensfinder.train import train
-
     cfg = config or (QUICK if quick else DemoConfig())
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,10 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from lensfinder import __version__
 from lensfinder.errors import ConfigError
+from lensfinder.layout import catalog_path
+from lensfinder.utils import atomic_write_text
 
 MARKER_FILE = ".lensfinder-output.json"
 LOCK_FILE = ".lensfinder.lock"
@@ -34,9 +37,6 @@ LOCK_FILE = ".lensfinder.lock"
 # -- output markers ----------------------------------------------------------------------------
 def mark_output(directory: str | Path, kind: str) -> None:
     """Record that lensfinder made ``directory`` as a ``kind`` output (for ``--overwrite``)."""
-    from lensfinder import __version__
-    from lensfinder.utils import atomic_write_text
-
     record = {"kind": kind, "lensfinder_version": __version__}
     atomic_write_text(Path(directory) / MARKER_FILE, json.dumps(record) + "\n")
 
@@ -186,8 +186,6 @@ def output_lock(out: str | Path, verb: str, lock_file: str | Path | None = None)
 def layout_fingerprint(root: str | Path, files: Iterable[Path]) -> str:
     """Content fingerprint of a layout: name, size and modification time of every image file,
     and the catalogue's bytes. Rewriting any file (even with the same IDs) changes it."""
-    from lensfinder.layout import catalog_path
-
     digest = hashlib.sha256()
     for path in sorted(files):
         stat = path.stat()

@@ -45,11 +45,6 @@ def atomic_write_text(target: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def atomic_write_bytes(target: str | Path, data: bytes) -> None:
-    with atomic_path(target) as tmp:
-        tmp.write_bytes(data)
-
-
 def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", **kw) -> Iterable[T]:
     """A progress bar with rate and ETA (tqdm), on stderr; quiet when LENSFINDER_QUIET is set."""
     from tqdm.auto import tqdm

@@ -1,10 +1,11 @@
 """Images for people: colour composites of VIS + NISP cutouts and PNG mosaics.
 
 Shared by the simulator's preview and the candidate gallery. Every scaling is measured on the
-image itself (median and MAD for background and noise), so the pictures look alike in any flux
-units: simulated e-/s, the challenge's tiny arbitrary units, or real survey data. As in the
-Euclid Q1 lens searches, VIS gives the luminance (its resolution shows arcs) and NISP gives the
-colour (red lens galaxies, blue star-forming sources).
+image itself, with the model input's noise estimator and NISP->VIS resampler, so the pictures
+look alike in any flux units (simulated e-/s, the challenge's tiny arbitrary units, real survey
+data) and align the bands as the model does. As in the Euclid Q1 lens searches, VIS gives the
+luminance (its resolution shows arcs) and NISP gives the colour (red lens galaxies, blue
+star-forming sources).
 """
 
 from __future__ import annotations
@@ -13,26 +14,29 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from lensfinder.data.transforms import background_and_noise, resample_nisp
+from lensfinder.surveys import EUCLID
 from lensfinder.utils import atomic_path
-
-MAD_TO_SIGMA = 1.4826
 
 
 def robust_background(image: np.ndarray) -> tuple[float, float]:
-    """(background level, noise sigma) from the median and MAD of the finite pixels.
+    """(background level, noise sigma) of one image: the model input's estimator
+    (``data.transforms.background_and_noise``: clipped median and MAD of the border frame), so
+    pictures and model see the same noise.
 
     The sigma falls back to the standard deviation, then to 1, for images with no spread,
     so a blank or constant cutout never divides by zero.
     """
-    values = np.asarray(image, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return 0.0, 1.0
-    median = float(np.median(values))
-    sigma = MAD_TO_SIGMA * float(np.median(np.abs(values - median)))
-    if not sigma > 0:
-        sigma = float(values.std())
+    values = np.ascontiguousarray(image, dtype=np.float32)
+    sky, noise = background_and_noise(torch.from_numpy(values)[None, None])
+    median, sigma = float(sky), float(noise)
+    finite = values[np.isfinite(values)]
+    if not np.isfinite(median):
+        median = float(np.median(finite)) if finite.size else 0.0
+    if not sigma > 0:  # also NaN
+        sigma = float(finite.std()) if finite.size else 0.0
     if not sigma > 0:
         sigma = 1.0
     return median, sigma
@@ -54,25 +58,21 @@ def asinh_stretch(image: np.ndarray, softening: float = 3.0, top_percentile: flo
     return np.clip(stretched / top, 0.0, 1.0)
 
 
-def _to_grid(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Resample to ``shape`` (bicubic, edges clamped): NISP onto the VIS grid."""
-    from scipy.ndimage import zoom
-
-    image = np.nan_to_num(np.asarray(image, dtype=np.float64))
-    if image.shape == shape:
-        return image
-    factors = (shape[0] / image.shape[0], shape[1] / image.shape[1])
-    resampled = zoom(image, factors, order=3, mode="nearest", grid_mode=True)
-    return resampled[: shape[0], : shape[1]]
+def _on_vis_grid(nisp: np.ndarray, vis_pixels: int) -> np.ndarray:
+    """NISP (c, h, w) onto the ``vis_pixels`` VIS grid with the model input's resampler: true
+    pixel scales, centres aligned (19.8" of NISP is not stretched to VIS's 20")."""
+    field = vis_pixels * EUCLID.band("VIS").pixel_scale
+    tensor = torch.from_numpy(np.ascontiguousarray(np.nan_to_num(nisp), dtype=np.float32))
+    return resample_nisp(tensor[None], vis_pixels, field)[0].double().numpy()
 
 
 def colour_composite(vis: np.ndarray, nisp: np.ndarray, softening: float = 3.0) -> np.ndarray:
     """An RGB picture (H, W, 3) uint8 of one object: VIS luminance, NISP colour.
 
-    ``vis`` is (H, W); ``nisp`` is (3, h, w) in Y, J, H order (any resolution). Red comes from H,
-    green from Y and J, blue from VIS blurred to NISP resolution, each in its own noise units
-    and balanced on the brightest object, so colours are relative: a red lens galaxy looks
-    orange-white and a blue arc around it looks blue, whatever the flux units.
+    ``vis`` is (H, W) at VIS's pixel scale; ``nisp`` is (3, h, w) in Y, J, H order at NISP's.
+    Red comes from H, green from Y and J, blue from VIS blurred to NISP resolution, each in its
+    own noise units and balanced on the brightest object, so colours are relative: a red lens
+    galaxy looks orange-white and a blue arc around it looks blue, whatever the flux units.
     """
     from scipy.ndimage import gaussian_filter
 
@@ -87,8 +87,9 @@ def colour_composite(vis: np.ndarray, nisp: np.ndarray, softening: float = 3.0) 
 
     blur = 1.0 * shape[0] / nisp.shape[1]  # about one NISP pixel, in VIS pixels
     blue = in_noise_units(gaussian_filter(np.nan_to_num(vis), blur))
-    green = _to_grid(in_noise_units(nisp[0]) + in_noise_units(nisp[1]), shape) / np.sqrt(2.0)
-    red = _to_grid(in_noise_units(nisp[2]), shape)
+    y, j, h = _on_vis_grid(np.stack([in_noise_units(band) for band in nisp]), shape[0])
+    green = (y + j) / np.sqrt(2.0)
+    red = h
     channels = np.stack([red, green, blue])
     channels = gaussian_filter(channels, (0, blur, blur))  # colour is a low-resolution quantity
     # Balance on the bright part of the picture (the channel values where the object is), but

@@ -4,9 +4,8 @@ Bad input never crashes a run over 100,000 objects: a file that cannot be used b
 ``Problem(id, path, reason)`` and the object is skipped and counted. Only a directory that is not
 a layout at all, or a catalogue that cannot give labels, raises ``DataError`` (one line).
 
-Non-finite pixels: an image with at most ``MAX_NONFINITE_FRACTION`` of its pixels NaN/inf is
-repaired (those pixels are set to the median of the finite pixels, so the repair is neutral in any
-flux unit) and the repair is counted; an image with more is rejected with a reason.
+Non-finite pixels follow the one policy of ``data.nonfinite``: a few are repaired and counted,
+an image with more is rejected with a reason.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lensfinder.data.nonfinite import MAX_NONFINITE_FRACTION, repair_nonfinite
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.labels import LabelRule
 from lensfinder.labels import label_rule as parse_label_rule
@@ -36,8 +36,8 @@ from lensfinder.layout import (
     parse_image_name,
 )
 from lensfinder.surveys import EUCLID, Band
+from lensfinder.utils import progress
 
-MAX_NONFINITE_FRACTION = 0.01
 FITS_BLOCK = 2880  # every FITS file is a whole number of 2880-byte blocks
 
 
@@ -138,18 +138,6 @@ def _read_fits_image(path: Path) -> tuple[np.ndarray, object]:
     return data.astype(np.float32, copy=False), header
 
 
-def _repair_nonfinite(data: np.ndarray, path: Path) -> int:
-    """Replace a few NaN/inf pixels in place by the finite median; reject images with many."""
-    bad = ~np.isfinite(data)
-    count = int(bad.sum())
-    if count == 0:
-        return 0
-    if count > MAX_NONFINITE_FRACTION * data.size:
-        raise BadImage(path, f"non-finite pixels: {count} of {data.size} are NaN or inf")
-    data[bad] = np.median(data[~bad])
-    return count
-
-
 def _centre_radec(header, shape: tuple[int, ...]) -> tuple[float, float]:
     """RA/Dec (deg) of the cutout centre from a celestial WCS, or NaN when there is none."""
     if "CTYPE1" not in header or "CTYPE2" not in header:
@@ -184,7 +172,9 @@ def read_band(path: Path, band: Band, want_position: bool = False) -> tuple[np.n
     if data.shape != expected:
         raise BadImage(path, f"wrong shape {data.shape} for band {band.name}, expected {expected}")
     data = np.array(data, dtype=np.float32, copy=True) if not data.flags.writeable else data
-    repaired = _repair_nonfinite(data, path)
+    repaired, reason = repair_nonfinite(data)
+    if reason is not None:
+        raise BadImage(path, reason)
     if data.size and data.min() == data.max():  # zeros from a failed writer, a masked field
         raise BadImage(path, f"blank image (every pixel is {float(data.flat[0]):g})")
     position = _centre_radec(header, data.shape) if want_position else (np.nan, np.nan)
@@ -351,8 +341,6 @@ class ChallengeLayout:
 
     def _read_positions(self) -> tuple[np.ndarray, np.ndarray]:
         from astropy.io import fits
-
-        from lensfinder.utils import progress
 
         ra = np.full(len(self), np.nan)
         dec = np.full(len(self), np.nan)

@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from lensfinder.config import InputConfig
+from lensfinder.config import InputConfig, check_bands
 from lensfinder.data.augment import N_ELEMENTS, apply_d4
-from lensfinder.data.source import CutoutSource
-from lensfinder.data.transforms import check_bands, to_model_input
+from lensfinder.data.cutouts import CutoutSource
+from lensfinder.data.transforms import to_model_input
 
 Item = tuple[torch.Tensor | tuple[torch.Tensor, torch.Tensor], torch.Tensor]
 

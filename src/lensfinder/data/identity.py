@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from lensfinder.data.source import CutoutSource
+from lensfinder.data.cutouts import CutoutSource
 
 
 def fingerprint(source: CutoutSource) -> str:

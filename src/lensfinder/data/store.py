@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lensfinder import __version__
+from lensfinder.config import PackConfig
 from lensfinder.data.challenge import (
     BadImage,
     ChallengeLayout,
@@ -39,7 +41,7 @@ from lensfinder.data.challenge import (
     read_layout,
     summarise_problems,
 )
-from lensfinder.data.source import (
+from lensfinder.data.cutouts import (
     NISP_SHAPE,
     VIS_SHAPE,
     Cutouts,
@@ -51,11 +53,11 @@ from lensfinder.errors import DataError
 from lensfinder.labels import LabelRule
 from lensfinder.safety import check_not_input, mark_output, output_lock, remove_output
 from lensfinder.surveys import EUCLID
+from lensfinder.utils import progress as progress_bar
 
 STORE_FORMAT_KEY = "lensfinder_store"
 STORE_VERSION = 1
 VECTOR_CHUNK = 65536  # ids, labels, positions, catalogue columns: a few chunks per 100k objects
-DEFAULT_CHUNK = 8  # objects per chunk: random reads cost 8 objects, contiguous reads stay fast
 PARTIAL_SUFFIX = ".partial"
 STORE_KIND = "store"  # the output marker's kind: what ``pack --overwrite`` may replace
 FLUSH_OBJECTS = 256  # objects per write (rounded to whole chunks); also the resume granularity
@@ -100,8 +102,6 @@ def _listing_digest(layout: ChallengeLayout) -> str:
 
 
 def _version() -> str:
-    from lensfinder import __version__
-
     return __version__
 
 
@@ -227,9 +227,9 @@ def pack(
     layout_dir: str | Path,
     out: str | Path,
     label_rule: str | LabelRule | None = None,
-    chunk: int = DEFAULT_CHUNK,
+    chunk: int = PackConfig.chunk,
     progress: bool = True,
-    workers: int = 1,
+    workers: int = PackConfig.workers,
     overwrite: bool = False,
 ) -> PackResult:
     """Read every object of a layout once and write one Zarr store; resumable and atomic.
@@ -284,8 +284,6 @@ def _pack_into(
     started: float,
 ) -> PackResult:
     """Write ``<out>.partial`` (resuming a matching one) and rename it to ``out`` when done."""
-    from lensfinder.utils import progress as progress_bar
-
     partial = out.with_name(out.name + PARTIAL_SUFFIX)
     group, state = _resume_or_start(partial, identity, len(layout), chunk)
     cursor, written = state["cursor"], state["written"]
@@ -403,7 +401,7 @@ class StoreSource(CutoutSource):
 
     @property
     def chunk(self) -> int:
-        return int(self.attrs.get("chunk", DEFAULT_CHUNK))
+        return int(self.attrs.get("chunk", PackConfig.chunk))
 
     def _open(self) -> dict:
         if self._arrays is None:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lensfinder.config import BANDS_ALL, BANDS_NISP, InputConfig
+from lensfinder.config import BANDS_NISP, InputConfig, check_bands
 from lensfinder.errors import ConfigError
 from lensfinder.surveys import EUCLID
 
@@ -206,20 +206,6 @@ def nisp_native_crop(nisp: torch.Tensor, field_arcsec: float) -> torch.Tensor:
     pixels = math.ceil(field_arcsec / EUCLID.band(BANDS_NISP[0]).pixel_scale - 1e-6)
     pixels += (height - pixels) % 2  # same parity as the image: the centre stays the centre
     return crop_centre(nisp, min(height, pixels))
-
-
-def check_bands(input_cfg: InputConfig) -> tuple[str, ...]:
-    bands = tuple(input_cfg.bands)
-    unknown = [b for b in bands if b not in BANDS_ALL]
-    if not bands or unknown or len(set(bands)) != len(bands):
-        raise ConfigError(
-            f"input bands {list(bands)}: need one or more distinct bands out of {list(BANDS_ALL)}"
-        )
-    if input_cfg.layout == "two_branch" and ("VIS" not in bands or len(bands) < 2):
-        raise ConfigError("input layout two_branch needs VIS and at least one NISP band")
-    if input_cfg.size < 8:
-        raise ConfigError(f"input size {input_cfg.size} is too small (at least 8 pixels)")
-    return bands
 
 
 def to_model_input(

@@ -13,14 +13,12 @@ Bad input (lengths that differ, NaN scores, unknown labels, one class only) rais
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from lensfinder.config import EvaluateConfig
 from lensfinder.errors import DataError
-
-if TYPE_CHECKING:
-    from lensfinder.config import EvaluateConfig
 
 
 def check_labels_scores(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -140,7 +138,7 @@ def auroc(labels: Any, scores: Any) -> float:
 
 
 def auroc_bootstrap_ci(
-    labels: Any, scores: Any, n: int = 1000, seed: int = 0, level: float = 0.95
+    labels: Any, scores: Any, n: int = EvaluateConfig.bootstrap, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float]:
     """Percentile bootstrap CI of AUROC, resampling lenses and non-lenses separately.
 

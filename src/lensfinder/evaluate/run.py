@@ -21,8 +21,10 @@ from typing import Any
 import numpy as np
 
 from lensfinder.config import EvaluateConfig, SplitConfig, from_dict, to_dict
+from lensfinder.data import open_source
+from lensfinder.data.cutouts import CutoutSource
 from lensfinder.data.identity import same_data
-from lensfinder.data.source import CutoutSource
+from lensfinder.data.splits import split_indices
 from lensfinder.ensemble import expand_models
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.evaluate.breakdown import (
@@ -34,6 +36,7 @@ from lensfinder.evaluate.breakdown import (
 from lensfinder.evaluate.metrics import compute_metrics, fpr_key, roc_curve
 from lensfinder.evaluate.plots import completeness_plot, roc_plot, score_histograms
 from lensfinder.evaluate.report import write_report
+from lensfinder.predict import Predictor
 from lensfinder.utils import atomic_path, atomic_write_text
 
 SCORES_NAME = "scores.csv"
@@ -102,8 +105,6 @@ def select_indices(
     """
     if split == "all":
         return np.arange(len(ids))
-    from lensfinder.data.splits import split_indices
-
     configs = [_split_config(meta, run_dir) for meta, run_dir in zip(metas, run_dirs, strict=True)]
     for config, run_dir in zip(configs[1:], run_dirs[1:], strict=True):
         if config != configs[0]:
@@ -198,9 +199,6 @@ def evaluate(
 ) -> EvaluationResult:
     """Score ``data`` (its ``cfg.split``) with the model(s) and write scores, metrics, plots and
     the HTML report to ``out``."""
-    from lensfinder.data import open_source
-    from lensfinder.predict import Predictor
-
     cfg = cfg or EvaluateConfig()
     run_dirs = expand_models(models)  # an ensemble directory is its members
     if not run_dirs:

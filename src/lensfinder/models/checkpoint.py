@@ -18,9 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from lensfinder import __version__
 from lensfinder.config import InputConfig, ModelConfig, from_dict, to_dict
 from lensfinder.ensemble import ENSEMBLE_FILE, is_ensemble
 from lensfinder.errors import ConfigError, ModelFileError
+from lensfinder.models.factory import create_model
 from lensfinder.models.pretrained import brief_list
 from lensfinder.utils import atomic_path, atomic_write_text
 
@@ -42,8 +44,6 @@ def save_model(run_dir: str | Path, model: nn.Module, meta: dict[str, Any]) -> P
     import timm
     from safetensors.torch import save_file
 
-    import lensfinder
-
     run_dir = Path(run_dir)
     record = {k: to_dict(v) if dataclasses.is_dataclass(v) else v for k, v in meta.items()}
     for key in ("input", "model"):
@@ -54,7 +54,7 @@ def save_model(run_dir: str | Path, model: nn.Module, meta: dict[str, Any]) -> P
     record.setdefault("architecture", describe_architecture(model_cfg, input_cfg))
     record.update(
         format_version=FORMAT_VERSION,
-        lensfinder_version=lensfinder.__version__,
+        lensfinder_version=__version__,
         timm_version=timm.__version__,
     )
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -152,8 +152,6 @@ def load_model(
     The model is in eval mode on ``device``. With ``expect_input``, a model made for other input
     (bands, size, layout, normalisation) is refused rather than fed the wrong thing.
     """
-    from lensfinder.models.factory import create_model
-
     weights_path, meta_path = model_files(run_dir)
     meta = read_meta(meta_path.parent)
     input_cfg = input_config(meta, meta_path)

@@ -16,7 +16,7 @@ from torch import nn
 
 from lensfinder.config import BANDS_ALL, BANDS_NISP, InputConfig, ModelConfig
 from lensfinder.errors import ConfigError
-from lensfinder.models.factory import (
+from lensfinder.models.base import (
     OneLogitModel,
     check_instance_norm_size,
     create_timm,

@@ -4,6 +4,7 @@
 CutoutSource (``predict_source``); ``export_onnx`` writes a checked ONNX file.
 """
 
+from lensfinder.data.cutouts import synthetic_cutouts
 from lensfinder.predict.export import ExportResult, export_onnx
 from lensfinder.predict.predictor import (
     Member,
@@ -11,7 +12,6 @@ from lensfinder.predict.predictor import (
     Scores,
     average_logits,
     ensemble_score,
-    synthetic_cutouts,
 )
 
 __all__ = [

@@ -32,21 +32,30 @@ from typing import Any
 import numpy as np
 import torch
 
+from lensfinder import __version__
 from lensfinder.config import InputConfig, to_dict
+from lensfinder.data.cutouts import synthetic_cutouts
+from lensfinder.data.transforms import to_model_input
 from lensfinder.ensemble import is_ensemble, read_ensemble
 from lensfinder.errors import ConfigError, ModelFileError
-from lensfinder.predict.predictor import flat_logits, forward, synthetic_cutouts
+from lensfinder.models.checkpoint import META_FILE, WEIGHTS_FILE, input_config, load_model
+from lensfinder.predict.onnx_backend import OnnxRunner
+from lensfinder.predict.types import (
+    META_BN,
+    META_FINGERPRINT,
+    META_INPUT,
+    META_MODEL,
+    META_VERSION,
+    flat_logits,
+    forward,
+)
+from lensfinder.safety import check_output_dir
 from lensfinder.utils import atomic_path
 
 ONNX_FILE = "model.onnx"  # the ONNX backend's cache file in a run directory
 DEFAULT_OPSET = 17
 TOLERANCE = 1e-4
 CHECK_ROWS = 3  # differs from the traced batch (2), so the dynamic batch axis is tested
-META_VERSION = "lensfinder_version"
-META_INPUT = "lensfinder_input"
-META_MODEL = "lensfinder_meta"
-META_FINGERPRINT = "lensfinder_fingerprint"
-META_BN = "lensfinder_bn_inference"
 
 
 @dataclass
@@ -79,8 +88,6 @@ def input_names(input_cfg: InputConfig) -> tuple[str, ...]:
 
 def example_input(input_cfg: InputConfig, n: int, seed: int = 0) -> Any:
     """Model input for ``n`` synthetic challenge-like cutouts, prepared the way predict does."""
-    from lensfinder.data.transforms import to_model_input
-
     vis, nisp = synthetic_cutouts(n, seed)
     return to_model_input(vis, nisp, input_cfg)
 
@@ -106,9 +113,6 @@ def build_onnx(
 ) -> tuple[bytes, ExportResult]:
     """The serialised ONNX model for ``model`` (not written anywhere) and what was checked."""
     import onnx
-
-    from lensfinder import __version__
-    from lensfinder.models.checkpoint import input_config
 
     input_cfg = input_config(meta, source)
     model_cfg = meta.get("model") or {}
@@ -174,8 +178,6 @@ def compare_with_torch(
     model: torch.nn.Module, onnx_model: bytes | Path, input_cfg: InputConfig
 ) -> tuple[float, float]:
     """(max |diff|, max |diff| / max(1, |logit|)) of ONNX vs torch logits on a real-shaped batch."""
-    from lensfinder.predict.onnx_backend import OnnxRunner
-
     x = example_input(input_cfg, n=CHECK_ROWS, seed=1)
     with torch.inference_mode():
         expected = flat_logits(forward(model.eval(), x), CHECK_ROWS, "torch")
@@ -194,8 +196,6 @@ def export_onnx(
     """Export the model in ``run_dir`` to ``out_path`` (written atomically, only after the check
     passed); dynamic batch axis; ModelFileError if ONNX and torch logits differ beyond 1e-4.
     An ensemble directory becomes one graph that averages its members (``EnsembleModel``)."""
-    from lensfinder.models.checkpoint import load_model
-
     check_onnx_path(out_path)
     model, meta = load_ensemble(run_dir) if is_ensemble(run_dir) else load_model(Path(run_dir))
     data, result = build_onnx(model, meta, str(run_dir), opset, check, allow_bn_batch)
@@ -206,9 +206,6 @@ def export_onnx(
 def check_onnx_path(out_path: Path | str) -> None:
     """Refuse, before any work, an ONNX path that would replace a model file (of this run or
     any other) or that cannot be a file; ConfigError naming the path."""
-    from lensfinder.models.checkpoint import META_FILE, WEIGHTS_FILE
-    from lensfinder.safety import check_output_dir
-
     out_path = Path(out_path)
     if out_path.is_dir():
         raise ConfigError(f"{out_path}: is a directory; give a file path such as model.onnx")
@@ -244,8 +241,6 @@ class EnsembleModel(torch.nn.Module):
 def load_ensemble(path: Path | str) -> tuple[EnsembleModel, dict[str, Any]]:
     """The members of an ensemble directory as one model, and a meta for it: the first member's,
     plus an ``ensemble`` section. Members must take the same input (one graph, one input)."""
-    from lensfinder.models.checkpoint import load_model
-
     record = read_ensemble(path)
     loaded = [load_model(member) for member in record["members"]]
     first = loaded[0][1]
@@ -286,3 +281,26 @@ def read_metadata(model_path: Path) -> dict[str, str]:
     except Exception as exc:  # a truncated or foreign file
         raise ModelFileError(f"{model_path}: not a readable ONNX file ({exc})") from None
     return {p.key: p.value for p in proto.metadata_props}
+
+
+def cached_runner(
+    run_dir: Path, model: torch.nn.Module, meta: dict[str, Any], threads: int | None = None
+) -> OnnxRunner:
+    """A session for the model of ``run_dir``, from its ``model.onnx`` when that file is this
+    model's (same fingerprint), else exported now and cached there."""
+    path = Path(run_dir) / ONNX_FILE
+    if path.is_file():
+        try:
+            current = read_metadata(path).get(META_FINGERPRINT) == fingerprint(model, meta)
+        except ModelFileError:
+            current = False
+        if current:
+            return OnnxRunner(path, threads=threads, source=str(path))
+        warnings.warn(f"{path}: not made from this model's weights; exporting afresh", stacklevel=2)
+    data, _ = build_onnx(model, meta, str(run_dir), check=True)
+    try:
+        write_onnx(data, path)
+    except OSError as exc:
+        message = f"{path}: cannot cache the ONNX export ({exc}); using it from memory"
+        warnings.warn(message, stacklevel=2)
+    return OnnxRunner(data, threads=threads, source=str(path))

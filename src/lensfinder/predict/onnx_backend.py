@@ -1,16 +1,15 @@
 """The ONNX Runtime backend (CPU): often about twice as fast as eager torch on CPU for these CNNs.
 
-A run directory needs no manual step: the first use exports the model to ``model.onnx`` next to
-it (checked against torch to 1e-4, written atomically, so parallel scan workers cannot see a half
-file). The file carries a fingerprint of the weights and meta; a stale one (retrained in the same
-directory) is re-exported, never silently used. Where the run directory is read-only the exported
-model is kept in memory instead.
+A run directory needs no manual step: its first use (``export.cached_runner``) exports the
+model to ``model.onnx`` next to it (checked against torch to 1e-4, written atomically, so
+parallel scan workers cannot see a half file). The file carries a fingerprint of the weights and
+meta; a stale one (retrained in the same directory) is re-exported, never silently used. Where
+the run directory is read-only the exported model is kept in memory instead.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +17,7 @@ import numpy as np
 import torch
 
 from lensfinder.errors import ModelFileError
-from lensfinder.predict.export import (
-    META_FINGERPRINT,
-    META_MODEL,
-    ONNX_FILE,
-    build_onnx,
-    fingerprint,
-    read_metadata,
-    write_onnx,
-)
-from lensfinder.predict.predictor import ModelInput, flat_logits
+from lensfinder.predict.types import META_MODEL, ModelInput, flat_logits
 
 
 class OnnxRunner:
@@ -76,26 +66,3 @@ class OnnxRunner:
         }
         out = self.session.run(None, feeds)[0]
         return flat_logits(out, len(tensors[0]), self.source)
-
-
-def cached_runner(
-    run_dir: Path, model: torch.nn.Module, meta: dict[str, Any], threads: int | None = None
-) -> OnnxRunner:
-    """A session for the model of ``run_dir``, from its ``model.onnx`` when that file is this
-    model's (same fingerprint), else exported now and cached there."""
-    path = Path(run_dir) / ONNX_FILE
-    if path.is_file():
-        try:
-            current = read_metadata(path).get(META_FINGERPRINT) == fingerprint(model, meta)
-        except ModelFileError:
-            current = False
-        if current:
-            return OnnxRunner(path, threads=threads, source=str(path))
-        warnings.warn(f"{path}: not made from this model's weights; exporting afresh", stacklevel=2)
-    data, _ = build_onnx(model, meta, str(run_dir), check=True)
-    try:
-        write_onnx(data, path)
-    except OSError as exc:
-        message = f"{path}: cannot cache the ONNX export ({exc}); using it from memory"
-        warnings.warn(message, stacklevel=2)
-    return OnnxRunner(data, threads=threads, source=str(path))

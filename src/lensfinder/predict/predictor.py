@@ -40,12 +40,19 @@ import torch
 from scipy.special import expit, logsumexp
 
 from lensfinder.config import InputConfig, PredictConfig, to_dict
+from lensfinder.data import open_source
+from lensfinder.data.augment import D4_ELEMENTS, apply_d4
+from lensfinder.data.cutouts import Cutouts, repair_rows
+from lensfinder.data.transforms import to_model_input
 from lensfinder.ensemble import expand_models
 from lensfinder.errors import ConfigError, DataError, ModelFileError
-from lensfinder.surveys import EUCLID
+from lensfinder.models.batchnorm import bn_train_mode
+from lensfinder.models.checkpoint import input_config, load_model
+from lensfinder.predict import onnx_backend
+from lensfinder.predict.export import cached_runner
+from lensfinder.predict.types import Average, ModelInput, flat_logits, forward
+from lensfinder.utils import progress
 
-ModelInput = torch.Tensor | tuple[torch.Tensor, ...]
-Average = Literal["probability", "logit"]
 READ_BATCHES = 4  # predict_source reads this many chunks of batches from the source at a time
 
 
@@ -139,34 +146,6 @@ def ensemble_score(member_logits: np.ndarray, average: Average) -> np.ndarray:
     return expit(average_logits(member_logits, axis=0, average=average))
 
 
-def synthetic_cutouts(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` raw cutouts shaped and scaled like the challenge's (noise plus a central galaxy, VIS
-    ~1e-11 and NISP ~1e-10 per pixel): real-shaped input when no data is at hand (export checks,
-    benchmarks). Returns ``(vis (n,200,200), nisp (n,3,66,66))`` float32.
-    """
-    rng = np.random.default_rng(seed)
-    vis_band, nisp_bands = EUCLID.bands[0], EUCLID.bands[1:]
-
-    def galaxy(pixels: int, pixel_scale: float, sigma_arcsec: np.ndarray) -> np.ndarray:
-        axis = (np.arange(pixels) - (pixels - 1) / 2.0) * pixel_scale
-        r2 = axis[None, :] ** 2 + axis[:, None] ** 2
-        return np.exp(-0.5 * r2[None] / sigma_arcsec[:, None, None] ** 2)
-
-    sigma = rng.uniform(0.3, 0.8, size=n)
-    amplitude = rng.uniform(5.0, 30.0, size=n)[:, None, None]
-    vis = amplitude * galaxy(vis_band.cutout_pixels, vis_band.pixel_scale, sigma)
-    vis = (vis + rng.normal(size=vis.shape)) * 1e-11
-    nisp = np.stack(
-        [
-            (9.0 * amplitude * galaxy(b.cutout_pixels, b.pixel_scale, sigma))
-            + rng.normal(size=(n, b.cutout_pixels, b.cutout_pixels))
-            for b in nisp_bands
-        ],
-        axis=1,
-    )
-    return vis.astype(np.float32), (nisp * 2e-10).astype(np.float32)
-
-
 def _map_input(x: ModelInput, fn: Any) -> ModelInput:
     return tuple(fn(t) for t in x) if isinstance(x, tuple) else fn(x)
 
@@ -177,23 +156,6 @@ def _rows(x: ModelInput, start: int, stop: int) -> ModelInput:
 
 def _n_rows(x: ModelInput) -> int:
     return len(x[0]) if isinstance(x, tuple) else len(x)
-
-
-def forward(model: torch.nn.Module, x: ModelInput) -> torch.Tensor:
-    """Call a model on a stacked tensor or a two-branch ``(vis, nisp)`` tuple."""
-    return model(*x) if isinstance(x, tuple) else model(x)
-
-
-def flat_logits(out: Any, n: int, source: str) -> np.ndarray:
-    """A model output as ``(n,)`` float64 logits; a clear error when it is not one per object."""
-    array = out.detach().float().cpu().numpy() if isinstance(out, torch.Tensor) else out
-    array = np.asarray(array, dtype=np.float64)
-    if array.size != n:
-        raise ModelFileError(
-            f"{source}: the model returned output of shape {array.shape} for {n} cutouts; "
-            "expected one logit per cutout"
-        )
-    return array.reshape(n)
 
 
 class TorchRunner:
@@ -222,8 +184,6 @@ class TorchRunner:
         return t
 
     def __call__(self, x: ModelInput) -> np.ndarray:
-        from lensfinder.models.batchnorm import bn_train_mode
-
         x = _map_input(x, self._to_device)
         with torch.inference_mode():
             if self.bn_batch:
@@ -326,9 +286,6 @@ class Predictor:
         bn_inference: Literal["eval", "batch"] | None,
         bn_batch_size: int | None,
     ) -> tuple[Member, Any]:
-        from lensfinder.models.checkpoint import input_config, load_model
-        from lensfinder.predict import onnx_backend
-
         if path.suffix == ".onnx" and path.is_file():
             if self.cfg.backend != "onnx":
                 raise ConfigError(f"{path}: an ONNX file needs backend 'onnx'")
@@ -365,7 +322,7 @@ class Predictor:
                     "use backend 'torch' (or bn_inference='eval' to score with running statistics)"
                 )
             if model is not None:
-                runner = onnx_backend.cached_runner(path, model, meta, threads=self.onnx_threads)
+                runner = cached_runner(path, model, meta, threads=self.onnx_threads)
             return member, runner
         assert model is not None  # the ONNX-file branch returned above
         runner = TorchRunner(model, self.device, self.channels_last, mode == "batch", str(path))
@@ -412,8 +369,6 @@ class Predictor:
         if not self.cfg.tta:
             yield x
             return
-        from lensfinder.data.augment import D4_ELEMENTS, apply_d4
-
         for k in range(len(D4_ELEMENTS)):
             yield _map_input(x, lambda t, k=k: apply_d4(t, k))
 
@@ -429,8 +384,6 @@ class Predictor:
     def _score_chunk(self, vis: np.ndarray, nisp: np.ndarray) -> np.ndarray:
         """``(n_members, n)`` member logits (TTA views combined) for raw cutouts that are all
         valid; ``n`` is at most ``chunk_rows``."""
-        from lensfinder.data.transforms import to_model_input
-
         n = len(vis)
         logits = np.empty((len(self.members), n), dtype=np.float64)
         for input_cfg, member_ids in self._groups:
@@ -465,8 +418,9 @@ class Predictor:
 
     def predict_arrays(self, vis: np.ndarray, nisp: np.ndarray, progress: bool = False) -> Scores:
         """Score raw cutouts, as a source's ``read`` returns them: ``vis (n,200,200)``,
-        ``nisp (n,3,66,66)``. Every row is scored; a non-finite pixel is a DataError (in BN
-        method 2 one bad row would spoil its companions), so drop invalid rows first or use
+        ``nisp (n,3,66,66)``. Every row is scored: a few non-finite pixels are repaired
+        (``data.nonfinite``, on a copy); a row with more is a DataError (in BN method 2 one
+        bad row would spoil its companions), so drop such rows first or use
         ``predict_source``, which skips them.
         """
         vis, nisp = np.asarray(vis), np.asarray(nisp)
@@ -475,12 +429,17 @@ class Predictor:
                 f"predict: expected vis (n,H,W) and nisp (n,3,h,w) with the same n, got "
                 f"{vis.shape} and {nisp.shape}"
             )
-        bad = ~(_finite_rows(vis) & _finite_rows(nisp))
-        if bad.any():
-            raise DataError(
-                f"predict: {int(bad.sum())} cutout(s) have non-finite pixels (first: row "
-                f"{int(np.argmax(bad))}); remove them or use predict_source, which skips them"
-            )
+        if not (np.isfinite(vis).all() and np.isfinite(nisp).all()):
+            cut = Cutouts(vis.copy(), nisp.copy(), np.ones(len(vis), bool), [None] * len(vis))
+            repair_rows(cut)
+            if not cut.valid.all():
+                first = int(np.argmin(cut.valid))
+                raise DataError(
+                    f"predict: {int((~cut.valid).sum())} cutout(s) have too many non-finite "
+                    f"pixels (first: row {first}, {cut.reasons[first]}); remove them or use "
+                    "predict_source, which skips them"
+                )
+            vis, nisp = cut.vis, cut.nisp
         n = len(vis)
         logits = np.empty((len(self.members), n), dtype=np.float64)
         bar = _bar(n, progress)
@@ -503,8 +462,6 @@ class Predictor:
         with ``indices`` (default: every row), with the source's ``ids``.
         """
         if isinstance(source, str | Path):
-            from lensfinder.data import open_source
-
             source = open_source(source)
         total = len(source)
         if indices is None:
@@ -538,11 +495,10 @@ class Predictor:
         for start in range(0, n, step):
             stop = min(n, start + step)
             cut = source.read(indices[start:stop])
+            repair_rows(cut)
             ok = np.asarray(cut.valid, dtype=bool).copy()
-            finite = _finite_rows(cut.vis) & _finite_rows(cut.nisp)
-            for j in np.flatnonzero(~ok | ~finite):
-                reasons[start + j] = (cut.reasons[j] or "invalid") if not ok[j] else "non-finite"
-            ok &= finite
+            for j in np.flatnonzero(~ok):
+                reasons[start + j] = cut.reasons[j] or "invalid"
             valid[start:stop] = ok
             if ok.any():
                 pending.append((start + np.flatnonzero(ok), cut.vis[ok], cut.nisp[ok]))
@@ -567,11 +523,6 @@ def reason_kind(reason: str | None) -> str:
     return reason.split(" (")[0].split(":")[0].strip() or "invalid"
 
 
-def _finite_rows(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a)
-    return np.isfinite(a.reshape(len(a), -1)).all(axis=1)
-
-
 class _NoBar:
     def update(self, n: int) -> None:
         pass
@@ -583,6 +534,4 @@ class _NoBar:
 def _bar(total: int, enabled: bool) -> Any:
     if not enabled:
         return _NoBar()
-    from lensfinder.utils import progress
-
     return progress(iter(()), total=total, desc="scoring", unit="cutout")

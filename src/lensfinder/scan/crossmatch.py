@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lensfinder.config import GalleryConfig
 from lensfinder.errors import ConfigError, DataError
 
 LENSCAT = "lenscat"
@@ -119,7 +120,7 @@ def flag_known_lenses(
     ra: np.ndarray,
     dec: np.ndarray,
     catalog: str | Path | LensCatalog,
-    radius_arcsec: float = 2.0,
+    radius_arcsec: float = GalleryConfig.radius_arcsec,
 ) -> tuple[np.ndarray, list[str | None], np.ndarray]:
     """Match positions to a known-lens catalogue within ``radius_arcsec``.
 

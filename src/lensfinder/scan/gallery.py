@@ -16,9 +16,13 @@ from typing import Any
 import numpy as np
 
 from lensfinder.config import GalleryConfig
+from lensfinder.data import open_source
 from lensfinder.errors import ConfigError
+from lensfinder.scan.catalog import read_candidates, table_meta
+from lensfinder.scan.crossmatch import flag_known_lenses
 from lensfinder.utils import atomic_path, atomic_write_text
 from lensfinder.utils import progress as progress_bar
+from lensfinder.visual import colour_composite, save_grid
 
 STAMP_DIR = "stamps"
 READ_CHUNK = 64  # cutouts read at once: the gallery never holds more images than this
@@ -171,19 +175,12 @@ def make_gallery(
     data: str | Path,
     out: str | Path,
     cfg: GalleryConfig | None = None,
-    score_range: tuple[float, float] | None = None,
-    known_lenses: str | Path | None = None,
-    radius_arcsec: float = 2.0,
     progress: bool = True,
 ) -> GalleryResult:
     """Write ``out/index.html`` (cards with stamp, rank, score, position, label, known-lens badge),
-    ``out/stamps/*.png`` and ``out/mosaic.png`` for the chosen candidates."""
-    from lensfinder.data import open_source
-    from lensfinder.scan.catalog import read_candidates, table_meta
-    from lensfinder.scan.crossmatch import flag_known_lenses
-    from lensfinder.visual import colour_composite, save_grid
-
+    ``out/stamps/*.png`` and ``out/mosaic.png`` for the candidates ``cfg`` chooses."""
     cfg = cfg or GalleryConfig()
+    score_range, known_lenses, radius_arcsec = cfg.score_range, cfg.known_lenses, cfg.radius_arcsec
     out = Path(out)
     catalogue = read_candidates(candidates)
     chosen, n_matched = select_candidates(catalogue, cfg.top, score_range)

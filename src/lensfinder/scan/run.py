@@ -25,11 +25,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lensfinder import __version__
 from lensfinder.config import ScanConfig, to_dict
+from lensfinder.data import open_source
+from lensfinder.data.challenge import summarise_problems
 from lensfinder.ensemble import expand_models
 from lensfinder.errors import ConfigError, DataError, LensfinderError, ModelFileError
 from lensfinder.safety import check_not_input, mark_output, output_lock
-from lensfinder.scan.shards import SHARD_DIR, Shard, ShardTask, ids_fingerprint, plan_shards
+from lensfinder.scan.catalog import merge_shards, read_shard, table_meta
+from lensfinder.scan.shards import (
+    SHARD_DIR,
+    Shard,
+    ShardTask,
+    ids_fingerprint,
+    plan_shards,
+    score_shard,
+)
 from lensfinder.utils import atomic_write_text, progress
 
 MANIFEST = "scan.json"
@@ -203,8 +214,6 @@ def _remove_partial_shards(out: Path) -> None:
 
 def _complete_shards(shards: list[Shard], out: Path) -> dict[Shard, dict[str, Any]]:
     """Shards whose file is complete, with their summaries: these are reused, not redone."""
-    from lensfinder.scan.catalog import read_shard, table_meta
-
     reused = {}
     for shard in shards:
         path = shard.path(out)
@@ -215,8 +224,6 @@ def _complete_shards(shards: list[Shard], out: Path) -> dict[Shard, dict[str, An
 
 
 def _shard_tables(shards: list[Shard], out: Path) -> Iterator[Any]:
-    from lensfinder.scan.catalog import read_shard
-
     for shard in shards:
         table = read_shard(shard.path(out), shard.start, shard.stop)
         if table is None:  # changed under us between scoring and merging
@@ -240,8 +247,6 @@ def _run_shards(
     the survey has; each finished future is dropped as soon as its summary is read.
     """
     from distributed import as_completed
-
-    from lensfinder.scan.shards import score_shard
 
     window = max(4, 2 * sum(client.nthreads().values()))
     pending = iter(tasks)
@@ -331,11 +336,6 @@ def _scan_locked(
 ) -> ScanResult:
     """``scan`` once it holds the lock of ``out``."""
     import numpy as np
-
-    from lensfinder import __version__
-    from lensfinder.data import open_source
-    from lensfinder.data.challenge import summarise_problems
-    from lensfinder.scan.catalog import merge_shards
 
     source = open_source(data, keep_unlisted=True)
     if len(source) == 0:

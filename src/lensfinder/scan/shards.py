@@ -18,7 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from lensfinder.config import PredictConfig, from_dict
+from lensfinder.data import open_source
 from lensfinder.errors import DataError
+from lensfinder.predict import Predictor
+from lensfinder.scan.catalog import shard_table, write_parquet
 
 SHARD_DIR = "shards"
 
@@ -79,8 +83,6 @@ def _cached(kind: str, key: Any, build) -> Any:
 
 
 def _open_checked(data: str, data_key: str):
-    from lensfinder.data import open_source
-
     source = open_source(Path(data), keep_unlisted=True)
     seen = ids_fingerprint(source.ids)
     if seen != data_key:
@@ -92,9 +94,6 @@ def _open_checked(data: str, data_key: str):
 
 
 def _build_predictor(models: tuple[str, ...], predict: dict[str, Any]):
-    from lensfinder.config import PredictConfig, from_dict
-    from lensfinder.predict import Predictor
-
     return Predictor([Path(m) for m in models], from_dict(PredictConfig, predict))
 
 
@@ -105,8 +104,6 @@ def member_info(predictor) -> list[dict[str, str]]:
 
 def score_shard(task: ShardTask) -> dict[str, Any]:
     """Score one shard and write its Parquet file; return its summary (counts, seconds)."""
-    from lensfinder.scan.catalog import shard_table, write_parquet
-
     began = time.perf_counter()
     if task.torch_threads:
         import torch

@@ -24,9 +24,11 @@ from lensfinder import __version__
 from lensfinder.config import NONLENS_MIX, SimulateConfig, to_dict
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.labels import LabelRule, label_rule
+from lensfinder.safety import mark_output, output_lock
 from lensfinder.simulate import scene as scenes
 from lensfinder.simulate import writer
 from lensfinder.simulate.observing import NOMINAL, Observing, draw_observing
+from lensfinder.simulate.preview import write_preview
 from lensfinder.simulate.quantities import SIMULATED_COLUMNS, catalogue_row
 from lensfinder.simulate.render import BandImages, BandRenderer, preload
 from lensfinder.simulate.stamps import StampLibrary
@@ -346,8 +348,6 @@ def simulate(config: SimulateConfig, out: Path, progress: bool = True) -> Simula
     Writes ``out/image_catalog2.0train.csv`` and ``out/preview.png`` at the end. Holds the
     output's lock throughout, so two simulations never write into one directory at once.
     """
-    from lensfinder.safety import mark_output, output_lock
-
     validate(config)
     with output_lock(out, "simulate"):
         mark_output(out, "simulation")
@@ -355,8 +355,6 @@ def simulate(config: SimulateConfig, out: Path, progress: bool = True) -> Simula
 
 
 def _simulate_locked(config: SimulateConfig, out: Path, progress: bool) -> SimulateResult:
-    from lensfinder.simulate.preview import write_preview
-
     survey, rule = validate(config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -24,11 +24,14 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
-from lensfinder.config import TrainConfig
-from lensfinder.data.source import NISP_SHAPE, VIS_SHAPE
+from lensfinder.config import PredictConfig, TrainConfig
+from lensfinder.data import open_source
+from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE
+from lensfinder.data.dataset import CutoutDataset
+from lensfinder.data.sampler import BalancedBatchSampler
+from lensfinder.data.splits import split_indices
 from lensfinder.errors import ConfigError, DataError
 
-EVAL_BATCH_SIZE = 64
 MEMORY_SHARE = 0.5  # load a store into RAM when all processes' copies fit in this share
 
 
@@ -124,9 +127,6 @@ class LensDataModule(pl.LightningDataModule):
         called before the Trainer starts so bad data fails in one line, not mid-launch."""
         if self.source is not None:
             return
-        from lensfinder.data import open_source
-        from lensfinder.data.splits import split_indices
-
         source = open_source(self.store)
         labels = np.asarray(source.labels)
         if not (labels >= 0).any():
@@ -175,8 +175,6 @@ class LensDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Datasets are made once (for a layout that checks every file once); the augmentation
         stream of the training set simply continues from epoch to epoch."""
-        from lensfinder.data.dataset import CutoutDataset
-
         self.prepare()
         if self.train_dataset is not None:
             return
@@ -220,8 +218,6 @@ class LensDataModule(pl.LightningDataModule):
         total_batches = max(1, self.samples_per_epoch // batch_size)
         num_batches = -(-total_batches // world)
         if self.config.balanced_sampler:
-            from lensfinder.data.sampler import BalancedBatchSampler
-
             sampler: Any = BalancedBatchSampler(
                 dataset.labels,
                 batch_size,
@@ -240,7 +236,9 @@ class LensDataModule(pl.LightningDataModule):
         self.setup()
         model_cfg = self.config.model
         batch_size = (
-            model_cfg.bn_inference_batch if model_cfg.bn_inference == "batch" else EVAL_BATCH_SIZE
+            model_cfg.bn_inference_batch
+            if model_cfg.bn_inference == "batch"
+            else PredictConfig.batch_size
         )
         return self._loader(self.val_dataset, batch_size=batch_size, shuffle=False)
 

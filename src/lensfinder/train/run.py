@@ -24,14 +24,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lensfinder import __version__
 from lensfinder.config import TrainConfig, load_config, save_config, to_dict
+from lensfinder.data.identity import data_record
 from lensfinder.errors import ConfigError, ModelFileError
-
-# OpenMP threads that spin while waiting make torch several times slower (8x measured here) as
-# soon as other processes share the cores; sleeping waiters cost little on an idle machine. Read
-# once, when torch first loads (this module imports it only inside ``train``); a user's setting
-# wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from lensfinder.models import read_meta, save_model
+from lensfinder.safety import check_not_input, mark_output, output_lock
+from lensfinder.train.callbacks import (
+    AtomicLastCheckpoint,
+    AurocDropStopping,
+    BatchSizeGrowth,
+    EpochHistory,
+)
+from lensfinder.train.datamodule import LensDataModule
+from lensfinder.train.module import LensClassifier, regularisation
+from lensfinder.utils import atomic_path
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_FILE = "last.ckpt"
@@ -170,8 +177,6 @@ def plateau_callback(config: TrainConfig) -> Any:
     ``lr_factor`` at each plateau when ``lr_schedule`` is ``"plateau"``; with ``"cosine"`` or
     ``"constant"`` the lr follows its schedule and plateaus only grow the batch.
     """
-    from lensfinder.train.callbacks import BatchSizeGrowth
-
     lr_factor = config.lr_factor if config.lr_schedule == "plateau" else 1.0
     max_batch = config.batch_size_max if config.batch_growth else config.batch_size
     if lr_factor == 1.0 and max_batch == config.batch_size:
@@ -203,8 +208,6 @@ def config_differences(saved: TrainConfig, wanted: TrainConfig) -> list[str]:
 
 def _is_finished(out: Path, config: TrainConfig) -> dict[str, Any] | None:
     """The metrics of a finished run in ``out`` that ``config`` would not extend, else None."""
-    from lensfinder.models import read_meta
-
     if not (out / "model.json").is_file():
         return None
     try:
@@ -257,8 +260,6 @@ def checkpoint_epoch(checkpoint: Path) -> int:
 def keep_csv_rows_through(path: Path, last_epoch: int | None) -> list[str]:
     """Trim a previous ``metrics.csv`` to the epochs a checkpoint covers (all of it is dropped
     for a fresh run); returns its header, for the logger to append under."""
-    from lensfinder.utils import atomic_path
-
     if not path.is_file():
         return []
     if last_epoch is None:
@@ -322,8 +323,6 @@ def train(
     """
     from lightning.pytorch.utilities import rank_zero_only
 
-    from lensfinder.safety import check_not_input, mark_output, output_lock
-
     check_config(config)
     check_not_input(out, [store], "train")
     if rank_zero_only.rank != 0:  # DDP's other processes: rank 0 holds the lock
@@ -339,10 +338,6 @@ def _train_locked(
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.utilities import rank_zero_only
-
-    from lensfinder.train.callbacks import AtomicLastCheckpoint, AurocDropStopping, EpochHistory
-    from lensfinder.train.datamodule import LensDataModule
-    from lensfinder.train.module import LensClassifier, regularisation
 
     # Under DDP the other processes re-run this function after rank 0 has prepared ``out``.
     is_rank_zero = rank_zero_only.rank == 0
@@ -405,10 +400,6 @@ def _train_locked(
 
     metrics = _metrics(trainer, stopping, history, datamodule, precision)
     if trainer.is_global_zero:
-        from lensfinder import __version__
-        from lensfinder.data.identity import data_record
-        from lensfinder.models import save_model
-
         meta = {
             "input": to_dict(config.input),
             "model": to_dict(config.model),

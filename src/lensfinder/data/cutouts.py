@@ -1,0 +1,172 @@
+"""The reading interface every stage takes, apart from where the pixels come from.
+
+``CutoutSource`` (``ids``, ``labels``, ``ra``, ``dec``, ``catalog``, ``problems``,
+``read(indices) -> Cutouts``) is implemented by the packed store (``data.store``) and by a
+layout read on the fly (``data.source``); both import this module, and nothing here imports them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lensfinder.data.challenge import Problem
+from lensfinder.data.nonfinite import repair_nonfinite
+from lensfinder.surveys import EUCLID
+
+VIS_SHAPE: tuple[int, int] = (EUCLID.bands[0].cutout_pixels,) * 2
+NISP_SHAPE: tuple[int, int, int] = (
+    len(EUCLID.bands) - 1,
+    EUCLID.bands[1].cutout_pixels,
+    EUCLID.bands[1].cutout_pixels,
+)
+
+Indices = Sequence[int] | np.ndarray | slice | range
+
+
+@dataclass
+class Cutouts:
+    """A batch of objects: pixels in native float32, and which rows are usable."""
+
+    vis: np.ndarray  # (n, 200, 200) float32
+    nisp: np.ndarray  # (n, 3, 66, 66) float32, Y J H
+    valid: np.ndarray  # (n,) bool
+    reasons: list[str | None]  # why a row is invalid (None for valid rows)
+
+    def __len__(self) -> int:
+        return len(self.valid)
+
+    @classmethod
+    def empty(cls, n: int) -> Cutouts:
+        return cls(
+            np.zeros((n, *VIS_SHAPE), np.float32),
+            np.zeros((n, *NISP_SHAPE), np.float32),
+            np.ones(n, dtype=bool),
+            [None] * n,
+        )
+
+
+def repair_rows(cutouts: Cutouts) -> int:
+    """Apply the non-finite policy (``data.nonfinite``) to every valid row, band by band, in
+    place: a few bad pixels are repaired, a row with more is marked invalid with the reason.
+    Returns the number of pixels repaired."""
+    if np.isfinite(cutouts.vis).all() and np.isfinite(cutouts.nisp).all():
+        return 0
+    repaired = 0
+    for row in np.flatnonzero(cutouts.valid).tolist():
+        for image in (cutouts.vis[row], *cutouts.nisp[row]):
+            count, reason = repair_nonfinite(image)
+            if reason is not None:
+                cutouts.valid[row] = False
+                cutouts.reasons[row] = reason
+                break
+            repaired += count
+    return repaired
+
+
+def mark_blank(cutouts: Cutouts, where: Path) -> None:
+    """Mark valid rows with a constant (e.g. all-zero) band invalid, with the reason: such an
+    image holds no information and its score would mean nothing."""
+    for name, images in (("VIS", cutouts.vis), ("NISP", cutouts.nisp)):
+        flat = images.reshape(len(images), -1) if len(images) else images.reshape(0, 1)
+        with np.errstate(invalid="ignore"):
+            blank = np.flatnonzero((flat.max(axis=1) == flat.min(axis=1)) & cutouts.valid)
+        for row in blank.tolist():
+            cutouts.valid[row] = False
+            cutouts.reasons[row] = f"{where}: blank image ({name} constant)"
+
+
+class CutoutSource(ABC):
+    """Objects with pixels, labels and positions; subclasses say where the pixels come from."""
+
+    path: Path
+    ids: np.ndarray  # int64
+    labels: np.ndarray  # int8, -1 where unknown
+    problems: list[Problem]
+    label_rule: str | None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    @abstractmethod
+    def ra(self) -> np.ndarray: ...
+
+    @property
+    @abstractmethod
+    def dec(self) -> np.ndarray: ...
+
+    @property
+    @abstractmethod
+    def catalog(self) -> dict[str, np.ndarray]: ...
+
+    @abstractmethod
+    def read(self, indices: Indices) -> Cutouts:
+        """Pixels of the objects at these positions (0..len-1), in the order given."""
+
+    def validate(self, indices: Indices | None = None, progress: bool = True) -> np.ndarray:
+        """Which of ``indices`` (default all) can be read; a store holds only valid objects."""
+        return np.ones(
+            len(self._as_indices(range(len(self)) if indices is None else indices)), bool
+        )
+
+    def _as_indices(self, indices: Indices) -> np.ndarray:
+        """Positions as int64, checked against the length (a clear IndexError, not garbage)."""
+        if isinstance(indices, slice):
+            return np.arange(len(self), dtype=np.int64)[indices]
+        array = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if array.size and (array.min() < 0 or array.max() >= len(self)):
+            raise IndexError(
+                f"{self.path}: index out of range (valid 0..{len(self) - 1}, got "
+                f"{int(array.min())}..{int(array.max())})"
+            )
+        return array
+
+    def content_fingerprint(self) -> str:
+        """A short hash that changes when the pixels or labels change, even with the same IDs
+        (what a resumed scan checks before reusing old results). Sources that cannot tell
+        (this default) hash their IDs and labels only."""
+        digest = hashlib.sha256(np.ascontiguousarray(self.ids, dtype="<i8").tobytes())
+        digest.update(np.ascontiguousarray(self.labels, dtype="i1").tobytes())
+        return digest.hexdigest()[:16]
+
+    def summary(self) -> str:
+        lenses, non = int((self.labels == 1).sum()), int((self.labels == 0).sum())
+        unknown = len(self) - lenses - non
+        return (
+            f"{self.path}: {len(self)} objects ({lenses} lenses, {non} non-lenses, {unknown} "
+            f"unlabelled), {len(self.problems)} skipped"
+        )
+
+
+def synthetic_cutouts(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` raw cutouts shaped and scaled like the challenge's (noise plus a central galaxy, VIS
+    ~1e-11 and NISP ~1e-10 per pixel): real-shaped input when no data is at hand (export checks,
+    benchmarks). Returns ``(vis (n,200,200), nisp (n,3,66,66))`` float32.
+    """
+    rng = np.random.default_rng(seed)
+    vis_band, nisp_bands = EUCLID.bands[0], EUCLID.bands[1:]
+
+    def galaxy(pixels: int, pixel_scale: float, sigma_arcsec: np.ndarray) -> np.ndarray:
+        axis = (np.arange(pixels) - (pixels - 1) / 2.0) * pixel_scale
+        r2 = axis[None, :] ** 2 + axis[:, None] ** 2
+        return np.exp(-0.5 * r2[None] / sigma_arcsec[:, None, None] ** 2)
+
+    sigma = rng.uniform(0.3, 0.8, size=n)
+    amplitude = rng.uniform(5.0, 30.0, size=n)[:, None, None]
+    vis = amplitude * galaxy(vis_band.cutout_pixels, vis_band.pixel_scale, sigma)
+    vis = (vis + rng.normal(size=vis.shape)) * 1e-11
+    nisp = np.stack(
+        [
+            (9.0 * amplitude * galaxy(b.cutout_pixels, b.pixel_scale, sigma))
+            + rng.normal(size=(n, b.cutout_pixels, b.cutout_pixels))
+            for b in nisp_bands
+        ],
+        axis=1,
+    )
+    return vis.astype(np.float32), (nisp * 2e-10).astype(np.float32)
