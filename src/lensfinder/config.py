@@ -216,6 +216,21 @@ class GalleryConfig:
 
 
 @dataclass
+class InspectConfig:
+    """``lensfinder inspect``: the grading web app."""
+
+    host: str = "127.0.0.1"  # any other address needs a token
+    port: int = 8765
+    grader: str = "grader"  # the default name; each page can set its own
+    db: str | None = None  # a SQLAlchemy URL or a file; None: grades.sqlite in the scan dir
+    stamp_pixels: int = 320  # side of every picture on the page
+    asinh_softening: float = 3.0  # the "asinh" stretch, in noise sigmas
+    linear_softening: float = 50.0  # the "linear" stretch: nearly linear up to bright cores
+    zoom: float = 2.0  # the zoom toggle shows the central 1/zoom of the cutout
+    cache_images: int = 512  # rendered PNGs kept in memory
+
+
+@dataclass
 class DemoConfig:
     """The ``make demo`` run: small enough for ~15 minutes on 2 CPU cores."""
 

@@ -22,7 +22,7 @@ from lensfinder.scan.catalog import read_candidates, table_meta
 from lensfinder.scan.crossmatch import flag_known_lenses
 from lensfinder.utils import atomic_path, atomic_write_text
 from lensfinder.utils import progress as progress_bar
-from lensfinder.visual import colour_composite, save_grid
+from lensfinder.visual import colour_composite, resize_square, save_grid
 
 STAMP_DIR = "stamps"
 READ_CHUNK = 64  # cutouts read at once: the gallery never holds more images than this
@@ -93,14 +93,6 @@ def index_of_ids(source_ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
 
 def _column(rows: dict[str, list], name: str, n: int, fill: Any) -> list:
     return rows[name] if name in rows else [fill] * n
-
-
-def _resize(image: np.ndarray, pixels: int) -> np.ndarray:
-    from PIL import Image
-
-    if image.shape[0] == pixels and image.shape[1] == pixels:
-        return image
-    return np.asarray(Image.fromarray(image).resize((pixels, pixels), Image.Resampling.LANCZOS))
 
 
 def _save_png(image: np.ndarray, path: Path) -> None:
@@ -216,7 +208,7 @@ def make_gallery(
             image = colour_composite(cutouts.vis[j], cutouts.nisp[j], cfg.asinh_softening)
             # Row 0 of a FITS image is its bottom: flip so the PNG shows it as the mosaic does.
             image = np.ascontiguousarray(np.flipud(image), dtype=np.uint8)
-            image = _resize(image, cfg.stamp_pixels)
+            image = resize_square(image, cfg.stamp_pixels)
             name = f"{STAMP_DIR}/rank{rows['rank'][pos]:06d}-{ids[pos]}.png"
             _save_png(image, out / name)
             stamps[pos] = name
