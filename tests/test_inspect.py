@@ -1,11 +1,21 @@
-"""The grading app and the grades database: grading, consensus, graders, export, token, crashes."""
+"""The grading app and the grades database: grading, consensus, graders, export, token, crashes;
+and the grading flow in a real browser.
+
+The browser test needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them)
+and is skipped, saying so, where they are absent. Set ``LENSFINDER_SCREENSHOT=path.png`` to keep
+its screenshot of the page (the README's picture is made this way).
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -198,3 +208,101 @@ def test_cli_export_and_refusals(scan, tiny_store, tmp_path):
     exposed = ["inspect", str(scan), "--data", str(tiny_store), "--host", "0.0.0.0"]
     refused = runner.invoke(app, exposed, env={"LENSFINDER_TOKEN": ""})
     assert refused.exit_code == 2 and "add --token" in refused.output
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+needs_chromium = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER),
+    reason="headless Chromium absent: apt-get install chromium chromium-driver (.ci/run does)",
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture()
+def server(tiny_store, tmp_path):
+    """The app served by uvicorn on a free localhost port, in a thread."""
+    import uvicorn
+
+    scan = make_scan(tiny_store, tmp_path / "scan")
+    inspector = Inspector(scan, tiny_store, InspectConfig(stamp_pixels=160, grader="ann"))
+    port = _free_port()
+    config = uvicorn.Config(create_app(inspector), host="127.0.0.1", port=port, log_level="error")
+    uvicorn_server = uvicorn.Server(config)
+    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not uvicorn_server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/", inspector
+    uvicorn_server.should_exit = True
+    thread.join(timeout=10)
+    inspector.book.close()
+
+
+@pytest.fixture()
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(flag)
+    options.add_argument("--window-size=1100,900")
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=DRIVER))
+    yield driver
+    driver.quit()
+
+
+@needs_chromium
+def test_grade_with_the_keyboard_reload_and_export(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, inspector = server
+    ids = [r["id"] for r in inspector.rows]
+    wait = WebDriverWait(browser, 30)
+
+    def text(element_id: str) -> str:
+        return browser.find_element(By.ID, element_id).text
+
+    def shows(candidate: int, grade: str) -> None:
+        wait.until(lambda _: text("cid") == str(candidate) and text("mygrade") == grade)
+
+    def press(keys: str) -> None:
+        browser.find_element(By.TAG_NAME, "body").send_keys(keys)
+
+    browser.get(url)
+    shows(ids[0], "-")
+    wait.until(
+        lambda d: d.execute_script("return document.getElementById('colour').naturalWidth") == 160
+    )
+    press("a")  # grade A, and on to the next
+    shows(ids[1], "-")
+    browser.find_element(By.ID, "notes").send_keys("spiral arms")
+    press("\ue00c")  # Escape leaves the notes
+    press("x")
+    shows(ids[2], "-")
+    press("p")
+    shows(ids[1], "X")
+    browser.refresh()  # the page comes back at the same candidate, its grade kept
+    shows(ids[1], "X")
+    assert browser.find_element(By.ID, "notes").get_attribute("value") == "spiral arms"
+    press("\ue012")  # arrow left
+    shows(ids[0], "A")
+
+    screenshot = tmp_path / "inspect.png"
+    browser.save_screenshot(str(screenshot))
+    assert screenshot.read_bytes()[:4] == b"\x89PNG" and screenshot.stat().st_size > 20_000
+    if os.environ.get("LENSFINDER_SCREENSHOT"):
+        shutil.copyfile(screenshot, Path(os.environ["LENSFINDER_SCREENSHOT"]))
+
+    out, n = export_grades(inspector.book.url, tmp_path / "grades.csv")
+    assert n == 2 and read_graded(out) == {ids[0]: "A", ids[1]: "X"}
