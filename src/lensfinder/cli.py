@@ -339,6 +339,17 @@ def train(
         ),
     ] = None,
     no_resume: Annotated[bool, typer.Option("--no-resume", help="Start afresh.")] = False,
+    graded: Annotated[
+        Path | None,
+        typer.Option(help="Grades export to learn from: X as non-lenses, A/B as lenses."),
+    ] = None,
+    graded_data: Annotated[
+        Path | None,
+        typer.Option(help="Data holding the graded IDs [default: DATA]."),
+    ] = None,
+    init: Annotated[
+        Path | None, typer.Option(help="Run directory to fine-tune instead of starting afresh.")
+    ] = None,
 ) -> None:
     """Train a classifier on a packed store; writes model.safetensors + model.json to OUT
     (with --members N: OUT/member-0..N-1 and OUT/ensemble.json, used as one model)."""
@@ -356,6 +367,9 @@ def train(
         devices=devices_value,
         num_nodes=num_nodes,
         members=members,
+        graded=None if graded is None else str(graded),
+        graded_data=None if graded_data is None else str(graded_data),
+        init=None if init is None else str(init),
     )
     check_config(cfg)
     result = run(cfg, data, out, resume=not no_resume)

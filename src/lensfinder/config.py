@@ -160,6 +160,12 @@ class TrainConfig:
     seed: int = 0
     # > 1: an ensemble, trained into OUT/member-k with seed + k and the same split (split.seed).
     members: int = 1
+    # Learning from people's grades (``lensfinder grades export``): added to the training split.
+    graded: str | None = None  # a grades export (CSV/Parquet with id, grade)
+    graded_data: str | None = None  # where the graded IDs' cutouts are; None: the training data
+    graded_lens: tuple[str, ...] = ("A", "B")
+    graded_nonlens: tuple[str, ...] = ("X",)  # C (possible) is left out by default
+    init: str | None = None  # a run directory whose weights training starts from (fine-tuning)
 
 
 @dataclass

@@ -23,10 +23,10 @@ from pydantic import BaseModel
 
 from lensfinder.config import InspectConfig
 from lensfinder.data import open_source
+from lensfinder.data.identity import index_of_ids
 from lensfinder.errors import ConfigError, DataError, LensfinderError
 from lensfinder.inspection.grades import GRADES, GradeBook, check_grader, consensus_table
 from lensfinder.scan.catalog import read_candidates
-from lensfinder.scan.gallery import index_of_ids
 from lensfinder.visual import asinh_stretch, colour_composite, resize_square
 
 PAGE = Path(__file__).with_name("page.html")

@@ -17,6 +17,7 @@ import numpy as np
 
 from lensfinder.config import GalleryConfig
 from lensfinder.data import open_source
+from lensfinder.data.identity import index_of_ids
 from lensfinder.errors import ConfigError
 from lensfinder.scan.catalog import read_candidates, table_meta
 from lensfinder.scan.crossmatch import flag_known_lenses
@@ -77,18 +78,6 @@ def select_candidates(table, top: int, score_range: tuple[float, float] | None =
         table = table.filter(keep)
     table = table.sort_by([("score", "descending"), ("rank", "ascending")])
     return table.slice(0, top), table.num_rows
-
-
-def index_of_ids(source_ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Position of each wanted ID in ``source_ids`` (-1 where absent), without a Python dict."""
-    result = np.full(len(wanted), -1, dtype=np.int64)
-    if len(source_ids) == 0 or len(wanted) == 0:
-        return result
-    order = np.argsort(source_ids, kind="stable")
-    slot = np.minimum(np.searchsorted(source_ids, wanted, sorter=order), len(order) - 1)
-    hit = source_ids[order[slot]] == wanted
-    result[hit] = order[slot[hit]]
-    return result
 
 
 def _column(rows: dict[str, list], name: str, n: int, fill: Any) -> list:
