@@ -182,6 +182,10 @@ class EvaluateConfig:
     predict: PredictConfig = field(default_factory=PredictConfig)
     bootstrap: int = 1000
     purity_top_n: tuple[int, ...] = (10, 50, 100, 1000)
+    # Survey terms: expected purity and candidates per million galaxies at these lens
+    # prevalences (lenses per galaxy) and completeness levels.
+    prevalences: tuple[float, ...] = (1e-3, 1e-4)
+    completeness_levels: tuple[float, ...] = (0.5, 0.8, 0.9)
     tpr_at_fpr: tuple[float, ...] = (1e-2, 1e-3, 1e-4)
     # "auto": the test split on the models' own training data, every object on other data.
     split: Literal["auto", "test", "val", "train", "all"] = "auto"
