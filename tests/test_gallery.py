@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from lensfinder.config import GalleryConfig
+from lensfinder.data.identity import index_of_ids
 from lensfinder.errors import DataError
-from lensfinder.scan.gallery import index_of_ids, make_gallery
+from lensfinder.scan.gallery import make_gallery
 
 
 @pytest.fixture(scope="module")

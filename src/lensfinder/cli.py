@@ -19,6 +19,7 @@ from lensfinder.config import (
     DemoConfig,
     EvaluateConfig,
     GalleryConfig,
+    InspectConfig,
     PackConfig,
     ScanConfig,
     SimulateConfig,
@@ -65,6 +66,10 @@ app = typer.Typer(
 )
 reproduce_app = typer.Typer(help="Reproduce the paper's experiments.", no_args_is_help=True)
 app.add_typer(reproduce_app, name="reproduce")
+grades_app = typer.Typer(
+    help="The grades people gave in 'lensfinder inspect'.", no_args_is_help=True
+)
+app.add_typer(grades_app, name="grades")
 
 F = TypeVar("F", bound=Callable[..., Any])
 C = TypeVar("C")
@@ -334,6 +339,17 @@ def train(
         ),
     ] = None,
     no_resume: Annotated[bool, typer.Option("--no-resume", help="Start afresh.")] = False,
+    graded: Annotated[
+        Path | None,
+        typer.Option(help="Grades export to learn from: X as non-lenses, A/B as lenses."),
+    ] = None,
+    graded_data: Annotated[
+        Path | None,
+        typer.Option(help="Data holding the graded IDs [default: DATA]."),
+    ] = None,
+    init: Annotated[
+        Path | None, typer.Option(help="Run directory to fine-tune instead of starting afresh.")
+    ] = None,
 ) -> None:
     """Train a classifier on a packed store; writes model.safetensors + model.json to OUT
     (with --members N: OUT/member-0..N-1 and OUT/ensemble.json, used as one model)."""
@@ -351,6 +367,9 @@ def train(
         devices=devices_value,
         num_nodes=num_nodes,
         members=members,
+        graded=None if graded is None else str(graded),
+        graded_data=None if graded_data is None else str(graded_data),
+        init=None if init is None else str(init),
     )
     check_config(cfg)
     result = run(cfg, data, out, resume=not no_resume)
@@ -603,6 +622,58 @@ def gallery(
     )
     result = make_gallery(candidates, data, out, cfg)
     typer.echo(result.summary())
+
+
+@app.command()
+@user_errors
+def inspect(
+    scan_dir: Annotated[Path, typer.Argument(help="Scan output directory or catalogue.")],
+    data: Data,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            help="Grades database: a file or SQLAlchemy URL [default: SCAN_DIR/grades.sqlite]."
+        ),
+    ] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            help="Address to bind; not localhost needs --token.",
+            show_default=_default(InspectConfig, "host"),
+        ),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, show_default=_default(InspectConfig, "port")),
+    ] = None,
+    grader: Annotated[
+        str | None,
+        typer.Option(help="Default grader name.", show_default=_default(InspectConfig, "grader")),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(help="Shared secret every request must carry.", envvar="LENSFINDER_TOKEN"),
+    ] = None,
+    config: Annotated[str | None, _config_option(InspectConfig)] = None,
+) -> None:
+    """Grade candidates in the browser (A/B/C/X with the keyboard); grades go to a database."""
+    from lensfinder.inspection.app import serve
+
+    cfg = _load(InspectConfig, config, db=db, host=host, port=port, grader=grader)
+    serve(scan_dir, data, cfg, token)
+
+
+@grades_app.command("export")
+@user_errors
+def grades_export(
+    db: Annotated[str, typer.Argument(help="Grades database: a file or SQLAlchemy URL.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="grades.csv or grades.parquet.")],
+) -> None:
+    """One row per graded candidate: consensus grade, graders, notes."""
+    from lensfinder.inspection.grades import export_grades
+
+    path, n = export_grades(db, out)
+    typer.echo(f"{n} graded candidates -> {path}")
 
 
 @app.command()

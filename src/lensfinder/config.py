@@ -160,6 +160,12 @@ class TrainConfig:
     seed: int = 0
     # > 1: an ensemble, trained into OUT/member-k with seed + k and the same split (split.seed).
     members: int = 1
+    # Learning from people's grades (``lensfinder grades export``): added to the training split.
+    graded: str | None = None  # a grades export (CSV/Parquet with id, grade)
+    graded_data: str | None = None  # where the graded IDs' cutouts are; None: the training data
+    graded_lens: tuple[str, ...] = ("A", "B")
+    graded_nonlens: tuple[str, ...] = ("X",)  # C (possible) is left out by default
+    init: str | None = None  # a run directory whose weights training starts from (fine-tuning)
 
 
 @dataclass
@@ -176,6 +182,10 @@ class EvaluateConfig:
     predict: PredictConfig = field(default_factory=PredictConfig)
     bootstrap: int = 1000
     purity_top_n: tuple[int, ...] = (10, 50, 100, 1000)
+    # Survey terms: expected purity and candidates per million galaxies at these lens
+    # prevalences (lenses per galaxy) and completeness levels.
+    prevalences: tuple[float, ...] = (1e-3, 1e-4)
+    completeness_levels: tuple[float, ...] = (0.5, 0.8, 0.9)
     tpr_at_fpr: tuple[float, ...] = (1e-2, 1e-3, 1e-4)
     # "auto": the test split on the models' own training data, every object on other data.
     split: Literal["auto", "test", "val", "train", "all"] = "auto"
@@ -213,6 +223,21 @@ class GalleryConfig:
             return None
         low = 0.0 if self.score_min is None else self.score_min
         return (low, 1.0 if self.score_max is None else self.score_max)
+
+
+@dataclass
+class InspectConfig:
+    """``lensfinder inspect``: the grading web app."""
+
+    host: str = "127.0.0.1"  # any other address needs a token
+    port: int = 8765
+    grader: str = "grader"  # the default name; each page can set its own
+    db: str | None = None  # a SQLAlchemy URL or a file; None: grades.sqlite in the scan dir
+    stamp_pixels: int = 320  # side of every picture on the page
+    asinh_softening: float = 3.0  # the "asinh" stretch, in noise sigmas
+    linear_softening: float = 50.0  # the "linear" stretch: nearly linear up to bright cores
+    zoom: float = 2.0  # the zoom toggle shows the central 1/zoom of the cutout
+    cache_images: int = 512  # rendered PNGs kept in memory
 
 
 @dataclass

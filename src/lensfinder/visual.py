@@ -110,6 +110,15 @@ def colour_composite(vis: np.ndarray, nisp: np.ndarray, softening: float = 3.0) 
     return np.round(np.moveaxis(rgb, 0, -1) * 255).astype(np.uint8)
 
 
+def resize_square(image: np.ndarray, pixels: int) -> np.ndarray:
+    """A uint8 picture (H, W) or (H, W, 3) resampled to ``pixels`` square (Lanczos)."""
+    from PIL import Image
+
+    if image.shape[0] == pixels and image.shape[1] == pixels:
+        return image
+    return np.asarray(Image.fromarray(image).resize((pixels, pixels), Image.Resampling.LANCZOS))
+
+
 def save_grid(
     images: Sequence[np.ndarray],
     titles: Sequence[str],

@@ -53,3 +53,15 @@ def same_data(source: CutoutSource, recorded: Mapping[str, Any]) -> bool | None:
     if recorded.get("fingerprint"):
         return fingerprint(source) == recorded["fingerprint"]
     return None  # a path alone may be a moved copy: not proof of other data
+
+
+def index_of_ids(source_ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Position of each wanted ID in ``source_ids`` (-1 where absent), without a Python dict."""
+    result = np.full(len(wanted), -1, dtype=np.int64)
+    if len(source_ids) == 0 or len(wanted) == 0:
+        return result
+    order = np.argsort(source_ids, kind="stable")
+    slot = np.minimum(np.searchsorted(source_ids, wanted, sorter=order), len(order) - 1)
+    hit = source_ids[order[slot]] == wanted
+    result[hit] = order[slot[hit]]
+    return result

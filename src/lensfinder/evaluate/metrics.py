@@ -12,6 +12,8 @@ Bad input (lengths that differ, NaN scores, unknown labels, one class only) rais
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -244,6 +246,62 @@ def purity_at_top(labels: Any, scores: Any, n: int) -> float:
     return float(lenses / n)
 
 
+@dataclass
+class SurveyPoint:
+    """Where a threshold reaching a completeness leaves a survey of a given lens prevalence."""
+
+    completeness: float  # reached on this set (at least the one asked for)
+    threshold: float
+    fpr: float
+    false_positives: int
+    purity: float  # expected lenses among the candidates at this prevalence
+    per_million: float  # candidates to inspect per million galaxies
+
+
+def survey_point(curve: RocCurve, completeness: float, prevalence: float) -> SurveyPoint | None:
+    """The first ROC point with TPR >= ``completeness``, rescaled to ``prevalence``:
+    purity = c p / (c p + FPR (1 - p)); candidates per million = 1e6 (c p + FPR (1 - p)).
+    None when the set has no lenses or non-lenses to measure it."""
+    if not 0.0 < completeness <= 1.0 or not 0.0 < prevalence < 1.0:
+        raise ValueError(f"need completeness in (0, 1], prevalence in (0, 1): {completeness}, "
+                         f"{prevalence}")  # fmt: skip
+    if curve.n_lenses == 0 or curve.n_nonlenses == 0:
+        return None
+    at = int(np.flatnonzero(curve.tpr >= completeness * (1.0 - 1e-12))[0])
+    tpr, fpr = float(curve.tpr[at]), float(curve.fpr[at])
+    flagged = tpr * prevalence + fpr * (1.0 - prevalence)
+    return SurveyPoint(
+        completeness=tpr,
+        threshold=float(curve.thresholds[at]),
+        fpr=fpr,
+        false_positives=int(curve.false_positives[at]),
+        purity=tpr * prevalence / flagged,
+        per_million=1e6 * flagged,
+    )
+
+
+def survey_metrics(
+    labels: Any, scores: Any, prevalences: Sequence[float], levels: Sequence[float]
+) -> tuple[dict[str, Any], list[str]]:
+    """``{prevalence: {completeness: SurveyPoint as dict}}`` and notes on what is a bound."""
+    curve = roc_curve(labels, scores)
+    out: dict[str, Any] = {}
+    notes = []
+    for prevalence in prevalences:
+        row: dict[str, Any] = {}
+        for level in levels:
+            point = survey_point(curve, level, prevalence)
+            row[f"{level:.0%}"] = None if point is None else dataclasses.asdict(point)
+            if point is not None and point.false_positives == 0:
+                notes.append(
+                    f"purity at {level:.0%} completeness, prevalence {prevalence:g}: no false "
+                    f"positive among {curve.n_nonlenses} non-lenses, so FPR < ~"
+                    f"{3 / curve.n_nonlenses:.1e} (95%) and the purity is an upper bound"
+                )
+        out[f"{prevalence:g}"] = row
+    return out, notes
+
+
 def fpr_key(fpr: float) -> str:
     """The JSON key of a target FPR: ``1e-03`` style, short and sortable by eye."""
     return f"{fpr:.0e}"
@@ -288,5 +346,8 @@ def compute_metrics(labels: Any, scores: Any, cfg: EvaluateConfig) -> dict[str, 
         else:
             result["purity_top"][str(top)] = None
             notes.append(f"purity at top {top} unresolved: only {len(labels)} objects")
-    result["notes"] = notes
+    result["survey"], survey_notes = survey_metrics(
+        labels, scores, cfg.prevalences, cfg.completeness_levels
+    )
+    result["notes"] = notes + survey_notes
     return result

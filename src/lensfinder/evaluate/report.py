@@ -106,6 +106,25 @@ def _metrics_table(rows: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     return '<div class="scroll"><table>' + "\n".join(lines) + "</table></div>"
 
 
+def survey_rows(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The survey terms of one metrics dict: a row per prevalence and completeness."""
+    rows = []
+    for prevalence, levels in (metrics.get("survey") or {}).items():
+        for level, point in levels.items():
+            if point is not None:
+                rows.append(
+                    {
+                        "prevalence": prevalence,
+                        "completeness wanted": level,
+                        "completeness": point["completeness"],
+                        "FPR": point["fpr"],
+                        "expected purity": point["purity"],
+                        "candidates per million": point["per_million"],
+                    }
+                )
+    return rows
+
+
 def _generic_table(rows: Sequence[Mapping[str, Any]]) -> str:
     if not rows:
         return "<p class='meta'>(empty)</p>"
@@ -182,6 +201,15 @@ def write_report(
         "positives, tied scores taken together (Metcalf et al. 2019). Purity: fraction of lenses "
         "among the top N.</p>"
     )
+    survey = survey_rows(rows[0][1])
+    if survey:
+        parts += [
+            "<h2>At survey prevalence</h2>",
+            _generic_table(survey),
+            '<p class="meta">The threshold that reaches each completeness on this set, applied '
+            "to a survey where lenses are this rare: expected purity of the candidate list and "
+            "how many candidates people must inspect per million galaxies.</p>",
+        ]
     info = _run_info(metrics) if not _is_metrics(metrics) else []
     if info:
         parts += ["<h2>Run</h2>", _generic_table(info)]

@@ -17,12 +17,13 @@ import numpy as np
 
 from lensfinder.config import GalleryConfig
 from lensfinder.data import open_source
+from lensfinder.data.identity import index_of_ids
 from lensfinder.errors import ConfigError
 from lensfinder.scan.catalog import read_candidates, table_meta
 from lensfinder.scan.crossmatch import flag_known_lenses
 from lensfinder.utils import atomic_path, atomic_write_text
 from lensfinder.utils import progress as progress_bar
-from lensfinder.visual import colour_composite, save_grid
+from lensfinder.visual import colour_composite, resize_square, save_grid
 
 STAMP_DIR = "stamps"
 READ_CHUNK = 64  # cutouts read at once: the gallery never holds more images than this
@@ -79,28 +80,8 @@ def select_candidates(table, top: int, score_range: tuple[float, float] | None =
     return table.slice(0, top), table.num_rows
 
 
-def index_of_ids(source_ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Position of each wanted ID in ``source_ids`` (-1 where absent), without a Python dict."""
-    result = np.full(len(wanted), -1, dtype=np.int64)
-    if len(source_ids) == 0 or len(wanted) == 0:
-        return result
-    order = np.argsort(source_ids, kind="stable")
-    slot = np.minimum(np.searchsorted(source_ids, wanted, sorter=order), len(order) - 1)
-    hit = source_ids[order[slot]] == wanted
-    result[hit] = order[slot[hit]]
-    return result
-
-
 def _column(rows: dict[str, list], name: str, n: int, fill: Any) -> list:
     return rows[name] if name in rows else [fill] * n
-
-
-def _resize(image: np.ndarray, pixels: int) -> np.ndarray:
-    from PIL import Image
-
-    if image.shape[0] == pixels and image.shape[1] == pixels:
-        return image
-    return np.asarray(Image.fromarray(image).resize((pixels, pixels), Image.Resampling.LANCZOS))
 
 
 def _save_png(image: np.ndarray, path: Path) -> None:
@@ -216,7 +197,7 @@ def make_gallery(
             image = colour_composite(cutouts.vis[j], cutouts.nisp[j], cfg.asinh_softening)
             # Row 0 of a FITS image is its bottom: flip so the PNG shows it as the mosaic does.
             image = np.ascontiguousarray(np.flipud(image), dtype=np.uint8)
-            image = _resize(image, cfg.stamp_pixels)
+            image = resize_square(image, cfg.stamp_pixels)
             name = f"{STAMP_DIR}/rank{rows['rank'][pos]:06d}-{ids[pos]}.png"
             _save_png(image, out / name)
             stamps[pos] = name

@@ -28,9 +28,11 @@ from lensfinder.config import PredictConfig, TrainConfig
 from lensfinder.data import open_source
 from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE
 from lensfinder.data.dataset import CutoutDataset
+from lensfinder.data.graded import add_graded
 from lensfinder.data.sampler import BalancedBatchSampler
 from lensfinder.data.splits import split_indices
 from lensfinder.errors import ConfigError, DataError
+from lensfinder.inspection.grades import read_graded
 
 MEMORY_SHARE = 0.5  # load a store into RAM when all processes' copies fit in this share
 
@@ -120,6 +122,8 @@ class LensDataModule(pl.LightningDataModule):
         self.test_indices = np.empty(0, np.int64)
         self.train_dataset: Any = None
         self.val_dataset: Any = None
+        self.base_source: Any = None  # the training data, without graded additions
+        self.graded_record: dict[str, Any] | None = None  # what model.json says about grades
 
     # -- data ------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -144,6 +148,18 @@ class LensDataModule(pl.LightningDataModule):
         self.train_indices = self._cap(labelled["train"], self.config.max_train_objects)
         self.val_indices = self._cap(labelled["val"], self.config.limit_val_samples)
         self.test_indices = np.asarray(splits["test"])
+        self.base_source = source
+        if self.config.graded is not None:
+            graded_data = self.config.graded_data
+            self.source, self.train_indices, self.graded_record = add_graded(
+                source,
+                self.train_indices,
+                read_graded(self.config.graded),
+                open_source(Path(graded_data)) if graded_data else source,
+                self.config.graded_lens,
+                self.config.graded_nonlens,
+            )
+            self.graded_record["file"] = str(Path(self.config.graded).resolve())
 
     def _check_classes(self, split: str, labels: np.ndarray) -> None:
         lenses, others = int((labels == 1).sum()), int((labels == 0).sum())

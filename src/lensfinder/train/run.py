@@ -28,7 +28,7 @@ from lensfinder import __version__
 from lensfinder.config import TrainConfig, load_config, save_config, to_dict
 from lensfinder.data.identity import data_record
 from lensfinder.errors import ConfigError, ModelFileError
-from lensfinder.models import read_meta, save_model
+from lensfinder.models import load_model, read_meta, save_model
 from lensfinder.safety import check_not_input, mark_output, output_lock
 from lensfinder.train.callbacks import (
     AtomicLastCheckpoint,
@@ -358,7 +358,7 @@ def _train_locked(
         save_config(config, out / CONFIG_FILE)
 
     pl.seed_everything(config.seed, workers=True, verbose=False)
-    module = LensClassifier(config)
+    module = LensClassifier(config, initial_model(config))
     stopping = AurocDropStopping(config.stop_auroc_drop, config.stop_patience)
     history = EpochHistory()
     callbacks: list[Any] = [stopping, history, AtomicLastCheckpoint(out)]
@@ -409,16 +409,31 @@ def _train_locked(
             "split": to_dict(config.split),
             "metrics": metrics,
             "data": {
-                **data_record(datamodule.source),  # evaluate tells its own data from other data
+                **data_record(datamodule.base_source),  # evaluate tells its data from others
                 "n_train": len(datamodule.train_indices),
                 "n_val": len(datamodule.val_indices),
                 "n_test": len(datamodule.test_indices),
                 "samples_per_epoch": datamodule.samples_per_epoch,
             },
+            "graded": datamodule.graded_record,  # which people's grades were learnt, or None
+            "init": str(Path(config.init).resolve()) if config.init else None,
             "lensfinder_version": __version__,
         }
         save_model(out, module.model, meta)
     return TrainResult.from_metrics(out, metrics, resumed_from_epoch=last_epoch)
+
+
+def initial_model(config: TrainConfig) -> Any:
+    """The trained model of ``config.init`` to fine-tune (for the same input), or None."""
+    if config.init is None:
+        return None
+    model, meta = load_model(config.init, expect_input=config.input)
+    saved = {k: v for k, v in meta["model"].items() if k != "pretrained"}
+    wanted = {k: v for k, v in to_dict(config.model).items() if k != "pretrained"}
+    if saved != wanted:
+        differ = ", ".join(sorted(k for k in wanted if saved.get(k) != wanted[k]))
+        raise ConfigError(f"init {config.init}: its model differs from the config's ({differ})")
+    return model.train()
 
 
 def _metrics(

@@ -1,0 +1,1 @@
+"""Grading candidates by eye: the web app (``app``) and the grades database (``grades``)."""

@@ -1,0 +1,253 @@
+"""``lensfinder inspect``: a local web app to grade the ranked candidates of a scan.
+
+FastAPI serves one page (``page.html``: keyboard-driven, no build step) and a small JSON API;
+pictures are rendered on request with ``lensfinder.visual`` from the data the scan read, and
+every grade goes straight into the grades database (``inspection.grades``). The server binds to
+localhost; on any other address a token is required on every request (header
+``X-Lensfinder-Token``, ``?token=`` once, after which a cookie carries it).
+"""
+
+from __future__ import annotations
+
+import hmac
+import io
+import threading
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel
+
+from lensfinder.config import InspectConfig
+from lensfinder.data import open_source
+from lensfinder.data.identity import index_of_ids
+from lensfinder.errors import ConfigError, DataError, LensfinderError
+from lensfinder.inspection.grades import GRADES, GradeBook, check_grader, consensus_table
+from lensfinder.scan.catalog import read_candidates
+from lensfinder.visual import asinh_stretch, colour_composite, resize_square
+
+PAGE = Path(__file__).with_name("page.html")
+DB_NAME = "grades.sqlite"
+BANDS = ("colour", "VIS", "Y", "J", "H")
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+TOKEN_HEADER = "x-lensfinder-token"
+TOKEN_COOKIE = "lensfinder_token"
+
+
+class GradeIn(BaseModel):
+    id: int
+    grade: str
+    grader: str
+    notes: str = ""
+
+
+def _number(value: Any) -> Any:
+    """JSON-safe: NaN and inf become None, numpy scalars plain Python."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+class Inspector:
+    """The candidates of one scan, their pixels, and the grades database."""
+
+    def __init__(self, scan: str | Path, data: str | Path, cfg: InspectConfig) -> None:
+        if not cfg.zoom >= 1 or cfg.stamp_pixels < 16:
+            raise ConfigError(f"inspect: zoom {cfg.zoom} must be >= 1, stamp_pixels >= 16")
+        self.cfg = cfg
+        table = read_candidates(scan).sort_by([("rank", "ascending")])
+        self.rows: list[dict[str, Any]] = table.to_pylist()
+        if not self.rows:
+            raise DataError(f"{scan}: the candidate catalogue is empty")
+        self.source = open_source(Path(data))
+        ids = np.asarray([r["id"] for r in self.rows], dtype=np.int64)
+        index = index_of_ids(np.asarray(self.source.ids, dtype=np.int64), ids)
+        if (index < 0).all():
+            raise DataError(f"{data}: none of the scan's candidate IDs are in this data")
+        self.index = {int(i): int(p) for i, p in zip(ids, index, strict=True) if p >= 0}
+        self.by_id = {int(r["id"]): r for r in self.rows}
+        scan_dir = Path(scan) if Path(scan).is_dir() else Path(scan).parent
+        self.book = GradeBook(cfg.db or scan_dir / DB_NAME)
+        self._read_lock = threading.Lock()  # one reader of the data at a time
+        self.render = lru_cache(maxsize=cfg.cache_images)(self._render)
+
+    def catalogue(self, candidate: int) -> dict[str, Any]:
+        """The data's catalogue quantities of one candidate (Einstein radius, magnitudes...)."""
+        position = self.index.get(candidate)
+        if position is None:
+            return {}
+        return {k: _number(v[position]) for k, v in self.source.catalog.items()}
+
+    def listing(
+        self, grader: str, score_min: float, score_max: float, show: str
+    ) -> list[dict[str, Any]]:
+        """Candidates in rank order within the score range; ``show``: all, ungraded (by this
+        grader), or a consensus grade."""
+        consensus = self.book.consensus()
+        out = []
+        for row in self.rows:
+            if not score_min <= row["score"] <= score_max:
+                continue
+            agreed = consensus.get(int(row["id"]))
+            mine = agreed.grades.get(grader) if agreed else None
+            if show == "ungraded" and mine is not None:
+                continue
+            if show in GRADES and (agreed is None or agreed.grade != show):
+                continue
+            out.append(
+                {
+                    "rank": row["rank"],
+                    "id": row["id"],
+                    "score": _number(row["score"]),
+                    "mine": mine,
+                    "consensus": agreed.grade if agreed else None,
+                }
+            )
+        return out
+
+    def detail(self, candidate: int, grader: str) -> dict[str, Any]:
+        row = self.by_id.get(candidate)
+        if row is None:
+            raise DataError(f"candidate {candidate} is not in this scan")
+        agreed = self.book.consensus().get(candidate)
+        current = self.book.current().get(candidate, {}).get(grader)
+        return {
+            "scan": {k: _number(v) for k, v in row.items()},
+            "catalogue": self.catalogue(candidate),
+            "in_data": candidate in self.index,
+            "mine": current.grade if current else None,
+            "notes": current.notes if current else "",
+            "consensus": agreed.grade if agreed else None,
+            "grades": agreed.grades if agreed else {},
+        }
+
+    def _render(self, candidate: int, band: str, stretch: str, zoom: bool) -> bytes:
+        """A PNG of one band (or the colour composite) of one candidate, north up."""
+        from PIL import Image
+
+        position = self.index.get(candidate)
+        if position is None:
+            raise DataError(f"candidate {candidate}: ID not in the data")
+        with self._read_lock:
+            cutouts = self.source.read([position])
+        if not cutouts.valid[0]:
+            raise DataError(f"candidate {candidate}: unreadable ({cutouts.reasons[0]})")
+        softening = self.cfg.asinh_softening if stretch == "asinh" else self.cfg.linear_softening
+        vis, nisp = cutouts.vis[0], cutouts.nisp[0]
+        if band == "colour":
+            image = colour_composite(vis, nisp, softening)
+        else:
+            pixels = vis if band == "VIS" else nisp[BANDS.index(band) - 2]
+            image = np.round(asinh_stretch(pixels, softening) * 255).astype(np.uint8)
+        image = np.flipud(image)  # row 0 of a FITS image is its bottom
+        if zoom:
+            side = image.shape[0]
+            keep = max(4, round(side / self.cfg.zoom))
+            start = (side - keep) // 2
+            image = image[start : start + keep, start : start + keep]
+        image = resize_square(np.ascontiguousarray(image), self.cfg.stamp_pixels)
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Only localhost may serve without a token: grades are a team's work."""
+    if host not in LOCAL_HOSTS and not token:
+        raise ConfigError(f"--host {host} exposes the grading app beyond this machine; add --token")
+
+
+def create_app(inspector: Inspector, token: str | None = None) -> FastAPI:
+    """The FastAPI application over one ``Inspector``."""
+    app = FastAPI(title="lensfinder inspect", docs_url=None, redoc_url=None, openapi_url=None)
+    page = PAGE.read_text()
+    definitions = "".join(f"<li><b>{g}</b> {text}</li>" for g, text in GRADES.items())
+    page = page.replace("{{DEFINITIONS}}", definitions).replace(
+        "{{GRADER}}", inspector.cfg.grader.replace('"', "")
+    )
+
+    @app.middleware("http")
+    async def require_token(request: Request, call_next: Any) -> Response:
+        if token is None:
+            return await call_next(request)
+        given = (
+            request.headers.get(TOKEN_HEADER)
+            or request.query_params.get("token")
+            or request.cookies.get(TOKEN_COOKIE)
+            or ""
+        )
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return JSONResponse({"detail": "a valid token is required"}, status_code=401)
+        response = await call_next(request)
+        if request.query_params.get("token"):
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+        return response
+
+    @app.exception_handler(LensfinderError)
+    async def user_error(_request: Request, exc: LensfinderError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        return page
+
+    @app.get("/api/candidates")
+    def candidates(
+        grader: str,
+        score_min: float = 0.0,
+        score_max: float = 1.0,
+        show: Literal["all", "ungraded", "A", "B", "C", "X"] = "all",
+    ) -> dict[str, Any]:
+        rows = inspector.listing(check_grader(grader), score_min, score_max, show)
+        return {"candidates": rows, "total": len(inspector.rows)}
+
+    @app.get("/api/candidates/{candidate}")
+    def candidate(candidate: int, grader: str) -> dict[str, Any]:
+        return inspector.detail(candidate, check_grader(grader))
+
+    @app.get("/api/image/{candidate}/{band}.png")
+    def image(
+        candidate: int,
+        band: Literal["colour", "VIS", "Y", "J", "H"],
+        stretch: Literal["asinh", "linear"] = "asinh",
+        zoom: bool = False,
+    ) -> Response:
+        png = inspector.render(candidate, band, stretch, zoom)
+        return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+    @app.post("/api/grades")
+    def grade(body: GradeIn) -> dict[str, Any]:
+        if body.id not in inspector.by_id:
+            raise DataError(f"candidate {body.id} is not in this scan")
+        inspector.book.record(body.id, body.grader, body.grade, body.notes)
+        return inspector.detail(body.id, check_grader(body.grader))
+
+    @app.get("/api/export.csv")
+    def export() -> Response:
+        import pyarrow.csv as pacsv
+
+        buffer = io.BytesIO()
+        pacsv.write_csv(consensus_table(inspector.book), buffer)
+        return Response(
+            buffer.getvalue(),
+            media_type="text/csv",
+            headers={"Content-Disposition": 'attachment; filename="grades.csv"'},
+        )
+
+    return app
+
+
+def serve(scan: str | Path, data: str | Path, cfg: InspectConfig, token: str | None = None) -> None:
+    """Run the app until interrupted (uvicorn, one process: the database takes the concurrency)."""
+    import uvicorn
+
+    check_bind(cfg.host, token)
+    inspector = Inspector(scan, data, cfg)
+    where = f"http://{cfg.host}:{cfg.port}/" + (f"?token={token}" if token else "")
+    print(f"grading {len(inspector.rows)} candidates at {where} (grades: {inspector.book.url})")
+    uvicorn.run(create_app(inspector, token), host=cfg.host, port=cfg.port, log_level="warning")

@@ -1,0 +1,308 @@
+"""The grading app and the grades database: grading, consensus, graders, export, token, crashes;
+and the grading flow in a real browser.
+
+The browser test needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them)
+and is skipped, saying so, where they are absent. Set ``LENSFINDER_SCREENSHOT=path.png`` to keep
+its screenshot of the page (the README's picture is made this way).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+from fastapi.testclient import TestClient
+
+from lensfinder.config import InspectConfig
+from lensfinder.errors import ConfigError, DataError
+from lensfinder.inspection.app import Inspector, check_bind, create_app
+from lensfinder.inspection.grades import GradeBook, consensus_grade, export_grades, read_graded
+
+
+def make_scan(store: Path, out: Path) -> Path:
+    """A scan-like catalogue of a store with made-up scores, best first (no model needed)."""
+    from lensfinder.data import open_source
+
+    source = open_source(store)
+    ids = np.asarray(source.ids)
+    table = pa.table(
+        {
+            "rank": np.arange(1, len(ids) + 1),
+            "id": ids,
+            "score": np.linspace(0.99, 0.02, len(ids)),
+            "ra": np.asarray(source.ra),
+            "dec": np.asarray(source.dec),
+        }
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, out / "candidates.parquet")
+    return out
+
+
+@pytest.fixture()
+def scan(tiny_store, tmp_path) -> Path:
+    return make_scan(tiny_store, tmp_path / "scan")
+
+
+@pytest.fixture()
+def client(scan, tiny_store):
+    inspector = Inspector(scan, tiny_store, InspectConfig(stamp_pixels=64))
+    with TestClient(create_app(inspector)) as test_client:
+        yield test_client, inspector
+    inspector.book.close()
+
+
+def test_page_lists_candidates_and_renders_every_band(client):
+    test_client, inspector = client
+    page = test_client.get("/")
+    assert page.status_code == 200 and "<b>A</b> definite lens" in page.text
+    listing = test_client.get("/api/candidates", params={"grader": "ann"}).json()["candidates"]
+    assert [c["id"] for c in listing] == [r["id"] for r in inspector.rows]
+    first = listing[0]["id"]
+    pictures = {}
+    for band in ("colour", "VIS", "Y", "J", "H"):
+        for stretch, zoom in (("asinh", False), ("linear", True)):
+            response = test_client.get(
+                f"/api/image/{first}/{band}.png", params={"stretch": stretch, "zoom": zoom}
+            )
+            assert response.status_code == 200 and response.content[:4] == b"\x89PNG"
+            pictures[band, stretch] = response.content
+    assert pictures["VIS", "asinh"] != pictures["VIS", "linear"]  # the toggle changes the picture
+    assert test_client.get(f"/api/image/{first}/K.png").status_code == 422
+    detail = test_client.get(f"/api/candidates/{first}", params={"grader": "ann"}).json()
+    assert detail["scan"]["rank"] == 1 and detail["catalogue"]  # catalogue quantities shown
+
+
+def test_grades_consensus_two_graders_and_filters(client, tmp_path):
+    test_client, inspector = client
+    ids = [r["id"] for r in inspector.rows]
+
+    def grade(grader: str, candidate: int, letter: str, notes: str = "") -> dict:
+        body = {"id": candidate, "grade": letter, "grader": grader, "notes": notes}
+        response = test_client.post("/api/grades", json=body)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    grade("ann", ids[0], "A", "clear arc")
+    after = grade("bob", ids[0], "b")  # lower case accepted
+    assert after["grades"] == {"ann": "A", "bob": "B"} and after["consensus"] == "B"
+    grade("ann", ids[1], "C")
+    grade("ann", ids[1], "X")  # a change of mind: the latest grade counts
+    grade("bob", ids[1], "X")
+    refused = test_client.post("/api/grades", json={"id": ids[2], "grade": "Q", "grader": "ann"})
+    assert refused.status_code == 400 and "expected one of" in refused.json()["detail"]
+    assert (
+        test_client.post("/api/grades", json={"id": 1, "grade": "A", "grader": "ann"}).status_code
+        == 400
+    )  # not in this scan
+
+    def listing(**params) -> list[int]:
+        rows = test_client.get("/api/candidates", params={"grader": "ann", **params}).json()
+        return [c["id"] for c in rows["candidates"]]
+
+    assert listing(show="ungraded") == ids[2:]
+    assert listing(show="X") == [ids[1]] and listing(show="B") == [ids[0]]
+    scores = {r["id"]: r["score"] for r in inspector.rows}
+    assert listing(score_min=0.5) == [i for i in ids if scores[i] >= 0.5]
+    assert len(GradeBook(inspector.book.url).history()) == 5  # every grade kept
+
+    for name in ("grades.csv", "grades.parquet"):
+        path, n = export_grades(inspector.book.url, tmp_path / name)
+        assert n == 2
+        table = pacsv.read_csv(path) if name.endswith(".csv") else pq.read_table(path)
+        rows = {r["id"]: r for r in table.to_pylist()}
+        assert rows[ids[0]]["grade"] == "B" and rows[ids[0]]["n_graders"] == 2
+        assert rows[ids[0]]["notes"] == "ann: clear arc" and rows[ids[1]]["grade"] == "X"
+        assert read_graded(path) == {ids[0]: "B", ids[1]: "X"}
+    csv = test_client.get("/api/export.csv")
+    assert csv.status_code == 200 and f'{ids[1]},"X"' in csv.text
+
+
+def test_consensus_rule():
+    assert consensus_grade(["A"]) == "A"
+    assert consensus_grade(["A", "X"]) == "X"  # a split vote is not promoted
+    assert consensus_grade(["A", "B", "X"]) == "B"
+    assert consensus_grade(["A", "A", "C", "B"]) == "B"
+
+
+def test_token_is_checked_on_every_request(scan, tiny_store):
+    with pytest.raises(ConfigError, match="--token"):
+        check_bind("0.0.0.0", None)
+    check_bind("0.0.0.0", "s3cret")
+    check_bind("127.0.0.1", None)
+    inspector = Inspector(scan, tiny_store, InspectConfig(stamp_pixels=32))
+    with TestClient(create_app(inspector, token="s3cret")) as test_client:
+        assert test_client.get("/").status_code == 401
+        assert test_client.get("/", params={"token": "wrong"}).status_code == 401
+        body = {"id": inspector.rows[0]["id"], "grade": "A", "grader": "eve"}
+        assert test_client.post("/api/grades", json=body).status_code == 401
+        assert inspector.book.history() == []
+        headers = {"X-Lensfinder-Token": "s3cret"}
+        assert test_client.post("/api/grades", json=body, headers=headers).status_code == 200
+        first = test_client.get("/", params={"token": "s3cret"})  # the browser's first visit
+        assert first.status_code == 200 and "lensfinder_token" in first.headers["set-cookie"]
+        assert test_client.get("/api/export.csv").status_code == 200  # the cookie carries it
+    inspector.book.close()
+
+
+def test_a_grade_survives_kill_9(tmp_path):
+    """A process that records a grade and is killed at once: the grade is in the database."""
+    db = tmp_path / "grades.sqlite"
+    code = (
+        "import os, signal, sys\n"
+        "from lensfinder.inspection.grades import GradeBook\n"
+        f"GradeBook({str(db)!r}).record(42, 'ann', 'A', 'arc')\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=60)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    book = GradeBook(db, create=False)
+    (row,) = book.history()
+    assert (row.candidate_id, row.grader, row.grade, row.notes) == (42, "ann", "A", "arc")
+    book.close()
+
+
+def test_bad_inputs_are_one_line_errors(scan, tiny_store, tmp_path):
+    with pytest.raises(DataError, match="no grades database"):
+        export_grades(tmp_path / "none.sqlite", tmp_path / "g.csv")
+    with pytest.raises(ConfigError, match=r"\.csv or \.parquet"):
+        export_grades(tmp_path / "none.sqlite", tmp_path / "g.txt")
+    with pytest.raises(DataError, match="no candidate catalogue"):
+        Inspector(tmp_path, tiny_store, InspectConfig())
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,grade\n1,Z\n")
+    with pytest.raises(DataError, match="no valid grade"):
+        read_graded(bad)
+    with pytest.raises(DataError, match="grader name"):
+        GradeBook(tmp_path / "g.sqlite").record(1, " ", "A")
+
+
+def test_cli_export_and_refusals(scan, tiny_store, tmp_path):
+    from typer.testing import CliRunner
+
+    from lensfinder.cli import app
+
+    runner = CliRunner()
+    book = GradeBook(scan / "grades.sqlite")
+    book.record(7, "ann", "A")
+    book.close()
+    out = tmp_path / "grades.csv"
+    done = runner.invoke(app, ["grades", "export", str(scan / "grades.sqlite"), "--out", str(out)])
+    assert done.exit_code == 0 and "1 graded candidates" in done.output
+    assert read_graded(out) == {7: "A"}
+    missing = runner.invoke(app, ["grades", "export", str(tmp_path / "no.db"), "--out", str(out)])
+    assert missing.exit_code == 2 and "no grades database" in missing.output
+    exposed = ["inspect", str(scan), "--data", str(tiny_store), "--host", "0.0.0.0"]
+    refused = runner.invoke(app, exposed, env={"LENSFINDER_TOKEN": ""})
+    assert refused.exit_code == 2 and "add --token" in refused.output
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+needs_chromium = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER),
+    reason="headless Chromium absent: apt-get install chromium chromium-driver (.ci/run does)",
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture()
+def server(tiny_store, tmp_path):
+    """The app served by uvicorn on a free localhost port, in a thread."""
+    import uvicorn
+
+    scan = make_scan(tiny_store, tmp_path / "scan")
+    inspector = Inspector(scan, tiny_store, InspectConfig(stamp_pixels=160, grader="ann"))
+    port = _free_port()
+    config = uvicorn.Config(create_app(inspector), host="127.0.0.1", port=port, log_level="error")
+    uvicorn_server = uvicorn.Server(config)
+    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not uvicorn_server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/", inspector
+    uvicorn_server.should_exit = True
+    thread.join(timeout=10)
+    inspector.book.close()
+
+
+@pytest.fixture()
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(flag)
+    options.add_argument("--window-size=1100,900")
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=DRIVER))
+    yield driver
+    driver.quit()
+
+
+@needs_chromium
+def test_grade_with_the_keyboard_reload_and_export(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, inspector = server
+    ids = [r["id"] for r in inspector.rows]
+    wait = WebDriverWait(browser, 30)
+
+    def text(element_id: str) -> str:
+        return browser.find_element(By.ID, element_id).text
+
+    def shows(candidate: int, grade: str) -> None:
+        wait.until(lambda _: text("cid") == str(candidate) and text("mygrade") == grade)
+
+    def press(keys: str) -> None:
+        browser.find_element(By.TAG_NAME, "body").send_keys(keys)
+
+    browser.get(url)
+    shows(ids[0], "-")
+    wait.until(
+        lambda d: d.execute_script("return document.getElementById('colour').naturalWidth") == 160
+    )
+    press("a")  # grade A, and on to the next
+    shows(ids[1], "-")
+    browser.find_element(By.ID, "notes").send_keys("spiral arms")
+    press("\ue00c")  # Escape leaves the notes
+    press("x")
+    shows(ids[2], "-")
+    press("p")
+    shows(ids[1], "X")
+    browser.refresh()  # the page comes back at the same candidate, its grade kept
+    shows(ids[1], "X")
+    assert browser.find_element(By.ID, "notes").get_attribute("value") == "spiral arms"
+    press("\ue012")  # arrow left
+    shows(ids[0], "A")
+
+    screenshot = tmp_path / "inspect.png"
+    browser.save_screenshot(str(screenshot))
+    assert screenshot.read_bytes()[:4] == b"\x89PNG" and screenshot.stat().st_size > 20_000
+    if os.environ.get("LENSFINDER_SCREENSHOT"):
+        shutil.copyfile(screenshot, Path(os.environ["LENSFINDER_SCREENSHOT"]))
+
+    out, n = export_grades(inspector.book.url, tmp_path / "grades.csv")
+    assert n == 2 and read_graded(out) == {ids[0]: "A", ids[1]: "X"}
