@@ -7,7 +7,10 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 T = TypeVar("T")
 
@@ -45,7 +48,7 @@ def atomic_write_text(target: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", **kw) -> Iterable[T]:
+def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", **kw) -> tqdm[T]:
     """A progress bar with rate and ETA (tqdm), on stderr; quiet when LENSFINDER_QUIET is set."""
     from tqdm.auto import tqdm
 

@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +54,7 @@ class Problem:
         return {"id": self.id, "path": self.path, "reason": self.reason}
 
     @classmethod
-    def from_dict(cls, data: dict[str, object]) -> Problem:
+    def from_dict(cls, data: dict[str, Any]) -> Problem:
         raw_id = data.get("id")
         return cls(None if raw_id is None else int(raw_id), str(data["path"]), str(data["reason"]))
 

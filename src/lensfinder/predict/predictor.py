@@ -41,7 +41,7 @@ from scipy.special import expit, logsumexp
 
 from lensfinder.config import InputConfig, PredictConfig, to_dict
 from lensfinder.data import open_source
-from lensfinder.data.augment import D4_ELEMENTS, apply_d4
+from lensfinder.data.augment import N_ELEMENTS, apply_d4
 from lensfinder.data.cutouts import Cutouts, repair_rows
 from lensfinder.data.transforms import to_model_input
 from lensfinder.ensemble import expand_models
@@ -325,8 +325,9 @@ class Predictor:
                 runner = cached_runner(path, model, meta, threads=self.onnx_threads)
             return member, runner
         assert model is not None  # the ONNX-file branch returned above
-        runner = TorchRunner(model, self.device, self.channels_last, mode == "batch", str(path))
-        return member, runner
+        return member, TorchRunner(
+            model, self.device, self.channels_last, mode == "batch", str(path)
+        )
 
     def _check_label_rules(self) -> None:
         """Members must predict the same thing; a member that does not record its rule is let
@@ -369,7 +370,7 @@ class Predictor:
         if not self.cfg.tta:
             yield x
             return
-        for k in range(len(D4_ELEMENTS)):
+        for k in range(N_ELEMENTS):
             yield _map_input(x, lambda t, k=k: apply_d4(t, k))
 
     def _run_member(self, index: int, x: ModelInput) -> np.ndarray:

@@ -291,7 +291,7 @@ def make_loggers(out: Path, header: list[str]) -> list[Any]:
     class ResumableCSVLogger(CSVLogger):
         @property
         @rank_zero_experiment
-        def experiment(self) -> ExperimentWriter:
+        def experiment(self) -> Any:  # Lightning types it as fabric's writer
             if self._experiment is None:
                 self._fs.makedirs(self.root_dir, exist_ok=True)
                 self._experiment = KeepingWriter(log_dir=self.log_dir)
@@ -325,7 +325,7 @@ def train(
 
     check_config(config)
     check_not_input(out, [store], "train")
-    if rank_zero_only.rank != 0:  # DDP's other processes: rank 0 holds the lock
+    if rank_zero_only.rank != 0:  # type: ignore[attr-defined]  # set by Lightning at import  # DDP's other processes: rank 0 holds the lock
         return _train_locked(config, Path(store), Path(out), resume, progress)
     with output_lock(out, "train"):
         mark_output(out, "train")
@@ -340,7 +340,7 @@ def _train_locked(
     from lightning.pytorch.utilities import rank_zero_only
 
     # Under DDP the other processes re-run this function after rank 0 has prepared ``out``.
-    is_rank_zero = rank_zero_only.rank == 0
+    is_rank_zero = rank_zero_only.rank == 0  # type: ignore[attr-defined]
     if is_rank_zero:
         checkpoint = prepare_run_dir(config, out, resume)
     else:
