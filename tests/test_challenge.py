@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from conftest import write_fits
 from lensfinder.data.challenge import read_catalog, read_layout
 from lensfinder.data.source import open_source
 from lensfinder.errors import DataError
 from lensfinder.layout import CATALOG_NAME, KNOWN_MISSING_IDS, image_path
 from lensfinder.surveys import EUCLID
+from lensfinder.testing import write_fits
 
 VIS, Y, J, H = EUCLID.bands
 
@@ -103,7 +103,7 @@ def test_kind_text_is_carried_and_other_unknown_columns_are_ignored(tmp_path: Pa
 
 
 def test_layout_with_and_without_kind(kinds_layout: Path, tiny_layout: Path) -> None:
-    from conftest import TINY_KINDS
+    from lensfinder.testing import TINY_KINDS
 
     layout = read_layout(kinds_layout)
     kinds = layout.catalog["kind"]

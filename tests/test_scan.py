@@ -14,31 +14,18 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from lensfinder.config import InputConfig, ModelConfig, PredictConfig, ScanConfig
+from lensfinder.config import PredictConfig, ScanConfig
 from lensfinder.errors import ConfigError
 from lensfinder.scan import scan
+from lensfinder.testing import make_run
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-TINY_INPUT = InputConfig(size=32)
-
-
-def _tiny_run(root: Path, seed: int) -> Path:
-    """A random-init ~100k-parameter model at 32 px, saved as a run directory."""
-    import torch
-
-    from lensfinder.models import create_model, save_model
-
-    torch.manual_seed(seed)
-    model_cfg = ModelConfig(arch="test_efficientnet", pretrained=None)
-    model = create_model(model_cfg, TINY_INPUT)
-    return save_model(root, model, {"input": TINY_INPUT, "model": model_cfg})
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> list[Path]:
     root = tmp_path_factory.mktemp("runs")
-    return [_tiny_run(root / "alpha", 0), _tiny_run(root / "beta", 1)]
+    return [make_run(root / "alpha", 0), make_run(root / "beta", 1)]
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +95,7 @@ def test_an_ensemble_directory_scans_as_its_members(tiny_store, runs, scheduler,
     from lensfinder.ensemble import write_ensemble
 
     ensemble = tmp_path / "ens"
-    members = [_tiny_run(ensemble / "member-0", 0), _tiny_run(ensemble / "member-1", 1)]
+    members = [make_run(ensemble / "member-0", 0), make_run(ensemble / "member-1", 1)]
     write_ensemble(ensemble, members, "probability")
     scan([ensemble], tiny_store, tmp_path / "a", _cfg(), scheduler=scheduler, progress=False)
     scan(runs, tiny_store, tmp_path / "b", _cfg(), scheduler=scheduler, progress=False)
@@ -156,7 +143,7 @@ def test_retrained_model_at_the_same_path_is_refused(tiny_store, runs, scheduler
     run = shutil.copytree(runs[0], tmp_path / "run")
     out = tmp_path / "scan"
     scan([run], tiny_store, out, _cfg(shard_size=12), scheduler=scheduler, progress=False)
-    _tiny_run(run, seed=5)  # overwrite with new weights
+    make_run(run, seed=5)  # overwrite with new weights
     with pytest.raises(ConfigError, match="other models"):
         scan([run], tiny_store, out, _cfg(shard_size=12), scheduler=scheduler, progress=False)
 
