@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from lensfinder.data.challenge import read_catalog, read_layout
+from lensfinder.data.challenge import read_catalog, read_layout, reason_kind
 from lensfinder.data.source import open_source
 from lensfinder.errors import DataError
 from lensfinder.layout import CATALOG_NAME, KNOWN_MISSING_IDS, image_path
@@ -210,3 +210,11 @@ def test_position_of_the_centre_from_an_offset_reference_pixel(layout_factory) -
     assert layout.ra[0] == pytest.approx(150.0 + 1 / 3600 / np.cos(np.radians(2.0)), abs=1e-9)
     assert layout.dec[0] == pytest.approx(2.0, abs=1e-7)
     assert layout.load(0).ra == layout.ra[0]
+
+
+def test_reason_kind():
+    assert reason_kind("/d/EUC_VIS/imageEUC_VIS-2.fits: truncated FITS file (80 bytes)") == (
+        "truncated FITS file"
+    )
+    assert reason_kind("non-finite pixels: 3 of 40000 are NaN") == "non-finite pixels"
+    assert reason_kind(None) == "invalid"

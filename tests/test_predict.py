@@ -15,7 +15,6 @@ from lensfinder.data.cutouts import Cutouts, CutoutSource
 from lensfinder.errors import ConfigError, DataError, ModelFileError
 from lensfinder.labels import DEFAULT_LABEL_RULE
 from lensfinder.predict import Predictor, average_logits, synthetic_cutouts
-from lensfinder.predict.predictor import reason_kind
 from lensfinder.testing import TINY_BN_BATCH_MODEL, TINY_INPUT, make_run
 
 
@@ -257,11 +256,3 @@ def test_clear_errors(runs, cutouts, tmp_path):
     assert np.isinf(vis[4, 0, 0])
     with pytest.raises(DataError, match="same n"):
         predictor.predict_arrays(vis[:3], nisp[:4])
-
-
-def test_reason_kind():
-    assert reason_kind("/d/EUC_VIS/imageEUC_VIS-2.fits: truncated FITS file (80 bytes)") == (
-        "truncated FITS file"
-    )
-    assert reason_kind("non-finite pixels: 3 of 40000 are NaN") == "non-finite pixels"
-    assert reason_kind(None) == "invalid"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -54,3 +55,15 @@ def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", **
 
     disable = bool(os.environ.get("LENSFINDER_QUIET"))
     return tqdm(iterable, total=total, desc=desc, disable=disable, dynamic_ncols=True, **kw)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what ``platform`` knows: for reports
+    that say which machine a number was measured on."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -84,11 +84,22 @@ class LoadedObject:
     repaired_bands: tuple[str, ...] = ()
 
 
+def reason_kind(reason: str | None) -> str:
+    """The kind of a skip reason, for counting: ``"/d/imageEUC_VIS-2.fits: truncated FITS file
+    (80 bytes)"`` -> ``"truncated FITS file"`` (the file and the details stay in ``reasons``)."""
+    if not reason:
+        return "invalid"
+    where, sep, what = reason.partition(": ")
+    if sep and ("/" in where or "\\" in where or where.endswith(".fits")):
+        reason = what
+    return reason.split(" (")[0].split(":")[0].strip() or "invalid"
+
+
 def summarise_problems(problems: list[Problem], limit: int = 3) -> str:
     """ "12 skipped (9 catalogue ID without images, 3 unreadable FITS ...)" for summaries."""
     if not problems:
         return "no problems"
-    kinds = Counter(p.reason.split(" (")[0].split(":")[0] for p in problems)
+    kinds = Counter(reason_kind(p.reason) for p in problems)
     top = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common(limit))
     more = "" if len(kinds) <= limit else f", {len(kinds) - limit} other kinds"
     return f"{len(problems)} skipped ({top}{more})"

@@ -42,6 +42,7 @@ from scipy.special import expit, logsumexp
 from lensfinder.config import InputConfig, PredictConfig, to_dict
 from lensfinder.data import open_source
 from lensfinder.data.augment import N_ELEMENTS, apply_d4
+from lensfinder.data.challenge import reason_kind
 from lensfinder.data.cutouts import Cutouts, repair_rows
 from lensfinder.data.transforms import to_model_input
 from lensfinder.ensemble import expand_models
@@ -511,17 +512,6 @@ class Predictor:
         bar.close()
         ids = np.asarray(source.ids)[indices] if n else np.zeros(0, dtype=np.int64)
         return self._scores(logits, valid, reasons, ids=ids, indices=indices)
-
-
-def reason_kind(reason: str | None) -> str:
-    """The kind of a skip reason, for counting: ``"/d/imageEUC_VIS-2.fits: truncated FITS file
-    (80 bytes)"`` -> ``"truncated FITS file"`` (the file and the details stay in ``reasons``)."""
-    if not reason:
-        return "invalid"
-    where, sep, what = reason.partition(": ")
-    if sep and ("/" in where or "\\" in where or where.endswith(".fits")):
-        reason = what
-    return reason.split(" (")[0].split(":")[0].strip() or "invalid"
 
 
 class _NoBar:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lensfinder import __version__
-from lensfinder.config import TrainConfig, load_config, save_config, to_dict
+from lensfinder.config import TrainConfig, flat_settings, load_config, save_config, to_dict
 from lensfinder.data.identity import data_record
 from lensfinder.errors import ConfigError, ModelFileError
 from lensfinder.models import read_meta, save_model
@@ -185,20 +185,9 @@ def plateau_callback(config: TrainConfig) -> Any:
 
 
 # -- run directory -----------------------------------------------------------------------------
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
 def config_differences(saved: TrainConfig, wanted: TrainConfig) -> list[str]:
     """``key: old -> new`` for every setting that differs, except ``RESUMABLE_FIELDS``."""
-    old, new = _flatten(to_dict(saved)), _flatten(to_dict(wanted))
+    old, new = flat_settings(saved), flat_settings(wanted)
     return [
         f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
         for key in sorted(set(old) | set(new))
