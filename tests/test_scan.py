@@ -179,3 +179,25 @@ def test_two_workers_give_the_catalogue_of_one(tiny_store, runs, scheduler, tmp_
     a, b = _rows(one), _rows(two)
     assert [i for i, _ in a] == [i for i, _ in b]
     np.testing.assert_allclose([s for _, s in a], [s for _, s in b], rtol=1e-5, atol=1e-6)
+
+
+def test_a_crash_on_a_worker_is_one_line_naming_the_shard(monkeypatch):
+    """A shard that fails with a non-lensfinder error stops the scan with a DataError that names
+    the shard and the error."""
+    from distributed import Client
+
+    from lensfinder.errors import DataError
+    from lensfinder.scan import run as scan_run
+    from lensfinder.scan.shards import Shard, ShardTask
+
+    def crash(task: ShardTask) -> dict:
+        raise RuntimeError(f"worker lost {task.shard.name}")
+
+    monkeypatch.setattr(scan_run, "score_shard", crash)
+    task = ShardTask((), "", "", "", {}, Shard(0, 5), "")
+    expected = r"shard-0-5: failed on a worker \(RuntimeError: worker lost shard-0-5\)"
+    with (
+        Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as c,
+        pytest.raises(DataError, match=expected),
+    ):
+        scan_run._run_shards(c, [task], show_progress=False)
