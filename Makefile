@@ -25,6 +25,7 @@ demo: install
 test: install
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy src
 	$(VENV)/bin/pytest -q
 
 lint: install

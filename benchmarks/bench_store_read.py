@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_store_read.py --n 1024
 
-Builds a layout with the test fixture generator (``tests/conftest.py``), packs it, then times:
+Builds a layout with the test-support generator (``lensfinder.testing``), packs it, then times:
 raw astropy reads (4 files per object), ``open_source(layout).read`` (the same plus checks),
 store reads of contiguous ranges (how scans read) and of random batches (how training reads).
 Files were just written, so all numbers are warm-cache; a cold disk favours the store more.
@@ -33,12 +33,11 @@ def main(argv: list[str] | None = None) -> None:
 
     from astropy.io import fits
 
-    with common.tests_importable():
-        from conftest import make_tiny_layout
     from lensfinder.data import open_source
     from lensfinder.data.store import pack
     from lensfinder.layout import image_path
     from lensfinder.surveys import EUCLID
+    from lensfinder.testing import make_tiny_layout
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_store_"))
     layout_dir = workdir / "layout"

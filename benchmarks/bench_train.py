@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_train.py --n 512
     .venv/bin/python benchmarks/bench_train.py --data /tmp/sim4000.zarr --epochs 2
 
-Without ``--data``, builds N fixture cutouts (``tests/conftest.py``'s generator) and packs them.
+Without ``--data``, builds N fixture cutouts (``lensfinder.testing``) and packs them.
 The rate counts training samples from the start of each epoch to its last optimiser step (data
 loading included, validation excluded) and leaves out the first epoch (warm-up). The machine,
 the torch thread count and the current load average are printed: on shared cores the numbers
@@ -41,13 +41,11 @@ def main(argv: list[str] | None = None) -> None:
         workdir = Path(tmp)
         store = args.data
         if store is None:
-            from lensfinder.data.store import pack
+            from lensfinder.testing import make_tiny_layout, make_tiny_store
 
-            with common.tests_importable():
-                from conftest import make_tiny_layout
-
-            store = workdir / "store.zarr"
-            pack(make_tiny_layout(workdir / "layout", n=args.n, seed=0), store, progress=False)
+            store = make_tiny_store(
+                make_tiny_layout(workdir / "layout", n=args.n, seed=0), workdir / "store.zarr"
+            )
         config = dataclasses.replace(
             load_config(TrainConfig, args.config),
             max_epochs=args.epochs,

@@ -17,26 +17,16 @@ import platform
 import shlex
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from lensfinder.utils import cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
-TESTS = REPO / "tests"
 
 
 # -- the machine -------------------------------------------------------------------------------
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _ram_gib() -> float | None:
     try:
         import psutil
@@ -64,7 +54,7 @@ def machine_info() -> dict[str, Any]:
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     ram = _ram_gib()
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "logical_cores": os.cpu_count(),
         "usable_cores": usable,
         "ram_gib": round(ram, 1) if ram is not None else None,
@@ -150,19 +140,6 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-@contextmanager
-def tests_importable() -> Iterator[None]:
-    """Make ``tests/conftest.py``'s fixture generators importable (``from conftest import``)."""
-    added = str(TESTS) not in sys.path
-    if added:
-        sys.path.insert(0, str(TESTS))
-    try:
-        yield
-    finally:
-        if added and str(TESTS) in sys.path:
-            sys.path.remove(str(TESTS))
-
-
 # -- data and models ---------------------------------------------------------------------------
 def simulated_store(
     layout: Path,
@@ -208,15 +185,14 @@ def untrained_run(
     import dataclasses
 
     from lensfinder.config import TrainConfig, load_config
-    from lensfinder.models import create_model, save_model
+    from lensfinder.testing import make_run
 
     train_cfg = load_config(TrainConfig, config)
     input_cfg = train_cfg.input if size is None else dataclasses.replace(train_cfg.input, size=size)
     model_cfg = train_cfg.model
     if not pretrained:
         model_cfg = dataclasses.replace(model_cfg, pretrained=None)
-    model = create_model(model_cfg, input_cfg)
-    return save_model(run_dir, model, {"input": input_cfg, "model": model_cfg})
+    return make_run(run_dir, 0, input_cfg, model_cfg)
 
 
 def time_predictor(predictor: Any, vis: Any, nisp: Any, warmup: int) -> tuple[float, Any]:

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from conftest import write_fits
-from lensfinder.data.challenge import read_catalog, read_layout
+from lensfinder.data.challenge import read_catalog, read_layout, reason_kind
 from lensfinder.data.source import open_source
 from lensfinder.errors import DataError
 from lensfinder.layout import CATALOG_NAME, KNOWN_MISSING_IDS, image_path
 from lensfinder.surveys import EUCLID
+from lensfinder.testing import write_fits
 
 VIS, Y, J, H = EUCLID.bands
 
@@ -103,7 +103,7 @@ def test_kind_text_is_carried_and_other_unknown_columns_are_ignored(tmp_path: Pa
 
 
 def test_layout_with_and_without_kind(kinds_layout: Path, tiny_layout: Path) -> None:
-    from conftest import TINY_KINDS
+    from lensfinder.testing import TINY_KINDS
 
     layout = read_layout(kinds_layout)
     kinds = layout.catalog["kind"]
@@ -210,3 +210,11 @@ def test_position_of_the_centre_from_an_offset_reference_pixel(layout_factory) -
     assert layout.ra[0] == pytest.approx(150.0 + 1 / 3600 / np.cos(np.radians(2.0)), abs=1e-9)
     assert layout.dec[0] == pytest.approx(2.0, abs=1e-7)
     assert layout.load(0).ra == layout.ra[0]
+
+
+def test_reason_kind():
+    assert reason_kind("/d/EUC_VIS/imageEUC_VIS-2.fits: truncated FITS file (80 bytes)") == (
+        "truncated FITS file"
+    )
+    assert reason_kind("non-finite pixels: 3 of 40000 are NaN") == "non-finite pixels"
+    assert reason_kind(None) == "invalid"

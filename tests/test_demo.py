@@ -1,8 +1,10 @@
 """The newcomer path: the whole pipeline runs end to end (tiny) and says where things are."""
 
+import csv
 import json
 
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from lensfinder.demo import run_demo
 
@@ -17,11 +19,15 @@ def test_quick_demo_runs_every_stage(tmp_path, one_thread):
     metrics = json.loads((tmp_path / "demo" / "evaluation" / "metrics.json").read_text())
     overall = metrics.get("overall", metrics)
     assert result.auroc == pytest.approx(overall["auroc"])
-    assert 0.0 <= result.auroc <= 1.0 and result.scan_rate > 0
+    with (tmp_path / "demo" / "evaluation" / "scores.csv").open(newline="") as handle:
+        records = list(csv.DictReader(handle))
+    labels, scores = [int(r["label"]) for r in records], [float(r["score"]) for r in records]
+    assert result.auroc == pytest.approx(roc_auc_score(labels, scores))
+    assert result.scan_rate > 0
     html = result.paths["gallery"].read_text()
     assert html.count("<img") >= 8  # the quick demo shows its top 8
     text = result.summary()
-    assert "test AUROC" in text and str(result.paths["gallery"]) in text
+    assert f"{result.auroc:.3f}" in text and str(result.paths["gallery"]) in text
     # every stage resumes: a second run reuses finished work and agrees
     again = run_demo(tmp_path / "demo", quick=True)
     assert again.auroc == pytest.approx(result.auroc)

@@ -11,36 +11,13 @@ import pytest
 
 from lensfinder.config import (
     EvaluateConfig,
-    InputConfig,
-    ModelConfig,
     PredictConfig,
     SplitConfig,
-    TrainConfig,
 )
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.evaluate import evaluate
 from lensfinder.evaluate.metrics import auroc, tpr0
-
-TINY_INPUT = InputConfig(size=32)
-TINY_MODEL = ModelConfig(arch="test_efficientnet", pretrained=None)
-
-
-def make_run(run_dir: Path, seed: int, split: SplitConfig, data: Path | None = None) -> Path:
-    """A randomly initialised tiny model saved as a run directory, as training would leave it
-    (with the record of its training ``data`` when given)."""
-    import torch
-
-    from lensfinder.data import open_source
-    from lensfinder.data.identity import data_record
-    from lensfinder.models import create_model, save_model
-
-    torch.manual_seed(seed)
-    model = create_model(TINY_MODEL, TINY_INPUT)
-    train = TrainConfig(input=TINY_INPUT, model=TINY_MODEL, split=split)
-    meta = {"input": TINY_INPUT, "model": TINY_MODEL, "train": train, "metrics": {}}
-    if data is not None:
-        meta["data"] = data_record(open_source(data))
-    return save_model(run_dir, model, meta)
+from lensfinder.testing import make_run
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +128,7 @@ def test_unlabelled_objects_are_dropped_and_counted():
 
 
 def test_kinds_and_bins_in_metrics_report_and_plot(runs, kinds_store, tmp_path):
-    from conftest import TINY_KINDS
+    from lensfinder.testing import TINY_KINDS
 
     out = tmp_path / "eval"
     evaluate([runs[0]], kinds_store, out, cfg("all", operating_fprs=(0.1, 1e-3)))
@@ -188,5 +165,5 @@ def test_auto_split_scores_all_of_other_data_and_the_test_split_of_training_data
     metrics = json.loads((tmp_path / "other" / "metrics.json").read_text())
     assert metrics["split"] == "all" and "not the models' training data" in metrics["split_reason"]
     assert "every object is unseen" in (tmp_path / "other" / "report.html").read_text()
-    unknown = evaluate([make_run(tmp_path / "old", 0, split)], kinds_store, tmp_path / "u")
+    unknown = evaluate([make_run(tmp_path / "old", 0, split=split)], kinds_store, tmp_path / "u")
     assert unknown.split == "test"  # no record of the training data: the safe choice

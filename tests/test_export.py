@@ -16,7 +16,7 @@ from lensfinder.errors import ConfigError, ModelFileError
 from lensfinder.predict import Predictor, export_onnx, synthetic_cutouts
 from lensfinder.predict.export import build_onnx, example_input, read_metadata
 from lensfinder.predict.onnx_backend import OnnxRunner
-from test_predict import BN_BATCH_MODEL, TINY_INPUT, TINY_MODEL, make_run
+from lensfinder.testing import TINY_BN_BATCH_MODEL, TINY_INPUT, TINY_MODEL, make_run
 
 ONNX = PredictConfig(backend="onnx", batch_size=4)
 
@@ -111,7 +111,7 @@ def test_two_branch_model_exports_with_two_inputs(tmp_path, cutouts):
 
 
 def test_bn_method_2_models_are_refused_unless_allowed(tmp_path):
-    run = make_run(tmp_path / "bn", model_cfg=BN_BATCH_MODEL)
+    run = make_run(tmp_path / "bn", model_cfg=TINY_BN_BATCH_MODEL)
     with pytest.raises(ModelFileError, match="BN method 2"):
         export_onnx(run, tmp_path / "bn.onnx")
     assert not (tmp_path / "bn.onnx").exists()

@@ -23,12 +23,11 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from conftest import write_fits
 from lensfinder.cli import app
 from lensfinder.config import InputConfig
 from lensfinder.layout import CATALOG_NAME, image_path
 from lensfinder.surveys import EUCLID
-from test_predict import make_run
+from lensfinder.testing import make_run, write_fits
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 runner = CliRunner()

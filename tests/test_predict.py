@@ -10,40 +10,12 @@ import pytest
 import torch
 from scipy.special import expit
 
-from lensfinder.config import InputConfig, ModelConfig, PredictConfig
+from lensfinder.config import PredictConfig
 from lensfinder.data.cutouts import Cutouts, CutoutSource
 from lensfinder.errors import ConfigError, DataError, ModelFileError
 from lensfinder.labels import DEFAULT_LABEL_RULE
 from lensfinder.predict import Predictor, average_logits, synthetic_cutouts
-from lensfinder.predict.predictor import reason_kind
-
-TINY_INPUT = InputConfig(size=32)
-TINY_MODEL = ModelConfig(arch="test_efficientnet", pretrained=None)
-BN_BATCH_MODEL = replace(TINY_MODEL, bn_inference="batch", bn_inference_batch=4)
-
-
-def make_run(
-    run_dir: Path,
-    seed: int = 0,
-    input_cfg: InputConfig = TINY_INPUT,
-    model_cfg: ModelConfig = TINY_MODEL,
-    label_rule: str | None = None,
-    head_scale: float = 1.0,
-) -> Path:
-    """A randomly initialised tiny model saved as a run directory, as training leaves it.
-
-    ``head_scale`` > 1 spreads the (otherwise near-zero) logits over a few units, where
-    averaging probabilities and averaging logits give measurably different results.
-    """
-    from lensfinder.models import create_model, save_model
-
-    torch.manual_seed(seed)
-    model = create_model(model_cfg, input_cfg)
-    with torch.no_grad():
-        for parameter in model.head_parameters():
-            parameter.mul_(head_scale)
-    meta = {"input": input_cfg, "model": model_cfg, "label_rule": label_rule, "metrics": {}}
-    return save_model(run_dir, model, meta)
+from lensfinder.testing import TINY_BN_BATCH_MODEL, TINY_INPUT, make_run
 
 
 def direct_logits(run_dir: Path, vis: np.ndarray, nisp: np.ndarray, k: int | None = None):
@@ -69,7 +41,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         "b": make_run(root / "b", seed=1, label_rule=DEFAULT_LABEL_RULE),
         "loud": make_run(root / "loud", seed=0, head_scale=300.0),
         "loud_b": make_run(root / "loud_b", seed=1, head_scale=300.0),
-        "batch": make_run(root / "batch", seed=2, model_cfg=BN_BATCH_MODEL),
+        "batch": make_run(root / "batch", seed=2, model_cfg=TINY_BN_BATCH_MODEL),
         "eval_twin": make_run(root / "eval_twin", seed=2),  # same weights as "batch"
         "other_rule": make_run(root / "other_rule", seed=3, label_rule="n_sources > 0"),
         "size48": make_run(root / "size48", seed=4, input_cfg=replace(TINY_INPUT, size=48)),
@@ -284,11 +256,3 @@ def test_clear_errors(runs, cutouts, tmp_path):
     assert np.isinf(vis[4, 0, 0])
     with pytest.raises(DataError, match="same n"):
         predictor.predict_arrays(vis[:3], nisp[:4])
-
-
-def test_reason_kind():
-    assert reason_kind("/d/EUC_VIS/imageEUC_VIS-2.fits: truncated FITS file (80 bytes)") == (
-        "truncated FITS file"
-    )
-    assert reason_kind("non-finite pixels: 3 of 40000 are NaN") == "non-finite pixels"
-    assert reason_kind(None) == "invalid"

@@ -14,31 +14,18 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from lensfinder.config import InputConfig, ModelConfig, PredictConfig, ScanConfig
+from lensfinder.config import PredictConfig, ScanConfig
 from lensfinder.errors import ConfigError
 from lensfinder.scan import scan
+from lensfinder.testing import make_run
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-TINY_INPUT = InputConfig(size=32)
-
-
-def _tiny_run(root: Path, seed: int) -> Path:
-    """A random-init ~100k-parameter model at 32 px, saved as a run directory."""
-    import torch
-
-    from lensfinder.models import create_model, save_model
-
-    torch.manual_seed(seed)
-    model_cfg = ModelConfig(arch="test_efficientnet", pretrained=None)
-    model = create_model(model_cfg, TINY_INPUT)
-    return save_model(root, model, {"input": TINY_INPUT, "model": model_cfg})
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> list[Path]:
     root = tmp_path_factory.mktemp("runs")
-    return [_tiny_run(root / "alpha", 0), _tiny_run(root / "beta", 1)]
+    return [make_run(root / "alpha", 0), make_run(root / "beta", 1)]
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +95,7 @@ def test_an_ensemble_directory_scans_as_its_members(tiny_store, runs, scheduler,
     from lensfinder.ensemble import write_ensemble
 
     ensemble = tmp_path / "ens"
-    members = [_tiny_run(ensemble / "member-0", 0), _tiny_run(ensemble / "member-1", 1)]
+    members = [make_run(ensemble / "member-0", 0), make_run(ensemble / "member-1", 1)]
     write_ensemble(ensemble, members, "probability")
     scan([ensemble], tiny_store, tmp_path / "a", _cfg(), scheduler=scheduler, progress=False)
     scan(runs, tiny_store, tmp_path / "b", _cfg(), scheduler=scheduler, progress=False)
@@ -156,7 +143,7 @@ def test_retrained_model_at_the_same_path_is_refused(tiny_store, runs, scheduler
     run = shutil.copytree(runs[0], tmp_path / "run")
     out = tmp_path / "scan"
     scan([run], tiny_store, out, _cfg(shard_size=12), scheduler=scheduler, progress=False)
-    _tiny_run(run, seed=5)  # overwrite with new weights
+    make_run(run, seed=5)  # overwrite with new weights
     with pytest.raises(ConfigError, match="other models"):
         scan([run], tiny_store, out, _cfg(shard_size=12), scheduler=scheduler, progress=False)
 
@@ -192,3 +179,25 @@ def test_two_workers_give_the_catalogue_of_one(tiny_store, runs, scheduler, tmp_
     a, b = _rows(one), _rows(two)
     assert [i for i, _ in a] == [i for i, _ in b]
     np.testing.assert_allclose([s for _, s in a], [s for _, s in b], rtol=1e-5, atol=1e-6)
+
+
+def test_a_crash_on_a_worker_is_one_line_naming_the_shard(monkeypatch):
+    """A shard that fails with a non-lensfinder error stops the scan with a DataError that names
+    the shard and the error."""
+    from distributed import Client
+
+    from lensfinder.errors import DataError
+    from lensfinder.scan import run as scan_run
+    from lensfinder.scan.shards import Shard, ShardTask
+
+    def crash(task: ShardTask) -> dict:
+        raise RuntimeError(f"worker lost {task.shard.name}")
+
+    monkeypatch.setattr(scan_run, "score_shard", crash)
+    task = ShardTask((), "", "", "", {}, Shard(0, 5), "")
+    expected = r"shard-0-5: failed on a worker \(RuntimeError: worker lost shard-0-5\)"
+    with (
+        Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as c,
+        pytest.raises(DataError, match=expected),
+    ):
+        scan_run._run_shards(c, [task], show_progress=False)

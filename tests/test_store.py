@@ -11,12 +11,12 @@ import pytest
 import zarr
 from astropy.io import fits
 
-from conftest import write_fits
 from lensfinder.data import store as store_module
 from lensfinder.data.challenge import ChallengeLayout, read_layout
 from lensfinder.data.source import LayoutSource, open_source
 from lensfinder.data.store import StoreSource, open_store, pack
 from lensfinder.errors import DataError
+from lensfinder.testing import write_fits
 
 
 def test_store_equals_layout(tiny_layout: Path, tiny_store: Path) -> None:

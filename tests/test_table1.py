@@ -6,8 +6,10 @@ from __future__ import annotations
 import csv
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from lensfinder.config import TrainConfig, load_config
 from lensfinder.errors import ConfigError
@@ -84,11 +86,20 @@ def test_header_states_budget_scaling_and_data(table):
     assert "CPU cores" in markdown and "test split 8 objects (4 lenses)" in markdown
 
 
+def _scores(evaluation: Path) -> tuple[list[int], list[float]]:
+    """The labels and scores an evaluation wrote, for an independent AUROC (scikit-learn)."""
+    with (evaluation / "scores.csv").open(newline="") as handle:
+        records = list(csv.DictReader(handle))
+    return [int(r["label"]) for r in records], [float(r["score"]) for r in records]
+
+
 def test_json_plot_and_metrics(table):
     record = json.loads(table.json_path.read_text())
     assert [r["row"] for r in record["rows"]] == ROWS and record["best_row"] in ROWS
     for row in record["rows"]:
-        assert row["test"]["n"] == 8 and 0.0 <= row["test"]["auroc"] <= 1.0
+        labels, scores = _scores(table.out / "evaluations" / f"model{row['row']}")
+        assert row["test"]["n"] == len(labels) == 8
+        assert row["test"]["auroc"] == pytest.approx(roc_auc_score(labels, scores))
         assert row["config"]["input"]["size"] == 64
         assert (table.out / f"model{row['row']}" / "model.safetensors").is_file()
     assert table.roc_path.read_bytes()[:4] == b"\x89PNG"

@@ -35,11 +35,13 @@ class _OneLineUsageErrors(TyperGroup):
     """Bad command-line values give one line (``error: ...``) and exit status 2, like every
     other user error, instead of a usage box."""
 
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
-        if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        standalone = kwargs.pop("standalone_mode", True)
+        kwargs["standalone_mode"] = False
+        if not standalone:
+            return super().main(*args, **kwargs)
         try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
+            code = super().main(*args, **kwargs)
         except _cli_errors.NoArgsIsHelpError as exc:
             exc.show()
             sys.exit(exc.exit_code)

@@ -350,6 +350,21 @@ def to_dict(config: Any) -> dict[str, Any]:
     return plain(asdict(config))
 
 
+def flat_settings(config: Any) -> dict[str, Any]:
+    """Every setting as ``{"section.key": value}``, for listing what two configs change."""
+
+    def walk(data: dict[str, Any], prefix: str) -> dict[str, Any]:
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            if isinstance(value, dict):
+                flat |= walk(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = value
+        return flat
+
+    return walk(to_dict(config), "")
+
+
 def resolve_config_path(name_or_path: str | Path) -> Path:
     """A config file path, or the name of a shipped config (``cpu-small``)."""
     path = Path(name_or_path)

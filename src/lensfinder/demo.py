@@ -165,7 +165,7 @@ def run_demo(out: Path, quick: bool = False, config: DemoConfig | None = None) -
         out=out,
         paths=paths,
         auroc=float(metrics["auroc"]),
-        auroc_ci=tuple(metrics["auroc_ci"]),  # type: ignore[arg-type]
+        auroc_ci=tuple(metrics["auroc_ci"]),
         tpr_at_1e3=None if tpr is None else float(tpr),
         tpr0=float(metrics["tpr0"]),
         scan_rate=float(scanned.rate),

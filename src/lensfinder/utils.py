@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 T = TypeVar("T")
 
@@ -45,9 +49,21 @@ def atomic_write_text(target: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", **kw) -> Iterable[T]:
+def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", **kw) -> tqdm[T]:
     """A progress bar with rate and ETA (tqdm), on stderr; quiet when LENSFINDER_QUIET is set."""
     from tqdm.auto import tqdm
 
     disable = bool(os.environ.get("LENSFINDER_QUIET"))
     return tqdm(iterable, total=total, desc=desc, disable=disable, dynamic_ncols=True, **kw)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what ``platform`` knows: for reports
+    that say which machine a number was measured on."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +54,7 @@ class Problem:
         return {"id": self.id, "path": self.path, "reason": self.reason}
 
     @classmethod
-    def from_dict(cls, data: dict[str, object]) -> Problem:
+    def from_dict(cls, data: dict[str, Any]) -> Problem:
         raw_id = data.get("id")
         return cls(None if raw_id is None else int(raw_id), str(data["path"]), str(data["reason"]))
 
@@ -83,11 +84,22 @@ class LoadedObject:
     repaired_bands: tuple[str, ...] = ()
 
 
+def reason_kind(reason: str | None) -> str:
+    """The kind of a skip reason, for counting: ``"/d/imageEUC_VIS-2.fits: truncated FITS file
+    (80 bytes)"`` -> ``"truncated FITS file"`` (the file and the details stay in ``reasons``)."""
+    if not reason:
+        return "invalid"
+    where, sep, what = reason.partition(": ")
+    if sep and ("/" in where or "\\" in where or where.endswith(".fits")):
+        reason = what
+    return reason.split(" (")[0].split(":")[0].strip() or "invalid"
+
+
 def summarise_problems(problems: list[Problem], limit: int = 3) -> str:
     """ "12 skipped (9 catalogue ID without images, 3 unreadable FITS ...)" for summaries."""
     if not problems:
         return "no problems"
-    kinds = Counter(p.reason.split(" (")[0].split(":")[0] for p in problems)
+    kinds = Counter(reason_kind(p.reason) for p in problems)
     top = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common(limit))
     more = "" if len(kinds) <= limit else f", {len(kinds) - limit} other kinds"
     return f"{len(problems)} skipped ({top}{more})"

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from lensfinder.config import InputConfig, check_bands
-from lensfinder.data.augment import N_ELEMENTS, apply_d4
+from lensfinder.data.augment import N_ELEMENTS, apply_d4_per_sample
 from lensfinder.data.cutouts import CutoutSource
 from lensfinder.data.transforms import to_model_input
 
@@ -78,9 +78,9 @@ class CutoutDataset(Dataset):
         if self.augment:
             ks = torch.randint(N_ELEMENTS, (len(positions),), generator=self._rng()).tolist()
             if isinstance(x, tuple):
-                x = tuple(_per_sample(part, ks) for part in x)
+                x = (apply_d4_per_sample(x[0], ks), apply_d4_per_sample(x[1], ks))
             else:
-                x = _per_sample(x, ks)
+                x = apply_d4_per_sample(x, ks)
         return x, torch.from_numpy(self.labels[positions])
 
     def __getitems__(self, positions: list[int]) -> list[Item]:
@@ -91,7 +91,3 @@ class CutoutDataset(Dataset):
 
     def __getitem__(self, position: int) -> Item:
         return self.__getitems__([position])[0]
-
-
-def _per_sample(x: torch.Tensor, ks: list[int]) -> torch.Tensor:
-    return torch.stack([apply_d4(sample, k) for sample, k in zip(x, ks, strict=True)])

@@ -8,6 +8,7 @@ reason, so a scan of millions of files counts bad ones instead of stopping.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -91,9 +92,9 @@ class LayoutSource(CutoutSource):
         positions = self._as_indices(range(len(self)) if indices is None else indices)
         valid = np.ones(len(positions), dtype=bool)
         step = 64
-        starts = range(0, len(positions), step)
+        starts: Iterable[int] = range(0, len(positions), step)
         if progress:
-            starts = progress_bar(starts, total=len(starts), desc="checking files")
+            starts = progress_bar(starts, total=-(-len(positions) // step), desc="checking files")
         for start in starts:
             valid[start : start + step] = self.read(positions[start : start + step]).valid
         return valid

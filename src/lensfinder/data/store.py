@@ -22,11 +22,12 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -202,7 +203,7 @@ def _finish(group, layout: ChallengeLayout, written: int) -> np.ndarray:
     return labels
 
 
-def _resume_or_start(partial: Path, identity: dict, n: int, chunk: int) -> tuple[object, dict]:
+def _resume_or_start(partial: Path, identity: dict, n: int, chunk: int) -> tuple[Any, dict]:
     """The partial store to continue (same layout, rule and chunk) and its saved state, or a
     fresh one; an unusable leftover is removed."""
     import zarr
@@ -293,7 +294,7 @@ def _pack_into(
 
     flush_every = chunk * max(1, FLUSH_OBJECTS // chunk)
     buffer = _Buffer()
-    loaded = _loaded_in_order(layout, cursor, workers)
+    loaded: Iterable[tuple[int, LoadedObject | Problem]] = _loaded_in_order(layout, cursor, workers)
     if progress:
         loaded = progress_bar(loaded, total=len(layout), initial=cursor, desc="packing")
     last = cursor - 1

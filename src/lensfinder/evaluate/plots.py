@@ -8,9 +8,10 @@ matplotlib is imported inside the functions so that importing lensfinder stays f
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from lensfinder.utils import atomic_path
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
 
 _DPI = 110
 
@@ -117,10 +119,9 @@ def line_plot(
     ):
         axes.axhline(level, linestyle="--", color=colour, linewidth=1.2, label=name)
     if caption:
-        import textwrap
-
         figure.text(0.01, 0.0, textwrap.fill(caption, 105), fontsize="x-small", va="bottom")
-        figure.get_layout_engine().set(rect=(0, 0.16, 1, 0.84))
+        # _figure makes every figure with layout="constrained"
+        cast("ConstrainedLayoutEngine", figure.get_layout_engine()).set(rect=(0, 0.16, 1, 0.84))
     if log_x:  # ticks at the data points read better than powers of ten for a few values
         axes.set_xscale("log")
         axes.set_xticks(list(x), labels=[f"{value:g}" for value in x])
@@ -183,13 +184,13 @@ def grouped_bar_plot(
     for i, (name, (values, intervals)) in enumerate(series.items()):
         if len(values) != len(groups):
             raise ValueError(f"series {name!r} has {len(values)} values for {len(groups)} groups")
-        values = np.asarray(values, dtype=float)
+        heights = np.asarray(values, dtype=float)
         error = None
         if intervals is not None:
             low, high = np.asarray(intervals, dtype=float).T
-            error = np.vstack([values - low, high - values]).clip(min=0)
+            error = np.vstack([heights - low, high - heights]).clip(min=0)
         offset = (i - (len(series) - 1) / 2) * width
-        axes.bar(x + offset, values, width, yerr=error, capsize=3, label=name)
+        axes.bar(x + offset, heights, width, yerr=error, capsize=3, label=name)
     if reference is not None:
         axes.axhline(reference, color="grey", linestyle="--", linewidth=1)
     axes.set_xticks(x, labels=list(groups))

@@ -38,6 +38,7 @@ from lensfinder.config import (
     EvaluateConfig,
     PredictConfig,
     TrainConfig,
+    flat_settings,
     from_dict,
     load_config,
     merge,
@@ -45,7 +46,7 @@ from lensfinder.config import (
 )
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.experiments.bn_study import bn_method
-from lensfinder.utils import atomic_write_text
+from lensfinder.utils import atomic_write_text, cpu_model
 
 ROWS: tuple[int, ...] = tuple(range(1, 9))
 CONFIG_PATTERN = "table1-model{row}"
@@ -153,23 +154,13 @@ def resolve_budget(budget: str | Table1Budget) -> Table1Budget:
         ) from None
 
 
-def _flat(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, Mapping):
-            flat |= _flat(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def scaled_settings(budget: Table1Budget, rows: Sequence[int] = ROWS) -> list[str]:
     """``setting before -> after`` for every setting the budget changes in some of ``rows``."""
     changes: dict[str, tuple[set[str], str]] = {}
     for row in rows:
         original = load_config(TrainConfig, CONFIG_PATTERN.format(row=row))
-        before = _flat(to_dict(original))
-        after = _flat(to_dict(budget.apply(original)))
+        before = flat_settings(original)
+        after = flat_settings(budget.apply(original))
         for key, value in after.items():
             if before.get(key) != value:
                 olds, _ = changes.setdefault(key, (set(), str(value)))
@@ -181,14 +172,7 @@ def machine_description() -> str:
     """Where the table was made: CPU cores and model, GPU if any, torch version."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            names = [line.split(":", 1)[1].strip() for line in handle if "model name" in line]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    text = f"{os.cpu_count()} CPU cores ({cpu}, {platform.system()})"
+    text = f"{os.cpu_count()} CPU cores ({cpu_model()}, {platform.system()})"
     if torch.cuda.is_available():
         names = sorted({torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())})
         text += f", {torch.cuda.device_count()} GPU(s): {', '.join(names)}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import timm
 from torch import nn
@@ -14,6 +15,10 @@ from lensfinder.config import ModelConfig
 from lensfinder.errors import ConfigError
 from lensfinder.models.batchnorm import convert_to_instance_norm, reinit_batchnorm
 from lensfinder.models.pretrained import StateDict, pretrained_state_dict
+
+# A timm network: an nn.Module with timm's ``feature_info``, ``num_features``, ``get_classifier``
+# and ``forward_intermediates``, which nn.Module's type does not declare.
+TimmNet = Any
 
 
 class OneLogitModel(nn.Module):
@@ -51,7 +56,7 @@ class OneLogitModel(nn.Module):
         return self
 
 
-def create_timm(arch: str, **kwargs: object) -> nn.Module:
+def create_timm(arch: str, **kwargs: Any) -> TimmNet:
     """``timm.create_model(arch, pretrained=False, ...)`` with a one-line error for a bad name."""
     try:
         return timm.create_model(arch, pretrained=False, **kwargs)
@@ -89,7 +94,7 @@ def finish_model(model: OneLogitModel, model_cfg: ModelConfig) -> OneLogitModel:
     return model
 
 
-def check_instance_norm_size(net: nn.Module, size: int, arch: str) -> None:
+def check_instance_norm_size(net: TimmNet, size: int, arch: str) -> None:
     """Instance norm of a 1x1 feature map is zero whatever the input: refuse such a model."""
     reduction = int(net.feature_info[-1]["reduction"]) if hasattr(net, "feature_info") else 32
     if math.ceil(size / reduction) < 2:

@@ -86,7 +86,9 @@ def convert_to_instance_norm(model: nn.Module) -> int:
                 continue
             drop, act = getattr(child, "drop", None), getattr(child, "act", None)
             if isinstance(drop, nn.Module) and isinstance(act, nn.Module):
-                norm: nn.Module = InstanceNormAct2d(child.num_features, child.eps, drop, act)
+                norm: nn.InstanceNorm2d = InstanceNormAct2d(
+                    child.num_features, child.eps, drop, act
+                )
             else:
                 norm = nn.InstanceNorm2d(
                     child.num_features, eps=child.eps, affine=True, track_running_stats=False

@@ -14,6 +14,7 @@ from torch import nn
 from lensfinder.config import InputConfig, ModelConfig, check_bands
 from lensfinder.models.base import (
     OneLogitModel,
+    TimmNet,
     check_instance_norm_size,
     create_timm,
     finish_model,
@@ -26,7 +27,7 @@ from lensfinder.models.two_branch import create_two_branch
 class LogitModel(OneLogitModel):
     """A timm classifier built with one output class; ``forward`` squeezes it to ``(n,)``."""
 
-    def __init__(self, backbone: nn.Module):
+    def __init__(self, backbone: TimmNet):
         super().__init__()
         self.backbone = backbone
 

@@ -10,7 +10,7 @@ file from a stranger cannot run code. The stem is adapted to the number of bands
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import timm
@@ -210,12 +210,12 @@ def load_pretrained(model: nn.Module, weights: Mapping[str, torch.Tensor], sourc
     model.load_state_dict(state, strict=False)
 
 
-def _as_tuple(value: object) -> tuple[str, ...]:
+def _as_tuple(value: str | Iterable[object] | None) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str):
         return (value,)
-    return tuple(str(v) for v in value)  # type: ignore[union-attr]
+    return tuple(str(v) for v in value)
 
 
 def brief_list(items: list[str], n: int = 4) -> str:

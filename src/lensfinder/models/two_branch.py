@@ -18,6 +18,7 @@ from lensfinder.config import BANDS_ALL, BANDS_NISP, InputConfig, ModelConfig
 from lensfinder.errors import ConfigError
 from lensfinder.models.base import (
     OneLogitModel,
+    TimmNet,
     check_instance_norm_size,
     create_timm,
     finish_model,
@@ -33,7 +34,7 @@ Pair = tuple[torch.Tensor, torch.Tensor]
 class NispFeatures(nn.Module):
     """A timm network cut after one intermediate stage, global-average pooled to ``(n, C)``."""
 
-    def __init__(self, net: nn.Module, stage: int):
+    def __init__(self, net: TimmNet, stage: int):
         super().__init__()
         net.prune_intermediate_layers([stage], prune_norm=True, prune_head=True)
         self.net = net
@@ -53,7 +54,7 @@ class TwoBranchModel(OneLogitModel):
     vis: ``(n, 1, size, size)``; nisp: ``(n, 3, 66, 66)`` (any size the NISP net accepts).
     """
 
-    def __init__(self, vis: nn.Module, nisp: NispFeatures, drop_rate: float):
+    def __init__(self, vis: TimmNet, nisp: NispFeatures, drop_rate: float):
         super().__init__()
         self.vis = vis
         self.nisp = nisp

@@ -141,7 +141,7 @@ def build_onnx(
             torch.onnx.export(
                 model,
                 args,
-                buffer,
+                buffer,  # type: ignore[arg-type]  # the TorchScript exporter writes to a file object
                 input_names=list(names),
                 output_names=["logit"],
                 dynamic_axes=dynamic,

@@ -41,7 +41,8 @@ from scipy.special import expit, logsumexp
 
 from lensfinder.config import InputConfig, PredictConfig, to_dict
 from lensfinder.data import open_source
-from lensfinder.data.augment import D4_ELEMENTS, apply_d4
+from lensfinder.data.augment import N_ELEMENTS, apply_d4
+from lensfinder.data.challenge import reason_kind
 from lensfinder.data.cutouts import Cutouts, repair_rows
 from lensfinder.data.transforms import to_model_input
 from lensfinder.ensemble import expand_models
@@ -325,8 +326,9 @@ class Predictor:
                 runner = cached_runner(path, model, meta, threads=self.onnx_threads)
             return member, runner
         assert model is not None  # the ONNX-file branch returned above
-        runner = TorchRunner(model, self.device, self.channels_last, mode == "batch", str(path))
-        return member, runner
+        return member, TorchRunner(
+            model, self.device, self.channels_last, mode == "batch", str(path)
+        )
 
     def _check_label_rules(self) -> None:
         """Members must predict the same thing; a member that does not record its rule is let
@@ -369,7 +371,7 @@ class Predictor:
         if not self.cfg.tta:
             yield x
             return
-        for k in range(len(D4_ELEMENTS)):
+        for k in range(N_ELEMENTS):
             yield _map_input(x, lambda t, k=k: apply_d4(t, k))
 
     def _run_member(self, index: int, x: ModelInput) -> np.ndarray:
@@ -510,17 +512,6 @@ class Predictor:
         bar.close()
         ids = np.asarray(source.ids)[indices] if n else np.zeros(0, dtype=np.int64)
         return self._scores(logits, valid, reasons, ids=ids, indices=indices)
-
-
-def reason_kind(reason: str | None) -> str:
-    """The kind of a skip reason, for counting: ``"/d/imageEUC_VIS-2.fits: truncated FITS file
-    (80 bytes)"`` -> ``"truncated FITS file"`` (the file and the details stay in ``reasons``)."""
-    if not reason:
-        return "invalid"
-    where, sep, what = reason.partition(": ")
-    if sep and ("/" in where or "\\" in where or where.endswith(".fits")):
-        reason = what
-    return reason.split(" (")[0].split(":")[0].strip() or "invalid"
 
 
 class _NoBar:

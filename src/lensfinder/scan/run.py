@@ -13,6 +13,7 @@ size, the scoring settings); a run with other ones is refused rather than mixed 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -101,7 +102,7 @@ def _model_fingerprint(model: Path) -> str:
     for path in files:
         digest.update(path.name.encode())
         with path.open("rb") as handle:
-            for block in iter(lambda h=handle: h.read(1 << 20), b""):
+            for block in iter(functools.partial(handle.read, 1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()[:16]
 
@@ -286,11 +287,11 @@ def _run_shards(
     if show_progress and hasattr(bar, "close"):
         bar.close()
     if failure is not None:
-        shard, exc = failure
-        if isinstance(exc, LensfinderError):
-            raise exc
+        shard, error = failure
+        if isinstance(error, LensfinderError):
+            raise error
         raise DataError(
-            f"{shard.name}: failed on a worker ({type(exc).__name__}: {exc}); "
+            f"{shard.name}: failed on a worker ({type(error).__name__}: {error}); "
             f"{len(done)} finished shards are kept, re-run to resume"
         ) from None
     return done
@@ -380,7 +381,9 @@ def _scan_locked(
     skipped: Counter[str] = Counter()
     for s in summaries:
         skipped.update(s.get("skipped", {}))
-    models_info = next((s["models"] for s in summaries if s.get("models")), [])
+    models_info: list[dict[str, Any]] = next(
+        (s["models"] for s in summaries if s.get("models")), []
+    )
     meta = {
         "models": [
             {**info, "path": str(path)}

@@ -48,7 +48,7 @@ class SimulatedObject:
     scene: scenes.Scene
     ra: float
     dec: float
-    row: dict[str, float]
+    row: dict[str, Any]  # catalogue columns: numbers, and the scene's kind
     observing: Observing = NOMINAL
     bands: dict[str, BandImages] = field(default_factory=dict)  # components + observed image
 

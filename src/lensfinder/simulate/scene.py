@@ -18,6 +18,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field as default
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,7 @@ class Light:
     """One light profile seen in every band: lenstronomy profile, shape kwargs, AB mag per band."""
 
     profile: str
-    shape: dict[str, float]
+    shape: dict[str, Any]  # floats, and the stamp image for INTERPOL
     mags: dict[str, float]
 
     def kwargs(self, band: str) -> dict[str, float]:

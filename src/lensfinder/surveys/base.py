@@ -39,11 +39,6 @@ class Band:
             raise ValueError(f"band {self.name}: invalid cutout size, exposures or read noise")
 
     @property
-    def field_of_view(self) -> float:
-        """Cutout side in arcsec."""
-        return self.pixel_scale * self.cutout_pixels
-
-    @property
     def total_exposure(self) -> float:
         """Total exposure time in seconds."""
         return self.exposure_time * self.num_exposures

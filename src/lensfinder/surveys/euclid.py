@@ -7,10 +7,22 @@ Pixel scale of VIS is the challenge's 0.1"/px (lenstronomy: 0.101"), cutouts 200
 (A&A 662, A112): VIS 26.2, Y/J/H 24.5. Pivot wavelengths: Euclid Collaboration 2022.
 """
 
+from typing import Any
+
 from lensfinder.surveys.base import Band, Survey
 
-_NISP = {"instrument": "NISP", "pixel_scale": 0.3, "cutout_pixels": 66, "exposure_time": 87.2}
-_NISP_CAMERA = {"num_exposures": 4, "read_noise": 6.1, "gain": 3.1, "depth_5sigma": 24.5}
+_NISP: dict[str, Any] = {
+    "instrument": "NISP",
+    "pixel_scale": 0.3,
+    "cutout_pixels": 66,
+    "exposure_time": 87.2,
+}
+_NISP_CAMERA: dict[str, Any] = {
+    "num_exposures": 4,
+    "read_noise": 6.1,
+    "gain": 3.1,
+    "depth_5sigma": 24.5,
+}
 
 VIS = Band(
     name="VIS",

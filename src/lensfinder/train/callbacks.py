@@ -26,8 +26,8 @@ def monitored_value(trainer: pl.Trainer, key: str = MONITOR) -> float | None:
     value = trainer.callback_metrics.get(key)
     if value is None:
         return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
 def scale_learning_rate(trainer: pl.Trainer, factor: float, lr_min: float = 0.0) -> None:
@@ -188,7 +188,7 @@ class BatchSizeGrowth(pl.Callback):
         value = monitored_value(trainer, self.monitor)
         if value is None or not self.tracker.update(value):
             return
-        datamodule = trainer.datamodule
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning at fit
         old_batch = int(datamodule.train_batch_size)
         new_batch = max(old_batch, min(2 * old_batch, self.max_batch_size))
         datamodule.train_batch_size = new_batch
@@ -231,7 +231,7 @@ class EpochHistory(pl.Callback):
         self._settings = {}
         if trainer.optimizers:
             self._settings["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
-        batch_size = getattr(trainer.datamodule, "train_batch_size", None)
+        batch_size = getattr(trainer.datamodule, "train_batch_size", None)  # type: ignore[attr-defined]
         if batch_size is not None:
             self._settings["batch_size"] = int(batch_size)
         self._start = self._last = time.perf_counter()
@@ -250,8 +250,8 @@ class EpochHistory(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         seconds = max(self._last - self._start, 1e-9)
-        rate = torch.tensor(self._samples / seconds, device=pl_module.device)
-        rate = float(trainer.strategy.reduce(rate, reduce_op="sum"))
+        local = torch.tensor(self._samples / seconds, device=pl_module.device)
+        rate = float(trainer.strategy.reduce(local, reduce_op="sum"))
         row: dict[str, float] = {"epoch": trainer.current_epoch, **self._settings}
         row["images_per_s"] = rate
         for key in self.KEYS:
@@ -291,7 +291,7 @@ class AtomicLastCheckpoint(Checkpoint):
         self.path = Path(dirpath) / self.FILENAME
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.fast_dev_run:
+        if trainer.sanity_checking or trainer.fast_dev_run:  # type: ignore[attr-defined]
             return
         temporary = self.path.with_name(f"{self.FILENAME}.tmp")
         trainer.save_checkpoint(temporary, weights_only=False)  # full state, to resume

@@ -222,7 +222,7 @@ class LensDataModule(pl.LightningDataModule):
             num_workers=workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=False,  # the train loader is rebuilt every epoch anyway
-            **({"prefetch_factor": 4} if workers > 0 else {}),
+            prefetch_factor=4 if workers > 0 else None,
             **kwargs,
         )
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import nn
 from torchmetrics.classification import BinaryAUROC
 
@@ -126,11 +127,11 @@ class LensClassifier(pl.LightningModule):
         # Same on every process; sync_dist only keeps Lightning from warning under DDP.
         lr = self.trainer.optimizers[0].param_groups[0]["lr"]
         self.log("lr", lr, on_epoch=True, sync_dist=True)
-        batch_size = getattr(self.trainer.datamodule, "train_batch_size", None)
+        batch_size = getattr(self.trainer.datamodule, "train_batch_size", None)  # type: ignore[attr-defined]
         if batch_size is not None:
             self.log("batch_size", float(batch_size), on_epoch=True, sync_dist=True)
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         config = self.config
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         if not trainable:

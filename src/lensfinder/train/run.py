@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lensfinder import __version__
-from lensfinder.config import TrainConfig, load_config, save_config, to_dict
+from lensfinder.config import TrainConfig, flat_settings, load_config, save_config, to_dict
 from lensfinder.data.identity import data_record
 from lensfinder.errors import ConfigError, ModelFileError
 from lensfinder.models import load_model, read_meta, save_model
@@ -185,20 +185,9 @@ def plateau_callback(config: TrainConfig) -> Any:
 
 
 # -- run directory -----------------------------------------------------------------------------
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
 def config_differences(saved: TrainConfig, wanted: TrainConfig) -> list[str]:
     """``key: old -> new`` for every setting that differs, except ``RESUMABLE_FIELDS``."""
-    old, new = _flatten(to_dict(saved)), _flatten(to_dict(wanted))
+    old, new = flat_settings(saved), flat_settings(wanted)
     return [
         f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
         for key in sorted(set(old) | set(new))
@@ -291,7 +280,7 @@ def make_loggers(out: Path, header: list[str]) -> list[Any]:
     class ResumableCSVLogger(CSVLogger):
         @property
         @rank_zero_experiment
-        def experiment(self) -> ExperimentWriter:
+        def experiment(self) -> Any:  # Lightning types it as fabric's writer
             if self._experiment is None:
                 self._fs.makedirs(self.root_dir, exist_ok=True)
                 self._experiment = KeepingWriter(log_dir=self.log_dir)
@@ -325,7 +314,7 @@ def train(
 
     check_config(config)
     check_not_input(out, [store], "train")
-    if rank_zero_only.rank != 0:  # DDP's other processes: rank 0 holds the lock
+    if rank_zero_only.rank != 0:  # type: ignore[attr-defined]  # set by Lightning at import  # DDP's other processes: rank 0 holds the lock
         return _train_locked(config, Path(store), Path(out), resume, progress)
     with output_lock(out, "train"):
         mark_output(out, "train")
@@ -340,7 +329,7 @@ def _train_locked(
     from lightning.pytorch.utilities import rank_zero_only
 
     # Under DDP the other processes re-run this function after rank 0 has prepared ``out``.
-    is_rank_zero = rank_zero_only.rank == 0
+    is_rank_zero = rank_zero_only.rank == 0  # type: ignore[attr-defined]
     if is_rank_zero:
         checkpoint = prepare_run_dir(config, out, resume)
     else:
