@@ -148,14 +148,18 @@ def simulated_store(
     seed: int,
     lens_fraction: float,
     workers: int = 2,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Simulate ``n`` cutouts into ``layout`` and pack them into ``store``, both resumable:
-    a re-run finishes what is missing and reuses the rest. Returns what each step did."""
+    a re-run finishes what is missing and reuses the rest. ``settings`` are further
+    ``SimulateConfig`` fields (e.g. ``nonlens_mix``). Returns what each step did."""
     from lensfinder.config import SimulateConfig
     from lensfinder.data.store import pack
     from lensfinder.simulate import simulate
 
-    config = SimulateConfig(n=n, seed=seed, lens_fraction=lens_fraction, workers=workers)
+    config = SimulateConfig(
+        n=n, seed=seed, lens_fraction=lens_fraction, workers=workers, **settings
+    )
     with Stopwatch() as sim_watch:
         simulated = simulate(config, layout, progress=False)
     with Stopwatch() as pack_watch:

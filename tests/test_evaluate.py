@@ -48,7 +48,7 @@ def test_single_model_on_its_test_split(runs, tiny_store, tmp_path):
     expected_ids = np.sort(np.asarray(source.ids)[test["test"]])
 
     scores = read_scores(out / "scores.csv")
-    assert list(scores) == ["id", "label", "score"]
+    assert list(scores) == ["id", "label", "score", "probability"]
     np.testing.assert_array_equal(np.sort(scores["id"]), expected_ids)
     id_to_label = dict(zip(source.ids.tolist(), source.labels.tolist(), strict=True))
     assert [id_to_label[int(i)] for i in scores["id"]] == scores["label"].astype(int).tolist()
@@ -60,6 +60,9 @@ def test_single_model_on_its_test_split(runs, tiny_store, tmp_path):
     assert overall["auroc"] == pytest.approx(auroc(scores["label"], scores["score"]))
     assert overall["tpr0"] == pytest.approx(tpr0(scores["label"], scores["score"]))
     assert result.metrics == overall
+    # The temperature is fitted on the model's val split: held out, and not these objects.
+    assert metrics["calibration"]["fitted_on"] == f"val split ({len(test['val'])})"
+    assert metrics["calibration"]["n_fit"] == len(test["val"])
     for name in ("roc.png", "scores_histogram.png", "report.html"):
         assert (out / name).stat().st_size > 1000
     assert f"{overall['auroc']:.4f}" in (out / "report.html").read_text()
@@ -70,7 +73,7 @@ def test_ensemble_on_all_objects_of_a_layout(runs, tiny_layout, tmp_path):
     out = tmp_path / "eval"
     result = evaluate(runs, tiny_layout, out, cfg("all"))
     scores = read_scores(out / "scores.csv")
-    assert list(scores) == ["id", "label", "score", "member_0", "member_1"]
+    assert list(scores) == ["id", "label", "score", "member_0", "member_1", "probability"]
     assert len(scores["id"]) == 24 and scores["label"].sum() == 12
     # The default ensemble average is the mean probability of the members.
     np.testing.assert_allclose(
@@ -86,6 +89,49 @@ def test_ensemble_on_all_objects_of_a_layout(runs, tiny_layout, tmp_path):
     assert result.member_auroc == [m["auroc"] for m in members.values()]
     report = (out / "report.html").read_text()
     assert ">ensemble<" in report and ">member 1 (run1)<" in report
+
+
+def test_calibration_and_failure_galleries(runs, kinds_store, tmp_path):
+    from lensfinder.evaluate.calibration import apply_temperature
+
+    out = tmp_path / "eval"
+    result = evaluate([runs[0]], kinds_store, out, cfg("all", failures=3, calibration_bins=5))
+    metrics = json.loads((out / "metrics.json").read_text())
+    scores = read_scores(out / "scores.csv")
+    calibration = metrics["calibration"]
+    # Other data than the model's: the temperature is fitted on the evaluated set, and says so.
+    assert calibration["fitted_on"].startswith("evaluated set")
+    assert calibration["n_fit"] == result.n_evaluated and calibration["bins"] == 5
+    assert calibration["ece_before"] >= 0 and calibration["ece_after"] >= 0
+    np.testing.assert_allclose(
+        scores["probability"],
+        apply_temperature(scores["score"], calibration["temperature"]),
+        rtol=1e-6,
+    )
+    failures = metrics["failures"]
+    by_id = dict(zip(scores["id"].astype(int), scores["score"], strict=True))
+    fp, missed = failures["false_positives"], failures["missed_lenses"]
+    assert len(fp) == len(missed) == 3
+    label_of = dict(zip(scores["id"].astype(int), scores["label"].astype(int), strict=True))
+    nonlens_scores = scores["score"][scores["label"] == 0]
+    lens_scores = scores["score"][scores["label"] == 1]
+    assert [r["score"] for r in fp] == pytest.approx(sorted(nonlens_scores)[::-1][:3], rel=1e-6)
+    assert [r["score"] for r in missed] == pytest.approx(sorted(lens_scores)[:3], rel=1e-6)
+    assert all(label_of[r["id"]] == 0 and r["kind"] != "lens" for r in fp)
+    assert all(label_of[r["id"]] == 1 and r["theta_E"] > 0 for r in missed)
+    assert all(r["score"] == pytest.approx(by_id[r["id"]], rel=1e-6) for r in fp + missed)
+    for name in ("reliability.png", "false_positives.png", "missed_lenses.png"):
+        assert (out / name).stat().st_size > 1000
+        assert out / name in result.plots
+    report = (out / "report.html").read_text()
+    assert "Worst false positives" in report and "Missed lenses" in report
+    assert "ECE after" in report and f"{calibration['temperature']:.4f}" in report
+    # Turned off: no galleries, no calibration, no probability column.
+    off = tmp_path / "off"
+    evaluate([runs[0]], kinds_store, off, cfg("all", failures=0, calibrate=False))
+    assert list(read_scores(off / "scores.csv")) == ["id", "label", "score"]
+    assert not (off / "false_positives.png").exists()
+    assert json.loads((off / "metrics.json").read_text())["calibration"] is None
 
 
 def test_unreadable_object_is_skipped_and_counted(runs, layout_factory, tmp_path):
@@ -147,7 +193,7 @@ def test_kinds_and_bins_in_metrics_report_and_plot(runs, kinds_store, tmp_path):
     assert "Non-lenses by kind" in report and "Lens completeness by Einstein radius" in report
     assert ">ring<" in report and "completeness.png" not in report  # embedded, not linked
     assert (out / "completeness.png").stat().st_size > 1000
-    assert report.count("<img") == 3
+    assert report.count("<img") == 6  # roc, histogram, completeness, reliability, 2 galleries
 
 
 def test_auto_split_scores_all_of_other_data_and_the_test_split_of_training_data(

@@ -193,6 +193,11 @@ class EvaluateConfig:
     operating_fprs: tuple[float, ...] = (1e-2, 1e-3)
     einstein_radius_bins: tuple[float, ...] = (0.5, 0.8, 1.2, 2.0)  # bin edges, arcsec
     source_mag_bins: tuple[float, ...] = (23.0, 24.0, 25.0, 26.0)  # bin edges, AB mag
+    # A temperature fitted on the model's val split (on the evaluated set when that is unknown)
+    # makes scores probabilities; its ECE before/after uses this many equal-width bins.
+    calibrate: bool = True
+    calibration_bins: int = 10
+    failures: int = 12  # worst false positives and missed lenses drawn in the report (0: none)
 
 
 @dataclass

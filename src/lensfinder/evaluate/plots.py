@@ -202,3 +202,29 @@ def grouped_bar_plot(
     if title:
         axes.set_title(title)
     return _save(figure, path)
+
+
+def reliability_plot(
+    curves: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path, title: str = ""
+) -> Path:
+    """Reliability diagram: lens fraction against mean probability per bin (the rows of
+    ``calibration.reliability``), one line per curve (e.g. before and after the temperature);
+    a calibrated model lies on the diagonal."""
+    if not curves:
+        raise ValueError("reliability_plot needs at least one curve")
+    figure, (axes,) = _figure(5.2, 4.6)
+    axes.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--", label="calibrated")
+    for name, rows in curves.items():
+        filled = [row for row in rows if row["n"]]
+        x = [row["mean_probability"] for row in filled]
+        y = [row["lens_fraction"] for row in filled]
+        axes.plot(x, y, marker="o", label=name)
+    axes.set_xlim(0.0, 1.0)
+    axes.set_ylim(0.0, 1.0)
+    axes.set_xlabel("mean predicted probability (per bin)")
+    axes.set_ylabel("fraction of lenses (per bin)")
+    axes.grid(True, alpha=0.3)
+    axes.legend(loc="upper left", fontsize="small")
+    if title:
+        axes.set_title(title)
+    return _save(figure, path)

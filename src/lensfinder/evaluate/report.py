@@ -169,12 +169,14 @@ def write_report(
     images: Iterable[str | Path],
     tables: Iterable[tuple[str, Sequence[Mapping[str, Any]]]] = (),
     notes: str = "",
+    galleries: Iterable[tuple[str, str | Path | None, Sequence[Mapping[str, Any]]]] = (),
 ) -> Path:
     """Write ``out_dir/report.html`` and return its path.
 
     ``metrics``: one ``compute_metrics`` dict, an evaluation dict (``overall`` + optional
     ``members`` + top-level settings shown as a table), or a mapping name -> metrics dict.
-    ``images`` are embedded (PNG, JPEG or SVG); ``tables`` are extra ``(title, rows)`` tables.
+    ``images`` are embedded (PNG, JPEG or SVG); ``tables`` are extra ``(title, rows)`` tables;
+    ``galleries`` are ``(title, mosaic image or None, rows)`` sections (e.g. failure galleries).
     """
     rows = metric_rows(metrics)
     stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
@@ -220,6 +222,11 @@ def write_report(
         parts += ["<h2>Plots</h2>", *figures]
     for table_title, table_rows in tables:
         parts += [f"<h2>{html.escape(table_title)}</h2>", _generic_table(table_rows)]
+    for gallery_title, image, gallery_rows in galleries:
+        parts.append(f"<h2>{html.escape(gallery_title)}</h2>")
+        if image is not None:
+            parts.append(_image(Path(image)))
+        parts.append(_generic_table(gallery_rows))
     parts.append("</body></html>\n")
     path = Path(out_dir) / REPORT_NAME
     atomic_write_text(path, "\n".join(parts))

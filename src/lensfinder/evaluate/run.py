@@ -6,7 +6,9 @@ is evaluated on objects it never trained on; on other data every object is unsee
 scored (split "auto", the default). Writes to ``out``: ``scores.csv`` (id, label, score, one
 column per member), ``metrics.json`` (overall, per member for an ensemble, and the breakdown by
 kind of non-lens and by lens Einstein radius / source magnitude when the catalogue allows),
-``roc.png``, ``scores_histogram.png``, ``completeness.png`` and ``report.html``.
+``roc.png``, ``scores_histogram.png``, ``completeness.png``, ``reliability.png`` (calibration
+before and after a temperature fitted on the model's val split), ``false_positives.png`` and
+``missed_lenses.png`` (the worst failures as colour composites) and ``report.html``.
 """
 
 from __future__ import annotations
@@ -33,8 +35,22 @@ from lensfinder.evaluate.breakdown import (
     breakdown,
     report_tables,
 )
+from lensfinder.evaluate.calibration import apply_temperature, calibrate
+from lensfinder.evaluate.failures import (
+    FALSE_POSITIVES,
+    MISSED,
+    TITLES,
+    failure_mosaic,
+    failure_rows,
+    worst,
+)
 from lensfinder.evaluate.metrics import compute_metrics, fpr_key, roc_curve
-from lensfinder.evaluate.plots import completeness_plot, roc_plot, score_histograms
+from lensfinder.evaluate.plots import (
+    completeness_plot,
+    reliability_plot,
+    roc_plot,
+    score_histograms,
+)
 from lensfinder.evaluate.report import write_report
 from lensfinder.predict import Predictor
 from lensfinder.utils import atomic_path, atomic_write_text
@@ -44,6 +60,7 @@ METRICS_NAME = "metrics.json"
 ROC_NAME = "roc.png"
 HISTOGRAM_NAME = "scores_histogram.png"
 COMPLETENESS_NAME = "completeness.png"
+RELIABILITY_NAME = "reliability.png"
 BREAKDOWN_COLUMNS = ("kind", "ein_area", SOURCE_MAGNITUDE)  # catalogue columns breakdown reads
 
 
@@ -140,18 +157,26 @@ def _member_names(run_dirs: Sequence[Path]) -> list[str]:
 
 
 def _write_scores_csv(
-    path: Path, ids: np.ndarray, labels: np.ndarray, score: np.ndarray, members: np.ndarray | None
+    path: Path,
+    ids: np.ndarray,
+    labels: np.ndarray,
+    score: np.ndarray,
+    members: np.ndarray | None,
+    probability: np.ndarray | None = None,
 ) -> None:
-    """One row per evaluated object; 9 significant digits keep float32 scores exact."""
+    """One row per evaluated object; 9 significant digits keep float32 scores exact. The
+    calibrated ``probability`` (when fitted) comes last, so older readers' columns stay put."""
     header = ["id", "label", "score"]
     n_members = 0 if members is None else len(members)
     header += [f"member_{i}" for i in range(n_members)]
+    header += [] if probability is None else ["probability"]
     with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         for row in range(len(ids)):
             values = [int(ids[row]), int(labels[row]), f"{score[row]:.9g}"]
             values += [f"{members[m, row]:.9g}" for m in range(n_members)]  # type: ignore[index]
+            values += [] if probability is None else [f"{probability[row]:.9g}"]
             writer.writerow(values)
 
 
@@ -200,6 +225,11 @@ def evaluate(
     """Score ``data`` (its ``cfg.split``) with the model(s) and write scores, metrics, plots and
     the HTML report to ``out``."""
     cfg = cfg or EvaluateConfig()
+    if cfg.calibration_bins < 2 or cfg.failures < 0:
+        raise ConfigError(
+            f"evaluate needs calibration_bins >= 2 and failures >= 0, got "
+            f"{cfg.calibration_bins} and {cfg.failures}"
+        )
     run_dirs = expand_models(models)  # an ensemble directory is its members
     if not run_dirs:
         raise ConfigError("evaluate needs at least one model run directory (--model)")
@@ -238,6 +268,21 @@ def evaluate(
     except DataError as exc:
         raise DataError(f"{data} ({split} split, {len(labels)} objects): {exc}") from None
 
+    calibration = None
+    if cfg.calibrate:
+        fit_labels, fit_scores, fitted_on = _calibration_set(
+            predictor, source, split, metas, run_dirs, labels, score
+        )
+        calibration = calibrate(
+            fit_labels, fit_scores, labels, score, cfg.calibration_bins, fitted_on
+        )
+    failures = {
+        which: worst(labels, score, which, cfg.failures)
+        for which in ((FALSE_POSITIVES, MISSED) if cfg.failures > 0 else ())
+    }
+    failure_tables = {
+        which: failure_rows(positions, ids, score, catalog) for which, positions in failures.items()
+    }
     names = _member_names(run_dirs)
     evaluation: dict[str, Any] = {
         "data": str(data),
@@ -257,13 +302,18 @@ def evaluate(
         "predictor": predictor.settings(),
         "overall": overall,
         "breakdown": details,
+        "calibration": calibration,
+        "failures": failure_tables,
     }
     if ensemble:
         evaluation["members"] = dict(zip(names, member_metrics, strict=True))
 
     out.mkdir(parents=True, exist_ok=True)
     scores_csv = out / SCORES_NAME
-    _write_scores_csv(scores_csv, ids, labels, score, members if ensemble else None)
+    probability = (
+        None if calibration is None else apply_temperature(score, calibration["temperature"])
+    )
+    _write_scores_csv(scores_csv, ids, labels, score, members if ensemble else None, probability)
     metrics_json = out / METRICS_NAME
     atomic_write_text(metrics_json, json.dumps(evaluation, indent=2, allow_nan=False) + "\n")
 
@@ -277,10 +327,25 @@ def evaluate(
     panels = _completeness_panels(details)
     if panels:
         plots.append(completeness_plot(panels, out / COMPLETENESS_NAME))
+    tables = report_tables(details)
+    if calibration is not None:
+        curves_by_name = {"scores": calibration["reliability_before"],
+                          f"after T = {calibration['temperature']:.3g}":
+                          calibration["reliability_after"]}  # fmt: skip
+        plots.append(reliability_plot(curves_by_name, out / RELIABILITY_NAME, title="Reliability"))
+        tables.insert(0, ("Calibration", [_calibration_row(calibration)]))
+    galleries = []
+    for which, positions in failures.items():
+        rows = failure_tables[which]
+        image = failure_mosaic(source, indices[valid][positions], rows, out / f"{which}.png")
+        galleries.append((TITLES[which], image, rows))
     title = f"lensfinder evaluation: {data.name}"
     notes = "\n".join([f"Split {split}" + (f" ({split_reason})." if split_reason else "."),
                        _split_note(split), *details["notes"]])  # fmt: skip
-    report = write_report(out, title, evaluation, plots, tables=report_tables(details), notes=notes)
+    report = write_report(
+        out, title, evaluation, plots, tables=tables, notes=notes, galleries=galleries
+    )
+    plots += [image for _, image, _ in galleries if image is not None]
     return EvaluationResult(
         out=out,
         scores_csv=scores_csv,
@@ -313,3 +378,39 @@ def _completeness_panels(
             series[f"at FPR {fpr}"] = [row[f"completeness@{fpr}"] for row in rows]
         panels[xlabel] = (bins, series)
     return panels
+
+
+def _calibration_set(
+    predictor: Predictor,
+    source: CutoutSource,
+    split: str,
+    metas: Sequence[dict[str, Any]],
+    run_dirs: Sequence[Path],
+    labels: np.ndarray,
+    score: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """``(labels, scores, description)`` to fit the temperature on: the models' val split when
+    the test split of their training data is evaluated (held out from these objects, and not
+    used to fit weights), else the evaluated set itself, which makes the ECE after optimistic."""
+    if split == "test":
+        val = select_indices(np.asarray(source.ids), "val", metas, run_dirs)
+        val = val[np.asarray(source.labels)[val] != -1]
+        val_labels = np.asarray(source.labels)[val]
+        if len(np.unique(val_labels)) == 2:
+            scored = predictor.predict_source(source, val, progress=False)
+            ok = np.asarray(scored.valid, dtype=bool) & np.isfinite(scored.score)
+            if len(np.unique(val_labels[ok])) == 2:
+                return val_labels[ok], np.asarray(scored.score)[ok], f"val split ({ok.sum()})"
+    return labels, score, "evaluated set (no usable val split): in-sample, ECE after optimistic"
+
+
+def _calibration_row(calibration: dict[str, Any]) -> dict[str, Any]:
+    """The report's one-line summary of a ``calibrate`` record."""
+    return {
+        "temperature": calibration["temperature"],
+        "fitted on": calibration["fitted_on"],
+        "objects fitted": calibration["n_fit"],
+        "ECE before": calibration["ece_before"],
+        "ECE after": calibration["ece_after"],
+        "bins": calibration["bins"],
+    }
