@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic file writes and progress bars."""
+"""Small shared helpers: atomic file writes, tables read with one-line errors, progress bars."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import platform
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -67,3 +67,20 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def read_table(path: str | Path, what: str, hint: str) -> Any:
+    """A pyarrow table from a ``.csv`` or Parquet file; DataError naming the file (with ``hint``
+    on how to make one when it is missing) instead of pyarrow's traceback."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from lensfinder.errors import DataError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no {what} here ({hint})")
+    try:
+        return pacsv.read_csv(path) if path.suffix.lower() == ".csv" else pq.read_table(path)
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read {what} ({exc})") from None

@@ -32,7 +32,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from lensfinder.errors import ConfigError, DataError
-from lensfinder.utils import atomic_path
+from lensfinder.utils import atomic_path, read_table
 
 GRADES: dict[str, str] = {
     "A": "definite lens",
@@ -219,16 +219,8 @@ def export_grades(db: str | Path, out: str | Path) -> tuple[Path, int]:
 
 def read_graded(path: str | Path) -> dict[int, str]:
     """ID -> consensus grade from an export (``lensfinder grades export``), CSV or Parquet."""
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no grades file here (make one with 'lensfinder grades export')")
-    try:
-        table = pacsv.read_csv(path) if path.suffix.lower() == ".csv" else pq.read_table(path)
-    except Exception as exc:
-        raise DataError(f"{path}: cannot read grades ({exc})") from None
+    table = read_table(path, "grades file", "make one with 'lensfinder grades export'")
     if not {"id", "grade"} <= set(table.column_names):
         raise DataError(f"{path}: a grades file needs columns id and grade")
     grades = {}

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from lensfinder.errors import DataError
-from lensfinder.utils import atomic_path
+from lensfinder.utils import atomic_path, read_table
 
 META_KEY = b"lensfinder"
 CANDIDATES_PARQUET = "candidates.parquet"
@@ -139,18 +139,11 @@ def read_candidates(path: str | Path):
     Adds ``rank`` (by score) when the file has none; needs at least ``id`` and ``score``.
     """
     import pyarrow as pa
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
 
     path = Path(path)
     if path.is_dir():
         path = path / CANDIDATES_PARQUET
-    if not path.is_file():
-        raise DataError(f"{path}: no candidate catalogue here (run 'lensfinder scan' first)")
-    try:
-        table = pacsv.read_csv(path) if path.suffix.lower() == ".csv" else pq.read_table(path)
-    except Exception as exc:
-        raise DataError(f"{path}: cannot read candidate catalogue ({exc})") from None
+    table = read_table(path, "candidate catalogue", "run 'lensfinder scan' first")
     lower = {c.lower(): c for c in table.column_names}
     missing = [c for c in ("id", "score") if c not in lower]
     if missing:
