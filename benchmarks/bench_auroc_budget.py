@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -117,11 +116,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from lensfinder.evaluate.plots import line_plot
 
-    temporary = None
-    if args.workdir is None:
-        temporary = tempfile.TemporaryDirectory(prefix="bench_auroc_budget_")
-    workdir = Path(temporary.name if temporary else args.workdir)
-    try:
+    with common.work_directory(args.workdir, "bench_auroc_budget_") as workdir:
         data_info: dict[str, Any] = {"store": str(args.data)}
         store = args.data
         if store is None:
@@ -155,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"({rows[0]['n_test_lenses']} lenses)"
         )
         print_table(rows)
-        print(f"plot: {plot}" + (" (temporary)" if temporary else ""))
+        print(f"plot: {plot}" + (" (temporary)" if args.workdir is None else ""))
         best = max(rows, key=lambda r: r["test_auroc"])
         figures = [
             common.figure(
@@ -178,9 +173,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "plot": str(plot),
         }
         return common.write_results(args.json, __file__, figures, details, machine, argv)
-    finally:
-        if temporary is not None:
-            temporary.cleanup()
 
 
 if __name__ == "__main__":

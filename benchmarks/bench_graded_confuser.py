@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -123,11 +122,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from lensfinder.data import open_source
     from lensfinder.train import train
 
-    temporary = None
-    if args.workdir is None:
-        temporary = tempfile.TemporaryDirectory(prefix="bench_graded_confuser_")
-    work = Path(temporary.name if temporary else args.workdir)
-    try:
+    with common.work_directory(args.workdir, "bench_graded_confuser_") as work:
         training_mix, field_mix = mixes(args.confuser, args.field_share)
         with common.Stopwatch() as sim_watch:
             common.simulated_store(work / "train", work / "train.zarr", args.n_train, 0, 0.5,
@@ -212,9 +207,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         details = {"n_graded": n_graded, "results": results, "timings_s": timings,
                    "simulate_s": sim_watch.seconds, "field_mix": field_mix}  # fmt: skip
         return common.write_results(args.json, __file__, figures, details, machine, argv)
-    finally:
-        if temporary is not None:
-            temporary.cleanup()
 
 
 if __name__ == "__main__":

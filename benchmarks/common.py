@@ -16,8 +16,10 @@ import os
 import platform
 import shlex
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +107,17 @@ def rate(count: float, seconds: float) -> float:
 def best_of(repeats: int, func: Callable[[], float]) -> float:
     """Fastest of ``repeats`` runs: the least disturbed by other processes on shared cores."""
     return min(func() for _ in range(max(1, repeats)))
+
+
+@contextmanager
+def work_directory(path: Path | None, prefix: str) -> Iterator[Path]:
+    """``path`` (kept, so a re-run reuses its data), or a temporary directory removed at the end."""
+    if path is not None:
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield Path(tmp)
 
 
 class Stopwatch:
