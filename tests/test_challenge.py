@@ -218,3 +218,22 @@ def test_reason_kind():
     )
     assert reason_kind("non-finite pixels: 3 of 40000 are NaN") == "non-finite pixels"
     assert reason_kind(None) == "invalid"
+
+
+def test_label_gaps_count_only_rows_the_missing_value_decides() -> None:
+    """A galaxy without a source has no mag_eff, but n_source_im > 0 already fails: not a gap.
+    An imaged source with an empty or infinite mag_eff is one (it could have been a lens)."""
+    from lensfinder.data.challenge import label_gaps
+    from lensfinder.labels import label_rule
+
+    rule = label_rule()
+    columns = {
+        "n_source_im": np.array([0.0, 2, 2, 2]),
+        "mag_eff": np.array([np.nan, np.nan, np.inf, 3.0]),
+        "n_pix_source": np.array([0.0, 50, 50, 50]),
+    }
+    labels = rule.apply(columns)
+    assert labels.tolist() == [0, 0, 0, 1]
+    assert label_gaps(rule, columns, labels) == {"rows": 2, "mag_eff": 2}
+    columns["n_source_im"][1:3] = 0  # no images either: the gaps no longer decide anything
+    assert label_gaps(rule, columns, rule.apply(columns)) == {}

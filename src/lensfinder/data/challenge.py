@@ -105,6 +105,28 @@ def summarise_problems(problems: list[Problem], limit: int = 3) -> str:
     return f"{len(problems)} skipped ({top}{more})"
 
 
+def label_gaps(
+    rule: LabelRule, columns: dict[str, np.ndarray], labels: np.ndarray
+) -> dict[str, int]:
+    """Rows labelled non-lens only because a rule column is empty or non-finite, and per column.
+
+    A row counts when filling its missing values with a huge positive or negative number would
+    make it a lens: a galaxy without a source has no ``mag_eff``, but ``n_source_im > 0`` already
+    fails, so the gap decides nothing and is not reported.
+    """
+    missing = np.zeros(len(labels), dtype=bool)
+    for values in columns.values():
+        missing |= ~np.isfinite(values)
+    undecided = np.zeros(len(labels), dtype=bool)
+    for fill in (1e300, -1e300):  # finite: the rule treats non-finite values as failing
+        filled = {c: np.where(np.isfinite(v), v, fill) for c, v in columns.items()}
+        undecided |= missing & (rule.apply(filled) == 1) & (labels != 1)
+    if not undecided.any():
+        return {}
+    per_column = {c: int((~np.isfinite(v) & undecided).sum()) for c, v in columns.items()}
+    return {"rows": int(undecided.sum()), **{c: n for c, n in per_column.items() if n}}
+
+
 def describe_label_gaps(gaps: dict[str, int]) -> str:
     """ "; 3 labelled non-lens for an empty or non-finite rule value (mag_eff: 3)" or ""."""
     if not gaps:
@@ -472,13 +494,7 @@ def read_layout(
             values[~keep] = np.nan
     labels = rule.apply(aligned)
     labels[~keep] = -1
-    gaps = {c: int((~np.isfinite(aligned[c][keep])).sum()) for c in rule.columns}
-    gaps = {c: n for c, n in gaps.items() if n}
-    if gaps:
-        undecided = np.zeros(int(keep.sum()), dtype=bool)
-        for column in gaps:
-            undecided |= ~np.isfinite(aligned[column][keep])
-        gaps = {"rows": int(undecided.sum()), **gaps}
+    gaps = label_gaps(rule, {c: aligned[c][keep] for c in rule.columns}, labels[keep])
     return ChallengeLayout(
         root, ids, labels, aligned, problems, str(rule), has_catalog=True, label_gaps=gaps
     )
