@@ -47,7 +47,10 @@ class SimulateConfig:
     lens_fraction: float = 0.5
     workers: int = 1
     first_id: int = 200000  # the challenge's training IDs are 2xxxxx
-    supersampling: int = 3  # for VIS, where arcs are sharp; NISP uses 1
+    # Pixels are split into supersampling x supersampling sub-pixels where centre sampling would
+    # be off by more than supersampling_tolerance x the background noise (simulate/render.py).
+    supersampling: int = 3
+    supersampling_tolerance: float = 0.02
     label_rule: str = DEFAULT_LABEL_RULE
     survey: str = "euclid"
     # --- the population (simulate/scene.py cites the numbers) ---

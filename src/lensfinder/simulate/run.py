@@ -10,6 +10,7 @@ background source that passes the rule is redrawn too.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import multiprocessing
 import time
@@ -30,7 +31,7 @@ from lensfinder.simulate import writer
 from lensfinder.simulate.observing import NOMINAL, Observing, draw_observing
 from lensfinder.simulate.preview import write_preview
 from lensfinder.simulate.quantities import SIMULATED_COLUMNS, catalogue_row
-from lensfinder.simulate.render import BandImages, BandRenderer, preload
+from lensfinder.simulate.render import BandImages, SceneRenderer, preload
 from lensfinder.simulate.stamps import StampLibrary
 from lensfinder.surveys import Survey, get_survey
 from lensfinder.utils import progress as progress_bar
@@ -113,9 +114,11 @@ class _Context:
             StampLibrary.from_folder(config.source_stamps) if config.source_stamps else None
         )
 
-    def renderer(self, scene: scenes.Scene, band_name: str | None = None) -> BandRenderer:
-        band = self.survey.band(band_name or self.survey.reference_band)
-        return BandRenderer(scene, band, self.config.supersampling, self.observing)
+    def renderer(self, scene: scenes.Scene) -> SceneRenderer:
+        c = self.config
+        return SceneRenderer(
+            scene, self.survey, c.supersampling, c.supersampling_tolerance, self.observing
+        )
 
     def source(self, rng: np.random.Generator, scene: scenes.Scene, placement: str) -> None:
         scenes.draw_source(rng, self.survey.bands, scene, placement, self.config, self.stamps)
@@ -126,24 +129,19 @@ def _colour_bands(survey: Survey) -> tuple[str, str]:
     return survey.reference_band, reddest.name
 
 
-def _measure(
-    object_id: int, scene: scenes.Scene, central: np.ndarray, ctx: _Context
-) -> tuple[dict[str, float], BandRenderer]:
-    """The catalogue row, rendering only the reference band's lensed source; also returns the
-    reference-band renderer, which keeps that source image for the final render."""
-    ref = ctx.renderer(scene)
-    ref.use_central(central)
-    unlensed = ref.flux(scenes.total_magnitude(scene.source, ref.band.name)) if scene.source else 1
-    row = catalogue_row(
+def _measure(object_id: int, renderer: SceneRenderer, ctx: _Context) -> dict[str, float]:
+    """The catalogue row of the renderer's scene with its current source (reference band)."""
+    scene, ref = renderer.scene, renderer.reference
+    unlensed = renderer.flux(scenes.total_magnitude(scene.source, ref.name)) if scene.source else 1
+    return catalogue_row(
         object_id,
         scene,
-        central,
-        ref.source(),
-        ref.background_noise,
+        renderer.central(),
+        renderer.source(),
+        renderer.background_noise(),
         unlensed,
         _colour_bands(ctx.survey),
     )
-    return row, ref
 
 
 def _passes(rule: LabelRule, row: dict[str, float]) -> bool:
@@ -156,19 +154,19 @@ def _near_boundary(row: dict[str, float]) -> bool:
     return row["n_source_im"] >= 2 and row["mag_eff"] >= 1.0 and row["n_pix_source"] >= 5
 
 
-_Drawn = tuple[scenes.Scene, dict[str, float], BandRenderer]
+_Drawn = tuple[scenes.Scene, dict[str, float], SceneRenderer]
 
 
 def _draw_lens(object_id: int, rng: np.random.Generator, ctx: _Context) -> _Drawn:
     for _ in range(GALAXY_TRIES):
         scene = scenes.draw_lens_galaxy(rng, ctx.survey.bands, "lens", ctx.config)
         scenes.add_field(rng, ctx.survey.bands, scene)
-        central = ctx.renderer(scene).central()
+        renderer = ctx.renderer(scene)
         for _ in range(SOURCE_TRIES):
             ctx.source(rng, scene, "lensed")
-            row, ref = _measure(object_id, scene, central, ctx)
+            row = _measure(object_id, renderer, ctx)
             if _passes(ctx.rule, row):
-                return scene, row, ref
+                return scene, row, renderer
     raise ConfigError(
         f"label rule '{ctx.rule}': no simulated lens passed it after "
         f"{GALAXY_TRIES * SOURCE_TRIES} draws (object {object_id}); is the rule satisfiable?"
@@ -183,21 +181,23 @@ def _draw_nonlens(object_id: int, rng: np.random.Generator, ctx: _Context) -> _D
     for _ in range(NONLENS_TRIES):
         scene = scenes.draw_nonlens(rng, ctx.survey.bands, kind, ctx.config, ctx.stamps)
         scenes.add_field(rng, ctx.survey.bands, scene)
-        central = ctx.renderer(scene).central()
+        renderer = ctx.renderer(scene)
         if kind not in ("elliptical+source", "subthreshold"):
-            row, ref = _measure(object_id, scene, central, ctx)
+            row = _measure(object_id, renderer, ctx)
             if not _passes(ctx.rule, row):
-                return scene, row, ref
+                return scene, row, renderer
             continue
         placement = "unlensed" if kind == "elliptical+source" else "boundary"
         for _ in range(1 if kind == "elliptical+source" else SOURCE_TRIES):
             ctx.source(rng, scene, placement)
-            row, ref = _measure(object_id, scene, central, ctx)
+            row = _measure(object_id, renderer, ctx)
             if _passes(ctx.rule, row):
                 continue
             if kind == "elliptical+source" or _near_boundary(row):
-                return scene, row, ref
-            fallback = fallback or (scene, row, ref)
+                return scene, row, renderer
+            if fallback is None:  # the scene itself gets the next source: keep this one's copy
+                kept = dataclasses.replace(scene)
+                fallback = (kept, row, ctx.renderer(kept))
     if fallback is not None:
         return fallback
     raise ConfigError(
@@ -214,14 +214,12 @@ def simulate_object(
     ra, dec = scenes.sky_position(rng)
     ctx = _Context(config, draw_observing(rng, config))
     draw = _draw_lens if intended_lens else _draw_nonlens
-    scene, row, reference = draw(object_id, rng, ctx)
+    scene, row, renderer = draw(object_id, rng, ctx)
     noise_seeds = {band.name: int(rng.integers(2**31 - 1)) for band in ctx.survey.bands}
     obj = SimulatedObject(object_id, intended_lens, scene, ra, dec, row, ctx.observing)
     obj.row["kind"] = scene.kind  # an extra catalogue column; readers ignore what they lack
     for band in ctx.survey.bands:
-        is_reference = band.name == ctx.survey.reference_band
-        renderer = reference if is_reference else ctx.renderer(scene, band.name)
-        obj.bands[band.name] = renderer.render(noise_seeds[band.name] if observe else None)
+        obj.bands[band.name] = renderer.render(band, noise_seeds[band.name] if observe else None)
     return obj
 
 

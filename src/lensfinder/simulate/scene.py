@@ -55,6 +55,17 @@ class Light:
             return float(self.shape["scale"]) * len(self.shape["image"]) / 4
         return float(self.shape.get("R_sersic", self.shape.get("sigma", 0.1)))
 
+    @property
+    def reach(self) -> float:
+        """Distance (arcsec) from the centre beyond which the profile is zero to double
+        precision, so need not be evaluated; ``inf`` for profiles with wings (Sersic)."""
+        if self.profile == "INTERPOL":  # lenstronomy gives 0 outside the stamp, any rotation
+            return float(self.shape["scale"]) * len(self.shape["image"]) * 0.75
+        if self.profile in ("GAUSSIAN", "GAUSSIAN_ELLIPSE"):  # exp(-x^2/2) < 1e-31 beyond 12
+            e = math.hypot(self.shape.get("e1", 0.0), self.shape.get("e2", 0.0))
+            return 12.0 * float(self.shape["sigma"]) * (1 + e) / (1 - e)
+        return math.inf
+
 
 @dataclass(frozen=True)
 class Star:

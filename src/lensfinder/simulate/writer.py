@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -36,20 +38,33 @@ def row_path(root: str | Path, object_id: int) -> Path:
 
 def band_header(band: Band, object_id: int, ra: float, dec: float) -> Any:
     """A header with the band, pixel scale, ID, units and a TAN WCS centred on (ra, dec)."""
+    header = _header_template(band).copy()
+    _set_object(header, object_id, ra, dec)
+    return header
+
+
+def _set_object(header: Any, object_id: int, ra: float, dec: float) -> None:
+    header["CRVAL1"], header["CRVAL2"] = float(ra), float(dec)
+    header["OBJ_ID"] = int(object_id)
+
+
+@lru_cache(maxsize=16)
+def _header_template(band: Band) -> Any:
+    """Built once per band: making a WCS header takes longer than writing the file."""
     from astropy.wcs import WCS
 
     n = band.cutout_pixels
     wcs = WCS(naxis=2)
     wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
     wcs.wcs.cunit = ["deg", "deg"]
-    wcs.wcs.crval = [ra, dec]
+    wcs.wcs.crval = [0.0, 0.0]  # set per object (_set_object)
     wcs.wcs.crpix = [(n + 1) / 2.0, (n + 1) / 2.0]  # the cutout centre, FITS 1-based
     wcs.wcs.cdelt = [-band.pixel_scale / 3600.0, band.pixel_scale / 3600.0]  # East left
     header = wcs.to_header()
     header["BAND"] = (band.name, "band name")
     header["INSTRUME"] = (band.instrument, "instrument")
     header["PIXSCALE"] = (band.pixel_scale, "pixel scale, arcsec")
-    header["OBJ_ID"] = (int(object_id), "object ID")
+    header["OBJ_ID"] = (0, "object ID")
     header["BUNIT"] = (BUNIT, "pixel unit")
     header["MAGZP"] = (band.zero_point, "AB magnitude of 1 e-/s")
     header["PSF_FWHM"] = (band.psf_fwhm, "Gaussian PSF FWHM, arcsec")
@@ -58,21 +73,35 @@ def band_header(band: Band, object_id: int, ra: float, dec: float) -> Any:
     return header
 
 
+_HDUS = threading.local()
+
+
+def _band_hdu(band: Band) -> Any:
+    """This thread's HDU of a band, reused for every object: copying an astropy header costs
+    more than writing the file, and only the pixels, position and ID change."""
+    from astropy.io import fits
+
+    hdus = _HDUS.__dict__.setdefault("by_band", {})
+    if band not in hdus:
+        n = band.cutout_pixels
+        hdus[band] = fits.PrimaryHDU(np.zeros((n, n), np.float32), _header_template(band))
+    return hdus[band]
+
+
 def write_band_fits(
     root: str | Path, band: Band, object_id: int, image: np.ndarray, ra: float, dec: float
 ) -> Path:
     """Write one cutout (float32 primary HDU) atomically; returns its path."""
-    from astropy.io import fits
-
     n = band.cutout_pixels
     if image.shape != (n, n):
         raise ValueError(f"band {band.name}: image shape {image.shape}, expected {(n, n)}")
     path = layout.image_path(root, band, object_id)
-    hdu = fits.PrimaryHDU(
-        data=np.asarray(image, dtype=np.float32), header=band_header(band, object_id, ra, dec)
-    )
+    hdu = _band_hdu(band)
+    hdu.data = np.asarray(image, dtype=np.float32)
+    _set_object(hdu.header, object_id, ra, dec)
     with atomic_path(path) as tmp:
-        hdu.writeto(tmp, overwrite=True)
+        # the header was made by astropy itself (_header_template): nothing to verify again
+        hdu.writeto(tmp, overwrite=True, output_verify="ignore")
     return path
 
 
