@@ -159,7 +159,8 @@ class AdaptiveSampler:
     ) -> np.ndarray:
         """Per-profile pixel means, shape (profiles, ny, nx).
 
-        ``centre_values``: unit responses at pixel centres (profiles, ny, nx);
+        ``centre_values``: unit responses at pixel centres (profiles, ny, nx), contiguous;
+        overwritten with the means where sub-pixels are used;
         ``evaluate_subpixels(index)``: unit responses at those pixels' sub-pixels
         (profiles, pixels, factor**2); ``weights``: each profile's amplitude in the units the
         tolerance is in (the error estimate is for the weighted sum, the image one sees);
@@ -179,9 +180,8 @@ class AdaptiveSampler:
         flagged = binary_dilation(flagged)  # the estimate is itself sampled at centres
         index = np.flatnonzero(flagged)
         means = evaluate_subpixels(index).mean(axis=2)
-        values = values.reshape(values.shape[0], -1).copy()
-        values[:, index] = means
-        return values.reshape(centre_values.shape)
+        values.reshape(values.shape[0], -1)[:, index] = means  # a fresh array: fill in place
+        return values
 
 
 class Deflector:
@@ -395,9 +395,7 @@ class SceneRenderer:
         transform = self._cached(("psf", "transform", band.name), lambda: fft.rfft2(kernel, shape))
         convolved = fft.irfft2(fft.rfft2(image, shape) * transform, shape)
         start = [(f - a) // 2 for f, a in zip(full, image.shape, strict=True)]
-        return convolved[
-            start[0] : start[0] + image.shape[0], start[1] : start[1] + image.shape[1]
-        ].copy()
+        return convolved[start[0] : start[0] + image.shape[0], start[1] : start[1] + image.shape[1]]
 
     # ------------------------------------------------------------------ components
 
