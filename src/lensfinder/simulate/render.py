@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from lensfinder.config import SimulateConfig
 from lensfinder.simulate.observing import NOMINAL, Observing
 from lensfinder.simulate.scene import Light, Scene
 from lensfinder.surveys import Band, Survey
@@ -269,8 +270,8 @@ class SceneRenderer:
         self,
         scene: Scene,
         survey: Survey,
-        supersampling: int = 3,
-        tolerance: float = 0.02,
+        supersampling: int = SimulateConfig.supersampling,
+        tolerance: float = SimulateConfig.supersampling_tolerance,
         observing: Observing = NOMINAL,
     ) -> None:
         self.scene = scene
