@@ -444,6 +444,9 @@ def _metrics(
         "lr_history": history.column("lr"),
         "batch_size_history": history.column("batch_size"),
         "images_per_s_history": history.column("images_per_s"),
+        # Seconds spent once computing the model inputs at setup (not in images_per_s), or
+        # None where they did not fit in memory and every batch was normalised as drawn.
+        "precompute_s": datamodule.precompute_seconds,
         "hardware": {
             "accelerator": type(trainer.accelerator).__name__,
             "devices": trainer.num_devices,
