@@ -182,6 +182,24 @@ def test_frozen_backbone_trains_only_the_head(store, tmp_path):
     assert changed and all(k.startswith("backbone.classifier.") for k in changed), changed
 
 
+def test_extra_callbacks_run_after_ours(store, tmp_path):
+    """``train(callbacks=...)``: how bench_train times the bare model between training steps."""
+    import lightning.pytorch as pl
+
+    from lensfinder.train.callbacks import EpochHistory
+
+    seen: list[tuple[int, bool]] = []
+
+    class Record(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            history = next(c for c in trainer.callbacks if isinstance(c, EpochHistory))
+            seen.append((trainer.current_epoch, len(history.rows) == trainer.current_epoch + 1))
+
+    config = tiny_config(max_epochs=1, max_train_samples=8, input=InputConfig(size=32))
+    train(config, store, tmp_path, progress=False, callbacks=[Record()])
+    assert seen == [(0, True)]
+
+
 def test_unusable_labels_are_data_errors(layout_factory, tmp_path):
     from lensfinder.data.store import pack
 
