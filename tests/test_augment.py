@@ -54,3 +54,12 @@ def test_per_sample_applies_each_samples_own_element() -> None:
     assert [_which(sample[0]) for sample in out] == ks
     with pytest.raises(ValueError):
         apply_d4_per_sample(batch, ks[:-1])
+
+
+def test_per_sample_rows_pick_and_transform_in_one_step() -> None:
+    source = torch.stack([IMAGE * (i + 1) for i in range(5)])[:, None]
+    rows, ks = [4, 0, 4, 2], [1, 6, 3, 0]
+    out = apply_d4_per_sample(source, ks, rows)
+    assert torch.equal(out, apply_d4_per_sample(source[rows], ks))
+    with pytest.raises(ValueError):
+        apply_d4_per_sample(source, ks, rows[:-1])

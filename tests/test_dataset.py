@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from lensfinder.config import InputConfig
 from lensfinder.data import open_source
 from lensfinder.data.augment import apply_d4
-from lensfinder.data.dataset import CutoutDataset
+from lensfinder.data.dataset import CutoutDataset, collate, tensors
 from lensfinder.data.sampler import BalancedBatchSampler
 from lensfinder.data.splits import split_indices
 from lensfinder.data.transforms import to_model_input
@@ -82,6 +82,96 @@ def test_balanced_loader_over_a_split(tiny_store: Path) -> None:
     sampler = BalancedBatchSampler(dataset.labels, batch_size=4, num_batches=3, seed=0)
     for x, y in DataLoader(dataset, batch_sampler=sampler):
         assert x.shape == (4, 4, 100, 100) and float(y.sum()) == 2.0
+
+
+def _per_item_reference(source, indices, cfg: InputConfig) -> list:
+    """Each object's model input made alone, straight from ``to_model_input``."""
+    out = []
+    for index in indices:
+        cutouts = source.read([int(index)])
+        x = to_model_input(cutouts.vis, cutouts.nisp, cfg)
+        out.append(tuple(t[0] for t in x) if isinstance(x, tuple) else (x[0],))
+    return out
+
+
+def _element(sample: tuple, reference: tuple) -> int:
+    """The D4 element that maps ``reference`` onto ``sample`` (all branches alike)."""
+    ks = [
+        k
+        for k in range(8)
+        if all(
+            torch.allclose(apply_d4(r, k), s, atol=1e-6)
+            for r, s in zip(reference, sample, strict=True)
+        )
+    ]
+    assert len(ks) == 1, ks
+    return ks[0]
+
+
+@pytest.mark.parametrize("vis_sampling", ["native", "bin"])
+@pytest.mark.parametrize("layout", ["stacked", "two_branch"])
+def test_batches_equal_the_per_item_reference_precomputed_or_not(
+    tiny_store: Path, vis_sampling: str, layout: str
+) -> None:
+    """Per-batch and precomputed inputs are the per-item ``to_model_input`` to float tolerance;
+    with the same seed both paths draw the same D4 element for every image."""
+    source = open_source(tiny_store)
+    cfg = InputConfig(size=64, vis_sampling=vis_sampling, layout=layout)
+    indices = np.array([1, 3, 4, 8, 9, 15, 20, 23])
+    reference = _per_item_reference(source, indices, cfg)
+    positions = [5, 0, 7, 7, 2]
+    for augment in (False, True):
+        per_batch = CutoutDataset(source, indices, cfg, augment=augment, seed=3)
+        precomputed = CutoutDataset(source, indices, cfg, augment=augment, seed=3)
+        precomputed.precompute()
+        for dataset in (per_batch, precomputed):
+            assert (dataset.inputs is None) == (dataset is per_batch)
+        for _ in range(2):
+            x, y = per_batch.get_batch(positions)
+            x_pre, y_pre = precomputed.get_batch(positions)
+            branches, branches_pre = tensors(x), tensors(x_pre)
+            assert torch.equal(y, y_pre)
+            assert y.tolist() == source.labels[indices[positions]].astype(float).tolist()
+            for a, b in zip(branches, branches_pre, strict=True):
+                assert torch.allclose(a, b, atol=1e-6, rtol=0)
+            for row, position in enumerate(positions):
+                sample = tuple(t[row] for t in branches)
+                k = _element(sample, reference[position])
+                assert k == 0 or augment
+
+
+def test_d4_is_drawn_per_image_covers_the_group_and_keeps_labels(tiny_store: Path) -> None:
+    source = open_source(tiny_store)
+    cfg = InputConfig(size=64)
+    indices = np.arange(8)
+    reference = _per_item_reference(source, indices, cfg)
+    dataset = CutoutDataset(source, indices, cfg, augment=True, seed=0)
+    dataset.precompute()
+    seen = set()
+    for _ in range(4):
+        positions = [0, 1, 2, 3, 4, 5, 6, 7] * 2
+        x, y = dataset.get_batch(positions)
+        assert y.tolist() == source.labels[indices[positions]].astype(float).tolist()
+        ks = [_element((x[row],), reference[p]) for row, p in enumerate(positions)]
+        assert len(set(ks)) > 1  # one element per image, not one for the whole batch
+        seen.update(ks)
+    assert seen == set(range(8))
+
+
+def test_loader_batches_come_whole_and_match_default_collation(tiny_store: Path) -> None:
+    """``collate`` passes the dataset's batch on; torch's default collation of the same items
+    gives the same tensors (two-branch included)."""
+    source = open_source(tiny_store)
+    for cfg in (InputConfig(size=64), InputConfig(size=64, layout="two_branch")):
+        dataset = CutoutDataset(source, None, cfg)
+        sampler = [[3, 1, 2], [0, 5, 4]]
+        ours = list(DataLoader(dataset, batch_sampler=sampler, collate_fn=collate))
+        default = list(DataLoader(dataset, batch_sampler=sampler))
+        for (x, y), (x_d, y_d) in zip(ours, default, strict=True):
+            assert torch.equal(y, y_d)
+            x_d = tuple(x_d) if isinstance(x_d, list) else x_d  # default_collate makes lists
+            for a, b in zip(tensors(x), tensors(x_d), strict=True):
+                assert torch.equal(a, b)
 
 
 @pytest.mark.slow

@@ -140,6 +140,34 @@ def test_balanced_batches_and_constant_samples_per_epoch(store):
     assert len(positions) == len(set(positions)) == len(plain.train_indices) // 8 * 8
 
 
+def test_precomputed_and_per_batch_loaders_give_the_same_seeded_batches(store, monkeypatch):
+    """Inputs precomputed at setup (when they fit in memory) or normalised per batch: the same
+    batches, labels and D4 elements for the same seed, epoch after epoch."""
+    from lensfinder.train import datamodule as dm
+
+    def epoch_batches(module: LensDataModule) -> list:
+        return [(x.clone(), y.clone()) for x, y in module.train_dataloader()]
+
+    config = tiny_config(max_train_samples=24, input=InputConfig(size=48))
+    fast, again = LensDataModule(config, store), LensDataModule(config, store)
+    for module in (fast, again):
+        module.setup("fit")
+        assert module.precompute_seconds is not None and module.train_dataset.inputs is not None
+    monkeypatch.setattr(dm, "PRECOMPUTE_SHARE", 0.0)  # as if the inputs did not fit in memory
+    slow = LensDataModule(config, store)
+    slow.setup("fit")
+    assert slow.precompute_seconds is None and slow.train_dataset.inputs is None
+    assert slow.source._memory is not None  # the store's pixels were loaded instead
+    for _ in range(2):  # the augmentation stream continues from epoch to epoch
+        batches = [epoch_batches(m) for m in (fast, again, slow)]
+        for (x, y), (x2, y2), (x3, y3) in zip(*batches, strict=True):
+            assert x.shape == (8, 4, 48, 48) and torch.equal(y, y2) and torch.equal(y, y3)
+            assert torch.equal(x, x2) and torch.allclose(x, x3, atol=1e-6, rtol=0)
+    val = [next(iter(m.val_dataloader())) for m in (fast, slow)]
+    assert torch.allclose(val[0][0], val[1][0], atol=1e-6, rtol=0)
+    assert torch.equal(val[0][1], val[1][1])
+
+
 def test_frozen_backbone_trains_only_the_head(store, tmp_path):
     from lensfinder.models import create_model, load_model
 
@@ -152,6 +180,24 @@ def test_frozen_backbone_trains_only_the_head(store, tmp_path):
     after = load_model(tmp_path)[0].state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("backbone.classifier.") for k in changed), changed
+
+
+def test_extra_callbacks_run_after_ours(store, tmp_path):
+    """``train(callbacks=...)``: how bench_train times the bare model between training steps."""
+    import lightning.pytorch as pl
+
+    from lensfinder.train.callbacks import EpochHistory
+
+    seen: list[tuple[int, bool]] = []
+
+    class Record(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            history = next(c for c in trainer.callbacks if isinstance(c, EpochHistory))
+            seen.append((trainer.current_epoch, len(history.rows) == trainer.current_epoch + 1))
+
+    config = tiny_config(max_epochs=1, max_train_samples=8, input=InputConfig(size=32))
+    train(config, store, tmp_path, progress=False, callbacks=[Record()])
+    assert seen == [(0, True)]
 
 
 def test_unusable_labels_are_data_errors(layout_factory, tmp_path):

@@ -8,7 +8,13 @@ import torch
 
 from lensfinder.config import InputConfig
 from lensfinder.data.store import open_store
-from lensfinder.data.transforms import background_and_noise, resize_vis, to_model_input
+from lensfinder.data.transforms import (
+    background_and_noise,
+    crop_centre,
+    normalize,
+    resize_vis,
+    to_model_input,
+)
 from lensfinder.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -186,3 +192,18 @@ def test_native_size_larger_than_the_cutout_is_refused(cutouts) -> None:
         to_model_input(
             cutouts.vis[:1], cutouts.nisp[:1], InputConfig(vis_sampling="native", size=400)
         )
+
+
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+def test_normalising_a_central_crop_equals_cropping_the_normalised_image(
+    cutouts, normalization: str
+) -> None:
+    """``normalize(crop=)`` stretches only the pixels it returns (native VIS, native two-branch
+    NISP), with sky and noise still measured on the whole image, including the fallbacks."""
+    cfg = InputConfig(normalization=normalization)
+    vis = torch.from_numpy(cutouts.vis[:3])[:, None].clone()
+    vis[1] = 0.0  # constant: no noise, no spread
+    vis[2, 0, 100, 100] = torch.nan
+    for x, crop in ((vis, 100), (vis, 64), (torch.from_numpy(cutouts.nisp[:3]), 34)):
+        expected = crop_centre(normalize(x, cfg), crop)
+        assert torch.equal(normalize(x, cfg, crop), expected)

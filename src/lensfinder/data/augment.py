@@ -24,6 +24,17 @@ def apply_d4(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.rot90(x, k % 4, dims=(-2, -1))
 
 
-def apply_d4_per_sample(x: torch.Tensor, ks: Sequence[int]) -> torch.Tensor:
-    """A batch (n, ...) with element ``ks[i]`` applied to sample ``i``."""
-    return torch.stack([apply_d4(sample, k) for sample, k in zip(x, ks, strict=True)])
+def apply_d4_per_sample(
+    x: torch.Tensor, ks: Sequence[int], rows: Sequence[int] | None = None
+) -> torch.Tensor:
+    """A batch (n, ...) with element ``ks[i]`` applied to sample ``i``; with ``rows``, the batch
+    is made of samples ``x[rows[i]]`` instead, so picking a batch out of a larger tensor and
+    augmenting it is one copy.
+
+    One small rot90/flip per sample, stacked: on CPU this is faster than grouping the samples by
+    element and transforming each group as a batch (the gathers and scatters cost more).
+    """
+    rows = range(len(x)) if rows is None else rows
+    if len(rows) != len(ks):
+        raise ValueError(f"{len(ks)} D4 elements for {len(rows)} samples")
+    return torch.stack([apply_d4(x[row], k) for row, k in zip(rows, ks, strict=True)])

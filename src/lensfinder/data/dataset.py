@@ -3,20 +3,72 @@
 Items are made by ``to_model_input`` (the one normalisation path). ``__getitems__`` reads and
 normalises a whole batch at once, which torch's DataLoader uses automatically: one store read
 and one vectorised normalisation per batch instead of per object.
+
+Training reads the same objects every epoch, and everything but the D4 element is the same every
+time, so ``precompute()`` can run ``to_model_input`` once over the whole dataset and keep the
+result in memory; a batch is then one pick-and-D4 copy out of it (2-5 ms for 32 cpu-small
+objects on 2 shared cores, against 25-60 ms of reading, normalising and resampling them). The
+values are those of the per-batch path.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import Any
+
 import numpy as np
 import torch
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from lensfinder.config import InputConfig, check_bands
 from lensfinder.data.augment import N_ELEMENTS, apply_d4_per_sample
-from lensfinder.data.cutouts import CutoutSource
+from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE, CutoutSource
 from lensfinder.data.transforms import to_model_input
+from lensfinder.utils import progress as progress_bar
 
-Item = tuple[torch.Tensor | tuple[torch.Tensor, torch.Tensor], torch.Tensor]
+Input = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+Item = tuple[Input, torch.Tensor]
+PRECOMPUTE_CHUNK = 256  # objects normalised at once by precompute(): vectorised, little memory
+
+
+def map_input(x: Input, func: Callable[[torch.Tensor], torch.Tensor]) -> Input:
+    """``func`` applied to a stacked input, or to both tensors of a two-branch input."""
+    if isinstance(x, tuple):
+        return func(x[0]), func(x[1])
+    return func(x)
+
+
+def tensors(x: Input) -> tuple[torch.Tensor, ...]:
+    """The tensors of a stacked (one) or two-branch (two) input."""
+    return x if isinstance(x, tuple) else (x,)
+
+
+def input_bytes_per_item(input_cfg: InputConfig) -> int:
+    """Bytes of one object's model input (float32), from the shapes ``to_model_input`` gives."""
+    x = to_model_input(
+        np.zeros((1, *VIS_SHAPE), np.float32), np.zeros((1, *NISP_SHAPE), np.float32), input_cfg
+    )
+    return sum(t.numel() * t.element_size() for t in tensors(x))
+
+
+class ItemBatch(list[Item]):
+    """The items of one batch, as a DataLoader's ``collate_fn`` expects them, that also keep
+    the batch they were cut from: ``collate`` hands that on instead of stacking the items again
+    (torch's default collate still works on them, as on any list of items)."""
+
+    def __init__(self, x: Input, y: torch.Tensor) -> None:
+        if isinstance(x, tuple):
+            super().__init__(((vis, nisp), label) for vis, nisp, label in zip(*x, y, strict=True))
+        else:
+            super().__init__(zip(x, y, strict=True))
+        self.x, self.y = x, y
+
+
+def collate(items: list[Item]) -> Any:
+    """A DataLoader ``collate_fn``: the batch of an ``ItemBatch`` as it is, else torch's default."""
+    if isinstance(items, ItemBatch):
+        return items.x, items.y
+    return default_collate(items)
 
 
 class CutoutDataset(Dataset):
@@ -47,6 +99,7 @@ class CutoutDataset(Dataset):
         self.labels = source.labels[self.indices].astype(np.float32)
         self.augment = augment
         self.seed = seed
+        self.inputs: Input | None = None  # every item's model input, once precompute() ran
         self._generator: torch.Generator | None = None
         self._generator_owner: int | None = None
 
@@ -68,26 +121,50 @@ class CutoutDataset(Dataset):
             self._generator_owner = owner
         return self._generator
 
-    def get_batch(
-        self, positions: list[int] | np.ndarray
-    ) -> tuple[torch.Tensor | tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def model_input(self, positions: np.ndarray) -> Input:
+        """The deterministic part of items ``positions``: read and ``to_model_input``."""
+        cutouts = self.source.read(self.indices[positions])
+        return to_model_input(cutouts.vis, cutouts.nisp, self.input_cfg)
+
+    def precompute(self, progress: bool = False) -> None:
+        """Compute every item's model input now and serve batches from memory from then on.
+
+        Costs the input's size in RAM (``input_bytes_per_item`` per object) and one pass of
+        reading and normalising; the store's pixels themselves are not needed afterwards.
+        """
+        starts = range(0, len(self), PRECOMPUTE_CHUNK)
+        chunks: Iterable[int] = (
+            progress_bar(starts, desc="preparing inputs") if progress else starts
+        )
+        inputs: Input | None = None
+        for lo in chunks:
+            part = self.model_input(np.arange(lo, min(lo + PRECOMPUTE_CHUNK, len(self))))
+            if inputs is None:  # filled in place: no second copy of it all at the end
+                inputs = map_input(part, lambda t: t.new_empty((len(self), *t.shape[1:])))
+            for whole, piece in zip(tensors(inputs), tensors(part), strict=True):
+                whole[lo : lo + len(piece)] = piece
+        self.inputs = inputs
+
+    def get_batch(self, positions: list[int] | np.ndarray) -> tuple[Input, torch.Tensor]:
         """Model input for dataset positions ``positions`` as one batch, and their labels."""
         positions = np.asarray(positions, dtype=np.int64)
-        cutouts = self.source.read(self.indices[positions])
-        x = to_model_input(cutouts.vis, cutouts.nisp, self.input_cfg)
+        ks = None
         if self.augment:
             ks = torch.randint(N_ELEMENTS, (len(positions),), generator=self._rng()).tolist()
-            if isinstance(x, tuple):
-                x = (apply_d4_per_sample(x[0], ks), apply_d4_per_sample(x[1], ks))
-            else:
-                x = apply_d4_per_sample(x, ks)
+        if self.inputs is None:
+            x = self.model_input(positions)
+            if ks is not None:
+                x = map_input(x, lambda t: apply_d4_per_sample(t, ks))
+        elif ks is not None:  # pick and transform in one copy
+            rows = positions.tolist()
+            x = map_input(self.inputs, lambda t: apply_d4_per_sample(t, ks, rows))
+        else:
+            index = torch.from_numpy(positions)
+            x = map_input(self.inputs, lambda t: t.index_select(0, index))
         return x, torch.from_numpy(self.labels[positions])
 
-    def __getitems__(self, positions: list[int]) -> list[Item]:
-        x, y = self.get_batch(positions)
-        if isinstance(x, tuple):
-            return [((vis, nisp), label) for vis, nisp, label in zip(*x, y, strict=True)]
-        return list(zip(x, y, strict=True))
+    def __getitems__(self, positions: list[int]) -> ItemBatch:
+        return ItemBatch(*self.get_batch(positions))
 
     def __getitem__(self, position: int) -> Item:
         return self.__getitems__([position])[0]

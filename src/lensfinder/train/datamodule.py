@@ -8,12 +8,19 @@ rank): a resumed run draws the same batches as an uninterrupted one (augmentatio
 differ, their random streams are not checkpointed). With several
 processes each draws its own share of the epoch's batches and validates its own slice of the
 validation set (the AUROC metric gathers the slices), so Lightning's distributed sampler is off.
+
+The data path is cheap next to the model: the model inputs of both sets are computed once at setup
+when they fit in memory (``CutoutDataset.precompute``), so a training step only picks its images
+and applies their D4 elements; the dataset returns whole batches (no per-item collation). Workers
+(``num_workers``) are left at the config's 0 on CPU: with the inputs precomputed there is nothing
+left for them to overlap, and on few cores they take threads from the model.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +34,7 @@ from torch.utils.data import DataLoader
 from lensfinder.config import PredictConfig, TrainConfig
 from lensfinder.data import open_source
 from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE
-from lensfinder.data.dataset import CutoutDataset
+from lensfinder.data.dataset import CutoutDataset, collate, input_bytes_per_item
 from lensfinder.data.graded import add_graded
 from lensfinder.data.sampler import BalancedBatchSampler
 from lensfinder.data.splits import split_indices
@@ -35,6 +42,9 @@ from lensfinder.errors import ConfigError, DataError
 from lensfinder.inspection.grades import read_graded
 
 MEMORY_SHARE = 0.5  # load a store into RAM when all processes' copies fit in this share
+# Precompute the model inputs of the training and validation sets when all processes' copies fit
+# in this share of the available memory; 0 never does (benchmarks compare both data paths).
+PRECOMPUTE_SHARE = MEMORY_SHARE
 
 
 def available_memory() -> int:
@@ -53,6 +63,11 @@ def available_memory() -> int:
         return 4 * 2**30
 
 
+def fits_in_memory(nbytes: int, processes: int = 1, share: float = MEMORY_SHARE) -> bool:
+    """Whether ``processes`` copies of ``nbytes`` fit in ``share`` of the available memory."""
+    return nbytes * processes <= share * available_memory()
+
+
 def load_into_memory(source: Any, processes: int = 1) -> bool:
     """Load a store's pixels into RAM when the copies of all ``processes`` fit comfortably.
 
@@ -65,8 +80,7 @@ def load_into_memory(source: Any, processes: int = 1) -> bool:
     if getattr(source, "_memory", None) is not None:
         return True
     nbytes = len(source) * 4 * (math.prod(VIS_SHAPE) + math.prod(NISP_SHAPE))
-    free = available_memory()
-    if nbytes * processes > MEMORY_SHARE * free:
+    if not fits_in_memory(nbytes, processes):
         rank_zero_warn(
             f"{source.path}: {nbytes / 2**30:.1f} GiB of pixels do not fit in memory here; "
             "training reads them from disk, which is much slower"
@@ -124,6 +138,7 @@ class LensDataModule(pl.LightningDataModule):
         self.val_dataset: Any = None
         self.base_source: Any = None  # the training data, without graded additions
         self.graded_record: dict[str, Any] | None = None  # what model.json says about grades
+        self.precompute_seconds: float | None = None  # None: batches are normalised as drawn
 
     # -- data ------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -190,12 +205,18 @@ class LensDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Datasets are made once (for a layout that checks every file once); the augmentation
-        stream of the training set simply continues from epoch to epoch."""
+        stream of the training set simply continues from epoch to epoch.
+
+        When the model inputs of both sets fit in memory they are computed here, once, from the
+        store read in order (``CutoutDataset.precompute``): each training step is then only an
+        index and a D4 element per image, not a normalisation and resampling of the batch.
+        Otherwise the store's pixels are loaded into memory if they fit and every batch is
+        normalised as it is drawn; the values the model sees are the same either way.
+        """
         self.prepare()
         if self.train_dataset is not None:
             return
         processes = self.trainer.num_devices if self.trainer is not None else 1
-        load_into_memory(self.source, processes)
         _, rank, world = self._rank()
         self.train_dataset = CutoutDataset(
             self.source,
@@ -207,6 +228,15 @@ class LensDataModule(pl.LightningDataModule):
         self.val_dataset = CutoutDataset(
             self.source, self.val_indices[rank::world], self.config.input, augment=False
         )
+        items = len(self.train_dataset) + len(self.val_dataset)
+        nbytes = items * input_bytes_per_item(self.config.input)
+        if fits_in_memory(nbytes, processes, PRECOMPUTE_SHARE):
+            began = time.perf_counter()
+            for dataset in (self.train_dataset, self.val_dataset):
+                dataset.precompute(progress=rank == 0)
+            self.precompute_seconds = time.perf_counter() - began
+        else:
+            load_into_memory(self.source, processes)
 
     # -- loaders ---------------------------------------------------------------------------
     def _rank(self) -> tuple[int, int, int]:
@@ -223,6 +253,7 @@ class LensDataModule(pl.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             persistent_workers=False,  # the train loader is rebuilt every epoch anyway
             prefetch_factor=4 if workers > 0 else None,
+            collate_fn=collate,  # the dataset makes whole batches: no second stacking
             **kwargs,
         )
 

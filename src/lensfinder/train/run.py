@@ -20,6 +20,7 @@ import importlib.util
 import os
 import signal
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -303,26 +304,34 @@ def train(
     out: str | Path,
     resume: bool = True,
     progress: bool = True,
+    callbacks: Sequence[Any] = (),
 ) -> TrainResult:
     """Train a classifier on ``store`` with ``config``; writes the run directory ``out``.
 
     Accelerator, devices, nodes and precision come from ``config``, so ``devices: 4`` (or
     ``--devices 4 --num-nodes 2``) gives DDP over several GPUs with no other change. Rank 0
     holds the lock of ``out`` for the whole run: a second training into it is refused.
+    ``callbacks`` are further Lightning callbacks, run after ours (a benchmark times the bare
+    model between epochs with one); they must not change what is trained.
     """
     from lightning.pytorch.utilities import rank_zero_only
 
     check_config(config)
     check_not_input(out, [store], "train")
     if rank_zero_only.rank != 0:  # type: ignore[attr-defined]  # set by Lightning at import  # DDP's other processes: rank 0 holds the lock
-        return _train_locked(config, Path(store), Path(out), resume, progress)
+        return _train_locked(config, Path(store), Path(out), resume, progress, callbacks)
     with output_lock(out, "train"):
         mark_output(out, "train")
-        return _train_locked(config, Path(store), Path(out), resume, progress)
+        return _train_locked(config, Path(store), Path(out), resume, progress, callbacks)
 
 
 def _train_locked(
-    config: TrainConfig, store: Path, out: Path, resume: bool, progress: bool
+    config: TrainConfig,
+    store: Path,
+    out: Path,
+    resume: bool,
+    progress: bool,
+    extra_callbacks: Sequence[Any] = (),
 ) -> TrainResult:
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import TQDMProgressBar
@@ -357,6 +366,7 @@ def _train_locked(
     show_progress = progress and not os.environ.get("LENSFINDER_QUIET")
     if show_progress:
         callbacks.append(TQDMProgressBar())
+    callbacks.extend(extra_callbacks)
     precision = resolve_precision(config)
     trainer = pl.Trainer(
         accelerator=config.accelerator,
@@ -444,6 +454,9 @@ def _metrics(
         "lr_history": history.column("lr"),
         "batch_size_history": history.column("batch_size"),
         "images_per_s_history": history.column("images_per_s"),
+        # Seconds spent once computing the model inputs at setup (not in images_per_s), or
+        # None where they did not fit in memory and every batch was normalised as drawn.
+        "precompute_s": datamodule.precompute_seconds,
         "hardware": {
             "accelerator": type(trainer.accelerator).__name__,
             "devices": trainer.num_devices,
