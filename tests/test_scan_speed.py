@@ -59,6 +59,7 @@ def scheduler(cache_dir):
         dashboard_address=None,
         scheduler_kwargs={"dashboard_address": ":0"},
         silence_logs=logging.CRITICAL,
+        preload=["lensfinder.scan.worker"],  # as scan's own LocalCluster: imports, quick exit
     )
     yield cluster.scheduler_address
     cluster.close()
@@ -301,6 +302,19 @@ def test_int8_backend_scores_close_to_float_and_is_cached(tmp_path, cache_dir, c
         assert [f.status for f in Predictor([run], INT8, calibration=other).onnx_files] == ["built"]
 
 
+def test_int8_of_an_exported_onnx_file_is_cached_beside_it(tmp_path, cache_dir, cutouts):
+    from lensfinder.predict import export_onnx
+
+    run = make_run(tmp_path / "run", seed=2)
+    path = export_onnx(run, tmp_path / "deploy" / "lens.onnx").path
+    assert path is not None
+    int8 = Predictor([path], INT8, calibration=Calibration("test:lens", lambda: cutouts))
+    assert int8.members[0].name == "lens"  # named by the file, as the float one
+    assert int8.onnx_files[0].path == tmp_path / "deploy" / "lens.int8.onnx"
+    expected = Predictor([path], ONNX).predict_arrays(*cutouts)
+    assert np.abs(int8.predict_arrays(*cutouts).score - expected.score).max() < 0.05
+
+
 def test_int8_scan_is_never_mixed_with_float(tiny_store, scheduler, tmp_path, cache_dir):
     run = make_run(tmp_path / "run", seed=1)
     out = tmp_path / "scan"
@@ -312,3 +326,23 @@ def test_int8_scan_is_never_mixed_with_float(tiny_store, scheduler, tmp_path, ca
     (out / "shards" / "shard-0-12.parquet").unlink()
     with pytest.raises(ConfigError, match="precision"):
         scan([run], tiny_store, out, replace(cfg, predict=ONNX), scheduler=scheduler)
+
+
+# -- the worker preload --------------------------------------------------------------------------
+def test_a_cleanly_closed_worker_skips_the_slow_teardown_and_no_other_does():
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from distributed.core import Status
+
+    from lensfinder.scan.worker import leave_quickly
+
+    leave_quickly(SimpleNamespace(status=Status.running))  # not closed: returns, exits nothing
+    code = (
+        "import sys, types; from distributed.core import Status; "
+        "from lensfinder.scan.worker import dask_setup; "
+        "dask_setup(types.SimpleNamespace(status=Status.closed)); sys.exit(3)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], check=False, timeout=120)
+    assert done.returncode == 0  # left by os._exit(0) at exit, not by sys.exit(3)

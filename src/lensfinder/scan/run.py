@@ -60,9 +60,9 @@ SUMMARY = "summary.json"
 _SCORING_KEYS = ("tta", "ensemble_average")
 # What a scan made before a setting existed used its default (an old scan.json resumes).
 _SCORING_DEFAULTS = {"precision": "float32"}
-# Imported by each LocalCluster worker as it starts (torch, ONNX Runtime, timm: seconds), while
-# the client prepares the models, instead of on its first shard.
-_WORKER_PRELOAD = ["lensfinder.predict.predictor"]
+# Imported by each LocalCluster worker as it starts (see the module): the heavy imports while
+# the client prepares the models, and a quick exit once the worker has closed.
+_WORKER_PRELOAD = ["lensfinder.scan.worker"]
 
 
 @dataclass
