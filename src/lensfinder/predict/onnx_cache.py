@@ -184,16 +184,20 @@ def read_key(path: Path) -> str | None:
 
 
 def _find(model: Path, precision: Precision, key: str, warn: bool) -> Path | None:
-    """The first candidate file made from exactly ``key``; a stale file beside the model is
-    reported (it will be replaced), one in the user cache cannot be (it is named by its key)."""
-    for number, path in enumerate(candidate_paths(model, precision, key)):
+    """The first candidate file made from exactly ``key``. When there is none, a stale file
+    beside the model is reported (it is about to be replaced); one in the user cache cannot be
+    stale (it is named by its key)."""
+    stale: list[tuple[Path, str | None]] = []
+    for path in candidate_paths(model, precision, key):
         if not path.is_file():
             continue
         found = read_key(path)
         if found == key:
             return path
-        if warn and number == 0:
-            warnings.warn(f"{path}: {_stale_reason(found, key)}; building it afresh", stacklevel=3)
+        stale.append((path, found))
+    if warn and stale:
+        path, found = stale[0]
+        warnings.warn(f"{path}: {_stale_reason(found, key)}; building it afresh", stacklevel=3)
     return None
 
 
