@@ -1,9 +1,10 @@
-"""Scan speed of the three CPU backends on the same cutouts with the same model.
+"""Scan speed of the CPU backends on the same cutouts with the same model.
 
-Eager torch (NCHW), torch channels_last and ONNX Runtime, each through ``Predictor.predict_arrays``
-(so ``to_model_input`` is included, as in a real scan), after one warm-up batch. Prints cutouts/s,
-the ratio to eager torch, the largest logit difference from eager torch, and the machine.
-A run directory given with ``--model`` gets its ``model.onnx`` cache written, as a scan would.
+Eager torch (NCHW), torch channels_last, ONNX Runtime and ONNX Runtime int8 (quantised, calibrated
+on the benchmark's own cutouts), each through ``Predictor.predict_arrays`` (so ``to_model_input``
+is included, as in a real scan), after one warm-up batch. Prints cutouts/s, the ratio to eager
+torch, the largest logit difference from eager torch, and the machine. A run directory given with
+``--model`` gets its ``model.onnx`` and ``model.int8.onnx`` caches written, as a scan would.
 
     python benchmarks/bench_backends.py                      # lite0, random init, 200 px, 4 bands
     python benchmarks/bench_backends.py --model RUN_DIR --data STORE --n 256 --threads 2
@@ -40,6 +41,7 @@ def run(
 
     from lensfinder.config import PredictConfig
     from lensfinder.predict import Predictor
+    from lensfinder.predict.onnx_cache import Calibration
 
     if threads:
         torch.set_num_threads(threads)
@@ -54,12 +56,20 @@ def run(
         began = time.perf_counter()
         Predictor([run_dir], PredictConfig(backend="onnx"), onnx_threads=threads)
         export_seconds = time.perf_counter() - began
+        calibration = Calibration(f"bench_backends:{data}:{len(vis)}", lambda: (vis, nisp))
+        began = time.perf_counter()
+        Predictor([run_dir], PredictConfig(backend="onnx-int8"), calibration=calibration)
+        quantise_seconds = time.perf_counter() - began
         setups = {
             "eager torch NCHW": (PredictConfig(batch_size=batch), {"channels_last": False}),
             "torch channels_last": (PredictConfig(batch_size=batch), {"channels_last": True}),
             "onnxruntime": (
                 PredictConfig(batch_size=batch, backend="onnx"),
                 {"onnx_threads": threads},
+            ),
+            "onnxruntime int8": (
+                PredictConfig(batch_size=batch, backend="onnx-int8"),
+                {"onnx_threads": threads, "calibration": calibration},
             ),
         }
         results: dict[str, Any] = {}
@@ -73,7 +83,8 @@ def run(
     print(
         f"data: {data or 'synthetic cutouts'}, {len(vis)} cutouts, batch {batch}, "
         f"threads {threads or torch.get_num_threads()}; "
-        f"ONNX export/cache check: {export_seconds:.1f} s"
+        f"ONNX export/cache check: {export_seconds:.1f} s, int8 quantisation/cache check: "
+        f"{quantise_seconds:.1f} s"
     )
     base_logit = base["logit"]
     for name, result in results.items():
@@ -83,7 +94,12 @@ def run(
             f"  {name:22s} {result['per_second']:8.1f} cutouts/s  x{result['ratio']:4.2f}  "
             f"max |logit diff| {result['max_logit_diff']:.1e}"
         )
-    return {"backends": results, "n": len(vis), "export_s": export_seconds}
+    return {
+        "backends": results,
+        "n": len(vis),
+        "export_s": export_seconds,
+        "quantise_s": quantise_seconds,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -26,6 +26,12 @@ def scaled_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float((np.abs(a - b) / np.maximum(1.0, np.abs(b))).max())
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """ONNX files that cannot live beside their model go here, not into the user's cache."""
+    monkeypatch.setenv("LENSFINDER_CACHE", str(tmp_path / "onnx-cache"))
+
+
 @pytest.fixture(scope="module")
 def cutouts() -> tuple[np.ndarray, np.ndarray]:
     return synthetic_cutouts(9, seed=11)

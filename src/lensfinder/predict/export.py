@@ -40,6 +40,8 @@ from lensfinder.ensemble import is_ensemble, read_ensemble
 from lensfinder.errors import ConfigError, ModelFileError
 from lensfinder.models.checkpoint import META_FILE, WEIGHTS_FILE, input_config, load_model
 from lensfinder.predict.onnx_backend import OnnxRunner
+from lensfinder.predict.onnx_files import DEFAULT_OPSET, META_CACHE_KEY, cache_key
+from lensfinder.predict.onnx_files import read_metadata as read_metadata  # its old home
 from lensfinder.predict.types import (
     META_BN,
     META_FINGERPRINT,
@@ -52,8 +54,6 @@ from lensfinder.predict.types import (
 from lensfinder.safety import check_output_dir
 from lensfinder.utils import atomic_path
 
-ONNX_FILE = "model.onnx"  # the ONNX backend's cache file in a run directory
-DEFAULT_OPSET = 17
 TOLERANCE = 1e-4
 CHECK_ROWS = 3  # differs from the traced batch (2), so the dynamic batch axis is tested
 
@@ -110,8 +110,10 @@ def build_onnx(
     opset: int = DEFAULT_OPSET,
     check: bool = True,
     allow_bn_batch: bool = False,
+    props: dict[str, str] | None = None,
 ) -> tuple[bytes, ExportResult]:
-    """The serialised ONNX model for ``model`` (not written anywhere) and what was checked."""
+    """The serialised ONNX model for ``model`` (not written anywhere) and what was checked;
+    ``props``: more metadata for the file (the ONNX cache's key)."""
     import onnx
 
     input_cfg = input_config(meta, source)
@@ -153,14 +155,15 @@ def build_onnx(
                 f"{source}: ONNX export failed ({type(exc).__name__}: {exc})"
             ) from None
     proto = onnx.load_from_string(buffer.getvalue())
-    props = {
+    metadata = {
         META_VERSION: __version__,
         META_INPUT: json.dumps(to_dict(input_cfg), sort_keys=True),
         META_MODEL: json.dumps(meta, sort_keys=True, default=str),
         META_FINGERPRINT: model_fingerprint,
         META_BN: "eval",
+        **(props or {}),
     }
-    onnx.helper.set_model_props(proto, props)
+    onnx.helper.set_model_props(proto, metadata)
     data = proto.SerializeToString()
     result = ExportResult(None, opset, names, None, None, notes=notes)
     if check:
@@ -197,8 +200,13 @@ def export_onnx(
     passed); dynamic batch axis; ModelFileError if ONNX and torch logits differ beyond 1e-4.
     An ensemble directory becomes one graph that averages its members (``EnsembleModel``)."""
     check_onnx_path(out_path)
-    model, meta = load_ensemble(run_dir) if is_ensemble(run_dir) else load_model(Path(run_dir))
-    data, result = build_onnx(model, meta, str(run_dir), opset, check, allow_bn_batch)
+    ensemble = is_ensemble(run_dir)
+    model, meta = load_ensemble(run_dir) if ensemble else load_model(Path(run_dir))
+    # A checked export of one run carries the cache key, so it serves as the ONNX backend's
+    # cache when written to RUN_DIR/model.onnx (as the README shows) instead of being redone.
+    cacheable = check and not ensemble and not allow_bn_batch
+    props = {META_CACHE_KEY: cache_key(Path(run_dir), "float32", opset)} if cacheable else None
+    data, result = build_onnx(model, meta, str(run_dir), opset, check, allow_bn_batch, props)
     result.path = write_onnx(data, out_path)
     return result
 
@@ -270,37 +278,3 @@ def write_onnx(data: bytes, out_path: Path | str) -> Path:
     with atomic_path(out_path) as tmp:
         tmp.write_bytes(data)
     return out_path
-
-
-def read_metadata(model_path: Path) -> dict[str, str]:
-    """The ``metadata_props`` of an ONNX file (without loading its weights into a session)."""
-    import onnx
-
-    try:
-        proto = onnx.load(str(model_path), load_external_data=False)
-    except Exception as exc:  # a truncated or foreign file
-        raise ModelFileError(f"{model_path}: not a readable ONNX file ({exc})") from None
-    return {p.key: p.value for p in proto.metadata_props}
-
-
-def cached_runner(
-    run_dir: Path, model: torch.nn.Module, meta: dict[str, Any], threads: int | None = None
-) -> OnnxRunner:
-    """A session for the model of ``run_dir``, from its ``model.onnx`` when that file is this
-    model's (same fingerprint), else exported now and cached there."""
-    path = Path(run_dir) / ONNX_FILE
-    if path.is_file():
-        try:
-            current = read_metadata(path).get(META_FINGERPRINT) == fingerprint(model, meta)
-        except ModelFileError:
-            current = False
-        if current:
-            return OnnxRunner(path, threads=threads, source=str(path))
-        warnings.warn(f"{path}: not made from this model's weights; exporting afresh", stacklevel=2)
-    data, _ = build_onnx(model, meta, str(run_dir), check=True)
-    try:
-        write_onnx(data, path)
-    except OSError as exc:
-        message = f"{path}: cannot cache the ONNX export ({exc}); using it from memory"
-        warnings.warn(message, stacklevel=2)
-    return OnnxRunner(data, threads=threads, source=str(path))

@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import queue
+import threading
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -48,13 +50,14 @@ from lensfinder.data.transforms import to_model_input
 from lensfinder.ensemble import expand_models
 from lensfinder.errors import ConfigError, DataError, ModelFileError
 from lensfinder.models.batchnorm import bn_train_mode
-from lensfinder.models.checkpoint import input_config, load_model
-from lensfinder.predict import onnx_backend
-from lensfinder.predict.export import cached_runner
+from lensfinder.models.checkpoint import input_config, load_model, read_meta
+from lensfinder.predict.onnx_cache import PRECISION_OF_BACKEND, CachedOnnx, Calibration, onnx_runner
 from lensfinder.predict.types import Average, ModelInput, flat_logits, forward
 from lensfinder.utils import progress
 
 READ_BATCHES = 4  # predict_source reads this many chunks of batches from the source at a time
+PREFETCH_DEPTH = 2  # chunks read and prepared ahead of the model (bounded memory)
+BACKENDS = ("torch", *PRECISION_OF_BACKEND)
 
 
 @dataclass(frozen=True)
@@ -205,14 +208,16 @@ class Predictor:
     """Scores raw cutouts with one model or an ensemble (see the module docstring for the rules).
 
     ``run_dirs``: run directories (``model.safetensors`` + ``model.json``) or ensemble
-    directories (``ensemble.json``, expanded into their members), or, with
-    ``backend="onnx"``, also ``.onnx`` files written by ``lensfinder export``.
-    ``device``: torch device (default: CUDA when available, else CPU); the ONNX backend runs on
-    CPU. ``bn_batch_size``: run every member in BN method 2 at this group size whatever its meta
+    directories (``ensemble.json``, expanded into their members), or, with an ONNX backend,
+    also ``.onnx`` files written by ``lensfinder export``.
+    ``device``: torch device (default: CUDA when available, else CPU); the ONNX backends run on
+    CPU, from files cached beside the models (``onnx_cache``: exported, or quantised, once).
+    ``bn_batch_size``: run every member in BN method 2 at this group size whatever its meta
     says (the batch-norm study); ``bn_inference``: force "eval" or "batch" for every member.
     ``onnx_threads``: ONNX Runtime intra-op threads (default: ``cfg.onnx_threads`` if the config
     has it, else ONNX Runtime's own choice). ``channels_last``: torch memory format (default on;
-    faster for these CNNs on CPU, see benchmarks/bench_backends.py).
+    faster for these CNNs on CPU, see benchmarks/bench_backends.py). ``calibration``: the
+    cutouts that set the int8 ranges of backend "onnx-int8" (default: synthetic ones).
     """
 
     def __init__(
@@ -225,8 +230,10 @@ class Predictor:
         bn_inference: Literal["eval", "batch"] | None = None,
         onnx_threads: int | None = None,
         channels_last: bool | None = None,
+        calibration: Calibration | None = None,
     ) -> None:
         self.cfg = cfg or PredictConfig()
+        self.calibration = calibration
         if isinstance(run_dirs, str | Path):
             run_dirs = [run_dirs]
         run_dirs = expand_models(run_dirs)  # an ensemble directory is its members
@@ -239,8 +246,10 @@ class Predictor:
                 f"predict: ensemble_average {self.cfg.ensemble_average!r}: "
                 "expected 'probability' or 'logit'"
             )
-        if self.cfg.backend not in ("torch", "onnx"):
-            raise ConfigError(f"predict: backend {self.cfg.backend!r}: expected 'torch' or 'onnx'")
+        if self.cfg.backend not in BACKENDS:
+            raise ConfigError(
+                f"predict: backend {self.cfg.backend!r}: expected one of {', '.join(BACKENDS)}"
+            )
         if bn_batch_size is not None and bn_batch_size < 1:
             raise ConfigError(f"predict: bn_batch_size must be >= 1, got {bn_batch_size}")
         if bn_inference not in (None, "eval", "batch"):
@@ -249,10 +258,12 @@ class Predictor:
             raise ConfigError("predict: bn_batch_size sets BN method 2; it contradicts 'eval'")
         if bn_batch_size is not None:
             bn_inference = "batch"
-        if self.cfg.backend == "onnx" and device not in (None, "cpu"):
-            raise ConfigError(f"predict: the onnx backend runs on CPU, not {device!r}")
+        if self.uses_onnx and device not in (None, "cpu"):
+            raise ConfigError(
+                f"predict: the {self.cfg.backend} backend runs on CPU, not {device!r}"
+            )
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if self.cfg.backend == "onnx":
+        if self.uses_onnx:
             self.device = torch.device("cpu")
         self.channels_last = True if channels_last is None else channels_last
         if onnx_threads is None:
@@ -260,6 +271,7 @@ class Predictor:
         self.onnx_threads = onnx_threads
 
         self.members: list[Member] = []
+        self.onnx_files: list[CachedOnnx] = []  # how each member's ONNX file was got
         self._runners: list[Any] = []
         for run_dir in run_dirs:
             member, runner = self._load(Path(run_dir), bn_inference, bn_batch_size)
@@ -281,18 +293,25 @@ class Predictor:
 
     # -- loading ---------------------------------------------------------------------------
 
+    @property
+    def uses_onnx(self) -> bool:
+        return self.cfg.backend in PRECISION_OF_BACKEND
+
     def _load(
         self,
         path: Path,
         bn_inference: Literal["eval", "batch"] | None,
         bn_batch_size: int | None,
     ) -> tuple[Member, Any]:
-        if path.suffix == ".onnx" and path.is_file():
-            if self.cfg.backend != "onnx":
-                raise ConfigError(f"{path}: an ONNX file needs backend 'onnx'")
-            runner = onnx_backend.OnnxRunner(path, threads=self.onnx_threads, source=str(path))
+        onnx_file = path.suffix == ".onnx" and path.is_file()
+        if onnx_file and not self.uses_onnx:
+            raise ConfigError(f"{path}: an ONNX file needs backend 'onnx' (or 'onnx-int8')")
+        model, runner = None, None
+        if onnx_file:
+            runner = self._onnx(path)
             meta = runner.meta
-            model = None
+        elif self.uses_onnx:
+            meta = read_meta(path)  # no torch model unless the ONNX file must be built
         else:
             model, meta = load_model(path)
         model_cfg = meta.get("model") or {}
@@ -306,7 +325,7 @@ class Predictor:
         if mode == "batch":
             group = bn_batch_size or int(model_cfg.get("bn_inference_batch") or 8)
         member = Member(
-            name=path.stem if path.suffix == ".onnx" else path.name,
+            name=path.stem if onnx_file else path.name,
             run_dir=path,
             version=str(meta.get("lensfinder_version", "unknown")),
             architecture=str(meta.get("architecture") or model_cfg.get("arch", "unknown")),
@@ -316,19 +335,25 @@ class Predictor:
             bn_batch_size=group,
             meta=meta,
         )
-        if self.cfg.backend == "onnx":
+        if self.uses_onnx:
             if mode == "batch":
                 raise ConfigError(
                     f"{path}: BN method 2 (batch statistics at inference) cannot run in ONNX; "
                     "use backend 'torch' (or bn_inference='eval' to score with running statistics)"
                 )
-            if model is not None:
-                runner = cached_runner(path, model, meta, threads=self.onnx_threads)
-            return member, runner
-        assert model is not None  # the ONNX-file branch returned above
+            return member, runner or self._onnx(path)
+        assert model is not None  # only the ONNX backends skip the torch model
         return member, TorchRunner(
             model, self.device, self.channels_last, mode == "batch", str(path)
         )
+
+    def _onnx(self, path: Path) -> Any:
+        """The member's ONNX Runtime session, from the file cached beside it (built if need be)."""
+        runner, cached = onnx_runner(
+            path, PRECISION_OF_BACKEND[self.cfg.backend], self.onnx_threads, self.calibration
+        )
+        self.onnx_files.append(cached)
+        return runner
 
     def _check_label_rules(self) -> None:
         """Members must predict the same thing; a member that does not record its rule is let
@@ -353,7 +378,8 @@ class Predictor:
             "batch_size": self.cfg.batch_size,
             "device": str(self.device),
             "channels_last": self.channels_last if self.cfg.backend == "torch" else None,
-            "onnx_threads": self.onnx_threads if self.cfg.backend == "onnx" else None,
+            "onnx_threads": self.onnx_threads if self.uses_onnx else None,
+            "onnx_files": [f.info() for f in self.onnx_files],
             "members": [
                 {
                     "name": m.name,
@@ -383,13 +409,16 @@ class Predictor:
             out[start:stop] = self._runners[index](_rows(x, start, stop))
         return out
 
-    def _score_chunk(self, vis: np.ndarray, nisp: np.ndarray) -> np.ndarray:
-        """``(n_members, n)`` member logits (TTA views combined) for raw cutouts that are all
-        valid; ``n`` is at most ``chunk_rows``."""
-        n = len(vis)
+    def _prepare(self, vis: np.ndarray, nisp: np.ndarray) -> list[ModelInput]:
+        """Model input of raw cutouts, once per distinct input config (``self._groups``)."""
+        return [to_model_input(vis, nisp, input_cfg) for input_cfg, _ in self._groups]
+
+    def _run_prepared(self, inputs: list[ModelInput]) -> np.ndarray:
+        """``(n_members, n)`` member logits (TTA views combined) of prepared input of at most
+        ``chunk_rows`` cutouts, all valid."""
+        n = _n_rows(inputs[0])
         logits = np.empty((len(self.members), n), dtype=np.float64)
-        for input_cfg, member_ids in self._groups:
-            x = to_model_input(vis, nisp, input_cfg)
+        for x, (_, member_ids) in zip(inputs, self._groups, strict=True):
             per_view = [
                 np.stack([self._run_member(i, view) for i in member_ids]) for view in self._views(x)
             ]
@@ -397,6 +426,59 @@ class Predictor:
                 np.stack(per_view, axis=1), axis=1, average=self.cfg.ensemble_average
             )
         return logits
+
+    def _prepared(
+        self, chunks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    ) -> Iterator[tuple[np.ndarray, list[ModelInput]]]:
+        """``(rows, model input)`` per chunk of raw ``(rows, vis, nisp)``: read and prepared in a
+        background thread while the model runs on the previous chunk when ``cfg.prefetch``
+        (ONNX Runtime and torch release the GIL); the chunks and their order are the same either
+        way, so are the scores."""
+        prepared = ((rows, self._prepare(vis, nisp)) for rows, vis, nisp in chunks)
+        return _ahead(prepared, PREFETCH_DEPTH) if self.cfg.prefetch else prepared
+
+    def _valid_chunks(
+        self,
+        source: Any,
+        indices: np.ndarray,
+        valid: np.ndarray,
+        reasons: list[str | None],
+        bar: Any,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """``(rows, vis, nisp)``: consecutive chunks of ``chunk_rows`` valid cutouts of
+        ``indices`` (the last may be smaller), ``rows`` their positions in ``indices``; read
+        ``READ_BATCHES`` chunks at a time. Marks ``valid`` and ``reasons`` as it reads, so BN
+        method 2 groups are formed over valid rows only."""
+        pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        n_pending = 0
+        step = self.chunk_rows * READ_BATCHES
+        n = len(indices)
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            cut = source.read(indices[start:stop])
+            repair_rows(cut)
+            ok = np.asarray(cut.valid, dtype=bool).copy()
+            for j in np.flatnonzero(~ok):
+                reasons[start + j] = cut.reasons[j] or "invalid"
+            valid[start:stop] = ok
+            bar.update(stop - start)
+            if ok.any():
+                pending.append((start + np.flatnonzero(ok), cut.vis[ok], cut.nisp[ok]))
+                n_pending += int(ok.sum())
+            final = stop == n
+            if n_pending < self.chunk_rows and not final:
+                continue
+            if not pending:
+                continue
+            rows = np.concatenate([p[0] for p in pending])
+            vis = np.concatenate([p[1] for p in pending])
+            nisp = np.concatenate([p[2] for p in pending])
+            usable = len(rows) if final else len(rows) - len(rows) % self.chunk_rows
+            for a in range(0, usable, self.chunk_rows):
+                b = min(usable, a + self.chunk_rows)
+                yield rows[a:b], vis[a:b], nisp[a:b]
+            pending = [(rows[usable:], vis[usable:], nisp[usable:])] if usable < len(rows) else []
+            n_pending = len(rows) - usable
 
     def _scores(
         self,
@@ -445,10 +527,17 @@ class Predictor:
         n = len(vis)
         logits = np.empty((len(self.members), n), dtype=np.float64)
         bar = _bar(n, progress)
-        for start in range(0, n, self.chunk_rows):
-            stop = min(n, start + self.chunk_rows)
-            logits[:, start:stop] = self._score_chunk(vis[start:stop], nisp[start:stop])
-            bar.update(stop - start)
+        chunks = (
+            (
+                np.arange(a, min(n, a + self.chunk_rows)),
+                vis[a : a + self.chunk_rows],
+                nisp[a : a + self.chunk_rows],
+            )
+            for a in range(0, n, self.chunk_rows)
+        )
+        for rows, inputs in self._prepared(chunks):
+            logits[:, rows] = self._run_prepared(inputs)
+            bar.update(len(rows))
         bar.close()
         return self._scores(logits, np.ones(n, dtype=bool), [None] * n)
 
@@ -475,43 +564,52 @@ class Predictor:
         logits = np.full((len(self.members), n), np.nan)
         valid = np.zeros(n, dtype=bool)
         reasons: list[str | None] = [None] * n
-        pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (rows, vis, nisp)
-        n_pending = 0
-
-        def flush(final: bool) -> None:
-            nonlocal pending, n_pending
-            if not pending:
-                return
-            rows = np.concatenate([p[0] for p in pending])
-            vis = np.concatenate([p[1] for p in pending])
-            nisp = np.concatenate([p[2] for p in pending])
-            usable = len(rows) if final else len(rows) - len(rows) % self.chunk_rows
-            for start in range(0, usable, self.chunk_rows):
-                stop = start + self.chunk_rows
-                logits[:, rows[start:stop]] = self._score_chunk(vis[start:stop], nisp[start:stop])
-            pending = [(rows[usable:], vis[usable:], nisp[usable:])] if usable < len(rows) else []
-            n_pending = len(rows) - usable
-
         bar = _bar(n, progress)
-        step = self.chunk_rows * READ_BATCHES
-        for start in range(0, n, step):
-            stop = min(n, start + step)
-            cut = source.read(indices[start:stop])
-            repair_rows(cut)
-            ok = np.asarray(cut.valid, dtype=bool).copy()
-            for j in np.flatnonzero(~ok):
-                reasons[start + j] = cut.reasons[j] or "invalid"
-            valid[start:stop] = ok
-            if ok.any():
-                pending.append((start + np.flatnonzero(ok), cut.vis[ok], cut.nisp[ok]))
-                n_pending += int(ok.sum())
-            if n_pending >= self.chunk_rows:
-                flush(final=False)
-            bar.update(stop - start)
-        flush(final=True)
+        chunks = self._valid_chunks(source, indices, valid, reasons, bar)
+        for rows, inputs in self._prepared(chunks):
+            logits[:, rows] = self._run_prepared(inputs)
         bar.close()
         ids = np.asarray(source.ids)[indices] if n else np.zeros(0, dtype=np.int64)
         return self._scores(logits, valid, reasons, ids=ids, indices=indices)
+
+
+def _ahead(items: Iterator[Any], depth: int) -> Iterator[Any]:
+    """Yield ``items``, computed up to ``depth`` ahead in a daemon thread; its errors are raised
+    here, and stopping early (an error, a KeyboardInterrupt) stops it after its current item."""
+    ready: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(kind: str, value: Any) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put((kind, value), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put("item", item):
+                    return
+            put("done", None)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put("error", exc)
+
+    thread = threading.Thread(target=work, name="lensfinder-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = ready.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join()
 
 
 class _NoBar:

@@ -5,16 +5,21 @@ Dask cluster (a LocalCluster it starts, or an existing scheduler), and merges th
 ``candidates.parquet``/``.csv`` ranked by score. The client holds only shard summaries, so its
 memory does not grow with the survey; workers read their own cutouts from the path.
 
+Start-up is kept short and reported apart from the scanning rate (``summary.json``,
+``startup``): the shard size follows the data size and the worker threads (every worker busy on
+a small scan too); the client exports (or quantises) each model's ONNX file once, cached beside
+the model, while the cluster starts and its workers import torch; each worker then loads the
+file once, whatever the number of shards.
+
 Re-running the same command resumes: complete shard files are reused, missing or corrupt ones
-are redone. ``scan.json`` records what made the directory (model and data fingerprints, shard
-size, the scoring settings); a run with other ones is refused rather than mixed in.
+are redone. ``scan.json`` records what made the directory (model and data fingerprints, the shard
+size used, the scoring settings); a run with other ones is refused rather than mixed in. An
+automatic shard size resumes with the size recorded there, however many workers run now.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
 import json
 import logging
 import os
@@ -22,22 +27,26 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lensfinder import __version__
-from lensfinder.config import ScanConfig, to_dict
+from lensfinder.config import PredictConfig, ScanConfig, to_dict
 from lensfinder.data import open_source
 from lensfinder.data.challenge import summarise_problems
 from lensfinder.ensemble import expand_models
-from lensfinder.errors import ConfigError, DataError, LensfinderError, ModelFileError
+from lensfinder.errors import ConfigError, DataError, LensfinderError
+from lensfinder.predict.onnx_cache import PRECISION_OF_BACKEND, prepare, source_calibration
+from lensfinder.predict.onnx_files import files_fingerprint
 from lensfinder.safety import check_not_input, mark_output, output_lock
 from lensfinder.scan.catalog import merge_shards, read_shard, table_meta
 from lensfinder.scan.shards import (
     SHARD_DIR,
     Shard,
     ShardTask,
+    auto_shard_size,
     ids_fingerprint,
     plan_shards,
     score_shard,
@@ -49,7 +58,11 @@ SCAN_KIND = "scan"  # the output marker's kind
 SUMMARY = "summary.json"
 # Settings that change scores: resuming with others would mix two catalogues in one.
 _SCORING_KEYS = ("tta", "ensemble_average")
-_MODEL_FILES = ("model.json", "model.safetensors")
+# What a scan made before a setting existed used its default (an old scan.json resumes).
+_SCORING_DEFAULTS = {"precision": "float32"}
+# Imported by each LocalCluster worker as it starts (see the module): the heavy imports while
+# the client prepares the models, and a quick exit once the worker has closed.
+_WORKER_PRELOAD = ["lensfinder.scan.worker"]
 
 
 @dataclass
@@ -67,14 +80,25 @@ class ScanResult:
     wall_s: float
     rate: float  # cutouts per second over the shards done in this run
     top: list[dict[str, Any]] = field(default_factory=list)
+    shard_size: int = 0
+    startup: dict[str, Any] = field(default_factory=dict)  # see _startup
+    steady_rate: float = 0.0  # cutouts/s once the workers had loaded (see _steady_rate)
 
     def summary(self) -> str:
         lines = [
             f"scanned {self.n_scored} of {self.n_objects} cutouts -> {self.candidates}",
             f"shards: {self.shards_done} done, {self.shards_reused} reused, "
-            f"{self.shards_total} in all; {self.wall_s:.1f} s"
+            f"{self.shards_total} in all of {self.shard_size}; {self.wall_s:.1f} s"
             + (f", {self.rate:.1f} cutouts/s" if self.shards_done else ""),
         ]
+        if self.shards_done and self.startup:
+            cache = ", ".join(sorted({f["cache"] for f in self.startup.get("onnx_files", [])}))
+            lines.append(
+                f"start-up {self.startup['until_scoring_s']:.1f} s (cluster "
+                f"{self.startup['cluster_s']:.1f} s, models {self.startup['models_s']:.1f} s"
+                + (f", ONNX cache: {cache}" if cache else "")
+                + f"); then {self.steady_rate:.1f} cutouts/s"
+            )
         if self.skipped:
             reasons = ", ".join(f"{r}: {n}" for r, n in sorted(self.skipped.items()))
             lines.append(f"skipped {sum(self.skipped.values())} invalid cutouts ({reasons})")
@@ -87,48 +111,35 @@ class ScanResult:
         return "\n".join(lines)
 
 
-def _model_fingerprint(model: Path) -> str:
-    """Content hash of a model (run directory or ``.onnx`` file): a retrained model at the same
-    path is a different model, and must not be mixed into an old scan."""
-    if model.is_file():
-        files = [model]
-    elif model.is_dir():
-        files = [model / name for name in _MODEL_FILES if (model / name).is_file()]
-        if not files:
-            raise ModelFileError(f"{model}: no {' or '.join(_MODEL_FILES)} in this run directory")
-    else:
-        raise ModelFileError(f"{model}: no such model run directory or file")
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode())
-        with path.open("rb") as handle:
-            for block in iter(functools.partial(handle.read, 1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
-
-
 def _manifest(
-    models: list[Path], data: Path, data_key: str, content_key: str, cfg: ScanConfig
+    models: list[Path],
+    data: Path,
+    data_key: str,
+    content_key: str,
+    cfg: ScanConfig,
+    shard_size: int,
 ) -> dict[str, Any]:
     predict = to_dict(cfg.predict)
     return {
         "models": [str(m) for m in models],
-        "model_fingerprints": [_model_fingerprint(m) for m in models],
+        "model_fingerprints": [files_fingerprint(m) for m in models],
         "data": str(data),
         "data_fingerprint": data_key,
         "data_content": content_key,
-        "shard_size": cfg.shard_size,
-        "scoring": {k: predict[k] for k in _SCORING_KEYS},
+        "shard_size": shard_size,  # the size used (automatic or not): a resume keeps it
+        "scoring": {
+            **{k: predict[k] for k in _SCORING_KEYS},
+            "precision": PRECISION_OF_BACKEND.get(cfg.predict.backend, "float32"),
+        },
         "config": to_dict(cfg),
     }
 
 
-def _check_resume(out: Path, manifest: dict[str, Any]) -> None:
-    """Refuse to add shards to a directory that another scan made."""
+def _old_manifest(out: Path) -> dict[str, Any] | None:
+    """The manifest of the scan whose shards ``out`` holds; None when it holds none."""
+    if not any((out / SHARD_DIR).glob("shard-*.parquet")):
+        return None  # nothing scored yet (e.g. a first try failed): nothing to mix with
     path = out / MANIFEST
-    has_shards = any((out / SHARD_DIR).glob("shard-*.parquet"))
-    if not has_shards:  # nothing scored yet (e.g. a first try failed): nothing to mix with
-        return
     if not path.exists():
         raise ConfigError(
             f"{out}: holds shard files but no {MANIFEST}; cannot tell how they were made "
@@ -138,20 +149,82 @@ def _check_resume(out: Path, manifest: dict[str, Any]) -> None:
         old = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: unreadable scan manifest ({exc}); use a new --out") from None
+    if not isinstance(old, dict):
+        raise DataError(f"{path}: not a scan manifest; use a new --out")
+    return old
+
+
+def _check_resume(out: Path, old: dict[str, Any] | None, manifest: dict[str, Any]) -> None:
+    """Refuse to add shards to a directory that another scan made."""
+    if old is None:
+        return
+    old = {**old, "scoring": {**_SCORING_DEFAULTS, **(old.get("scoring") or {})}}
     checks = {
         "model_fingerprints": "models",
         "data": "data path",
         "data_fingerprint": "objects in the data",
         "data_content": "data content (pixels, catalogue or labels changed since)",
         "shard_size": "shard size",
-        "scoring": "scoring settings (tta, ensemble_average)",
+        "scoring": "scoring settings (tta, ensemble_average, int8 or float precision)",
     }
     for key, what in checks.items():
         if old.get(key) != manifest[key]:
             raise ConfigError(
-                f"{path}: this directory holds a scan made with other {what} "
+                f"{out / MANIFEST}: this directory holds a scan made with other {what} "
                 f"({old.get(key)!r} here, {manifest[key]!r} now); use a new --out or delete it"
             )
+
+
+def _shard_size(
+    cfg: ScanConfig, old: dict[str, Any] | None, n: int, cluster: _Cluster
+) -> tuple[int, str]:
+    """The shard size and where it came from: the config; else the size of the scan being
+    resumed (its shard files are reused only with the same ranges); else automatic."""
+    if cfg.shard_size is not None:
+        return cfg.shard_size, "config"
+    recorded = (old or {}).get("shard_size")
+    if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded >= 1:
+        return recorded, "resumed scan"
+    return auto_shard_size(n, cluster.threads(), cfg.predict.batch_size), "auto"
+
+
+class _Cluster:
+    """The Dask client, started on first use (a resumed scan with nothing left to do starts
+    none); remembers how long the start took."""
+
+    def __init__(self, cfg: ScanConfig, scheduler: str | None, stack: contextlib.ExitStack):
+        self.cfg, self.scheduler, self.stack = cfg, scheduler, stack
+        self.seconds = 0.0
+        self._started: tuple[Any, int | None] | None = None
+
+    def start(self) -> tuple[Any, int | None]:
+        """``(client, torch threads per task)``, as ``_dask_client`` yields them."""
+        if self._started is None:
+            began = time.perf_counter()
+            self._started = self.stack.enter_context(_dask_client(self.cfg, self.scheduler))
+            self.seconds = time.perf_counter() - began
+        return self._started
+
+    def threads(self) -> int:
+        """Worker threads in all: from the config for a LocalCluster (not started for this), from
+        the scheduler for an external one."""
+        if self.scheduler is None:
+            return self.cfg.workers * self.cfg.threads_per_worker
+        client, _ = self.start()
+        return max(1, sum(client.nthreads().values()))
+
+
+def _prepare_models(
+    models: list[Path], cfg: PredictConfig, source: Any, content_key: str
+) -> list[dict[str, Any]]:
+    """Export (and for int8 quantise, calibrated on the scanned data) each model's ONNX file
+    once, here, before any worker needs it; workers then load the cached file. Nothing to do
+    for the torch backend."""
+    precision = PRECISION_OF_BACKEND.get(cfg.backend)
+    if precision is None:
+        return []
+    calibration = source_calibration(source, content_key) if precision == "int8" else None
+    return [prepare(model, precision, calibration).info() for model in models]
 
 
 @contextlib.contextmanager
@@ -198,6 +271,7 @@ def _dask_client(cfg: ScanConfig, scheduler: str | None) -> Iterator[tuple[Any, 
             dashboard_address=None,
             scheduler_kwargs={"dashboard_address": ":0"},  # no dashboard; a free port
             silence_logs=quiet,
+            preload=_WORKER_PRELOAD,
         )
     client = Client(cluster)
     try:
@@ -245,7 +319,8 @@ def _run_shards(
     """Keep at most a few shards per worker thread in flight; stop cleanly on the first error.
 
     A bounded queue keeps the scheduler's state (and the client's) small however many shards
-    the survey has; each finished future is dropped as soon as its summary is read.
+    the survey has; each finished future is dropped as soon as its summary is read. Each
+    summary gets ``received_at`` (epoch seconds), for the start-up report.
     """
     from distributed import as_completed
 
@@ -275,6 +350,7 @@ def _run_shards(
             summary = None
         future.release()
         if summary is not None:
+            summary["received_at"] = time.time()
             done.append(summary)
             n_cutouts += summary["n_scored"] + sum(summary["skipped"].values())
             if show_progress and hasattr(bar, "set_postfix_str"):
@@ -317,7 +393,7 @@ def scan(
     cfg = cfg or ScanConfig()
     if not models:
         raise ConfigError("scan needs at least one model run directory (--model)")
-    if cfg.shard_size < 1:
+    if cfg.shard_size is not None and cfg.shard_size < 1:
         raise ConfigError(f"scan shard_size must be at least 1, got {cfg.shard_size}")
     models = [Path(m).expanduser().resolve() for m in expand_models(models)]
     data, out = Path(data).expanduser().resolve(), Path(out).expanduser().resolve()
@@ -338,27 +414,41 @@ def _scan_locked(
     """``scan`` once it holds the lock of ``out``."""
     import numpy as np
 
+    began_at = time.time() - (time.perf_counter() - began)
     source = open_source(data, keep_unlisted=True)
     if len(source) == 0:
         raise DataError(
             f"{data}: no cutout can be scanned; {summarise_problems(list(source.problems))}"
         )
     data_key = ids_fingerprint(np.asarray(source.ids))
-    manifest = _manifest(models, data, data_key, source.content_fingerprint(), cfg)
-    _check_resume(out, manifest)
-    mark_output(out, SCAN_KIND)
-    (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    _remove_partial_shards(out)
+    content_key = source.content_fingerprint()
+    old = _old_manifest(out)
+    with contextlib.ExitStack() as stack:
+        cluster = _Cluster(cfg, scheduler, stack)
+        shard_size, shard_size_from = _shard_size(cfg, old, len(source), cluster)
+        manifest = _manifest(models, data, data_key, content_key, cfg, shard_size)
+        _check_resume(out, old, manifest)
+        mark_output(out, SCAN_KIND)
+        (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        _remove_partial_shards(out)
 
-    shards = plan_shards(len(source), cfg.shard_size)
-    reused = _complete_shards(shards, out)
-    todo = [s for s in shards if s not in reused]
+        shards = plan_shards(len(source), shard_size)
+        reused = _complete_shards(shards, out)
+        todo = [s for s in shards if s not in reused]
 
-    done: list[dict[str, Any]] = []
-    scan_seconds = 0.0
-    if todo:
-        with _dask_client(cfg, scheduler) as (client, torch_threads):
+        done: list[dict[str, Any]] = []
+        scan_seconds = models_seconds = submitted_at = 0.0
+        onnx_files: list[dict[str, Any]] = []
+        if todo:
+            # The models' ONNX files are made here while the cluster starts (and its workers
+            # import torch): both take seconds, and neither needs the other.
+            with ThreadPoolExecutor(1, thread_name_prefix="lensfinder-prepare") as pool:
+                prepared = pool.submit(
+                    _timed, _prepare_models, models, cfg.predict, source, content_key
+                )
+                client, torch_threads = cluster.start()
+                onnx_files, models_seconds = prepared.result()
             tasks = [
                 ShardTask(
                     models=tuple(str(m) for m in models),
@@ -370,12 +460,16 @@ def _scan_locked(
                     out=str(out),
                     torch_threads=torch_threads,
                     lensfinder_version=__version__,
+                    data_content=content_key,
                 )
                 for shard in todo
             ]
             started = time.perf_counter()
+            submitted_at = time.time()
             done = _run_shards(client, tasks, progress)
             scan_seconds = time.perf_counter() - started
+        closing = time.perf_counter()  # the cluster closes as the stack unwinds
+    shutdown_s = time.perf_counter() - closing
 
     summaries = list(reused.values()) + done
     skipped: Counter[str] = Counter()
@@ -393,14 +487,20 @@ def _scan_locked(
         "lensfinder_version": __version__,
         "n_objects": len(source),
     }
+    merging = time.perf_counter()
     parquet_path, csv_path, n_rows = merge_shards(_shard_tables(shards, out), out, meta)
     _remove_partial_shards(out)  # a worker killed mid-shard in this run (its shard was redone)
 
     import pyarrow.parquet as pq
 
     head = pq.read_table(parquet_path, columns=["rank", "id", "score"]).slice(0, 10).to_pylist()
-    processed = sum(s["n_scored"] + sum(s["skipped"].values()) for s in done)
+    processed = sum(_cutouts(s) for s in done)
     wall = time.perf_counter() - began
+    startup: dict[str, Any] = {}
+    if done:
+        startup = _startup(done, began_at, submitted_at, cluster.seconds, models_seconds)
+        startup["onnx_files"] = onnx_files
+    cpu_s = sum(float(s.get("cpu_s", 0.0)) for s in done)
     result = ScanResult(
         out=out,
         candidates=parquet_path,
@@ -415,6 +515,9 @@ def _scan_locked(
         wall_s=wall,
         rate=processed / scan_seconds if scan_seconds > 0 else 0.0,
         top=head,
+        shard_size=shard_size,
+        startup=startup,
+        steady_rate=_steady_rate(done),
     )
     report = {
         "n_objects": result.n_objects,
@@ -423,12 +526,76 @@ def _scan_locked(
         "skipped": result.skipped,
         "source_problems": result.source_problems,
         "shards": {"total": len(shards), "done": len(done), "reused": len(reused)},
+        "shard_size": shard_size,
+        "shard_size_from": shard_size_from,
+        "backend": cfg.predict.backend,
         "rate_cutouts_per_s": round(result.rate, 3),
+        "steady_rate_cutouts_per_s": round(result.steady_rate, 3),
+        "whole_rate_cutouts_per_s": round(processed / wall, 3) if wall > 0 else 0.0,
+        # Worker CPU per cutout while scoring (exact with one thread per worker): the steady
+        # cost, which other processes on shared cores do not change as they change rates.
+        "steady_cpu_ms_per_cutout": round(1000 * cpu_s / processed, 3) if processed else None,
         "scan_seconds": round(scan_seconds, 3),
         "wall_s": round(wall, 3),
+        "startup": startup,
+        "shutdown_s": round(shutdown_s, 3),  # closing the cluster
+        "merge_s": round(time.perf_counter() - merging, 3),
         "candidates": str(parquet_path),
         "top": head,
         **{k: meta[k] for k in ("models", "data", "lensfinder_version")},
     }
     atomic_write_text(out / SUMMARY, json.dumps(report, indent=2) + "\n")
     return result
+
+
+def _timed(func: Any, *args: Any) -> tuple[Any, float]:
+    began = time.perf_counter()
+    return func(*args), time.perf_counter() - began
+
+
+def _cutouts(summary: dict[str, Any]) -> int:
+    """Cutouts a shard went through, scored or skipped."""
+    return int(summary["n_scored"]) + sum(summary["skipped"].values())
+
+
+def _steady_rate(done: list[dict[str, Any]]) -> float:
+    """Cutouts/s of the cluster once started: each worker's cutouts over the time from the start
+    of its first shard's scoring (its models loaded) to the end of its last shard, summed over
+    the workers. Free of start-up, with every per-shard cost (reading, Parquet, Dask) in."""
+    by_worker: dict[str, list[dict[str, Any]]] = {}
+    for summary in done:
+        if "began_at" in summary and "ended_at" in summary:
+            by_worker.setdefault(str(summary.get("worker")), []).append(summary)
+    total = 0.0
+    for shards in by_worker.values():
+        span = max(s["ended_at"] for s in shards) - min(s["began_at"] for s in shards)
+        if span > 0:
+            total += sum(_cutouts(s) for s in shards) / span
+    return total
+
+
+def _startup(
+    done: list[dict[str, Any]],
+    began_at: float,
+    submitted_at: float,
+    cluster_s: float,
+    models_s: float,
+) -> dict[str, Any]:
+    """Where the time before steady scanning went (seconds): the cluster's start (with the
+    workers' imports), the client's model preparation (ONNX export, quantisation or cache
+    check; run during the cluster start), each worker's load of the data and models (once per
+    worker), the first shard back, and the whole wait until the first shard was scoring."""
+    loads: dict[str, float] = {}
+    for summary in done:
+        worker = str(summary.get("worker"))
+        loads[worker] = max(loads.get(worker, 0.0), float(summary.get("load_s", 0.0)))
+    first_scoring = min((s["began_at"] for s in done if "began_at" in s), default=submitted_at)
+    first_back = min(s["received_at"] for s in done)
+    return {
+        "cluster_s": round(cluster_s, 3),
+        "models_s": round(models_s, 3),
+        "submit_after_s": round(submitted_at - began_at, 3),
+        "worker_load_s": {w: round(v, 3) for w, v in sorted(loads.items())},
+        "first_shard_s": round(first_back - submitted_at, 3),
+        "until_scoring_s": round(first_scoring - began_at, 3),
+    }

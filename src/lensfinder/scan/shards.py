@@ -1,17 +1,26 @@
 """One shard of a scan: the work a Dask worker does, start to finish, on its own.
 
 A shard is a contiguous index range of the source. The worker opens the source from its path
-and loads the models itself (both cached per process, so a worker pays for them once), scores
-the shard with ``Predictor.predict_source`` (streaming; invalid cutouts skipped and counted) and
-writes ``shards/shard-<start>-<stop>.parquet`` atomically. Only a small summary dict travels
-back to the client: never images, never scores.
+and loads the models itself (both cached per process, so a worker pays for them once: the ONNX
+file it loads was exported or quantised by the client before any shard started), scores the
+shard with ``Predictor.predict_source`` (streaming, the next chunk read and prepared while the
+model runs; invalid cutouts skipped and counted) and writes
+``shards/shard-<start>-<stop>.parquet`` atomically. Only a small summary dict travels back to
+the client: counts and timings, never images, never scores.
+
+Torch and the Predictor are imported on a worker's first shard (or by the cluster's preload),
+not by the client, which only plans shards and merges them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+import os
+import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +30,6 @@ import numpy as np
 from lensfinder.config import PredictConfig, from_dict
 from lensfinder.data import open_source
 from lensfinder.errors import DataError
-from lensfinder.predict import Predictor
 from lensfinder.scan.catalog import shard_table, write_parquet
 
 SHARD_DIR = "shards"
@@ -40,9 +48,33 @@ class Shard:
         return Path(out) / SHARD_DIR / f"{self.name}.parquet"
 
 
+SHARDS_PER_THREAD = 4  # enough that workers finish together; few enough to keep fixed costs low
+MIN_AUTO_SHARD = 64  # a shard's fixed costs (task, Parquet file, first chunk not prefetched)
+MAX_AUTO_SHARD = 2048  # bounded worker memory, and little to redo after a crash
+
+
 def plan_shards(n: int, shard_size: int) -> list[Shard]:
     """Contiguous ranges of ``shard_size`` indices covering ``[0, n)`` exactly once."""
     return [Shard(a, min(a + shard_size, n)) for a in range(0, n, shard_size)]
+
+
+def auto_shard_size(n: int, threads: int, batch_size: int) -> int:
+    """A shard size for ``n`` cutouts on ``threads`` worker threads in all: about
+    ``SHARDS_PER_THREAD`` shards per thread, so every worker is busy on a small scan too and
+    none waits long for the last one; ``MIN_AUTO_SHARD`` to ``MAX_AUTO_SHARD`` cutouts, but
+    never fewer shards than threads; rounded up to whole batches (a short last batch per shard
+    is slow) where that leaves as many shards as threads.
+
+    >>> auto_shard_size(1500, 2, 64), auto_shard_size(24, 2, 4), auto_shard_size(10**6, 8, 64)
+    (192, 12, 2048)
+    """
+    threads = max(1, threads)
+    size = max(math.ceil(n / (SHARDS_PER_THREAD * threads)), MIN_AUTO_SHARD)
+    size = max(1, min(size, math.ceil(n / threads), MAX_AUTO_SHARD))
+    whole = min(math.ceil(size / batch_size) * batch_size, MAX_AUTO_SHARD)
+    if size > batch_size and math.ceil(n / whole) >= min(threads, math.ceil(n / size)):
+        size = whole
+    return size
 
 
 def ids_fingerprint(ids: np.ndarray) -> str:
@@ -62,24 +94,26 @@ class ShardTask:
     predict: dict[str, Any]  # PredictConfig as a dict
     shard: Shard
     out: str
-    torch_threads: int | None = None
+    torch_threads: int | None = None  # also ONNX Runtime's, unless predict sets onnx_threads
     lensfinder_version: str = ""
+    data_content: str = ""  # the source's content fingerprint: names int8 calibration cutouts
 
 
 _lock = threading.Lock()
 _cache: dict[str, tuple[Any, Any]] = {}  # "source"/"predictor" -> (key, object)
 
 
-def _cached(kind: str, key: Any, build) -> Any:
-    """One live object per kind and process; a new key replaces the old one (bounded memory)."""
+def _cached(kind: str, key: Any, build: Callable[[], Any]) -> tuple[Any, bool]:
+    """One live object per kind and process, and whether it was built now; a new key replaces
+    the old one (bounded memory)."""
     with _lock:
         held = _cache.get(kind)
         if held is not None and held[0] == key:
-            return held[1]
+            return held[1], False
         _cache.pop(kind, None)
         value = build()
         _cache[kind] = (key, value)
-        return value
+        return value, True
 
 
 def _open_checked(data: str, data_key: str):
@@ -93,8 +127,22 @@ def _open_checked(data: str, data_key: str):
     return source
 
 
-def _build_predictor(models: tuple[str, ...], predict: dict[str, Any]):
-    return Predictor([Path(m) for m in models], from_dict(PredictConfig, predict))
+def _build_predictor(task: ShardTask, source: Any) -> Any:
+    """The task's Predictor: ONNX threads default to the worker's share of the cores, and int8
+    calibrates on the scanned data (the same cutouts the client quantised with)."""
+    from lensfinder.predict import Predictor
+    from lensfinder.predict.onnx_cache import source_calibration
+
+    cfg = from_dict(PredictConfig, task.predict)
+    calibration = None
+    if cfg.backend == "onnx-int8":
+        calibration = source_calibration(source, task.data_content)
+    return Predictor(
+        [Path(m) for m in task.models],
+        cfg,
+        onnx_threads=cfg.onnx_threads or task.torch_threads,
+        calibration=calibration,
+    )
 
 
 def member_info(predictor) -> list[dict[str, str]]:
@@ -103,20 +151,24 @@ def member_info(predictor) -> list[dict[str, str]]:
 
 
 def score_shard(task: ShardTask) -> dict[str, Any]:
-    """Score one shard and write its Parquet file; return its summary (counts, seconds)."""
+    """Score one shard and write its Parquet file; return its summary: counts, and timings that
+    tell a worker's one-off start-up (``load_s``: data opened, models loaded) from scoring
+    (``seconds``, ``began_at``/``ended_at`` in epoch seconds)."""
     began = time.perf_counter()
     if task.torch_threads:
         import torch
 
         torch.set_num_threads(task.torch_threads)
-    source = _cached(
+    source, _ = _cached(
         "source", (task.data, task.data_key), lambda: _open_checked(task.data, task.data_key)
     )
-    predictor = _cached(
+    predictor, built = _cached(
         "predictor",
-        (task.models, task.models_key, repr(sorted(task.predict.items()))),
-        lambda: _build_predictor(task.models, task.predict),
+        (task.models, task.models_key, repr(sorted(task.predict.items())), task.torch_threads),
+        lambda: _build_predictor(task, source),
     )
+    load_s = time.perf_counter() - began
+    scoring, began_at, cpu = time.perf_counter(), time.time(), time.process_time()
     members = member_info(predictor)
     has_labels = bool(np.any(np.asarray(source.labels) >= 0))
     indices = np.arange(task.shard.start, task.shard.stop, dtype=np.int64)
@@ -129,10 +181,18 @@ def score_shard(task: ShardTask) -> dict[str, Any]:
         "stop": task.shard.stop,
         "n_scored": int(rows.size),
         "skipped": {str(k): int(v) for k, v in scores.skipped.items()},
-        "seconds": round(time.perf_counter() - began, 3),
+        "seconds": round(time.perf_counter() - scoring, 3),  # scoring only: no start-up
+        # CPU seconds of the worker process meanwhile (one shard at a time per process): a
+        # cost per cutout that other processes on shared cores do not change much.
+        "cpu_s": round(time.process_time() - cpu, 3),
+        "load_s": round(load_s, 3),
+        "began_at": began_at,
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
         "models": members,
         "lensfinder_version": task.lensfinder_version,
     }
+    if built:
+        summary["onnx_files"] = [f.info() for f in predictor.onnx_files]
     table = shard_table(
         ids=np.asarray(source.ids)[rows],
         scores=scored.score,
@@ -144,4 +204,5 @@ def score_shard(task: ShardTask) -> dict[str, Any]:
         meta=summary,
     )
     write_parquet(table, task.shard.path(Path(task.out)))
+    summary["ended_at"] = time.time()  # with the file written: the client's steady rate
     return summary
