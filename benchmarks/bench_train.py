@@ -57,8 +57,7 @@ class BareLoop:
         import torch
 
         from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE
-        from lensfinder.data.dataset import map_input
-        from lensfinder.data.transforms import to_model_input
+        from lensfinder.data.transforms import map_input, to_model_input
         from lensfinder.train.module import LensClassifier, make_optimizer, to_channels_last
         from lensfinder.train.run import initial_model, resolve_precision, uses_cuda
 

@@ -13,7 +13,7 @@ values are those of the per-batch path.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -23,19 +23,12 @@ from torch.utils.data import Dataset, default_collate, get_worker_info
 from lensfinder.config import InputConfig, check_bands
 from lensfinder.data.augment import N_ELEMENTS, apply_d4_per_sample
 from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE, CutoutSource
-from lensfinder.data.transforms import to_model_input
+from lensfinder.data.transforms import ModelInput, map_input, to_model_input
 from lensfinder.utils import progress as progress_bar
 
-Input = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+Input = ModelInput
 Item = tuple[Input, torch.Tensor]
 PRECOMPUTE_CHUNK = 256  # objects normalised at once by precompute(): vectorised, little memory
-
-
-def map_input(x: Input, func: Callable[[torch.Tensor], torch.Tensor]) -> Input:
-    """``func`` applied to a stacked input, or to both tensors of a two-branch input."""
-    if isinstance(x, tuple):
-        return func(x[0]), func(x[1])
-    return func(x)
 
 
 def tensors(x: Input) -> tuple[torch.Tensor, ...]:

@@ -14,7 +14,10 @@ Normalisation runs on the whole cutout first, so sky and noise come from its out
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +35,14 @@ FALLBACK_QUANTILE = 0.99
 MAX_FRAME_PIXELS = 2048  # enough for a ~3% sigma; more only costs time (medians sort)
 
 ArrayLike = np.ndarray | torch.Tensor
+
+
+ModelInput = torch.Tensor | tuple[torch.Tensor, ...]  # stacked bands, or two-branch (vis, nisp)
+
+
+def map_input(x: ModelInput, func: Callable[[torch.Tensor], torch.Tensor]) -> ModelInput:
+    """``func`` applied to a stacked input, or to each tensor of a two-branch input."""
+    return tuple(func(t) for t in x) if isinstance(x, tuple) else func(x)
 
 
 def _as_tensor(x: ArrayLike) -> torch.Tensor:
@@ -56,6 +67,23 @@ def _quantile_last(x: torch.Tensor, q: float) -> torch.Tensor:
     return torch.kthvalue(x, k, dim=-1).values
 
 
+def _sort_last(x: torch.Tensor) -> torch.Tensor:
+    """Ascending along the last axis, NaN last. On CPU through numpy, whose sort is ~30x
+    faster than torch's here (and than torch.nanmedian, which sorts)."""
+    if x.device.type == "cpu":
+        return torch.from_numpy(np.sort(x.numpy(), axis=-1))
+    return torch.sort(x, dim=-1).values
+
+
+def nanmedian_last(x: torch.Tensor) -> torch.Tensor:
+    """``torch.nanmedian(x, dim=-1, keepdim=True).values`` (the lower of the two middle values
+    for even counts, NaN where all are NaN), by one sort: ~7x faster on CPU. ``x`` holds no
+    infinities (callers turn them into NaN)."""
+    count = (~torch.isnan(x)).sum(dim=-1, keepdim=True)
+    middle = _sort_last(x).gather(-1, (count - 1).clamp(min=0) // 2)
+    return torch.where(count > 0, middle, torch.nan)
+
+
 def background_and_noise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image and band: robust sky level and noise sigma from the border frame.
 
@@ -67,12 +95,12 @@ def background_and_noise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     n, c, h, w = x.shape
     frame = x.flatten(2)[..., _border_index(h, w, x.device)]
     frame = torch.where(torch.isfinite(frame), frame, torch.nan)
-    median = torch.nanmedian(frame, dim=-1, keepdim=True).values
-    sigma = MAD_TO_SIGMA * torch.nanmedian((frame - median).abs(), dim=-1, keepdim=True).values
+    median = nanmedian_last(frame)
+    sigma = MAD_TO_SIGMA * nanmedian_last((frame - median).abs())
     for _ in range(CLIP_ITERATIONS):
         kept = torch.where((frame - median).abs() <= CLIP_SIGMAS * sigma, frame, torch.nan)
-        median = torch.nanmedian(kept, dim=-1, keepdim=True).values
-        sigma = MAD_TO_SIGMA * torch.nanmedian((kept - median).abs(), dim=-1, keepdim=True).values
+        median = nanmedian_last(kept)
+        sigma = MAD_TO_SIGMA * nanmedian_last((kept - median).abs())
     return median.reshape(n, c, 1, 1), sigma.reshape(n, c, 1, 1)
 
 
@@ -107,17 +135,16 @@ def normalize(x: torch.Tensor, input_cfg: InputConfig, crop: int | None = None) 
     ``crop`` x ``crop`` pixels are returned, and only those are stretched: the same values as
     cropping afterwards, at a quarter of the cost for a native 100 px cut of a 200 px cutout.
     """
-    finite = torch.isfinite(x)
     method = input_cfg.normalization
     if method == "instance":
-        out = _instance(x, finite)
+        out = _instance(x, torch.isfinite(x))
         if crop is not None:
             out = crop_centre(out, crop)
     elif method in ("asinh_noise", "asinh_percentile"):
-        sky, scale = _asinh_sky_and_scale(x, finite, input_cfg)
+        sky, scale = _asinh_sky_and_scale(x, input_cfg)
         if crop is not None:
-            x, finite = crop_centre(x, crop), crop_centre(finite, crop)
-        out = fast_asinh(torch.where(finite, x - sky, 0.0) / scale)
+            x = crop_centre(x, crop)
+        out = fast_asinh(torch.where(torch.isfinite(x), x - sky, 0.0) / scale)
     else:
         raise ConfigError(f"unknown normalization {method!r}")
     out = torch.nan_to_num(out, nan=0.0, posinf=input_cfg.clip, neginf=-input_cfg.clip)
@@ -144,7 +171,7 @@ def _instance(x: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
 
 
 def _asinh_sky_and_scale(
-    x: torch.Tensor, finite: torch.Tensor, input_cfg: InputConfig
+    x: torch.Tensor, input_cfg: InputConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image and band (n, c, 1, 1): the sky to subtract and the scale to divide by before
     the asinh stretch, measured on the whole image."""
@@ -152,10 +179,10 @@ def _asinh_sky_and_scale(
     sky = torch.where(torch.isfinite(sky), sky, torch.zeros_like(sky))
     if input_cfg.normalization == "asinh_noise":
         if not bool(_usable(sigma).all()):
-            residual = torch.where(finite, x - sky, 0.0)
+            residual = torch.where(torch.isfinite(x), x - sky, 0.0)
             sigma = torch.where(_usable(sigma), sigma, _fallback_scale(residual))
         return sky, input_cfg.asinh_softening * sigma
-    residual = torch.where(finite, x - sky, 0.0)
+    residual = torch.where(torch.isfinite(x), x - sky, 0.0)
     scale = _quantile_last(residual.flatten(2), FALLBACK_QUANTILE).reshape(*x.shape[:2], 1, 1)
     return sky, torch.where(_usable(scale), scale, _fallback_scale(residual))
 
@@ -194,13 +221,16 @@ def resample_nisp(nisp: torch.Tensor, size: int, field_arcsec: float) -> torch.T
     onto the input, centres aligned. Beyond the NISP field, edge pixels repeat.
     """
     nisp_field = nisp.shape[-1] * EUCLID.band(BANDS_NISP[0]).pixel_scale
-    ratio = field_arcsec / nisp_field
-    n = nisp.shape[0]
-    theta = torch.zeros(n, 2, 3, dtype=nisp.dtype, device=nisp.device)
-    theta[:, 0, 0] = ratio
-    theta[:, 1, 1] = ratio
-    grid = F.affine_grid(theta, [n, nisp.shape[1], size, size], align_corners=False)
+    grid = _sampling_grid(size, field_arcsec / nisp_field, nisp.dtype, nisp.device)
+    grid = grid.expand(nisp.shape[0], -1, -1, -1)  # the same grid for every image
     return F.grid_sample(nisp, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+@functools.lru_cache(maxsize=16)
+def _sampling_grid(size: int, ratio: float, dtype: torch.dtype, device: torch.device) -> Any:
+    """``F.affine_grid`` of a centred scaling by ``ratio``, for one image (made once)."""
+    theta = torch.tensor([[[ratio, 0.0, 0.0], [0.0, ratio, 0.0]]], dtype=dtype, device=device)
+    return F.affine_grid(theta, [1, 1, size, size], align_corners=False)
 
 
 def field_arcsec(vis_pixels: int, input_cfg: InputConfig) -> float:

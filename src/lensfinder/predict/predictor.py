@@ -27,6 +27,7 @@ different label rules cannot (their probabilities answer different questions).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import queue
@@ -46,7 +47,7 @@ from lensfinder.data import open_source
 from lensfinder.data.augment import N_ELEMENTS, apply_d4
 from lensfinder.data.challenge import reason_kind
 from lensfinder.data.cutouts import Cutouts, repair_rows
-from lensfinder.data.transforms import to_model_input
+from lensfinder.data.transforms import map_input, to_model_input
 from lensfinder.ensemble import expand_models
 from lensfinder.errors import ConfigError, DataError, ModelFileError
 from lensfinder.models.batchnorm import bn_train_mode
@@ -150,12 +151,8 @@ def ensemble_score(member_logits: np.ndarray, average: Average) -> np.ndarray:
     return expit(average_logits(member_logits, axis=0, average=average))
 
 
-def _map_input(x: ModelInput, fn: Any) -> ModelInput:
-    return tuple(fn(t) for t in x) if isinstance(x, tuple) else fn(x)
-
-
 def _rows(x: ModelInput, start: int, stop: int) -> ModelInput:
-    return _map_input(x, lambda t: t[start:stop])
+    return map_input(x, lambda t: t[start:stop])
 
 
 def _n_rows(x: ModelInput) -> int:
@@ -188,7 +185,7 @@ class TorchRunner:
         return t
 
     def __call__(self, x: ModelInput) -> np.ndarray:
-        x = _map_input(x, self._to_device)
+        x = map_input(x, self._to_device)
         with torch.inference_mode():
             if self.bn_batch:
                 with bn_train_mode(self.model):
@@ -398,7 +395,7 @@ class Predictor:
             yield x
             return
         for k in range(N_ELEMENTS):
-            yield _map_input(x, lambda t, k=k: apply_d4(t, k))
+            yield map_input(x, functools.partial(apply_d4, k=k))
 
     def _run_member(self, index: int, x: ModelInput) -> np.ndarray:
         batch = self.members[index].bn_batch_size or self.cfg.batch_size

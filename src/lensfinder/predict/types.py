@@ -11,9 +11,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from lensfinder.data.transforms import ModelInput
 from lensfinder.errors import ModelFileError
 
-ModelInput = torch.Tensor | tuple[torch.Tensor, ...]  # stacked bands, or two-branch (vis, nisp)
 Average = Literal["probability", "logit"]
 
 # Metadata keys of an exported ONNX file.
