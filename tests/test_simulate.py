@@ -250,3 +250,20 @@ def test_lens_fraction_is_exact_at_the_extremes(tmp_path):
         config = SimulateConfig(n=3, seed=5, lens_fraction=fraction, supersampling=1)
         result = simulate(config, tmp_path / f"f{fraction}", progress=False)
         assert result.lenses == expected
+
+
+def test_fits_files_are_byte_for_byte_what_astropy_writes():
+    """The writer patches three cards of a cached header block: the same bytes as astropy's
+    own ``PrimaryHDU(image, band_header(...)).writeto``, NaN pixels and extreme values too."""
+    import io
+
+    from lensfinder.simulate.writer import band_header, fits_bytes
+
+    rng = np.random.default_rng(1)
+    for band in EUCLID.bands:
+        image = rng.normal(size=(band.cutout_pixels,) * 2).astype(np.float32)
+        image[0, 0] = np.nan
+        for object_id, ra, dec in [(200001, 150.123456789, -2.5), (9999999, 359.9, -1.2e-4)]:
+            expected = io.BytesIO()
+            fits.PrimaryHDU(image, band_header(band, object_id, ra, dec)).writeto(expected)
+            assert fits_bytes(band, object_id, image, ra, dec) == expected.getvalue()
