@@ -34,7 +34,7 @@ def plan(workdir: Path, quick: bool) -> list[tuple[str, list[str]]]:
     samples, epochs = ("64,128", 1) if quick else ("250,500,1000", 2)
     best_run = budget_dir / "runs" / f"samples{samples.split(',')[-1]}-epochs{epochs}"
     sizes = {  # (quick, full)
-        "bench_simulate": ("--n 20 --workers 2", "--n 100 --workers 2"),
+        "bench_simulate": ("--n 20 --workers 2", "--n 600 --workers 2"),
         "bench_store_read": ("--n 128 --repeats 2", "--n 512 --repeats 2"),
         "bench_train": ("--n 128 --epochs 2 --samples 64", "--n 512 --epochs 2 --samples 256"),
         "bench_backends": ("--n 64 --batch 32", "--n 128 --batch 32"),
@@ -49,7 +49,10 @@ def plan(workdir: Path, quick: bool) -> list[tuple[str, list[str]]]:
     scan = ["--no-simulate", "--layout", str(budget_dir / "layout"),
             "--store", str(budget_dir / "store.zarr"), "--model", str(best_run),
             "--workdir", str(workdir / "scan_scale")]  # fmt: skip
-    return [*steps, ("bench_scan_scale", scan)]
+    # scan vs bare ONNX Runtime on the same store and model
+    rate = ["--data", str(budget_dir / "store.zarr"), "--model", str(best_run), "--workers", "2",
+            "--repeats", "1" if quick else "2"]  # fmt: skip
+    return [*steps, ("bench_scan_scale", scan), ("bench_scan", rate)]
 
 
 def run_one(script: str, arguments: list[str], json_path: Path, log_path: Path) -> int:
