@@ -27,7 +27,7 @@ from lensfinder.cli import app
 from lensfinder.config import InputConfig
 from lensfinder.layout import CATALOG_NAME, image_path
 from lensfinder.surveys import EUCLID
-from lensfinder.testing import make_run, write_fits
+from lensfinder.testing import make_run, two_worker_cluster, write_fits
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 runner = CliRunner()
@@ -66,18 +66,9 @@ def run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def cluster():
     """A real 2-process LocalCluster and a client to plant faults in its workers."""
-    import logging
+    from distributed import Client
 
-    from distributed import Client, LocalCluster
-
-    local = LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        scheduler_kwargs={"dashboard_address": ":0"},
-        silence_logs=logging.CRITICAL,
-    )
+    local = two_worker_cluster()
     client = Client(local)
     yield local.scheduler_address, client
     client.close()

@@ -25,7 +25,7 @@ from lensfinder.predict.onnx_files import META_CACHE_KEY, read_metadata
 from lensfinder.predict.quantize import META_INT8_CHECK
 from lensfinder.scan import scan
 from lensfinder.scan.shards import MAX_AUTO_SHARD, auto_shard_size
-from lensfinder.testing import TINY_BN_BATCH_MODEL, make_run
+from lensfinder.testing import TINY_BN_BATCH_MODEL, make_run, two_worker_cluster
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -48,19 +48,8 @@ def cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def scheduler(cache_dir):
-    import logging
-
-    from distributed import LocalCluster
-
-    cluster = LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        scheduler_kwargs={"dashboard_address": ":0"},
-        silence_logs=logging.CRITICAL,
-        preload=["lensfinder.scan.worker"],  # as scan's own LocalCluster: imports, quick exit
-    )
+    # as scan's own LocalCluster: imports at start, quick exit
+    cluster = two_worker_cluster(preload=["lensfinder.scan.worker"])
     yield cluster.scheduler_address
     cluster.close()
 

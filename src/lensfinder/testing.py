@@ -2,14 +2,16 @@
 
 One home for the factories every test module and benchmark needs: a challenge layout of
 synthetic cutouts (``make_tiny_layout``), its packed store (``make_tiny_store``), FITS files
-(``write_fits``) and a randomly initialised run directory (``make_run``). Lenses carry a
-bright-enough arc that a small CNN can learn the task in seconds; nothing here is physical.
+(``write_fits``), a randomly initialised run directory (``make_run``) and a real 2-process
+Dask cluster (``two_worker_cluster``). Lenses carry a bright-enough arc that a small CNN can
+learn the task in seconds; nothing here is physical.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -269,3 +271,21 @@ def make_run(
     if data is not None:
         meta["data"] = data_record(open_source(data))
     return save_model(run_dir, model, meta)
+
+
+def two_worker_cluster(**extra: Any) -> Any:
+    """A real, quiet 2-process Dask LocalCluster (one thread each), for tests that need real
+    worker processes (crashes, preloads); the caller closes it."""
+    import logging
+
+    from distributed import LocalCluster
+
+    return LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": ":0"},
+        silence_logs=logging.CRITICAL,
+        **extra,
+    )
