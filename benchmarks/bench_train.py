@@ -161,6 +161,10 @@ def main(argv: list[str] | None = None) -> None:
         help="normalise every batch as drawn instead of precomputing the inputs at setup",
     )  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default=None,
+        help="train (and run the bare loop) here; default: the config's accelerator",
+    )  # fmt: skip
     common.add_json_argument(parser)
     args = parser.parse_args(argv)
     common.quiet()
@@ -180,6 +184,14 @@ def main(argv: list[str] | None = None) -> None:
         stop_patience=args.epochs + 1,
         stop_auroc_drop=1.0,
     )
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("bench_train: --device cuda, but torch sees no CUDA GPU here")
+    if args.device is not None:  # precision "auto" then means bf16-mixed on the GPU
+        accelerator = {"cpu": "cpu", "cuda": "gpu"}[args.device]
+        config = dataclasses.replace(config, accelerator=accelerator)
     with common.work_directory(None, "bench_train_") as workdir:
         store = args.data
         if store is None:

@@ -256,3 +256,23 @@ def test_clear_errors(runs, cutouts, tmp_path):
     assert np.isinf(vis[4, 0, 0])
     with pytest.raises(DataError, match="same n"):
         predictor.predict_arrays(vis[:3], nisp[:4])
+
+
+def test_bf16_autocast_scores_close_to_float32_and_only_for_torch(runs, cutouts):
+    """torch_precision: "auto" is float32 on CPU (bf16 only on a CUDA GPU that has it);
+    "bfloat16" runs the same model under bf16 autocast: close, not identical, scores."""
+    vis, nisp = cutouts
+    auto = Predictor([runs["a"]])
+    assert auto.device.type != "cuda" or torch.cuda.is_bf16_supported() == auto.bf16
+    if auto.device.type == "cpu":
+        assert not auto.bf16
+    bf16 = Predictor([runs["a"]], PredictConfig(torch_precision="bfloat16"))
+    assert bf16.bf16
+    full = auto.predict_arrays(vis, nisp).logits
+    half = bf16.predict_arrays(vis, nisp).logits
+    assert half.dtype == np.float64 and not np.array_equal(full, half)
+    np.testing.assert_allclose(half, full, atol=0.02 * max(1.0, np.abs(full).max()))  # bf16: 8 bits
+    with pytest.raises(ConfigError, match="bfloat16 is for the torch backend"):
+        Predictor([runs["a"]], PredictConfig(backend="onnx", torch_precision="bfloat16"))
+    with pytest.raises(ConfigError, match="torch_precision 'half'"):
+        Predictor([runs["a"]], PredictConfig(torch_precision="half"))  # type: ignore[arg-type]

@@ -184,6 +184,9 @@ class PredictConfig:
     # Read and prepare the next chunk of cutouts in a background thread while the model runs on
     # this one (same chunks, same scores; off only to compare or debug).
     prefetch: bool = True
+    # Torch backend: "auto" runs bf16 autocast on a CUDA GPU that has bf16 (with pinned-memory
+    # transfers), float32 elsewhere; "bfloat16" forces it (also on CPU, e.g. to check scores).
+    torch_precision: Literal["auto", "float32", "bfloat16"] = "auto"
 
 
 @dataclass

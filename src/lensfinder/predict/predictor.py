@@ -169,24 +169,30 @@ class TorchRunner:
         channels_last: bool,
         bn_batch: bool,
         source: str,
+        bf16: bool = False,
     ) -> None:
         self.model = model.to(device).eval()
         self.device = device
         self.channels_last = channels_last
         self.bn_batch = bn_batch
         self.source = source
+        self.bf16 = bf16
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
-        t = t.to(self.device, dtype=torch.float32, non_blocking=True)
+        t = t.float()
+        if self.device.type == "cuda":  # page-locked: the copy runs without a staging copy
+            t = t.pin_memory()
+        t = t.to(self.device, non_blocking=True)
         if self.channels_last and t.ndim == 4:
             t = t.contiguous(memory_format=torch.channels_last)
         return t
 
     def __call__(self, x: ModelInput) -> np.ndarray:
         x = map_input(x, self._to_device)
-        with torch.inference_mode():
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+        with torch.inference_mode(), autocast:
             if self.bn_batch:
                 with bn_train_mode(self.model):
                     try:
@@ -263,6 +269,7 @@ class Predictor:
         if self.uses_onnx:
             self.device = torch.device("cpu")
         self.channels_last = True if channels_last is None else channels_last
+        self.bf16 = self._bf16()
         if onnx_threads is None:
             onnx_threads = getattr(self.cfg, "onnx_threads", None)
         self.onnx_threads = onnx_threads
@@ -287,6 +294,24 @@ class Predictor:
         bn_sizes = [m.bn_batch_size for m in self.members if m.bn_batch_size]
         base = math.lcm(*bn_sizes) if bn_sizes else 1
         self.chunk_rows = base * math.ceil(self.cfg.batch_size / base)
+
+    def _bf16(self) -> bool:
+        """Whether the torch backend runs under bf16 autocast (``cfg.torch_precision``)."""
+        precision = getattr(self.cfg, "torch_precision", "auto")
+        if precision not in ("auto", "float32", "bfloat16"):
+            raise ConfigError(
+                f"predict: torch_precision {precision!r}: expected auto, float32 or bfloat16"
+            )
+        if self.uses_onnx:
+            if precision == "bfloat16":
+                raise ConfigError(
+                    f"predict: torch_precision bfloat16 is for the torch backend, not "
+                    f"{self.cfg.backend} (onnx-int8 is its reduced precision)"
+                )
+            return False
+        if precision == "auto":
+            return self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return precision == "bfloat16"
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -341,7 +366,7 @@ class Predictor:
             return member, runner or self._onnx(path)
         assert model is not None  # only the ONNX backends skip the torch model
         return member, TorchRunner(
-            model, self.device, self.channels_last, mode == "batch", str(path)
+            model, self.device, self.channels_last, mode == "batch", str(path), self.bf16
         )
 
     def _onnx(self, path: Path) -> Any:

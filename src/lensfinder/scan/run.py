@@ -57,9 +57,9 @@ MANIFEST = "scan.json"
 SCAN_KIND = "scan"  # the output marker's kind
 SUMMARY = "summary.json"
 # Settings that change scores: resuming with others would mix two catalogues in one.
-_SCORING_KEYS = ("tta", "ensemble_average")
+_SCORING_KEYS = ("tta", "ensemble_average", "torch_precision")
 # What a scan made before a setting existed used its default (an old scan.json resumes).
-_SCORING_DEFAULTS = {"precision": "float32"}
+_SCORING_DEFAULTS = {"precision": "float32", "torch_precision": "auto"}  # older scans
 # Imported by each LocalCluster worker as it starts (see the module): the heavy imports while
 # the client prepares the models, and a quick exit once the worker has closed.
 _WORKER_PRELOAD = ["lensfinder.scan.worker"]
@@ -165,7 +165,7 @@ def _check_resume(out: Path, old: dict[str, Any] | None, manifest: dict[str, Any
         "data_fingerprint": "objects in the data",
         "data_content": "data content (pixels, catalogue or labels changed since)",
         "shard_size": "shard size",
-        "scoring": "scoring settings (tta, ensemble_average, int8 or float precision)",
+        "scoring": "scoring settings (tta, ensemble_average, torch or ONNX precision)",
     }
     for key, what in checks.items():
         if old.get(key) != manifest[key]:
