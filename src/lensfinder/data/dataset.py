@@ -26,12 +26,11 @@ from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE, CutoutSource
 from lensfinder.data.transforms import ModelInput, map_input, to_model_input
 from lensfinder.utils import progress as progress_bar
 
-Input = ModelInput
-Item = tuple[Input, torch.Tensor]
+Item = tuple[ModelInput, torch.Tensor]
 PRECOMPUTE_CHUNK = 256  # objects normalised at once by precompute(): vectorised, little memory
 
 
-def tensors(x: Input) -> tuple[torch.Tensor, ...]:
+def tensors(x: ModelInput) -> tuple[torch.Tensor, ...]:
     """The tensors of a stacked (one) or two-branch (two) input."""
     return x if isinstance(x, tuple) else (x,)
 
@@ -49,7 +48,7 @@ class ItemBatch(list[Item]):
     the batch they were cut from: ``collate`` hands that on instead of stacking the items again
     (torch's default collate still works on them, as on any list of items)."""
 
-    def __init__(self, x: Input, y: torch.Tensor) -> None:
+    def __init__(self, x: ModelInput, y: torch.Tensor) -> None:
         if isinstance(x, tuple):
             super().__init__(((vis, nisp), label) for vis, nisp, label in zip(*x, y, strict=True))
         else:
@@ -92,7 +91,7 @@ class CutoutDataset(Dataset):
         self.labels = source.labels[self.indices].astype(np.float32)
         self.augment = augment
         self.seed = seed
-        self.inputs: Input | None = None  # every item's model input, once precompute() ran
+        self.inputs: ModelInput | None = None  # every item's model input, once precompute() ran
         self._generator: torch.Generator | None = None
         self._generator_owner: int | None = None
 
@@ -114,7 +113,7 @@ class CutoutDataset(Dataset):
             self._generator_owner = owner
         return self._generator
 
-    def model_input(self, positions: np.ndarray) -> Input:
+    def model_input(self, positions: np.ndarray) -> ModelInput:
         """The deterministic part of items ``positions``: read and ``to_model_input``."""
         cutouts = self.source.read(self.indices[positions])
         return to_model_input(cutouts.vis, cutouts.nisp, self.input_cfg)
@@ -129,7 +128,7 @@ class CutoutDataset(Dataset):
         chunks: Iterable[int] = (
             progress_bar(starts, desc="preparing inputs") if progress else starts
         )
-        inputs: Input | None = None
+        inputs: ModelInput | None = None
         for lo in chunks:
             part = self.model_input(np.arange(lo, min(lo + PRECOMPUTE_CHUNK, len(self))))
             if inputs is None:  # filled in place: no second copy of it all at the end
@@ -138,7 +137,7 @@ class CutoutDataset(Dataset):
                 whole[lo : lo + len(piece)] = piece
         self.inputs = inputs
 
-    def get_batch(self, positions: list[int] | np.ndarray) -> tuple[Input, torch.Tensor]:
+    def get_batch(self, positions: list[int] | np.ndarray) -> tuple[ModelInput, torch.Tensor]:
         """Model input for dataset positions ``positions`` as one batch, and their labels."""
         positions = np.asarray(positions, dtype=np.int64)
         ks = None

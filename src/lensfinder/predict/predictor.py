@@ -297,7 +297,7 @@ class Predictor:
 
     def _bf16(self) -> bool:
         """Whether the torch backend runs under bf16 autocast (``cfg.torch_precision``)."""
-        precision = getattr(self.cfg, "torch_precision", "auto")
+        precision = self.cfg.torch_precision
         if precision not in ("auto", "float32", "bfloat16"):
             raise ConfigError(
                 f"predict: torch_precision {precision!r}: expected auto, float32 or bfloat16"

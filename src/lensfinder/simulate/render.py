@@ -325,9 +325,6 @@ class SceneRenderer:
             return None
         return block, offset2 // 2
 
-    def _sampling_band(self, band: Band) -> Band:
-        return self.reference if self._tiling(band) else band
-
     def _sampler(self, band: Band) -> AdaptiveSampler:
         if band.name not in self._samplers:
             tolerance = self._tolerance * self.background_noise(band) / band.pixel_scale**2
@@ -382,11 +379,10 @@ class SceneRenderer:
     def _band_units(self, group: str, band: Band) -> np.ndarray:
         """Unit images on ``band``'s own grid: sampled there, or block means of the reference
         sampling when the band tiles it (computed once for all bands of that block size)."""
-        sampling = self._sampling_band(band)
-        units = self._unit_images(group, sampling)
         tiling = self._tiling(band)
-        if sampling is band or tiling is None or band.name == self.reference.name:
-            return units
+        if tiling is None or band.name == self.reference.name:
+            return self._unit_images(group, band)
+        units = self._unit_images(group, self.reference)
         block, offset = tiling
         n = band.cutout_pixels
 
@@ -403,12 +399,16 @@ class SceneRenderer:
         amplitudes = self._light_group(group).amplitudes(band)
         return weighted_sum(amplitudes, self._band_units(group, band)) * band.pixel_scale**2
 
+    def _psf(self, band: Band) -> np.ndarray:
+        """The object's PSF kernel in ``band`` (made once)."""
+        return self._cached(("psf", "kernel", band.name), lambda: self.observing.psf_kernel(band))
+
     def _convolve(self, image: np.ndarray, band: Band) -> np.ndarray:
         """``scipy.signal.fftconvolve(image, psf, mode="same")``, with the PSF's transform
         computed once per band (every component of every source tried shares it)."""
         from scipy import fft
 
-        kernel = self._cached(("psf", "kernel", band.name), lambda: self.observing.psf_kernel(band))
+        kernel = self._psf(band)
         full = [a + b - 1 for a, b in zip(image.shape, kernel.shape, strict=True)]
         shape = [fft.next_fast_len(size, real=True) for size in full]
         transform = self._cached(("psf", "transform", band.name), lambda: fft.rfft2(kernel, shape))
@@ -447,7 +447,7 @@ class SceneRenderer:
         if not self.scene.stars:
             return image
         grid = pixel_grid(band)
-        kernel = self._cached(("psf", "kernel", band.name), lambda: self.observing.psf_kernel(band))
+        kernel = self._psf(band)
         for star in self.scene.stars:
             col, row = grid.map_coord2pix(star.x, star.y)
             image = add_layer2image(image, col, row, self.flux(star.mags[band.name], band) * kernel)

@@ -321,13 +321,14 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
-def _single_threaded_blas() -> None:
-    """One BLAS thread per simulation process: rendering makes many small matrix products, and
-    OpenBLAS's idle threads spin between them, which cost 40% of the CPU in one process and
-    oversubscribed the cores with several workers (measured: 40 -> 54 cutouts/s on 2 cores)."""
+def _single_threaded_blas() -> Any:
+    """One BLAS thread in this process from now on (also a context manager that restores the
+    old setting): rendering makes many small matrix products, and OpenBLAS's idle threads spin
+    between them, which cost 40% of the CPU in one process and oversubscribed the cores with
+    several workers (measured: 40 -> 54 cutouts/s on 2 cores)."""
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(limits=1, user_api="blas")
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _run_tasks(tasks: list, workers: int, show: bool) -> Iterator[tuple[int, bool]]:
@@ -339,9 +340,7 @@ def _run_tasks(tasks: list, workers: int, show: bool) -> Iterator[tuple[int, boo
         return progress_bar(results, total=len(tasks), desc="simulate", unit="cutout")
 
     if workers == 1:
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=1, user_api="blas"):  # restored for the caller after
+        with _single_threaded_blas():  # restored for the caller after
             yield from shown(map(_make_and_write, tasks))
         return
     context = _pool_context()

@@ -39,13 +39,14 @@ def row_path(root: str | Path, object_id: int) -> Path:
 def band_header(band: Band, object_id: int, ra: float, dec: float) -> Any:
     """A header with the band, pixel scale, ID, units and a TAN WCS centred on (ra, dec)."""
     header = _header_template(band).copy()
-    _set_object(header, object_id, ra, dec)
+    for key, value in _object_cards(object_id, ra, dec).items():
+        header[key] = value  # keeps the card's comment (Header.update would drop it)
     return header
 
 
-def _set_object(header: Any, object_id: int, ra: float, dec: float) -> None:
-    header["CRVAL1"], header["CRVAL2"] = float(ra), float(dec)
-    header["OBJ_ID"] = int(object_id)
+def _object_cards(object_id: int, ra: float, dec: float) -> dict[str, float | int]:
+    """The cards that differ between two objects' files of one band."""
+    return {"CRVAL1": float(ra), "CRVAL2": float(dec), "OBJ_ID": int(object_id)}
 
 
 @lru_cache(maxsize=16)
@@ -57,7 +58,7 @@ def _header_template(band: Band) -> Any:
     wcs = WCS(naxis=2)
     wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
     wcs.wcs.cunit = ["deg", "deg"]
-    wcs.wcs.crval = [0.0, 0.0]  # set per object (_set_object)
+    wcs.wcs.crval = [0.0, 0.0]  # set per object (_object_cards)
     wcs.wcs.crpix = [(n + 1) / 2.0, (n + 1) / 2.0]  # the cutout centre, FITS 1-based
     wcs.wcs.cdelt = [-band.pixel_scale / 3600.0, band.pixel_scale / 3600.0]  # East left
     header = wcs.to_header()
@@ -71,9 +72,6 @@ def _header_template(band: Band) -> Any:
     header["EXPTIME"] = (band.total_exposure, "total exposure, s")
     header["ORIGIN"] = ("lensfinder.simulate", "simulated with lenstronomy")
     return header
-
-
-OBJECT_CARDS = ("CRVAL1", "CRVAL2", "OBJ_ID")  # what differs between two objects' files
 
 
 @lru_cache(maxsize=16)
@@ -90,7 +88,7 @@ def _file_template(band: Band) -> tuple[bytes, dict[str, tuple[int, str]]]:
     hdu.writeto(buffer, output_verify="ignore")
     header = buffer.getvalue()[: len(buffer.getvalue()) - _padded(n * n * 4)]
     cards = {}
-    for key in OBJECT_CARDS:
+    for key in _object_cards(0, 0.0, 0.0):
         offset = next(
             i for i in range(0, len(header), 80) if header[i : i + 8].decode().strip() == key
         )
@@ -109,9 +107,9 @@ def fits_bytes(band: Band, object_id: int, image: np.ndarray, ra: float, dec: fl
 
     header, cards = _file_template(band)
     block = bytearray(header)
-    values = {"CRVAL1": float(ra), "CRVAL2": float(dec), "OBJ_ID": int(object_id)}
-    for key, (offset, comment) in cards.items():
-        block[offset : offset + 80] = fits.Card(key, values[key], comment).image.encode()
+    for key, value in _object_cards(object_id, ra, dec).items():
+        offset, comment = cards[key]
+        block[offset : offset + 80] = fits.Card(key, value, comment).image.encode()
     data = np.asarray(image, dtype=">f4").tobytes()
     return bytes(block) + data + bytes(_padded(len(data)) - len(data))
 
