@@ -211,7 +211,7 @@ def test_prefetch_gives_exactly_the_plain_scores(kinds_store, tmp_path, cache_di
     run = make_run(tmp_path / "run", seed=5)
     source = open_source(kinds_store)
     indices = np.r_[3:40, 0:3]  # out of order, crossing chunks
-    cfg = PredictConfig(batch_size=4, backend=backend)
+    cfg = PredictConfig(batch_size=4, backend=backend, prefetch=True)
     plain = Predictor([run], replace(cfg, prefetch=False)).predict_source(source, indices)
     ahead = Predictor([run], cfg).predict_source(source, indices)
     np.testing.assert_array_equal(ahead.logits, plain.logits)
@@ -238,7 +238,7 @@ def test_prefetch_keeps_bn_method_2_groups_and_skips(layout_factory, tmp_path):
     )
     run = make_run(tmp_path / "bn", seed=6, model_cfg=TINY_BN_BATCH_MODEL)
     source = open_source(layout)
-    cfg = PredictConfig(batch_size=4)
+    cfg = PredictConfig(batch_size=4, prefetch=True)
     plain = Predictor([run], replace(cfg, prefetch=False)).predict_source(source)
     ahead = Predictor([run], cfg).predict_source(source)
     assert plain.n_valid == 14 and plain.skipped  # groups of 4, 4, 4, 2
@@ -267,9 +267,30 @@ def test_a_read_error_in_the_prefetch_thread_is_raised_to_the_caller(tmp_path, t
             return self.source.read(indices)
 
     run = make_run(tmp_path / "run", seed=0)
-    predictor = Predictor([run], PredictConfig(batch_size=2))
+    predictor = Predictor([run], PredictConfig(batch_size=2, prefetch=True))
     with pytest.raises(DataError, match="disk went away"):
         predictor.predict_source(Failing(open_source(tiny_store)), progress=False)
+
+
+def test_prefetch_by_default_only_where_a_core_is_free(tmp_path, cache_dir):
+    """On busy cores a prefetch thread only competes with inference (a scan's workers fill
+    their share of the cores), so by default it runs only where inference leaves one free."""
+    run = make_run(tmp_path / "run", seed=0)
+    onnx = PredictConfig(backend="onnx")
+    assert not Predictor([run], onnx, onnx_threads=2, cores=2).prefetch
+    assert Predictor([run], onnx, onnx_threads=1, cores=2).prefetch
+    assert not Predictor([run], onnx, onnx_threads=1, cores=1).prefetch
+    assert Predictor([run], replace(onnx, prefetch=True), onnx_threads=1, cores=1).prefetch
+    assert not Predictor([run], replace(onnx, prefetch=False), onnx_threads=1, cores=2).prefetch
+
+
+def test_warm_up_leaves_the_scores_alone(tmp_path, cache_dir):
+    run = make_run(tmp_path / "run", seed=2, model_cfg=TINY_BN_BATCH_MODEL)  # BN method 2 too
+    vis, nisp = synthetic_cutouts(6, seed=4)
+    cold = Predictor([run], PredictConfig(batch_size=2)).predict_arrays(vis, nisp)
+    warm = Predictor([run], PredictConfig(batch_size=2))
+    warm.warm_up()
+    np.testing.assert_array_equal(warm.predict_arrays(vis, nisp).logits, cold.logits)
 
 
 # -- int8 --------------------------------------------------------------------------------------

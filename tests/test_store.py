@@ -60,6 +60,50 @@ def test_read_any_order_with_repeats(tiny_store: Path) -> None:
     np.testing.assert_array_equal(in_memory.read(picks).vis, part.vis)
 
 
+@pytest.mark.parametrize("chunk", [8, 5])  # 5: the last chunk only partly used
+def test_plain_chunks_are_read_from_their_files_exactly_as_zarr_reads_them(
+    tiny_layout: Path, tmp_path: Path, chunk: int
+) -> None:
+    out = tmp_path / f"chunk{chunk}.zarr"
+    pack(tiny_layout, out, chunk=chunk, progress=False)
+    store = open_store(out)
+    arrays = store._open()
+    assert all(store._raw[name] is not None for name in ("vis", "nisp"))  # the fast path
+    for lo, hi in [(0, 24), (3, 9), (4, 5), (7, 17), (20, 24), (0, chunk)]:
+        read = store.read(range(lo, hi))
+        np.testing.assert_array_equal(read.vis, arrays["vis"][lo:hi])
+        np.testing.assert_array_equal(read.nisp, arrays["nisp"][lo:hi])
+    # A chunk file of the wrong size is an error, as in Zarr: its rows come back invalid.
+    key = arrays["vis"].metadata.encode_chunk_key((1, 0, 0))
+    chunk_file = out / "vis" / key
+    chunk_file.write_bytes(chunk_file.read_bytes()[:-4])
+    broken = open_store(out).read(range(24))
+    bad = np.flatnonzero(~broken.valid)
+    assert bad.tolist() == list(range(chunk, 2 * chunk))
+    assert (
+        "unreadable store chunk" in broken.reasons[chunk]
+        and str(chunk_file) in broken.reasons[chunk]
+    )
+
+
+def test_compressed_arrays_are_read_through_zarr(tmp_path: Path) -> None:
+    from lensfinder.data.store import _RawChunks
+
+    kinds = {
+        "plain": {"compressors": None},
+        "compressed": {"compressors": zarr.codecs.ZstdCodec()},
+    }
+    for name, options in kinds.items():
+        array = zarr.create_array(
+            tmp_path / name, shape=(10, 4), chunks=(8, 4), dtype="float32", **options
+        )
+        array[:] = np.arange(40, dtype=np.float32).reshape(10, 4)
+        raw = _RawChunks.of(array, tmp_path / name)
+        assert (raw is not None) == (name == "plain")
+        if raw is not None:
+            np.testing.assert_array_equal(raw.read(2, 10), array[2:10])
+
+
 def test_store_source_pickles_for_worker_processes(tiny_store: Path) -> None:
     store = open_store(tiny_store)
     store.read([1])  # opens the arrays, which must not travel

@@ -194,6 +194,55 @@ def test_native_size_larger_than_the_cutout_is_refused(cutouts) -> None:
         )
 
 
+def _clipped_reference(frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clipped median and MAD sigma as first written: torch.nanmedian, one mask per round."""
+    frame = torch.where(torch.isfinite(frame), frame, torch.nan)
+    median = torch.nanmedian(frame, dim=-1, keepdim=True).values
+    sigma = 1.4826 * torch.nanmedian((frame - median).abs(), dim=-1, keepdim=True).values
+    for _ in range(2):
+        kept = torch.where((frame - median).abs() <= 3.0 * sigma, frame, torch.nan)
+        median = torch.nanmedian(kept, dim=-1, keepdim=True).values
+        sigma = 1.4826 * torch.nanmedian((kept - median).abs(), dim=-1, keepdim=True).values
+    return median, sigma
+
+
+def test_background_and_noise_equal_the_plain_clipped_statistics() -> None:
+    """The one-sort implementation gives exactly the plain clipped median and MAD, also with
+    NaN and infinite pixels, ties, constant and all-NaN bands, and bright companions."""
+    from lensfinder.data.transforms import _border_index
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(12, 3, 66, 66, generator=g) * 2 + 5
+    x[0] = 7.0
+    x[1, 0, :5] = torch.nan
+    x[2, 1] = torch.nan
+    x[3, 2, 0, :30] = 1e4
+    x[4, 0, :, :3] = torch.inf
+    x[4, 1, :, :3] = -torch.inf
+    x[5] = torch.randint(0, 3, (3, 66, 66), generator=g).float()
+    x[6] = 0.0
+    x[6, 0, 0, 0] = 1.0
+    median, sigma = background_and_noise(x)
+    frame = x.flatten(2)[..., _border_index(66, 66, x.device)]
+    ref_median, ref_sigma = _clipped_reference(frame)
+    assert torch.equal(median.flatten().isnan(), ref_median.flatten().isnan())
+    np.testing.assert_array_equal(median.flatten().numpy(), ref_median.flatten().numpy())
+    np.testing.assert_array_equal(sigma.flatten().numpy(), ref_sigma.flatten().numpy())
+
+
+def test_stacked_nisp_is_resampled_as_from_the_whole_image(cutouts) -> None:
+    """Only the NISP pixels under the field are stretched; the resampled bands equal those of
+    the whole stretched image (float rounding of the sampling positions aside)."""
+    from lensfinder.data.transforms import field_arcsec, resample_nisp
+
+    for size in (100, 64):
+        cfg = InputConfig(vis_sampling="native", size=size)
+        x = to_model_input(cutouts.vis, cutouts.nisp, cfg)
+        whole = normalize(torch.from_numpy(cutouts.nisp), cfg)
+        expected = resample_nisp(whole, size, field_arcsec(200, cfg))
+        np.testing.assert_allclose(x[:, 1:].numpy(), expected.numpy(), rtol=0, atol=1e-4)
+
+
 @pytest.mark.parametrize("normalization", NORMALIZATIONS)
 def test_normalising_a_central_crop_equals_cropping_the_normalised_image(
     cutouts, normalization: str

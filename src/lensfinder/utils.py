@@ -57,6 +57,13 @@ def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", **
     return tqdm(iterable, total=total, desc=desc, disable=disable, dynamic_ncols=True, **kw)
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity, e.g. a batch job's share)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def cpu_model() -> str:
     """The CPU's model name (Linux /proc/cpuinfo), else what ``platform`` knows: for reports
     that say which machine a number was measured on."""

@@ -20,6 +20,7 @@ pack resumes from its last written chunk.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import time
 from collections.abc import Iterable, Iterator
@@ -61,6 +62,7 @@ STORE_VERSION = 1
 VECTOR_CHUNK = 65536  # ids, labels, positions, catalogue columns: a few chunks per 100k objects
 PARTIAL_SUFFIX = ".partial"
 STORE_KIND = "store"  # the output marker's kind: what ``pack --overwrite`` may replace
+BANDS_ARRAYS = ("vis", "nisp")  # the store's pixel arrays
 FLUSH_OBJECTS = 256  # objects per write (rounded to whole chunks); also the resume granularity
 
 
@@ -366,6 +368,72 @@ def _pack_into(
     )
 
 
+class _RawChunks:
+    """Rows of a store array read straight from its chunk files into the output array.
+
+    Only for arrays as ``pack`` writes them: Zarr v3, uncompressed little-endian float32 in C
+    order, chunked along N only, in a local directory (``of`` checks; anything else is read
+    through Zarr). Zarr's asynchronous pipeline costs more CPU than the reading itself with
+    8-object chunks (measured: ~0.2 ms per cutout of each scan worker's CPU, ~6% of a scan);
+    a missing chunk file reads as the fill value, as in Zarr (``read`` marks such rows), and a
+    file of the wrong size is an error, as in Zarr.
+    """
+
+    def __init__(self, array: Any, directory: Path) -> None:
+        self.array = array
+        self.directory = directory
+        self.chunk = int(array.chunks[0])
+        self.row_shape = tuple(int(v) for v in array.shape[1:])
+        self.row_bytes = 4 * int(np.prod(self.row_shape))
+
+    @classmethod
+    def of(cls, array: Any, directory: Path) -> _RawChunks | None:
+        """The raw reader of ``array`` (stored in ``directory``), or None if it is not plain."""
+        from zarr.codecs import BytesCodec
+        from zarr.storage import LocalStore
+
+        serializer = getattr(array, "serializer", None)
+        plain = (
+            array.metadata.zarr_format == 3
+            and isinstance(array.store, LocalStore)
+            and directory.is_dir()
+            and not array.compressors
+            and not array.filters
+            and isinstance(serializer, BytesCodec)
+            and serializer.endian is not None
+            and serializer.endian.value == "little"
+            and array.dtype == np.dtype("float32")
+            and array.order == "C"
+            and tuple(array.chunks[1:]) == tuple(array.shape[1:])
+        )
+        return cls(array, directory) if plain else None
+
+    def read(self, lo: int, hi: int) -> np.ndarray:
+        """Rows ``lo`` to ``hi`` (exclusive)."""
+        out = np.empty((hi - lo, *self.row_shape), dtype=np.float32)
+        tail = (0,) * len(self.row_shape)
+        for number in range(lo // self.chunk, (hi - 1) // self.chunk + 1):
+            first = number * self.chunk
+            a, b = max(lo, first), min(hi, first + self.chunk)
+            path = self.directory / self.array.metadata.encode_chunk_key((number, *tail))
+            try:
+                with open(path, "rb", buffering=0) as file:
+                    size = os.fstat(file.fileno()).st_size
+                    if size != self.chunk * self.row_bytes:
+                        raise DataError(
+                            f"{path}: store chunk of {size} bytes, expected "
+                            f"{self.chunk * self.row_bytes}"
+                        )
+                    file.seek((a - first) * self.row_bytes)
+                    got = file.readinto(out[a - lo : b - lo].data.cast("B"))
+            except FileNotFoundError:
+                out[a - lo : b - lo] = self.array.metadata.fill_value
+                continue
+            if got != (b - a) * self.row_bytes:
+                raise DataError(f"{path}: short read ({got} of {(b - a) * self.row_bytes} bytes)")
+        return out
+
+
 class StoreSource(CutoutSource):
     """A packed store. Arrays open lazily, so the object pickles cheaply to worker processes."""
 
@@ -386,11 +454,12 @@ class StoreSource(CutoutSource):
         self.problems = [Problem.from_dict(p) for p in attrs.get("problems", [])]
         self.label_rule = attrs.get("label_rule")
         self._arrays: dict | None = None
+        self._raw: dict[str, _RawChunks | None] = {}
         self._catalog: dict[str, np.ndarray] | None = None
         self._memory: tuple[np.ndarray, np.ndarray] | None = None
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_arrays": None}
+        return {**self.__dict__, "_arrays": None, "_raw": {}}
 
     @property
     def ra(self) -> np.ndarray:
@@ -410,6 +479,9 @@ class StoreSource(CutoutSource):
 
             group = zarr.open_group(self.path, mode="r")
             self._arrays = {"vis": group["vis"], "nisp": group["nisp"], "group": group}
+            self._raw = {
+                name: _RawChunks.of(self._arrays[name], self.path / name) for name in BANDS_ARRAYS
+            }
         return self._arrays
 
     @property
@@ -454,7 +526,11 @@ class StoreSource(CutoutSource):
         arrays = self._open()
         if len(positions) > 1 and np.all(np.diff(positions) == 1):
             lo, hi = int(positions[0]), int(positions[-1]) + 1
-            return arrays["vis"][lo:hi], arrays["nisp"][lo:hi]
+            vis, nisp = (
+                raw.read(lo, hi) if (raw := self._raw[name]) else arrays[name][lo:hi]
+                for name in BANDS_ARRAYS
+            )
+            return vis, nisp
         unique, inverse = np.unique(positions, return_inverse=True)
         return arrays["vis"].oindex[unique][inverse], arrays["nisp"].oindex[unique][inverse]
 

@@ -75,13 +75,34 @@ def _sort_last(x: torch.Tensor) -> torch.Tensor:
     return torch.sort(x, dim=-1).values
 
 
+def _take_last(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[..., index]``; on CPU through numpy's take, ~6x faster than torch's indexing."""
+    if x.device.type == "cpu":
+        return torch.from_numpy(np.take(x.numpy(), index.numpy(), axis=-1))
+    return x[..., index]
+
+
+def _middle(ordered: torch.Tensor, first: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """The median of ``count`` values starting at ``first`` along the last axis of the sorted
+    ``ordered`` (the lower middle for even counts, as torch.nanmedian), NaN where count is 0."""
+    middle = ordered.gather(-1, first + (count - 1).clamp(min=0) // 2)
+    return torch.where(count > 0, middle, torch.nan)
+
+
+def _count_numbers(ordered: torch.Tensor) -> torch.Tensor:
+    """Values that are not NaN along the last axis of a NaN-last sorted tensor (keepdim)."""
+    if bool(torch.isnan(ordered[..., -1:]).any()):
+        return (~torch.isnan(ordered)).sum(dim=-1, keepdim=True)
+    return torch.full_like(ordered[..., -1:], ordered.shape[-1], dtype=torch.long)
+
+
 def nanmedian_last(x: torch.Tensor) -> torch.Tensor:
     """``torch.nanmedian(x, dim=-1, keepdim=True).values`` (the lower of the two middle values
     for even counts, NaN where all are NaN), by one sort: ~7x faster on CPU. ``x`` holds no
     infinities (callers turn them into NaN)."""
-    count = (~torch.isnan(x)).sum(dim=-1, keepdim=True)
-    middle = _sort_last(x).gather(-1, (count - 1).clamp(min=0) // 2)
-    return torch.where(count > 0, middle, torch.nan)
+    ordered = _sort_last(x)
+    count = _count_numbers(ordered)
+    return _middle(ordered, torch.zeros_like(count), count)
 
 
 def background_and_noise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,16 +112,25 @@ def background_and_noise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     in the frame do not inflate the noise. ``x`` is (n, c, h, w); results are (n, c, 1, 1).
     Where sigma cannot be measured (noiseless or constant images) it is NaN or 0; callers fall
     back to other scales.
+
+    The frame is sorted once: the pixels a clipping round keeps (``|v - median| <= 3 sigma``,
+    computed as written) are one run of the sorted frame, so each round's median is read off
+    it and only the absolute deviations need sorting again.
     """
     n, c, h, w = x.shape
-    frame = x.flatten(2)[..., _border_index(h, w, x.device)]
-    frame = torch.where(torch.isfinite(frame), frame, torch.nan)
-    median = nanmedian_last(frame)
-    sigma = MAD_TO_SIGMA * nanmedian_last((frame - median).abs())
+    frame = _take_last(x.flatten(2), _border_index(h, w, x.device))
+    if not bool(torch.isfinite(frame.sum())):  # a finite sum: every pixel finite (one pass)
+        frame = torch.where(torch.isfinite(frame), frame, torch.nan)
+    ordered = _sort_last(frame)
+    start = torch.zeros((n, c, 1), dtype=torch.long, device=x.device)
+    median = _middle(ordered, start, _count_numbers(ordered))
+    sigma = MAD_TO_SIGMA * nanmedian_last((ordered - median).abs_())
     for _ in range(CLIP_ITERATIONS):
-        kept = torch.where((frame - median).abs() <= CLIP_SIGMAS * sigma, frame, torch.nan)
-        median = nanmedian_last(kept)
-        sigma = MAD_TO_SIGMA * nanmedian_last((kept - median).abs())
+        kept = (ordered - median).abs_() <= CLIP_SIGMAS * sigma  # NaN compares False
+        count = kept.sum(dim=-1, keepdim=True)
+        median = _middle(ordered, kept.to(torch.uint8).argmax(dim=-1, keepdim=True), count)
+        deviation = torch.where(kept, (ordered - median).abs_(), torch.nan)
+        sigma = MAD_TO_SIGMA * _middle(_sort_last(deviation), start, count)
     return median.reshape(n, c, 1, 1), sigma.reshape(n, c, 1, 1)
 
 
@@ -115,9 +145,23 @@ def _fallback_scale(residual: torch.Tensor) -> torch.Tensor:
 
 
 def fast_asinh(x: torch.Tensor) -> torch.Tensor:
-    """asinh via log and sqrt: ~4x faster than torch.asinh on CPU, within 5e-7 absolute."""
+    """asinh via log and sqrt: ~4x faster than torch.asinh on CPU, within 5e-7 absolute.
+    Two new tensors, the rest in place: fresh large tensors cost page faults on every batch."""
     magnitude = x.abs()
-    return torch.copysign(torch.log(magnitude + torch.sqrt(magnitude * magnitude + 1.0)), x)
+    out = torch.mul(magnitude, magnitude).add_(1.0).sqrt_().add_(magnitude).log_()
+    return out.copysign_(x)
+
+
+def asinh_stretch(
+    x: torch.Tensor, sky: torch.Tensor, scale: torch.Tensor, clip: float
+) -> torch.Tensor:
+    """``clamp(asinh((x - sky) / scale), -clip, clip)``, non-finite pixels of ``x`` mapped to 0
+    (``x`` itself is left as it is). ``sky`` and ``scale`` are finite, ``scale`` > 0."""
+    shifted = torch.sub(x, sky)
+    if not bool(torch.isfinite(shifted.sum())):  # a finite sum: every pixel finite (one pass)
+        shifted.masked_fill_(~torch.isfinite(x), 0.0)
+    out = fast_asinh(shifted.div_(scale))
+    return out.nan_to_num_(nan=0.0, posinf=clip, neginf=-clip).clamp_(-clip, clip)
 
 
 def _usable(scale: torch.Tensor) -> torch.Tensor:
@@ -136,17 +180,16 @@ def normalize(x: torch.Tensor, input_cfg: InputConfig, crop: int | None = None) 
     cropping afterwards, at a quarter of the cost for a native 100 px cut of a 200 px cutout.
     """
     method = input_cfg.normalization
-    if method == "instance":
-        out = _instance(x, torch.isfinite(x))
-        if crop is not None:
-            out = crop_centre(out, crop)
-    elif method in ("asinh_noise", "asinh_percentile"):
+    if method in ("asinh_noise", "asinh_percentile"):
         sky, scale = _asinh_sky_and_scale(x, input_cfg)
         if crop is not None:
             x = crop_centre(x, crop)
-        out = fast_asinh(torch.where(torch.isfinite(x), x - sky, 0.0) / scale)
-    else:
+        return asinh_stretch(x, sky, scale, input_cfg.clip)
+    if method != "instance":
         raise ConfigError(f"unknown normalization {method!r}")
+    out = _instance(x, torch.isfinite(x))
+    if crop is not None:
+        out = crop_centre(out, crop)
     out = torch.nan_to_num(out, nan=0.0, posinf=input_cfg.clip, neginf=-input_cfg.clip)
     return out.clamp(-input_cfg.clip, input_cfg.clip)
 
@@ -288,10 +331,15 @@ def to_model_input(
                 f"nisp must be (n, 3, height, width) with n={vis_t.shape[0]}, got "
                 f"{tuple(nisp_t.shape)}"
             )
-        # A native two-branch input keeps only the NISP pixels of the field (nisp_native_crop):
-        # normalize cuts them out itself, after measuring sky and noise on the whole image.
-        keep = native and input_cfg.layout == "two_branch"
-        crop = nisp_native_pixels(nisp_t.shape[-1], field) if keep else None
+        # Only the NISP pixels of the field are stretched (normalize cuts them out after
+        # measuring sky and noise on the whole image): a native two-branch input keeps exactly
+        # those (nisp_native_crop), a stacked one a pixel more each side for the bilinear
+        # resampling, which then samples the same sky positions as from the whole image.
+        crop = None
+        if native:
+            crop = nisp_native_pixels(nisp_t.shape[-1], field)
+            if input_cfg.layout != "two_branch":
+                crop = min(nisp_t.shape[-1], crop + 2)
         nisp_t = normalize(nisp_t[:, nisp_index], input_cfg, crop)
     vis_n = None
     if "VIS" in bands:

@@ -46,7 +46,7 @@ from lensfinder.config import InputConfig, PredictConfig, to_dict
 from lensfinder.data import open_source
 from lensfinder.data.augment import N_ELEMENTS, apply_d4
 from lensfinder.data.challenge import reason_kind
-from lensfinder.data.cutouts import Cutouts, repair_rows
+from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE, Cutouts, repair_rows
 from lensfinder.data.transforms import map_input, to_model_input
 from lensfinder.ensemble import expand_models
 from lensfinder.errors import ConfigError, DataError, ModelFileError
@@ -54,7 +54,7 @@ from lensfinder.models.batchnorm import bn_train_mode
 from lensfinder.models.checkpoint import input_config, load_model, read_meta
 from lensfinder.predict.onnx_cache import PRECISION_OF_BACKEND, CachedOnnx, Calibration, onnx_runner
 from lensfinder.predict.types import Average, ModelInput, flat_logits, forward
-from lensfinder.utils import progress
+from lensfinder.utils import available_cores, progress
 
 READ_BATCHES = 4  # predict_source reads this many chunks of batches from the source at a time
 PREFETCH_DEPTH = 2  # chunks read and prepared ahead of the model (bounded memory)
@@ -234,6 +234,7 @@ class Predictor:
         onnx_threads: int | None = None,
         channels_last: bool | None = None,
         calibration: Calibration | None = None,
+        cores: int | None = None,
     ) -> None:
         self.cfg = cfg or PredictConfig()
         self.calibration = calibration
@@ -273,6 +274,7 @@ class Predictor:
         if onnx_threads is None:
             onnx_threads = getattr(self.cfg, "onnx_threads", None)
         self.onnx_threads = onnx_threads
+        self.prefetch = self._prefetch(cores)
 
         self.members: list[Member] = []
         self.onnx_files: list[CachedOnnx] = []  # how each member's ONNX file was got
@@ -294,6 +296,17 @@ class Predictor:
         bn_sizes = [m.bn_batch_size for m in self.members if m.bn_batch_size]
         base = math.lcm(*bn_sizes) if bn_sizes else 1
         self.chunk_rows = base * math.ceil(self.cfg.batch_size / base)
+
+    def _prefetch(self, cores: int | None) -> bool:
+        """``cfg.prefetch``, or where it is None: on for a GPU, and on CPU only when inference
+        leaves one of the ``cores`` this predictor may use (default: the process's) free."""
+        if self.cfg.prefetch is not None:
+            return bool(self.cfg.prefetch)
+        if self.device.type != "cpu":
+            return True
+        cores = cores or available_cores()
+        threads = (self.onnx_threads or cores) if self.uses_onnx else torch.get_num_threads()
+        return threads < cores
 
     def _bf16(self) -> bool:
         """Whether the torch backend runs under bf16 autocast (``cfg.torch_precision``)."""
@@ -453,11 +466,11 @@ class Predictor:
         self, chunks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]
     ) -> Iterator[tuple[np.ndarray, list[ModelInput]]]:
         """``(rows, model input)`` per chunk of raw ``(rows, vis, nisp)``: read and prepared in a
-        background thread while the model runs on the previous chunk when ``cfg.prefetch``
+        background thread while the model runs on the previous chunk when ``self.prefetch``
         (ONNX Runtime and torch release the GIL); the chunks and their order are the same either
         way, so are the scores."""
         prepared = ((rows, self._prepare(vis, nisp)) for rows, vis, nisp in chunks)
-        return _ahead(prepared, PREFETCH_DEPTH) if self.cfg.prefetch else prepared
+        return _ahead(prepared, PREFETCH_DEPTH) if self.prefetch else prepared
 
     def _valid_chunks(
         self,
@@ -484,17 +497,20 @@ class Predictor:
                 reasons[start + j] = cut.reasons[j] or "invalid"
             valid[start:stop] = ok
             bar.update(stop - start)
-            if ok.any():
+            if ok.all():  # the usual case: no copies (fresh large arrays cost page faults)
+                pending.append((np.arange(start, stop), cut.vis, cut.nisp))
+            elif ok.any():
                 pending.append((start + np.flatnonzero(ok), cut.vis[ok], cut.nisp[ok]))
-                n_pending += int(ok.sum())
+            n_pending += int(ok.sum())
             final = stop == n
             if n_pending < self.chunk_rows and not final:
                 continue
             if not pending:
                 continue
-            rows = np.concatenate([p[0] for p in pending])
-            vis = np.concatenate([p[1] for p in pending])
-            nisp = np.concatenate([p[2] for p in pending])
+            if len(pending) == 1:
+                rows, vis, nisp = pending[0]
+            else:
+                rows, vis, nisp = (np.concatenate(p) for p in zip(*pending, strict=True))
             usable = len(rows) if final else len(rows) - len(rows) % self.chunk_rows
             for a in range(0, usable, self.chunk_rows):
                 b = min(usable, a + self.chunk_rows)
@@ -520,6 +536,16 @@ class Predictor:
             indices=indices,
             reasons=reasons,
             skipped=dict(skipped.most_common()),
+        )
+
+    def warm_up(self) -> None:
+        """Score one chunk of noise cutouts and forget it: ONNX Runtime and torch allocate and
+        pick kernels on their first run (0.3-0.4 s of a scan worker's first shard, measured),
+        which a long-lived worker pays once, before its timed work."""
+        rng = np.random.default_rng(0)
+        self.predict_arrays(
+            rng.normal(size=(self.chunk_rows, *VIS_SHAPE)).astype(np.float32),
+            rng.normal(size=(self.chunk_rows, *NISP_SHAPE)).astype(np.float32),
         )
 
     def predict_arrays(self, vis: np.ndarray, nisp: np.ndarray, progress: bool = False) -> Scores:

@@ -128,8 +128,8 @@ def _open_checked(data: str, data_key: str):
 
 
 def _build_predictor(task: ShardTask, source: Any) -> Any:
-    """The task's Predictor: ONNX threads default to the worker's share of the cores, and int8
-    calibrates on the scanned data (the same cutouts the client quantised with)."""
+    """The task's Predictor, warmed up: ONNX threads default to the worker's share of the cores,
+    and int8 calibrates on the scanned data (the same cutouts the client quantised with)."""
     from lensfinder.predict import Predictor
     from lensfinder.predict.onnx_cache import source_calibration
 
@@ -137,12 +137,15 @@ def _build_predictor(task: ShardTask, source: Any) -> Any:
     calibration = None
     if cfg.backend == "onnx-int8":
         calibration = source_calibration(source, task.data_content)
-    return Predictor(
+    predictor = Predictor(
         [Path(m) for m in task.models],
         cfg,
         onnx_threads=cfg.onnx_threads or task.torch_threads,
         calibration=calibration,
+        cores=task.torch_threads,  # this worker's share of the machine, where the scan set it
     )
+    predictor.warm_up()  # part of the worker's load time, not of its first shard's scoring
+    return predictor
 
 
 def member_info(predictor) -> list[dict[str, str]]:
