@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_scan.py --model RUN_DIR --data STORE --workers 2
     .venv/bin/python benchmarks/bench_scan.py --n 1000               # untrained model, fake data
     .venv/bin/python benchmarks/bench_scan.py --model RUN_DIR --data STORE --int8
+    .venv/bin/python benchmarks/bench_scan.py --model RUN_DIR --data STORE --device cuda --workers 1
 
 Same store, same model file, same batch size and threads for both sides:
 
@@ -22,6 +23,10 @@ same comparison is also made in CPU milliseconds per cutout (bare: the sessions'
 scan steady: its workers while scoring; whole command: the scan's whole process tree), and one
 process on one thread splits a cutout's CPU cost into reading, preprocessing and inference:
 the part of the scan that bare inference does not pay.
+
+With ``--device cuda`` both sides run the torch backend on the GPU instead (bf16 autocast, as a
+scan does there): bare is the model's forward pass on batches already on the GPU, synchronised
+before the clock stops; the scan's workers score with ``--backend torch`` on the GPU they see.
 
 The two sides alternate ``--repeats`` times, since other processes on shared cores change the
 rates from minute to minute; the load average is printed with each. With ``--int8`` the int8
@@ -54,8 +59,9 @@ def load_average() -> float | None:
 
 def worker_threads(workers: int) -> int:
     """The threads a scan gives each LocalCluster worker (scan.run._dask_client's rule)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // workers)
+    from lensfinder.utils import available_cores
+
+    return max(1, available_cores() // workers)
 
 
 # -- (a) bare ONNX Runtime -----------------------------------------------------------------------
@@ -121,6 +127,37 @@ def bare_rate(
     return rate, cpu_ms
 
 
+def bare_rate_cuda(model: Path, inputs: Path, batch: int, seconds: float) -> tuple[float, float]:
+    """Cutouts/s of the torch model's forward pass on the GPU (bf16 autocast where the GPU has
+    bf16, channels-last, batches already on the device), and this process's CPU ms per cutout."""
+    import torch
+
+    from lensfinder.models.checkpoint import load_model
+    from lensfinder.predict.types import forward
+
+    device = torch.device("cuda")
+    net, _ = load_model(model, device=device)
+    net = net.to(memory_format=torch.channels_last)
+    x = torch.from_numpy(np.load(inputs)).to(device).contiguous(memory_format=torch.channels_last)
+    batches = [x[i : i + batch] for i in range(0, len(x), batch)]
+    bf16 = torch.cuda.is_bf16_supported()
+
+    def run() -> int:
+        with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=bf16):
+            for b in batches:
+                forward(net, b)
+        return len(x)
+
+    run()
+    torch.cuda.synchronize()
+    count, began, cpu = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - began < seconds:
+        count += run()
+    torch.cuda.synchronize()
+    took = time.perf_counter() - began
+    return count / took, 1000 * (time.process_time() - cpu) / count
+
+
 def breakdown(model: Path, onnx_file: Path, store: Path, n: int, batch: int) -> dict[str, float]:
     """CPU milliseconds per cutout of each step of scoring, in this process on one thread:
     reading from the store (with the repair of non-finite pixels), preprocessing
@@ -136,8 +173,8 @@ def breakdown(model: Path, onnx_file: Path, store: Path, n: int, batch: int) -> 
     source = open_source(store)
     rows = np.arange(min(n, len(source)))
     input_cfg = input_config(read_meta(model))
-    bare = session(onnx_file, 1)
-    name = bare.get_inputs()[0].name
+    bare = session(onnx_file, 1) if onnx_file.exists() else None  # none on a --device cuda run
+    name = bare.get_inputs()[0].name if bare is not None else ""
 
     def cpu_ms(step: Any) -> float:
         step()  # warm
@@ -152,7 +189,9 @@ def breakdown(model: Path, onnx_file: Path, store: Path, n: int, batch: int) -> 
     return {
         "read_ms": round(cpu_ms(lambda: repair_rows(source.read(rows))), 3),
         "preprocess_ms": round(cpu_ms(lambda: to_model_input(cut.vis, cut.nisp, input_cfg)), 3),
-        "inference_ms": round(cpu_ms(lambda: [bare.run(None, {name: b}) for b in batches]), 3),
+        "inference_ms": round(cpu_ms(lambda: [bare.run(None, {name: b}) for b in batches]), 3)
+        if bare is not None
+        else float("nan"),
     }
 
 
@@ -263,9 +302,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--bare-n", type=int, default=256, help="prepared cutouts, bare side")
     parser.add_argument("--bare-seconds", type=float, default=8.0, help="bare timing per run")
     parser.add_argument("--int8", action="store_true", help="also the int8 model (and AUROC)")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="cuda: torch backend on the GPU"
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary dir")
     common.add_json_argument(parser)
     args = parser.parse_args(argv)
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("bench_scan: --device cuda, but torch sees no CUDA GPU here")
+        if args.int8:
+            raise SystemExit("bench_scan: --int8 is an ONNX Runtime (CPU) model; drop --device")
     common.quiet()
 
     with common.work_directory(args.workdir, "bench-scan-") as workdir:
@@ -273,6 +322,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model = copy_model(args.model.resolve() if args.model else None, workdir)
         inputs = prepared_inputs(model, store, args.bare_n, workdir / "inputs.npy")
         backends = ["onnx", "onnx-int8"] if args.int8 else ["onnx"]
+        if args.device == "cuda":
+            backends = ["torch"]
         results: dict[str, dict[str, Any]] = {}
         for backend in backends:
             onnx_file = model / ("model.int8.onnx" if backend == "onnx-int8" else "model.onnx")
@@ -283,9 +334,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if k == 0:
                     continue  # the bare side needs the ONNX file the cold scan made
                 load = load_average()
-                rate, cpu_ms = bare_rate(
-                    onnx_file, inputs, args.batch, args.workers, args.bare_seconds
-                )
+                if backend == "torch":
+                    rate, cpu_ms = bare_rate_cuda(model, inputs, args.batch, args.bare_seconds)
+                else:
+                    rate, cpu_ms = bare_rate(
+                        onnx_file, inputs, args.batch, args.workers, args.bare_seconds
+                    )
                 bares.append({"per_s": round(rate, 2), "cpu_ms": round(cpu_ms, 3), "load": load})
                 print(
                     f"[{backend}] round {k}: bare {rate:.1f}/s {cpu_ms:.2f} ms CPU (load {load}); "
@@ -320,7 +374,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     machine = common.print_machine()
     threads = worker_threads(args.workers)
-    first = results["onnx"]["scans"][1]
+    first = next(iter(results.values()))["scans"][1]
     print(
         f"data: {store}; model: {args.model or 'untrained cpu-small'}; {args.workers} worker(s) x "
         f"{threads} thread(s), batch {args.batch}; {first['shards']} shards of "
@@ -347,8 +401,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     start = first["startup"]
     print(
-        f"  start-up of a warm onnx scan: {start['until_scoring_s']:.1f} s to the first "
-        f"scoring (cluster {start['cluster_s']:.1f} s, models {start['models_s']:.1f} s, "
+        f"  start-up of a warm {first['backend']} scan: {start['until_scoring_s']:.1f} s to the "
+        f"first scoring (cluster {start['cluster_s']:.1f} s, models {start['models_s']:.1f} s, "
         f"worker loads {', '.join(f'{v:.1f}' for v in start['worker_load_s'].values())} s); "
         f"cluster shutdown {first['shutdown_s']:.1f} s"
     )
@@ -368,7 +422,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     figures = []
     for backend, r in results.items():
         figures += [
-            common.figure(f"bare ONNX Runtime, {backend}", r["bare_per_s"], "cutouts/s"),
+            common.figure(
+                f"bare {'torch on the GPU' if backend == 'torch' else 'ONNX Runtime'}, {backend}",
+                r["bare_per_s"],
+                "cutouts/s",
+            ),
             common.figure(f"scan steady rate, {backend}", r["scan_steady_per_s"], "cutouts/s"),
             common.figure(f"scan steady / bare, {backend}", r["steady_over_bare"], "x"),
             common.figure(f"scan whole command, {backend}", r["scan_whole_per_s"], "cutouts/s"),
