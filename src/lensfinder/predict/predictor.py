@@ -221,6 +221,8 @@ class Predictor:
     has it, else ONNX Runtime's own choice). ``channels_last``: torch memory format (default on;
     faster for these CNNs on CPU, see benchmarks/bench_backends.py). ``calibration``: the
     cutouts that set the int8 ranges of backend "onnx-int8" (default: synthetic ones).
+    ``cores``: the CPU cores this predictor may use (default: the process's), which decides
+    whether ``cfg.prefetch`` None prefetches (a scan worker passes its share of the machine).
     """
 
     def __init__(
