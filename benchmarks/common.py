@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from lensfinder.utils import cpu_model
+from lensfinder.utils import available_cores, cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,7 +53,7 @@ def machine_info() -> dict[str, Any]:
     import onnxruntime
     import torch
 
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    usable = available_cores()
     ram = _ram_gib()
     return {
         "cpu": cpu_model(),

@@ -62,7 +62,7 @@ STORE_VERSION = 1
 VECTOR_CHUNK = 65536  # ids, labels, positions, catalogue columns: a few chunks per 100k objects
 PARTIAL_SUFFIX = ".partial"
 STORE_KIND = "store"  # the output marker's kind: what ``pack --overwrite`` may replace
-BANDS_ARRAYS = ("vis", "nisp")  # the store's pixel arrays
+PIXEL_ARRAYS = ("vis", "nisp")  # the store's pixel arrays
 FLUSH_OBJECTS = 256  # objects per write (rounded to whole chunks); also the resume granularity
 
 
@@ -480,7 +480,7 @@ class StoreSource(CutoutSource):
             group = zarr.open_group(self.path, mode="r")
             self._arrays = {"vis": group["vis"], "nisp": group["nisp"], "group": group}
             self._raw = {
-                name: _RawChunks.of(self._arrays[name], self.path / name) for name in BANDS_ARRAYS
+                name: _RawChunks.of(self._arrays[name], self.path / name) for name in PIXEL_ARRAYS
             }
         return self._arrays
 
@@ -528,7 +528,7 @@ class StoreSource(CutoutSource):
             lo, hi = int(positions[0]), int(positions[-1]) + 1
             vis, nisp = (
                 raw.read(lo, hi) if (raw := self._raw[name]) else arrays[name][lo:hi]
-                for name in BANDS_ARRAYS
+                for name in PIXEL_ARRAYS
             )
             return vis, nisp
         unique, inverse = np.unique(positions, return_inverse=True)
