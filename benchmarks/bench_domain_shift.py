@@ -90,18 +90,30 @@ def make_hdf_stamps(out: Path) -> int:
     return written
 
 
-def shifted_store(workdir: Path, n: int, seed: int, workers: int) -> Path:
-    """Simulate (resumably) and pack the shifted test set; returns the store."""
+def shifted_store(
+    workdir: Path, n: int, seed: int, workers: int, lens_fraction: float = 0.5, name: str = "shift"
+) -> Path:
+    """Simulate (resumably) and pack a shifted set into ``workdir/<name>.zarr``; returns the store.
+
+    The evaluation copy is ``shift`` (half lenses); the domain-adaptation benchmark also makes an
+    unlabelled field copy with another seed and few lenses, as a survey field has.
+    """
     from lensfinder.config import SimulateConfig, from_dict
     from lensfinder.data.store import pack
     from lensfinder.simulate import simulate
 
     stamps = workdir / "hdf-stamps"
     print(f"HDF stamps: {make_hdf_stamps(stamps)} galaxies in {stamps}")
-    settings = {**SHIFT_SETTINGS, "n": n, "seed": seed, "workers": workers}
+    settings = {
+        **SHIFT_SETTINGS,
+        "n": n,
+        "seed": seed,
+        "workers": workers,
+        "lens_fraction": lens_fraction,
+    }
     config = from_dict(SimulateConfig, {**settings, "source_stamps": str(stamps)})
-    layout = workdir / "shift-layout"
-    store = workdir / "shift.zarr"
+    layout = workdir / f"{name}-layout"
+    store = workdir / f"{name}.zarr"
     if not store.exists():
         with common.Stopwatch() as watch:
             simulate(config, layout, progress=True)
