@@ -271,6 +271,8 @@ def test_resume_and_refusals(field, painted, tmp_path):
         inject(other, out, NOISY, progress=False)
     with pytest.raises(ConfigError, match="input"):
         inject(field, field, NOISY, progress=False)
+    with pytest.raises(ConfigError, match="inside the field"):
+        inject(field, field / "Public" / "painted", NOISY, progress=False)
 
 
 def test_cli_inject(field, tmp_path):

@@ -546,6 +546,8 @@ def inject(
     validate(config)
     field, out = Path(field), Path(out)
     check_not_input(out, [field], "inject")
+    if field.resolve() in out.expanduser().resolve().parents:
+        raise ConfigError(f"{out}: lies inside the field {field}; choose an output outside it")
     source = open_field(field)
     with output_lock(out, "inject"):
         mark_output(out, "injection")
