@@ -19,6 +19,7 @@ from lensfinder.config import (
     DemoConfig,
     EvaluateConfig,
     GalleryConfig,
+    InjectConfig,
     InspectConfig,
     PackConfig,
     ScanConfig,
@@ -268,6 +269,64 @@ def simulate(
         first_id=first_id,
     )
     result = run(cfg, out)
+    typer.echo(result.summary())
+
+
+@app.command()
+@user_errors
+def inject(
+    field: Annotated[
+        Path, typer.Argument(help="The survey's cutouts: a challenge layout or a packed store.")
+    ],
+    out: Out,
+    paint_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="Fraction of the field's cutouts to paint a lensed source on.",
+            min=0.0,
+            max=1.0,
+            show_default=_default(InjectConfig, "paint_fraction"),
+        ),
+    ] = None,
+    min_snr: Annotated[
+        float | None,
+        typer.Option(
+            help="Least VIS S/N of a galaxy that may be painted.",
+            show_default=_default(InjectConfig, "min_snr"),
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Random seed (same seed, same files).",
+            show_default=_default(InjectConfig, "seed"),
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Worker processes.", show_default=_default(InjectConfig, "workers"), **Count
+        ),
+    ] = None,
+    first_id: Annotated[
+        int | None,
+        typer.Option(help="Renumber outputs from this ID (default: keep the field's IDs).", min=0),
+    ] = None,
+    config: Annotated[str | None, _config_option(InjectConfig)] = None,
+) -> None:
+    """Paint simulated lensed sources onto a survey's own galaxies (challenge layout out)."""
+    from lensfinder.simulate.inject import inject as run
+
+    cfg = _load(
+        InjectConfig,
+        config,
+        paint_fraction=paint_fraction,
+        min_snr=min_snr,
+        seed=seed,
+        workers=workers,
+        first_id=first_id,
+    )
+    result = run(field, out, cfg)
     typer.echo(result.summary())
 
 

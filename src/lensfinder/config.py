@@ -78,6 +78,39 @@ class SimulateConfig:
 
 
 @dataclass
+class InjectConfig:
+    """``lensfinder inject``: simulated lensed sources painted onto a survey's own galaxies
+    (``simulate/inject.py``; the measurements and the mass-light relation are in
+    ``simulate/deflectors.py``, which cites them)."""
+
+    seed: int = 0
+    # Share of the field's cutouts to paint (taken from the plausible deflectors, reddest
+    # first); the rest are written untouched as non-lenses.
+    paint_fraction: float = 0.5
+    workers: int = 1
+    first_id: int | None = None  # None: each output keeps its field object's ID
+    label_rule: str = DEFAULT_LABEL_RULE
+    survey: str = "euclid"
+    # --- which galaxies may deflect, measured on the cutout (never from a catalogue) ---
+    min_snr: float = 30.0  # S/N of the central object in VIS, over its detection segment
+    half_light_range: tuple[float, float] = (0.15, 3.0)  # arcsec: no stars, no huge discs
+    red_colour: float = 1.0  # VIS - H (AB): galaxies at least this red are painted first
+    # --- the mass model from the light ---
+    theta_e_range: tuple[float, float] = (0.5, 2.5)  # arcsec: the Einstein radius is clipped
+    sigma_scatter_dex: float = 0.1  # scatter of log10(velocity dispersion) at fixed luminosity
+    shear_sigma: float = 0.035  # external shear: Rayleigh, capped at 0.15
+    # --- the source, drawn as the simulator draws it (simulate/scene.draw_source) ---
+    source_mag_range: tuple[float, float] = (22.5, 26.5)  # unlensed, VIS AB
+    source_mix: dict[str, float] = field(default_factory=lambda: dict(SOURCE_MIX))
+    source_stamps: str | None = None
+    stamp_fraction: float = 0.5
+    source_tries: int = 10  # sources drawn per galaxy until one passes the label rule
+    supersampling: int = 3
+    supersampling_tolerance: float = 0.02
+    arc_noise: bool = True  # the arc's photon noise; False paints noise-free arcs (checks)
+
+
+@dataclass
 class PackConfig:
     """How ``pack`` writes a store from a challenge layout."""
 
