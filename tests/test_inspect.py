@@ -30,6 +30,8 @@ from lensfinder.errors import ConfigError, DataError
 from lensfinder.inspection.app import Inspector, check_bind, create_app
 from lensfinder.inspection.grades import GradeBook, consensus_grade, export_grades, read_graded
 
+LOCAL_URL = "http://127.0.0.1:8765"  # a localhost server answers requests to its own names only
+
 
 def make_scan(store: Path, out: Path) -> Path:
     """A scan-like catalogue of a store with made-up scores, best first (no model needed)."""
@@ -59,7 +61,7 @@ def scan(tiny_store, tmp_path) -> Path:
 @pytest.fixture()
 def client(scan, tiny_store):
     inspector = Inspector(scan, tiny_store, InspectConfig(stamp_pixels=64))
-    with TestClient(create_app(inspector)) as test_client:
+    with TestClient(create_app(inspector), base_url=LOCAL_URL) as test_client:
         yield test_client, inspector
     inspector.book.close()
 
@@ -143,7 +145,7 @@ def test_token_is_checked_on_every_request(scan, tiny_store):
     check_bind("0.0.0.0", "s3cret")
     check_bind("127.0.0.1", None)
     inspector = Inspector(scan, tiny_store, InspectConfig(stamp_pixels=32))
-    with TestClient(create_app(inspector, token="s3cret")) as test_client:
+    with TestClient(create_app(inspector, token="s3cret"), base_url=LOCAL_URL) as test_client:
         assert test_client.get("/").status_code == 401
         assert test_client.get("/", params={"token": "wrong"}).status_code == 401
         body = {"id": inspector.rows[0]["id"], "grade": "A", "grader": "eve"}
