@@ -677,7 +677,8 @@ def grades_export(
     db: Annotated[
         str,
         typer.Argument(
-            help="Grades database: a scan directory (its grades.sqlite), a file or a SQLAlchemy URL."
+            help="Grades database: a scan directory (its grades.sqlite), a file, or a "
+            "SQLAlchemy URL."
         ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="grades.csv or grades.parquet.")],

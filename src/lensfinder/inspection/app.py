@@ -16,8 +16,8 @@ rebinding), and refuses request bodies over ``MAX_BODY_BYTES`` with HTTP 413.
 from __future__ import annotations
 
 import errno
-import html
 import hmac
+import html
 import io
 import socket
 import threading
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 from starlette.datastructures import Headers
@@ -222,18 +222,33 @@ class BodyLimit:
         if declared is not None and (not declared.strip().isdigit() or int(declared) > self.limit):
             await JSONResponse({"detail": self.detail}, status_code=413)(scope, receive, send)
             return
-        received = 0
+        received, started, refused = 0, False, False
 
         async def counted() -> Message:
-            nonlocal received
+            """The body as it comes; past the limit, a 413 answers and the app is told the
+            client left (whatever it answers to that is dropped)."""
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    raise HTTPException(413, self.detail)
+                    refused = True
+                    if not started:
+                        await JSONResponse({"detail": self.detail}, status_code=413)(
+                            scope, receive, send
+                        )
+                    return {"type": "http.disconnect"}
             return message
 
-        await self.app(scope, counted, send)
+        async def unless_refused(message: Message) -> None:
+            nonlocal started
+            if not refused:
+                started = started or message["type"] == "http.response.start"
+                await send(message)
+
+        await self.app(scope, counted, unless_refused)
 
 
 class SecurityHeaders:

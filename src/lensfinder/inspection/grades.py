@@ -156,8 +156,8 @@ class GradeBook:
             Path(self.url.removeprefix("sqlite:///")) if self.url.startswith("sqlite:///") else None
         )
         if sqlite_file is not None and not create and not sqlite_file.is_file():
-            where = Path(db) if Path(db).is_dir() else sqlite_file
-            raise DataError(f"{where}: no grades database here")
+            missing = Path(db) if Path(db).is_dir() else sqlite_file
+            raise DataError(f"{missing}: no grades database here")
         try:
             self.engine = create_engine(self.url)
         except ArgumentError as exc:
@@ -167,13 +167,14 @@ class GradeBook:
             raise ConfigError(f"grades database {shown!r}: {exc}{hint}") from None
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        where = sqlite_file or shown
+        where = str(sqlite_file or shown)
         try:
             self._check_foreign(sqlite_file)
             self._create_table()
         except DatabaseError as exc:  # not a database (a text file), unreachable server, ...
             self.engine.dispose()
-            raise DataError(f"{where}: cannot use as a grades database ({_one_line(exc)})") from None
+            reason = _one_line(exc)
+            raise DataError(f"{where}: cannot use as a grades database ({reason})") from None
 
     def _check_foreign(self, sqlite_file: Path | None) -> None:
         """An SQLite file of another program (tables, none of them ours) is not written into."""
