@@ -69,6 +69,8 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+_SECURITY_HEADER_BYTES = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+_OURS = {name for name, _ in _SECURITY_HEADER_BYTES}
 
 
 class GradeIn(BaseModel):
@@ -264,13 +266,8 @@ class SecurityHeaders:
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [
-                    (k, v)
-                    for k, v in message.get("headers", [])
-                    if k.decode().lower() not in {h.lower() for h in SECURITY_HEADERS}
-                ]
-                headers += [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
-                message = {**message, "headers": headers}
+                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in _OURS]
+                message = {**message, "headers": kept + _SECURITY_HEADER_BYTES}
             await send(message)
 
         await self.app(scope, receive, with_headers)
