@@ -8,6 +8,9 @@ its screenshot of the page (the README's picture is made this way).
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import io
 import os
 import shutil
 import signal
@@ -16,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +33,8 @@ from lensfinder.config import InspectConfig
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.inspection.app import Inspector, check_bind, create_app
 from lensfinder.inspection.grades import GradeBook, consensus_grade, export_grades, read_graded
+
+LOCAL_URL = "http://127.0.0.1:8765"  # a localhost server answers requests to its own names only
 
 
 def make_scan(store: Path, out: Path) -> Path:
@@ -59,7 +65,7 @@ def scan(tiny_store, tmp_path) -> Path:
 @pytest.fixture()
 def client(scan, tiny_store):
     inspector = Inspector(scan, tiny_store, InspectConfig(stamp_pixels=64))
-    with TestClient(create_app(inspector)) as test_client:
+    with TestClient(create_app(inspector), base_url=LOCAL_URL) as test_client:
         yield test_client, inspector
     inspector.book.close()
 
@@ -143,7 +149,7 @@ def test_token_is_checked_on_every_request(scan, tiny_store):
     check_bind("0.0.0.0", "s3cret")
     check_bind("127.0.0.1", None)
     inspector = Inspector(scan, tiny_store, InspectConfig(stamp_pixels=32))
-    with TestClient(create_app(inspector, token="s3cret")) as test_client:
+    with TestClient(create_app(inspector, token="s3cret"), base_url=LOCAL_URL) as test_client:
         assert test_client.get("/").status_code == 401
         assert test_client.get("/", params={"token": "wrong"}).status_code == 401
         body = {"id": inspector.rows[0]["id"], "grade": "A", "grader": "eve"}
@@ -224,13 +230,13 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture()
-def server(tiny_store, tmp_path):
-    """The app served by uvicorn on a free localhost port, in a thread."""
+@contextlib.contextmanager
+def serving(scan: Path, data: Path, cfg: InspectConfig) -> Iterator[tuple[str, Inspector]]:
+    """The app over ``scan`` and ``data`` served by uvicorn on a free localhost port, in a
+    thread: ``(its URL, the Inspector)``."""
     import uvicorn
 
-    scan = make_scan(tiny_store, tmp_path / "scan")
-    inspector = Inspector(scan, tiny_store, InspectConfig(stamp_pixels=160, grader="ann"))
+    inspector = Inspector(scan, data, cfg)
     port = _free_port()
     config = uvicorn.Config(create_app(inspector), host="127.0.0.1", port=port, log_level="error")
     uvicorn_server = uvicorn.Server(config)
@@ -240,10 +246,19 @@ def server(tiny_store, tmp_path):
     while not uvicorn_server.started:
         assert time.monotonic() < deadline, "server did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/", inspector
-    uvicorn_server.should_exit = True
-    thread.join(timeout=10)
-    inspector.book.close()
+    try:
+        yield f"http://127.0.0.1:{port}/", inspector
+    finally:
+        uvicorn_server.should_exit = True
+        thread.join(timeout=10)
+        inspector.book.close()
+
+
+@pytest.fixture()
+def server(tiny_store, tmp_path):
+    scan = make_scan(tiny_store, tmp_path / "scan")
+    with serving(scan, tiny_store, InspectConfig(stamp_pixels=160, grader="ann")) as served:
+        yield served
 
 
 @pytest.fixture()
@@ -306,3 +321,64 @@ def test_grade_with_the_keyboard_reload_and_export(server, browser, tmp_path):
 
     out, n = export_grades(inspector.book.url, tmp_path / "grades.csv")
     assert n == 2 and read_graded(out) == {ids[0]: "A", ids[1]: "X"}
+
+
+def _plant_in_catalogue(layout: Path, column: str, value: str) -> int:
+    """Write ``value`` into ``column`` of the first object's catalogue row; its ID."""
+    from lensfinder.layout import CATALOG_NAME
+
+    path = layout / CATALOG_NAME
+    lines = path.read_text().splitlines()
+    header = next(i for i, line in enumerate(lines) if not line.startswith("#"))
+    names = next(csv.reader([lines[header]]))
+    row = next(csv.reader([lines[header + 1]]))
+    row[names.index(column)] = value
+    with io.StringIO() as text:
+        csv.writer(text, lineterminator="").writerow(row)
+        lines[header + 1] = text.getvalue()
+    path.write_text("\n".join(lines) + "\n")
+    return int(float(row[names.index("ID")]))
+
+
+@needs_chromium
+def test_hostile_catalogue_value_and_grader_name_are_shown_as_text(
+    layout_factory, browser, tmp_path
+):
+    """Issue 19, fault 1: a catalogue cell holding an <img onerror> that would POST a forged
+    grade, and a --grader name that would close the page's script, are shown as text; nothing
+    of them runs and no grade is written."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    layout = layout_factory("hostile", n=4, seed=3, kinds=True)
+    first = 200000
+    forged = (
+        "window.lensfinderPwned='catalogue';fetch('api/grades',{method:'POST',"
+        "headers:{'Content-Type':'application/json'},"
+        f"body:JSON.stringify({{id:{first},grade:'X',grader:'mallory'}})}})"
+    )
+    hostile_cell = f'<img src=x onerror="{forged}">'
+    assert _plant_in_catalogue(layout, "kind", hostile_cell) == first
+    hostile_grader = "</script><script>window.lensfinderPwned='grader'</script>"
+    scan = make_scan(layout, tmp_path / "scan")
+    cfg = InspectConfig(stamp_pixels=64, grader=hostile_grader)
+    wait = WebDriverWait(browser, 30)
+    with serving(scan, layout, cfg) as (url, inspector):
+        assert inspector.rows[0]["id"] == first
+        browser.get(url)
+        wait.until(lambda d: d.find_element(By.ID, "cid").text == str(first))
+        time.sleep(1.5)  # time for an injected request to arrive, were there one
+        assert inspector.book.history() == []  # no forged grade
+        assert browser.execute_script("return window.lensfinderPwned === undefined")
+        cells = [c.text for c in browser.find_elements(By.CSS_SELECTOR, "#quantities td")]
+        assert hostile_cell in cells  # the cell is shown, as text
+        assert not browser.find_elements(By.CSS_SELECTOR, "#quantities img")
+        assert browser.find_element(By.ID, "grader").get_attribute("value") == hostile_grader
+        browser.find_element(By.TAG_NAME, "body").send_keys("b")  # a real grade still works
+        wait.until(lambda _: len(inspector.book.history()) == 1)
+        (row,) = inspector.book.history()
+        assert (row.candidate_id, row.grader, row.grade) == (first, hostile_grader, "B")
+        browser.find_element(By.TAG_NAME, "body").send_keys("p")
+        wait.until(lambda d: d.find_element(By.ID, "mygrade").text == "B")
+        assert browser.find_element(By.ID, "others").text == f"{hostile_grader}:B"
+        assert browser.execute_script("return window.lensfinderPwned === undefined")

@@ -733,13 +733,22 @@ def inspect(
 @grades_app.command("export")
 @user_errors
 def grades_export(
-    db: Annotated[str, typer.Argument(help="Grades database: a file or SQLAlchemy URL.")],
+    db: Annotated[
+        str,
+        typer.Argument(
+            help="Grades database: a scan directory (its grades.sqlite), a file, or a "
+            "SQLAlchemy URL."
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="grades.csv or grades.parquet.")],
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing OUT file.")
+    ] = False,
 ) -> None:
     """One row per graded candidate: consensus grade, graders, notes."""
     from lensfinder.inspection.grades import export_grades
 
-    path, n = export_grades(db, out)
+    path, n = export_grades(db, out, overwrite=overwrite)
     typer.echo(f"{n} graded candidates -> {path}")
 
 

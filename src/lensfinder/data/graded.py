@@ -7,6 +7,7 @@ validation and test sets stay those of the training data, so an evaluation stays
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from lensfinder.data.cutouts import Cutouts, CutoutSource, Indices
 from lensfinder.data.identity import index_of_ids
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.inspection.grades import GRADES
+
+MISSING_SHOWN = 10  # graded IDs not in the data: how many are named in the message and record
 
 
 def graded_labels(
@@ -29,6 +32,9 @@ def graded_labels(
             f"graded grades: lens {list(lens)} and non-lens {list(nonlens)} must be disjoint "
             f"subsets of {', '.join(GRADES)}"
         )
+    fractional = [i for i in grades if not isinstance(i, int | np.integer) or isinstance(i, bool)]
+    if fractional:  # an ID such as 200017.5 would otherwise become object 200017
+        raise DataError(f"graded ID {fractional[0]!r} is not a whole number")
     kept = sorted((i, g) for i, g in grades.items() if g in lens or g in nonlens)
     ids = np.asarray([i for i, _ in kept], dtype=np.int64)
     labels = np.asarray([1 if g in lens else 0 for _, g in kept], dtype=np.int8)
@@ -117,8 +123,9 @@ def add_graded(
 ) -> tuple[GradedSource, np.ndarray, dict[str, object]]:
     """The combined source, its training indices, and the record for model.json.
 
-    Graded IDs missing from ``extra`` are counted; when ``extra`` is the training data, graded
-    objects of its validation or test split are left out (they must not leak into training).
+    Graded IDs missing from ``extra`` are counted and reported (on stderr, as they are found);
+    when ``extra`` is the training data, graded objects of its validation or test split are left
+    out (they must not leak into training), and reported too.
     """
     ids, labels = graded_labels(grades, lens, nonlens)
     positions = index_of_ids(np.asarray(extra.ids, dtype=np.int64), ids)
@@ -131,13 +138,31 @@ def add_graded(
     keep = found & ~in_eval
     source = GradedSource(base, extra, positions[keep], labels[keep])
     added = len(base) + np.arange(int(keep.sum()), dtype=np.int64)
+    missing = ids[~found]
+    if missing.size:
+        shown = ", ".join(str(i) for i in missing[:MISSING_SHOWN].tolist())
+        more = ", ..." if missing.size > MISSING_SHOWN else ""
+        print(
+            f"graded: {missing.size} of {ids.size} graded IDs are not in {extra.path} and were "
+            f"left out: {shown}{more}",
+            file=sys.stderr,
+            flush=True,
+        )
+    if in_eval.any():
+        print(
+            f"graded: {int(in_eval.sum())} graded objects are in the validation or test split of "
+            f"{extra.path} and were left out of training",
+            file=sys.stderr,
+            flush=True,
+        )
     record = {
         "data": str(Path(extra.path).resolve()),
         "lens_grades": list(lens),
         "nonlens_grades": list(nonlens),
         "n_lenses": int(labels[keep].sum()),
         "n_nonlenses": int((labels[keep] == 0).sum()),
-        "n_missing": int((~found).sum()),
+        "n_missing": int(missing.size),
+        "missing_ids": missing[:MISSING_SHOWN].tolist(),
         "n_in_eval_splits": int(in_eval.sum()),
         "n_other_grades": len(grades) - len(ids),
     }

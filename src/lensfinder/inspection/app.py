@@ -1,16 +1,25 @@
 """``lensfinder inspect``: a local web app to grade the ranked candidates of a scan.
 
-FastAPI serves one page (``page.html``: keyboard-driven, no build step) and a small JSON API;
-pictures are rendered on request with ``lensfinder.visual`` from the data the scan read, and
-every grade goes straight into the grades database (``inspection.grades``). The server binds to
-localhost; on any other address a token is required on every request (header
-``X-Lensfinder-Token``, ``?token=`` once, after which a cookie carries it).
+FastAPI serves one page (``page.html`` with ``page.js`` and ``page.css``: keyboard-driven, no
+build step) and a small JSON API; pictures are rendered on request with ``lensfinder.visual`` from
+the data the scan read (checked against the scan's record of it), and every grade goes straight
+into the grades database (``inspection.grades``). The server binds to localhost; on any other
+address a token is required on every request (header ``X-Lensfinder-Token``, ``?token=`` once,
+after which a cookie carries it).
+
+Catalogue values and names are data, not markup: the page writes them as text only, and every
+response carries a Content-Security-Policy that allows no inline script, so a hostile value in a
+catalogue cannot run. A localhost server answers only requests addressed to localhost (DNS
+rebinding), and refuses request bodies over ``MAX_BODY_BYTES`` with HTTP 413.
 """
 
 from __future__ import annotations
 
+import errno
 import hmac
+import html
 import io
+import socket
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -20,21 +29,48 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
+from starlette.datastructures import Headers
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lensfinder.config import InspectConfig
-from lensfinder.data import open_source
 from lensfinder.data.identity import index_of_ids
 from lensfinder.errors import ConfigError, DataError, LensfinderError
-from lensfinder.inspection.grades import GRADES, GradeBook, check_grader, consensus_table
+from lensfinder.inspection.grades import (
+    DB_NAME,
+    GRADES,
+    MAX_NOTES,
+    GradeBook,
+    check_grader,
+    consensus_table,
+)
 from lensfinder.scan.catalog import read_candidates
+from lensfinder.scan.gallery import open_scanned_data
 from lensfinder.visual import asinh_stretch, colour_composite, resize_square
 
-PAGE = Path(__file__).with_name("page.html")
-DB_NAME = "grades.sqlite"
+HERE = Path(__file__).parent
+PAGE = HERE / "page.html"
+STATIC = {"page.js": "text/javascript", "page.css": "text/css"}  # served beside the page
 BANDS = ("colour", "VIS", "Y", "J", "H")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 TOKEN_HEADER = "x-lensfinder-token"
 TOKEN_COOKIE = "lensfinder_token"
+# The largest request body: a grade with MAX_NOTES characters of notes, each escaped in JSON
+# (up to 12 bytes: a surrogate pair), fits with room to spare.
+MAX_BODY_BYTES = 16 * MAX_NOTES
+# Script and style only from this server's own files (no inline script, no eval), pictures and
+# API calls only from itself, never framed by another site.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+_SECURITY_HEADER_BYTES = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+_OURS = {name for name, _ in _SECURITY_HEADER_BYTES}
 
 
 class GradeIn(BaseModel):
@@ -64,7 +100,7 @@ class Inspector:
         self.rows: list[dict[str, Any]] = table.to_pylist()
         if not self.rows:
             raise DataError(f"{scan}: the candidate catalogue is empty")
-        self.source = open_source(Path(data))
+        self.source = open_scanned_data(scan, data)
         ids = np.asarray([r["id"] for r in self.rows], dtype=np.int64)
         index = index_of_ids(np.asarray(self.source.ids, dtype=np.int64), ids)
         if (index < 0).all():
@@ -162,14 +198,94 @@ def check_bind(host: str, token: str | None) -> None:
         raise ConfigError(f"--host {host} exposes the grading app beyond this machine; add --token")
 
 
+def allowed_hosts(host: str) -> list[str]:
+    """Host headers a localhost server answers: its own names only, so that a web page whose
+    domain was rebound to 127.0.0.1 cannot talk to it. Other binds need the token instead."""
+    if host not in LOCAL_HOSTS:
+        return ["*"]
+    names = ["localhost", "127.0.0.1", "[::1]"]
+    bound = f"[{host}]" if ":" in host else host
+    return names if bound in names else [*names, bound]
+
+
+class BodyLimit:
+    """HTTP 413 for a request body over ``limit`` bytes, declared or streamed, before the app
+    holds it in memory."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+        self.detail = f"request body over {limit} bytes (notes hold at most {MAX_NOTES} characters)"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and (not declared.strip().isdigit() or int(declared) > self.limit):
+            await JSONResponse({"detail": self.detail}, status_code=413)(scope, receive, send)
+            return
+        received, started, refused = 0, False, False
+
+        async def counted() -> Message:
+            """The body as it comes; past the limit, a 413 answers and the app is told the
+            client left (whatever it answers to that is dropped)."""
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    refused = True
+                    if not started:
+                        await JSONResponse({"detail": self.detail}, status_code=413)(
+                            scope, receive, send
+                        )
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def unless_refused(message: Message) -> None:
+            nonlocal started
+            if not refused:
+                started = started or message["type"] == "http.response.start"
+                await send(message)
+
+        await self.app(scope, counted, unless_refused)
+
+
+class SecurityHeaders:
+    """The Content-Security-Policy (and two more headers) on every response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in _OURS]
+                message = {**message, "headers": kept + _SECURITY_HEADER_BYTES}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
 def create_app(inspector: Inspector, token: str | None = None) -> FastAPI:
     """The FastAPI application over one ``Inspector``."""
     app = FastAPI(title="lensfinder inspect", docs_url=None, redoc_url=None, openapi_url=None)
-    page = PAGE.read_text()
-    definitions = "".join(f"<li><b>{g}</b> {text}</li>" for g, text in GRADES.items())
-    page = page.replace("{{DEFINITIONS}}", definitions).replace(
-        "{{GRADER}}", inspector.cfg.grader.replace('"', "")
+    definitions = "".join(
+        f"<li><b>{html.escape(g)}</b> {html.escape(text)}</li>" for g, text in GRADES.items()
     )
+    # The default grader goes in as an escaped attribute that the script reads as data.
+    page = (
+        PAGE.read_text()
+        .replace("{{DEFINITIONS}}", definitions)
+        .replace("{{GRADER}}", html.escape(inspector.cfg.grader, quote=True))
+    )
+    static = {name: (HERE / name).read_bytes() for name in STATIC}
 
     @app.middleware("http")
     async def require_token(request: Request, call_next: Any) -> Response:
@@ -188,6 +304,12 @@ def create_app(inspector: Inspector, token: str | None = None) -> FastAPI:
             response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
         return response
 
+    # Added last, so outermost: a wrong Host or an oversized body is refused before anything
+    # else runs, and every response, refusals included, carries the security headers.
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(inspector.cfg.host))
+    app.add_middleware(SecurityHeaders)
+
     @app.exception_handler(LensfinderError)
     async def user_error(_request: Request, exc: LensfinderError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
@@ -195,6 +317,12 @@ def create_app(inspector: Inspector, token: str | None = None) -> FastAPI:
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
         return page
+
+    @app.get("/static/{name}")
+    def static_file(name: str) -> Response:
+        if name not in STATIC:
+            return JSONResponse({"detail": "not found"}, status_code=404)
+        return Response(static[name], media_type=STATIC[name])
 
     @app.get("/api/candidates")
     def candidates(
@@ -242,12 +370,37 @@ def create_app(inspector: Inspector, token: str | None = None) -> FastAPI:
     return app
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """The server's listening socket, bound before anything says where the app is: a busy port
+    is one line, never a "grading at" line followed by uvicorn's failure."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # not a busy port: TIME_WAIT only
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port {port} on {host} is in use (another server?); choose another with --port"
+            ) from None
+        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+    return sock
+
+
 def serve(scan: str | Path, data: str | Path, cfg: InspectConfig, token: str | None = None) -> None:
     """Run the app until interrupted (uvicorn, one process: the database takes the concurrency)."""
     import uvicorn
 
     check_bind(cfg.host, token)
     inspector = Inspector(scan, data, cfg)
-    where = f"http://{cfg.host}:{cfg.port}/" + (f"?token={token}" if token else "")
-    print(f"grading {len(inspector.rows)} candidates at {where} (grades: {inspector.book.url})")
-    uvicorn.run(create_app(inspector, token), host=cfg.host, port=cfg.port, log_level="warning")
+    sock = listen(cfg.host, cfg.port)
+    shown_host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+    where = f"http://{shown_host}:{cfg.port}/" + (f"?token={token}" if token else "")
+    print(
+        f"grading {len(inspector.rows)} candidates at {where} (grades: {inspector.book.shown_url})",
+        flush=True,
+    )
+    config = uvicorn.Config(create_app(inspector, token), log_level="warning")
+    uvicorn.Server(config).run(sockets=[sock])

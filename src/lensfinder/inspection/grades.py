@@ -3,7 +3,8 @@
 Every grade is a new row (candidate ID, grader, grade, notes, UTC time) committed on its own, so
 a crash or ``kill -9`` loses at most the grade being typed; a grader's current grade of a
 candidate is their latest row. SQLite (a file, the default) or any SQLAlchemy URL, e.g.
-``postgresql://host/lenses`` for a team that shares one database.
+``postgresql://host/lenses`` for a team that shares one database (``postgresql://`` is read with
+psycopg 3, ``pip install 'psycopg[binary]'``; ``postgresql+psycopg2://`` picks psycopg2).
 
 Grades follow the Euclid Q1 lens searches: A = definite lens, B = probable, C = possible,
 X = not a lens. The consensus of a candidate is the median of its graders' current grades on
@@ -28,7 +29,8 @@ from sqlalchemy import (
     event,
     select,
 )
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy import inspect as inspect_database
+from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from lensfinder.errors import ConfigError, DataError
@@ -43,6 +45,7 @@ GRADES: dict[str, str] = {
 GRADE_VALUE: dict[str, int] = {"X": 0, "C": 1, "B": 2, "A": 3}
 MAX_GRADER = 64
 MAX_NOTES = 4000
+DB_NAME = "grades.sqlite"  # the default database, in the scan directory
 
 
 class _Base(DeclarativeBase):
@@ -73,9 +76,18 @@ class Consensus:
 
 
 def database_url(db: str | Path) -> str:
-    """A SQLAlchemy URL from a URL or a file path (a path means SQLite)."""
+    """A SQLAlchemy URL from a URL, a file path (SQLite) or a scan directory (its grades.sqlite).
+
+    A bare ``postgresql://`` (or ``postgres://``) URL means psycopg 3, the driver lensfinder's
+    ``postgres`` extra installs (SQLAlchemy's own default would be psycopg2)."""
     text = str(db)
-    return text if "://" in text else f"sqlite:///{Path(text).expanduser().resolve()}"
+    for scheme in ("postgresql://", "postgres://"):
+        if text.startswith(scheme):
+            return "postgresql+psycopg://" + text.removeprefix(scheme)
+    if "://" in text:
+        return text
+    path = Path(text).expanduser().resolve()
+    return f"sqlite:///{path / DB_NAME if path.is_dir() else path}"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -108,25 +120,81 @@ def check_grader(grader: str) -> str:
     return grader
 
 
+def _one_line(exc: Exception) -> str:
+    """The driver's message of a database error, on one line (SQLAlchemy adds SQL and links)."""
+    return " ".join(str(getattr(exc, "orig", None) or exc).split())
+
+
+def _hide_password(url: str) -> str:
+    """The URL as messages show it: a team database's password is not printed."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def check_notes(notes: str | None) -> str:
+    """Notes up to MAX_NOTES characters; longer ones are refused, never cut."""
+    notes = str(notes or "")
+    if len(notes) > MAX_NOTES:
+        raise DataError(
+            f"notes of {len(notes)} characters: at most {MAX_NOTES} are kept with a grade; "
+            "shorten them"
+        )
+    return notes
+
+
 class GradeBook:
     """The grades database: record a grade, read current grades and consensus, export."""
 
     def __init__(self, db: str | Path, create: bool = True) -> None:
         self.url = database_url(db)
-        if self.url.startswith("sqlite:///") and not create:
-            path = Path(self.url.removeprefix("sqlite:///"))
-            if not path.is_file():
-                raise DataError(f"{path}: no grades database here")
+        self.shown_url = shown = _hide_password(self.url)
+        sqlite_file = (
+            Path(self.url.removeprefix("sqlite:///")) if self.url.startswith("sqlite:///") else None
+        )
+        if sqlite_file is not None and not create and not sqlite_file.is_file():
+            missing = Path(db) if Path(db).is_dir() else sqlite_file
+            raise DataError(f"{missing}: no grades database here")
         try:
             self.engine = create_engine(self.url)
-        except (ArgumentError, ImportError) as exc:
-            raise ConfigError(f"grades database {self.url!r}: {exc}") from None
+        except ArgumentError as exc:
+            raise ConfigError(f"grades database {shown!r}: {exc}") from None
+        except ImportError as exc:
+            hint = " (pip install 'psycopg[binary]')" if "postgres" in self.url else ""
+            raise ConfigError(f"grades database {shown!r}: {exc}{hint}") from None
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+        where = str(sqlite_file or shown)
+        try:
+            self._check_foreign(sqlite_file)
+            self._create_table()
+        except DatabaseError as exc:  # not a database (a text file), unreachable server, ...
+            self.engine.dispose()
+            reason = _one_line(exc)
+            raise DataError(f"{where}: cannot use as a grades database ({reason})") from None
+
+    def _check_foreign(self, sqlite_file: Path | None) -> None:
+        """An SQLite file of another program (tables, none of them ours) is not written into."""
+        if sqlite_file is None or not sqlite_file.is_file():
+            return
+        tables = inspect_database(self.engine).get_table_names()
+        if tables and Grade.__tablename__ not in tables:
+            self.engine.dispose()
+            raise DataError(
+                f"{sqlite_file}: a database of something else (tables {', '.join(tables[:5])}), "
+                "not lensfinder grades; give another --db"
+            )
+
+    def _create_table(self) -> None:
+        """Create the grades table if it is missing. Two servers starting at once on a fresh
+        server database may both try; the loser finds the table made and goes on."""
         try:
             _Base.metadata.create_all(self.engine)
-        except OperationalError as exc:
-            raise DataError(f"grades database {self.url}: cannot open ({exc.orig})") from None
+        except (IntegrityError, ProgrammingError):
+            _Base.metadata.create_all(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -137,7 +205,7 @@ class GradeBook:
             candidate_id=int(candidate_id),
             grader=check_grader(grader),
             grade=check_grade(grade),
-            notes=str(notes or "")[:MAX_NOTES],
+            notes=check_notes(notes),
             graded_at=datetime.now(UTC),
         )
         with Session(self.engine, expire_on_commit=False) as session:
@@ -195,8 +263,11 @@ def consensus_table(book: GradeBook):
     )
 
 
-def export_grades(db: str | Path, out: str | Path) -> tuple[Path, int]:
-    """Write the consensus per candidate to ``out`` (.csv or .parquet), atomically."""
+def export_grades(db: str | Path, out: str | Path, overwrite: bool = False) -> tuple[Path, int]:
+    """Write the consensus per candidate to ``out`` (.csv or .parquet), atomically.
+
+    ``db``: a database file, a scan directory holding grades.sqlite, or a URL. An existing
+    ``out`` is replaced only with ``overwrite`` (it may be a file someone edited by hand)."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
@@ -204,16 +275,26 @@ def export_grades(db: str | Path, out: str | Path) -> tuple[Path, int]:
     suffix = out.suffix.lower()
     if suffix not in (".csv", ".parquet"):
         raise ConfigError(f"{out}: export to a .csv or .parquet file")
+    if out.is_dir():
+        raise ConfigError(f"{out}: is a directory; give a file name ending .csv or .parquet")
     book = GradeBook(db, create=False)
+    if out.exists() and not overwrite:
+        book.close()
+        raise ConfigError(f"{out}: exists; pass --overwrite to replace it, or give a new file")
     try:
         table = consensus_table(book)
+    except DatabaseError as exc:
+        raise DataError(f"{database_url(db)}: cannot read grades ({_one_line(exc)})") from None
     finally:
         book.close()
-    with atomic_path(out) as tmp:
-        if suffix == ".csv":
-            pacsv.write_csv(table, tmp)
-        else:
-            pq.write_table(table, tmp)
+    try:
+        with atomic_path(out) as tmp:
+            if suffix == ".csv":
+                pacsv.write_csv(table, tmp)
+            else:
+                pq.write_table(table, tmp)
+    except OSError as exc:
+        raise DataError(f"{out}: cannot write the grades ({exc.strerror or exc})") from None
     return out, table.num_rows
 
 
@@ -223,9 +304,40 @@ def read_graded(path: str | Path) -> dict[int, str]:
     table = read_table(path, "grades file", "make one with 'lensfinder grades export'")
     if not {"id", "grade"} <= set(table.column_names):
         raise DataError(f"{path}: a grades file needs columns id and grade")
-    grades = {}
+    if table.num_rows == 0:
+        raise DataError(f"{path}: no graded candidates (a header and no rows)")
+    grades: dict[int, str] = {}
     for candidate, grade in zip(table["id"].to_pylist(), table["grade"].to_pylist(), strict=True):
-        if candidate is None or grade is None or str(grade).strip().upper() not in GRADES:
+        if grade is None or str(grade).strip().upper() not in GRADES:
             raise DataError(f"{path}: row with id {candidate!r} has no valid grade ({grade!r})")
-        grades[int(candidate)] = str(grade).strip().upper()
+        object_id, letter = _whole_id(candidate, path), str(grade).strip().upper()
+        if object_id in grades:
+            raise DataError(
+                f"{path}: ID {object_id} appears more than once (grades {grades[object_id]} and "
+                f"{letter}); a grades file holds one row per ID, as 'lensfinder grades export' "
+                "writes it: keep the row you mean"
+            )
+        grades[object_id] = letter
     return grades
+
+
+def _whole_id(value: Any, path: Path) -> int:
+    """An object ID as the catalogue reader takes it: a whole number (never rounded down) that
+    fits in 64 bits."""
+    text = "" if value is None else str(value).strip()
+    if isinstance(value, int) and not isinstance(value, bool):
+        object_id = value
+    else:
+        try:
+            object_id = int(text)
+        except ValueError:
+            try:
+                number = float(text)
+            except ValueError:
+                number = float("nan")
+            if not number.is_integer():
+                raise DataError(f"{path}: ID {text!r} is not a whole number") from None
+            object_id = int(number)
+    if not -(2**63) <= object_id < 2**63:
+        raise DataError(f"{path}: ID {text} is beyond a 64-bit integer")
+    return object_id

@@ -17,8 +17,9 @@ import numpy as np
 
 from lensfinder.config import GalleryConfig
 from lensfinder.data import open_source
+from lensfinder.data.cutouts import CutoutSource
 from lensfinder.data.identity import index_of_ids
-from lensfinder.errors import ConfigError
+from lensfinder.errors import ConfigError, DataError
 from lensfinder.scan.catalog import read_candidates, table_meta
 from lensfinder.scan.crossmatch import flag_known_lenses
 from lensfinder.utils import atomic_path, atomic_write_text
@@ -27,6 +28,34 @@ from lensfinder.visual import colour_composite, resize_square, save_grid
 
 STAMP_DIR = "stamps"
 READ_CHUNK = 64  # cutouts read at once: the gallery never holds more images than this
+SCAN_MANIFEST = "scan.json"  # what 'lensfinder scan' records beside its catalogue
+
+
+def open_scanned_data(candidates: str | Path, data: str | Path) -> CutoutSource:
+    """The data a scan scored, opened as the scan opened it (objects without a catalogue row
+    kept). Refused when the scan's ``scan.json`` records other content: another layout with the
+    same IDs would put other objects' images beside the scan's scores."""
+    candidates, data = Path(candidates), Path(data)
+    source = open_source(data, keep_unlisted=True)
+    manifest = (candidates if candidates.is_dir() else candidates.parent) / SCAN_MANIFEST
+    if not manifest.is_file():
+        return source  # a catalogue made elsewhere: nothing records what it scored
+    try:
+        recorded = json.loads(manifest.read_text())
+        scored = recorded.get("data_content") if isinstance(recorded, dict) else None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{manifest}: unreadable scan manifest ({exc})") from None
+    if not scored:
+        return source  # a scan older than content fingerprints
+    actual = source.content_fingerprint()
+    if scored != actual:
+        raise DataError(
+            f"{data}: not the data this scan scored ({manifest} records content {scored}, "
+            f"this data has {actual}: other objects, pixels, catalogue or "
+            f"labels under the same IDs, or files rewritten since); give the data it read, "
+            f"{recorded.get('data', '?')}"
+        )
+    return source
 
 
 @dataclass
@@ -177,7 +206,7 @@ def make_gallery(
     if known_lenses is not None:
         _, known_names, separation = flag_known_lenses(ra, dec, known_lenses, radius_arcsec)
 
-    source = open_source(Path(data))
+    source = open_scanned_data(candidates, data)
     index = index_of_ids(np.asarray(source.ids, dtype=np.int64), ids)
     found = index >= 0
 
