@@ -74,10 +74,8 @@ def adapt_problems(config: TrainConfig) -> list[str]:
         methods = adapt_methods(adapt)
     except ConfigError as exc:
         return [str(exc).removeprefix("config ")]
-    if adapt.only:
-        if config.init is None:
-            problems.append("adapt.only adapts a trained model: give --init RUN")
-        if methods != ("adabn",):
+    if adapt.only:  # its --init and --adapt are checked when it runs (adapt_only)
+        if adapt.field is not None and methods != ("adabn",):
             problems.append(
                 f"adapt.only runs AdaBN alone (method adabn), not {adapt.method!r}: dann and "
                 "consistency learn jointly with labelled training"
@@ -520,6 +518,10 @@ def adapt_only(config: TrainConfig, out: str | Path, progress: bool = True) -> A
     from lensfinder.safety import check_not_input, mark_output, output_lock
 
     problems = adapt_problems(config)
+    if config.init is None or config.adapt.field is None:
+        problems.append(
+            "adapt.only adapts a trained model to a field: give --init RUN --adapt FIELD"
+        )
     if problems:
         raise ConfigError(f"train config: {'; '.join(problems)}")
     assert config.init is not None and config.adapt.field is not None
