@@ -26,7 +26,7 @@ from lensfinder.config import (
     SimulateConfig,
     TrainConfig,
 )
-from lensfinder.errors import LensfinderError
+from lensfinder.errors import ConfigError, LensfinderError
 
 # Typer's command-line exceptions (Click's, which Typer may vendor): found from a public name.
 _cli_errors = sys.modules[typer.BadParameter.__module__]
@@ -376,8 +376,16 @@ def pack(
 @app.command()
 @user_errors
 def train(
-    data: Data,
     out: Out,
+    data: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--data",
+            "-d",
+            help="A packed store or a challenge layout; repeat to train on several together "
+            "(e.g. simulations and painted lenses).",
+        ),
+    ] = None,
     config: Annotated[str, typer.Option(help="Config file or shipped name; flags win.")] = (
         "cpu-small"
     ),
@@ -411,9 +419,19 @@ def train(
     init: Annotated[
         Path | None, typer.Option(help="Run directory to fine-tune instead of starting afresh.")
     ] = None,
+    adapt: Annotated[
+        Path | None,
+        typer.Option(
+            help="Your survey's unlabelled cutouts (store or layout; labels never read) to "
+            "learn from; the config's adapt section says how (default: AdaBN).",
+        ),
+    ] = None,
 ) -> None:
     """Train a classifier on a packed store; writes model.safetensors + model.json to OUT
-    (with --members N: OUT/member-0..N-1 and OUT/ensemble.json, used as one model)."""
+    (with --members N: OUT/member-0..N-1 and OUT/ensemble.json, used as one model).
+
+    --init RUN --adapt FIELD --config adabn-only: no training, only RUN's batch-norm statistics
+    recomputed on FIELD (minutes; an ensemble RUN is adapted member by member)."""
     from lensfinder.train.ensemble import train_models as run
     from lensfinder.train.run import check_config
 
@@ -431,9 +449,13 @@ def train(
         graded=None if graded is None else str(graded),
         graded_data=None if graded_data is None else str(graded_data),
         init=None if init is None else str(init),
+        adapt__field=None if adapt is None else str(adapt),
     )
     check_config(cfg)
-    result = run(cfg, data, out, resume=not no_resume)
+    if not data and not cfg.adapt.only:
+        raise ConfigError("train: give --data, the labelled store or layout to train on")
+    stores = list(data or [])
+    result = run(cfg, stores[0] if len(stores) == 1 else stores, out, resume=not no_resume)
     typer.echo(result.summary())
 
 

@@ -159,6 +159,45 @@ class SplitConfig:
     val_fraction: float = 0.1  # of all objects, carved out of train
 
 
+# --- learning from a survey's unlabelled cutouts (``train --adapt FIELD``, train/adapt.py) ---
+ADAPT_METHODS: tuple[str, ...] = ("adabn", "dann", "consistency")
+
+
+@dataclass
+class AdaptConfig:
+    """What ``train --adapt FIELD`` does with the field's cutouts; their labels are never read.
+
+    ``method`` joins any of ``ADAPT_METHODS`` with "+" ("dann+adabn"); AdaBN always runs last,
+    after training. ``dann`` and ``consistency`` train jointly with the labelled data: every
+    training step also draws a batch of field cutouts. "none" (or "") trains without the field.
+    """
+
+    field: str | None = None  # a store or a layout of the survey's cutouts (--adapt FIELD)
+    method: str = "adabn"
+    # With ``init`` and method "adabn": no labelled training, only the init model's batch-norm
+    # statistics recomputed on the field (minutes); an --init ensemble is adapted member by member.
+    only: bool = False
+    max_cutouts: int | None = 2000  # a seeded random subset of a larger field (None: all of it)
+    seed: int = 0  # which subset, and the field batches' draws
+    # AdaBN: every BN layer's running mean/var recomputed as a plain average over the field.
+    # D4 elements per cutout (8: all; fewer: random ones). Measured on 2 busy shared cores,
+    # cpu-small input: ~36 forward passes/s, so 2,000 cutouts x 2 views take ~2 min.
+    adabn_views: int = 2
+    adabn_batch: int = 64  # cutouts per forward pass (each pass gives one batch statistic)
+    # Joint methods: the field batch per step is this share of the labelled batch (cheap on CPU).
+    field_batch_fraction: float = 0.5
+    # Both joint losses ramp from 0 to their weight as 2 / (1 + exp(-10 p)) - 1 over the
+    # training progress p (Ganin et al. 2016), so early, still-random features are left alone.
+    dann_weight: float = 0.1  # gradient-reversal strength into the features at the end of ramp
+    dann_hidden: int = 64  # width of the domain head's hidden layer
+    consistency_weight: float = 1.0
+    # A field cutout gets a pseudo-label only where the teacher (the model itself, no dropout,
+    # the field batch's own BN statistics) averaged over ``teacher_views`` D4 views is confident:
+    # p >= threshold (lens) or p <= 1 - threshold (non-lens).
+    consistency_threshold: float = 0.95
+    teacher_views: int = 8
+
+
 @dataclass
 class TrainConfig:
     input: InputConfig = field(default_factory=InputConfig)
@@ -202,6 +241,8 @@ class TrainConfig:
     graded_lens: tuple[str, ...] = ("A", "B")
     graded_nonlens: tuple[str, ...] = ("X",)  # C (possible) is left out by default
     init: str | None = None  # a run directory whose weights training starts from (fine-tuning)
+    # The survey's unlabelled cutouts and what is done with them (``--adapt FIELD``).
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
 
 
 @dataclass

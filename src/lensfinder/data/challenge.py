@@ -423,6 +423,7 @@ def read_layout(
     label_rule: str | LabelRule | None = None,
     catalog: str | Path | None = None,
     keep_unlisted: bool = False,
+    use_catalog: bool = True,
 ) -> ChallengeLayout:
     """List the objects of a challenge layout, read its catalogue, label by ``label_rule``.
 
@@ -431,6 +432,8 @@ def read_layout(
     catalogue exists, become Problems here; so do catalogue IDs without images.
     ``keep_unlisted`` keeps objects without a catalogue row instead, unlabelled (-1) with NaN
     catalogue values: a survey field is scanned in full, labelled where the catalogue knows.
+    ``use_catalog=False`` lists the images only, as if there were no catalogue (an unlabelled
+    field for ``train --adapt``: its labels, if any, are never read).
     """
     root = find_layout_root(path)
     rule = _as_rule(label_rule)
@@ -450,8 +453,8 @@ def read_layout(
     ids = np.asarray(complete, dtype=np.int64)
 
     cat_file = Path(catalog) if catalog is not None else catalog_path(root)
-    if not cat_file.is_file():
-        if catalog is not None:
+    if not use_catalog or not cat_file.is_file():
+        if catalog is not None and use_catalog:
             raise DataError(f"{cat_file}: no such catalogue file")
         return ChallengeLayout(
             root, ids, np.full(len(ids), -1, np.int8), {}, problems, None, has_catalog=False

@@ -140,12 +140,20 @@ def resolve_split(
     when an older model file cannot tell) and ``all`` on data none of them was trained on."""
     if split != "auto":
         return split, ""
-    verdicts = [same_data(source, meta.get("data") or {}) for meta in metas]
+    verdicts = [_trained_on(source, meta.get("data") or {}) for meta in metas]
     if all(v is False for v in verdicts):
         return "all", "auto: not the models' training data, so every object is unseen"
     if any(v is True for v in verdicts):
         return "test", "auto: the models' training data, so only its held-out test split"
     return "test", "auto: the model files do not record their training data; test split to be safe"
+
+
+def _trained_on(source: CutoutSource, data: dict[str, Any]) -> bool | None:
+    """``same_data`` against every training set a model records (``train --data A --data B``)."""
+    verdicts = [same_data(source, record) for record in data.get("data_sets") or [data]]
+    if any(v is True for v in verdicts):
+        return True
+    return False if all(v is False for v in verdicts) else None
 
 
 def _member_names(run_dirs: Sequence[Path]) -> list[str]:

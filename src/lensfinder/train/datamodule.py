@@ -18,10 +18,11 @@ left for them to overlap, and on few cores they take threads from the model.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
-from lensfinder.config import PredictConfig, TrainConfig
+from lensfinder.config import PredictConfig, SplitConfig, TrainConfig
 from lensfinder.data import open_source
-from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE
+from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE, Cutouts, CutoutSource, Indices
 from lensfinder.data.dataset import CutoutDataset, collate, input_bytes_per_item
 from lensfinder.data.graded import add_graded
 from lensfinder.data.sampler import BalancedBatchSampler
@@ -118,6 +119,100 @@ class ShuffledBatchSampler:
             yield order[start : start + self.batch_size].tolist()
 
 
+class ConcatSource(CutoutSource):
+    """Several labelled data sets as one (``train --data A --data B``): rows of ``parts[0]``,
+    then of ``parts[1]``, ...; IDs may repeat across parts (each part keeps its own split)."""
+
+    def __init__(self, parts: Sequence[CutoutSource]) -> None:
+        rules = {p.label_rule for p in parts if p.label_rule is not None}
+        if len(rules) > 1:
+            raise DataError(
+                f"training data labelled by different rules ({'; '.join(sorted(rules))}): "
+                "re-pack them with one rule"
+            )
+        self.parts = list(parts)
+        self.path = parts[0].path
+        self.ids = np.concatenate([p.ids for p in parts]).astype(np.int64)
+        self.labels = np.concatenate([p.labels for p in parts]).astype(np.int8)
+        self.problems = [problem for p in parts for problem in p.problems]
+        self.label_rule = next(iter(rules), None)
+        self.starts = np.cumsum([0] + [len(p) for p in parts])
+
+    def _gather(self, name: str) -> np.ndarray:
+        return np.concatenate([np.asarray(getattr(p, name), np.float64) for p in self.parts])
+
+    @property
+    def ra(self) -> np.ndarray:
+        return self._gather("ra")
+
+    @property
+    def dec(self) -> np.ndarray:
+        return self._gather("dec")
+
+    @property
+    def catalog(self) -> dict[str, np.ndarray]:
+        """The numeric columns of any part, NaN where a part lacks them."""
+        catalogs = [p.catalog for p in self.parts]
+        names = sorted(
+            {n for c in catalogs for n, v in c.items() if np.asarray(v).dtype.kind in "fiub"}
+        )
+        return {
+            name: np.concatenate(
+                [
+                    np.asarray(c[name], np.float64) if name in c else np.full(len(p), np.nan)
+                    for c, p in zip(catalogs, self.parts, strict=True)
+                ]
+            )
+            for name in names
+        }
+
+    def to_memory(self) -> None:
+        for part in self.parts:
+            load_into_memory(part)
+
+    def _by_part(self, indices: Indices | None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(part, rows of the request, positions in the part) for every part requested."""
+        rows = self._as_indices(range(len(self)) if indices is None else indices)
+        part_of = np.searchsorted(self.starts, rows, side="right") - 1
+        for part in np.unique(part_of).tolist():
+            mask = np.flatnonzero(part_of == part)
+            yield part, mask, rows[mask] - self.starts[part]
+
+    def read(self, indices: Indices) -> Cutouts:
+        out = Cutouts.empty(len(self._as_indices(indices)))
+        for part, mask, positions in self._by_part(indices):
+            got = self.parts[part].read(positions)
+            out.vis[mask], out.nisp[mask], out.valid[mask] = got.vis, got.nisp, got.valid
+            for slot, reason in zip(mask.tolist(), got.reasons, strict=True):
+                out.reasons[slot] = reason
+        return out
+
+    def validate(self, indices: Indices | None = None, progress: bool = True) -> np.ndarray:
+        valid = np.ones(
+            len(self._as_indices(range(len(self)) if indices is None else indices)), bool
+        )
+        for part, mask, positions in self._by_part(indices):
+            valid[mask] = self.parts[part].validate(positions, progress)
+        return valid
+
+    def content_fingerprint(self) -> str:
+        digest = hashlib.sha256("|".join(p.content_fingerprint() for p in self.parts).encode())
+        return digest.hexdigest()[:16]
+
+
+def split_parts(parts: Sequence[CutoutSource], split_cfg: SplitConfig) -> dict[str, np.ndarray]:
+    """Each part split by its own IDs (as if trained on alone), as rows of the concatenation:
+    a part's test objects stay its test objects, and validation draws from every part."""
+    offsets = np.cumsum([0] + [len(p) for p in parts])
+    per_part = [split_indices(np.asarray(p.ids), split_cfg) for p in parts]
+    return {
+        name: np.concatenate(
+            [s[name] + offset for s, offset in zip(per_part, offsets, strict=False)]
+        )
+        for name in ("train", "val", "test")
+    }
+
+
 class LensDataModule(pl.LightningDataModule):
     """Train/validation loaders over a store, split by object ID (``split_indices``).
 
@@ -125,10 +220,17 @@ class LensDataModule(pl.LightningDataModule):
     of the datamodule's checkpoint state so a resumed run continues with the grown batch.
     """
 
-    def __init__(self, config: TrainConfig, store: str | Path) -> None:
+    def __init__(self, config: TrainConfig, store: str | Path | Sequence[str | Path]) -> None:
         super().__init__()
         self.config = config
-        self.store = Path(store)
+        # Several labelled sets (``--data A --data B``) train together as one ``ConcatSource``.
+        self.stores = [Path(store)] if isinstance(store, str | Path) else [Path(s) for s in store]
+        if not self.stores:
+            raise ConfigError("train: no training data given")
+        self.store = (
+            self.stores[0] if len(self.stores) == 1 else Path(" + ".join(map(str, self.stores)))
+        )
+        self.parts: list[Any] = []
         self.train_batch_size = config.batch_size
         self.source: Any = None
         self.train_indices = np.empty(0, np.int64)
@@ -146,7 +248,8 @@ class LensDataModule(pl.LightningDataModule):
         called before the Trainer starts so bad data fails in one line, not mid-launch."""
         if self.source is not None:
             return
-        source = open_source(self.store)
+        self.parts = [open_source(path) for path in self.stores]
+        source = self.parts[0] if len(self.parts) == 1 else ConcatSource(self.parts)
         labels = np.asarray(source.labels)
         if not (labels >= 0).any():
             raise DataError(
@@ -155,7 +258,7 @@ class LensDataModule(pl.LightningDataModule):
             )
         if self.config.split.val_fraction <= 0:
             raise ConfigError("split.val_fraction must be > 0: training selects on val AUROC")
-        splits = split_indices(np.asarray(source.ids), self.config.split)
+        splits = split_parts(self.parts, self.config.split)
         labelled = {name: idx[labels[idx] >= 0] for name, idx in splits.items()}
         for name in ("train", "val"):
             self._check_classes(name, labels[labelled[name]])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from lensfinder.config import PredictConfig, TrainConfig, to_dict
 from lensfinder.ensemble import ENSEMBLE_FILE, is_ensemble, member_dir, write_ensemble
 from lensfinder.errors import ConfigError
 from lensfinder.models.checkpoint import META_FILE
+from lensfinder.train.adapt import AdaptResult
 from lensfinder.train.run import TrainResult, train
 
 
@@ -45,13 +47,17 @@ def member_config(config: TrainConfig, index: int) -> TrainConfig:
 
 def train_models(
     config: TrainConfig,
-    store: str | Path,
+    store: str | Path | Sequence[str | Path],
     out: str | Path,
     resume: bool = True,
     progress: bool = True,
-) -> TrainResult | EnsembleResult:
+) -> TrainResult | EnsembleResult | AdaptResult:
     """``train`` for ``members == 1``; else the ensemble of ``config.members`` into ``out``."""
     out = Path(out)
+    if config.adapt.only:  # no labelled training: the --init model (or ensemble) adapted
+        from lensfinder.train.adapt import adapt_only
+
+        return adapt_only(config, out, progress)
     if config.members < 1:
         raise ConfigError(f"train config: members {config.members} < 1")
     if config.members == 1:

@@ -83,6 +83,9 @@ class LensClassifier(pl.LightningModule):
         self.model = model
         self.loss_fn = nn.BCEWithLogitsLoss()
         self.val_auroc = BinaryAUROC()
+        # ``train.adapt.JointAdaptation`` (--adapt FIELD with dann/consistency): adds the field's
+        # losses to every step; its domain head trains and checkpoints with this module.
+        self.adaptation: Any = None
 
     def forward(self, x: Any) -> torch.Tensor:
         if self.config.channels_last:
@@ -96,6 +99,8 @@ class LensClassifier(pl.LightningModule):
         return self.loss_fn(logits, target), logits, target
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        if self.adaptation is not None:  # logs its own terms
+            return self.adaptation.training_loss(self, batch, batch_idx)[0]
         loss, _, target = self._loss(batch)
         n = len(target)
         self.log(
@@ -134,6 +139,8 @@ class LensClassifier(pl.LightningModule):
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         config = self.config
         trainable = [p for p in self.model.parameters() if p.requires_grad]
+        if self.adaptation is not None:
+            trainable += [p for p in self.adaptation.parameters() if p.requires_grad]
         if not trainable:
             raise ValueError("the model has no trainable parameters")
         optimizer = make_optimizer(config, trainable)

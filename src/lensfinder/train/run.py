@@ -31,6 +31,7 @@ from lensfinder.data.identity import data_record
 from lensfinder.errors import ConfigError, ModelFileError
 from lensfinder.models import load_model, read_meta, save_model
 from lensfinder.safety import check_not_input, mark_output, output_lock
+from lensfinder.train.adapt import adapt_problems, field_adaptation, finish_adaptation
 from lensfinder.train.callbacks import (
     AtomicLastCheckpoint,
     AurocDropStopping,
@@ -149,6 +150,7 @@ def check_config(config: TrainConfig) -> None:
             problems.append(f"split.{name} {getattr(config.split, name)} not in [0, 1)")
     if isinstance(config.devices, int) and config.devices < 1 and config.devices != -1:
         problems.append(f"devices {config.devices}: expected a count >= 1, -1 (all) or 'auto'")
+    problems += adapt_problems(config)
     if problems:
         raise ConfigError(f"train config: {'; '.join(problems)}")
 
@@ -300,7 +302,7 @@ def make_loggers(out: Path, header: list[str]) -> list[Any]:
 # -- training ----------------------------------------------------------------------------------
 def train(
     config: TrainConfig,
-    store: str | Path,
+    store: str | Path | Sequence[str | Path],
     out: str | Path,
     resume: bool = True,
     progress: bool = True,
@@ -317,17 +319,19 @@ def train(
     from lightning.pytorch.utilities import rank_zero_only
 
     check_config(config)
-    check_not_input(out, [store], "train")
+    stores = [Path(store)] if isinstance(store, str | Path) else [Path(s) for s in store]
+    field = [Path(config.adapt.field)] if config.adapt.field else []
+    check_not_input(out, [*stores, *field], "train")
     if rank_zero_only.rank != 0:  # type: ignore[attr-defined]  # set by Lightning at import  # DDP's other processes: rank 0 holds the lock
-        return _train_locked(config, Path(store), Path(out), resume, progress, callbacks)
+        return _train_locked(config, stores, Path(out), resume, progress, callbacks)
     with output_lock(out, "train"):
         mark_output(out, "train")
-        return _train_locked(config, Path(store), Path(out), resume, progress, callbacks)
+        return _train_locked(config, stores, Path(out), resume, progress, callbacks)
 
 
 def _train_locked(
     config: TrainConfig,
-    store: Path,
+    store: list[Path],
     out: Path,
     resume: bool,
     progress: bool,
@@ -357,6 +361,7 @@ def _train_locked(
 
     pl.seed_everything(config.seed, workers=True, verbose=False)
     module = LensClassifier(config, initial_model(config))
+    field, module.adaptation = field_adaptation(config, module.model, progress and is_rank_zero)
     stopping = AurocDropStopping(config.stop_auroc_drop, config.stop_patience)
     history = EpochHistory()
     callbacks: list[Any] = [stopping, history, AtomicLastCheckpoint(out)]
@@ -399,6 +404,7 @@ def _train_locked(
 
     metrics = _metrics(trainer, stopping, history, datamodule, precision)
     if trainer.is_global_zero:
+        adapted = finish_adaptation(config, module, field, datamodule)  # AdaBN runs here
         meta = {
             "input": to_dict(config.input),
             "model": to_dict(config.model),
@@ -408,14 +414,19 @@ def _train_locked(
             "split": to_dict(config.split),
             "metrics": metrics,
             "data": {
-                **data_record(datamodule.base_source),  # evaluate tells its data from others
+                **data_record(datamodule.parts[0]),  # evaluate tells its data from others
                 "n_train": len(datamodule.train_indices),
                 "n_val": len(datamodule.val_indices),
                 "n_test": len(datamodule.test_indices),
                 "samples_per_epoch": datamodule.samples_per_epoch,
+                # ``--data A --data B``: every set (each split by its own IDs); "data" above is A
+                "data_sets": [data_record(p) for p in datamodule.parts]
+                if len(datamodule.parts) > 1
+                else None,
             },
             "graded": datamodule.graded_record,  # which people's grades were learnt, or None
             "init": str(Path(config.init).resolve()) if config.init else None,
+            "adapt": adapted,  # what was learnt from the unlabelled field, or None
             "lensfinder_version": __version__,
         }
         save_model(out, module.model, meta)

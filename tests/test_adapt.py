@@ -1,0 +1,276 @@
+"""``train --adapt FIELD``: learning from unlabelled cutouts, and training on several data sets.
+
+Tiny data and the ~100k-parameter test network at 32 px keep every training here to seconds.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from lensfinder.cli import app
+from lensfinder.config import AdaptConfig, SplitConfig, TrainConfig, load_config
+from lensfinder.data import open_source
+from lensfinder.ensemble import is_ensemble, member_dir, write_ensemble
+from lensfinder.errors import ConfigError
+from lensfinder.layout import CATALOG_NAME
+from lensfinder.models import load_model, read_meta
+from lensfinder.models.batchnorm import batchnorm_layers
+from lensfinder.testing import TINY_INPUT, TINY_MODEL, make_run
+from lensfinder.train.adapt import (
+    FieldCutouts,
+    adapt_methods,
+    open_field,
+    recompute_batchnorm,
+)
+from lensfinder.train.datamodule import ConcatSource, split_parts
+from lensfinder.train.ensemble import train_models
+from lensfinder.train.run import check_config
+
+
+def tiny_config(field: Path | None = None, **adapt: object) -> TrainConfig:
+    """One short epoch of the test network at 32 px."""
+    return TrainConfig(
+        input=TINY_INPUT,
+        model=TINY_MODEL,
+        split=SplitConfig(seed=0, test_fraction=0.1, val_fraction=0.3),
+        max_epochs=1,
+        batch_size=8,
+        batch_size_max=8,
+        max_train_samples=16,
+        stop_auroc_drop=1.0,
+        adapt=AdaptConfig(field=None if field is None else str(field), **adapt),  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(scope="module")
+def train_store(layout_factory, tmp_path_factory) -> Path:
+    from lensfinder.data.store import pack
+
+    out = tmp_path_factory.mktemp("adapt_train") / "train.zarr"
+    pack(layout_factory("adapt_train_layout", n=40, seed=11), out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def field_layout(layout_factory) -> Path:
+    """A labelled layout used as a field: its catalogue must never matter."""
+    return layout_factory("field_layout", n=16, seed=21, lens_fraction=0.25)
+
+
+@pytest.fixture(scope="module")
+def field_store(field_layout, tmp_path_factory) -> Path:
+    from lensfinder.data.store import pack
+
+    out = tmp_path_factory.mktemp("field_store") / "field.zarr"
+    pack(field_layout, out, progress=False)
+    return out
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "model.safetensors"))
+
+
+# -- the field's labels --------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["layout", "store"])
+def test_field_source_has_no_labels_or_catalogue(kind, field_layout, field_store):
+    path = field_layout if kind == "layout" else field_store
+    assert (open_source(path).labels >= 0).all()  # the data itself is labelled
+    source = open_field(path)
+    assert (source.labels == -1).all() and source.catalog == {} and source.label_rule is None
+    field = FieldCutouts(path, TINY_INPUT, AdaptConfig(field=str(path)))
+    assert not hasattr(field, "labels") and len(field) == 16
+    assert field.record()["field_kind"] == kind
+
+
+def test_a_layout_field_is_read_without_its_catalogue(field_layout, tmp_path):
+    """A survey catalogue without the label rule's columns must not stop adaptation."""
+    copy = tmp_path / "field"
+    shutil.copytree(field_layout, copy)
+    (copy / CATALOG_NAME).write_text("ID,something_else\n1,2\n")
+    assert len(FieldCutouts(copy, TINY_INPUT, AdaptConfig(field=str(copy)))) == 16
+
+
+def test_field_labels_never_reach_the_weights(train_store, field_layout, tmp_path):
+    """Training with every method gives bit-identical weights whether the field's catalogue
+    is there, inverted or gone; model.json records the adaptation."""
+    runs = {}
+    copies = {"labelled": field_layout}
+    for name in ("inverted", "removed"):
+        copies[name] = tmp_path / name
+        shutil.copytree(field_layout, copies[name])
+    catalogue = copies["inverted"] / CATALOG_NAME
+    lines = catalogue.read_text().splitlines()
+    header = next(i for i, line in enumerate(lines) if not line.startswith("#"))
+    rows = [line.split(",") for line in lines[header + 1 :]]
+    ids = [row[1] for row in rows]
+    for row, other in zip(rows, ids[1:] + ids[:1], strict=True):
+        row[1] = other  # every object gets another's catalogue row, so another's label
+    catalogue.write_text("\n".join(lines[: header + 1] + [",".join(r) for r in rows]) + "\n")
+    assert (open_source(copies["inverted"]).labels != open_source(field_layout).labels).any()
+    (copies["removed"] / CATALOG_NAME).unlink()
+    # Fine-tuned from a model with spread logits, so the teacher is confident on some cutouts.
+    init = make_run(tmp_path / "init", head_scale=50.0)
+    for name, field in copies.items():
+        config = tiny_config(field, method="dann+consistency+adabn", consistency_threshold=0.6)
+        config = dataclasses.replace(config, init=str(init))
+        runs[name] = train_models(config, train_store, tmp_path / f"run-{name}", progress=False)
+    reference = weights(runs["labelled"].run_dir)
+    for name in ("inverted", "removed"):
+        other = weights(runs[name].run_dir)
+        assert all(torch.equal(reference[k], other[k]) for k in reference), name
+
+    record = read_meta(runs["labelled"].run_dir)["adapt"]
+    assert record["method"] == "dann+consistency+adabn"
+    assert record["field"] == str(field_layout.resolve())
+    assert record["field_fingerprint"] == open_field(field_layout).content_fingerprint()
+    assert (record["n_used"], record["n_skipped"], record["n_problems"]) == (16, 0, 0)
+    assert record["adabn"]["views"] == 2 and record["adabn"]["layers"] > 0
+    assert 0 <= record["val_auroc_after_adabn"] <= 1
+    with open(runs["labelled"].run_dir / "metrics.csv") as handle:
+        rows_csv = [r for r in csv.DictReader(handle) if r.get("adapt_domain_loss")]
+    assert rows_csv and all(
+        math.isfinite(float(r[k]))
+        for r in rows_csv
+        for k in ("adapt_domain_loss", "adapt_consistency_loss", "train_loss")
+    )
+    assert float(rows_csv[0]["adapt_confident"]) > 0  # pseudo-labels were used
+
+
+# -- AdaBN ---------------------------------------------------------------------------------------
+def test_adabn_sets_running_stats_to_the_fields_and_keeps_weights(field_store, tmp_path):
+    model, _ = load_model(make_run(tmp_path / "init", random_bn_stats=True))
+    field = FieldCutouts(field_store, TINY_INPUT, AdaptConfig(field=str(field_store)))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    first = batchnorm_layers(model)[0]
+    seen: list[torch.Tensor] = []
+    handle = first.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    record = recompute_batchnorm(model, field, views=8, batch_size=8)
+    handle.remove()
+    # The field's own mean of the first BN layer's input, over every cutout and D4 view.
+    inputs = torch.cat(seen)
+    assert len(inputs) == 16 * 8 and record["batches"] == 2 * 8
+    assert torch.allclose(first.running_mean, inputs.mean((0, 2, 3)), atol=1e-5)
+    assert not torch.allclose(first.running_mean, before["backbone.bn1.running_mean"])
+    after = model.state_dict()
+    for key, value in before.items():
+        if "running" not in key and "num_batches" not in key:
+            assert torch.equal(value, after[key]), key
+    assert first.momentum == 0.1 and not model.training  # restored
+
+
+def test_adabn_moves_stats_towards_a_brighter_field(field_layout, tmp_path):
+    """A field whose galaxies are brighter (relative to the noise) moves the first BN layer's
+    running mean the same way as the field's own mean."""
+    from lensfinder.testing import make_tiny_layout
+
+    bright = make_tiny_layout(tmp_path / "bright", n=16, seed=21, lens_fraction=0.25)
+    from astropy.io import fits
+
+    for path in (bright / "Public").rglob("*.fits"):
+        with fits.open(path, mode="update") as hdul:
+            data = hdul[0].data.astype(np.float32)
+            hdul[0].data = data + 3.0 * np.clip(data - np.median(data), 0, None)
+    model, _ = load_model(make_run(tmp_path / "init"))
+    means = {}
+    for name, path in (("plain", field_layout), ("bright", bright)):
+        field = FieldCutouts(path, TINY_INPUT, AdaptConfig(field=str(path)))
+        recompute_batchnorm(model, field, views=1, batch_size=16)
+        means[name] = batchnorm_layers(model)[0].running_mean.clone()
+    assert not torch.allclose(means["plain"], means["bright"], atol=1e-3)
+
+
+# -- --init, --members, the CLI ------------------------------------------------------------------
+def test_init_and_adapt_only_adapts_a_model_and_an_ensemble(field_store, train_store, tmp_path):
+    init = make_run(tmp_path / "init", data=train_store)
+    config = tiny_config(field_store, method="adabn", only=True)
+    config = dataclasses.replace(config, init=str(init))
+    train_models(config, train_store, tmp_path / "adapted", progress=False)
+    meta, source_meta = read_meta(tmp_path / "adapted"), read_meta(init)
+    assert meta["adapt"]["method"] == "adabn" and meta["init"] == str(init.resolve())
+    assert meta["data"] == source_meta["data"]  # evaluate still finds the init's test split
+    old, new = weights(init), weights(tmp_path / "adapted")
+    changed = [k for k in old if not torch.equal(old[k], new[k])]
+    assert changed and all("running" in k or "num_batches" in k for k in changed)
+
+    ensemble = tmp_path / "ensemble"
+    members = [make_run(member_dir(ensemble, k), seed=k) for k in range(2)]
+    write_ensemble(ensemble, members, "probability")
+    config = dataclasses.replace(config, init=str(ensemble))
+    result = train_models(config, train_store, tmp_path / "adapted-ensemble", progress=False)
+    assert is_ensemble(tmp_path / "adapted-ensemble") and "2 ensemble members" in result.summary()
+    for k in range(2):
+        assert read_meta(member_dir(tmp_path / "adapted-ensemble", k))["adapt"]["n_used"] == 16
+
+
+def test_cli_adabn_only_without_data(field_layout, tmp_path):
+    init = make_run(tmp_path / "init")
+    argv = ["train", "--init", str(init), "--adapt", str(field_layout), "--config", "adabn-only"]
+    result = CliRunner().invoke(app, [*argv, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "adapted the model" in result.output
+    assert read_meta(tmp_path / "out")["adapt"]["field_kind"] == "layout"
+    missing = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "o2")])
+    assert missing.exit_code == 2 and "give --data" in missing.output
+
+
+def test_members_with_adapt_adapt_every_member(train_store, field_store, tmp_path):
+    config = dataclasses.replace(tiny_config(field_store, method="dann+adabn"), members=2)
+    train_models(config, train_store, tmp_path / "ens", progress=False)
+    for k in range(2):
+        record = read_meta(member_dir(tmp_path / "ens", k))["adapt"]
+        assert record["method"] == "dann+adabn" and record["field_kind"] == "store"
+
+
+# -- settings ------------------------------------------------------------------------------------
+def test_methods_and_their_checks(field_store):
+    assert adapt_methods(AdaptConfig(field="f", method="adabn+dann")) == ("dann", "adabn")
+    assert adapt_methods(AdaptConfig(field=None, method="dann")) == ()
+    assert adapt_methods(AdaptConfig(field="f", method="none")) == ()
+    with pytest.raises(ConfigError, match=r"adapt\.method"):
+        check_config(tiny_config(field_store, method="adabn+magic"))
+    with pytest.raises(ConfigError, match="give --init"):
+        train_models(tiny_config(field_store, only=True), field_store, field_store.parent / "o")
+    with pytest.raises(ConfigError, match="AdaBN alone"):
+        check_config(
+            dataclasses.replace(tiny_config(field_store, method="dann", only=True), init="x")
+        )
+    shipped = load_config(TrainConfig, "adabn-only")
+    assert shipped.adapt.only and shipped.adapt.method == "adabn"
+
+
+# -- several labelled data sets ------------------------------------------------------------------
+def test_training_on_two_data_sets(train_store, field_store, tmp_path):
+    parts = [open_source(train_store), open_source(field_store)]
+    both = ConcatSource(parts)
+    rows = np.array([3, 45, 0, 55])
+    got = both.read(rows)
+    assert np.array_equal(got.vis[1], parts[1].read([5]).vis[0])
+    assert np.array_equal(got.vis[0], parts[0].read([3]).vis[0])
+    splits = split_parts(parts, SplitConfig(seed=0, test_fraction=0.1, val_fraction=0.3))
+    assert (splits["val"] >= 40).any() and (splits["val"] < 40).any()  # validation from both
+
+    result = train_models(tiny_config(), [train_store, field_store], tmp_path / "run", False)
+    data = read_meta(result.run_dir)["data"]
+    assert data["store"] == str(train_store.resolve())
+    assert [d["store"] for d in data["data_sets"]] == [
+        str(train_store.resolve()),
+        str(field_store.resolve()),
+    ]
+    assert data["n_train"] + data["n_val"] + data["n_test"] == 56
+
+    from lensfinder.evaluate.run import resolve_split
+
+    meta = read_meta(result.run_dir)
+    assert resolve_split("auto", open_source(field_store), [meta])[0] == "test"
+    json.dumps(meta)  # plain JSON
