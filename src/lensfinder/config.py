@@ -277,6 +277,10 @@ class DemoConfig:
     seed: int = 0
 
 
+MIN_INPUT_SIZE = 8
+MAX_INPUT_SIZE = 200  # the VIS cutout's side: "native" cannot crop more, "bin" only upsamples
+
+
 def check_bands(input_cfg: InputConfig) -> tuple[str, ...]:
     """The input's bands, refused unless known, distinct and non-empty (stems are built for
     exactly these) and fit for the layout; one check for the model and its input alike."""
@@ -293,12 +297,15 @@ def check_bands(input_cfg: InputConfig) -> tuple[str, ...]:
             f"input size {input_cfg.size}: expected {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE} pixels "
             f"(a VIS cutout is {MAX_INPUT_SIZE} pixels across; more only interpolates)"
         )
+    if not (input_cfg.asinh_softening > 0 and input_cfg.clip > 0):
+        raise ConfigError(
+            f"input asinh_softening {input_cfg.asinh_softening} and clip {input_cfg.clip} must "
+            "be > 0 (they divide and bound every pixel)"
+        )
     return bands
 
 
 C = TypeVar("C")
-MIN_INPUT_SIZE = 8
-MAX_INPUT_SIZE = 200  # the VIS cutout's side: "native" cannot crop more, "bin" only upsamples
 # Integer fields with a floor wherever they appear (numpy's seed sequences refuse negatives).
 AT_LEAST: dict[str, int] = {"seed": 0}
 # Sections checked as they are read, so a bad value fails at load time, before any output.
