@@ -98,6 +98,8 @@ def test_4_dataset_drops_damaged_objects_with_the_reasons_scan_gives(damaged_sto
     assert dataset.skipped_reasons == {"unreadable store chunk": 8, "blank image": 4}
     x, _ = dataset.get_batch(np.arange(len(dataset)))
     assert all(float(image.std()) > 0 for image in x)  # no all-zero input left
+    in_memory = open_source(damaged_store).to_memory()  # a damaged chunk fails no load
+    assert set(in_memory.ids[~in_memory.check().valid].tolist()) == DAMAGED_IDS
 
 
 def test_4_training_leaves_out_damaged_objects_and_says_so(
@@ -159,6 +161,18 @@ def test_7_device_counts_beyond_the_cpu_are_refused_before_training(
     )
     one_line_error(result, *words)
     assert not started
+
+
+def test_7_gpu_counts_and_indices_are_checked_against_the_visible_gpus(monkeypatch):
+    from lensfinder.train.run import check_devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert check_devices(2, "cuda") is None and check_devices("0,1", "gpu") is None
+    assert check_devices(-1, "auto") is None and check_devices("auto", "cuda") is None
+    assert "only 2 GPUs" in (check_devices(3, "cuda") or "")
+    assert "0..1" in (check_devices("0,5", "cuda") or "")
+    assert "distinct" in (check_devices("1,1", "cuda") or "")
 
 
 # -- 8. only regular files are images ------------------------------------------------------
