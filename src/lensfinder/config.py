@@ -8,6 +8,7 @@ A config file holds any subset of the fields below, nested as here; unknown keys
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -350,6 +351,10 @@ class DemoConfig:
     seed: int = 0
 
 
+MIN_INPUT_SIZE = 8
+MAX_INPUT_SIZE = 200  # the VIS cutout's side: "native" cannot crop more, "bin" only upsamples
+
+
 def check_bands(input_cfg: InputConfig) -> tuple[str, ...]:
     """The input's bands, refused unless known, distinct and non-empty (stems are built for
     exactly these) and fit for the layout; one check for the model and its input alike."""
@@ -361,12 +366,24 @@ def check_bands(input_cfg: InputConfig) -> tuple[str, ...]:
         )
     if input_cfg.layout == "two_branch" and ("VIS" not in bands or len(bands) < 2):
         raise ConfigError("input layout two_branch needs VIS and at least one NISP band")
-    if input_cfg.size < 8:
-        raise ConfigError(f"input size {input_cfg.size} is too small (at least 8 pixels)")
+    if not MIN_INPUT_SIZE <= input_cfg.size <= MAX_INPUT_SIZE:
+        raise ConfigError(
+            f"input size {input_cfg.size}: expected {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE} pixels "
+            f"(a VIS cutout is {MAX_INPUT_SIZE} pixels across; more only interpolates)"
+        )
+    if not (input_cfg.asinh_softening > 0 and input_cfg.clip > 0):
+        raise ConfigError(
+            f"input asinh_softening {input_cfg.asinh_softening} and clip {input_cfg.clip} must "
+            "be > 0 (they divide and bound every pixel)"
+        )
     return bands
 
 
 C = TypeVar("C")
+# Integer fields with a floor wherever they appear (numpy's seed sequences refuse negatives).
+AT_LEAST: dict[str, int] = {"seed": 0}
+# Sections checked as they are read, so a bad value fails at load time, before any output.
+SECTION_CHECKS: dict[type, Any] = {InputConfig: check_bands}
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
@@ -388,6 +405,8 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
                 return _convert(arg, value, where)
             except (TypeError, ValueError) as exc:
                 errors.append(str(exc))
+        if len(errors) == 1:  # ``X | None``: X's own reason says more
+            raise ConfigError(errors[0])
         raise ConfigError(f"config {where}: {value!r} fits none of {tp}")
     if origin is tuple:
         if not isinstance(value, list | tuple):
@@ -407,8 +426,13 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"config {where}: {value!r} is not one of {typing.get_args(tp)}")
         return value
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):  # YAML's .nan/.inf: no setting means "not a number"
+            raise ConfigError(f"config {where}: {value!r} is not a finite number")
         return float(value)
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        leaf = where.rpartition(".")[2]
+        if leaf in AT_LEAST and value < AT_LEAST[leaf]:
+            raise ConfigError(f"config {where}: {value} is below {AT_LEAST[leaf]}")
         return value
     if tp is bool and isinstance(value, bool):
         return value
@@ -430,7 +454,11 @@ def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
             f"known: {', '.join(sorted(known))}"
         )
     kwargs = {k: _convert(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
-    return cls(**kwargs)
+    built = cls(**kwargs)
+    check = SECTION_CHECKS.get(cls)
+    if check is not None:
+        check(built)
+    return built
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -499,7 +527,9 @@ def load_config(cls: type[C], name_or_path: str | Path | None = None, **override
         try:
             loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+            raise ConfigError(yaml_error_line(path, exc)) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read config ({exc})") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping at top level")
         data = loaded or {}
@@ -508,6 +538,16 @@ def load_config(cls: type[C], name_or_path: str | Path | None = None, **override
         except ValueError as exc:
             raise ConfigError(f"{path}: {exc}") from None
     return from_dict(cls, overrides)
+
+
+def yaml_error_line(path: Path, exc: Exception) -> str:
+    """PyYAML's several-line message as one: ``file:line:column: problem (context)``."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    text = f"{problem} ({context})" if context else str(problem)
+    return f"{where}: not valid YAML: {' '.join(text.split())}"
 
 
 def save_config(config: Any, path: str | Path) -> None:

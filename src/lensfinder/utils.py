@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -91,3 +92,18 @@ def read_table(path: str | Path, what: str, hint: str) -> Any:
         return pacsv.read_csv(path) if path.suffix.lower() == ".csv" else pq.read_table(path)
     except Exception as exc:
         raise DataError(f"{path}: cannot read {what} ({exc})") from None
+
+
+def torch_load_refusal(exc: BaseException) -> str:
+    """Why ``torch.load(..., weights_only=True)`` refused a file, in a few words for a one-line
+    error. Never torch's own several-line text: it advises passing ``weights_only=False``, which
+    would let a stranger's file run code."""
+    text = str(exc)
+    if "WeightsUnpickler error" in text or "Weights only load failed" in text:
+        detail = text.partition("WeightsUnpickler error:")[2].strip().split("\n\n")[0]
+        detail = " ".join(detail.split()).split(". ")[0].rstrip(".")
+        detail = re.sub(r"\bGLOBAL\s+", "", detail)
+        found = f": {detail}" if detail else ""
+        return f"it holds more than tensors{found}; refused, since unpickling it could run code"
+    first = " ".join(text.split()).split(". ")[0] if text.strip() else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

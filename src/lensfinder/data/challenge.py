@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import os
+import stat
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from lensfinder.surveys import EUCLID, Band
 from lensfinder.utils import progress
 
 FITS_BLOCK = 2880  # every FITS file is a whole number of 2880-byte blocks
+ID_RANGE = (-(2**63), 2**63 - 1)  # IDs are int64 everywhere (stores, scores, grades)
 
 
 @dataclass(frozen=True)
@@ -138,10 +140,32 @@ def describe_label_gaps(gaps: dict[str, int]) -> str:
     )
 
 
+_FILE_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
+def check_regular_file(path: Path) -> None:
+    """BadImage unless ``path`` is a regular file (or a link to one): opening a FIFO named like
+    a FITS file would wait forever for a writer, and a directory is no image."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise BadImage(path, f"cannot read ({exc.strerror})") from None
+    if not stat.S_ISREG(mode):
+        kind = _FILE_KINDS.get(stat.S_IFMT(mode), "not a file")
+        raise BadImage(path, f"not a regular file ({kind})")
+
+
 def _read_fits_image(path: Path) -> tuple[np.ndarray, object]:
     """The first image HDU with data, as native float32, and its header; BadImage otherwise."""
     from astropy.io import fits
 
+    check_regular_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -220,6 +244,21 @@ def _parse_number(text: str) -> float:
     return float(text) if text else float("nan")
 
 
+def id_out_of_range(object_id: int) -> bool:
+    """True for an ID that int64 cannot hold (it would wrap to a wrong, negative ID)."""
+    return not ID_RANGE[0] <= object_id <= ID_RANGE[1]
+
+
+def _whole_number(text: str) -> int:
+    """The exact integer of an ID field already known to be a whole number (``200003``,
+    ``200003.0``, ``2e5``): digits are read as an integer, not through a float, so IDs above
+    2**53 keep every digit."""
+    try:
+        return int(text)
+    except ValueError:
+        return int(float(text))
+
+
 def _split_csv(line: str) -> list[str]:
     return next(csv.reader([line]))
 
@@ -253,6 +292,7 @@ def read_catalog(path: Path) -> tuple[dict[str, np.ndarray], list[Problem]]:
     # Must be numbers (else the row is a Problem): the ID and the challenge's own columns.
     required = [i for i, name in enumerate(names) if name in CATALOG_COLUMNS or i == id_column]
     kept: list[list[str]] = []
+    kept_ids: list[int] = []
     seen: set[int] = set()
     for number, line in numbered[1:]:
         where = f"{path}:{number}"
@@ -270,15 +310,22 @@ def read_catalog(path: Path) -> tuple[dict[str, np.ndarray], list[Problem]]:
         if not np.isfinite(object_id):
             problems.append(Problem(None, where, "catalogue row has no ID"))
             continue
+        id_text = row[id_column].strip()
         if not float(object_id).is_integer():
-            reason = f"catalogue ID {row[id_column].strip()} is not a whole number"
+            reason = f"catalogue ID {id_text} is not a whole number"
             problems.append(Problem(None, where, reason))
             continue
-        if int(object_id) in seen:
-            problems.append(Problem(int(object_id), where, "duplicate catalogue ID"))
+        whole = _whole_number(id_text)
+        if id_out_of_range(whole):
+            reason = f"catalogue ID {id_text} is out of range (IDs must fit in 64-bit integers)"
+            problems.append(Problem(None, where, reason))
             continue
-        seen.add(int(object_id))
+        if whole in seen:
+            problems.append(Problem(whole, where, "duplicate catalogue ID"))
+            continue
+        seen.add(whole)
         kept.append(row)
+        kept_ids.append(whole)
     catalog: dict[str, np.ndarray] = {}
     for column, name in enumerate(names):
         if not name:  # the unnamed leading index is a row number, not a quantity
@@ -291,7 +338,7 @@ def read_catalog(path: Path) -> tuple[dict[str, np.ndarray], list[Problem]]:
             catalog[name] = np.asarray([_parse_number(f) for f in fields], dtype=np.float64)
         except ValueError:
             continue  # an unknown text column: checked above if it was a challenge column
-    catalog["ID"] = catalog["ID"].astype(np.int64)
+    catalog["ID"] = np.asarray(kept_ids, dtype=np.int64)
     if not len(catalog["ID"]):
         detail = f" ({len(problems)} unusable rows)" if problems else ""
         raise DataError(f"{path}: catalogue has a header but no usable rows{detail}")
@@ -313,8 +360,9 @@ def find_layout_root(path: str | Path) -> Path:
     return path
 
 
-def _list_band(root: Path, band: Band) -> dict[int, Path]:
-    """ID -> file for one band, from one directory listing (fast for 100,000 files)."""
+def _list_band(root: Path, band: Band, problems: list[Problem]) -> dict[int, Path]:
+    """ID -> file for one band, from one directory listing (fast for 100,000 files); a file
+    whose ID int64 cannot hold is added to ``problems`` instead."""
     folder = band_dir(root, band)
     found: dict[int, Path] = {}
     if not folder.is_dir():
@@ -322,8 +370,13 @@ def _list_band(root: Path, band: Band) -> dict[int, Path]:
     with os.scandir(folder) as entries:
         for entry in entries:
             parsed = parse_image_name(entry.name)
-            if parsed is not None and parsed[0] == band.name:
-                found[parsed[1]] = Path(entry.path)
+            if parsed is None or parsed[0] != band.name:
+                continue
+            if id_out_of_range(parsed[1]):
+                reason = "ID out of range (IDs must fit in 64-bit integers)"
+                problems.append(Problem(None, entry.path, reason))
+                continue
+            found[parsed[1]] = Path(entry.path)
     return found
 
 
@@ -381,6 +434,7 @@ class ChallengeLayout:
         vis = EUCLID.bands[0]
         for index in progress(range(len(self)), total=len(self), desc="reading positions"):
             try:
+                check_regular_file(self.path(index, vis))
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     header = fits.getheader(self.path(index, vis))
@@ -438,7 +492,7 @@ def read_layout(
     root = find_layout_root(path)
     rule = _as_rule(label_rule)
     problems: list[Problem] = []
-    per_band = {band.name: _list_band(root, band) for band in EUCLID.bands}
+    per_band = {band.name: _list_band(root, band, problems) for band in EUCLID.bands}
     all_ids = set().union(*per_band.values())
     if not all_ids:
         raise DataError(f"{root}: challenge layout holds no imageEUC_<BAND>-<ID>.fits files")

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from lensfinder.data.challenge import Problem
+from lensfinder.data.challenge import Problem, reason_kind
 from lensfinder.data.nonfinite import repair_nonfinite
 from lensfinder.surveys import EUCLID
+from lensfinder.utils import progress as progress_bar
 
 VIS_SHAPE: tuple[int, int] = (EUCLID.bands[0].cutout_pixels,) * 2
 NISP_SHAPE: tuple[int, int, int] = (
@@ -27,6 +29,7 @@ NISP_SHAPE: tuple[int, int, int] = (
 )
 
 Indices = Sequence[int] | np.ndarray | slice | range
+CHECK_ROWS = 256  # objects read at once by ``CutoutSource.check`` (~55 MB of pixels)
 
 
 @dataclass
@@ -51,6 +54,24 @@ class Cutouts:
         )
 
 
+@dataclass
+class RowCheck:
+    """Which objects can be used, and why each of the others cannot (``CutoutSource.check``)."""
+
+    valid: np.ndarray  # (n,) bool, in the order asked
+    reasons: list[str | None]  # in full (file and details); None for valid rows
+
+    @property
+    def n_invalid(self) -> int:
+        return int((~self.valid).sum())
+
+    def kinds(self) -> dict[str, int]:
+        """Invalid rows counted by kind of reason (``reason_kind``), most common first."""
+        pairs = zip(self.reasons, self.valid.tolist(), strict=True)
+        counts = Counter(reason_kind(reason) for reason, ok in pairs if not ok)
+        return dict(counts.most_common())
+
+
 def repair_rows(cutouts: Cutouts) -> int:
     """Apply the non-finite policy (``data.nonfinite``) to every valid row, band by band, in
     place: a few bad pixels are repaired, a row with more is marked invalid with the reason.
@@ -71,8 +92,12 @@ def repair_rows(cutouts: Cutouts) -> int:
 
 def mark_blank(cutouts: Cutouts, where: Path) -> None:
     """Mark valid rows with a constant (e.g. all-zero) band invalid, with the reason: such an
-    image holds no information and its score would mean nothing."""
-    for name, images in (("VIS", cutouts.vis), ("NISP", cutouts.nisp)):
+    image holds no information and its score would mean nothing. Each band on its own, as the
+    FITS reader does (``read_band``): a zeroed Y plane beside good J and H is still blank."""
+    planes = [("VIS", cutouts.vis)] + [
+        (band.name, cutouts.nisp[:, k]) for k, band in enumerate(EUCLID.bands[1:])
+    ]
+    for name, images in planes:
         flat = images.reshape(len(images), -1) if len(images) else images.reshape(0, 1)
         with np.errstate(invalid="ignore"):
             blank = np.flatnonzero((flat.max(axis=1) == flat.min(axis=1)) & cutouts.valid)
@@ -109,11 +134,33 @@ class CutoutSource(ABC):
     def read(self, indices: Indices) -> Cutouts:
         """Pixels of the objects at these positions (0..len-1), in the order given."""
 
+    def check(self, indices: Indices | None = None, progress: bool = True) -> RowCheck:
+        """Read ``indices`` (default all) once, with the checks every reader applies: ``read``
+        (missing or unreadable files and store chunks, blank images) then ``repair_rows``
+        (non-finite pixels), exactly as prediction does (``Predictor.predict_source``); so
+        training drops what a scan or an evaluation skips. Read in position order (contiguous
+        store ranges), ``CHECK_ROWS`` objects at a time; results in the order asked."""
+        positions = self._as_indices(range(len(self)) if indices is None else indices)
+        valid = np.ones(len(positions), dtype=bool)
+        reasons: list[str | None] = [None] * len(positions)
+        order = np.argsort(positions, kind="stable")
+        starts: Iterable[int] = range(0, len(positions), CHECK_ROWS)
+        if progress:
+            total = -(-len(positions) // CHECK_ROWS)
+            starts = progress_bar(starts, total=total, desc="checking data")
+        for start in starts:
+            rows = order[start : start + CHECK_ROWS]
+            cutouts = self.read(positions[rows])
+            repair_rows(cutouts)
+            valid[rows] = cutouts.valid
+            for row, ok, reason in zip(rows.tolist(), cutouts.valid, cutouts.reasons, strict=True):
+                if not ok:
+                    reasons[row] = reason or "invalid"
+        return RowCheck(valid, reasons)
+
     def validate(self, indices: Indices | None = None, progress: bool = True) -> np.ndarray:
-        """Which of ``indices`` (default all) can be read; a store holds only valid objects."""
-        return np.ones(
-            len(self._as_indices(range(len(self)) if indices is None else indices)), bool
-        )
+        """Which of ``indices`` (default all) can be used (``check``, without the reasons)."""
+        return self.check(indices, progress).valid
 
     def _as_indices(self, indices: Indices) -> np.ndarray:
         """Positions as int64, checked against the length (a clear IndexError, not garbage)."""

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from lensfinder.config import InputConfig, check_bands
 from lensfinder.data.augment import N_ELEMENTS, apply_d4_per_sample
-from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE, CutoutSource
+from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE, CutoutSource, repair_rows
 from lensfinder.data.transforms import ModelInput, map_input, to_model_input
 from lensfinder.utils import progress as progress_bar
 
@@ -66,8 +66,10 @@ def collate(items: list[Item]) -> Any:
 class CutoutDataset(Dataset):
     """Objects ``indices`` of ``source`` (default all) as model input and float32 labels.
 
-    Unreadable objects are dropped at construction and counted in ``skipped`` (for a store this
-    costs nothing; for a layout every file is read once). Labels are 1.0 / 0.0, or -1.0 where the
+    Objects that cannot be used are dropped at construction (``CutoutSource.check``: every
+    object is read once, with the checks prediction applies) and counted in ``skipped``, by kind
+    in ``skipped_reasons``; ``check=False`` when the caller has already dropped them (training
+    checks its splits once, before the Trainer starts). Labels are 1.0 / 0.0, or -1.0 where the
     source has none. With ``augment``, each item gets a random D4 element; two-branch inputs get
     the same element in both branches.
     """
@@ -80,14 +82,16 @@ class CutoutDataset(Dataset):
         augment: bool = False,
         seed: int = 0,
         progress: bool = False,
+        check: bool = True,
     ) -> None:
         self.source = source
         self.input_cfg = input_cfg or InputConfig()
         check_bands(self.input_cfg)
         wanted = np.arange(len(source)) if indices is None else np.asarray(indices, np.int64)
-        valid = source.validate(wanted, progress=progress)
-        self.indices = wanted[valid]
-        self.skipped = int((~valid).sum())
+        checked = source.check(wanted, progress=progress) if check else None
+        self.indices = wanted if checked is None else wanted[checked.valid]
+        self.skipped = 0 if checked is None else checked.n_invalid
+        self.skipped_reasons: dict[str, int] = {} if checked is None else checked.kinds()
         self.labels = source.labels[self.indices].astype(np.float32)
         self.augment = augment
         self.seed = seed
@@ -114,8 +118,10 @@ class CutoutDataset(Dataset):
         return self._generator
 
     def model_input(self, positions: np.ndarray) -> ModelInput:
-        """The deterministic part of items ``positions``: read and ``to_model_input``."""
+        """The deterministic part of items ``positions``: read, repair a few non-finite pixels
+        as prediction does (``repair_rows``), ``to_model_input``."""
         cutouts = self.source.read(self.indices[positions])
+        repair_rows(cutouts)
         return to_model_input(cutouts.vis, cutouts.nisp, self.input_cfg)
 
     def precompute(self, progress: bool = False) -> None:

@@ -1,14 +1,13 @@
 """One reading interface over a packed store and an unpacked challenge layout.
 
 Training, prediction and scanning all take a ``CutoutSource`` (``data.cutouts``); ``open_source``
-picks the packed store or a layout read on the fly. A row that cannot be read
-(possible only for a layout read on the fly) comes back zero-filled with ``valid=False`` and a
-reason, so a scan of millions of files counts bad ones instead of stopping.
+picks the packed store or a layout read on the fly. A row that cannot be read (a bad file, a
+damaged store chunk) comes back zero-filled with ``valid=False`` and a reason, so a scan of
+millions of files counts bad ones instead of stopping.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,15 +21,14 @@ from lensfinder.labels import LabelRule
 from lensfinder.labels import label_rule as parse_label_rule
 from lensfinder.safety import layout_fingerprint
 from lensfinder.surveys import EUCLID
-from lensfinder.utils import progress as progress_bar
 
 
 class LayoutSource(CutoutSource):
     """A challenge layout read on the fly (for scanning data that was never packed).
 
     ``threads`` > 1 reads files concurrently, which helps on high-latency (network) disks only:
-    astropy's parsing holds the GIL. Failures are remembered, so ``validate`` followed by
-    ``read`` does not report the same file twice.
+    astropy's parsing holds the GIL. Failures are remembered, so ``check`` (which reads every
+    object once) followed by ``read`` does not read a bad file twice.
     """
 
     def __init__(self, layout: ChallengeLayout, threads: int = 1) -> None:
@@ -86,18 +84,6 @@ class LayoutSource(CutoutSource):
             out.nisp[row] = obj.nisp
             self.repaired_pixels += obj.repaired_pixels
         return out
-
-    def validate(self, indices: Indices | None = None, progress: bool = True) -> np.ndarray:
-        """Read every object once (with a progress bar) to find those that cannot be used."""
-        positions = self._as_indices(range(len(self)) if indices is None else indices)
-        valid = np.ones(len(positions), dtype=bool)
-        step = 64
-        starts: Iterable[int] = range(0, len(positions), step)
-        if progress:
-            starts = progress_bar(starts, total=-(-len(positions) // step), desc="checking files")
-        for start in starts:
-            valid[start : start + step] = self.read(positions[start : start + step]).valid
-        return valid
 
 
 def is_store(path: str | Path) -> bool:

@@ -4,12 +4,15 @@ Model files get shared between people, so loading must be safe for a file from a
 safetensors is read, pickles (``.pt``, ``.pth``, ``.ckpt``, or a pickle renamed to
 ``model.safetensors``) are refused before anything parses them, and nothing is ever unpickled.
 The JSON records the ``InputConfig`` the model was trained on, so a model is never fed inputs
-made for other bands, sizes or normalisation.
+made for other bands, sizes or normalisation; a hash of that description (``DESCRIBED``) is saved
+beside it and checked on load, so an edited band order, size or label rule is refused rather
+than silently changing every score (model files from before the hash load as they are).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import struct
 from pathlib import Path
@@ -32,6 +35,17 @@ FORMAT_VERSION = 1
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
 _PICKLE_STARTS = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive; a raw pickle
 _MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
+# The sections of model.json that say how to rebuild, feed and read the model, and on what data
+# it was trained (evaluate's split); their hash is saved under DESCRIPTION_KEY.
+DESCRIBED = ("input", "model", "label_rule", "split", "data", "train")
+DESCRIPTION_KEY = "description_sha256"
+
+
+def description_hash(record: dict[str, Any]) -> str:
+    """SHA-256 of the ``DESCRIBED`` sections as canonical JSON (a missing one counts as null)."""
+    described = {key: record.get(key) for key in DESCRIBED}
+    text = json.dumps(described, sort_keys=True, separators=(",", ":"), default=_json_default)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def save_model(run_dir: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
@@ -58,6 +72,10 @@ def save_model(run_dir: str | Path, model: nn.Module, meta: dict[str, Any]) -> P
         timm_version=timm.__version__,
     )
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    record.pop(DESCRIPTION_KEY, None)
+    # Hashed as it will be read back (tuples as lists, numpy numbers as plain ones).
+    plain = json.loads(json.dumps(record, default=_json_default))
+    record[DESCRIPTION_KEY] = description_hash(plain)
     text = json.dumps(record, indent=2, sort_keys=False, default=_json_default) + "\n"
     with atomic_path(run_dir / WEIGHTS_FILE) as tmp:
         save_file(
@@ -156,6 +174,7 @@ def load_model(
     meta = read_meta(meta_path.parent)
     input_cfg = input_config(meta, meta_path)
     model_cfg = _parse(ModelConfig, meta["model"], meta_path, "model")
+    check_description(meta, meta_path)
     if expect_input is not None:
         _check_input(input_cfg, expect_input, meta_path)
     tensors = read_safetensors(weights_path)
@@ -166,6 +185,18 @@ def load_model(
     _check_tensors(model, tensors, weights_path)
     model.load_state_dict(tensors, strict=True)
     return model.to(device).eval(), meta
+
+
+def check_description(meta: dict[str, Any], where: Path) -> None:
+    """ModelFileError when the described sections differ from the hash saved with them."""
+    saved = meta.get(DESCRIPTION_KEY)
+    if saved is None:  # written before the hash existed
+        return
+    if saved != description_hash(meta):
+        raise ModelFileError(
+            f"{where}: edited after training (its {', '.join(DESCRIBED)} sections no longer "
+            "match the hash saved with the weights); restore the file or retrain"
+        )
 
 
 def read_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

@@ -21,6 +21,7 @@ from timm.models import adapt_input_conv
 from torch import nn
 
 from lensfinder.errors import ConfigError, ModelFileError
+from lensfinder.utils import torch_load_refusal
 
 IMAGENET = "imagenet"
 LITE0_ARCH = "tf_efficientnet_lite0"
@@ -66,10 +67,8 @@ def read_state_dict(path: str | Path) -> StateDict:
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # weights_only raises UnpicklingError, zip errors, ...
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc)
             raise ModelFileError(
-                f"{path}: not a plain tensor state dict (torch.load with weights_only=True "
-                f"refused it: {first_line})"
+                f"{path}: not a plain tensor state dict ({torch_load_refusal(exc)})"
             ) from None
     return _tensors_only(loaded, path)
 

@@ -22,6 +22,7 @@ import hashlib
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,12 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from lensfinder.config import PredictConfig, SplitConfig, TrainConfig
 from lensfinder.data import open_source
+from lensfinder.data.challenge import reason_kind
 from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE, Cutouts, CutoutSource, Indices
 from lensfinder.data.dataset import CutoutDataset, collate, input_bytes_per_item
 from lensfinder.data.graded import add_graded
@@ -187,14 +189,6 @@ class ConcatSource(CutoutSource):
                 out.reasons[slot] = reason
         return out
 
-    def validate(self, indices: Indices | None = None, progress: bool = True) -> np.ndarray:
-        valid = np.ones(
-            len(self._as_indices(range(len(self)) if indices is None else indices)), bool
-        )
-        for part, mask, positions in self._by_part(indices):
-            valid[mask] = self.parts[part].validate(positions, progress)
-        return valid
-
     def content_fingerprint(self) -> str:
         digest = hashlib.sha256("|".join(p.content_fingerprint() for p in self.parts).encode())
         return digest.hexdigest()[:16]
@@ -241,6 +235,7 @@ class LensDataModule(pl.LightningDataModule):
         self.base_source: Any = None  # the training data, without graded additions
         self.graded_record: dict[str, Any] | None = None  # what model.json says about grades
         self.precompute_seconds: float | None = None  # None: batches are normalised as drawn
+        self.dropped: dict[str, Any] = {}  # what was left out of training, and why (model.json)
 
     # -- data ------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -278,6 +273,31 @@ class LensDataModule(pl.LightningDataModule):
                 self.config.graded_nonlens,
             )
             self.graded_record["file"] = str(Path(self.config.graded).resolve())
+        self._drop_unusable()
+
+    def _drop_unusable(self) -> None:
+        """Read the training and validation objects once with the checks a scan or an
+        evaluation applies (``CutoutSource.check``: missing or damaged store chunks, unreadable
+        files, blank images, non-finite pixels) and leave out what they would skip, so nothing
+        is learnt from zeros. Recorded in ``dropped`` with the objects the data reader already
+        left out (``source.problems``: a layout's bad files, or those ``pack`` skipped)."""
+        wanted = np.concatenate([self.train_indices, self.val_indices])
+        checked = self.source.check(wanted, progress=rank_zero_only.rank == 0)  # type: ignore[attr-defined]
+        n_train = len(self.train_indices)
+        self.train_indices = self.train_indices[checked.valid[:n_train]]
+        self.val_indices = self.val_indices[checked.valid[n_train:]]
+        problems = list(getattr(self.base_source, "problems", []))
+        kinds = Counter(reason_kind(p.reason) for p in problems)
+        self.dropped = {
+            "n_unreadable": checked.n_invalid,
+            "unreadable_reasons": checked.kinds(),
+            "unreadable_ids": [int(i) for i in np.asarray(self.source.ids)[wanted[~checked.valid]]],
+            "n_data_problems": len(problems),
+            "data_problem_reasons": dict(kinds.most_common()),
+        }
+        labels = self.labels
+        for name, indices in (("train", self.train_indices), ("val", self.val_indices)):
+            self._check_classes(name, labels[indices])
 
     def _check_classes(self, split: str, labels: np.ndarray) -> None:
         lenses, others = int((labels == 1).sum()), int((labels == 0).sum())
@@ -327,9 +347,14 @@ class LensDataModule(pl.LightningDataModule):
             self.config.input,
             augment=self.config.augment_d4,
             seed=epoch_seed(self.config.seed, rank),
+            check=False,  # prepare() dropped what cannot be used
         )
         self.val_dataset = CutoutDataset(
-            self.source, self.val_indices[rank::world], self.config.input, augment=False
+            self.source,
+            self.val_indices[rank::world],
+            self.config.input,
+            augment=False,
+            check=False,
         )
         items = len(self.train_dataset) + len(self.val_dataset)
         nbytes = items * input_bytes_per_item(self.config.input)

@@ -40,7 +40,7 @@ from lensfinder.train.callbacks import (
 )
 from lensfinder.train.datamodule import LensDataModule
 from lensfinder.train.module import LensClassifier, regularisation
-from lensfinder.utils import atomic_path
+from lensfinder.utils import atomic_path, available_cores, torch_load_refusal
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_FILE = "last.ckpt"
@@ -68,6 +68,7 @@ class TrainResult:
     resumed_from_epoch: int | None = None
     already_trained: bool = False
     metrics: dict[str, Any] = field(default_factory=dict)
+    dropped: dict[str, Any] = field(default_factory=dict)  # ``LensDataModule.dropped``
 
     @classmethod
     def from_metrics(cls, run_dir: Path, metrics: dict[str, Any], **kwargs: Any) -> TrainResult:
@@ -91,16 +92,37 @@ class TrainResult:
             if self.resumed_from_epoch is not None:
                 head += f" (resumed after epoch {self.resumed_from_epoch})"
         history = " ".join(f"{v:.3f}" for v in self.val_auroc_history)
-        return "\n".join(
-            [
-                f"{self.run_dir}: {head}",
-                f"  best val AUROC {self.best_val_auroc:.4f} at epoch {self.best_epoch}; "
-                f"stopped: {self.stopped}",
-                f"  val AUROC per epoch: {history}",
-                f"  training rate: {self.images_per_s:.1f} images/s",
-                f"  model: {self.run_dir / 'model.safetensors'} (+ model.json, metrics.csv)",
-            ]
+        lines = [
+            f"{self.run_dir}: {head}",
+            f"  best val AUROC {self.best_val_auroc:.4f} at epoch {self.best_epoch}; "
+            f"stopped: {self.stopped}",
+            f"  val AUROC per epoch: {history}",
+            f"  training rate: {self.images_per_s:.1f} images/s",
+            f"  model: {self.run_dir / 'model.safetensors'} (+ model.json, metrics.csv)",
+        ]
+        dropped = describe_dropped(self.dropped)
+        return "\n".join(lines + ([f"  left out: {dropped}"] if dropped else []))
+
+
+def describe_dropped(dropped: dict[str, Any]) -> str:
+    """ "3 unreadable objects (unreadable store chunk: 3); 10 the data reader skipped (...)",
+    or "" when nothing was left out of training."""
+
+    def counts(reasons: dict[str, int]) -> str:
+        return ", ".join(f"{kind}: {n}" for kind, n in reasons.items())
+
+    parts = []
+    if dropped.get("n_unreadable"):
+        parts.append(
+            f"{dropped['n_unreadable']} unusable objects of the training and validation splits "
+            f"({counts(dropped.get('unreadable_reasons', {}))})"
         )
+    if dropped.get("n_data_problems"):
+        parts.append(
+            f"{dropped['n_data_problems']} objects the data reader skipped "
+            f"({counts(dropped.get('data_problem_reasons', {}))})"
+        )
+    return "; ".join(parts)
 
 
 # -- settings ----------------------------------------------------------------------------------
@@ -148,11 +170,49 @@ def check_config(config: TrainConfig) -> None:
     for name in ("test_fraction", "val_fraction"):
         if not 0 <= getattr(config.split, name) < 1:
             problems.append(f"split.{name} {getattr(config.split, name)} not in [0, 1)")
-    if isinstance(config.devices, int) and config.devices < 1 and config.devices != -1:
-        problems.append(f"devices {config.devices}: expected a count >= 1, -1 (all) or 'auto'")
+    device_problem = check_devices(config.devices, config.accelerator)
+    if device_problem:
+        problems.append(device_problem)
     problems += adapt_problems(config)
     if problems:
         raise ConfigError(f"train config: {'; '.join(problems)}")
+
+
+def check_devices(devices: int | str, accelerator: str) -> str | None:
+    """Why Lightning must not be given ``devices``, or None: a count above the cores (CPU) or
+    the visible GPUs would start that many processes before failing (99 DDP processes on 2
+    cores exhausted the memory), and -1 or device indices mean nothing on a CPU. Decided here,
+    before any process starts; accelerators other than CPU and CUDA are left to Lightning."""
+    if devices == "auto" or accelerator not in ("auto", "cpu", "cuda", "gpu"):
+        return None
+    text = str(devices).strip()
+    try:
+        indices = [int(t) for t in text.split(",") if t.strip()] if "," in text else None
+        count = int(text) if indices is None else len(indices)
+    except ValueError:
+        return f"devices {text!r}: expected a count (4), device indices (0,1), -1 (all) or auto"
+    if indices is None and count < 1 and count != -1:
+        return f"devices {count}: expected a count >= 1, -1 (all) or auto"
+    if uses_cuda(accelerator):
+        import torch
+
+        visible = torch.cuda.device_count()
+        if indices is not None:
+            if len(set(indices)) != len(indices) or not all(0 <= i < visible for i in indices):
+                return (
+                    f"devices {text}: device indices must be distinct, within 0..{visible - 1} "
+                    f"({visible} GPUs visible)"
+                )
+        elif count > visible:
+            return f"devices {count}: only {visible} GPUs are visible here"
+        return None
+    cores = available_cores()
+    where = f"this machine runs on CPU ({cores} cores, no GPU in use)"
+    if indices is not None or count == -1:
+        return f"devices {text}: GPU device selection, but {where}; give a process count 1..{cores}"
+    if count > cores:
+        return f"devices {count}: more processes than cores; {where}; give at most {cores}"
+    return None
 
 
 def uses_cuda(accelerator: str) -> bool:
@@ -244,7 +304,7 @@ def checkpoint_epoch(checkpoint: Path) -> int:
         return int(state["epoch"])
     except Exception as exc:  # any unreadable file: a clear message, not a traceback
         raise ModelFileError(
-            f"{checkpoint}: cannot resume from it ({type(exc).__name__}: {exc}); delete it or "
+            f"{checkpoint}: cannot resume from it ({torch_load_refusal(exc)}); delete it or "
             "pass --no-resume"
         ) from None
 
@@ -423,6 +483,7 @@ def _train_locked(
                 "data_sets": [data_record(p) for p in datamodule.parts]
                 if len(datamodule.parts) > 1
                 else None,
+                "dropped": datamodule.dropped,  # left out of training, and why
             },
             "graded": datamodule.graded_record,  # which people's grades were learnt, or None
             "init": str(Path(config.init).resolve()) if config.init else None,
@@ -430,7 +491,9 @@ def _train_locked(
             "lensfinder_version": __version__,
         }
         save_model(out, module.model, meta)
-    return TrainResult.from_metrics(out, metrics, resumed_from_epoch=last_epoch)
+    return TrainResult.from_metrics(
+        out, metrics, resumed_from_epoch=last_epoch, dropped=datamodule.dropped
+    )
 
 
 def initial_model(config: TrainConfig) -> Any:
