@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from lensfinder.cli import app
 from lensfinder.config import AdaptConfig, SplitConfig, TrainConfig, load_config
 from lensfinder.data import open_source
+from lensfinder.data.source import open_unlabelled
 from lensfinder.ensemble import is_ensemble, member_dir, write_ensemble
 from lensfinder.errors import ConfigError
 from lensfinder.layout import CATALOG_NAME
@@ -30,7 +31,6 @@ from lensfinder.testing import TINY_INPUT, TINY_MODEL, make_run
 from lensfinder.train.adapt import (
     FieldCutouts,
     adapt_methods,
-    open_field,
     recompute_batchnorm,
 )
 from lensfinder.train.datamodule import ConcatSource, split_parts
@@ -86,7 +86,7 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
 def test_field_source_has_no_labels_or_catalogue(kind, field_layout, field_store):
     path = field_layout if kind == "layout" else field_store
     assert (open_source(path).labels >= 0).all()  # the data itself is labelled
-    source = open_field(path)
+    source = open_unlabelled(path)
     assert (source.labels == -1).all() and source.catalog == {} and source.label_rule is None
     field = FieldCutouts(path, TINY_INPUT, AdaptConfig(field=str(path)))
     assert not hasattr(field, "labels") and len(field) == 16
@@ -133,7 +133,7 @@ def test_field_labels_never_reach_the_weights(train_store, field_layout, tmp_pat
     record = read_meta(runs["labelled"].run_dir)["adapt"]
     assert record["method"] == "dann+consistency+adabn"
     assert record["field"] == str(field_layout.resolve())
-    assert record["field_fingerprint"] == open_field(field_layout).content_fingerprint()
+    assert record["field_fingerprint"] == open_unlabelled(field_layout).content_fingerprint()
     assert (record["n_used"], record["n_skipped"], record["n_problems"]) == (16, 0, 0)
     assert record["adabn"]["views"] == 2 and record["adabn"]["layers"] > 0
     assert 0 <= record["val_auroc_after_adabn"] <= 1

@@ -14,12 +14,13 @@ from typer.testing import CliRunner
 from lensfinder.cli import app
 from lensfinder.config import InjectConfig
 from lensfinder.data.challenge import read_layout
+from lensfinder.data.source import open_unlabelled
 from lensfinder.errors import ConfigError
 from lensfinder.labels import label_rule
 from lensfinder.layout import CATALOG_NAME, image_path
 from lensfinder.simulate import writer
 from lensfinder.simulate.deflectors import measure, plausible, survey_noise
-from lensfinder.simulate.inject import inject, open_field, paint
+from lensfinder.simulate.inject import inject, paint
 from lensfinder.simulate.render import LightGroup, lens_model
 from lensfinder.surveys import EUCLID
 from lensfinder.testing import TINY_BAND_FLUX, make_tiny_layout, make_tiny_store
@@ -70,7 +71,7 @@ def test_painted_arc_has_the_simulated_flux_after_the_psf(field):
     """Noise-free painting adds exactly the PSF-convolved arc, and its flux in every band is
     the ray-traced source flux converted by the field's noise scale (the tiny field's true
     scale: its noise sigma over the survey's)."""
-    source = open_field(field)
+    source = open_unlabelled(field)
     cutouts = source.read(range(2))
     rule = label_rule()
     for row in range(2):
@@ -93,7 +94,7 @@ def test_painted_arc_has_the_simulated_flux_after_the_psf(field):
 def test_galaxy_pixels_untouched_outside_the_arc(field, painted):
     """Where the painted source does not reach (its model is 0), every pixel is the field's,
     bit for bit, noise included; untouched cutouts are copied whole."""
-    source = open_field(field)
+    source = open_unlabelled(field)
     cut = source.read([2])
     vis, nisp = cut.vis[0], cut.nisp[0]
     result = paint(vis, nisp, 1, np.random.default_rng(5), NOISY, survey=EUCLID, rule=label_rule())
@@ -115,7 +116,7 @@ def test_galaxy_pixels_untouched_outside_the_arc(field, painted):
 def test_arc_photon_noise_has_the_effective_gain(field):
     """Averaged over noise draws, painting adds the arc; the scatter is the arc's Poisson
     noise with electrons = field units * exposure / scale."""
-    source = open_field(field)
+    source = open_unlabelled(field)
     cut = source.read([0])
     vis, nisp = cut.vis[0], cut.nisp[0]
     config = InjectConfig(min_snr=10.0)
@@ -158,7 +159,7 @@ def test_labels_follow_the_rule(field, painted, tmp_path):
 
 
 def test_n_pix_source_counts_painted_pixels_above_noise(field):
-    source = open_field(field)
+    source = open_unlabelled(field)
     cut = source.read([1])
     result = paint(
         cut.vis[0], cut.nisp[0], 1, np.random.default_rng(3), NOISE_FREE,

@@ -116,3 +116,49 @@ def open_source(
                 )
         return source
     return LayoutSource(read_layout(path, label_rule=label_rule, keep_unlisted=keep_unlisted))
+
+
+class UnlabelledSource(CutoutSource):
+    """``source`` with its labels and catalogue taken away: pixels and positions only."""
+
+    def __init__(self, source: CutoutSource) -> None:
+        self._source = source
+        self.path = source.path
+        self.ids = source.ids
+        self.labels = np.full(len(source.ids), -1, dtype=np.int8)
+        self.problems = list(source.problems)
+        self.label_rule = None
+
+    @property
+    def ra(self) -> np.ndarray:
+        return self._source.ra
+
+    @property
+    def dec(self) -> np.ndarray:
+        return self._source.dec
+
+    @property
+    def catalog(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def read(self, indices: Indices) -> Cutouts:
+        return self._source.read(indices)
+
+    def content_fingerprint(self) -> str:
+        return self._source.content_fingerprint()
+
+    def to_memory(self) -> None:
+        if hasattr(self._source, "to_memory"):
+            self._source.to_memory()
+
+
+def open_unlabelled(path: str | Path) -> UnlabelledSource:
+    """A survey field without its labels (``train --adapt``, ``inject``): a store wrapped in
+    ``UnlabelledSource``, or a layout listed from its images alone (its catalogue is never
+    opened, so a field whose catalogue lacks label columns works too)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such field (expected a packed store or a challenge layout)")
+    if is_store(path):
+        return UnlabelledSource(open_store(path))
+    return UnlabelledSource(LayoutSource(read_layout(path, use_catalog=False)))

@@ -44,10 +44,9 @@ import numpy as np
 
 from lensfinder import __version__, layout
 from lensfinder.config import InjectConfig, SimulateConfig, to_dict
-from lensfinder.data.challenge import ChallengeLayout, Problem, find_layout_root
+from lensfinder.data.challenge import Problem
 from lensfinder.data.cutouts import CutoutSource
-from lensfinder.data.source import LayoutSource, is_store
-from lensfinder.data.store import open_store
+from lensfinder.data.source import open_unlabelled
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.labels import LabelRule, label_rule
 from lensfinder.safety import check_not_input, mark_output, output_lock
@@ -98,40 +97,6 @@ class InjectResult:
 
 
 # ------------------------------------------------------------------------------ the field
-
-
-def open_field(path: str | Path) -> CutoutSource:
-    """The field's cutouts (a packed store or a challenge layout) without reading any label: a
-    layout's catalogue is not opened at all, a store's labels are never used."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file or directory")
-    if is_store(path):
-        return open_store(path)
-    return LayoutSource(_unlabelled_layout(path))
-
-
-def _unlabelled_layout(path: Path) -> ChallengeLayout:
-    """The objects of a layout that have every band, ignoring its catalogue."""
-    from lensfinder.data.challenge import _list_band  # the layout reader's directory listing
-    from lensfinder.surveys import EUCLID
-
-    root = find_layout_root(path)
-    per_band = {band.name: _list_band(root, band) for band in EUCLID.bands}
-    ids = sorted(set().union(*per_band.values()))
-    if not ids:
-        raise DataError(f"{root}: challenge layout holds no imageEUC_<BAND>-<ID>.fits files")
-    problems, complete = [], []
-    for object_id in ids:
-        missing = [name for name, files in per_band.items() if object_id not in files]
-        if missing:
-            present = next(files[object_id] for files in per_band.values() if object_id in files)
-            problems.append(Problem(object_id, str(present), f"missing band {','.join(missing)}"))
-        else:
-            complete.append(object_id)
-    found = np.asarray(complete, dtype=np.int64)
-    unlabelled = np.full(len(found), -1, np.int8)
-    return ChallengeLayout(root, found, unlabelled, {}, problems, None, has_catalog=False)
 
 
 def pixel_hash(vis: np.ndarray, nisp: np.ndarray) -> str:
@@ -548,7 +513,7 @@ def inject(
     check_not_input(out, [field], "inject")
     if field.resolve() in out.expanduser().resolve().parents:
         raise ConfigError(f"{out}: lies inside the field {field}; choose an output outside it")
-    source = open_field(field)
+    source = open_unlabelled(field)
     with output_lock(out, "inject"):
         mark_output(out, "injection")
         return _inject_locked(source, field, out, config, progress)

@@ -17,9 +17,10 @@ module lets training see it without ever reading a label of it:
 Methods combine ("dann+adabn"); AdaBN always runs last. Joint methods draw one field batch per
 training step next to the labelled batch (``field_batch_fraction`` of its size).
 
-Labels: ``open_field`` reads a layout without its catalogue and wraps any source in
-``UnlabelledSource``, whose labels are all -1 and whose catalogue is empty; ``FieldCutouts`` then
-holds only model inputs. Nothing downstream of it can reach a label of the field.
+Labels: ``open_unlabelled`` (data.source) reads a layout without its catalogue and wraps any
+source in ``UnlabelledSource``, whose labels are all -1 and whose catalogue is empty;
+``FieldCutouts`` then holds only model inputs. Nothing downstream of it can reach a label of
+the field.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ from torch import nn
 
 from lensfinder.config import ADAPT_METHODS, AdaptConfig, InputConfig, TrainConfig, to_dict
 from lensfinder.data.augment import N_ELEMENTS, apply_d4_per_sample
-from lensfinder.data.cutouts import Cutouts, CutoutSource, Indices
 from lensfinder.data.dataset import CutoutDataset, tensors
+from lensfinder.data.source import open_unlabelled
 from lensfinder.data.transforms import ModelInput, map_input
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.models.batchnorm import batchnorm_layers, bn_train_mode
@@ -107,57 +108,6 @@ def adapt_problems(config: TrainConfig) -> list[str]:
 
 
 # -- the field, without labels -----------------------------------------------------------------
-class UnlabelledSource(CutoutSource):
-    """``source`` with its labels and catalogue taken away: pixels and positions only."""
-
-    def __init__(self, source: CutoutSource) -> None:
-        self._source = source
-        self.path = source.path
-        self.ids = source.ids
-        self.labels = np.full(len(source.ids), -1, dtype=np.int8)
-        self.problems = list(source.problems)
-        self.label_rule = None
-
-    @property
-    def ra(self) -> np.ndarray:
-        return self._source.ra
-
-    @property
-    def dec(self) -> np.ndarray:
-        return self._source.dec
-
-    @property
-    def catalog(self) -> dict[str, np.ndarray]:
-        return {}
-
-    def read(self, indices: Indices) -> Cutouts:
-        return self._source.read(indices)
-
-    def validate(self, indices: Indices | None = None, progress: bool = True) -> np.ndarray:
-        return self._source.validate(indices, progress)
-
-    def content_fingerprint(self) -> str:
-        return self._source.content_fingerprint()
-
-    def to_memory(self) -> None:
-        if hasattr(self._source, "to_memory"):
-            self._source.to_memory()
-
-
-def open_field(path: str | Path) -> UnlabelledSource:
-    """A store, or a layout listed from its images alone (a catalogue is never opened)."""
-    from lensfinder.data.challenge import read_layout
-    from lensfinder.data.source import LayoutSource, is_store
-    from lensfinder.data.store import open_store
-
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such field (--adapt expects a store or a layout)")
-    if is_store(path):
-        return UnlabelledSource(open_store(path))
-    return UnlabelledSource(LayoutSource(read_layout(path, use_catalog=False)))
-
-
 class FieldCutouts:
     """Model inputs of (a seeded subset of) the field, computed once by the training pipeline
     (``CutoutDataset`` over the label-free source, ``to_model_input``); no labels anywhere.
@@ -171,7 +121,7 @@ class FieldCutouts:
     ) -> None:
         from lensfinder.data.source import is_store
 
-        source = open_field(path)
+        source = open_unlabelled(path)
         self.path = Path(path)
         self.kind = "store" if is_store(path) else "layout"
         self.n_field = len(source)
