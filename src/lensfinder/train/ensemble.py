@@ -18,7 +18,8 @@ from lensfinder.config import PredictConfig, TrainConfig, to_dict
 from lensfinder.ensemble import ENSEMBLE_FILE, is_ensemble, member_dir, write_ensemble
 from lensfinder.errors import ConfigError
 from lensfinder.models.checkpoint import META_FILE
-from lensfinder.train.run import TrainResult, train
+from lensfinder.safety import ENSEMBLE, writing_output
+from lensfinder.train.run import TrainResult, train, train_inputs
 
 
 @dataclass
@@ -64,6 +65,18 @@ def train_models(
         raise ConfigError(
             f"{out}: holds a single trained model; train the ensemble into another --out"
         )
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:  # type: ignore[attr-defined]  # DDP: rank 0 holds the lock
+        return _train_members(config, store, out, resume, progress)
+    with writing_output(out, ENSEMBLE, "train", train_inputs(config, store)) as ensemble_dir:
+        return _train_members(config, store, ensemble_dir, resume, progress)
+
+
+def _train_members(
+    config: TrainConfig, store: str | Path, out: Path, resume: bool, progress: bool
+) -> EnsembleResult:
+    """The members one by one into ``out/member-k``, then ``out/ensemble.json``."""
     results = []
     for index in range(config.members):
         if progress and not os.environ.get("LENSFINDER_QUIET"):

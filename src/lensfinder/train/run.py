@@ -30,7 +30,7 @@ from lensfinder.config import TrainConfig, flat_settings, load_config, save_conf
 from lensfinder.data.identity import data_record
 from lensfinder.errors import ConfigError, ModelFileError
 from lensfinder.models import load_model, read_meta, save_model
-from lensfinder.safety import check_not_input, mark_output, output_lock
+from lensfinder.safety import TRAIN, writing_output
 from lensfinder.train.callbacks import (
     AtomicLastCheckpoint,
     AurocDropStopping,
@@ -298,6 +298,12 @@ def make_loggers(out: Path, header: list[str]) -> list[Any]:
 
 
 # -- training ----------------------------------------------------------------------------------
+def train_inputs(config: TrainConfig, store: str | Path) -> list[str | Path]:
+    """What a training run reads: no output may lie inside or above any of it."""
+    extra = (config.init, config.graded, config.graded_data)
+    return [store, *(path for path in extra if path)]
+
+
 def train(
     config: TrainConfig,
     store: str | Path,
@@ -317,12 +323,10 @@ def train(
     from lightning.pytorch.utilities import rank_zero_only
 
     check_config(config)
-    check_not_input(out, [store], "train")
     if rank_zero_only.rank != 0:  # type: ignore[attr-defined]  # set by Lightning at import  # DDP's other processes: rank 0 holds the lock
         return _train_locked(config, Path(store), Path(out), resume, progress, callbacks)
-    with output_lock(out, "train"):
-        mark_output(out, "train")
-        return _train_locked(config, Path(store), Path(out), resume, progress, callbacks)
+    with writing_output(out, TRAIN, "train", train_inputs(config, store)) as run_dir:
+        return _train_locked(config, Path(store), run_dir, resume, progress, callbacks)
 
 
 def _train_locked(
