@@ -508,9 +508,7 @@ def evaluate(
 ) -> None:
     """Score a labelled set: metrics.json, ROC plots, histograms and an HTML report."""
     from lensfinder.evaluate import evaluate as run
-    from lensfinder.safety import check_not_input
 
-    check_not_input(out, [data, *model], "evaluate")
     cfg = _load(
         EvaluateConfig,
         config,
@@ -540,9 +538,6 @@ def bn_study(
 ) -> None:
     """AUROC against test batch size with BN in training mode (the paper's method 2)."""
     from lensfinder.experiments.bn_study import DEFAULT_SIZES, batchnorm_study
-    from lensfinder.safety import check_not_input
-
-    check_not_input(out, [data, *model], "bn-study")
 
     result = batchnorm_study(
         model,
@@ -696,10 +691,8 @@ def gallery(
     config: Annotated[str | None, _config_option(GalleryConfig)] = None,
 ) -> None:
     """HTML page and PNG mosaic of candidates as colour composites."""
-    from lensfinder.safety import check_not_input
     from lensfinder.scan.gallery import make_gallery
 
-    check_not_input(out, [data, candidates], "gallery")
     cfg = _load(
         GalleryConfig,
         config,

@@ -175,6 +175,12 @@ class AdaptConfig:
 
     field: str | None = None  # a store or a layout of the survey's cutouts (--adapt FIELD)
     method: str = "adabn"
+    # Lenses painted on the field's own galaxies (``inject``; ``paint`` its settings), packed
+    # into the run directory and trained on beside the labelled data: real deflectors, real
+    # neighbours, real noise; the field's unpainted cutouts join as non-lenses (at a survey's
+    # prevalence almost all are). Their labels come from the painting, never from the field.
+    paint_lenses: bool = False
+    paint: InjectConfig = dataclasses.field(default_factory=InjectConfig)  # ``field`` is taken
     # With ``init`` and method "adabn": no labelled training, only the init model's batch-norm
     # statistics recomputed on the field (minutes); an --init ensemble is adapted member by member.
     only: bool = False

@@ -24,6 +24,7 @@ from lensfinder.config import (
 )
 from lensfinder.data.store import pack
 from lensfinder.evaluate import evaluate
+from lensfinder.safety import DEMO, writing_output
 from lensfinder.scan import scan
 from lensfinder.scan.gallery import make_gallery
 from lensfinder.simulate import simulate
@@ -91,8 +92,12 @@ def demo_train_config(cfg: DemoConfig, quick: bool) -> TrainConfig:
 def run_demo(out: Path, quick: bool = False, config: DemoConfig | None = None) -> DemoResult:
     """Run every stage into ``out``; returns the headline numbers and where everything is."""
     cfg = config or (QUICK if quick else DemoConfig())
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with writing_output(out, DEMO, "demo") as out_dir:
+        return _run_stages(out_dir, quick, cfg)
+
+
+def _run_stages(out: Path, quick: bool, cfg: DemoConfig) -> DemoResult:
+    """``run_demo`` once it holds the lock of ``out``."""
     paths = {
         "training layout": out / "train-layout",
         "training store": out / "train.zarr",

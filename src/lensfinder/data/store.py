@@ -53,7 +53,7 @@ from lensfinder.data.cutouts import (
 )
 from lensfinder.errors import DataError
 from lensfinder.labels import LabelRule
-from lensfinder.safety import check_not_input, mark_output, output_lock, remove_output
+from lensfinder.safety import STORE, mark_output, writing_output
 from lensfinder.surveys import EUCLID
 from lensfinder.utils import progress as progress_bar
 
@@ -61,7 +61,7 @@ STORE_FORMAT_KEY = "lensfinder_store"
 STORE_VERSION = 1
 VECTOR_CHUNK = 65536  # ids, labels, positions, catalogue columns: a few chunks per 100k objects
 PARTIAL_SUFFIX = ".partial"
-STORE_KIND = "store"  # the output marker's kind: what ``pack --overwrite`` may replace
+STORE_KIND = STORE  # the output marker's kind: what ``pack --overwrite`` may replace
 PIXEL_ARRAYS = ("vis", "nisp")  # the store's pixel arrays
 FLUSH_OBJECTS = 256  # objects per write (rounded to whole chunks); also the resume granularity
 
@@ -245,15 +245,36 @@ def pack(
     """Read every object of a layout once and write one Zarr store; resumable and atomic.
 
     Unreadable objects are skipped and listed in the store's ``problems`` attribute. An
-    existing complete store from the same layout and rule is left as it is.
+    existing complete store from the same layout and rule is left as it is. The store goes only
+    where ``writing_output`` allows (not inside the layout, not inside another output);
+    ``overwrite`` replaces only a store lensfinder packed that holds nothing else.
     """
     started = time.perf_counter()
     if chunk < 1:
         raise DataError(f"pack: chunk must be at least 1 object, got {chunk}")
     if workers < 1:
         raise DataError(f"pack: workers must be at least 1, got {workers}")
-    out = Path(out)
-    check_not_input(out, [layout_dir], "pack")
+    with writing_output(
+        out, STORE_KIND, "pack", [layout_dir], overwrite=overwrite, staged=True, owns=_zarr_entry
+    ) as out:
+        return _pack_locked(layout_dir, out, label_rule, chunk, workers, progress, started)
+
+
+def _zarr_entry(entry: Path) -> bool:
+    """Whether a store's top-level entry is Zarr's (its metadata, or an array or group)."""
+    return entry.name == "zarr.json" or (entry / "zarr.json").is_file()
+
+
+def _pack_locked(
+    layout_dir: str | Path,
+    out: Path,
+    label_rule: str | LabelRule | None,
+    chunk: int,
+    workers: int,
+    progress: bool,
+    started: float,
+) -> PackResult:
+    """``pack`` once it holds the lock beside ``out``."""
     layout = read_layout(layout_dir, label_rule=label_rule)
     identity = {
         "source": str(layout.root.resolve()),
@@ -261,27 +282,24 @@ def pack(
         "listing": _listing_digest(layout),
         "chunk": chunk,
     }
-    with output_lock(out, "pack", lock_file=out.parent / f".{out.name}.lock"):
-        if out.exists() and overwrite:
-            remove_output(out, STORE_KIND, [layout_dir], "pack")
-        if out.exists():
-            existing = open_store(out)  # raises a clear DataError if it is something else
-            if all(existing.attrs.get(k) == v for k, v in identity.items()):
-                return PackResult(
-                    out,
-                    len(existing),
-                    int((existing.labels == 1).sum()),
-                    int((existing.labels == 0).sum()),
-                    existing.problems,
-                    0,
-                    time.perf_counter() - started,
-                    already_packed=True,
-                )
-            raise DataError(
-                f"{out}: already exists, packed from another layout or with another label rule "
-                "or chunk; remove it, choose another output, or pass --overwrite"
+    if out.exists():
+        existing = open_store(out)  # raises a clear DataError if it is something else
+        if all(existing.attrs.get(k) == v for k, v in identity.items()):
+            return PackResult(
+                out,
+                len(existing),
+                int((existing.labels == 1).sum()),
+                int((existing.labels == 0).sum()),
+                existing.problems,
+                0,
+                time.perf_counter() - started,
+                already_packed=True,
             )
-        return _pack_into(layout, out, identity, chunk, workers, progress, started)
+        raise DataError(
+            f"{out}: already exists, packed from another layout or with another label rule "
+            "or chunk; remove it, choose another output, or pass --overwrite"
+        )
+    return _pack_into(layout, out, identity, chunk, workers, progress, started)
 
 
 def _pack_into(

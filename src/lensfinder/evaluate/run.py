@@ -53,6 +53,7 @@ from lensfinder.evaluate.plots import (
 )
 from lensfinder.evaluate.report import write_report
 from lensfinder.predict import Predictor
+from lensfinder.safety import EVALUATION, writing_output
 from lensfinder.utils import atomic_path, atomic_write_text
 
 SCORES_NAME = "scores.csv"
@@ -241,7 +242,14 @@ def evaluate(
     run_dirs = expand_models(models)  # an ensemble directory is its members
     if not run_dirs:
         raise ConfigError("evaluate needs at least one model run directory (--model)")
-    data, out = Path(data), Path(out)
+    with writing_output(out, EVALUATION, "evaluate", [data, *models, *run_dirs]) as out_dir:
+        return _evaluate_locked(run_dirs, Path(data), out_dir, cfg)
+
+
+def _evaluate_locked(
+    run_dirs: list[Path], data: Path, out: Path, cfg: EvaluateConfig
+) -> EvaluationResult:
+    """``evaluate`` once it holds the lock of ``out``."""
     source = open_source(data)
     predictor = Predictor(run_dirs, cfg.predict)  # loads and checks every member (or ONNX file)
     metas = [member.meta for member in predictor.members]
@@ -316,7 +324,6 @@ def evaluate(
     if ensemble:
         evaluation["members"] = dict(zip(names, member_metrics, strict=True))
 
-    out.mkdir(parents=True, exist_ok=True)
     scores_csv = out / SCORES_NAME
     probability = (
         None if calibration is None else apply_temperature(score, calibration["temperature"])

@@ -32,6 +32,7 @@ import numpy as np
 from lensfinder.config import EvaluateConfig, PredictConfig
 from lensfinder.errors import ConfigError, DataError, ModelFileError
 from lensfinder.evaluate.metrics import auroc, compute_metrics
+from lensfinder.safety import BN_STUDY, writing_output
 from lensfinder.utils import atomic_write_text, progress
 
 DEFAULT_SIZES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -503,8 +504,6 @@ def batchnorm_study(
     """Measure each model's AUROC in eval mode and with BN in training mode at each test batch
     size (random and class-sorted batches), and how much a score moves when its batch
     companions change; write JSON, markdown, plots and an HTML report to ``out``."""
-    from lensfinder.evaluate.report import write_report
-
     run_dirs = (
         [Path(model_dirs)] if isinstance(model_dirs, str | Path) else [Path(p) for p in model_dirs]
     )
@@ -518,7 +517,22 @@ def batchnorm_study(
     for run_dir in run_dirs:
         if not (run_dir / "model.json").is_file():
             raise ModelFileError(f"{run_dir}: not a run directory (no model.json)")
-    data, out = Path(data), Path(out)
+    with writing_output(out, BN_STUDY, "bn-study", [data, *run_dirs]) as out_dir:
+        return _study(run_dirs, Path(data), out_dir, sizes, split, seed, max_objects, bootstrap)
+
+
+def _study(
+    run_dirs: list[Path],
+    data: Path,
+    out: Path,
+    sizes: list[int],
+    split: str,
+    seed: int,
+    max_objects: int | None,
+    bootstrap: int,
+) -> BnStudyResult:
+    """``batchnorm_study`` once it holds the lock of ``out``."""
+    from lensfinder.evaluate.report import write_report
 
     study_set = _load_set(data, split, run_dirs, seed, max_objects)
     orders = _orders(study_set.labels, seed)
@@ -531,7 +545,6 @@ def batchnorm_study(
     ]
     bar.close()
 
-    out.mkdir(parents=True, exist_ok=True)
     n_lenses = int(study_set.labels.sum())
     record = {
         "data": str(data),

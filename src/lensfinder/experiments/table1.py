@@ -46,6 +46,7 @@ from lensfinder.config import (
 )
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.experiments.bn_study import bn_method
+from lensfinder.safety import TABLE1, writing_output
 from lensfinder.utils import atomic_write_text, cpu_model
 
 ROWS: tuple[int, ...] = tuple(range(1, 9))
@@ -527,6 +528,16 @@ def _bar_chart(rows: Sequence[Table1Row], path: Path, budget: str) -> Path:
     )
 
 
+def _own_data_size(budget: Table1Budget) -> int:
+    """How many objects the budget simulates without ``--data``; ConfigError if it needs data."""
+    if budget.simulate_n is None:
+        raise ConfigError(
+            f"table1 budget {budget.name!r} is the paper's setting and needs its data: pass "
+            "--data (the challenge-2 training set, packed, or a large simulated store)"
+        )
+    return budget.simulate_n
+
+
 def own_data(budget: Table1Budget, out: Path, seed: int = 0) -> Path:
     """Simulate and pack the budget's own data set in ``out/data`` (both steps resume), for a
     run without ``--data``; returns the store."""
@@ -534,14 +545,10 @@ def own_data(budget: Table1Budget, out: Path, seed: int = 0) -> Path:
     from lensfinder.data.store import pack
     from lensfinder.simulate import simulate
 
-    if budget.simulate_n is None:
-        raise ConfigError(
-            f"table1 budget {budget.name!r} is the paper's setting and needs its data: pass "
-            "--data (the challenge-2 training set, packed, or a large simulated store)"
-        )
+    simulate_n = _own_data_size(budget)
     layout, store = out / DATA_DIR / "layout", out / DATA_DIR / "sim.zarr"
-    _say(f"simulating {budget.simulate_n} objects into {layout} (no --data given)")
-    sim = SimulateConfig(n=budget.simulate_n, seed=seed, workers=budget.simulate_workers)
+    _say(f"simulating {simulate_n} objects into {layout} (no --data given)")
+    sim = SimulateConfig(n=simulate_n, seed=seed, workers=budget.simulate_workers)
     simulate(sim, layout, progress=False)
     pack(layout, store, progress=False)
     return store
@@ -559,6 +566,21 @@ def reproduce_table1(
     ``data`` None: the budget simulates its own set first (``own_data``). ``budget``: ``"cpu"``,
     ``"gpu"`` or a ``Table1Budget`` (tests use a tiny one); ``rows``: a subset of 1..8.
     """
+    chosen = resolve_budget(budget)
+    wanted = sorted(set(ROWS if rows is None else rows))
+    if not wanted or any(r not in ROWS for r in wanted):
+        raise ConfigError(f"table1 rows {list(rows or [])}: choose among 1..8")
+    if data is None:
+        _own_data_size(chosen)  # the paper's budget needs --data: refused before any write
+    inputs = [] if data is None else [data]
+    with writing_output(out, TABLE1, "reproduce table1", inputs) as out_dir:
+        return _reproduce(data, out_dir, chosen, wanted, resume)
+
+
+def _reproduce(
+    data: Path | None, out: Path, chosen: Table1Budget, wanted: list[int], resume: bool
+) -> Table1Result:
+    """``reproduce_table1`` once it holds the lock of ``out``."""
     import datetime
 
     from lensfinder import __version__
@@ -566,11 +588,6 @@ def reproduce_table1(
     from lensfinder.evaluate.metrics import roc_curve
     from lensfinder.evaluate.plots import roc_plot
 
-    chosen = resolve_budget(budget)
-    wanted = sorted(set(ROWS if rows is None else rows))
-    if not wanted or any(r not in ROWS for r in wanted):
-        raise ConfigError(f"table1 rows {list(rows or [])}: choose among 1..8")
-    out = Path(out)
     started = time.perf_counter()
     data = own_data(chosen, out) if data is None else Path(data)
     if not data.exists():

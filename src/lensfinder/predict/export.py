@@ -51,7 +51,7 @@ from lensfinder.predict.types import (
     flat_logits,
     forward,
 )
-from lensfinder.safety import check_output_dir
+from lensfinder.safety import disk_full_errors, prepare_output_file
 from lensfinder.utils import atomic_path
 
 TOLERANCE = 1e-4
@@ -207,13 +207,15 @@ def export_onnx(
     cacheable = check and not ensemble and not allow_bn_batch
     props = {META_CACHE_KEY: cache_key(Path(run_dir), "float32", opset)} if cacheable else None
     data, result = build_onnx(model, meta, str(run_dir), opset, check, allow_bn_batch, props)
-    result.path = write_onnx(data, out_path)
+    with disk_full_errors(out_path):
+        result.path = write_onnx(data, out_path)
     return result
 
 
 def check_onnx_path(out_path: Path | str) -> None:
     """Refuse, before any work, an ONNX path that would replace a model file (of this run or
-    any other) or that cannot be a file; ConfigError naming the path."""
+    any other), any file but an ONNX export lensfinder wrote, or a place inside another output
+    (a run directory may hold its exports); ConfigError naming the path."""
     out_path = Path(out_path)
     if out_path.is_dir():
         raise ConfigError(f"{out_path}: is a directory; give a file path such as model.onnx")
@@ -222,7 +224,18 @@ def check_onnx_path(out_path: Path | str) -> None:
             f"{out_path}: is a model file name; writing the ONNX export there would destroy the "
             "model (choose e.g. model.onnx)"
         )
-    check_output_dir(out_path.parent)
+    prepare_output_file(out_path, "export", is_lensfinder_onnx, "an ONNX file lensfinder wrote")
+
+
+def is_lensfinder_onnx(path: Path) -> bool:
+    """Whether ``path`` is a regular ONNX file that lensfinder exported (its metadata names
+    the lensfinder version): the only file ``export`` may replace."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        return META_VERSION in read_metadata(path)
+    except ModelFileError:
+        return False
 
 
 class EnsembleModel(torch.nn.Module):

@@ -20,6 +20,7 @@ from lensfinder.data import open_source
 from lensfinder.data.cutouts import CutoutSource
 from lensfinder.data.identity import index_of_ids
 from lensfinder.errors import ConfigError, DataError
+from lensfinder.safety import GALLERY, writing_output
 from lensfinder.scan.catalog import read_candidates, table_meta
 from lensfinder.scan.crossmatch import flag_known_lenses
 from lensfinder.utils import atomic_path, atomic_write_text
@@ -189,6 +190,18 @@ def make_gallery(
 ) -> GalleryResult:
     """Write ``out/index.html`` (cards with stamp, rank, score, position, label, known-lens badge),
     ``out/stamps/*.png`` and ``out/mosaic.png`` for the candidates ``cfg`` chooses."""
+    with writing_output(out, GALLERY, "gallery", [candidates, data]) as out_dir:
+        return _write_gallery(candidates, data, out_dir, cfg, progress)
+
+
+def _write_gallery(
+    candidates: str | Path,
+    data: str | Path,
+    out: Path,
+    cfg: GalleryConfig | None,
+    progress: bool,
+) -> GalleryResult:
+    """``make_gallery`` once it holds the lock of ``out``."""
     cfg = cfg or GalleryConfig()
     score_range, known_lenses, radius_arcsec = cfg.score_range, cfg.known_lenses, cfg.radius_arcsec
     out = Path(out)

@@ -39,7 +39,7 @@ from lensfinder.ensemble import expand_models
 from lensfinder.errors import ConfigError, DataError, LensfinderError
 from lensfinder.predict.onnx_cache import PRECISION_OF_BACKEND, prepare, source_calibration
 from lensfinder.predict.onnx_files import files_fingerprint
-from lensfinder.safety import check_not_input, mark_output, output_lock
+from lensfinder.safety import SCAN, writing_output
 from lensfinder.scan.catalog import merge_shards, read_shard, table_meta
 from lensfinder.scan.shards import (
     SHARD_DIR,
@@ -53,7 +53,7 @@ from lensfinder.scan.shards import (
 from lensfinder.utils import atomic_write_text, available_cores, progress
 
 MANIFEST = "scan.json"
-SCAN_KIND = "scan"  # the output marker's kind
+SCAN_KIND = SCAN  # the output marker's kind
 SUMMARY = "summary.json"
 # Settings that change scores: resuming with others would mix two catalogues in one.
 _SCORING_KEYS = ("tta", "ensemble_average", "torch_precision")
@@ -401,8 +401,7 @@ def scan(
         raise ConfigError(f"scan shard_size must be at least 1, got {cfg.shard_size}")
     models = [Path(m).expanduser().resolve() for m in expand_models(models)]
     data, out = Path(data).expanduser().resolve(), Path(out).expanduser().resolve()
-    check_not_input(out, [data, *models], "scan")
-    with output_lock(out, "scan"):
+    with writing_output(out, SCAN_KIND, "scan", [data, *models]) as out:
         return _scan_locked(models, data, out, cfg, scheduler, progress, began)
 
 
@@ -432,7 +431,6 @@ def _scan_locked(
         shard_size, shard_size_from = _shard_size(cfg, old, len(source), cluster)
         manifest = _manifest(models, data, data_key, content_key, cfg, shard_size)
         _check_resume(out, old, manifest)
-        mark_output(out, SCAN_KIND)
         (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
         _remove_partial_shards(out)

@@ -49,7 +49,7 @@ from lensfinder.data.cutouts import CutoutSource
 from lensfinder.data.source import open_unlabelled
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.labels import LabelRule, label_rule
-from lensfinder.safety import check_not_input, mark_output, output_lock
+from lensfinder.safety import INJECTION, writing_output
 from lensfinder.simulate import scene as scenes
 from lensfinder.simulate import writer
 from lensfinder.simulate.deflectors import Measurement, choose, mass_model, measure, plausible
@@ -509,14 +509,10 @@ def inject(
     settings are refused. Holds the output's lock throughout.
     """
     validate(config)
-    field, out = Path(field), Path(out)
-    check_not_input(out, [field], "inject")
-    if field.resolve() in out.expanduser().resolve().parents:
-        raise ConfigError(f"{out}: lies inside the field {field}; choose an output outside it")
+    field = Path(field)
     source = open_unlabelled(field)
-    with output_lock(out, "inject"):
-        mark_output(out, "injection")
-        return _inject_locked(source, field, out, config, progress)
+    with writing_output(out, INJECTION, "inject", [field]) as out_dir:
+        return _inject_locked(source, field, out_dir, config, progress)
 
 
 def _inject_locked(

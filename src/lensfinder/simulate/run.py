@@ -25,7 +25,7 @@ from lensfinder import __version__
 from lensfinder.config import NONLENS_MIX, SimulateConfig, to_dict
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.labels import LabelRule, label_rule
-from lensfinder.safety import mark_output, output_lock
+from lensfinder.safety import SIMULATION, writing_output
 from lensfinder.simulate import scene as scenes
 from lensfinder.simulate import writer
 from lensfinder.simulate.observing import NOMINAL, Observing, draw_observing
@@ -355,12 +355,13 @@ def simulate(config: SimulateConfig, out: Path, progress: bool = True) -> Simula
 
     Re-running into the same directory skips finished objects and completes partial ones.
     Writes ``out/image_catalog2.0train.csv`` and ``out/preview.png`` at the end. Holds the
-    output's lock throughout, so two simulations never write into one directory at once.
+    output's lock throughout, so two simulations never write into one directory at once; writes
+    only into a new or empty directory or its own simulation (``writing_output``), never into a
+    real layout or another output.
     """
     validate(config)
-    with output_lock(out, "simulate"):
-        mark_output(out, "simulation")
-        return _simulate_locked(config, Path(out), progress)
+    with writing_output(out, SIMULATION, "simulate") as out:
+        return _simulate_locked(config, out, progress)
 
 
 def _simulate_locked(config: SimulateConfig, out: Path, progress: bool) -> SimulateResult:

@@ -107,6 +107,37 @@ def adapt_problems(config: TrainConfig) -> list[str]:
     return problems
 
 
+# -- lenses painted on the field ---------------------------------------------------------------
+PAINTED_LAYOUT = "field-painted"  # inside the run (or ensemble) directory
+PAINTED_STORE = "field-painted.zarr"
+
+
+def painted_store_path(config: TrainConfig, run_dir: str | Path) -> Path | None:
+    """Where ``adapt.paint_lenses`` keeps the painted field of a run; None when not asked."""
+    if config.adapt.field is None or not config.adapt.paint_lenses:
+        return None
+    return Path(run_dir) / PAINTED_STORE
+
+
+def paint_field(config: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path | None:
+    """``adapt.paint_lenses``: lenses painted on the field's own galaxies (``inject``, which
+    never reads the field's labels), packed into the run directory; returns the store to train
+    on beside the labelled data (None when not asked). Resumes: painted objects and a complete
+    store are kept."""
+    store = painted_store_path(config, run_dir)
+    if store is None:
+        return None
+    # simulate/ (lenstronomy) is loaded only by runs that paint
+    from lensfinder.data.store import pack
+    from lensfinder.simulate.inject import inject
+
+    assert config.adapt.field is not None
+    layout = Path(run_dir) / PAINTED_LAYOUT
+    inject(config.adapt.field, layout, config.adapt.paint, progress=progress)
+    pack(layout, store, label_rule=config.adapt.paint.label_rule, progress=progress)
+    return store
+
+
 # -- the field, without labels -----------------------------------------------------------------
 class FieldCutouts:
     """Model inputs of (a seeded subset of) the field, computed once by the training pipeline
@@ -465,7 +496,7 @@ def adapt_only(config: TrainConfig, out: str | Path, progress: bool = True) -> A
     from lensfinder.ensemble import is_ensemble, member_dir, read_ensemble, write_ensemble
     from lensfinder.models import load_model
     from lensfinder.models.checkpoint import input_config, save_model
-    from lensfinder.safety import check_not_input, mark_output, output_lock
+    from lensfinder.safety import ENSEMBLE, TRAIN, writing_output
 
     problems = adapt_problems(config)
     if config.init is None or config.adapt.field is None:
@@ -476,15 +507,14 @@ def adapt_only(config: TrainConfig, out: str | Path, progress: bool = True) -> A
         raise ConfigError(f"train config: {'; '.join(problems)}")
     assert config.init is not None and config.adapt.field is not None
     init, out = Path(config.init), Path(out)
-    check_not_input(out, [init, Path(config.adapt.field)], "train")
     if is_ensemble(init):
         ensemble = read_ensemble(init)
         pairs = [(Path(m), member_dir(out, k)) for k, m in enumerate(ensemble["members"])]
     else:
         ensemble, pairs = None, [(init, out)]
     records = []
-    with output_lock(out, "train"):
-        mark_output(out, "train")
+    kind = TRAIN if ensemble is None else ENSEMBLE
+    with writing_output(out, kind, "train", [init, config.adapt.field]) as out:
         for source_run, target in pairs:
             model, meta = load_model(source_run)
             record = adabn_in_place(model, config, input_config(meta), progress=progress)

@@ -294,7 +294,11 @@ class AtomicLastCheckpoint(Checkpoint):
         if trainer.sanity_checking or trainer.fast_dev_run:  # type: ignore[attr-defined]
             return
         temporary = self.path.with_name(f"{self.FILENAME}.tmp")
-        trainer.save_checkpoint(temporary, weights_only=False)  # full state, to resume
+        try:
+            trainer.save_checkpoint(temporary, weights_only=False)  # full state, to resume
+        except BaseException:  # a full disk: no half-written file stays beside the last one
+            temporary.unlink(missing_ok=True)
+            raise
         if trainer.is_global_zero:
             os.replace(temporary, self.path)
         trainer.strategy.barrier("atomic_last_checkpoint")

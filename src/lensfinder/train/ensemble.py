@@ -19,8 +19,9 @@ from lensfinder.config import PredictConfig, TrainConfig, to_dict
 from lensfinder.ensemble import ENSEMBLE_FILE, is_ensemble, member_dir, write_ensemble
 from lensfinder.errors import ConfigError
 from lensfinder.models.checkpoint import META_FILE
+from lensfinder.safety import ENSEMBLE, writing_output
 from lensfinder.train.adapt import AdaptResult
-from lensfinder.train.run import TrainResult, train
+from lensfinder.train.run import TrainResult, train, train_inputs
 
 
 @dataclass
@@ -70,6 +71,23 @@ def train_models(
         raise ConfigError(
             f"{out}: holds a single trained model; train the ensemble into another --out"
         )
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:  # type: ignore[attr-defined]  # DDP: rank 0 holds the lock
+        return _train_members(config, store, out, resume, progress)
+    stores = [store] if isinstance(store, str | Path) else list(store)
+    with writing_output(out, ENSEMBLE, "train", train_inputs(config, stores)) as ensemble_dir:
+        return _train_members(config, store, ensemble_dir, resume, progress)
+
+
+def _train_members(
+    config: TrainConfig,
+    store: str | Path | Sequence[str | Path],
+    out: Path,
+    resume: bool,
+    progress: bool,
+) -> EnsembleResult:
+    """The members one by one into ``out/member-k``, then ``out/ensemble.json``."""
     results = []
     for index in range(config.members):
         if progress and not os.environ.get("LENSFINDER_QUIET"):

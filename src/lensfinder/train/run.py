@@ -25,13 +25,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lensfinder import __version__
 from lensfinder.config import TrainConfig, flat_settings, load_config, save_config, to_dict
 from lensfinder.data.identity import data_record
 from lensfinder.errors import ConfigError, ModelFileError
 from lensfinder.models import load_model, read_meta, save_model
-from lensfinder.safety import check_not_input, mark_output, output_lock
-from lensfinder.train.adapt import adapt_problems, field_adaptation, finish_adaptation
+from lensfinder.safety import TRAIN, writing_output
+from lensfinder.train.adapt import (
+    adapt_problems,
+    field_adaptation,
+    finish_adaptation,
+    paint_field,
+    painted_store_path,
+)
 from lensfinder.train.callbacks import (
     AtomicLastCheckpoint,
     AurocDropStopping,
@@ -360,6 +368,12 @@ def make_loggers(out: Path, header: list[str]) -> list[Any]:
 
 
 # -- training ----------------------------------------------------------------------------------
+def train_inputs(config: TrainConfig, stores: Sequence[str | Path]) -> list[str | Path]:
+    """What a training run reads: no output may lie inside or above any of it."""
+    extra = (config.init, config.graded, config.graded_data, config.adapt.field)
+    return [*stores, *(path for path in extra if path)]
+
+
 def train(
     config: TrainConfig,
     store: str | Path | Sequence[str | Path],
@@ -380,13 +394,14 @@ def train(
 
     check_config(config)
     stores = [Path(store)] if isinstance(store, str | Path) else [Path(s) for s in store]
-    field = [Path(config.adapt.field)] if config.adapt.field else []
-    check_not_input(out, [*stores, *field], "train")
     if rank_zero_only.rank != 0:  # type: ignore[attr-defined]  # set by Lightning at import  # DDP's other processes: rank 0 holds the lock
+        painted = painted_store_path(config, out)  # made by rank 0 before the others start
+        stores += [painted] if painted else []
         return _train_locked(config, stores, Path(out), resume, progress, callbacks)
-    with output_lock(out, "train"):
-        mark_output(out, "train")
-        return _train_locked(config, stores, Path(out), resume, progress, callbacks)
+    with writing_output(out, TRAIN, "train", train_inputs(config, stores)) as run_dir:
+        painted = paint_field(config, run_dir, progress)
+        stores += [painted] if painted else []
+        return _train_locked(config, stores, run_dir, resume, progress, callbacks)
 
 
 def _train_locked(
@@ -465,6 +480,17 @@ def _train_locked(
     metrics = _metrics(trainer, stopping, history, datamodule, precision)
     if trainer.is_global_zero:
         adapted = finish_adaptation(config, module, field, datamodule)  # AdaBN runs here
+        if painted_store_path(config, out) is not None:  # the painted field is the last part
+            labels = np.asarray(datamodule.parts[-1].labels)
+            adapted = {
+                **(adapted or {"field": config.adapt.field}),
+                "painted": {
+                    **data_record(datamodule.parts[-1]),
+                    "lenses": int((labels == 1).sum()),
+                    "nonlenses": int((labels == 0).sum()),
+                    "settings": to_dict(config.adapt.paint),
+                },
+            }
         meta = {
             "input": to_dict(config.input),
             "model": to_dict(config.model),
