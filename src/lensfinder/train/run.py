@@ -38,7 +38,13 @@ from lensfinder.train.callbacks import (
     EpochHistory,
 )
 from lensfinder.train.datamodule import LensDataModule
+from lensfinder.train.hard_negatives import MinedSet, check_hard_negatives
 from lensfinder.train.module import LensClassifier, regularisation
+from lensfinder.train.weight_averaging import (
+    check_weight_averaging,
+    swa_start_epoch,
+    weight_averaging_callback,
+)
 from lensfinder.utils import atomic_path
 
 CONFIG_FILE = "config.yaml"
@@ -67,6 +73,7 @@ class TrainResult:
     resumed_from_epoch: int | None = None
     already_trained: bool = False
     metrics: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # further lines for the summary
 
     @classmethod
     def from_metrics(cls, run_dir: Path, metrics: dict[str, Any], **kwargs: Any) -> TrainResult:
@@ -98,6 +105,7 @@ class TrainResult:
                 f"  val AUROC per epoch: {history}",
                 f"  training rate: {self.images_per_s:.1f} images/s",
                 f"  model: {self.run_dir / 'model.safetensors'} (+ model.json, metrics.csv)",
+                *(f"  {note}" for note in self.notes),
             ]
         )
 
@@ -149,6 +157,7 @@ def check_config(config: TrainConfig) -> None:
             problems.append(f"split.{name} {getattr(config.split, name)} not in [0, 1)")
     if isinstance(config.devices, int) and config.devices < 1 and config.devices != -1:
         problems.append(f"devices {config.devices}: expected a count >= 1, -1 (all) or 'auto'")
+    problems += check_weight_averaging(config) + check_hard_negatives(config.hard_negatives)
     if problems:
         raise ConfigError(f"train config: {'; '.join(problems)}")
 
@@ -332,7 +341,14 @@ def _train_locked(
     resume: bool,
     progress: bool,
     extra_callbacks: Sequence[Any] = (),
+    replay: MinedSet | None = None,
 ) -> TrainResult:
+    """One training run into ``out``; with ``hard_negatives`` on, its two passes (the second
+    one gets the mined ``replay``, added to its training split)."""
+    if config.hard_negatives.enabled and replay is None:
+        from lensfinder.train.hard_negatives import train_with_hard_negatives
+
+        return train_with_hard_negatives(config, store, out, resume, progress, extra_callbacks)
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.utilities import rank_zero_only
@@ -348,6 +364,8 @@ def _train_locked(
         return TrainResult.from_metrics(out, finished, already_trained=True)
     datamodule = LensDataModule(config, store)
     datamodule.prepare()
+    if replay is not None:
+        replay.add_to(datamodule)
 
     last_epoch = checkpoint_epoch(checkpoint) if checkpoint is not None else None
     header = keep_csv_rows_through(out / METRICS_FILE, last_epoch) if is_rank_zero else []
@@ -360,6 +378,9 @@ def _train_locked(
     stopping = AurocDropStopping(config.stop_auroc_drop, config.stop_patience)
     history = EpochHistory()
     callbacks: list[Any] = [stopping, history, AtomicLastCheckpoint(out)]
+    averaging = weight_averaging_callback(config)
+    if averaging is not None:  # after ``stopping``: it keeps the averaged weights as the best
+        callbacks.append(averaging)
     growth = plateau_callback(config)
     if growth is not None:
         callbacks.append(growth)
@@ -416,6 +437,8 @@ def _train_locked(
             },
             "graded": datamodule.graded_record,  # which people's grades were learnt, or None
             "init": str(Path(config.init).resolve()) if config.init else None,
+            "weight_averaging": averaging_record(config),
+            "hard_negatives": replay.record if replay is not None else None,
             "lensfinder_version": __version__,
         }
         save_model(out, module.model, meta)
@@ -433,6 +456,19 @@ def initial_model(config: TrainConfig) -> Any:
         differ = ", ".join(sorted(k for k in wanted if saved.get(k) != wanted[k]))
         raise ConfigError(f"init {config.init}: its model differs from the config's ({differ})")
     return model.train()
+
+
+def averaging_record(config: TrainConfig) -> dict[str, Any] | None:
+    """What model.json says about weight averaging (None: the weights as trained)."""
+    if config.weight_averaging == "none":
+        return None
+    if config.weight_averaging == "ema":
+        return {"method": "ema", "decay": config.ema_decay}
+    return {
+        "method": "swa",
+        "start_epoch": swa_start_epoch(config),
+        "bn_samples": config.swa_bn_samples,
+    }
 
 
 def _metrics(
