@@ -44,6 +44,7 @@ from lensfinder.config import (
     SimulateConfig,
     TrainConfig,
     load_config,
+    resolve_config_path,
     to_dict,
 )
 from lensfinder.data import open_source
@@ -83,6 +84,13 @@ def check_hard_negatives(hn: HardNegativeConfig) -> list[str]:
         problems.append(f"hard_negatives.lr_scale {hn.lr_scale} not in (0, 1]")
     if not 0 <= hn.pool_lens_fraction <= 1:
         problems.append(f"hard_negatives.pool_lens_fraction {hn.pool_lens_fraction} not in [0, 1]")
+    if hn.pool is not None and not Path(hn.pool).exists():
+        problems.append(f"hard_negatives.pool {hn.pool}: no such store or layout")
+    if hn.pool_simulate is not None:
+        try:
+            resolve_config_path(hn.pool_simulate)
+        except ConfigError as exc:
+            problems.append(f"hard_negatives.pool_simulate: {exc}")
     return problems
 
 
@@ -194,9 +202,7 @@ def open_pool(config: TrainConfig, training: CutoutSource, out: Path, progress: 
     if hn.pool is None:
         path, simulation = simulated_pool(config, training, out, progress)
     else:
-        path = Path(hn.pool)
-        if not path.exists():
-            raise ConfigError(f"hard_negatives.pool {path}: no such store or layout")
+        path = Path(hn.pool)  # check_config made sure it exists
     source = open_source(path)
     labels = np.asarray(source.labels)
     rule, training_rule = getattr(source, "label_rule", None), getattr(training, "label_rule", None)
