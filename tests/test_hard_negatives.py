@@ -228,3 +228,14 @@ def test_settings_come_from_yaml_and_bad_ones_fail_in_one_line(tmp_path):
     # A pool that is not there fails before the first pass trains.
     with pytest.raises(ConfigError, match="nowhere: no such store or layout"):
         check_config(mining_config(tmp_path / "nowhere"))
+
+
+def test_a_run_dir_of_another_config_is_refused_before_the_first_pass(store, pool, tmp_path):
+    out = tmp_path / "run"
+    plain = mining_config(pool)
+    train(
+        dataclasses.replace(plain, hard_negatives=HardNegativeConfig()), store, out, progress=False
+    )
+    with pytest.raises(ConfigError, match="another config"):
+        train(plain, store, out, progress=False)
+    assert not (out / FIRST_PASS_DIR).exists()

@@ -367,11 +367,11 @@ def train_with_hard_negatives(
     from lensfinder.train.run import RUN_FILES, _train_locked, prepare_run_dir
 
     first_dir = out / FIRST_PASS_DIR
-    first = _train_locked(first_pass_config(config), store, first_dir, resume, progress, callbacks)
     second = second_pass_config(config, first_dir)
     is_rank_zero = rank_zero_only.rank == 0  # type: ignore[attr-defined]
-    if is_rank_zero:
-        prepare_run_dir(second, out, resume)  # refuses another config's run before mining
+    if is_rank_zero:  # refuses another config's run in OUT before anything is trained
+        prepare_run_dir(second, out, resume)
+    first = _train_locked(first_pass_config(config), store, first_dir, resume, progress, callbacks)
     digest = model_digest(first_dir)
     first_pass = {
         "run_dir": str(first_dir.resolve()),
