@@ -41,8 +41,8 @@ from lensfinder.train.datamodule import LensDataModule
 from lensfinder.train.hard_negatives import MinedSet, check_hard_negatives
 from lensfinder.train.module import LensClassifier, regularisation
 from lensfinder.train.weight_averaging import (
+    averaging_record,
     check_weight_averaging,
-    swa_start_epoch,
     weight_averaging_callback,
 )
 from lensfinder.utils import atomic_path
@@ -456,19 +456,6 @@ def initial_model(config: TrainConfig) -> Any:
         differ = ", ".join(sorted(k for k in wanted if saved.get(k) != wanted[k]))
         raise ConfigError(f"init {config.init}: its model differs from the config's ({differ})")
     return model.train()
-
-
-def averaging_record(config: TrainConfig) -> dict[str, Any] | None:
-    """What model.json says about weight averaging (None: the weights as trained)."""
-    if config.weight_averaging == "none":
-        return None
-    if config.weight_averaging == "ema":
-        return {"method": "ema", "decay": config.ema_decay}
-    return {
-        "method": "swa",
-        "start_epoch": swa_start_epoch(config),
-        "bn_samples": config.swa_bn_samples,
-    }
 
 
 def _metrics(

@@ -188,3 +188,16 @@ def weight_averaging_callback(config: TrainConfig) -> AveragedWeights | None:
         start_epoch=swa_start_epoch(config),
         bn_samples=config.swa_bn_samples,
     )
+
+
+def averaging_record(config: TrainConfig) -> dict[str, Any] | None:
+    """What model.json says about weight averaging (None: the weights as trained)."""
+    if config.weight_averaging == "none":
+        return None
+    if config.weight_averaging == "ema":
+        return {"method": "ema", "decay": config.ema_decay}
+    return {
+        "method": "swa",
+        "start_epoch": swa_start_epoch(config),
+        "bn_samples": config.swa_bn_samples,
+    }
