@@ -206,6 +206,34 @@ class AdaptConfig:
 
 
 @dataclass
+class HardNegativeConfig:
+    """Hard-negative mining (``train/hard_negatives.py``): after a first training pass, score a
+    labelled pool the model never trained on, then fine-tune in a second, shorter pass with the
+    pool's highest-scoring non-lenses (and lowest-scoring lenses) replayed into training.
+
+    The first pass is an ordinary run in ``OUT/first_pass``; the mined IDs go to
+    ``OUT/hard_negatives.csv`` and what was mined to model.json; the final model is ``OUT``'s.
+    """
+
+    enabled: bool = False
+    # The pool: a store or layout with labels (the training data itself is allowed: then only
+    # its training split is mined); None: simulate ``pool_size`` fresh cutouts into
+    # OUT/hard_negative_pool-<settings>, with IDs after the training data's (never a repeat).
+    pool: str | None = None
+    pool_size: int = 2000
+    pool_seed: int = 7
+    pool_lens_fraction: float = 0.25  # non-lenses are what is mined: most of the pool
+    pool_simulate: str | None = None  # a simulate config (name or YAML) for the pool's population
+    pool_workers: int = 1  # simulation processes
+    top_nonlenses: int = 200  # the highest-scoring non-lenses replayed as hard negatives
+    bottom_lenses: int = 50  # the lowest-scoring lenses replayed too (0: none)
+    tta: bool = False  # score the pool averaged over the 8 D4 transforms
+    replay_copies: int = 4  # each mined cutout appears this many times in the training set
+    epochs: int = 3  # of the second pass, fine-tuned from the first pass's weights
+    lr_scale: float = 0.1  # the second pass runs at lr x this (no warm-up)
+
+
+@dataclass
 class TrainConfig:
     input: InputConfig = field(default_factory=InputConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -250,6 +278,18 @@ class TrainConfig:
     init: str | None = None  # a run directory whose weights training starts from (fine-tuning)
     # The survey's unlabelled cutouts and what is done with them (``--adapt FIELD``).
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    # --- weight averaging and hard negatives (train/weight_averaging.py, train/hard_negatives.py)
+    # "ema": an exponential moving average of the weights (and BN buffers) after every step;
+    # "swa": the equal average of the weights at the end of each epoch from ``swa_start``, BN
+    # statistics recomputed for them. Either way the averaged weights are what is validated,
+    # early-stopped on and saved.
+    weight_averaging: Literal["none", "ema", "swa"] = "none"
+    # Per step, warmed up as min(decay, (1 + n) / (10 + n)) after n updates (as TensorFlow's
+    # ExponentialMovingAverage with num_updates), so early epochs are not the initial weights'.
+    ema_decay: float = 0.999
+    swa_start: float = 0.5  # SWA averages from this fraction of max_epochs on
+    swa_bn_samples: int | None = 1024  # training samples for SWA's BN statistics (None: an epoch)
+    hard_negatives: HardNegativeConfig = field(default_factory=HardNegativeConfig)
 
 
 @dataclass

@@ -58,9 +58,10 @@ DEMO = "demo"
 # Outputs made to hold other outputs, and the kinds their verb puts there; no other output
 # holds one (``pack --overwrite`` of a store once deleted a report written into it).
 CONTAINERS: dict[str, frozenset[str]] = {
-    # a run (or ensemble) trained with ``adapt.paint_lenses`` keeps its painted field inside
-    TRAIN: frozenset({INJECTION, STORE}),
-    ENSEMBLE: frozenset({TRAIN, INJECTION, STORE}),
+    # a run (or ensemble) keeps what it made to train on inside: the field painted by
+    # ``adapt.paint_lenses``, the pool simulated for ``hard_negatives``
+    TRAIN: frozenset({INJECTION, SIMULATION, STORE}),
+    ENSEMBLE: frozenset({TRAIN, INJECTION, SIMULATION, STORE}),
     TABLE1: frozenset({SIMULATION, STORE, TRAIN, EVALUATION}),
     DEMO: frozenset({SIMULATION, INJECTION, STORE, TRAIN, EVALUATION, SCAN, GALLERY}),
 }

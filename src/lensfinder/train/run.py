@@ -47,7 +47,13 @@ from lensfinder.train.callbacks import (
     EpochHistory,
 )
 from lensfinder.train.datamodule import LensDataModule
+from lensfinder.train.hard_negatives import MinedSet, check_hard_negatives
 from lensfinder.train.module import LensClassifier, regularisation
+from lensfinder.train.weight_averaging import (
+    averaging_record,
+    check_weight_averaging,
+    weight_averaging_callback,
+)
 from lensfinder.utils import atomic_path, available_cores, torch_load_refusal
 
 CONFIG_FILE = "config.yaml"
@@ -77,6 +83,7 @@ class TrainResult:
     already_trained: bool = False
     metrics: dict[str, Any] = field(default_factory=dict)
     dropped: dict[str, Any] = field(default_factory=dict)  # ``LensDataModule.dropped``
+    notes: list[str] = field(default_factory=list)  # further lines for the summary
 
     @classmethod
     def from_metrics(cls, run_dir: Path, metrics: dict[str, Any], **kwargs: Any) -> TrainResult:
@@ -109,7 +116,8 @@ class TrainResult:
             f"  model: {self.run_dir / 'model.safetensors'} (+ model.json, metrics.csv)",
         ]
         dropped = describe_dropped(self.dropped)
-        return "\n".join(lines + ([f"  left out: {dropped}"] if dropped else []))
+        lines += [f"  left out: {dropped}"] if dropped else []
+        return "\n".join(lines + [f"  {note}" for note in self.notes])
 
 
 def describe_dropped(dropped: dict[str, Any]) -> str:
@@ -182,6 +190,7 @@ def check_config(config: TrainConfig) -> None:
     if device_problem:
         problems.append(device_problem)
     problems += adapt_problems(config)
+    problems += check_weight_averaging(config) + check_hard_negatives(config.hard_negatives)
     if problems:
         raise ConfigError(f"train config: {'; '.join(problems)}")
 
@@ -411,7 +420,14 @@ def _train_locked(
     resume: bool,
     progress: bool,
     extra_callbacks: Sequence[Any] = (),
+    replay: MinedSet | None = None,
 ) -> TrainResult:
+    """One training run into ``out``; with ``hard_negatives`` on, its two passes (the second
+    one gets the mined ``replay``, added to its training split)."""
+    if config.hard_negatives.enabled and replay is None:
+        from lensfinder.train.hard_negatives import train_with_hard_negatives
+
+        return train_with_hard_negatives(config, store, out, resume, progress, extra_callbacks)
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.utilities import rank_zero_only
@@ -427,6 +443,8 @@ def _train_locked(
         return TrainResult.from_metrics(out, finished, already_trained=True)
     datamodule = LensDataModule(config, store)
     datamodule.prepare()
+    if replay is not None:
+        replay.add_to(datamodule)
 
     last_epoch = checkpoint_epoch(checkpoint) if checkpoint is not None else None
     header = keep_csv_rows_through(out / METRICS_FILE, last_epoch) if is_rank_zero else []
@@ -440,6 +458,9 @@ def _train_locked(
     stopping = AurocDropStopping(config.stop_auroc_drop, config.stop_patience)
     history = EpochHistory()
     callbacks: list[Any] = [stopping, history, AtomicLastCheckpoint(out)]
+    averaging = weight_averaging_callback(config)
+    if averaging is not None:  # after ``stopping``: it keeps the averaged weights as the best
+        callbacks.append(averaging)
     growth = plateau_callback(config)
     if growth is not None:
         callbacks.append(growth)
@@ -514,6 +535,8 @@ def _train_locked(
             "graded": datamodule.graded_record,  # which people's grades were learnt, or None
             "init": str(Path(config.init).resolve()) if config.init else None,
             "adapt": adapted,  # what was learnt from the unlabelled field, or None
+            "weight_averaging": averaging_record(config),
+            "hard_negatives": replay.record if replay is not None else None,
             "lensfinder_version": __version__,
         }
         save_model(out, module.model, meta)
