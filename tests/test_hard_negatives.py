@@ -96,7 +96,7 @@ def test_select_hard_picks_exactly_the_top_nonlenses_and_bottom_lenses():
 def test_the_training_data_as_pool_is_mined_in_its_training_split_only(store):
     config = mining_config(store)
     source = open_source(store)
-    pooled = open_pool(config, source, Path("unused"), progress=False)
+    pooled = open_pool(config, [source], Path("unused"), progress=False)
     assert pooled.record["is_training_data"] is True
     train_split = split_indices(np.asarray(source.ids), config.split)["train"]
     assert set(pooled.candidates.tolist()) == set(train_split.tolist())

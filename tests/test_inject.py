@@ -272,7 +272,7 @@ def test_resume_and_refusals(field, painted, tmp_path):
         inject(other, out, NOISY, progress=False)
     with pytest.raises(ConfigError, match="input"):
         inject(field, field, NOISY, progress=False)
-    with pytest.raises(ConfigError, match="lies inside .*an input of inject"):
+    with pytest.raises(ConfigError, match=r"lies inside .*an input of inject"):
         inject(field, field / "Public" / "painted", NOISY, progress=False)
 
 

@@ -32,6 +32,7 @@ import hashlib
 import json
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,7 @@ from lensfinder.data.identity import data_record, fingerprint, same_data
 from lensfinder.data.splits import split_indices
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.models.checkpoint import WEIGHTS_FILE
+from lensfinder.train.datamodule import ConcatSource
 from lensfinder.utils import atomic_path, atomic_write_text
 
 if TYPE_CHECKING:
@@ -194,9 +196,13 @@ def simulated_pool(
     return path, settings
 
 
-def open_pool(config: TrainConfig, training: CutoutSource, out: Path, progress: bool) -> Pool:
-    """The given pool, or a freshly simulated one; the training data as a pool is mined only
-    in its training split (its validation and test objects must stay unseen)."""
+def open_pool(
+    config: TrainConfig, parts: Sequence[CutoutSource], out: Path, progress: bool
+) -> Pool:
+    """The given pool, or a freshly simulated one; a training set as a pool is mined only in
+    its training split (its validation and test objects must stay unseen). ``parts``: the
+    training sets (``train --data A --data B``)."""
+    training = parts[0] if len(parts) == 1 else ConcatSource(parts)
     hn = config.hard_negatives
     simulation = None
     if hn.pool is None:
@@ -211,7 +217,7 @@ def open_pool(config: TrainConfig, training: CutoutSource, out: Path, progress: 
             f"{path}: labelled by rule '{rule}', the training data by '{training_rule}'; a "
             "hard-negative pool must use the training data's label rule"
         )
-    is_training = bool(same_data(source, data_record(training)))
+    is_training = any(same_data(source, data_record(part)) for part in parts)
     rows = np.arange(len(source), dtype=np.int64)
     if is_training:
         rows = split_indices(np.asarray(source.ids), config.split)["train"]
@@ -355,7 +361,7 @@ def previous_mining(
 # -- the whole run -----------------------------------------------------------------------------
 def train_with_hard_negatives(
     config: TrainConfig,
-    store: Path,
+    store: list[Path],
     out: Path,
     resume: bool,
     progress: bool,
@@ -380,8 +386,8 @@ def train_with_hard_negatives(
         "best_epoch": first.best_epoch,
         "epochs": first.epochs,
     }
-    training = open_source(store)
-    pool = open_pool(config, training, out, progress) if is_rank_zero else None
+    parts = [open_source(path) for path in store]
+    pool = open_pool(config, parts, out, progress) if is_rank_zero else None
     if is_rank_zero:
         assert pool is not None
         record = previous_mining(out, config, digest, pool) if resume else None
