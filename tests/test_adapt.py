@@ -274,3 +274,25 @@ def test_training_on_two_data_sets(train_store, field_store, tmp_path):
     meta = read_meta(result.run_dir)
     assert resolve_split("auto", open_source(field_store), [meta])[0] == "test"
     json.dumps(meta)  # plain JSON
+
+
+# -- lenses painted on the field -----------------------------------------------------------------
+def test_paint_lenses_trains_on_the_painted_field_beside_the_simulations(
+    train_store, field_layout, tmp_path
+):
+    """``adapt.paint_lenses``: the field is painted and packed inside the run, trained on as a
+    second labelled set, recorded in model.json; a rerun reuses it and is already trained."""
+    from lensfinder.config import InjectConfig
+
+    paint = InjectConfig(paint_fraction=0.5, min_snr=10.0)
+    config = tiny_config(field_layout, method="none", paint_lenses=True, paint=paint)
+    out = tmp_path / "run"
+    result = train_models(config, train_store, out, progress=False)
+    meta = read_meta(out)
+    painted = meta["adapt"]["painted"]
+    assert (out / "field-painted.zarr").is_dir() and (out / "field-painted").is_dir()
+    assert painted["lenses"] >= 1 and painted["nonlenses"] >= 1
+    assert painted["lenses"] + painted["nonlenses"] == len(open_source(out / "field-painted.zarr"))
+    assert len(meta["data"]["data_sets"]) == 2
+    again = train_models(config, train_store, out, progress=False)
+    assert again.already_trained and result.run_dir == again.run_dir
