@@ -206,6 +206,13 @@ def test_10_a_negative_seed_is_refused_before_anything_is_written(tmp_path):
     one_line_error(cli("simulate", "--out", out, "--n", 2, "--seed", -1), "seed", "-1")
     assert not out.exists()
     one_line_error(cli("simulate", "--out", out, "--n", 2, "--seed", -1), "seed")  # again
+    from lensfinder.config import SimulateConfig
+    from lensfinder.errors import ConfigError
+    from lensfinder.simulate import simulate
+
+    with pytest.raises(ConfigError, match="seed must be >= 0"):  # from Python too
+        simulate(SimulateConfig(n=2, seed=-1), out, progress=False)
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(

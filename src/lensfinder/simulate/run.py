@@ -260,6 +260,8 @@ def validate(config: SimulateConfig) -> tuple[Survey, LabelRule]:
         raise ConfigError(f"simulate: supersampling must be >= 1, got {config.supersampling}")
     if config.first_id < 0:
         raise ConfigError(f"simulate: first_id must be >= 0, got {config.first_id}")
+    if config.seed < 0:  # numpy's seeds are non-negative
+        raise ConfigError(f"simulate: seed must be >= 0, got {config.seed}")
     try:
         survey = get_survey(config.survey)
         rule = label_rule(config.label_rule)
