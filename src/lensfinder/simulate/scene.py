@@ -109,7 +109,8 @@ class Light:
         else:
             return self
         e = math.hypot(self.shape.get("e1", 0.0), self.shape.get("e2", 0.0))
-        # lenstronomy's elliptical radius reaches R / sqrt(1 - e) along the major axis
+        # lenstronomy's elliptical radius R lies R / sqrt(1 - e) out along the major axis;
+        # R / (1 - e) leaves a margin
         return dataclasses.replace(self, truncation=radius / (1 - e))
 
 
@@ -609,7 +610,7 @@ def _group_members(
     for _ in range(int(d.rng.integers(lo, hi + 1)) - 1):
         r, a = math.sqrt(d.u(r_lo**2, r_hi**2)), d.angle() * 2
         x, y = r * math.cos(a), r * math.sin(a)
-        mag = float(np.clip(host_mag + d.u(-0.75, 2.5), *config.field_mag_range))
+        mag = min(host_mag + d.u(-0.75, 2.5), config.field_mag_range[1])
         red = d.rng.random() < config.group_red_fraction
         if red:
             lights += _neighbour_galaxy(d, mag, x, y, blue=False)
