@@ -68,6 +68,36 @@ class SimulateConfig:
     nonlens_mix: dict[str, float] = field(default_factory=lambda: dict(NONLENS_MIX))
     # Source morphologies and their shares (all colours, sizes and clumps drawn per source).
     source_mix: dict[str, float] = field(default_factory=lambda: dict(SOURCE_MIX))
+    # --- environments: the same around lenses and non-lenses (simulate/sky.py cites them) ---
+    # Unrelated field galaxies, Poisson and uniform: VIS counts dN/dm ~ 10^(slope m), normalised
+    # to field_count_density per arcmin^2 brighter than field_count_mag (Euclid's weak-lensing
+    # density; slope from HST/ground deep counts); drawn, and counted in n_gal_*, within
+    # field_mag_range. 64/arcmin^2 to VIS 25.5: 5.6 within 10", 0.5 within 3".
+    field_count_density: float = 30.0  # per arcmin^2 brighter than field_count_mag
+    field_count_mag: float = 24.5
+    field_count_slope: float = 0.33  # dlog10 N / dm
+    field_mag_range: tuple[float, float] = (18.0, 25.5)  # VIS; also the faintest companion drawn
+    field_exclusion_radius: float = 0.3  # arcsec: closer than this, a blend with the nucleus
+    field_blue_fraction: float = 0.75  # star-forming share of field galaxies
+    # Satellites of the central galaxy: Poisson mean within satellite_max_gap mag of it,
+    # projected density ~ 1/R (uniform in R) between the radii, aligned with its major axis;
+    # dN/d(gap) ~ 10^(satellite_gap_slope gap): ~9% within 1.5 mag (major pairs).
+    satellites_per_host: float = 1.7
+    satellite_max_gap: float = 5.5  # mag fainter than the host
+    satellite_gap_slope: float = 0.2
+    satellite_radius_range: tuple[float, float] = (0.5, 6.0)  # arcsec
+    satellite_blue_fraction: float = 0.5  # blue star-forming satellites (the rest red)
+    # Groups: this share of central galaxies has 1-4 other bright members (2-5 in all), within
+    # -0.75..+2.5 mag of it, uniform on the sky between the radii (arcsec).
+    group_fraction: float = 0.25
+    group_members: tuple[int, int] = (2, 5)  # bright members including the central galaxy
+    group_radius_range: tuple[float, float] = (1.5, 10.0)
+    group_red_fraction: float = 0.7  # early-type share of the other members (the rest discs)
+    tidal_fraction: float = 0.2  # centrals with faint tidal streams or shells
+    # elliptical+source non-lenses: this share of the unlensed background galaxies sits just
+    # outside the caustic (beta 1-2.2 theta_E: singly imaged, weakly distorted, beside the
+    # deflector); the rest further out (2.2-4 theta_E)
+    near_caustic_fraction: float = 0.7
     # --- observing conditions, drawn per object (simulate/observing.py) ---
     psf_family: Literal["gaussian", "moffat", "mixed"] = "mixed"  # mixed: half each
     psf_fwhm_scatter: float = 0.1  # fractional spread of the FWHM around the band's value

@@ -102,8 +102,11 @@ def catalogue_row(
         lens_under_source = float(central[above_source].sum())
         if n_pix_source and lens_under_source > 0:
             row["sb_contrast"] = float(source[above_source].sum()) / lens_under_source
-    centres = np.array(scene.galaxy_centres).reshape(-1, 2)
-    distances = np.hypot(centres[:, 0], centres[:, 1])
-    for radius in NEIGHBOUR_RADII:
-        row[f"n_gal_{radius:g}"] = float((distances < radius).sum())
+    row.update(neighbour_counts(scene))
     return row
+
+
+def neighbour_counts(scene: Scene) -> dict[str, float]:
+    """``n_gal_3/5/10``: galaxies (neighbours of every origin) within 3", 5", 10" of the centre."""
+    distances = np.array([n.distance for n in scene.neighbours])
+    return {f"n_gal_{r:g}": float((distances < r).sum()) for r in NEIGHBOUR_RADII}

@@ -27,7 +27,7 @@ from lensfinder.errors import ConfigError, DataError
 from lensfinder.labels import LabelRule, label_rule
 from lensfinder.safety import SIMULATION, writing_output
 from lensfinder.simulate import scene as scenes
-from lensfinder.simulate import writer
+from lensfinder.simulate import sky, writer
 from lensfinder.simulate.observing import NOMINAL, Observing, draw_observing
 from lensfinder.simulate.preview import write_preview
 from lensfinder.simulate.quantities import SIMULATED_COLUMNS, catalogue_row
@@ -160,7 +160,7 @@ _Drawn = tuple[scenes.Scene, dict[str, float], SceneRenderer]
 def _draw_lens(object_id: int, rng: np.random.Generator, ctx: _Context) -> _Drawn:
     for _ in range(GALAXY_TRIES):
         scene = scenes.draw_lens_galaxy(rng, ctx.survey.bands, "lens", ctx.config)
-        scenes.add_field(rng, ctx.survey.bands, scene)
+        scenes.add_field(rng, ctx.survey.bands, scene, ctx.config)
         renderer = ctx.renderer(scene)
         for _ in range(SOURCE_TRIES):
             ctx.source(rng, scene, "lensed")
@@ -180,7 +180,7 @@ def _draw_nonlens(object_id: int, rng: np.random.Generator, ctx: _Context) -> _D
     fallback: _Drawn | None = None
     for _ in range(NONLENS_TRIES):
         scene = scenes.draw_nonlens(rng, ctx.survey.bands, kind, ctx.config, ctx.stamps)
-        scenes.add_field(rng, ctx.survey.bands, scene)
+        scenes.add_field(rng, ctx.survey.bands, scene, ctx.config)
         renderer = ctx.renderer(scene)
         if kind not in ("elliptical+source", "subthreshold"):
             row = _measure(object_id, renderer, ctx)
@@ -303,6 +303,10 @@ def _validate_population(config: SimulateConfig) -> None:
             raise ConfigError(f"simulate: {name} must be in [0, 1], got {getattr(config, name)}")
     if config.psf_fwhm_scatter < 0 or config.depth_scatter_mag < 0:
         raise ConfigError("simulate: psf_fwhm_scatter and depth_scatter_mag must be >= 0")
+    try:
+        sky.validate(config)
+    except ValueError as exc:
+        raise ConfigError(f"simulate: {exc}") from None
     if config.source_stamps is not None:
         StampLibrary.from_folder(config.source_stamps)  # one clear line now, not in a worker
 

@@ -9,11 +9,14 @@ Every draw comes from the object's own ``numpy.random.Generator`` (seeded by (se
 purpose: models trained here will be judged on real galaxies, so no property may give the label
 away except the lensed light itself. Lens galaxies and non-lens ellipticals share one
 distribution; confusers (spirals, rings, mergers, blue satellites, unlensed background galaxies)
-carry arc- and knot-like structure.
+carry arc- and knot-like structure. Every central galaxy, lens or not, gets the same
+environment (``add_field``): field galaxies from the sky's number counts, satellites, groups
+and tidal debris at the rates of the sky (``simulate/sky.py`` cites the numbers).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,15 +24,24 @@ from dataclasses import field as default
 from typing import Any
 
 import numpy as np
+from scipy.special import gammaincinv
 
 from lensfinder.config import NONLENS_MIX, SimulateConfig
+from lensfinder.simulate import sky
 from lensfinder.simulate.stamps import Stamp, StampLibrary, random_shapelets
 from lensfinder.surveys import Band
 
 # Non-lens kinds and source families, and their default shares, are in config.py
 # (NONLENS_MIX, SOURCE_MIX) so that a config file can change them.
 LENS_DISC_FRACTION = 0.15  # late-type lens galaxies
-FIELD_HALF_WIDTH = 9.5  # arcsec: neighbours and stars are placed within the cutout
+# arcsec: field galaxies are placed over the 20" cutout and a margin whose light spills into it
+# (the 10" circle of n_gal_10 lies inside); stars within the cutout
+FIELD_HALF_WIDTH = 10.5
+STAR_HALF_WIDTH = 9.5
+# Environment lights are left out where they hold less than TRUNCATION_FLUX of their flux and
+# are fainter than TRUNCATION_SB (AB mag/arcsec^2; 0.001 sigma of a Euclid VIS or NISP pixel).
+TRUNCATION_FLUX = 1e-2
+TRUNCATION_SB = 33.0
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,9 @@ class Light:
     profile: str
     shape: dict[str, Any]  # floats, and the stamp image for INTERPOL
     mags: dict[str, float]
+    # arcsec from the centre beyond which the profile is left out (``reach``); set for the
+    # environment's lights where they become negligible (``truncated``)
+    truncation: float = math.inf
 
     def kwargs(self, band: str) -> dict[str, float]:
         """lenstronomy kwargs with a ``magnitude`` (``SimAPI.magnitude2amplitude`` converts it)."""
@@ -58,13 +73,45 @@ class Light:
     @property
     def reach(self) -> float:
         """Distance (arcsec) from the centre beyond which the profile is zero to double
-        precision, so need not be evaluated; ``inf`` for profiles with wings (Sersic)."""
+        precision (or, once ``truncated``, negligible: see ``truncated``), so need
+        not be evaluated; ``inf`` for profiles with wings (Sersic) unless truncated."""
         if self.profile == "INTERPOL":  # lenstronomy gives 0 outside the stamp, any rotation
             return float(self.shape["scale"]) * len(self.shape["image"]) * 0.75
+        if math.isfinite(self.truncation):
+            return self.truncation
         if self.profile in ("GAUSSIAN", "GAUSSIAN_ELLIPSE"):  # exp(-x^2/2) < 1e-31 beyond 12
             e = math.hypot(self.shape.get("e1", 0.0), self.shape.get("e2", 0.0))
             return 12.0 * float(self.shape["sigma"]) * (1 + e) / (1 - e)
         return math.inf
+
+    def truncated(self) -> Light:
+        """This light with a finite ``reach`` (Sersics and Gaussians): the elliptical radius
+        beyond which it holds less than ``TRUNCATION_FLUX`` of its flux and its surface
+        brightness is fainter than ``TRUNCATION_SB`` in every band. Faint neighbours and debris
+        then cost a box around them instead of the whole cutout."""
+        mag = min(self.mags.values())  # the brightest band
+        if self.profile == "SERSIC_ELLIPSE":
+            n, r_e = float(self.shape["n_sersic"]), float(self.shape["R_sersic"])
+            b = 1.9992 * n - 0.3271  # L(<R_sersic) = L/2, as lenstronomy has it
+            # SB(R) = mag + 2.5 log10(2 pi n r_e^2 Gamma(2n) / b^2n) + 1.0857 b (R/r_e)^(1/n)
+            log_area = math.log10(2 * math.pi * n * r_e**2) + (
+                math.lgamma(2 * n) - 2 * n * math.log(b)
+            ) / math.log(10)
+            x_sb = max(0.0, (TRUNCATION_SB - mag - 2.5 * log_area) / (1.0857 * b)) ** n
+            x_flux = (float(gammaincinv(2 * n, 1.0 - TRUNCATION_FLUX)) / b) ** n
+            radius = r_e * max(x_sb, x_flux)
+        elif self.profile in ("GAUSSIAN", "GAUSSIAN_ELLIPSE"):
+            sigma = float(self.shape["sigma"])
+            # SB(R) = mag + 2.5 log10(2 pi sigma^2) + 1.0857 R^2 / (2 sigma^2)
+            excess = TRUNCATION_SB - mag - 2.5 * math.log10(2 * math.pi * sigma**2)
+            x_sb = math.sqrt(2 * max(0.0, excess) / 1.0857)
+            radius = sigma * max(x_sb, math.sqrt(-2 * math.log(TRUNCATION_FLUX)))
+        else:
+            return self
+        e = math.hypot(self.shape.get("e1", 0.0), self.shape.get("e2", 0.0))
+        # lenstronomy's elliptical radius R lies R / sqrt(1 - e) out along the major axis;
+        # R / (1 - e) leaves a margin
+        return dataclasses.replace(self, truncation=radius / (1 - e))
 
 
 @dataclass(frozen=True)
@@ -72,6 +119,21 @@ class Star:
     x: float
     y: float
     mags: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """A galaxy beside the central one, as the catalogue's n_gal_* columns count it."""
+
+    x: float
+    y: float
+    mag: float  # bluest (reference) band, AB
+    origin: str  # "field", "satellite", "group" or "companion" (a look-alike system)
+    blue: bool  # star-forming
+
+    @property
+    def distance(self) -> float:
+        return math.hypot(self.x, self.y)
 
 
 @dataclass
@@ -92,11 +154,16 @@ class Scene:
     source_centre: tuple[float, float] = (math.nan, math.nan)
     source_radius: float = math.nan  # effective radius of the source's main component (arcsec)
     source_family: str = ""  # a key of config.SOURCE_MIX, or "stamp"
-    galaxy_centres: list[tuple[float, float]] = default(default_factory=list)  # for n_gal_*
+    neighbours: list[Neighbour] = default(default_factory=list)  # for n_gal_*
+    environment: list[str] = default(default_factory=list)  # "group", "tidal", look-alikes
 
     @property
     def has_source(self) -> bool:
         return bool(self.source)
+
+    @property
+    def galaxy_centres(self) -> list[tuple[float, float]]:
+        return [(n.x, n.y) for n in self.neighbours]
 
     def sharp_regions(self) -> list[tuple[float, float, float]]:
         """(x, y, radius) discs worth supersampling: arcs around the centre and compact cores."""
@@ -138,6 +205,7 @@ class _Draw:
     def __init__(self, rng: np.random.Generator, bands: Sequence[Band]) -> None:
         self.rng = rng
         self.weights = colour_weights(bands)
+        self.blue_band = min(self.weights, key=self.weights.__getitem__)
 
     def u(self, lo: float, hi: float) -> float:
         return float(self.rng.uniform(lo, hi))
@@ -281,12 +349,18 @@ def _elliptical(d: _Draw, theta_e: float, z: float, q_mass: float, phi_mass: flo
 
 
 def _spiral_arms(
-    d: _Draw, radius: float, q: float, phi: float, mag: float, centre: tuple[float, float]
+    d: _Draw,
+    radius: float,
+    q: float,
+    phi: float,
+    mag: float,
+    centre: tuple[float, float],
+    knots_per_arm: tuple[int, int] = (6, 18),
 ) -> list[Light]:
     """Star-forming knots strung along logarithmic spiral arms, projected with the disc."""
     n_arms = int(d.rng.choice([2, 2, 2, 3, 4]))
     pitch = math.radians(d.u(10, 35))
-    per_arm = int(d.rng.integers(6, 18))
+    per_arm = int(d.rng.integers(*knots_per_arm))
     start = d.angle() * 2
     points, tangents = [], []
     for arm in range(n_arms):
@@ -313,7 +387,12 @@ def _spiral_arms(
 
 
 def _disc(
-    d: _Draw, mag: float | None = None, x: float = 0.0, y: float = 0.0, phi: float | None = None
+    d: _Draw,
+    mag: float | None = None,
+    x: float = 0.0,
+    y: float = 0.0,
+    phi: float | None = None,
+    knots_per_arm: tuple[int, int] = (6, 18),
 ) -> tuple[list[Light], float, float]:
     """A bulge + exponential disc, usually with clumpy spiral arms; any inclination.
     Returns the lights, the disc's axis ratio and its position angle."""
@@ -339,7 +418,7 @@ def _disc(
     ]
     if arm_fraction > 0:
         m_arms = float(d.split(mag, np.array([(1 - bulge_fraction) * arm_fraction]))[0])
-        lights += _spiral_arms(d, radius, q, phi, m_arms, (x, y))
+        lights += _spiral_arms(d, radius, q, phi, m_arms, (x, y), knots_per_arm)
     return lights, q, phi
 
 
@@ -397,16 +476,14 @@ def _simple_galaxy(d: _Draw, mag: float, x: float, y: float) -> list[Light]:
     return lights
 
 
-def _merger(d: _Draw) -> tuple[list[Light], list[Light], list[tuple[float, float]]]:
-    """Two galaxies 0.6-3" apart, often with curved tidal tails of knots (arc-like)."""
-    mag = d.normal(20.0, 1.0, 17.0, 23.0)
-    ratio = d.u(0.15, 1.0)
-    m1, m2 = d.split(mag, np.array([1 / (1 + ratio), ratio / (1 + ratio)]))
+def _merging_companion(
+    d: _Draw, mag: float, tail_reference_mag: float
+) -> tuple[list[Light], Neighbour]:
+    """A galaxy of magnitude ``mag`` 0.6-3" from the centre, often with curved tidal tails of
+    knots (arc-like) from it or from the centre, carrying 5-25% of ``tail_reference_mag``."""
     sep, angle = d.u(0.6, 3.0), d.angle() * 2
     x2, y2 = sep * math.cos(angle), sep * math.sin(angle)
-    central = _simple_galaxy(d, float(m1), 0.0, 0.0)
-    companion = _simple_galaxy(d, float(m2), x2, y2)
-    tails: list[Light] = []
+    lights = _simple_galaxy(d, mag, x2, y2)
     for _ in range(int(d.rng.choice([0, 1, 1, 2]))):
         radius = d.u(1.0, 3.5)
         span = d.u(1.0, 3.5) * (1 if d.rng.random() < 0.5 else -1)
@@ -418,11 +495,21 @@ def _merger(d: _Draw) -> tuple[list[Light], list[Light], list[tuple[float, float
             [np.cos(theta) - math.cos(start), np.sin(theta) - math.sin(start)], axis=1
         )
         tangent = np.stack([-np.sin(theta), np.cos(theta)], axis=1)
-        tail_mag = float(d.split(mag, np.array([d.u(0.05, 0.25)]))[0])
-        tails += d.knots_along(
+        tail_mag = float(d.split(tail_reference_mag, np.array([d.u(0.05, 0.25)]))[0])
+        lights += d.knots_along(
             xy, tangent, tail_mag, d.normal(0.8, 0.4), (0.06, 0.2), d.u(0.2, 0.8)
         )
-    return central, companion + tails, [(x2, y2)]
+    return lights, Neighbour(x2, y2, mag, "companion", False)
+
+
+def _merger(d: _Draw) -> tuple[list[Light], list[Light], list[Neighbour]]:
+    """Two galaxies 0.6-3" apart, often with curved tidal tails of knots (arc-like)."""
+    mag = d.normal(20.0, 1.0, 17.0, 23.0)
+    ratio = d.u(0.15, 1.0)
+    m1, m2 = d.split(mag, np.array([1 / (1 + ratio), ratio / (1 + ratio)]))
+    central = _simple_galaxy(d, float(m1), 0.0, 0.0)
+    companion, neighbour = _merging_companion(d, float(m2), mag)
+    return central, companion, [neighbour]
 
 
 def _compact_blue(d: _Draw, x: float, y: float) -> Light:
@@ -437,39 +524,169 @@ def _compact_blue(d: _Draw, x: float, y: float) -> Light:
     )
 
 
-def _satellites(d: _Draw) -> tuple[list[Light], list[tuple[float, float]]]:
+def _satellites(d: _Draw) -> tuple[list[Light], list[Neighbour]]:
     """2-6 small blue galaxies 0.6-3" from the centre (not lensed): fake 'multiple images'."""
-    lights, centres = [], []
+    lights, neighbours = [], []
     for _ in range(int(d.rng.integers(2, 7))):
         r, a = d.u(0.6, 3.0), d.angle() * 2
         x, y = r * math.cos(a), r * math.sin(a)
-        lights.append(_compact_blue(d, x, y))
-        centres.append((x, y))
-    return lights, centres
+        light = _compact_blue(d, x, y)
+        lights.append(light)
+        neighbours.append(Neighbour(x, y, light.mags[d.blue_band], "companion", True))
+    return lights, neighbours
 
 
-def _neighbours_and_stars(d: _Draw) -> tuple[list[Light], list[tuple[float, float]], list[Star]]:
-    """Field galaxies (mostly faint) and foreground stars anywhere in the cutout, any class."""
-    lights, centres = [], []
-    for _ in range(int(d.rng.poisson(2.5))):
-        x, y = _field_position(d, 1.2)
-        mag = float(np.clip(25.5 - d.rng.exponential(1.6), 19.0, 25.5))
-        colour = d.normal(0.9, 0.6, -0.5, 2.5)
-        radius = d.lognormal(0.3, 0.5, 0.05, 1.5)
-        lights.append(
-            d.sersic(d.mags(mag, colour), radius, d.u(0.6, 4), d.u(0.3, 1), d.angle(), x, y)
-        )
-        centres.append((x, y))
+# ---------------------------------------------------------------------------- environment
+
+
+def _galaxy_size(d: _Draw, mag: float) -> float:
+    """Half-light radius (arcsec) at VIS magnitude ``mag``: median 0.3" at 24, 0.1 dex larger
+    per magnitude brighter, lognormal scatter (HST deep fields; see sky.py)."""
+    return d.lognormal(0.3 * 10 ** (-0.1 * (mag - 24.0)), 0.35, 0.05, 2.5)
+
+
+def _neighbour_galaxy(d: _Draw, mag: float, x: float, y: float, blue: bool) -> list[Light]:
+    """A field galaxy or satellite: a blue star-forming disc (with knots when bright enough to
+    show them) or a red spheroid."""
+    radius = _galaxy_size(d, mag)
+    if blue:
+        colour = d.normal(0.6, 0.35, -0.5, 1.8)
+        if mag < 23.0:
+            return _sersic_with_clumps(d, mag, colour, radius, x, y)
+        q, n = d.u(0.25, 1.0), d.u(0.6, 1.8)
+        return [d.sersic(d.mags(mag, colour), radius, n, q, d.angle(), x, y)]
+    colour = d.normal(1.6, 0.3, 0.9, 2.6)
+    return [d.sersic(d.mags(mag, colour), radius, d.u(2.5, 5.0), d.u(0.5, 1.0), d.angle(), x, y)]
+
+
+def _field_galaxies(d: _Draw, config: SimulateConfig) -> tuple[list[Light], list[Neighbour]]:
+    """Unrelated galaxies: a Poisson number from the sky's counts, uniform over the cutout."""
+    exclusion = config.field_exclusion_radius
+    area = (2 * FIELD_HALF_WIDTH) ** 2 - math.pi * exclusion**2
+    n = int(d.rng.poisson(sky.field_density(config) * area))
+    mags = sky.power_law_mags(d.rng, config.field_count_slope, *config.field_mag_range, n)
+    lights: list[Light] = []
+    neighbours = []
+    for mag in mags.tolist():
+        x, y = _field_position(d, exclusion, FIELD_HALF_WIDTH)
+        blue = bool(d.rng.random() < config.field_blue_fraction)
+        lights += _neighbour_galaxy(d, mag, x, y, blue)
+        neighbours.append(Neighbour(x, y, mag, "field", blue))
+    return lights, neighbours
+
+
+def _satellites_of(
+    d: _Draw, host_mag: float, host_phi: float, config: SimulateConfig
+) -> tuple[list[Light], list[Neighbour]]:
+    """The central galaxy's own satellites: a Poisson number, magnitude gaps from a power law,
+    uniform in radius (projected density ~ 1/R), along the host's major axis (sky.py); those
+    fainter than the field's limit are left out, like the field galaxies."""
+    n = int(d.rng.poisson(config.satellites_per_host))
+    gaps = sky.power_law_mags(d.rng, config.satellite_gap_slope, 0.0, config.satellite_max_gap, n)
+    lights: list[Light] = []
+    neighbours = []
+    for gap in gaps.tolist():
+        r = d.u(*config.satellite_radius_range)
+        angle = host_phi + d.normal(0.0, 0.7) + (math.pi if d.rng.random() < 0.5 else 0.0)
+        blue = bool(d.rng.random() < config.satellite_blue_fraction)
+        mag = host_mag + gap
+        if mag > config.field_mag_range[1]:
+            continue
+        x, y = r * math.cos(angle), r * math.sin(angle)
+        lights += _neighbour_galaxy(d, mag, x, y, blue)
+        neighbours.append(Neighbour(x, y, mag, "satellite", blue))
+    return lights, neighbours
+
+
+def _group_members(
+    d: _Draw, host_mag: float, config: SimulateConfig
+) -> tuple[list[Light], list[Neighbour]]:
+    """The other bright members of the central galaxy's group, anywhere within the group
+    radius: mostly red early types, some discs."""
+    lo, hi = config.group_members
+    r_lo, r_hi = config.group_radius_range
+    lights: list[Light] = []
+    neighbours = []
+    for _ in range(int(d.rng.integers(lo, hi + 1)) - 1):
+        r, a = math.sqrt(d.u(r_lo**2, r_hi**2)), d.angle() * 2
+        x, y = r * math.cos(a), r * math.sin(a)
+        mag = min(host_mag + d.u(-0.75, 2.5), config.field_mag_range[1])
+        red = d.rng.random() < config.group_red_fraction
+        if red:
+            lights += _neighbour_galaxy(d, mag, x, y, blue=False)
+        else:
+            lights += _disc(d, mag, x, y, knots_per_arm=(3, 7))[0]  # a neighbour: fewer knots
+        neighbours.append(Neighbour(x, y, mag, "group", not red))
+    return lights, neighbours
+
+
+def _tidal_debris(d: _Draw, host_mag: float, host_phi: float) -> list[Light]:
+    """Faint tidal streams or shells: 3-10% of the host's light in wide, smooth, elongated
+    knots 1.2-6" out; low surface brightness arcs around a galaxy, lens or not."""
+    mag = float(d.split(host_mag, np.array([d.u(0.03, 0.1)]))[0])
+    colour = d.normal(1.2, 0.3, 0.4, 2.2)  # old stars, like the host
+    if d.rng.random() < 0.5:  # a stream: one long arc around the host
+        radius, span = d.u(1.5, 5.0), d.u(1.0, 3.0)
+        theta = d.angle() * 2 + np.linspace(0.0, span, int(d.rng.integers(6, 11)))
+        xy = radius * np.stack([np.cos(theta), np.sin(theta)], axis=1)
+        tangent = np.stack([-np.sin(theta), np.cos(theta)], axis=1)
+        return d.knots_along(xy, tangent, mag, colour, (0.25, 0.6), 0.25)
+    points, tangents = [], []  # shells: concentric caps on alternate sides of the major axis
+    r0 = d.u(1.2, 2.5)
+    for i in range(int(d.rng.integers(2, 4))):
+        half = d.u(0.7, 1.2)
+        theta = host_phi + math.pi * i + np.linspace(-half, half, 5)
+        points.append(r0 * 1.6**i * np.stack([np.cos(theta), np.sin(theta)], axis=1))
+        tangents.append(np.stack([-np.sin(theta), np.cos(theta)], axis=1))
+    return d.knots_along(
+        np.concatenate(points), np.concatenate(tangents), mag, colour, (0.2, 0.45), 0.2
+    )
+
+
+def _look_alike_for_lens(d: _Draw, scene: Scene, host_mag: float, config: SimulateConfig) -> None:
+    """A lens galaxy gets the non-lens mix's look-alike systems (a rich system of compact blue
+    satellites, a merging companion with tails) as often as a non-lens is one, so that they
+    never mark a non-lens."""
+    shares = config.nonlens_mix
+    total = sum(shares.values())
+    u = d.rng.random() * total
+    if u < shares.get("satellites", 0.0):
+        lights, neighbours = _satellites(d)
+        scene.environment.append("satellites")
+    elif u < shares.get("satellites", 0.0) + shares.get("merger", 0.0):
+        ratio = d.u(0.15, 1.0)  # companion over host flux, as in a non-lens merger
+        companion_mag = host_mag - 2.5 * math.log10(ratio)
+        pair_mag = host_mag - 2.5 * math.log10(1 + ratio)
+        lights, neighbour = _merging_companion(d, companion_mag, pair_mag)
+        neighbours = [neighbour]
+        scene.environment.append("merger")
+    else:
+        return
+    scene.field = scene.field + lights
+    scene.neighbours = scene.neighbours + neighbours
+
+
+def _host(d: _Draw, scene: Scene) -> tuple[float, float]:
+    """Magnitude (bluest band) and light position angle of the central galaxy."""
+    mag = total_magnitude(scene.central, d.blue_band)
+    shape = scene.central[0].shape
+    if "e1" in shape:
+        return mag, 0.5 * math.atan2(float(shape["e2"]), float(shape["e1"]))
+    return mag, d.angle()
+
+
+def _stars(d: _Draw) -> list[Star]:
+    """Foreground stars anywhere in the cutout, any colour."""
     stars = []
     for _ in range(int(d.rng.poisson(0.4))):
-        x, y = _field_position(d, 1.5)
+        x, y = _field_position(d, 1.5, STAR_HALF_WIDTH)
         stars.append(Star(x, y, d.mags(d.u(17.0, 24.5), d.normal(0.6, 0.6, -0.6, 2.5), 0.02)))
-    return lights, centres, stars
+    return stars
 
 
-def _field_position(d: _Draw, min_radius: float) -> tuple[float, float]:
+def _field_position(d: _Draw, min_radius: float, half_width: float) -> tuple[float, float]:
     while True:
-        x, y = d.u(-FIELD_HALF_WIDTH, FIELD_HALF_WIDTH), d.u(-FIELD_HALF_WIDTH, FIELD_HALF_WIDTH)
+        x, y = d.u(-half_width, half_width), d.u(-half_width, half_width)
         if math.hypot(x, y) >= min_radius:
             return x, y
 
@@ -558,8 +775,9 @@ def draw_source(
 ) -> None:
     """Put a background galaxy behind the scene's mass; the caller checks the outcome against
     the label rule. ``placement``: "lensed" (inside the caustic region), "boundary" (fainter and
-    further out: multiply imaged, yet near or below the rule's thresholds) or "unlensed" (well
-    outside). Morphology from ``config.source_mix``, or a stamp (``config.stamp_fraction``)."""
+    further out: multiply imaged, yet near or below the rule's thresholds) or "unlensed"
+    (outside; mostly just outside, ``config.near_caustic_fraction``). Morphology from
+    ``config.source_mix``, or a stamp (``config.stamp_fraction``)."""
     d = _Draw(rng, bands)
     theta_e = scene.theta_e
     mag_lo, mag_hi = config.source_mag_range
@@ -572,8 +790,13 @@ def draw_source(
         mag_lo = max(mag_lo, (mag_lo + mag_hi) / 2)
         mag_hi += 0.5
     else:
-        # its image lands about theta_e further out: keep it inside the cutout
-        beta = min(theta_e * d.u(2.2, 4.0) + 0.3, 8.5 - theta_e)
+        # just outside the caustic (singly imaged, weakly distorted, beside the deflector) or
+        # further out; its image lands about theta_e further out: keep it inside the cutout
+        if d.rng.random() < config.near_caustic_fraction:
+            beta = theta_e * d.u(1.0, 2.2)
+        else:
+            beta = theta_e * d.u(2.2, 4.0) + 0.3
+        beta = min(beta, 8.5 - theta_e)
     angle = d.angle() * 2
     xs, ys = beta * math.cos(angle), beta * math.sin(angle)
     mag = d.u(mag_lo, mag_hi)  # unlensed; lensing brightens it 1-3 mag
@@ -655,7 +878,8 @@ def draw_nonlens(
     if kind in ("elliptical", "elliptical+source", "satellites", "subthreshold"):
         scene = draw_lens_galaxy(rng, bands, kind, config)
         if kind == "satellites":
-            scene.field, scene.galaxy_centres = _satellites(d)
+            scene.field, scene.neighbours = _satellites(d)
+            scene.environment.append("satellites")
         return scene
     z = d.normal(0.4, 0.2, 0.05, 1.2)
     if kind == "spiral":
@@ -664,9 +888,9 @@ def draw_nonlens(
     if kind == "ring":
         return Scene(kind=kind, central_type="ring", central=_ring(d), z_lens=z)
     if kind == "merger":
-        central, companions, centres = _merger(d)
+        central, companions, neighbours = _merger(d)
         scene = Scene(kind=kind, central_type="merger", central=central, field=companions, z_lens=z)
-        scene.galaxy_centres = centres
+        scene.neighbours, scene.environment = neighbours, ["merger"]
         return scene
     raise ValueError(f"unknown non-lens kind {kind!r}; known: {', '.join(NONLENS_MIX)}")
 
@@ -675,12 +899,29 @@ def draw_nonlens_kind(rng: np.random.Generator, config: SimulateConfig) -> str:
     return _pick(rng, config.nonlens_mix, "nonlens_mix")
 
 
-def add_field(rng: np.random.Generator, bands: Sequence[Band], scene: Scene) -> None:
-    """Neighbour galaxies and stars, the same for lenses and non-lenses."""
-    lights, centres, stars = _neighbours_and_stars(_Draw(rng, bands))
-    scene.field = scene.field + lights
-    scene.galaxy_centres = scene.galaxy_centres + centres
-    scene.stars = stars
+def add_field(
+    rng: np.random.Generator, bands: Sequence[Band], scene: Scene, config: SimulateConfig
+) -> None:
+    """The environment of a central galaxy, drawn from one distribution whatever the label:
+    field galaxies, its satellites, its group (sometimes), tidal debris (sometimes), stars;
+    and, for lens galaxies, the non-lens mix's look-alike systems at the mix's rates."""
+    d = _Draw(rng, bands)
+    host_mag, host_phi = _host(d, scene)
+    if scene.kind == "lens":
+        _look_alike_for_lens(d, scene, host_mag, config)
+    lights, neighbours = _field_galaxies(d, config)
+    more_lights, more_neighbours = _satellites_of(d, host_mag, host_phi, config)
+    lights, neighbours = lights + more_lights, neighbours + more_neighbours
+    if d.rng.random() < config.group_fraction:
+        more_lights, more_neighbours = _group_members(d, host_mag, config)
+        lights, neighbours = lights + more_lights, neighbours + more_neighbours
+        scene.environment.append("group")
+    if d.rng.random() < config.tidal_fraction:
+        lights += _tidal_debris(d, host_mag, host_phi)
+        scene.environment.append("tidal")
+    scene.field = scene.field + [light.truncated() for light in lights]
+    scene.neighbours = scene.neighbours + neighbours
+    scene.stars = _stars(d)
 
 
 def sky_position(rng: np.random.Generator) -> tuple[float, float]:
