@@ -35,7 +35,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -57,9 +57,6 @@ from lensfinder.errors import ConfigError, DataError
 from lensfinder.models.checkpoint import WEIGHTS_FILE
 from lensfinder.train.datamodule import ConcatSource
 from lensfinder.utils import atomic_path, atomic_write_text
-
-if TYPE_CHECKING:
-    from lensfinder.train.run import TrainResult
 
 FIRST_PASS_DIR = "first_pass"
 MINED_CSV = "hard_negatives.csv"
@@ -358,64 +355,7 @@ def previous_mining(
     return record if holds else None
 
 
-# -- the whole run -----------------------------------------------------------------------------
-def train_with_hard_negatives(
-    config: TrainConfig,
-    store: list[Path],
-    out: Path,
-    resume: bool,
-    progress: bool,
-    callbacks: Any = (),
-) -> TrainResult:
-    """First pass, mining, second pass (see the module docstring); the second pass's result."""
-    from lightning.pytorch.utilities import rank_zero_only
-
-    from lensfinder.train.run import RUN_FILES, _train_locked, prepare_run_dir
-
-    first_dir = out / FIRST_PASS_DIR
-    second = second_pass_config(config, first_dir)
-    is_rank_zero = rank_zero_only.rank == 0  # type: ignore[attr-defined]
-    if is_rank_zero:  # refuses another config's run in OUT before anything is trained
-        prepare_run_dir(second, out, resume)
-    first = _train_locked(first_pass_config(config), store, first_dir, resume, progress, callbacks)
-    digest = model_digest(first_dir)
-    first_pass = {
-        "run_dir": str(first_dir.resolve()),
-        "weights_sha256": digest,
-        "best_val_auroc": first.best_val_auroc,
-        "best_epoch": first.best_epoch,
-        "epochs": first.epochs,
-    }
-    parts = [open_source(path) for path in store]
-    pool = open_pool(config, parts, out, progress) if is_rank_zero else None
-    if is_rank_zero:
-        assert pool is not None
-        record = previous_mining(out, config, digest, pool) if resume else None
-        if record is not None:
-            mined = mined_set(pool.source, out, record, fresh=False)
-        else:
-            for name in RUN_FILES:  # a second pass of other negatives must not resume
-                (out / name).unlink(missing_ok=True)
-            mined = mine(config, pool, first_dir, out, progress, first_pass)
-    else:
-        mined = _wait_for_rank_zero(out, digest)
-    result = _train_locked(second, store, out, resume, progress, callbacks, replay=mined)
-    result.notes.append(
-        f"hard negatives: {mined.record['n_nonlenses']} non-lenses (score >= "
-        f"{_show(mined.record['nonlens_score_min'])}) and {mined.record['n_lenses']} lenses "
-        f"(score <= {_show(mined.record['lens_score_max'])}) of "
-        f"{mined.record['pool']['n_candidates']} pool cutouts, each replayed "
-        f"{mined.copies}x; first pass best val AUROC {first.best_val_auroc:.4f} "
-        f"({first_dir}); IDs in {out / MINED_CSV}"
-    )
-    return result
-
-
-def _show(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
-def _wait_for_rank_zero(out: Path, digest: str) -> MinedSet:
+def wait_for_rank_zero(out: Path, digest: str) -> MinedSet:
     """DDP's other processes: wait until rank 0 has mined for these first-pass weights."""
     path = out / MINED_RECORD
     while True:

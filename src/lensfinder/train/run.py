@@ -29,10 +29,12 @@ import numpy as np
 
 from lensfinder import __version__
 from lensfinder.config import TrainConfig, flat_settings, load_config, save_config, to_dict
+from lensfinder.data import open_source
 from lensfinder.data.identity import data_record
 from lensfinder.errors import ConfigError, ModelFileError
 from lensfinder.models import load_model, read_meta, save_model
 from lensfinder.safety import TRAIN, writing_output
+from lensfinder.train import hard_negatives
 from lensfinder.train.adapt import (
     adapt_problems,
     field_adaptation,
@@ -425,8 +427,6 @@ def _train_locked(
     """One training run into ``out``; with ``hard_negatives`` on, its two passes (the second
     one gets the mined ``replay``, added to its training split)."""
     if config.hard_negatives.enabled and replay is None:
-        from lensfinder.train.hard_negatives import train_with_hard_negatives
-
         return train_with_hard_negatives(config, store, out, resume, progress, extra_callbacks)
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import TQDMProgressBar
@@ -543,6 +543,63 @@ def _train_locked(
     return TrainResult.from_metrics(
         out, metrics, resumed_from_epoch=last_epoch, dropped=datamodule.dropped
     )
+
+
+# -- hard negatives: two passes (train/hard_negatives.py mines between them) -----------------
+def train_with_hard_negatives(
+    config: TrainConfig,
+    store: list[Path],
+    out: Path,
+    resume: bool,
+    progress: bool,
+    callbacks: Sequence[Any] = (),
+) -> TrainResult:
+    """First pass, mining, second pass (see ``train/hard_negatives.py``); the second pass's
+    result."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    first_dir = out / hard_negatives.FIRST_PASS_DIR
+    second = hard_negatives.second_pass_config(config, first_dir)
+    is_rank_zero = rank_zero_only.rank == 0  # type: ignore[attr-defined]
+    if is_rank_zero:  # refuses another config's run in OUT before anything is trained
+        prepare_run_dir(second, out, resume)
+    first_config = hard_negatives.first_pass_config(config)
+    first = _train_locked(first_config, store, first_dir, resume, progress, callbacks)
+    digest = hard_negatives.model_digest(first_dir)
+    first_pass = {
+        "run_dir": str(first_dir.resolve()),
+        "weights_sha256": digest,
+        "best_val_auroc": first.best_val_auroc,
+        "best_epoch": first.best_epoch,
+        "epochs": first.epochs,
+    }
+    if is_rank_zero:
+        parts = [open_source(path) for path in store]
+        pool = hard_negatives.open_pool(config, parts, out, progress)
+        record = hard_negatives.previous_mining(out, config, digest, pool) if resume else None
+        if record is not None:
+            mined = hard_negatives.mined_set(pool.source, out, record, fresh=False)
+        else:
+            for name in RUN_FILES:  # a second pass of other negatives must not resume
+                (out / name).unlink(missing_ok=True)
+            mined = hard_negatives.mine(config, pool, first_dir, out, progress, first_pass)
+    else:
+        mined = hard_negatives.wait_for_rank_zero(out, digest)
+    result = _train_locked(second, store, out, resume, progress, callbacks, replay=mined)
+    record = mined.record
+    result.notes.append(
+        f"hard negatives: {record['n_nonlenses']} non-lenses (score >= "
+        f"{_score_text(record['nonlens_score_min'])}) and {record['n_lenses']} lenses "
+        f"(score <= {_score_text(record['lens_score_max'])}) of "
+        f"{record['pool']['n_candidates']} pool cutouts, each replayed "
+        f"{mined.copies}x; first pass best val AUROC {first.best_val_auroc:.4f} "
+        f"({first_dir}); IDs in {out / hard_negatives.MINED_CSV}"
+    )
+    return result
+
+
+def _score_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def initial_model(config: TrainConfig) -> Any:
