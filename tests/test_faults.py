@@ -21,32 +21,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
 
-from lensfinder.cli import app
 from lensfinder.config import InputConfig
 from lensfinder.layout import CATALOG_NAME, image_path
 from lensfinder.surveys import EUCLID
-from lensfinder.testing import make_run, two_worker_cluster, write_fits
+from lensfinder.testing import cli, make_run, one_line_error, two_worker_cluster, write_fits
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-runner = CliRunner()
 VIS = EUCLID.bands[0]
-
-
-def cli(*args: object):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def one_line_error(result, *words: str) -> str:
-    """The CLI said one line, ``error: ...``, with exit status 2 and no traceback."""
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code == 2, result.output
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    assert "Traceback" not in result.output
-    for word in words:
-        assert word in lines[0], lines[0]
-    return lines[0]
 
 
 def tree_digest(root: Path) -> dict[str, str]:

@@ -20,9 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from typer.testing import CliRunner
 
-from lensfinder.cli import app
 from lensfinder.config import InspectConfig
 from lensfinder.data import open_source
 from lensfinder.data.graded import add_graded
@@ -33,25 +31,10 @@ from lensfinder.inspection.grades import (
     GradeBook,
     read_graded,
 )
-from lensfinder.testing import make_run
+from lensfinder.testing import cli, make_run, one_line_error
 from test_inspect import LOCAL_URL, make_scan
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-runner = CliRunner()
-
-
-def cli(*args: object):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def one_line_error(result, *words: str) -> str:
-    """The CLI said one line, ``error: ...``, with exit status 2 and no traceback."""
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code == 2, result.output
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for word in words:
-        assert word in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture()

@@ -16,9 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from lensfinder.cli import app
 from lensfinder.config import TrainConfig, load_config
 from lensfinder.data import open_source, read_layout
 from lensfinder.data.dataset import CutoutDataset
@@ -27,11 +25,10 @@ from lensfinder.layout import CATALOG_NAME, image_path
 from lensfinder.models import load_model
 from lensfinder.models.checkpoint import META_FILE
 from lensfinder.surveys import EUCLID
-from lensfinder.testing import TINY_INPUT, make_run
+from lensfinder.testing import TINY_INPUT, cli, make_run, one_line_error
 from lensfinder.train.datamodule import LensDataModule
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-runner = CliRunner()
 VIS, Y_BAND = EUCLID.bands[0], EUCLID.bands[1]
 
 TINY_TRAIN_YAML = """\
@@ -44,21 +41,6 @@ batch_size_max: 4
 accelerator: cpu
 devices: 1
 """
-
-
-def cli(*args: object):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def one_line_error(result, *words: str) -> str:
-    """The CLI said one line, ``error: ...``, with exit status 2 and no traceback."""
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code == 2, result.output
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    assert "Traceback" not in result.output
-    for word in words:
-        assert word in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -289,3 +289,26 @@ def two_worker_cluster(**extra: Any) -> Any:
         silence_logs=logging.CRITICAL,
         **extra,
     )
+
+
+# -- the command line, as a user sees it -------------------------------------------------------
+def cli(*args: object) -> Any:
+    """Run ``lensfinder ARGS`` in-process (typer's CliRunner); the result has ``exit_code`` and
+    ``output``."""
+    from typer.testing import CliRunner
+
+    from lensfinder.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def one_line_error(result: Any, *words: str) -> str:
+    """The CLI said one line, ``error: ...``, with exit status 2 and no traceback, holding every
+    one of ``words``; returns that line."""
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]

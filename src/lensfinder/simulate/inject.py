@@ -54,7 +54,7 @@ from lensfinder.simulate import scene as scenes
 from lensfinder.simulate import writer
 from lensfinder.simulate.deflectors import Measurement, choose, mass_model, measure, plausible
 from lensfinder.simulate.deflectors import survey_noise as survey_background_noise
-from lensfinder.simulate.preview import write_preview
+from lensfinder.simulate.preview import finish_layout
 from lensfinder.simulate.quantities import catalogue_row
 from lensfinder.simulate.render import SceneRenderer, counts_per_second, preload
 from lensfinder.simulate.stamps import StampLibrary
@@ -551,14 +551,6 @@ def _inject_locked(
         pass
     seconds = time.perf_counter() - start
 
-    rows = []
-    for object_id in ids.tolist():
-        record = writer.read_row(out, int(object_id))
-        if record is None:
-            raise DataError(f"{writer.row_path(out, int(object_id))}: missing or unreadable")
-        rows.append(record["row"])
-    columns = {c: np.array([r.get(c, np.nan) for r in rows], dtype=float) for c in rule.columns}
-    lenses = int(rule.apply(columns).sum())
     comments = [
         f"Lensed sources painted onto the galaxies of {painter.field} (pixel fingerprint "
         f"{measured.fingerprint}), lensfinder {__version__} (lenstronomy), survey {survey.name}",
@@ -568,8 +560,7 @@ def _inject_locked(
         "pixel units: those of the field; fluxes (lens_flux, source_flux) too; "
         "field_id: the field object each cutout came from; empty fields are not measured",
     ]
-    catalog = writer.write_catalogue(out, rows, comments)
-    preview = write_preview(out, out / "preview.png", label_rule=str(rule))
+    catalog, preview, lenses = finish_layout(out, ids.tolist(), rule, comments)
     return InjectResult(
         out=out,
         catalog=catalog,

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from lensfinder import layout
+from lensfinder.errors import DataError
+from lensfinder.labels import LabelRule
 from lensfinder.labels import label_rule as parse_rule
 from lensfinder.simulate import writer
 from lensfinder.surveys import EUCLID, Survey
@@ -121,3 +124,22 @@ def write_preview(
         row = catalogue.get(object_id) or record.get("row", {})
         titles.append(_title(object_id, labels[object_id], row, record.get("meta", {})))
     return save_grid(images, titles, out_png, columns=6)
+
+
+def finish_layout(
+    out: Path, ids: Sequence[int], rule: LabelRule, comments: list[str]
+) -> tuple[Path, Path | None, int]:
+    """The last step of a layout writer (``simulate``, ``inject``): every object's stored row
+    into the catalogue (with ``comments``), the preview, and how many objects are lenses by
+    ``rule``. A missing row is an error naming its file."""
+    rows = []
+    for object_id in ids:
+        record = writer.read_row(out, int(object_id))
+        if record is None:
+            raise DataError(f"{writer.row_path(out, int(object_id))}: missing or unreadable")
+        rows.append(record["row"])
+    columns = {c: np.array([r.get(c, np.nan) for r in rows], dtype=float) for c in rule.columns}
+    lenses = int(rule.apply(columns).sum())
+    catalog = writer.write_catalogue(out, rows, comments)
+    preview = write_preview(out, out / "preview.png", label_rule=str(rule))
+    return catalog, preview, lenses

@@ -23,13 +23,13 @@ import numpy as np
 
 from lensfinder import __version__
 from lensfinder.config import NONLENS_MIX, SimulateConfig, to_dict
-from lensfinder.errors import ConfigError, DataError
+from lensfinder.errors import ConfigError
 from lensfinder.labels import LabelRule, label_rule
 from lensfinder.safety import SIMULATION, writing_output
 from lensfinder.simulate import scene as scenes
 from lensfinder.simulate import sky, writer
 from lensfinder.simulate.observing import NOMINAL, Observing, draw_observing
-from lensfinder.simulate.preview import write_preview
+from lensfinder.simulate.preview import finish_layout
 from lensfinder.simulate.quantities import SIMULATED_COLUMNS, catalogue_row
 from lensfinder.simulate.render import BandImages, SceneRenderer, preload
 from lensfinder.simulate.stamps import StampLibrary
@@ -392,14 +392,6 @@ def _simulate_locked(config: SimulateConfig, out: Path, progress: bool) -> Simul
         pass
     seconds = time.perf_counter() - start
 
-    rows = []
-    for object_id in ids:
-        record = writer.read_row(out, int(object_id))
-        if record is None:
-            raise DataError(f"{writer.row_path(out, int(object_id))}: missing or unreadable")
-        rows.append(record["row"])
-    columns = {c: np.array([r.get(c, np.nan) for r in rows], dtype=float) for c in rule.columns}
-    lenses = int(rule.apply(columns).sum())
     comments = [
         f"Simulated Euclid-like cutouts, lensfinder {__version__} (lenstronomy), "
         f"survey {survey.name}",
@@ -410,8 +402,7 @@ def _simulate_locked(config: SimulateConfig, out: Path, progress: bool) -> Simul
         "pixel units: electron/s (see BUNIT, MAGZP in each FITS header); "
         "empty fields are not simulated",
     ]
-    catalog = writer.write_catalogue(out, rows, comments)
-    preview = write_preview(out, out / "preview.png", label_rule=str(rule))
+    catalog, preview, lenses = finish_layout(out, ids.tolist(), rule, comments)
     return SimulateResult(
         out=out,
         catalog=catalog,
