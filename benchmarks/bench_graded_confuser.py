@@ -56,7 +56,7 @@ def grade_confusers(
 ) -> tuple[Path, int]:
     """Grade X every ``confuser`` among the ``top`` highest-scored, through a grades database
     and its CSV export (the format ``train --graded`` reads); returns (CSV, rows graded)."""
-    from lensfinder.inspection.grades import GradeBook, export_grades
+    from lensfinder.data.grades import GradeBook, export_grades
 
     best = np.argsort(-np.nan_to_num(scores, nan=-1.0), kind="stable")[:top]
     db = out / "grades.sqlite"

@@ -24,13 +24,13 @@ from fastapi.testclient import TestClient
 from lensfinder.config import InspectConfig
 from lensfinder.data import open_source
 from lensfinder.data.graded import add_graded
-from lensfinder.errors import DataError
-from lensfinder.inspection.app import MAX_BODY_BYTES, Inspector, create_app
-from lensfinder.inspection.grades import (
+from lensfinder.data.grades import (
     MAX_NOTES,
     GradeBook,
     read_graded,
 )
+from lensfinder.errors import DataError
+from lensfinder.inspection.app import MAX_BODY_BYTES, Inspector, create_app
 from lensfinder.testing import cli, make_run, one_line_error
 from test_inspect import LOCAL_URL, make_scan
 

@@ -30,9 +30,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from lensfinder.config import InspectConfig
+from lensfinder.data.grades import GradeBook, consensus_grade, export_grades, read_graded
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.inspection.app import Inspector, check_bind, create_app
-from lensfinder.inspection.grades import GradeBook, consensus_grade, export_grades, read_graded
 
 LOCAL_URL = "http://127.0.0.1:8765"  # a localhost server answers requests to its own names only
 
@@ -168,7 +168,7 @@ def test_a_grade_survives_kill_9(tmp_path):
     db = tmp_path / "grades.sqlite"
     code = (
         "import os, signal, sys\n"
-        "from lensfinder.inspection.grades import GradeBook\n"
+        "from lensfinder.data.grades import GradeBook\n"
         f"GradeBook({str(db)!r}).record(42, 'ann', 'A', 'arc')\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )

@@ -761,7 +761,7 @@ def grades_export(
     ] = False,
 ) -> None:
     """One row per graded candidate: consensus grade, graders, notes."""
-    from lensfinder.inspection.grades import export_grades
+    from lensfinder.data.grades import export_grades
 
     path, n = export_grades(db, out, overwrite=overwrite)
     typer.echo(f"{n} graded candidates -> {path}")

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from lensfinder.data.cutouts import Cutouts, CutoutSource, Indices
+from lensfinder.data.grades import GRADES
 from lensfinder.data.identity import index_of_ids
 from lensfinder.errors import ConfigError, DataError
-from lensfinder.inspection.grades import GRADES
 
 MISSING_SHOWN = 10  # graded IDs not in the data: how many are named in the message and record
 

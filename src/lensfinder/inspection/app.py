@@ -3,7 +3,7 @@
 FastAPI serves one page (``page.html`` with ``page.js`` and ``page.css``: keyboard-driven, no
 build step) and a small JSON API; pictures are rendered on request with ``lensfinder.visual`` from
 the data the scan read (checked against the scan's record of it), and every grade goes straight
-into the grades database (``inspection.grades``). The server binds to localhost; on any other
+into the grades database (``data.grades``). The server binds to localhost; on any other
 address a token is required on every request (header ``X-Lensfinder-Token``, ``?token=`` once,
 after which a cookie carries it).
 
@@ -34,9 +34,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lensfinder.config import InspectConfig
-from lensfinder.data.identity import index_of_ids
-from lensfinder.errors import ConfigError, DataError, LensfinderError
-from lensfinder.inspection.grades import (
+from lensfinder.data.grades import (
     DB_NAME,
     GRADES,
     MAX_NOTES,
@@ -44,6 +42,8 @@ from lensfinder.inspection.grades import (
     check_grader,
     consensus_table,
 )
+from lensfinder.data.identity import index_of_ids
+from lensfinder.errors import ConfigError, DataError, LensfinderError
 from lensfinder.scan.catalog import read_candidates
 from lensfinder.scan.gallery import open_scanned_data
 from lensfinder.visual import asinh_stretch, colour_composite, resize_square

@@ -1,6 +1,6 @@
 // lensfinder inspect: the grading page's script, served as a file (the Content-Security-Policy
-// allows no inline script). Every value from the server is written as text (textContent, never
-// innerHTML): a catalogue cell or a grader name is data, not markup.
+// allows no inline script). Every value from the server is written as text with textContent,
+// never parsed as markup: a catalogue cell or a grader name is data.
 "use strict";
 const $ = (id) => document.getElementById(id);
 const state = { list: [], pos: 0, stretch: "asinh", zoom: false };

@@ -39,7 +39,9 @@ from torch import nn
 
 from lensfinder.config import ADAPT_METHODS, AdaptConfig, InputConfig, TrainConfig, to_dict
 from lensfinder.data.augment import N_ELEMENTS, apply_d4_per_sample
+from lensfinder.data.cutouts import CutoutSource
 from lensfinder.data.dataset import CutoutDataset, tensors
+from lensfinder.data.identity import data_record
 from lensfinder.data.source import open_unlabelled
 from lensfinder.data.transforms import ModelInput, map_input
 from lensfinder.errors import ConfigError, DataError
@@ -117,6 +119,19 @@ def painted_store_path(config: TrainConfig, run_dir: str | Path) -> Path | None:
     if config.adapt.field is None or not config.adapt.paint_lenses:
         return None
     return Path(run_dir) / PAINTED_STORE
+
+
+def painted_record(config: TrainConfig, painted: CutoutSource) -> dict[str, Any]:
+    """model.json's ``adapt.painted``: the painted set trained on, its classes, its settings."""
+    labels = np.asarray(painted.labels)
+    return {
+        "painted": {
+            **data_record(painted),
+            "lenses": int((labels == 1).sum()),
+            "nonlenses": int((labels == 0).sum()),
+            "settings": to_dict(config.adapt.paint),
+        }
+    }
 
 
 def paint_field(config: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path | None:

@@ -39,10 +39,10 @@ from lensfinder.data.challenge import reason_kind
 from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE, Cutouts, CutoutSource, Indices
 from lensfinder.data.dataset import CutoutDataset, collate, input_bytes_per_item
 from lensfinder.data.graded import add_graded
+from lensfinder.data.grades import read_graded
 from lensfinder.data.sampler import BalancedBatchSampler
 from lensfinder.data.splits import split_indices
 from lensfinder.errors import ConfigError, DataError
-from lensfinder.inspection.grades import read_graded
 
 MEMORY_SHARE = 0.5  # load a store into RAM when all processes' copies fit in this share
 # Precompute the model inputs of the training and validation sets when all processes' copies fit

@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from lensfinder import __version__
 from lensfinder.config import TrainConfig, flat_settings, load_config, save_config, to_dict
 from lensfinder.data import open_source
@@ -40,6 +38,7 @@ from lensfinder.train.adapt import (
     field_adaptation,
     finish_adaptation,
     paint_field,
+    painted_record,
     painted_store_path,
 )
 from lensfinder.train.callbacks import (
@@ -429,7 +428,6 @@ def _train_locked(
     if config.hard_negatives.enabled and replay is None:
         return train_with_hard_negatives(config, store, out, resume, progress, extra_callbacks)
     import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.utilities import rank_zero_only
 
     # Under DDP the other processes re-run this function after rank 0 has prepared ``out``.
@@ -457,33 +455,9 @@ def _train_locked(
     field, module.adaptation = field_adaptation(config, module.model, progress and is_rank_zero)
     stopping = AurocDropStopping(config.stop_auroc_drop, config.stop_patience)
     history = EpochHistory()
-    callbacks: list[Any] = [stopping, history, AtomicLastCheckpoint(out)]
-    averaging = weight_averaging_callback(config)
-    if averaging is not None:  # after ``stopping``: it keeps the averaged weights as the best
-        callbacks.append(averaging)
-    growth = plateau_callback(config)
-    if growth is not None:
-        callbacks.append(growth)
-    show_progress = progress and not os.environ.get("LENSFINDER_QUIET")
-    if show_progress:
-        callbacks.append(TQDMProgressBar())
-    callbacks.extend(extra_callbacks)
     precision = resolve_precision(config)
-    trainer = pl.Trainer(
-        accelerator=config.accelerator,
-        devices=config.devices,
-        num_nodes=config.num_nodes,
-        precision=precision,  # type: ignore[arg-type]
-        max_epochs=config.max_epochs,
-        callbacks=callbacks,
-        logger=make_loggers(out, header),
-        default_root_dir=out,
-        reload_dataloaders_every_n_epochs=1,
-        use_distributed_sampler=False,  # the datamodule shards per rank itself
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-        enable_progress_bar=show_progress,
-        enable_model_summary=show_progress,
+    trainer = _make_trainer(
+        config, out, header, precision, [stopping, history], progress, extra_callbacks
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -502,47 +476,95 @@ def _train_locked(
     if trainer.is_global_zero:
         adapted = finish_adaptation(config, module, field, datamodule)  # AdaBN runs here
         if painted_store_path(config, out) is not None:  # the painted field is the last part
-            labels = np.asarray(datamodule.parts[-1].labels)
             adapted = {
                 **(adapted or {"field": config.adapt.field}),
-                "painted": {
-                    **data_record(datamodule.parts[-1]),
-                    "lenses": int((labels == 1).sum()),
-                    "nonlenses": int((labels == 0).sum()),
-                    "settings": to_dict(config.adapt.paint),
-                },
+                **painted_record(config, datamodule.parts[-1]),
             }
-        meta = {
-            "input": to_dict(config.input),
-            "model": to_dict(config.model),
-            "label_rule": getattr(datamodule.source, "label_rule", None),
-            "train": to_dict(config),
-            "regularisation": regularisation(config),
-            "split": to_dict(config.split),
-            "metrics": metrics,
-            "data": {
-                **data_record(datamodule.parts[0]),  # evaluate tells its data from others
-                "n_train": len(datamodule.train_indices),
-                "n_val": len(datamodule.val_indices),
-                "n_test": len(datamodule.test_indices),
-                "samples_per_epoch": datamodule.samples_per_epoch,
-                # ``--data A --data B``: every set (each split by its own IDs); "data" above is A
-                "data_sets": [data_record(p) for p in datamodule.parts]
-                if len(datamodule.parts) > 1
-                else None,
-                "dropped": datamodule.dropped,  # left out of training, and why
-            },
-            "graded": datamodule.graded_record,  # which people's grades were learnt, or None
-            "init": str(Path(config.init).resolve()) if config.init else None,
-            "adapt": adapted,  # what was learnt from the unlabelled field, or None
-            "weight_averaging": averaging_record(config),
-            "hard_negatives": replay.record if replay is not None else None,
-            "lensfinder_version": __version__,
-        }
+        meta = _model_meta(config, datamodule, metrics, adapted, replay)
         save_model(out, module.model, meta)
     return TrainResult.from_metrics(
         out, metrics, resumed_from_epoch=last_epoch, dropped=datamodule.dropped
     )
+
+
+def _make_trainer(
+    config: TrainConfig,
+    out: Path,
+    header: list[str],
+    precision: str,
+    ours: list[Any],
+    progress: bool,
+    extra_callbacks: Sequence[Any],
+) -> Any:
+    """The Lightning Trainer of a run: ``ours`` (early stopping first), the checkpoint, weight
+    averaging, batch growth, the progress bar, then the caller's callbacks."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    callbacks: list[Any] = [*ours, AtomicLastCheckpoint(out)]
+    averaging = weight_averaging_callback(config)
+    if averaging is not None:  # after early stopping: it keeps the averaged weights as the best
+        callbacks.append(averaging)
+    growth = plateau_callback(config)
+    if growth is not None:
+        callbacks.append(growth)
+    show_progress = progress and not os.environ.get("LENSFINDER_QUIET")
+    if show_progress:
+        callbacks.append(TQDMProgressBar())
+    callbacks.extend(extra_callbacks)
+    return pl.Trainer(
+        accelerator=config.accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        precision=precision,  # type: ignore[arg-type]
+        max_epochs=config.max_epochs,
+        callbacks=callbacks,
+        logger=make_loggers(out, header),
+        default_root_dir=out,
+        reload_dataloaders_every_n_epochs=1,
+        use_distributed_sampler=False,  # the datamodule shards per rank itself
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        enable_progress_bar=show_progress,
+        enable_model_summary=show_progress,
+    )
+
+
+def _model_meta(
+    config: TrainConfig,
+    datamodule: LensDataModule,
+    metrics: dict[str, Any],
+    adapted: dict[str, Any] | None,
+    replay: MinedSet | None,
+) -> dict[str, Any]:
+    """model.json: how the saved model was made (inputs, settings, data, what it learnt)."""
+    return {
+        "input": to_dict(config.input),
+        "model": to_dict(config.model),
+        "label_rule": getattr(datamodule.source, "label_rule", None),
+        "train": to_dict(config),
+        "regularisation": regularisation(config),
+        "split": to_dict(config.split),
+        "metrics": metrics,
+        "data": {
+            **data_record(datamodule.parts[0]),  # evaluate tells its data from others
+            "n_train": len(datamodule.train_indices),
+            "n_val": len(datamodule.val_indices),
+            "n_test": len(datamodule.test_indices),
+            "samples_per_epoch": datamodule.samples_per_epoch,
+            # ``--data A --data B``: every set (each split by its own IDs); "data" above is A
+            "data_sets": [data_record(p) for p in datamodule.parts]
+            if len(datamodule.parts) > 1
+            else None,
+            "dropped": datamodule.dropped,  # left out of training, and why
+        },
+        "graded": datamodule.graded_record,  # which people's grades were learnt, or None
+        "init": str(Path(config.init).resolve()) if config.init else None,
+        "adapt": adapted,  # what was learnt from the unlabelled field, or None
+        "weight_averaging": averaging_record(config),
+        "hard_negatives": replay.record if replay is not None else None,
+        "lensfinder_version": __version__,
+    }
 
 
 # -- hard negatives: two passes (train/hard_negatives.py mines between them) -----------------
