@@ -24,6 +24,7 @@ from lensfinder.config import InputConfig, check_bands
 from lensfinder.data.augment import N_ELEMENTS, apply_d4_per_sample
 from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE, CutoutSource, repair_rows
 from lensfinder.data.transforms import ModelInput, map_input, to_model_input
+from lensfinder.einstein import EIN_AREA, lens_theta_e
 from lensfinder.utils import progress as progress_bar
 
 Item = tuple[ModelInput, torch.Tensor]
@@ -71,7 +72,9 @@ class CutoutDataset(Dataset):
     in ``skipped_reasons``; ``check=False`` when the caller has already dropped them (training
     checks its splits once, before the Trainer starts). Labels are 1.0 / 0.0, or -1.0 where the
     source has none. With ``augment``, each item gets a random D4 element; two-branch inputs get
-    the same element in both branches.
+    the same element in both branches. With ``theta_e`` (a model with the Einstein-radius head),
+    targets are ``(n, 2)``: the label and theta_E in arcsec (``einstein.lens_theta_e``: NaN
+    for non-lenses and lenses without a known radius).
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class CutoutDataset(Dataset):
         seed: int = 0,
         progress: bool = False,
         check: bool = True,
+        theta_e: bool = False,
     ) -> None:
         self.source = source
         self.input_cfg = input_cfg or InputConfig()
@@ -93,6 +97,11 @@ class CutoutDataset(Dataset):
         self.skipped = 0 if checked is None else checked.n_invalid
         self.skipped_reasons: dict[str, int] = {} if checked is None else checked.kinds()
         self.labels = source.labels[self.indices].astype(np.float32)
+        self.theta_e: np.ndarray | None = None  # per item, arcsec, when the model has the head
+        if theta_e:
+            column = source.catalog.get(EIN_AREA)
+            rows = {} if column is None else {EIN_AREA: np.asarray(column)[self.indices]}
+            self.theta_e = lens_theta_e(self.labels, rows).astype(np.float32)
         self.augment = augment
         self.seed = seed
         self.inputs: ModelInput | None = None  # every item's model input, once precompute() ran
@@ -159,7 +168,10 @@ class CutoutDataset(Dataset):
         else:
             index = torch.from_numpy(positions)
             x = map_input(self.inputs, lambda t: t.index_select(0, index))
-        return x, torch.from_numpy(self.labels[positions])
+        labels = self.labels[positions]
+        if self.theta_e is not None:
+            labels = np.stack([labels, self.theta_e[positions]], axis=1)
+        return x, torch.from_numpy(labels)
 
     def __getitems__(self, positions: list[int]) -> ItemBatch:
         return ItemBatch(*self.get_batch(positions))

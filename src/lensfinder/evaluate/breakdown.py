@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from lensfinder.einstein import catalog_theta_e
 from lensfinder.evaluate.metrics import auroc, check_labels_scores, fpr_key, tpr_at_fpr
 
 EINSTEIN_RADIUS = "theta_E = sqrt(ein_area / pi), arcsec"
@@ -135,12 +136,9 @@ def completeness_rows(
 
 
 def einstein_radius(catalog: Mapping[str, np.ndarray]) -> np.ndarray | None:
-    """theta_E in arcsec from the catalogue's ``ein_area`` (arcsec^2); None without it."""
-    if "ein_area" not in catalog:
-        return None
-    area = np.asarray(catalog["ein_area"], dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        return np.sqrt(np.where(area >= 0, area, np.nan) / np.pi)
+    """theta_E in arcsec from the catalogue's ``ein_area`` (the challenge's steradians or the
+    simulator's arcsec^2: ``lensfinder.einstein``); None without it."""
+    return catalog_theta_e(catalog)
 
 
 def breakdown(

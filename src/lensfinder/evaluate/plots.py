@@ -228,3 +228,36 @@ def reliability_plot(
     if title:
         axes.set_title(title)
     return _save(figure, path)
+
+
+def theta_e_plot(
+    truth: Any, mean: Any, sigma: Any, path: str | Path, title: str = "Einstein radius"
+) -> Path:
+    """Predicted against true theta_E (arcsec) with the predicted 1-sigma as error bars, beside
+    the histogram of ``(predicted - true) / sigma``: a calibrated head gives a unit Gaussian
+    (drawn), about 68% of it within +-1."""
+    truth, mean, sigma = (np.asarray(a, dtype=np.float64) for a in (truth, mean, sigma))
+    figure, (scatter_axes, pull_axes) = _figure(10.0, 4.4, panels=2)
+    high = float(np.nanmax(np.r_[truth, mean, 1.0])) * 1.05
+    scatter_axes.plot([0, high], [0, high], color="0.6", lw=0.8, ls="--", label="predicted = true")
+    scatter_axes.errorbar(truth, mean, yerr=sigma, fmt="o", ms=3, lw=0.6, alpha=0.6,
+                          label=f"lenses ({len(truth)})")  # fmt: skip
+    scatter_axes.set_xlim(0, high)
+    scatter_axes.set_ylim(0, high)
+    scatter_axes.set_xlabel('true θE (")')
+    scatter_axes.set_ylabel('predicted θE ± σ (")')
+    scatter_axes.grid(True, alpha=0.3)
+    scatter_axes.legend(loc="upper left", fontsize="small")
+    pull = (mean - truth) / sigma
+    pull = pull[np.isfinite(pull)]
+    edges = np.linspace(-5, 5, 41)
+    pull_axes.hist(np.clip(pull, -5, 5), bins=edges, density=True, alpha=0.7, label="lenses")
+    grid = np.linspace(-5, 5, 201)
+    pull_axes.plot(grid, np.exp(-0.5 * grid**2) / np.sqrt(2 * np.pi), color="k", lw=1,
+                   label="unit Gaussian")  # fmt: skip
+    pull_axes.set_xlabel("(predicted - true) / σ  (clipped to ±5)")
+    pull_axes.set_ylabel("density")
+    pull_axes.grid(True, alpha=0.3)
+    pull_axes.legend(fontsize="small")
+    figure.suptitle(title)
+    return _save(figure, path)

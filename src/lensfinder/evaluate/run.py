@@ -8,7 +8,9 @@ column per member), ``metrics.json`` (overall, per member for an ensemble, and t
 kind of non-lens and by lens Einstein radius / source magnitude when the catalogue allows),
 ``roc.png``, ``scores_histogram.png``, ``completeness.png``, ``reliability.png`` (calibration
 before and after a temperature fitted on the model's val split), ``false_positives.png`` and
-``missed_lenses.png`` (the worst failures as colour composites) and ``report.html``.
+``missed_lenses.png`` (the worst failures as colour composites) and ``report.html``. Models
+with the Einstein-radius head add ``theta_e``/``theta_e_sigma`` columns to ``scores.csv``, a
+``theta_e`` section to ``metrics.json`` (``evaluate.theta_e``) and ``theta_e.png``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from lensfinder.data import open_source
 from lensfinder.data.cutouts import CutoutSource
 from lensfinder.data.identity import same_data
 from lensfinder.data.splits import split_indices
+from lensfinder.einstein import THETA_E, THETA_E_SIGMA
 from lensfinder.ensemble import expand_models
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.evaluate.breakdown import (
@@ -50,8 +53,10 @@ from lensfinder.evaluate.plots import (
     reliability_plot,
     roc_plot,
     score_histograms,
+    theta_e_plot,
 )
 from lensfinder.evaluate.report import write_report
+from lensfinder.evaluate.theta_e import report_rows, theta_e_metrics
 from lensfinder.predict import Predictor
 from lensfinder.safety import EVALUATION, writing_output
 from lensfinder.utils import atomic_path, atomic_write_text
@@ -62,6 +67,7 @@ ROC_NAME = "roc.png"
 HISTOGRAM_NAME = "scores_histogram.png"
 COMPLETENESS_NAME = "completeness.png"
 RELIABILITY_NAME = "reliability.png"
+THETA_E_NAME = "theta_e.png"
 BREAKDOWN_COLUMNS = ("kind", "ein_area", SOURCE_MAGNITUDE)  # catalogue columns breakdown reads
 
 
@@ -79,6 +85,7 @@ class EvaluationResult:
     split: str
     member_auroc: list[float] = field(default_factory=list)
     split_reason: str = ""
+    theta_e: dict[str, Any] | None = None  # metrics.json's theta_E section (models with the head)
 
     def summary(self) -> str:
         m = self.metrics
@@ -91,6 +98,12 @@ class EvaluationResult:
         ]
         if self.member_auroc:
             lines.append("members' AUROC: " + ", ".join(f"{a:.4f}" for a in self.member_auroc))
+        if self.theta_e and self.theta_e["overall"]["n_lenses"]:
+            t = self.theta_e["overall"]
+            lines.append(
+                f'theta_E on {t["n_lenses"]} lenses: RMS error {t["rmse"]:.3f}", bias '
+                f'{t["bias"]:+.3f}", 68% interval coverage {t["coverage_68"]:.2f}'
+            )
         skipped = []
         if self.n_skipped_invalid:
             skipped.append(f"{self.n_skipped_invalid} unreadable")
@@ -172,13 +185,16 @@ def _write_scores_csv(
     score: np.ndarray,
     members: np.ndarray | None,
     probability: np.ndarray | None = None,
+    theta_e: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> None:
     """One row per evaluated object; 9 significant digits keep float32 scores exact. The
-    calibrated ``probability`` (when fitted) comes last, so older readers' columns stay put."""
+    calibrated ``probability`` (when fitted) and theta_E and its sigma (models with the head)
+    come last, so older readers' columns stay put."""
     header = ["id", "label", "score"]
     n_members = 0 if members is None else len(members)
     header += [f"member_{i}" for i in range(n_members)]
     header += [] if probability is None else ["probability"]
+    header += [] if theta_e is None else [THETA_E, THETA_E_SIGMA]
     with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
@@ -186,6 +202,7 @@ def _write_scores_csv(
             values = [int(ids[row]), int(labels[row]), f"{score[row]:.9g}"]
             values += [f"{members[m, row]:.9g}" for m in range(n_members)]  # type: ignore[index]
             values += [] if probability is None else [f"{probability[row]:.9g}"]
+            values += [] if theta_e is None else [f"{a[row]:.9g}" for a in theta_e]
             writer.writerow(values)
 
 
@@ -292,6 +309,12 @@ def _evaluate_locked(
         calibration = calibrate(
             fit_labels, fit_scores, labels, score, cfg.calibration_bins, fitted_on
         )
+    theta_e, theta_e_record = None, None
+    if scores.theta_e is not None and scores.theta_e_sigma is not None:
+        theta_e = (np.asarray(scores.theta_e)[valid], np.asarray(scores.theta_e_sigma)[valid])
+        theta_e_record, truth = theta_e_metrics(
+            labels, catalog, *theta_e, cfg.einstein_radius_bins, cfg.theta_e_goal_range
+        )
     failures = {
         which: worst(labels, score, which, cfg.failures)
         for which in ((FALSE_POSITIVES, MISSED) if cfg.failures > 0 else ())
@@ -321,6 +344,8 @@ def _evaluate_locked(
         "calibration": calibration,
         "failures": failure_tables,
     }
+    if theta_e_record is not None:
+        evaluation["theta_e"] = theta_e_record
     if ensemble:
         evaluation["members"] = dict(zip(names, member_metrics, strict=True))
 
@@ -328,7 +353,9 @@ def _evaluate_locked(
     probability = (
         None if calibration is None else apply_temperature(score, calibration["temperature"])
     )
-    _write_scores_csv(scores_csv, ids, labels, score, members if ensemble else None, probability)
+    _write_scores_csv(
+        scores_csv, ids, labels, score, members if ensemble else None, probability, theta_e
+    )
     metrics_json = out / METRICS_NAME
     atomic_write_text(metrics_json, json.dumps(evaluation, indent=2, allow_nan=False) + "\n")
 
@@ -343,6 +370,12 @@ def _evaluate_locked(
     if panels:
         plots.append(completeness_plot(panels, out / COMPLETENESS_NAME))
     tables = report_tables(details)
+    if theta_e is not None and theta_e_record is not None:
+        tables.insert(0, ("Einstein radius estimate, on lenses", report_rows(theta_e_record)))
+        measured = np.isfinite(truth)
+        if measured.any():
+            estimate = theta_e[0][measured], theta_e[1][measured]
+            plots.append(theta_e_plot(truth[measured], *estimate, out / THETA_E_NAME))
     if calibration is not None:
         curves_by_name = {"scores": calibration["reliability_before"],
                           f"after T = {calibration['temperature']:.3g}":
@@ -374,6 +407,7 @@ def _evaluate_locked(
         split=split,
         member_auroc=[m["auroc"] for m in member_metrics],
         split_reason=split_reason,
+        theta_e=theta_e_record,
     )
 
 

@@ -43,6 +43,7 @@ from lensfinder.data.grades import (
     consensus_table,
 )
 from lensfinder.data.identity import index_of_ids
+from lensfinder.einstein import THETA_E, THETA_E_SIGMA, format_theta_e
 from lensfinder.errors import ConfigError, DataError, LensfinderError
 from lensfinder.scan.catalog import read_candidates
 from lensfinder.scan.gallery import open_scanned_data
@@ -152,8 +153,12 @@ class Inspector:
             raise DataError(f"candidate {candidate} is not in this scan")
         agreed = self.book.consensus().get(candidate)
         current = self.book.current().get(candidate, {}).get(grader)
+        scan = {k: _number(v) for k, v in row.items()}
+        einstein = format_theta_e(row.get(THETA_E), row.get(THETA_E_SIGMA))
+        if einstein:  # the model's estimate, when it has the Einstein-radius head
+            scan["Einstein radius (model)"] = einstein
         return {
-            "scan": {k: _number(v) for k, v in row.items()},
+            "scan": scan,
             "catalogue": self.catalogue(candidate),
             "in_data": candidate in self.index,
             "mine": current.grade if current else None,

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import timm
+import torch
 from torch import nn
 
 from lensfinder.config import ModelConfig
@@ -19,6 +20,25 @@ from lensfinder.models.pretrained import StateDict, pretrained_state_dict
 # A timm network: an nn.Module with timm's ``feature_info``, ``num_features``, ``get_classifier``
 # and ``forward_intermediates``, which nn.Module's type does not declare.
 TimmNet = Any
+
+# The Einstein-radius head (``ModelConfig.theta_e_head``): two more outputs of the model's last
+# linear layer, beside the logit: the mean of theta_E (arcsec, through softplus so it is
+# positive) and log sigma (clamped: a sigma of 0.007" - 7" covers every galaxy-scale lens, and
+# the clamp keeps the Gaussian NLL finite early in training).
+THETA_E_OUTPUTS = 2
+LOG_SIGMA_RANGE = (-5.0, 2.0)
+
+
+def n_outputs(model_cfg: ModelConfig) -> int:
+    """Outputs of the model's last layer: the logit, plus theta_E's mean and log sigma."""
+    return 1 + (THETA_E_OUTPUTS if model_cfg.theta_e_head else 0)
+
+
+def theta_e_from_raw(raw: torch.Tensor) -> torch.Tensor:
+    """``(n, 2)`` raw head outputs -> ``(n, 2)`` theta_E mean and sigma, both in arcsec."""
+    mean = nn.functional.softplus(raw[:, 0])
+    sigma = torch.exp(raw[:, 1].clamp(*LOG_SIGMA_RANGE))
+    return torch.stack([mean, sigma], dim=1)
 
 
 class OneLogitModel(nn.Module):
@@ -31,9 +51,27 @@ class OneLogitModel(nn.Module):
     """
 
     frozen_backbone: bool = False
+    theta_e_head: bool = False  # set by the subclasses from ``ModelConfig.theta_e_head``
 
     def head_modules(self) -> list[nn.Module]:
         raise NotImplementedError
+
+    def raw_outputs(self, *inputs: Any) -> torch.Tensor:
+        """``(n, n_outputs)``: the logit first, then (with the head) theta_E's raw outputs."""
+        raise NotImplementedError
+
+    def forward(self, *inputs: Any) -> torch.Tensor:
+        """One logit per object, ``(n,)``, with or without the Einstein-radius head."""
+        raw = self.raw_outputs(*inputs)
+        return raw[:, 0] if self.theta_e_head else raw.squeeze(1)
+
+    def with_theta_e(self, *inputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logit (n,), theta_E (n, 2))`` from one forward pass: theta_E's mean and 1-sigma in
+        arcsec. Only for a model with the head (``theta_e_head``)."""
+        if not self.theta_e_head:
+            raise ValueError(f"{type(self).__name__} has no Einstein-radius head")
+        raw = self.raw_outputs(*inputs)
+        return raw[:, 0], theta_e_from_raw(raw[:, 1:])
 
     def head_parameters(self) -> Iterator[nn.Parameter]:
         for module in self.head_modules():

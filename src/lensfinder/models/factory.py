@@ -19,6 +19,7 @@ from lensfinder.models.base import (
     create_timm,
     finish_model,
     load_weights,
+    n_outputs,
 )
 from lensfinder.models.pretrained import load_pretrained
 from lensfinder.models.two_branch import create_two_branch
@@ -27,15 +28,16 @@ from lensfinder.models.two_branch import create_two_branch
 class LogitModel(OneLogitModel):
     """A timm classifier built with one output class; ``forward`` squeezes it to ``(n,)``."""
 
-    def __init__(self, backbone: TimmNet):
+    def __init__(self, backbone: TimmNet, theta_e_head: bool = False):
         super().__init__()
         self.backbone = backbone
+        self.theta_e_head = theta_e_head
 
     def head_modules(self) -> list[nn.Module]:
         return [self.backbone.get_classifier()]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x).squeeze(1)
+    def raw_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
 
 
 def create_model(model_cfg: ModelConfig, input_cfg: InputConfig) -> OneLogitModel:
@@ -51,11 +53,11 @@ def create_model(model_cfg: ModelConfig, input_cfg: InputConfig) -> OneLogitMode
     backbone = create_timm(
         model_cfg.arch,
         in_chans=len(input_cfg.bands),
-        num_classes=1,
+        num_classes=n_outputs(model_cfg),
         drop_rate=model_cfg.drop_rate,
     )
     if model_cfg.norm == "instance":
         check_instance_norm_size(backbone, input_cfg.size, model_cfg.arch)
     if weights is not None:
         load_pretrained(backbone, weights, str(model_cfg.pretrained))
-    return finish_model(LogitModel(backbone), model_cfg)
+    return finish_model(LogitModel(backbone, model_cfg.theta_e_head), model_cfg)

@@ -23,6 +23,7 @@ from lensfinder.models.base import (
     create_timm,
     finish_model,
     load_weights,
+    n_outputs,
 )
 from lensfinder.models.pretrained import load_pretrained
 
@@ -54,27 +55,30 @@ class TwoBranchModel(OneLogitModel):
     vis: ``(n, 1, size, size)``; nisp: ``(n, 3, 66, 66)`` (any size the NISP net accepts).
     """
 
-    def __init__(self, vis: TimmNet, nisp: NispFeatures, drop_rate: float):
+    def __init__(self, vis: TimmNet, nisp: NispFeatures, drop_rate: float, outputs: int = 1):
         super().__init__()
         self.vis = vis
         self.nisp = nisp
+        self.theta_e_head = outputs > 1
         width = int(vis.num_features) + nisp.num_features
         self.head = nn.Sequential(
             nn.Dropout(drop_rate),
             nn.Linear(width, HEAD_HIDDEN),
             nn.ReLU(inplace=True),
             nn.Dropout(drop_rate),
-            nn.Linear(HEAD_HIDDEN, 1),
+            nn.Linear(HEAD_HIDDEN, outputs),
         )
 
     def head_modules(self) -> list[nn.Module]:
         return [self.head]
 
-    def forward(self, vis: torch.Tensor | Pair, nisp: torch.Tensor | None = None) -> torch.Tensor:
+    def raw_outputs(
+        self, vis: torch.Tensor | Pair, nisp: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if nisp is None:
             vis, nisp = vis  # the (vis, nisp) pair that to_model_input returns
         features = torch.cat([self.vis(vis), self.nisp(nisp)], dim=1)
-        return self.head(features).squeeze(1)
+        return self.head(features)
 
 
 def create_two_branch(model_cfg: ModelConfig, input_cfg: InputConfig) -> TwoBranchModel:
@@ -99,6 +103,8 @@ def create_two_branch(model_cfg: ModelConfig, input_cfg: InputConfig) -> TwoBran
     stage = max(
         i for i, info in enumerate(nisp_net.feature_info) if info["reduction"] <= NISP_MAX_REDUCTION
     )
-    model = TwoBranchModel(vis, NispFeatures(nisp_net, stage), model_cfg.drop_rate)
+    model = TwoBranchModel(
+        vis, NispFeatures(nisp_net, stage), model_cfg.drop_rate, n_outputs(model_cfg)
+    )
     finish_model(model, model_cfg)
     return model

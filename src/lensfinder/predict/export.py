@@ -1,9 +1,11 @@
 """ONNX export of a trained model, checked against torch, with its input config inside the file.
 
 The graph has a dynamic batch axis; its inputs are ``x`` (stacked layout) or ``vis`` and ``nisp``
-(two-branch layout), exactly what ``to_model_input`` returns, and its output is ``logit``. The
-file's ``metadata_props`` hold the lensfinder version, the input config and the whole model meta
-(JSON), so the ONNX backend can prepare input for it with nothing else at hand.
+(two-branch layout), exactly what ``to_model_input`` returns, and its output is ``logit``; a
+model with the Einstein-radius head has a second output, ``theta_e`` ``(n, 2)``: theta_E's mean
+and 1-sigma in arcsec (files without it, older ones included, score as before). The file's
+``metadata_props`` hold the lensfinder version, the input config and the whole model meta (JSON),
+so the ONNX backend can prepare input for it with nothing else at hand.
 
 BN method 2 (batch-norm layers in training mode at inference) cannot be expressed in a frozen
 graph: such models are refused unless ``allow_bn_batch=True``, which exports them in eval mode
@@ -14,7 +16,7 @@ The check compares logits on a real-shaped batch (synthetic challenge-like cutou
 ``to_model_input``, at a batch size other than the traced one, so the dynamic axis is exercised
 too). Tolerance: ``|onnx - torch| <= 1e-4 * max(1, |logit|)`` - absolute where the probability is
 sensitive, relative for large logits, where float32 kernels that sum in another order differ by
-more than 1e-4 but the probability does not move.
+more than 1e-4 but the probability does not move. theta_E (arcsec) is checked the same way.
 """
 
 from __future__ import annotations
@@ -48,8 +50,9 @@ from lensfinder.predict.types import (
     META_INPUT,
     META_MODEL,
     META_VERSION,
-    flat_logits,
-    forward,
+    forward_outputs,
+    has_theta_e,
+    output_columns,
 )
 from lensfinder.safety import disk_full_errors, prepare_output_file
 from lensfinder.utils import atomic_path
@@ -63,8 +66,8 @@ class ExportResult:
     path: Path | None  # None when exported to memory only
     opset: int
     input_names: tuple[str, ...]
-    max_abs_diff: float | None  # on logits, onnx vs torch; None when not checked
-    max_scaled_diff: float | None  # max |diff| / max(1, |logit|), the checked quantity
+    max_abs_diff: float | None  # on logits (and theta_E), onnx vs torch; None when not checked
+    max_scaled_diff: float | None  # max |diff| / max(1, |value|), the checked quantity
     checked_rows: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -103,6 +106,21 @@ def fingerprint(model: torch.nn.Module, meta: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
+class WithThetaE(torch.nn.Module):
+    """A model with the Einstein-radius head as a graph of two outputs: ``(logit, theta_E)``."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model: Any = model  # a OneLogitModel or EnsembleModel with the head
+
+    def forward(self, *x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.with_theta_e(*x)
+
+
+def output_names(model: torch.nn.Module) -> list[str]:
+    return ["logit", "theta_e"] if has_theta_e(model) else ["logit"]
+
+
 def build_onnx(
     model: torch.nn.Module,
     meta: dict[str, Any],
@@ -136,16 +154,18 @@ def build_onnx(
     example = example_input(input_cfg, n=2, seed=0)
     args = example if isinstance(example, tuple) else (example,)
     buffer = io.BytesIO()
-    dynamic = {name: {0: "batch"} for name in (*names, "logit")}
+    outputs = output_names(model)
+    dynamic = {name: {0: "batch"} for name in (*names, *outputs)}
+    graph = WithThetaE(model) if has_theta_e(model) else model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notices
         try:
             torch.onnx.export(
-                model,
+                graph,
                 args,
                 buffer,  # type: ignore[arg-type]  # the TorchScript exporter writes to a file object
                 input_names=list(names),
-                output_names=["logit"],
+                output_names=outputs,
                 dynamic_axes=dynamic,
                 opset_version=opset,
                 dynamo=False,  # the TorchScript exporter: fast, and handles opset 17 for timm
@@ -171,7 +191,7 @@ def build_onnx(
         result.checked_rows = CHECK_ROWS
         if result.max_scaled_diff > TOLERANCE:
             raise ModelFileError(
-                f"{source}: ONNX logits differ from torch by up to {result.max_abs_diff:.2e} "
+                f"{source}: ONNX outputs differ from torch by up to {result.max_abs_diff:.2e} "
                 f"(relative {result.max_scaled_diff:.2e} > {TOLERANCE:g}); not exported"
             )
     return data, result
@@ -180,11 +200,17 @@ def build_onnx(
 def compare_with_torch(
     model: torch.nn.Module, onnx_model: bytes | Path, input_cfg: InputConfig
 ) -> tuple[float, float]:
-    """(max |diff|, max |diff| / max(1, |logit|)) of ONNX vs torch logits on a real-shaped batch."""
+    """(max |diff|, max |diff| / max(1, |value|)) of ONNX vs torch outputs (the logit, and
+    theta_E's mean and sigma with the head) on a real-shaped batch."""
     x = example_input(input_cfg, n=CHECK_ROWS, seed=1)
     with torch.inference_mode():
-        expected = flat_logits(forward(model.eval(), x), CHECK_ROWS, "torch")
-    got = OnnxRunner(onnx_model, threads=1, source="export check")(x)
+        expected = output_columns(forward_outputs(model.eval(), x), CHECK_ROWS, "torch")
+    got = OnnxRunner(onnx_model, threads=1, source="export check").outputs(x)
+    if got.shape != expected.shape:
+        raise ModelFileError(
+            f"export check: the ONNX graph gives {got.shape[1]} output column(s), torch "
+            f"{expected.shape[1]}"
+        )
     diff = np.abs(got - expected)
     return float(diff.max()), float((diff / np.maximum(1.0, np.abs(expected))).max())
 
@@ -240,7 +266,9 @@ def is_lensfinder_onnx(path: Path) -> bool:
 
 class EnsembleModel(torch.nn.Module):
     """Members run on the same input, combined into one logit by the Predictor's rule
-    (``predictor.average_logits``): the mean logit, or the logit of the mean probability."""
+    (``predictor.average_logits``): the mean logit, or the logit of the mean probability.
+    theta_E, when members have the head, is their mixture (``einstein.mixture``), over the
+    members that have it, as the Predictor combines it."""
 
     def __init__(self, members: list[torch.nn.Module], average: str) -> None:
         super().__init__()
@@ -248,9 +276,29 @@ class EnsembleModel(torch.nn.Module):
             raise ModelFileError(f"ensemble averaging {average!r}: expected probability or logit")
         self.members = torch.nn.ModuleList(members)
         self.average = average
+        self.theta_e_head = any(has_theta_e(m) for m in members)
 
     def forward(self, *x: torch.Tensor) -> torch.Tensor:
-        logits = torch.stack([member(*x).reshape(-1) for member in self.members])
+        return self._combine([member(*x).reshape(-1) for member in self.members])
+
+    def with_theta_e(self, *x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, means, sigmas = [], [], []
+        member: Any
+        for member in self.members:
+            if has_theta_e(member):
+                logit, theta = member.with_theta_e(*x)
+                means.append(theta[:, 0])
+                sigmas.append(theta[:, 1])
+            else:
+                logit = member(*x)
+            logits.append(logit.reshape(-1))
+        mean, sigma = torch.stack(means), torch.stack(sigmas)
+        mu = mean.mean(dim=0)
+        variance = (sigma**2 + mean**2).mean(dim=0) - mu**2
+        return self._combine(logits), torch.stack([mu, variance.clamp(min=0).sqrt()], dim=1)
+
+    def _combine(self, member_logits: list[torch.Tensor]) -> torch.Tensor:
+        logits = torch.stack(member_logits)
         if self.average == "logit":
             return logits.mean(dim=0)
         log_k = math.log(len(self.members))

@@ -15,11 +15,12 @@ import numpy as np
 import torch
 
 from lensfinder.errors import ModelFileError
-from lensfinder.predict.types import META_MODEL, ModelInput, flat_logits
+from lensfinder.predict.types import META_MODEL, ModelInput, output_columns
 
 
 class OnnxRunner:
-    """One ONNX Runtime session on CPU; called with a prepared batch, returns ``(n,)`` logits."""
+    """One ONNX Runtime session on CPU; called with a prepared batch, returns ``(n,)`` logits
+    (``outputs``: with theta_E too, when the file has it)."""
 
     def __init__(self, model: bytes | Path, threads: int | None = None, source: str = "") -> None:
         import onnxruntime as ort
@@ -50,7 +51,18 @@ class OnnxRunner:
             )
         return json.loads(self.metadata[META_MODEL])
 
+    @property
+    def theta_e_head(self) -> bool:
+        """Whether the file has the Einstein-radius output (``theta_e``) beside ``logit``."""
+        return len(self.session.get_outputs()) > 1
+
     def __call__(self, x: ModelInput) -> np.ndarray:
+        """``(n,)`` logits."""
+        return self.outputs(x)[:, 0]
+
+    def outputs(self, x: ModelInput) -> np.ndarray:
+        """``(n, k)``: the logit, then theta_E's mean and sigma (arcsec) when the file has them;
+        a file exported before the head existed has one output and gives ``(n, 1)``."""
         tensors = x if isinstance(x, tuple) else (x,)
         if len(tensors) != len(self.input_names):
             raise ModelFileError(
@@ -62,5 +74,5 @@ class OnnxRunner:
             else np.ascontiguousarray(t, dtype=np.float32)
             for name, t in zip(self.input_names, tensors, strict=True)
         }
-        out = self.session.run(None, feeds)[0]
-        return flat_logits(out, len(tensors[0]), self.source)
+        out = self.session.run(None, feeds)
+        return output_columns(tuple(out[:2]), len(tensors[0]), self.source)

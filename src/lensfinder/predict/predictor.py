@@ -48,12 +48,19 @@ from lensfinder.data.augment import N_ELEMENTS, apply_d4
 from lensfinder.data.challenge import reason_kind
 from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE, Cutouts, repair_rows
 from lensfinder.data.transforms import map_input, to_model_input
+from lensfinder.einstein import mixture
 from lensfinder.ensemble import expand_models
 from lensfinder.errors import ConfigError, DataError, ModelFileError
 from lensfinder.models.batchnorm import bn_train_mode
 from lensfinder.models.checkpoint import input_config, load_model, read_meta
 from lensfinder.predict.onnx_cache import PRECISION_OF_BACKEND, CachedOnnx, Calibration, onnx_runner
-from lensfinder.predict.types import Average, ModelInput, flat_logits, forward
+from lensfinder.predict.types import (
+    Average,
+    ModelInput,
+    forward_outputs,
+    has_theta_e,
+    output_columns,
+)
 from lensfinder.utils import available_cores, progress
 
 READ_BATCHES = 4  # predict_source reads this many chunks of batches from the source at a time
@@ -84,6 +91,10 @@ class Scores:
     ``(n_members, n)``. Rows that could not be scored (``valid`` False) hold NaN, so they can never
     pass for a real score; ``reasons`` says why per row (in full) and ``skipped`` counts them by
     kind (see ``reason_kind``).
+
+    ``theta_e`` and ``theta_e_sigma``: the Einstein radius (arcsec) and its 1-sigma, a mixture
+    of the members' (and TTA views') Gaussians (``einstein.mixture``), from the members with the
+    Einstein-radius head; None when no member has one (never a made-up value).
     """
 
     score: np.ndarray
@@ -94,6 +105,8 @@ class Scores:
     indices: np.ndarray | None = None
     reasons: list[str | None] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
+    theta_e: np.ndarray | None = None
+    theta_e_sigma: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.score)
@@ -118,6 +131,8 @@ class Scores:
             indices=pick(self.indices),
             reasons=[r for r, k in zip(self.reasons, keep, strict=True) if k],
             skipped=dict(self.skipped),
+            theta_e=pick(self.theta_e),
+            theta_e_sigma=pick(self.theta_e_sigma),
         )
 
     def summary(self) -> str:
@@ -189,22 +204,31 @@ class TorchRunner:
             t = t.contiguous(memory_format=torch.channels_last)
         return t
 
+    @property
+    def theta_e_head(self) -> bool:
+        return has_theta_e(self.model)
+
     def __call__(self, x: ModelInput) -> np.ndarray:
+        """``(n,)`` logits."""
+        return self.outputs(x)[:, 0]
+
+    def outputs(self, x: ModelInput) -> np.ndarray:
+        """``(n, k)``: the logit, then theta_E's mean and sigma with the head (one pass)."""
         x = map_input(x, self._to_device)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
         with torch.inference_mode(), autocast:
             if self.bn_batch:
                 with bn_train_mode(self.model):
                     try:
-                        out = forward(self.model, x)
+                        out = forward_outputs(self.model, x)
                     except ValueError as exc:  # e.g. batch norm over one value per channel
                         raise ConfigError(
                             f"{self.source}: BN method 2 cannot run on a batch of "
                             f"{_n_rows(x)} here ({exc}); use a larger bn batch size"
                         ) from None
             else:
-                out = forward(self.model, x)
-        return flat_logits(out, _n_rows(x), self.source)
+                out = forward_outputs(self.model, x)
+        return output_columns(out, _n_rows(x), self.source)
 
 
 class Predictor:
@@ -286,6 +310,8 @@ class Predictor:
             self.members.append(member)
             self._runners.append(runner)
         self._check_label_rules()
+        # theta_E comes from the members that have the head; without any, Scores hold None.
+        self.theta_e_head = any(runner.theta_e_head for runner in self._runners)
 
         # Members grouped by input config: the input is prepared once per group.
         groups: dict[str, list[int]] = {}
@@ -412,6 +438,7 @@ class Predictor:
             "backend": self.cfg.backend,
             "tta": self.cfg.tta,
             "ensemble_average": self.cfg.ensemble_average,
+            "theta_e_head": self.theta_e_head,
             "batch_size": self.cfg.batch_size,
             "device": str(self.device),
             "channels_last": self.channels_last if self.cfg.backend == "torch" else None,
@@ -438,31 +465,38 @@ class Predictor:
             yield map_input(x, functools.partial(apply_d4, k=k))
 
     def _run_member(self, index: int, x: ModelInput) -> np.ndarray:
+        """``(n, k)`` outputs of one member: the logit, then theta_E's mean and sigma if any."""
         batch = self.members[index].bn_batch_size or self.cfg.batch_size
         n = _n_rows(x)
-        out = np.empty(n, dtype=np.float64)
-        for start in range(0, n, batch):
-            stop = min(n, start + batch)
-            out[start:stop] = self._runners[index](_rows(x, start, stop))
-        return out
+        parts = [
+            self._runners[index].outputs(_rows(x, start, min(n, start + batch)))
+            for start in range(0, n, batch)
+        ]
+        return np.concatenate(parts) if parts else np.empty((0, 1))
 
     def _prepare(self, vis: np.ndarray, nisp: np.ndarray) -> list[ModelInput]:
         """Model input of raw cutouts, once per distinct input config (``self._groups``)."""
         return [to_model_input(vis, nisp, input_cfg) for input_cfg, _ in self._groups]
 
-    def _run_prepared(self, inputs: list[ModelInput]) -> np.ndarray:
-        """``(n_members, n)`` member logits (TTA views combined) of prepared input of at most
-        ``chunk_rows`` cutouts, all valid."""
+    def _run_prepared(self, inputs: list[ModelInput]) -> tuple[np.ndarray, np.ndarray]:
+        """``(n_members, n)`` member logits and ``(n_members, n, 2)`` member theta_E (mean,
+        sigma; NaN for a member without the head), TTA views combined, of prepared input of at
+        most ``chunk_rows`` cutouts, all valid. theta_E is rotation invariant: its views combine
+        as a mixture (the mean of the views' means, their spread added to sigma)."""
         n = _n_rows(inputs[0])
         logits = np.empty((len(self.members), n), dtype=np.float64)
+        theta = np.full((len(self.members), n, 2), np.nan)
         for x, (_, member_ids) in zip(inputs, self._groups, strict=True):
-            per_view = [
-                np.stack([self._run_member(i, view) for i in member_ids]) for view in self._views(x)
-            ]
-            logits[member_ids] = average_logits(
-                np.stack(per_view, axis=1), axis=1, average=self.cfg.ensemble_average
-            )
-        return logits
+            views: dict[int, list[np.ndarray]] = {i: [] for i in member_ids}
+            for view in self._views(x):  # one view at a time: memory for one copy of the input
+                for i in member_ids:
+                    views[i].append(self._run_member(i, view))
+            for i, outs in views.items():
+                out = np.stack(outs)  # (views, n, k)
+                logits[i] = average_logits(out[..., 0], axis=0, average=self.cfg.ensemble_average)
+                if out.shape[-1] > 1:
+                    theta[i, :, 0], theta[i, :, 1] = mixture(out[..., 1], out[..., 2], axis=0)
+        return logits, theta
 
     def _prepared(
         self, chunks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -523,12 +557,16 @@ class Predictor:
     def _scores(
         self,
         logits: np.ndarray,
+        theta: np.ndarray,
         valid: np.ndarray,
         reasons: list[str | None],
         ids: np.ndarray | None = None,
         indices: np.ndarray | None = None,
     ) -> Scores:
         skipped = Counter(reason_kind(r) for r, ok in zip(reasons, valid, strict=True) if not ok)
+        theta_e, theta_e_sigma = (
+            mixture(theta[..., 0], theta[..., 1], axis=0) if self.theta_e_head else (None, None)
+        )
         return Scores(
             score=ensemble_score(logits, self.cfg.ensemble_average),
             logits=logits,
@@ -538,6 +576,8 @@ class Predictor:
             indices=indices,
             reasons=reasons,
             skipped=dict(skipped.most_common()),
+            theta_e=theta_e,
+            theta_e_sigma=theta_e_sigma,
         )
 
     def warm_up(self) -> None:
@@ -576,6 +616,7 @@ class Predictor:
             vis, nisp = cut.vis, cut.nisp
         n = len(vis)
         logits = np.empty((len(self.members), n), dtype=np.float64)
+        theta = np.full((len(self.members), n, 2), np.nan)
         bar = _bar(n, progress)
         chunks = (
             (
@@ -586,10 +627,10 @@ class Predictor:
             for a in range(0, n, self.chunk_rows)
         )
         for rows, inputs in self._prepared(chunks):
-            logits[:, rows] = self._run_prepared(inputs)
+            logits[:, rows], theta[:, rows] = self._run_prepared(inputs)
             bar.update(len(rows))
         bar.close()
-        return self._scores(logits, np.ones(n, dtype=bool), [None] * n)
+        return self._scores(logits, theta, np.ones(n, dtype=bool), [None] * n)
 
     def predict_source(
         self,
@@ -612,15 +653,16 @@ class Predictor:
             raise DataError(f"predict: indices outside the source's {total} rows")
         n = len(indices)
         logits = np.full((len(self.members), n), np.nan)
+        theta = np.full((len(self.members), n, 2), np.nan)
         valid = np.zeros(n, dtype=bool)
         reasons: list[str | None] = [None] * n
         bar = _bar(n, progress)
         chunks = self._valid_chunks(source, indices, valid, reasons, bar)
         for rows, inputs in self._prepared(chunks):
-            logits[:, rows] = self._run_prepared(inputs)
+            logits[:, rows], theta[:, rows] = self._run_prepared(inputs)
         bar.close()
         ids = np.asarray(source.ids)[indices] if n else np.zeros(0, dtype=np.int64)
-        return self._scores(logits, valid, reasons, ids=ids, indices=indices)
+        return self._scores(logits, theta, valid, reasons, ids=ids, indices=indices)
 
 
 def _ahead(items: Iterator[Any], depth: int) -> Iterator[Any]:

@@ -29,6 +29,37 @@ def forward(model: torch.nn.Module, x: ModelInput) -> torch.Tensor:
     return model(*x) if isinstance(x, tuple) else model(x)
 
 
+def has_theta_e(model: torch.nn.Module) -> bool:
+    """Whether a model (or an exported ensemble of them) has the Einstein-radius head."""
+    return bool(getattr(model, "theta_e_head", False))
+
+
+def forward_outputs(model: torch.nn.Module, x: ModelInput) -> Any:
+    """``forward``, or ``(logit, theta_E (n, 2))`` in one pass for a model with the head."""
+    if not has_theta_e(model):
+        return forward(model, x)
+    head: Any = model  # a OneLogitModel (or an exported ensemble) with ``with_theta_e``
+    return head.with_theta_e(*x) if isinstance(x, tuple) else head.with_theta_e(x)
+
+
+def output_columns(out: Any, n: int, source: str) -> np.ndarray:
+    """A model's output as ``(n, k)`` float64: column 0 the logit, then (with the Einstein-radius
+    head, ``out`` = ``(logit, theta_E (n, 2))``) theta_E's mean and sigma in arcsec."""
+    if not isinstance(out, tuple | list):
+        return flat_logits(out, n, source)[:, None]
+    if len(out) == 1:
+        return flat_logits(out[0], n, source)[:, None]
+    logit, theta = out
+    theta = theta.detach().float().cpu().numpy() if isinstance(theta, torch.Tensor) else theta
+    theta = np.asarray(theta, dtype=np.float64)
+    if theta.shape != (n, 2):
+        raise ModelFileError(
+            f"{source}: the model returned theta_E of shape {theta.shape} for {n} cutouts; "
+            "expected (n, 2): mean and sigma per cutout"
+        )
+    return np.column_stack([flat_logits(logit, n, source), theta])
+
+
 def flat_logits(out: Any, n: int, source: str) -> np.ndarray:
     """A model output as ``(n,)`` float64 logits; a clear error when it is not one per object."""
     array = out.detach().float().cpu().numpy() if isinstance(out, torch.Tensor) else out

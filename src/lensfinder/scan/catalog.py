@@ -1,7 +1,9 @@
 """Candidate tables: the Parquet schema of a shard, checking shards, and the merged catalogue.
 
 One row per scored cutout: ``id``, ``score``, ``score_<member>`` for each member of an ensemble,
-``ra``, ``dec`` (NaN without WCS) and ``label`` (-1 unknown; only when the data has labels).
+``theta_e`` and ``theta_e_sigma`` (the Einstein radius and its 1-sigma in arcsec; only when the
+models have the Einstein-radius head), ``ra``, ``dec`` (NaN without WCS) and ``label`` (-1
+unknown; only when the data has labels).
 Provenance (models, lensfinder version, skip counts) lives in the Parquet key-value metadata under
 ``lensfinder``, so a catalogue file says how it was made.
 """
@@ -17,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from lensfinder.einstein import THETA_E, THETA_E_SIGMA
 from lensfinder.errors import DataError
 from lensfinder.utils import atomic_path, read_table
 
@@ -47,8 +50,11 @@ def shard_table(
     dec: np.ndarray,
     labels: np.ndarray | None,
     meta: Mapping[str, Any],
+    theta_e: np.ndarray | None = None,
+    theta_e_sigma: np.ndarray | None = None,
 ):
-    """The Arrow table of one shard, provenance attached as schema metadata."""
+    """The Arrow table of one shard, provenance attached as schema metadata; theta_E columns
+    only when given (models without the head give none, not empty ones)."""
     import pyarrow as pa
 
     columns: dict[str, Any] = {
@@ -59,6 +65,9 @@ def shard_table(
         member_scores = np.asarray(member_scores, dtype=np.float64).reshape(len(member_names), -1)
         for column, values in zip(member_columns(member_names), member_scores, strict=True):
             columns[column] = pa.array(values)
+    for name, estimate in ((THETA_E, theta_e), (THETA_E_SIGMA, theta_e_sigma)):
+        if estimate is not None:
+            columns[name] = pa.array(np.asarray(estimate, dtype=np.float64))
     columns["ra"] = pa.array(np.asarray(ra, dtype=np.float64))
     columns["dec"] = pa.array(np.asarray(dec, dtype=np.float64))
     if labels is not None:

@@ -19,6 +19,7 @@ from lensfinder.config import GalleryConfig
 from lensfinder.data import open_source
 from lensfinder.data.cutouts import CutoutSource
 from lensfinder.data.identity import index_of_ids
+from lensfinder.einstein import THETA_E, THETA_E_SIGMA, format_theta_e
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.safety import GALLERY, writing_output
 from lensfinder.scan.catalog import read_candidates, table_meta
@@ -114,6 +115,11 @@ def _column(rows: dict[str, list], name: str, n: int, fill: Any) -> list:
     return rows[name] if name in rows else [fill] * n
 
 
+def _finite(value: Any) -> float | None:
+    """A JSON-safe number: None for a missing or non-finite one."""
+    return float(value) if value is not None and np.isfinite(value) else None
+
+
 def _save_png(image: np.ndarray, path: Path) -> None:
     from PIL import Image
 
@@ -163,11 +169,13 @@ def _card(row: dict[str, Any]) -> str:
     if row["label"] in _LABELS:
         kind = "lens" if row["label"] == 1 else "nonlens"
         label = f'<div class="line {kind}">label: {_LABELS[row["label"]]}</div>'
+    einstein = format_theta_e(row.get("theta_e"), row.get("theta_e_sigma"))
+    einstein_line = f'<div class="line">{esc(einstein)}</div>' if einstein else ""
     return (
         f'<div class="card">{image}{badge}'
         f'<div class="line"><span class="rank">#{row["rank"]}</span>'
         f'<span class="score">{row["score"]:.4f}</span></div>'
-        f'<div class="line">ID {row["id"]}</div>'
+        f'<div class="line">ID {row["id"]}</div>{einstein_line}'
         f'<div class="line">{_format_coords(row["ra"], row["dec"])}</div>{label}</div>'
     )
 
@@ -213,6 +221,8 @@ def _write_gallery(
     ra = np.asarray(_column(rows, "ra", n, np.nan), dtype=np.float64)
     dec = np.asarray(_column(rows, "dec", n, np.nan), dtype=np.float64)
     labels = [(-1 if v is None else int(v)) for v in _column(rows, "label", n, -1)]
+    # The Einstein-radius estimate, when the scan's models had the head (None otherwise).
+    theta_e, theta_e_sigma = (_column(rows, name, n, None) for name in (THETA_E, THETA_E_SIGMA))
 
     known_names: list[str | None] = [None] * n
     separation = np.full(n, np.nan)
@@ -260,6 +270,8 @@ def _write_gallery(
                 "problem": problems[i],
                 "known": known_names[i],
                 "separation": float(separation[i]),
+                "theta_e": theta_e[i],
+                "theta_e_sigma": theta_e_sigma[i],
             }
         )
         for i in range(n)
@@ -294,6 +306,11 @@ def _write_gallery(
             "stamp": stamps[i],
             "known_lens": known_names[i],
             "problem": problems[i],
+            **(
+                {}
+                if theta_e[i] is None
+                else {THETA_E: _finite(theta_e[i]), THETA_E_SIGMA: _finite(theta_e_sigma[i])}
+            ),
         }
         for i in range(n)
     ]

@@ -205,6 +205,8 @@ def score_shard(task: ShardTask) -> dict[str, Any]:
         dec=np.asarray(source.dec, dtype=np.float64)[rows],
         labels=np.asarray(source.labels)[rows] if has_labels else None,
         meta=summary,
+        theta_e=scored.theta_e,
+        theta_e_sigma=scored.theta_e_sigma,
     )
     write_parquet(table, task.shard.path(Path(task.out)))
     summary["ended_at"] = time.time()  # with the file written: the client's steady rate

@@ -350,12 +350,15 @@ class JointAdaptation(nn.Module):
     def _capture(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         self._features.append(args[0])
 
-    def _forward_with_features(self, lit: Any, x: ModelInput) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits of ``x`` and the pooled features they were computed from."""
+    def _forward_with_features(
+        self, lit: Any, x: ModelInput, call: Any = None
+    ) -> tuple[Any, torch.Tensor]:
+        """Logits of ``x`` (or what ``call``, e.g. ``lit.outputs``, returns) and the pooled
+        features they were computed from."""
         handle = feature_layer(lit.model).register_forward_pre_hook(self._capture)
         self._features.clear()
         try:
-            logits = lit(x)
+            logits = (call or lit)(x)
         finally:
             handle.remove()
         return logits, self._features.pop().float().flatten(1)
@@ -392,10 +395,9 @@ class JointAdaptation(nn.Module):
         each adaptation term.
         """
         x, y = batch
-        target = y.float().reshape(-1)
+        outputs, labelled_features = self._forward_with_features(lit, x, lit.outputs)
+        supervised, _, target = lit.loss_of(outputs, y)  # with the theta_E head's term, if any
         n = len(target)
-        labelled_logits, labelled_features = self._forward_with_features(lit, x)
-        supervised = lit.loss_fn(labelled_logits, target)
         trainer = lit.trainer
         steps = max(int(trainer.num_training_batches), 1) if trainer is not None else 1
         epochs = max(int(trainer.max_epochs or 1), 1) if trainer is not None else 1

@@ -348,6 +348,7 @@ class LensDataModule(pl.LightningDataModule):
             augment=self.config.augment_d4,
             seed=epoch_seed(self.config.seed, rank),
             check=False,  # prepare() dropped what cannot be used
+            theta_e=self.config.model.theta_e_head,
         )
         self.val_dataset = CutoutDataset(
             self.source,
@@ -355,6 +356,7 @@ class LensDataModule(pl.LightningDataModule):
             self.config.input,
             augment=False,
             check=False,
+            theta_e=self.config.model.theta_e_head,
         )
         items = len(self.train_dataset) + len(self.val_dataset)
         nbytes = items * input_bytes_per_item(self.config.input)

@@ -176,6 +176,8 @@ def check_config(config: TrainConfig) -> None:
         problems.append(f"lr {config.lr} must be > 0")
     if config.weight_decay < 0:
         problems.append(f"weight_decay {config.weight_decay} < 0")
+    if not config.theta_e_weight >= 0:
+        problems.append(f"theta_e_weight {config.theta_e_weight} < 0")
     if config.num_workers < 0:
         problems.append(f"num_workers {config.num_workers} < 0")
     if config.warmup_epochs < 0:
