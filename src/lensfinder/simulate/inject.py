@@ -20,7 +20,8 @@ almost all of them are). The steps, per field cutout:
    whatever the field's units; add the arc's photon noise, with the electrons per field unit
    that the same scale and the survey's exposure time give (an effective gain);
 5. write it in the challenge layout with the simulate writer: the catalogue holds the injected
-   truth (ein_area, mag_source, mag_eff, n_pix_source, n_source_im, ...), the label comes from
+   truth (ein_area = pi theta_E^2 in arcsec^2, as ``simulate`` writes it: the Einstein-radius
+   head's target; mag_source, mag_eff, n_pix_source, n_source_im, ...), the label comes from
    the same rule (``lensfinder.labels``), and ``field_id`` names the field object. An injection
    that fails the rule after ``source_tries`` sources, and every untouched cutout, is a non-lens
    by the rule. Resumable and atomic per object, like ``simulate``.

@@ -8,7 +8,10 @@ a lens is measured, not assumed. In the reference (VIS) band:
 - ``mag_eff``: lensed source flux over its unlensed flux (the effective magnification);
 - ``n_source_im``: images of the source centre (lenstronomy ``LensEquationSolver``);
 - ``sb_contrast``: source over lens-galaxy flux in those source pixels;
-- ``color_diff``: (blue - red band colour) of the lens galaxy minus that of the source.
+- ``color_diff``: (blue - red band colour) of the lens galaxy minus that of the source;
+- ``ein_area``: ``pi * theta_E**2`` in arcsec^2 (theta_E of the central mass), the truth of the
+  Einstein-radius head. The challenge's own catalogue gives it in steradians; readers convert
+  either with ``lensfinder.einstein.theta_e_arcsec``, never by hand.
 """
 
 from __future__ import annotations
