@@ -182,7 +182,7 @@ def test_an_old_run_dir_without_the_head_loads_and_scores_as_before(runs, cutout
     assert scores.theta_e is None
 
 
-# -- ONNX -------------------------------------------------------------------------------------------
+# -- ONNX ---------------------------------------------------------------------------------------
 def test_onnx_export_has_two_outputs_matching_torch(runs, cutouts, tmp_path):
     import onnx
 
@@ -212,8 +212,7 @@ def test_an_exported_ensemble_mixes_theta_e_as_the_predictor_does(runs, cutouts,
     vis, nisp = cutouts
     ensemble = tmp_path / "ens"
     members = [  # the same seeds as head_a and head_b: the same weights
-        make_run(ensemble / f"member-{k}", k, model_cfg=HEAD_MODEL, head_scale=20.0)
-        for k in (0, 1)
+        make_run(ensemble / f"member-{k}", k, model_cfg=HEAD_MODEL, head_scale=20.0) for k in (0, 1)
     ]
     write_ensemble(ensemble, members, "probability")
     export_onnx(ensemble, tmp_path / "ens.onnx")
@@ -250,13 +249,13 @@ def test_a_tiny_model_with_the_head_trains_and_its_run_dir_round_trips(tiny_stor
     assert not np.allclose(first.theta_e, math.log(2.0))
 
 
-# -- scan, gallery, evaluate ------------------------------------------------------------------------
+# -- scan, gallery, evaluate ---------------------------------------------------------------------
 def test_scan_catalogue_has_theta_e_columns_only_with_the_head(runs, tiny_store, tmp_path):
+    from distributed import LocalCluster
+
     from lensfinder.config import GalleryConfig
     from lensfinder.scan import scan
     from lensfinder.scan.gallery import make_gallery
-
-    from distributed import LocalCluster
 
     cfg = ScanConfig(predict=PredictConfig(batch_size=4), shard_size=12)
     with LocalCluster(
