@@ -253,7 +253,8 @@ def test_a_tiny_model_with_the_head_trains_and_its_run_dir_round_trips(tiny_stor
 def test_scan_catalogue_has_theta_e_columns_only_with_the_head(runs, tiny_store, tmp_path):
     from distributed import LocalCluster
 
-    from lensfinder.config import GalleryConfig
+    from lensfinder.config import GalleryConfig, InspectConfig
+    from lensfinder.inspection.app import Inspector
     from lensfinder.scan import scan
     from lensfinder.scan.gallery import make_gallery
 
@@ -275,6 +276,12 @@ def test_scan_catalogue_has_theta_e_columns_only_with_the_head(runs, tiny_store,
     assert "θE" in gallery.html.read_text()
     shown = json.loads((tmp_path / "gallery" / "gallery.json").read_text())
     assert all(row["theta_e"] > 0 for row in shown)
+    # the grading page's detail shows the estimate beside the scan's columns
+    inspector = Inspector(tmp_path / "head", tiny_store, InspectConfig(stamp_pixels=32))
+    first = int(head["id"][0].as_py())
+    assert inspector.detail(first, "ann")["scan"]["Einstein radius (model)"].startswith("θE ")
+    plain_page = Inspector(tmp_path / "plain", tiny_store, InspectConfig(stamp_pixels=32))
+    assert "Einstein radius (model)" not in plain_page.detail(first, "ann")["scan"]
 
 
 def test_evaluate_writes_theta_e_metrics_and_plot(runs, tiny_store, tmp_path):
