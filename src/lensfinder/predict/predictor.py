@@ -13,6 +13,10 @@ How scores are combined (one rule, applied the same way to TTA views and to ense
 Either way an ensemble of identical members scores exactly like the member, and TTA on an image
 that is invariant under D4 changes nothing.
 
+theta_E (members with the Einstein-radius head) follows the same rule for views and members: an
+equal-weight mixture of their Gaussians (``einstein.mixture``); members without the head are
+left out of it, and without any such member ``Scores.theta_e`` is None.
+
 BN "method 2" (the paper's): a member whose meta says ``model.bn_inference == "batch"`` runs with
 its batch-norm layers in training mode (batch statistics, running statistics untouched), in
 consecutive groups of ``model.bn_inference_batch`` valid cutouts. Its score for one object then
