@@ -350,11 +350,25 @@ def _corner_start(position: np.ndarray | float, pixels: int) -> Any:
     return np.floor(np.asarray(position)).astype(np.int64) + 1 - pixels // 2
 
 
+def _pixels(hdu: Any) -> Any:
+    """What windows are sliced from: the memory-mapped array itself for a plain (unscaled,
+    uncompressed) image, whose slices read only their own pages; astropy's ``section``
+    otherwise (it scales or decompresses just the window, but reads row by row: ~10x slower)."""
+    from astropy.io import fits
+
+    plain = (
+        not isinstance(hdu, fits.CompImageHDU)
+        and hdu.header.get("BSCALE", 1) == 1
+        and hdu.header.get("BZERO", 0) == 0
+    )
+    return hdu.data if plain else hdu.section
+
+
 def _read(hdu: Any, flag_hdu: Any, rows: slice, cols: slice, mask: int) -> np.ndarray:
     """A window of a memory-mapped image as float32, flagged pixels NaN."""
-    image = np.array(hdu.section[rows, cols], dtype=np.float32)
+    image = np.array(_pixels(hdu)[rows, cols], dtype=np.float32)
     if flag_hdu is not None and mask:
-        flags = np.asarray(flag_hdu.section[rows, cols]).astype(np.int64)
+        flags = np.asarray(_pixels(flag_hdu)[rows, cols]).astype(np.int64)
         image[(flags & mask) != 0] = np.nan
     return image
 
