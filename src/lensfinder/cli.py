@@ -16,6 +16,7 @@ from typer.core import TyperGroup
 
 from lensfinder import __version__
 from lensfinder.config import (
+    CutoutsConfig,
     DemoConfig,
     EvaluateConfig,
     GalleryConfig,
@@ -24,6 +25,7 @@ from lensfinder.config import (
     PackConfig,
     ScanConfig,
     SimulateConfig,
+    TileSimulateConfig,
     TrainConfig,
 )
 from lensfinder.errors import ConfigError, LensfinderError
@@ -371,6 +373,100 @@ def pack(
         overwrite=overwrite,
     )
     typer.echo(result.summary())
+
+
+@app.command("simulate-tile")
+@user_errors
+def simulate_tile(
+    out: Out,
+    size: Annotated[
+        int | None,
+        typer.Option(
+            help='Pixels per side (0.1"/px).',
+            min=64,
+            show_default=_default(TileSimulateConfig, "size"),
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(help="Random seed.", min=0, show_default=_default(TileSimulateConfig, "seed")),
+    ] = None,
+    lens_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="Share of galaxies drawn as lenses.",
+            min=0.0,
+            max=1.0,
+            show_default=_default(TileSimulateConfig, "lens_fraction"),
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Worker processes.", show_default=_default(TileSimulateConfig, "workers"), **Count
+        ),
+    ] = None,
+    config: Annotated[str | None, _config_option(TileSimulateConfig)] = None,
+) -> None:
+    """Simulate a Euclid MER-like mosaic tile (VIS, Y, J, H), its catalogue and its truth."""
+    from lensfinder.simulate.tile import simulate_tile as run
+
+    cfg = _load(
+        TileSimulateConfig,
+        config,
+        size=size,
+        seed=seed,
+        lens_fraction=lens_fraction,
+        workers=workers,
+    )
+    typer.echo(run(cfg, out).summary())
+
+
+@app.command()
+@user_errors
+def cutouts(
+    tiles: Annotated[Path, typer.Option(help="Directory of MER mosaic tiles (any depth).")],
+    catalog: Annotated[Path, typer.Option(help="Catalogue: FITS table, Parquet or CSV.")],
+    out: Out,
+    select: Annotated[
+        str | None, typer.Option(help="Keep only rows passing e.g. 'FLUX_VIS_PSF > 10'.")
+    ] = None,
+    id_column: Annotated[
+        str | None,
+        typer.Option(help="Object ID column.", show_default=_default(CutoutsConfig, "id_column")),
+    ] = None,
+    ra_column: Annotated[
+        str | None,
+        typer.Option(help="RA column (deg).", show_default=_default(CutoutsConfig, "ra_column")),
+    ] = None,
+    dec_column: Annotated[
+        str | None,
+        typer.Option(help="Dec column (deg).", show_default=_default(CutoutsConfig, "dec_column")),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Dask worker processes.", show_default=_default(CutoutsConfig, "workers"), **Count
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a store that lensfinder wrote (nothing else).")
+    ] = False,
+    config: Annotated[str | None, _config_option(CutoutsConfig)] = None,
+) -> None:
+    """Cut a catalogue's objects from mosaic tiles into a packed store (as pack writes)."""
+    from lensfinder.data.tiles import cutouts as run
+
+    cfg = _load(
+        CutoutsConfig,
+        config,
+        select=select,
+        id_column=id_column,
+        ra_column=ra_column,
+        dec_column=dec_column,
+        workers=workers,
+    )
+    typer.echo(run(tiles, catalog, out, cfg, overwrite=overwrite).summary())
 
 
 @app.command()

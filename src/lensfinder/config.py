@@ -142,6 +142,53 @@ class InjectConfig:
 
 
 @dataclass
+class TileSimulateConfig:
+    """``lensfinder simulate-tile``: one MER-like mosaic tile in VIS, Y, J, H on one common grid
+    (``simulate/tile.py`` cites the numbers)."""
+
+    size: int = 4096  # pixels per side (a Euclid MER tile is ~19,200)
+    pixel_scale: float = 0.1  # arcsec per pixel, every band (the MER common grid)
+    seed: int = 0
+    tile_index: int = 102018211  # the TILE number in the file names
+    ra: float = 150.0  # tile centre, deg
+    dec: float = 2.0
+    # Share of galaxies drawn as lenses by the scene generator (~1e-3 in the sky: ~1e5 lenses
+    # among ~1.5e9 Euclid galaxies); tests ask for more.
+    lens_fraction: float = 1e-3
+    # Galaxies brighter than this VIS magnitude are the scene generator's central galaxies
+    # (ellipticals, spirals, rings, mergers, with companions); fainter ones simple field galaxies.
+    scene_mag_limit: float = 22.0
+    star_density: float = 2.0  # stars per arcmin^2, VIS 17-24.5 (high galactic latitude)
+    detection_mag_limit: float = 25.5  # VIS: objects fainter than this are not catalogued
+    max_stamp: int = 320  # pixels: the largest stamp one object is rendered in
+    workers: int = 1
+    # The population (magnitudes, sizes, lens and source properties): the cutout simulator's.
+    population: SimulateConfig = field(default_factory=SimulateConfig)
+
+
+@dataclass
+class CutoutsConfig:
+    """``lensfinder cutouts``: objects of a catalogue cut from mosaic tiles into a store
+    (``data/tiles.py``)."""
+
+    # The side of every cutout; the packed store holds the challenge's 20" (VIS 200 px at
+    # 0.1"/px, NISP 66 px at 0.3"/px), which every model reads.
+    cutout_arcsec: float = 20.0
+    id_column: str = "OBJECT_ID"  # Euclid MER final catalogue names
+    ra_column: str = "RIGHT_ASCENSION"
+    dec_column: str = "DECLINATION"
+    # Catalogue columns carried into the store beside the ID, position and tile.
+    keep_columns: tuple[str, ...] = ()
+    # Only objects passing this, e.g. "FLUX_VIS_PSF > 10 and POINT_LIKE_PROB < 0.5"; None: all.
+    select: str | None = None
+    # Pixels whose FLAG map value has any of these bits set are treated as missing (the
+    # non-finite policy of data/nonfinite.py then repairs a few or skips the object); 0: ignore.
+    flag_mask: int = -1
+    chunk: int = 8  # objects per store chunk, as pack
+    workers: int = 1  # Dask worker processes, one tile per task
+
+
+@dataclass
 class PackConfig:
     """How ``pack`` writes a store from a challenge layout."""
 

@@ -46,6 +46,7 @@ LOCK_FILE = ".lensfinder.lock"
 # -- kinds of output (the marker's ``kind``) ----------------------------------------------------
 SIMULATION = "simulation"
 INJECTION = "injection"  # lenses painted on a field (inject)
+TILES = "tiles"  # simulated mosaic tiles and their catalogue (simulate-tile)
 STORE = "store"
 TRAIN = "train"
 ENSEMBLE = "ensemble"

@@ -23,12 +23,12 @@ import hashlib
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -97,6 +97,31 @@ class PackResult:
             f"({rate:.0f} objects/s){' (resumed)' if self.resumed else ''}; "
             f"{summarise_problems(self.problems)}{repaired}{describe_label_gaps(self.label_gaps)}"
         )
+
+
+class PackListing(Protocol):
+    """What ``write_store`` packs: objects in a fixed order with labels and catalogue columns.
+    A ``ChallengeLayout`` is one; ``data.tiles.TilePlan`` (objects cut from mosaic tiles) is
+    another."""
+
+    root: Path
+    ids: np.ndarray  # int64, the order objects are written in
+    labels: np.ndarray  # int8, -1 where unknown
+    catalog: dict[str, np.ndarray]  # column -> values aligned with ``ids``
+    problems: list[Problem]  # objects left out before any pixel was read
+    label_rule: str | None
+    label_gaps: dict[str, int]
+
+    def __len__(self) -> int: ...
+
+    @property
+    def index_of(self) -> dict[int, int]: ...
+
+    def path(self, index: int, band: str) -> Path: ...
+
+
+# ``load(start)``: (position, pixels or why not) for every object from position ``start`` on.
+Loader = Callable[[int], Iterable[tuple[int, LoadedObject | Problem]]]
 
 
 def _listing_digest(layout: ChallengeLayout) -> str:
@@ -191,7 +216,7 @@ class _Buffer:
         return stop, digest.hexdigest()[:16]
 
 
-def _finish(group, layout: ChallengeLayout, written: int) -> np.ndarray:
+def _finish(group, layout: PackListing, written: int) -> np.ndarray:
     """Trim the arrays to what was written; add labels and catalogue columns by ID.
 
     Overwrites labels/catalogue left by a run that died between this step and the rename.
@@ -282,6 +307,30 @@ def _pack_locked(
         "listing": _listing_digest(layout),
         "chunk": chunk,
     }
+    return write_store(
+        layout,
+        out,
+        identity,
+        chunk,
+        lambda start: _loaded_in_order(layout, start, workers),
+        progress,
+        started,
+    )
+
+
+def write_store(
+    listing: PackListing,
+    out: Path,
+    identity: dict,
+    chunk: int,
+    load: Loader,
+    progress: bool,
+    started: float,
+) -> PackResult:
+    """The store of ``listing`` at ``out`` (whose lock the caller holds, as ``pack`` does in
+    ``writing_output(..., staged=True)``): an existing complete store of the same ``identity``
+    is kept as it is, a ``<out>.partial`` of the same identity is resumed, anything else is
+    refused. ``identity`` names what is packed (source, object list, rule, chunk)."""
     if out.exists():
         existing = open_store(out)  # raises a clear DataError if it is something else
         if all(existing.attrs.get(k) == v for k, v in identity.items()):
@@ -299,15 +348,15 @@ def _pack_locked(
             f"{out}: already exists, packed from another layout or with another label rule "
             "or chunk; remove it, choose another output, or pass --overwrite"
         )
-    return _pack_into(layout, out, identity, chunk, workers, progress, started)
+    return _pack_into(listing, out, identity, chunk, load, progress, started)
 
 
 def _pack_into(
-    layout: ChallengeLayout,
+    layout: PackListing,
     out: Path,
     identity: dict,
     chunk: int,
-    workers: int,
+    load: Loader,
     progress: bool,
     started: float,
 ) -> PackResult:
@@ -321,7 +370,7 @@ def _pack_into(
 
     flush_every = chunk * max(1, FLUSH_OBJECTS // chunk)
     buffer = _Buffer()
-    loaded: Iterable[tuple[int, LoadedObject | Problem]] = _loaded_in_order(layout, cursor, workers)
+    loaded: Iterable[tuple[int, LoadedObject | Problem]] = load(cursor)
     if progress:
         loaded = progress_bar(loaded, total=len(layout), initial=cursor, desc="packing")
     last = cursor - 1

@@ -223,6 +223,18 @@ def simulate_object(
     return obj
 
 
+def draw_scene(
+    config: SimulateConfig, object_id: int, intended_lens: bool, rng: np.random.Generator
+) -> tuple[scenes.Scene, dict[str, Any]]:
+    """One object's scene and catalogue row as ``simulate_object`` draws them (a lens passing
+    the label rule, or a non-lens failing it), under nominal observing and without pixels: for
+    renderers of other geometries (``simulate.tile`` puts scenes on a mosaic)."""
+    ctx = _Context(config, NOMINAL)
+    draw = _draw_lens if intended_lens else _draw_nonlens
+    scene, row, _ = draw(object_id, rng, ctx)
+    return scene, {**row, "kind": scene.kind}
+
+
 def _make_and_write(task: tuple[SimulateConfig, str, int, bool]) -> tuple[int, bool]:
     """Worker: simulate one object, write its band files, then its row file (last)."""
     config, root, object_id, intended_lens = task

@@ -680,8 +680,26 @@ def _stars(d: _Draw) -> list[Star]:
     stars = []
     for _ in range(int(d.rng.poisson(0.4))):
         x, y = _field_position(d, 1.5, STAR_HALF_WIDTH)
-        stars.append(Star(x, y, d.mags(d.u(17.0, 24.5), d.normal(0.6, 0.6, -0.6, 2.5), 0.02)))
+        stars.append(Star(x, y, _star_mags(d)))
     return stars
+
+
+def _star_mags(d: _Draw) -> dict[str, float]:
+    """A foreground star's magnitudes: VIS 17-24.5, any colour."""
+    return d.mags(d.u(17.0, 24.5), d.normal(0.6, 0.6, -0.6, 2.5), 0.02)
+
+
+def star_mags(rng: np.random.Generator, bands: Sequence[Band]) -> dict[str, float]:
+    """The magnitudes of one foreground star, as around every cutout (for ``simulate.tile``)."""
+    return _star_mags(_Draw(rng, bands))
+
+
+def field_galaxy(
+    rng: np.random.Generator, bands: Sequence[Band], mag: float, blue: bool
+) -> list[Light]:
+    """One field galaxy of VIS magnitude ``mag`` centred on the origin, drawn as the unrelated
+    galaxies around every cutout are (``simulate.tile`` places them on a mosaic)."""
+    return _neighbour_galaxy(_Draw(rng, bands), mag, 0.0, 0.0, blue)
 
 
 def _field_position(d: _Draw, min_radius: float, half_width: float) -> tuple[float, float]:
