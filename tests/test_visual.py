@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from lensfinder.visual import asinh_stretch, colour_composite, robust_background, save_grid
+from lensfinder.presentation.composite import (
+    asinh_stretch,
+    colour_composite,
+    robust_background,
+    save_grid,
+)
 
 
 def blob(shape: tuple[int, int], x: float, y: float, sigma: float) -> np.ndarray:
@@ -100,7 +105,7 @@ def test_save_grid_writes_a_png_mosaic(tmp_path):
 def test_nisp_lands_where_the_sky_puts_it_on_the_vis_grid():
     """A NISP point 17.5 pixels (5.25") right of centre sits 52.5 VIS pixels right of the VIS
     centre, as in the model input: true pixel scales, not 19.8" stretched to 20"."""
-    from lensfinder.visual import _on_vis_grid
+    from lensfinder.presentation.composite import _on_vis_grid
 
     nisp = np.zeros((1, 66, 66))
     nisp[0, 32, 50] = 1.0  # centre of the 66-px grid is at 32.5

@@ -1,7 +1,7 @@
 """Failure galleries: the non-lenses scored highest and the lenses scored lowest, as pictures.
 
 Tables say how many rings pass the cut; pictures say why. Each gallery is a colour-composite
-mosaic (``lensfinder.visual``, as the candidate gallery draws them) titled with the catalogue's
+mosaic (``presentation.composite``, as the candidate gallery draws them) titled with the catalogue's
 quantities: kind, Einstein radius sqrt(ein_area / pi), source magnitude and score.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from lensfinder.data.cutouts import CutoutSource
 from lensfinder.evaluate.breakdown import SOURCE_MAGNITUDE, einstein_radius
-from lensfinder.visual import colour_composite, resize_square, save_grid
+from lensfinder.presentation.composite import colour_composite, resize_square, save_grid
 
 FALSE_POSITIVES = "false_positives"  # the highest-scoring non-lenses
 MISSED = "missed_lenses"  # the lowest-scoring lenses

@@ -45,14 +45,14 @@ from lensfinder.evaluate.failures import (
     worst,
 )
 from lensfinder.evaluate.metrics import compute_metrics, fpr_key, roc_curve
-from lensfinder.evaluate.plots import (
+from lensfinder.predict import Predictor
+from lensfinder.presentation.plots import (
     completeness_plot,
     reliability_plot,
     roc_plot,
     score_histograms,
 )
-from lensfinder.evaluate.report import write_report
-from lensfinder.predict import Predictor
+from lensfinder.presentation.report import write_report
 from lensfinder.safety import EVALUATION, writing_output
 from lensfinder.utils import atomic_path, atomic_write_text
 

@@ -442,7 +442,7 @@ def _markdown(result_head: str, studies: list[ModelBnStudy]) -> str:
 
 
 def _plots(out: Path, studies: list[ModelBnStudy], sizes: list[int]) -> list[Path]:
-    from lensfinder.evaluate.plots import line_plot
+    from lensfinder.presentation.plots import line_plot
 
     def values(seq: list[float | None]) -> list[float]:
         return [float("nan") if v is None else v for v in seq]
@@ -532,7 +532,7 @@ def _study(
     bootstrap: int,
 ) -> BnStudyResult:
     """``batchnorm_study`` once it holds the lock of ``out``."""
-    from lensfinder.evaluate.report import write_report
+    from lensfinder.presentation.report import write_report
 
     study_set = _load_set(data, split, run_dirs, seed, max_objects)
     orders = _orders(study_set.labels, seed)

@@ -509,7 +509,7 @@ def _write_csv(rows: Sequence[Table1Row], path: Path) -> Path:
 
 def _bar_chart(rows: Sequence[Table1Row], path: Path, budget: str) -> Path:
     """Our AUROC with its 95% CI beside the paper's, per row."""
-    from lensfinder.evaluate.plots import grouped_bar_plot
+    from lensfinder.presentation.plots import grouped_bar_plot
 
     ours = [row.test["auroc"] for row in rows]
     cis = [tuple(row.test.get("auroc_ci") or (a, a)) for row, a in zip(rows, ours, strict=True)]
@@ -586,7 +586,7 @@ def _reproduce(
     from lensfinder import __version__
     from lensfinder.data import open_source
     from lensfinder.evaluate.metrics import roc_curve
-    from lensfinder.evaluate.plots import roc_plot
+    from lensfinder.presentation.plots import roc_plot
 
     started = time.perf_counter()
     data = own_data(chosen, out) if data is None else Path(data)

@@ -49,12 +49,12 @@ from lensfinder.data.cutouts import CutoutSource
 from lensfinder.data.source import open_unlabelled
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.labels import LabelRule, label_rule
+from lensfinder.presentation.preview import finish_layout
 from lensfinder.safety import INJECTION, writing_output
 from lensfinder.simulate import scene as scenes
 from lensfinder.simulate import writer
 from lensfinder.simulate.deflectors import Measurement, choose, mass_model, measure, plausible
 from lensfinder.simulate.deflectors import survey_noise as survey_background_noise
-from lensfinder.simulate.preview import finish_layout
 from lensfinder.simulate.quantities import catalogue_row
 from lensfinder.simulate.render import SceneRenderer, counts_per_second, preload
 from lensfinder.simulate.stamps import StampLibrary

@@ -18,9 +18,9 @@ from lensfinder import layout
 from lensfinder.errors import DataError
 from lensfinder.labels import LabelRule
 from lensfinder.labels import label_rule as parse_rule
+from lensfinder.presentation.composite import colour_composite, save_grid
 from lensfinder.simulate import writer
 from lensfinder.surveys import EUCLID, Survey
-from lensfinder.visual import colour_composite, save_grid
 
 
 def read_catalogue(path: Path) -> dict[int, dict[str, float]]:

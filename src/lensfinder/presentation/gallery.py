@@ -2,7 +2,7 @@
 
 The top candidates (or those in a score range, to look at borderline cases and false positives)
 are read back from the data by ID and drawn as colour composites: VIS as luminance, NISP for
-colour, arcsinh stretch (``lensfinder.visual``). Known lenses get a badge, so new ones stand out.
+colour, arcsinh stretch (``presentation.composite``). Known lenses get a badge.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from lensfinder.data import open_source
 from lensfinder.data.cutouts import CutoutSource
 from lensfinder.data.identity import index_of_ids
 from lensfinder.errors import ConfigError, DataError
+from lensfinder.presentation.composite import colour_composite, resize_square, save_grid
 from lensfinder.safety import GALLERY, writing_output
 from lensfinder.scan.catalog import read_candidates, table_meta
 from lensfinder.scan.crossmatch import flag_known_lenses
 from lensfinder.utils import atomic_path, atomic_write_text
 from lensfinder.utils import progress as progress_bar
-from lensfinder.visual import colour_composite, resize_square, save_grid
 
 STAMP_DIR = "stamps"
 READ_CHUNK = 64  # cutouts read at once: the gallery never holds more images than this
