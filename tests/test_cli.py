@@ -124,7 +124,7 @@ PRECEDENCE = [
     ),
     (
         "gallery",
-        "lensfinder.presentation.gallery.make_gallery",
+        "lensfinder.scan.gallery.make_gallery",
         ["{tmp}/c", "--data", "{tmp}/d", "--out", "{tmp}/g"],
         "top: 7\nradius_arcsec: 1.5\nscore_min: 0.2\n",
         lambda c: _fields(c.config(), ["top", "radius_arcsec", "score_min"]),

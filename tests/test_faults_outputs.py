@@ -143,7 +143,7 @@ def test_library_callers_are_guarded_like_the_cli(run, tiny_store, tmp_path):
     from lensfinder.errors import ConfigError
     from lensfinder.evaluate import evaluate
     from lensfinder.experiments.bn_study import batchnorm_study
-    from lensfinder.presentation.gallery import make_gallery
+    from lensfinder.scan.gallery import make_gallery
 
     with pytest.raises(ConfigError, match="input"):
         evaluate([run], tiny_store, tiny_store.parent)

@@ -13,7 +13,7 @@ import pytest
 from lensfinder.config import GalleryConfig
 from lensfinder.data.identity import index_of_ids
 from lensfinder.errors import DataError
-from lensfinder.presentation.gallery import make_gallery
+from lensfinder.scan.gallery import make_gallery
 
 
 @pytest.fixture(scope="module")

@@ -113,3 +113,42 @@ def test_nisp_lands_where_the_sky_puts_it_on_the_vis_grid():
     columns = picture.sum(axis=0)
     centroid = float((np.arange(200) * columns).sum() / columns.sum())
     assert centroid == pytest.approx(99.5 + 52.5, abs=0.05)
+
+
+def test_numpy_noise_and_resampler_give_the_model_inputs_floats():
+    """The pictures' numpy estimator and resampler (``data.pixels``) against the model input's
+    torch ones (``data.transforms``): one noise level and one NISP grid for picture and model."""
+    import torch
+
+    from lensfinder.data import pixels, transforms
+
+    rng = np.random.default_rng(3)
+    images = rng.normal(5.0, 2.0, (4, 3, 64, 64)).astype(np.float32)
+    images[0, 0] += 1e4 * blob((64, 64), 0.1, 0.1, 0.05)  # a companion in the frame: clipped
+    images[1, 1, :3, :] = np.nan  # a masked edge
+    images[1, 2, 5, 5] = np.inf
+    images[2, 0] = 7.0  # constant: no measurable noise
+    images[3, 1] = np.nan  # nothing at all
+    sky_np, sigma_np = pixels.background_and_noise(images)
+    sky_t, sigma_t = transforms.background_and_noise(torch.from_numpy(images))
+    np.testing.assert_array_equal(sky_np[..., 0], sky_t[..., 0, 0].numpy())
+    np.testing.assert_array_equal(sigma_np[..., 0], sigma_t[..., 0, 0].numpy())
+    assert sigma_np[0, 0, 0] == pytest.approx(2.0, rel=0.15)  # the companion did not count
+
+    nisp = rng.normal(0, 1, (3, 66, 66)).astype(np.float32)
+    on_grid = pixels.resample_nisp(nisp, 200, 20.0)
+    expected = transforms.resample_nisp(torch.from_numpy(nisp)[None], 200, 20.0)[0].numpy()
+    # torch computes the sampling positions in float32: equal up to that rounding
+    np.testing.assert_allclose(on_grid, expected, atol=1e-4)
+
+
+def test_pictures_and_the_grading_server_start_without_torch():
+    """Drawing a gallery or serving the grading page never loads torch (seconds of start-up)."""
+    import subprocess
+    import sys
+
+    for module in ("lensfinder.presentation.gallery", "lensfinder.inspection.app"):
+        code = f"import sys, {module}; print('torch' in sys.modules)"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "False", module

@@ -691,7 +691,7 @@ def gallery(
     config: Annotated[str | None, _config_option(GalleryConfig)] = None,
 ) -> None:
     """HTML page and PNG mosaic of candidates as colour composites."""
-    from lensfinder.presentation.gallery import make_gallery
+    from lensfinder.scan.gallery import make_gallery
 
     cfg = _load(
         GalleryConfig,

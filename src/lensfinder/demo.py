@@ -24,9 +24,9 @@ from lensfinder.config import (
 )
 from lensfinder.data.store import pack
 from lensfinder.evaluate import evaluate
-from lensfinder.presentation.gallery import make_gallery
 from lensfinder.safety import DEMO, writing_output
 from lensfinder.scan import scan
+from lensfinder.scan.gallery import make_gallery
 from lensfinder.simulate import simulate
 from lensfinder.train import train
 

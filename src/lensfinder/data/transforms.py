@@ -24,15 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from lensfinder.config import BANDS_NISP, InputConfig, check_bands
+from lensfinder.data.pixels import CLIP_ITERATIONS, CLIP_SIGMAS, MAD_TO_SIGMA, border_index
 from lensfinder.errors import ConfigError
 from lensfinder.surveys import EUCLID
 
-MAD_TO_SIGMA = 1.4826  # sigma of a Gaussian per unit median absolute deviation
-CLIP_SIGMAS = 3.0
-CLIP_ITERATIONS = 2
-BORDER_FRACTION = 1 / 8  # noise is measured in a frame this wide: sky, away from the lens
 FALLBACK_QUANTILE = 0.99
-MAX_FRAME_PIXELS = 2048  # enough for a ~3% sigma; more only costs time (medians sort)
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -53,12 +49,7 @@ def _as_tensor(x: ArrayLike) -> torch.Tensor:
 
 
 def _border_index(height: int, width: int, device: torch.device) -> torch.Tensor:
-    width_px = max(2, round(min(height, width) * BORDER_FRACTION))
-    mask = torch.ones(height, width, dtype=torch.bool, device=device)
-    mask[width_px:-width_px, width_px:-width_px] = False
-    index = mask.flatten().nonzero().squeeze(1)
-    stride = max(1, -(-len(index) // MAX_FRAME_PIXELS))
-    return index[::stride]
+    return torch.from_numpy(border_index(height, width)).to(device)
 
 
 def _quantile_last(x: torch.Tensor, q: float) -> torch.Tensor:

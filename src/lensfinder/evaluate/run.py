@@ -40,12 +40,12 @@ from lensfinder.evaluate.failures import (
     FALSE_POSITIVES,
     MISSED,
     TITLES,
-    failure_mosaic,
     failure_rows,
     worst,
 )
 from lensfinder.evaluate.metrics import compute_metrics, fpr_key, roc_curve
 from lensfinder.predict import Predictor
+from lensfinder.presentation.failures import failure_mosaic
 from lensfinder.presentation.plots import (
     completeness_plot,
     reliability_plot,

@@ -46,8 +46,8 @@ from lensfinder.data.identity import index_of_ids
 from lensfinder.errors import ConfigError, DataError, LensfinderError
 from lensfinder.presentation import PAGE_ASSETS
 from lensfinder.presentation.composite import asinh_stretch, colour_composite, resize_square
-from lensfinder.presentation.gallery import open_scanned_data
 from lensfinder.scan.catalog import read_candidates
+from lensfinder.scan.gallery import open_scanned_data
 
 HERE = PAGE_ASSETS  # the page and its static files
 PAGE = HERE / "page.html"

@@ -1,122 +1,112 @@
-"""A gallery of candidates for inspection by eye: an HTML page of colour stamps and a PNG mosaic.
+"""The candidate gallery's pictures and page: colour stamps, an HTML page of cards, a mosaic.
 
-The top candidates (or those in a score range, to look at borderline cases and false positives)
-are read back from the data by ID and drawn as colour composites: VIS as luminance, NISP for
-colour, arcsinh stretch (``presentation.composite``). Known lenses get a badge.
+``scan.gallery.make_gallery`` chooses the candidates and opens the data the scan read; this
+module draws them: colour composites (VIS as luminance, NISP for colour, arcsinh stretch, see
+``presentation.composite``), one card per candidate (rank, score, position, label, known-lens
+badge, so new ones stand out) and a PNG mosaic.
 """
 
 from __future__ import annotations
 
 import html
-import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from lensfinder.config import GalleryConfig
-from lensfinder.data import open_source
 from lensfinder.data.cutouts import CutoutSource
-from lensfinder.data.identity import index_of_ids
-from lensfinder.errors import ConfigError, DataError
 from lensfinder.presentation.composite import colour_composite, resize_square, save_grid
-from lensfinder.safety import GALLERY, writing_output
-from lensfinder.scan.catalog import read_candidates, table_meta
-from lensfinder.scan.crossmatch import flag_known_lenses
 from lensfinder.utils import atomic_path, atomic_write_text
 from lensfinder.utils import progress as progress_bar
 
 STAMP_DIR = "stamps"
 READ_CHUNK = 64  # cutouts read at once: the gallery never holds more images than this
-SCAN_MANIFEST = "scan.json"  # what 'lensfinder scan' records beside its catalogue
-
-
-def open_scanned_data(candidates: str | Path, data: str | Path) -> CutoutSource:
-    """The data a scan scored, opened as the scan opened it (objects without a catalogue row
-    kept). Refused when the scan's ``scan.json`` records other content: another layout with the
-    same IDs would put other objects' images beside the scan's scores."""
-    candidates, data = Path(candidates), Path(data)
-    source = open_source(data, keep_unlisted=True)
-    manifest = (candidates if candidates.is_dir() else candidates.parent) / SCAN_MANIFEST
-    if not manifest.is_file():
-        return source  # a catalogue made elsewhere: nothing records what it scored
-    try:
-        recorded = json.loads(manifest.read_text())
-        scored = recorded.get("data_content") if isinstance(recorded, dict) else None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{manifest}: unreadable scan manifest ({exc})") from None
-    if not scored:
-        return source  # a scan older than content fingerprints
-    actual = source.content_fingerprint()
-    if scored != actual:
-        raise DataError(
-            f"{data}: not the data this scan scored ({manifest} records content {scored}, "
-            f"this data has {actual}: other objects, pixels, catalogue or "
-            f"labels under the same IDs, or files rewritten since); give the data it read, "
-            f"{recorded.get('data', '?')}"
-        )
-    return source
+PAGE_NAME = "index.html"
+MOSAIC_NAME = "mosaic.png"
+MIN_CARD_PIXELS = 200  # cards are never narrower than this on the page
 
 
 @dataclass
-class GalleryResult:
-    out: Path
-    html: Path
-    mosaic: Path | None
-    n_selected: int  # candidates that passed the selection (top N, or in the score range)
-    n_shown: int
-    n_missing: int  # IDs not found in the data
-    n_unreadable: int
-    n_known: int  # matched to a known lens
-    score_range: tuple[float, float] | None = None
+class Stamps:
+    """What was drawn for each shown candidate (one entry per row of the selection)."""
 
-    def summary(self) -> str:
-        what = (
-            f"score in [{self.score_range[0]:g}, {self.score_range[1]:g}]"
-            if self.score_range
-            else "top candidates"
-        )
-        lines = [f"gallery of {self.n_shown} candidates ({what}) -> {self.html}"]
-        if self.score_range and self.n_selected > self.n_shown:
-            lines.append(f"{self.n_selected} candidates matched; showing the highest-scoring ones")
-        if self.mosaic:
-            lines.append(f"mosaic: {self.mosaic}")
-        if self.n_known:
-            lines.append(f"{self.n_known} shown candidates are known lenses")
-        if self.n_missing or self.n_unreadable:
-            lines.append(
-                f"{self.n_missing} IDs not in the data, {self.n_unreadable} cutouts unreadable"
+    paths: list[str | None]  # the stamp's PNG, relative to the gallery; None where not drawn
+    problems: list[str | None]  # why not: not in the data, or unreadable
+    mosaic_images: list[np.ndarray] = field(default_factory=list)  # drawn with origin='lower'
+    mosaic_titles: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StampStyle:
+    softening: float  # asinh softening, in noise sigmas
+    pixels: int  # stamp side on the page
+
+
+def draw_stamps(
+    source: CutoutSource,
+    index: np.ndarray,
+    rows: dict[str, list],
+    known: Sequence[str | None],
+    out: Path,
+    style: StampStyle,
+    progress: bool = True,
+) -> Stamps:
+    """One PNG per candidate under ``out/stamps``: row ``i`` of ``rows`` (``rank``, ``id``,
+    ``score``) is ``source`` row ``index[i]`` (-1: not in the data). Reads ``READ_CHUNK``
+    cutouts at a time."""
+    found = index >= 0
+    stamps = Stamps(
+        paths=[None] * len(index),
+        problems=[None if f else "ID not in the data" for f in found],
+    )
+    (out / STAMP_DIR).mkdir(parents=True, exist_ok=True)
+    positions = np.flatnonzero(found)
+    chunks = [positions[i : i + READ_CHUNK] for i in range(0, len(positions), READ_CHUNK)]
+    for chunk in progress_bar(chunks, desc="gallery", unit="chunk") if progress else chunks:
+        cutouts = source.read(index[chunk])
+        for j, pos in enumerate(chunk):
+            if not cutouts.valid[j]:
+                stamps.problems[pos] = f"unreadable: {cutouts.reasons[j] or 'invalid'}"
+                continue
+            image = _stamp(cutouts.vis[j], cutouts.nisp[j], style)
+            name = f"{STAMP_DIR}/rank{rows['rank'][pos]:06d}-{rows['id'][pos]}.png"
+            _save_png(image, out / name)
+            stamps.paths[pos] = name
+            stamps.mosaic_images.append(np.flipud(image))  # save_grid draws origin='lower'
+            mark = " *" if known[pos] else ""
+            stamps.mosaic_titles.append(
+                f"#{rows['rank'][pos]} {rows['id'][pos]} {rows['score'][pos]:.3f}{mark}"
             )
-        return "\n".join(lines)
+    return stamps
 
 
-def select_candidates(table, top: int, score_range: tuple[float, float] | None = None):
-    """Rows to show, best first: the top ``top``, or (up to ``top``) those in ``score_range``.
-
-    Returns ``(rows, n_matched)`` where ``rows`` is a pyarrow table.
-    """
-    import pyarrow.compute as pc
-
-    if top < 1:
-        raise ConfigError(f"gallery top must be at least 1, got {top}")
-    if score_range is not None:
-        low, high = float(score_range[0]), float(score_range[1])
-        if not low <= high:
-            raise ConfigError(f"gallery score range [{low}, {high}] is empty")
-        keep = pc.and_(pc.greater_equal(table["score"], low), pc.less_equal(table["score"], high))
-        table = table.filter(keep)
-    table = table.sort_by([("score", "descending"), ("rank", "ascending")])
-    return table.slice(0, top), table.num_rows
+def _stamp(vis: np.ndarray, nisp: np.ndarray, style: StampStyle) -> np.ndarray:
+    image = colour_composite(vis, nisp, style.softening)
+    # Row 0 of a FITS image is its bottom: flip so the PNG shows it as the mosaic does.
+    image = np.ascontiguousarray(np.flipud(image), dtype=np.uint8)
+    return resize_square(image, style.pixels)
 
 
-def _column(rows: dict[str, list], name: str, n: int, fill: Any) -> list:
-    return rows[name] if name in rows else [fill] * n
+def write_page(out: Path, title: str, subtitle: str, cards: list[dict[str, Any]], pixels: int):
+    """``out/index.html``: one card per row of ``cards`` (keys: rank, id, score, ra, dec, label,
+    stamp, problem, known, separation); ``subtitle`` is HTML. Returns its path."""
+    path = out / PAGE_NAME
+    card_pixels = max(pixels, MIN_CARD_PIXELS)
+    atomic_write_text(path, _page(title, subtitle, [_card(c) for c in cards], card_pixels))
+    return path
+
+
+def write_mosaic(stamps: Stamps, out: Path, columns: int) -> Path | None:
+    """``out/mosaic.png`` of every drawn stamp, titled; None when none was drawn."""
+    if not stamps.mosaic_images:
+        return None
+    return save_grid(stamps.mosaic_images, stamps.mosaic_titles, out / MOSAIC_NAME, columns)
 
 
 def _save_png(image: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
     with atomic_path(path) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
 
@@ -178,134 +168,4 @@ def _page(title: str, subtitle: str, cards: list[str], card_pixels: int) -> str:
         f"<title>{html.escape(title)}</title><style>{_STYLE % {'card': card_pixels}}</style>"
         f"</head><body><h1>{html.escape(title)}</h1><div class='meta'>{subtitle}</div>"
         f"<div class='grid'>\n" + "\n".join(cards) + "\n</div></body></html>\n"
-    )
-
-
-def make_gallery(
-    candidates: str | Path,
-    data: str | Path,
-    out: str | Path,
-    cfg: GalleryConfig | None = None,
-    progress: bool = True,
-) -> GalleryResult:
-    """Write ``out/index.html`` (cards with stamp, rank, score, position, label, known-lens badge),
-    ``out/stamps/*.png`` and ``out/mosaic.png`` for the candidates ``cfg`` chooses."""
-    with writing_output(out, GALLERY, "gallery", [candidates, data]) as out_dir:
-        return _write_gallery(candidates, data, out_dir, cfg, progress)
-
-
-def _write_gallery(
-    candidates: str | Path,
-    data: str | Path,
-    out: Path,
-    cfg: GalleryConfig | None,
-    progress: bool,
-) -> GalleryResult:
-    """``make_gallery`` once it holds the lock of ``out``."""
-    cfg = cfg or GalleryConfig()
-    score_range, known_lenses, radius_arcsec = cfg.score_range, cfg.known_lenses, cfg.radius_arcsec
-    out = Path(out)
-    catalogue = read_candidates(candidates)
-    chosen, n_matched = select_candidates(catalogue, cfg.top, score_range)
-    rows = chosen.to_pydict()
-    n = chosen.num_rows
-    ids = np.asarray(rows["id"], dtype=np.int64)
-    ra = np.asarray(_column(rows, "ra", n, np.nan), dtype=np.float64)
-    dec = np.asarray(_column(rows, "dec", n, np.nan), dtype=np.float64)
-    labels = [(-1 if v is None else int(v)) for v in _column(rows, "label", n, -1)]
-
-    known_names: list[str | None] = [None] * n
-    separation = np.full(n, np.nan)
-    if known_lenses is not None:
-        _, known_names, separation = flag_known_lenses(ra, dec, known_lenses, radius_arcsec)
-
-    source = open_scanned_data(candidates, data)
-    index = index_of_ids(np.asarray(source.ids, dtype=np.int64), ids)
-    found = index >= 0
-
-    stamps: list[str | None] = [None] * n
-    problems: list[str | None] = [None if f else "ID not in the data" for f in found]
-    images: list[np.ndarray] = []
-    titles: list[str] = []
-    (out / STAMP_DIR).mkdir(parents=True, exist_ok=True)
-    positions = np.flatnonzero(found)
-    chunks = [positions[i : i + READ_CHUNK] for i in range(0, len(positions), READ_CHUNK)]
-    for chunk in progress_bar(chunks, desc="gallery", unit="chunk") if progress else chunks:
-        cutouts = source.read(index[chunk])
-        for j, pos in enumerate(chunk):
-            if not cutouts.valid[j]:
-                problems[pos] = f"unreadable: {cutouts.reasons[j] or 'invalid'}"
-                continue
-            image = colour_composite(cutouts.vis[j], cutouts.nisp[j], cfg.asinh_softening)
-            # Row 0 of a FITS image is its bottom: flip so the PNG shows it as the mosaic does.
-            image = np.ascontiguousarray(np.flipud(image), dtype=np.uint8)
-            image = resize_square(image, cfg.stamp_pixels)
-            name = f"{STAMP_DIR}/rank{rows['rank'][pos]:06d}-{ids[pos]}.png"
-            _save_png(image, out / name)
-            stamps[pos] = name
-            images.append(np.flipud(image))  # save_grid draws with origin='lower'
-            mark = " *" if known_names[pos] else ""
-            titles.append(f"#{rows['rank'][pos]} {ids[pos]} {rows['score'][pos]:.3f}{mark}")
-
-    cards = [
-        _card(
-            {
-                "rank": rows["rank"][i],
-                "id": int(ids[i]),
-                "score": float(rows["score"][i]),
-                "ra": float(ra[i]),
-                "dec": float(dec[i]),
-                "label": labels[i],
-                "stamp": stamps[i],
-                "problem": problems[i],
-                "known": known_names[i],
-                "separation": float(separation[i]),
-            }
-        )
-        for i in range(n)
-    ]
-    models = table_meta(catalogue).get("models", [])
-    model_text = ", ".join(m.get("name", "?") for m in models) if models else "unknown models"
-    what = (
-        f"score in [{score_range[0]:g}, {score_range[1]:g}]: {n_matched} candidates, "
-        f"showing the top {n}"
-        if score_range is not None
-        else f"top {n} of {catalogue.num_rows} scored cutouts"
-    )
-    subtitle = html.escape(f"{what} · models: {model_text} · data: {data}")
-    if known_lenses is not None:
-        subtitle += html.escape(
-            f" · known lenses from {known_lenses} within {radius_arcsec:g} arcsec: "
-            f"{sum(k is not None for k in known_names)}"
-        )
-    html_path = out / "index.html"
-    card_pixels = max(cfg.stamp_pixels, 200)
-    atomic_write_text(html_path, _page("lensfinder candidates", subtitle, cards, card_pixels))
-
-    mosaic = None
-    if images:
-        mosaic = out / "mosaic.png"
-        save_grid(images, titles, mosaic, columns=cfg.columns)
-    shown = [
-        {
-            "rank": int(rows["rank"][i]),
-            "id": int(ids[i]),
-            "score": float(rows["score"][i]),
-            "stamp": stamps[i],
-            "known_lens": known_names[i],
-            "problem": problems[i],
-        }
-        for i in range(n)
-    ]
-    atomic_write_text(out / "gallery.json", json.dumps(shown, indent=1) + "\n")
-    return GalleryResult(
-        out=out,
-        html=html_path,
-        mosaic=mosaic,
-        n_selected=n_matched,
-        n_shown=n,
-        n_missing=int((~found).sum()),
-        n_unreadable=sum(1 for p in problems if p and p.startswith("unreadable")),
-        n_known=sum(k is not None for k in known_names),
-        score_range=None if score_range is None else (float(score_range[0]), float(score_range[1])),
     )

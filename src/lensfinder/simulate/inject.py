@@ -49,7 +49,6 @@ from lensfinder.data.cutouts import CutoutSource
 from lensfinder.data.source import open_unlabelled
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.labels import LabelRule, label_rule
-from lensfinder.presentation.preview import finish_layout
 from lensfinder.safety import INJECTION, writing_output
 from lensfinder.simulate import scene as scenes
 from lensfinder.simulate import writer
@@ -58,6 +57,7 @@ from lensfinder.simulate.deflectors import survey_noise as survey_background_noi
 from lensfinder.simulate.quantities import catalogue_row
 from lensfinder.simulate.render import SceneRenderer, counts_per_second, preload
 from lensfinder.simulate.stamps import StampLibrary
+from lensfinder.simulate.writer import finish_layout
 from lensfinder.surveys import Band, Survey, get_survey
 from lensfinder.utils import atomic_path
 from lensfinder.utils import progress as progress_bar

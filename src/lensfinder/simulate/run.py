@@ -25,7 +25,6 @@ from lensfinder import __version__
 from lensfinder.config import NONLENS_MIX, SimulateConfig, to_dict
 from lensfinder.errors import ConfigError
 from lensfinder.labels import LabelRule, label_rule
-from lensfinder.presentation.preview import finish_layout
 from lensfinder.safety import SIMULATION, writing_output
 from lensfinder.simulate import scene as scenes
 from lensfinder.simulate import sky, writer
@@ -33,6 +32,7 @@ from lensfinder.simulate.observing import NOMINAL, Observing, draw_observing
 from lensfinder.simulate.quantities import SIMULATED_COLUMNS, catalogue_row
 from lensfinder.simulate.render import BandImages, SceneRenderer, preload
 from lensfinder.simulate.stamps import StampLibrary
+from lensfinder.simulate.writer import finish_layout
 from lensfinder.surveys import Survey, get_survey
 from lensfinder.utils import progress as progress_bar
 
