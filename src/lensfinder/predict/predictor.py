@@ -52,7 +52,8 @@ from lensfinder.ensemble import expand_models
 from lensfinder.errors import ConfigError, DataError, ModelFileError
 from lensfinder.models.batchnorm import bn_train_mode
 from lensfinder.models.checkpoint import input_config, load_model, read_meta
-from lensfinder.predict.onnx_cache import PRECISION_OF_BACKEND, CachedOnnx, Calibration, onnx_runner
+from lensfinder.predict.onnx_build import onnx_runner
+from lensfinder.predict.onnx_cache import PRECISION_OF_BACKEND, CachedOnnx, Calibration
 from lensfinder.predict.types import Average, ModelInput, flat_logits, forward
 from lensfinder.utils import available_cores, progress
 
