@@ -291,11 +291,6 @@ def nisp_native_pixels(height: int, field_arcsec: float) -> int:
     return min(height, pixels)
 
 
-def nisp_native_crop(nisp: torch.Tensor, field_arcsec: float) -> torch.Tensor:
-    """NISP on its own 0.3" grid, cut to the pixels covering ``field_arcsec`` (two-branch)."""
-    return crop_centre(nisp, nisp_native_pixels(nisp.shape[-1], field_arcsec))
-
-
 def to_model_input(
     vis: ArrayLike, nisp: ArrayLike | None, input_cfg: InputConfig
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -324,7 +319,7 @@ def to_model_input(
             )
         # Only the NISP pixels of the field are stretched (normalize cuts them out after
         # measuring sky and noise on the whole image): a native two-branch input keeps exactly
-        # those (nisp_native_crop), a stacked one a pixel more each side for the bilinear
+        # those (``nisp_native_pixels``), a stacked one a pixel more each side for the bilinear
         # resampling, which then samples the same sky positions as from the whole image.
         crop = None
         if native:

