@@ -147,8 +147,11 @@ def test_pictures_and_the_grading_server_start_without_torch():
     import subprocess
     import sys
 
-    for module in ("lensfinder.presentation.gallery", "lensfinder.inspection.app"):
-        code = f"import sys, {module}; print('torch' in sys.modules)"
+    pictures = "lensfinder.presentation." + ", lensfinder.presentation.".join(
+        ("composite", "gallery", "failures", "plots", "preview", "report")
+    )
+    for modules in (pictures, "lensfinder.scan.gallery", "lensfinder.inspection.app"):
+        code = f"import sys, {modules}; print('torch' in sys.modules)"
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
-        assert out.stdout.strip() == "False", module
+        assert out.stdout.strip() == "False", modules
