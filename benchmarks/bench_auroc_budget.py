@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     common.quiet_lightning()
     common.set_threads(args.threads)
 
-    from lensfinder.evaluate.plots import line_plot
+    from lensfinder.presentation.plots import line_plot
 
     with common.work_directory(args.workdir, "bench_auroc_budget_") as workdir:
         data_info: dict[str, Any] = {"store": str(args.data)}

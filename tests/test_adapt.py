@@ -269,7 +269,7 @@ def test_training_on_two_data_sets(train_store, field_store, tmp_path):
     ]
     assert data["n_train"] + data["n_val"] + data["n_test"] == 56
 
-    from lensfinder.evaluate.run import resolve_split
+    from lensfinder.data.selection import resolve_split
 
     meta = read_meta(result.run_dir)
     assert resolve_split("auto", open_source(field_store), [meta])[0] == "test"

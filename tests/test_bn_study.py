@@ -11,7 +11,7 @@ import pytest
 
 from lensfinder.config import InputConfig, ModelConfig, PredictConfig
 from lensfinder.errors import ConfigError, ModelFileError
-from lensfinder.experiments.bn_study import batchnorm_study, bn_method
+from lensfinder.experiments.bn_study import StudyPredictor, batchnorm_study, bn_method
 from lensfinder.testing import make_run
 
 TINY_INPUT = InputConfig(size=64)  # the deepest feature map is 2x2: BN works at batch 1
@@ -58,14 +58,14 @@ def test_training_mode_depends_on_the_batch(study):
 
 
 def test_scores_match_a_direct_predictor_pass(study, tiny_store):
-    """The study's eval-mode reference is what ``Predictor`` gives in eval mode."""
+    """The study's eval-mode reference is what its predictor gives in eval mode on the whole
+    source (``predict_source``, the path ``evaluate`` takes)."""
     from lensfinder.data import open_source
     from lensfinder.evaluate.metrics import auroc
-    from lensfinder.predict import Predictor
 
     model = study.models[0]
     source = open_source(tiny_store)
-    scores = Predictor([model.run_dir], PredictConfig(), bn_inference="eval").predict_source(
+    scores = StudyPredictor(model.run_dir, PredictConfig(), None).predict_source(
         source, progress=False
     )
     assert auroc(source.labels, scores.score) == pytest.approx(model.reference["auroc"])

@@ -162,7 +162,7 @@ def test_clear_errors(runs, layout_factory, tiny_store, tmp_path):
 
 
 def test_unlabelled_objects_are_dropped_and_counted():
-    from lensfinder.evaluate.run import labelled_only
+    from lensfinder.data.selection import labelled_only
 
     labels = np.array([1, -1, 0, -1, 1], dtype=np.int8)
     indices, kept, n_unlabelled = labelled_only(labels, np.array([0, 1, 2, 3]), Path("d"), "test")

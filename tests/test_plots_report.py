@@ -10,8 +10,8 @@ import pytest
 
 from lensfinder.config import EvaluateConfig
 from lensfinder.evaluate.metrics import compute_metrics, roc_curve
-from lensfinder.evaluate.plots import line_plot, roc_plot, score_histograms
-from lensfinder.evaluate.report import write_report
+from lensfinder.presentation.plots import line_plot, roc_plot, score_histograms
+from lensfinder.presentation.report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -14,8 +14,6 @@ from lensfinder.models import create_model
 from lensfinder.models.base import create_timm
 from lensfinder.models.pretrained import (
     LITE0_ARCH,
-    LITE0_MEAN,
-    LITE0_STD,
     imagenet_lite0_state_dict,
     lite0_weights_file,
     load_pretrained,
@@ -26,8 +24,9 @@ CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian ca
 ESPRESSO = 967
 
 
-def imagenet_input(image: np.ndarray) -> torch.Tensor:
-    """Resize the short side to 256, centre-crop 224, scale to [-1, 1] (lite0's training)."""
+def imagenet_input(image: np.ndarray, net: torch.nn.Module) -> torch.Tensor:
+    """Resize the short side to 256, centre-crop 224, scale with the network's own ImageNet
+    mean and std (timm's pretrained_cfg: [-1, 1] for lite0)."""
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
     height, width = x.shape[-2:]
     scale = 256 / min(height, width)
@@ -36,8 +35,8 @@ def imagenet_input(image: np.ndarray) -> torch.Tensor:
     )
     top, left = (x.shape[-2] - 224) // 2, (x.shape[-1] - 224) // 2
     x = x[..., top : top + 224, left : left + 224]
-    mean = torch.tensor(LITE0_MEAN)[:, None, None]
-    std = torch.tensor(LITE0_STD)[:, None, None]
+    mean = torch.tensor(net.pretrained_cfg["mean"])[:, None, None]
+    std = torch.tensor(net.pretrained_cfg["std"])[:, None, None]
     return (x - mean) / std
 
 
@@ -48,7 +47,9 @@ def test_mapped_lite0_recognises_cat_and_espresso():
     load_pretrained(net, imagenet_lite0_state_dict(), "imagenet")
     net.eval()
     with torch.no_grad():
-        logits = net(torch.cat([imagenet_input(data.chelsea()), imagenet_input(data.coffee())]))
+        logits = net(
+            torch.cat([imagenet_input(data.chelsea(), net), imagenet_input(data.coffee(), net)])
+        )
     cat_top1, coffee_top1 = logits.argmax(dim=1).tolist()
     assert cat_top1 in CAT_CLASSES
     assert coffee_top1 == ESPRESSO

@@ -20,7 +20,8 @@ import pytest
 from lensfinder.config import PredictConfig, ScanConfig
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.predict import Predictor, synthetic_cutouts
-from lensfinder.predict.onnx_cache import CACHE_ENV, Calibration, prepare
+from lensfinder.predict.onnx_build import prepare
+from lensfinder.predict.onnx_cache import CACHE_ENV, Calibration
 from lensfinder.predict.onnx_files import META_CACHE_KEY, read_metadata
 from lensfinder.predict.quantize import META_INT8_CHECK
 from lensfinder.scan import scan

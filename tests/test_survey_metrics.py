@@ -7,7 +7,7 @@ import pytest
 
 from lensfinder.config import EvaluateConfig
 from lensfinder.evaluate.metrics import compute_metrics, roc_curve, survey_point
-from lensfinder.evaluate.report import survey_rows, write_report
+from lensfinder.presentation.report import survey_rows, write_report
 
 
 def test_survey_point_by_hand():

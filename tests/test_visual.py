@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from lensfinder.visual import asinh_stretch, colour_composite, robust_background, save_grid
+from lensfinder.presentation.composite import (
+    asinh_stretch,
+    colour_composite,
+    robust_background,
+    save_grid,
+)
 
 
 def blob(shape: tuple[int, int], x: float, y: float, sigma: float) -> np.ndarray:
@@ -100,7 +105,7 @@ def test_save_grid_writes_a_png_mosaic(tmp_path):
 def test_nisp_lands_where_the_sky_puts_it_on_the_vis_grid():
     """A NISP point 17.5 pixels (5.25") right of centre sits 52.5 VIS pixels right of the VIS
     centre, as in the model input: true pixel scales, not 19.8" stretched to 20"."""
-    from lensfinder.visual import _on_vis_grid
+    from lensfinder.presentation.composite import _on_vis_grid
 
     nisp = np.zeros((1, 66, 66))
     nisp[0, 32, 50] = 1.0  # centre of the 66-px grid is at 32.5
@@ -108,3 +113,45 @@ def test_nisp_lands_where_the_sky_puts_it_on_the_vis_grid():
     columns = picture.sum(axis=0)
     centroid = float((np.arange(200) * columns).sum() / columns.sum())
     assert centroid == pytest.approx(99.5 + 52.5, abs=0.05)
+
+
+def test_numpy_noise_and_resampler_give_the_model_inputs_floats():
+    """The pictures' numpy estimator and resampler (``data.pixels``) against the model input's
+    torch ones (``data.transforms``): one noise level and one NISP grid for picture and model."""
+    import torch
+
+    from lensfinder.data import pixels, transforms
+
+    rng = np.random.default_rng(3)
+    images = rng.normal(5.0, 2.0, (4, 3, 64, 64)).astype(np.float32)
+    images[0, 0] += 1e4 * blob((64, 64), 0.1, 0.1, 0.05)  # a companion in the frame: clipped
+    images[1, 1, :3, :] = np.nan  # a masked edge
+    images[1, 2, 5, 5] = np.inf
+    images[2, 0] = 7.0  # constant: no measurable noise
+    images[3, 1] = np.nan  # nothing at all
+    sky_np, sigma_np = pixels.background_and_noise(images)
+    sky_t, sigma_t = transforms.background_and_noise(torch.from_numpy(images))
+    np.testing.assert_array_equal(sky_np[..., 0], sky_t[..., 0, 0].numpy())
+    np.testing.assert_array_equal(sigma_np[..., 0], sigma_t[..., 0, 0].numpy())
+    assert sigma_np[0, 0, 0] == pytest.approx(2.0, rel=0.15)  # the companion did not count
+
+    nisp = rng.normal(0, 1, (3, 66, 66)).astype(np.float32)
+    on_grid = pixels.resample_nisp(nisp, 200, 20.0)
+    expected = transforms.resample_nisp(torch.from_numpy(nisp)[None], 200, 20.0)[0].numpy()
+    # torch computes the sampling positions in float32: equal up to that rounding
+    np.testing.assert_allclose(on_grid, expected, atol=1e-4)
+
+
+def test_pictures_and_the_grading_server_start_without_torch():
+    """Drawing a gallery or serving the grading page never loads torch (seconds of start-up)."""
+    import subprocess
+    import sys
+
+    pictures = "lensfinder.presentation." + ", lensfinder.presentation.".join(
+        ("composite", "gallery", "failures", "plots", "preview", "report")
+    )
+    for modules in (pictures, "lensfinder.scan.gallery", "lensfinder.inspection.app"):
+        code = f"import sys, {modules}; print('torch' in sys.modules)"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "False", modules

@@ -28,6 +28,7 @@ CATALOG_COLUMNS: tuple[str, ...] = (
 # beyond the challenge's is ignored unless it holds numbers only. ``kind``: what the simulator
 # drew (lens, elliptical, spiral, ring, merger, ...), for per-kind evaluation.
 STRING_COLUMNS: tuple[str, ...] = ("kind",)
+SOURCE_MAGNITUDE = "mag_source"  # the lensed source's magnitude: completeness, failure titles
 # Catalogue IDs of the real training set that have no images (REFERENCE.md).
 KNOWN_MISSING_IDS: frozenset[int] = frozenset(
     {213913, 226305, 233597, 244071, 259871, 261145, 270458, 288731, 294173}

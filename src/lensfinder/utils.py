@@ -11,6 +11,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from lensfinder.errors import DataError
+
 if TYPE_CHECKING:
     from tqdm import tqdm
 
@@ -82,8 +84,6 @@ def read_table(path: str | Path, what: str, hint: str) -> Any:
     on how to make one when it is missing) instead of pyarrow's traceback."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
-
-    from lensfinder.errors import DataError
 
     path = Path(path)
     if not path.is_file():

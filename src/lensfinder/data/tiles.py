@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import math
 import operator
+import os
 import re
 import time
 import warnings
@@ -47,13 +49,20 @@ import numpy as np
 
 from lensfinder import mer
 from lensfinder.config import CutoutsConfig
-from lensfinder.data.challenge import BadImage, LoadedObject, Problem, check_regular_file
+from lensfinder.data.challenge import (
+    BadImage,
+    LoadedObject,
+    Problem,
+    check_regular_file,
+    summarise_problems,
+)
 from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE, Cutouts
 from lensfinder.data.nonfinite import repair_nonfinite
 from lensfinder.data.store import STORE_KIND, PackResult, _zarr_entry, write_store
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.safety import writing_output
 from lensfinder.surveys import EUCLID
+from lensfinder.utils import read_table
 
 VIS_BAND, NISP_BANDS = EUCLID.bands[0], EUCLID.bands[1:]
 TASK_OBJECTS = 1024  # objects cut per task (~220 MB of pixels); a tile's objects go in order
@@ -121,7 +130,6 @@ class CatalogRows:
 def _read_columns(path: Path, wanted: list[str], where: str) -> dict[str, np.ndarray]:
     """The named columns of a FITS table, Parquet or CSV file; DataError naming the file and
     the missing column otherwise."""
-    from lensfinder.utils import read_table
 
     if path.name.lower().endswith((".fits", ".fit", ".fits.gz")):
         from astropy.io import fits
@@ -223,7 +231,6 @@ def find_tiles(root: str | Path) -> list[TileFiles]:
 
 def _image_hdu(hdul: Any, path: Path) -> Any:
     """The first 2-D image HDU of an open file, checked to hold all its bytes; BadImage."""
-    import os
 
     for hdu in hdul:
         if hdu.is_image and hdu.header.get("NAXIS", 0) == 2:
@@ -641,7 +648,6 @@ def plan_cutouts(tiles: list[TileFiles], rows: CatalogRows, root: Path) -> TileP
 @contextlib.contextmanager
 def _client(workers: int) -> Iterator[Any]:
     """A quiet LocalCluster of ``workers`` single-threaded processes."""
-    import logging
 
     from distributed import Client, LocalCluster
 
@@ -762,8 +768,6 @@ def cutouts(
         rows = read_catalog(catalog, config)
         plan = plan_cutouts(find_tiles(tiles_dir), rows, tiles_dir)
         if len(plan) == 0:
-            from lensfinder.data.challenge import summarise_problems
-
             raise DataError(
                 f"{catalog}: no object to cut ({rows.n_selected} of {rows.n_rows} rows "
                 f"selected; {summarise_problems(plan.problems)})"

@@ -24,15 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from lensfinder.config import BANDS_NISP, InputConfig, check_bands
+from lensfinder.data.pixels import CLIP_ITERATIONS, CLIP_SIGMAS, MAD_TO_SIGMA, border_index
 from lensfinder.errors import ConfigError
 from lensfinder.surveys import EUCLID
 
-MAD_TO_SIGMA = 1.4826  # sigma of a Gaussian per unit median absolute deviation
-CLIP_SIGMAS = 3.0
-CLIP_ITERATIONS = 2
-BORDER_FRACTION = 1 / 8  # noise is measured in a frame this wide: sky, away from the lens
 FALLBACK_QUANTILE = 0.99
-MAX_FRAME_PIXELS = 2048  # enough for a ~3% sigma; more only costs time (medians sort)
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -53,12 +49,7 @@ def _as_tensor(x: ArrayLike) -> torch.Tensor:
 
 
 def _border_index(height: int, width: int, device: torch.device) -> torch.Tensor:
-    width_px = max(2, round(min(height, width) * BORDER_FRACTION))
-    mask = torch.ones(height, width, dtype=torch.bool, device=device)
-    mask[width_px:-width_px, width_px:-width_px] = False
-    index = mask.flatten().nonzero().squeeze(1)
-    stride = max(1, -(-len(index) // MAX_FRAME_PIXELS))
-    return index[::stride]
+    return torch.from_numpy(border_index(height, width)).to(device)
 
 
 def _quantile_last(x: torch.Tensor, q: float) -> torch.Tensor:
@@ -300,11 +291,6 @@ def nisp_native_pixels(height: int, field_arcsec: float) -> int:
     return min(height, pixels)
 
 
-def nisp_native_crop(nisp: torch.Tensor, field_arcsec: float) -> torch.Tensor:
-    """NISP on its own 0.3" grid, cut to the pixels covering ``field_arcsec`` (two-branch)."""
-    return crop_centre(nisp, nisp_native_pixels(nisp.shape[-1], field_arcsec))
-
-
 def to_model_input(
     vis: ArrayLike, nisp: ArrayLike | None, input_cfg: InputConfig
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -333,7 +319,7 @@ def to_model_input(
             )
         # Only the NISP pixels of the field are stretched (normalize cuts them out after
         # measuring sky and noise on the whole image): a native two-branch input keeps exactly
-        # those (nisp_native_crop), a stacked one a pixel more each side for the bilinear
+        # those (``nisp_native_pixels``), a stacked one a pixel more each side for the bilinear
         # resampling, which then samples the same sky positions as from the whole image.
         crop = None
         if native:

@@ -19,9 +19,9 @@ import numpy as np
 
 from lensfinder.einstein import catalog_theta_e
 from lensfinder.evaluate.metrics import auroc, check_labels_scores, fpr_key, tpr_at_fpr
+from lensfinder.layout import SOURCE_MAGNITUDE
 
 EINSTEIN_RADIUS = "theta_E = sqrt(ein_area / pi), arcsec"
-SOURCE_MAGNITUDE = "mag_source"
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,19 @@
-"""Failure galleries: the non-lenses scored highest and the lenses scored lowest, as pictures.
+"""Failure galleries: which non-lenses scored highest and which lenses scored lowest.
 
-Tables say how many rings pass the cut; pictures say why. Each gallery is a colour-composite
-mosaic (``lensfinder.visual``, as the candidate gallery draws them) titled with the catalogue's
-quantities: kind, Einstein radius sqrt(ein_area / pi), source magnitude and score.
+Tables say how many rings pass the cut; pictures say why. This module chooses the failures and
+their rows (kind, Einstein radius sqrt(ein_area / pi), source magnitude, score);
+``presentation.failures`` draws them as a colour-composite mosaic.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lensfinder.data.cutouts import CutoutSource
-from lensfinder.evaluate.breakdown import SOURCE_MAGNITUDE, einstein_radius
-from lensfinder.visual import colour_composite, resize_square, save_grid
+from lensfinder.evaluate.breakdown import einstein_radius
+from lensfinder.layout import SOURCE_MAGNITUDE
 
 FALSE_POSITIVES = "false_positives"  # the highest-scoring non-lenses
 MISSED = "missed_lenses"  # the lowest-scoring lenses
@@ -55,36 +53,3 @@ def failure_rows(
             row[SOURCE_MAGNITUDE] = mag if np.isfinite(mag) else None
         rows.append(row)
     return rows
-
-
-def _title(row: Mapping[str, Any]) -> str:
-    parts = [str(row["kind"])] if "kind" in row else []
-    if row.get("theta_E") is not None:
-        parts.append(f'θE {row["theta_E"]:.2f}"')
-    if row.get(SOURCE_MAGNITUDE) is not None:
-        parts.append(f"m {row[SOURCE_MAGNITUDE]:.1f}")
-    return f"{row['id']}  score {row['score']:.3f}\n" + " ".join(parts)
-
-
-def failure_mosaic(
-    source: CutoutSource,
-    source_indices: np.ndarray,
-    rows: list[dict[str, Any]],
-    path: Path,
-    columns: int = 6,
-    softening: float = 3.0,
-    pixels: int = 128,
-) -> Path | None:
-    """A PNG mosaic of these objects (their rows give the titles); None when none is readable."""
-    if len(source_indices) == 0:
-        return None
-    cutouts = source.read(np.asarray(source_indices, dtype=np.int64))
-    images, titles = [], []
-    for j, row in enumerate(rows):
-        if cutouts.valid[j]:
-            image = colour_composite(cutouts.vis[j], cutouts.nisp[j], softening)
-            images.append(resize_square(image, pixels))
-            titles.append(_title(row))
-    if not images:
-        return None
-    return save_grid(images, titles, path, columns=columns)

@@ -24,11 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from lensfinder.config import EvaluateConfig, SplitConfig, from_dict, to_dict
+from lensfinder.config import EvaluateConfig
 from lensfinder.data import open_source
 from lensfinder.data.cutouts import CutoutSource
-from lensfinder.data.identity import same_data
-from lensfinder.data.splits import split_indices
+from lensfinder.data.selection import labelled_only, resolve_split, select_indices
 from lensfinder.einstein import THETA_E, THETA_E_SIGMA
 from lensfinder.ensemble import expand_models
 from lensfinder.errors import ConfigError, DataError
@@ -43,21 +42,21 @@ from lensfinder.evaluate.failures import (
     FALSE_POSITIVES,
     MISSED,
     TITLES,
-    failure_mosaic,
     failure_rows,
     worst,
 )
 from lensfinder.evaluate.metrics import compute_metrics, fpr_key, roc_curve
-from lensfinder.evaluate.plots import (
+from lensfinder.evaluate.theta_e import report_rows, theta_e_metrics
+from lensfinder.predict import Predictor
+from lensfinder.presentation.failures import failure_mosaic
+from lensfinder.presentation.plots import (
     completeness_plot,
     reliability_plot,
     roc_plot,
     score_histograms,
     theta_e_plot,
 )
-from lensfinder.evaluate.report import write_report
-from lensfinder.evaluate.theta_e import report_rows, theta_e_metrics
-from lensfinder.predict import Predictor
+from lensfinder.presentation.report import write_report
 from lensfinder.safety import EVALUATION, writing_output
 from lensfinder.utils import atomic_path, atomic_write_text
 
@@ -115,61 +114,6 @@ class EvaluationResult:
         return "\n".join(lines)
 
 
-def _split_config(meta: dict[str, Any], run_dir: Path) -> SplitConfig:
-    try:
-        recorded = meta["train"]["split"]
-    except (KeyError, TypeError):
-        raise ConfigError(
-            f"{run_dir}: model.json records no train.split settings, so its test split is "
-            "unknown; evaluate a separate labelled set with --split all"
-        ) from None
-    return from_dict(SplitConfig, recorded, f"{run_dir} train.split")
-
-
-def select_indices(
-    ids: np.ndarray, split: str, metas: Sequence[dict[str, Any]], run_dirs: Sequence[Path]
-) -> np.ndarray:
-    """Indices of the objects to evaluate: one split of the members' common split, or all.
-
-    Members split with different settings would see each other's test objects in training, so
-    that is refused unless the whole set is independent data (``all``).
-    """
-    if split == "all":
-        return np.arange(len(ids))
-    configs = [_split_config(meta, run_dir) for meta, run_dir in zip(metas, run_dirs, strict=True)]
-    for config, run_dir in zip(configs[1:], run_dirs[1:], strict=True):
-        if config != configs[0]:
-            raise ConfigError(
-                f"{run_dir}: trained with split {to_dict(config)}, but {run_dirs[0]} with "
-                f"{to_dict(configs[0])}: one member's {split} objects are another's training "
-                "objects; use members with the same split, or --split all on independent data"
-            )
-    return np.sort(np.asarray(split_indices(ids, configs[0])[split], dtype=np.int64))
-
-
-def resolve_split(
-    split: str, source: CutoutSource, metas: Sequence[dict[str, Any]]
-) -> tuple[str, str]:
-    """The split to score and why: ``auto`` becomes ``test`` on the models' training data (or
-    when an older model file cannot tell) and ``all`` on data none of them was trained on."""
-    if split != "auto":
-        return split, ""
-    verdicts = [_trained_on(source, meta.get("data") or {}) for meta in metas]
-    if all(v is False for v in verdicts):
-        return "all", "auto: not the models' training data, so every object is unseen"
-    if any(v is True for v in verdicts):
-        return "test", "auto: the models' training data, so only its held-out test split"
-    return "test", "auto: the model files do not record their training data; test split to be safe"
-
-
-def _trained_on(source: CutoutSource, data: dict[str, Any]) -> bool | None:
-    """``same_data`` against every training set a model records (``train --data A --data B``)."""
-    verdicts = [same_data(source, record) for record in data.get("data_sets") or [data]]
-    if any(v is True for v in verdicts):
-        return True
-    return False if all(v is False for v in verdicts) else None
-
-
 def _member_names(run_dirs: Sequence[Path]) -> list[str]:
     """Short, unique display names: the run directory's name, or its path if names repeat."""
     names = [Path(p).name or str(p) for p in run_dirs]
@@ -204,25 +148,6 @@ def _write_scores_csv(
             values += [] if probability is None else [f"{probability[row]:.9g}"]
             values += [] if theta_e is None else [f"{a[row]:.9g}" for a in theta_e]
             writer.writerow(values)
-
-
-def labelled_only(
-    labels: np.ndarray, indices: np.ndarray, data: Path, split: str
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """``(indices, labels)`` of the labelled objects and how many had no label; a DataError when
-    none has one (metrics on unlabelled data cannot mean anything)."""
-    chosen = "the data set" if split == "all" else f"the {split} split"
-    if len(indices) == 0:
-        raise DataError(f"{data}: {chosen} holds no objects")
-    labels = labels[indices]
-    known = labels != -1
-    if not known.any():
-        raise DataError(
-            f"{data}: none of the {len(indices)} objects in {chosen} has a label "
-            "(no catalogue, or a catalogue without the label rule's columns): the data has no "
-            "labels, so it can be scanned but not evaluated"
-        )
-    return indices[known], labels[known], int((~known).sum())
 
 
 def _split_note(split: str) -> str:

@@ -12,8 +12,8 @@ really help, and what does it cost? Answered by measurement, per model:
   eval-mode scores.
 
 The paper reported AUROC 0.94 for method 2 (batches of 8) against 0.70-0.83 otherwise. Every
-score goes through ``Predictor`` (its ``bn_inference``/``bn_batch_size`` overrides), so the
-groups formed here are the groups ``evaluate`` and ``scan`` would form. Outputs in ``out``:
+score goes through ``StudyPredictor``, a ``Predictor`` whose BN mode is forced, so the groups
+formed here are the groups ``evaluate`` and ``scan`` would form. Outputs in ``out``:
 ``bn_study.json``, ``bn_study.md``, ``bn_study_auroc.png``, ``bn_study_reshuffle.png``,
 ``report.html``.
 """
@@ -30,8 +30,14 @@ from typing import Any, Literal
 import numpy as np
 
 from lensfinder.config import EvaluateConfig, PredictConfig
+from lensfinder.data import open_source
+from lensfinder.data.selection import labelled_only, select_indices
 from lensfinder.errors import ConfigError, DataError, ModelFileError
 from lensfinder.evaluate.metrics import auroc, compute_metrics
+from lensfinder.models import read_meta
+from lensfinder.predict.predictor import BnMode, Predictor
+from lensfinder.presentation.plots import line_plot
+from lensfinder.presentation.report import write_report
 from lensfinder.safety import BN_STUDY, writing_output
 from lensfinder.utils import atomic_write_text, progress
 
@@ -172,55 +178,69 @@ def _model_summary(study: ModelBnStudy) -> list[str]:
     ]
     focus = study.deployed_batch or (8 if 8 in sizes else sizes[len(sizes) // 2])
     if focus in sizes:
-        first, other = (
-            study.at(study.train_auroc, focus),
-            study.at(study.train_auroc_reshuffled, focus),
-        )
-        rnd, srt = study.at(study.random_auroc, focus), study.at(study.sorted_auroc, focus)
-        if rnd is not None and srt is not None and first is not None and other is not None:
-            # The yardstick: how far AUROC moves between two random orders alone.
-            noise = abs(first - other)
-            verdict = (
-                "the class mix of a batch moves the scores: batch statistics carry the label"
-                if abs(srt - rnd) > max(0.01, 2 * noise)
-                else "within the scatter between random orders"
-            )
-            lines.append(
-                f"  class-sorted batches of {focus} (all lenses together): AUROC {srt:.3f}, "
-                f"{srt - rnd:+.3f} against random batches; two random orders differ by "
-                f"{noise:.3f} ({verdict})"
-            )
-        change = study.at(study.train_change, focus)
-        if change is not None:
-            who = "method 2" if study.deployed_batch else "with BN in training mode, this model"
-            lines.append(
-                f"  {who} at batch {focus}: its score for one object changes by {change:.4f} on "
-                f"average (95th percentile {_fmt(study.at(study.train_change_p95, focus), 4)}) "
-                "when its batch companions change; eval mode: "
-                f"{_fmt(study.at(study.eval_change, focus), 6)}"
-            )
+        lines += _focus_lines(study, focus)
     if 1 in sizes and study.at(study.random_auroc, 1) is not None:
         lines.append(
             f"  at batch 1 (each object normalised by itself) AUROC is "
             f"{_fmt(study.at(study.random_auroc, 1))} and scores sit "
             f"{_fmt(study.at(study.train_vs_eval, 1), 4)} on average from eval mode's"
         )
-    best_index = _argmax(study.random_auroc)
-    if best_index is not None:
-        best = study.random_auroc[best_index]
-        assert best is not None
-        reference, ci = study.reference["auroc"], study.reference.get("auroc_ci")
-        where = ""
-        if ci:
-            inside = ci[0] <= best <= ci[1]
-            where = f", {'inside' if inside else 'outside'} its 95% CI [{ci[0]:.3f}, {ci[1]:.3f}]"
-        lines.append(
-            f"  best training-mode AUROC {best:.3f} (batch {sizes[best_index]}) against eval "
-            f"mode's {reference:.3f}{where}"
-        )
+    lines += _best_line(study)
     for size, reason in study.errors.items():
         lines.append(f"  batch {size}: not run ({reason})")
     return lines
+
+
+def _focus_lines(study: ModelBnStudy, focus: int) -> list[str]:
+    """At one batch size (the deployed one, else 8): sorted against random batches, and how
+    much a score moves with its batch companions."""
+    lines = []
+    first, other = (
+        study.at(study.train_auroc, focus),
+        study.at(study.train_auroc_reshuffled, focus),
+    )
+    rnd, srt = study.at(study.random_auroc, focus), study.at(study.sorted_auroc, focus)
+    if rnd is not None and srt is not None and first is not None and other is not None:
+        # The yardstick: how far AUROC moves between two random orders alone.
+        noise = abs(first - other)
+        verdict = (
+            "the class mix of a batch moves the scores: batch statistics carry the label"
+            if abs(srt - rnd) > max(0.01, 2 * noise)
+            else "within the scatter between random orders"
+        )
+        lines.append(
+            f"  class-sorted batches of {focus} (all lenses together): AUROC {srt:.3f}, "
+            f"{srt - rnd:+.3f} against random batches; two random orders differ by "
+            f"{noise:.3f} ({verdict})"
+        )
+    change = study.at(study.train_change, focus)
+    if change is not None:
+        who = "method 2" if study.deployed_batch else "with BN in training mode, this model"
+        lines.append(
+            f"  {who} at batch {focus}: its score for one object changes by {change:.4f} on "
+            f"average (95th percentile {_fmt(study.at(study.train_change_p95, focus), 4)}) "
+            "when its batch companions change; eval mode: "
+            f"{_fmt(study.at(study.eval_change, focus), 6)}"
+        )
+    return lines
+
+
+def _best_line(study: ModelBnStudy) -> list[str]:
+    """The best training-mode AUROC against eval mode's, and whether it is inside its CI."""
+    best_index = _argmax(study.random_auroc)
+    if best_index is None:
+        return []
+    best = study.random_auroc[best_index]
+    assert best is not None
+    reference, ci = study.reference["auroc"], study.reference.get("auroc_ci")
+    where = ""
+    if ci:
+        inside = ci[0] <= best <= ci[1]
+        where = f", {'inside' if inside else 'outside'} its 95% CI [{ci[0]:.3f}, {ci[1]:.3f}]"
+    return [
+        f"  best training-mode AUROC {best:.3f} (batch {study.sizes[best_index]}) against eval "
+        f"mode's {reference:.3f}{where}"
+    ]
 
 
 def _sizes_text(sizes: Sequence[int]) -> str:
@@ -255,10 +275,6 @@ def _load_set(
 ) -> _StudySet:
     """The labelled, readable objects of ``split`` (the models' shared split), at most
     ``max_objects`` of them (a seeded random subset)."""
-    from lensfinder.data import open_source
-    from lensfinder.evaluate.run import labelled_only, select_indices
-    from lensfinder.models import read_meta
-
     source = open_source(data)
     metas = [read_meta(run_dir) for run_dir in run_dirs]
     indices = select_indices(np.asarray(source.ids), split, metas, run_dirs)
@@ -309,17 +325,30 @@ def _orders(labels: np.ndarray, seed: int) -> dict[Order, np.ndarray]:
 
 
 # -- measuring ---------------------------------------------------------------------------------
+class StudyPredictor(Predictor):
+    """A ``Predictor`` whose one member runs in the BN mode the study asks for, whatever its
+    training recorded: eval mode (running statistics) when ``bn_batch_size`` is None, else BN
+    in training mode over consecutive groups of ``bn_batch_size`` (method 2)."""
+
+    def __init__(self, run_dir: Path, cfg: PredictConfig, bn_batch_size: int | None) -> None:
+        if bn_batch_size is not None and bn_batch_size < 1:
+            raise ConfigError(f"bn-study: batch size must be >= 1, got {bn_batch_size}")
+        self.bn_batch_size = bn_batch_size
+        super().__init__([run_dir], cfg)
+
+    def _bn_mode(self, path: Path, model_cfg: dict[str, Any]) -> tuple[BnMode, int | None]:
+        return ("eval", None) if self.bn_batch_size is None else ("batch", self.bn_batch_size)
+
+
 def _scores(
     run_dir: Path, study_set: _StudySet, order: np.ndarray, mode: str, size: int
 ) -> np.ndarray:
     """Scores (aligned with the study set) from one pass in ``order``: eval mode with inference
     batches of ``size``, or BN in training mode in groups of ``size``."""
-    from lensfinder.predict import Predictor
-
     if mode == "eval":
-        predictor = Predictor([run_dir], PredictConfig(batch_size=size), bn_inference="eval")
+        predictor = StudyPredictor(run_dir, PredictConfig(batch_size=size), None)
     else:
-        predictor = Predictor([run_dir], PredictConfig(), bn_batch_size=size)
+        predictor = StudyPredictor(run_dir, PredictConfig(), size)
     scored = predictor.predict_arrays(study_set.vis[order], study_set.nisp[order])
     score = np.empty(len(order), dtype=np.float64)
     score[order] = scored.score
@@ -334,16 +363,25 @@ def _study_model(
     bar: Any,
     bootstrap: int,
 ) -> ModelBnStudy:
-    from lensfinder.models import read_meta
-
-    meta = read_meta(run_dir)
-    model_cfg = meta.get("model") or {}
-    labels = study_set.labels
+    """Every pass for one model: eval mode for reference, then each batch size."""
+    model_cfg = read_meta(run_dir).get("model") or {}
     metrics_cfg = EvaluateConfig(bootstrap=bootstrap)
     reference_scores = _scores(run_dir, study_set, orders["random"], "eval", 64)
     bar.update(1)
+    study = _empty_study(
+        run_dir, model_cfg, sizes, compute_metrics(study_set.labels, reference_scores, metrics_cfg)
+    )
+    for i in range(len(sizes)):
+        _measure_size(study, i, study_set, orders, bar, metrics_cfg)
+    return study
+
+
+def _empty_study(
+    run_dir: Path, model_cfg: dict[str, Any], sizes: list[int], reference: dict[str, Any]
+) -> ModelBnStudy:
+    """A model's study with its eval-mode reference and nothing measured yet."""
     nones: list[float | None] = [None] * len(sizes)
-    study = ModelBnStudy(
+    return ModelBnStudy(
         name=run_dir.name or str(run_dir),
         run_dir=run_dir,
         method=bn_method(model_cfg),
@@ -353,7 +391,7 @@ def _study_model(
             else None
         ),
         sizes=list(sizes),
-        reference=compute_metrics(labels, reference_scores, metrics_cfg),
+        reference=reference,
         eval_auroc=list(nones),
         train_auroc=list(nones),
         train_auroc_reshuffled=list(nones),
@@ -363,31 +401,42 @@ def _study_model(
         train_change_p95=list(nones),
         train_vs_eval=list(nones),
     )
-    for i, size in enumerate(sizes):
-        eval_a = _scores(run_dir, study_set, orders["random"], "eval", size)
-        eval_b = _scores(run_dir, study_set, orders["reshuffled"], "eval", size)
-        bar.update(2)
-        study.eval_auroc[i] = auroc(labels, eval_a)
-        study.eval_change[i] = float(np.mean(np.abs(eval_a - eval_b)))
-        try:
-            train_a = _scores(run_dir, study_set, orders["random"], "batch", size)
-            train_b = _scores(run_dir, study_set, orders["reshuffled"], "batch", size)
-            train_sorted = _scores(run_dir, study_set, orders["sorted"], "batch", size)
-        except ConfigError as exc:  # e.g. BN over a single value per channel
-            study.errors[size] = str(exc)
-            bar.update(3)
-            continue
+
+
+def _measure_size(
+    study: ModelBnStudy,
+    i: int,
+    study_set: _StudySet,
+    orders: dict[Order, np.ndarray],
+    bar: Any,
+    metrics_cfg: EvaluateConfig,
+) -> None:
+    """The five passes at ``study.sizes[i]``: eval mode in two orders, BN in training mode in
+    two random orders and class-sorted; results into ``study``."""
+    run_dir, size, labels = study.run_dir, study.sizes[i], study_set.labels
+    eval_a = _scores(run_dir, study_set, orders["random"], "eval", size)
+    eval_b = _scores(run_dir, study_set, orders["reshuffled"], "eval", size)
+    bar.update(2)
+    study.eval_auroc[i] = auroc(labels, eval_a)
+    study.eval_change[i] = float(np.mean(np.abs(eval_a - eval_b)))
+    try:
+        train_a = _scores(run_dir, study_set, orders["random"], "batch", size)
+        train_b = _scores(run_dir, study_set, orders["reshuffled"], "batch", size)
+        train_sorted = _scores(run_dir, study_set, orders["sorted"], "batch", size)
+    except ConfigError as exc:  # e.g. BN over a single value per channel
+        study.errors[size] = str(exc)
         bar.update(3)
-        change = np.abs(train_a - train_b)
-        study.train_auroc[i] = auroc(labels, train_a)
-        study.train_auroc_reshuffled[i] = auroc(labels, train_b)
-        study.sorted_auroc[i] = auroc(labels, train_sorted)
-        study.train_change[i] = float(change.mean())
-        study.train_change_p95[i] = float(np.quantile(change, 0.95))
-        study.train_vs_eval[i] = float(np.mean(np.abs(train_a - eval_a)))
-        if size == study.deployed_batch:
-            study.deployed = compute_metrics(labels, train_a, metrics_cfg)
-    return study
+        return
+    bar.update(3)
+    change = np.abs(train_a - train_b)
+    study.train_auroc[i] = auroc(labels, train_a)
+    study.train_auroc_reshuffled[i] = auroc(labels, train_b)
+    study.sorted_auroc[i] = auroc(labels, train_sorted)
+    study.train_change[i] = float(change.mean())
+    study.train_change_p95[i] = float(np.quantile(change, 0.95))
+    study.train_vs_eval[i] = float(np.mean(np.abs(train_a - eval_a)))
+    if size == study.deployed_batch:
+        study.deployed = compute_metrics(labels, train_a, metrics_cfg)
 
 
 # -- outputs -----------------------------------------------------------------------------------
@@ -442,8 +491,6 @@ def _markdown(result_head: str, studies: list[ModelBnStudy]) -> str:
 
 
 def _plots(out: Path, studies: list[ModelBnStudy], sizes: list[int]) -> list[Path]:
-    from lensfinder.evaluate.plots import line_plot
-
     def values(seq: list[float | None]) -> list[float]:
         return [float("nan") if v is None else v for v in seq]
 
@@ -532,8 +579,6 @@ def _study(
     bootstrap: int,
 ) -> BnStudyResult:
     """``batchnorm_study`` once it holds the lock of ``out``."""
-    from lensfinder.evaluate.report import write_report
-
     study_set = _load_set(data, split, run_dirs, seed, max_objects)
     orders = _orders(study_set.labels, seed)
     passes_per_model = 1 + 5 * len(sizes)
@@ -544,22 +589,8 @@ def _study(
         _study_model(run_dir, study_set, sizes, orders, bar, bootstrap) for run_dir in run_dirs
     ]
     bar.close()
-
+    json_path = _write_json(out, data, split, seed, sizes, study_set, studies)
     n_lenses = int(study_set.labels.sum())
-    record = {
-        "data": str(data),
-        "split": split,
-        "seed": seed,
-        "n_objects": len(study_set.labels),
-        "n_lenses": n_lenses,
-        "n_skipped_unreadable": study_set.n_skipped,
-        "subsampled_from": study_set.subsampled_from,
-        "sizes": sizes,
-        "score": "sigmoid probability; changes are absolute differences of it",
-        "models": [s.to_json() for s in studies],
-    }
-    json_path = out / JSON_NAME
-    atomic_write_text(json_path, json.dumps(record, indent=2, allow_nan=False) + "\n")
     head = (
         f"{len(study_set.labels)} objects ({n_lenses} lenses), {split} split of `{data}`; "
         f"batches in a seeded random order (seed {seed}). Scores are probabilities; "
@@ -569,15 +600,6 @@ def _study(
     markdown_path = out / MARKDOWN_NAME
     atomic_write_text(markdown_path, _markdown(head, studies))
     plots = _plots(out, studies, sizes)
-    metrics: dict[str, Any] = {}
-    for study in studies:
-        metrics[f"{study.name}: eval mode"] = study.reference
-        if study.deployed is not None:
-            metrics[f"{study.name}: method 2, batch {study.deployed_batch}"] = study.deployed
-    tables = [(f"{s.name}: {s.method}", _model_rows(s)) for s in studies]
-    report = write_report(
-        out, f"lensfinder batch-norm study: {data.name}", metrics, plots, tables, notes=_NOTES
-    )
     return BnStudyResult(
         out=out,
         data=data,
@@ -591,5 +613,45 @@ def _study(
         json_path=json_path,
         markdown_path=markdown_path,
         plots=plots,
-        report=report,
+        report=_write_report(out, data, studies, plots),
+    )
+
+
+def _write_json(
+    out: Path,
+    data: Path,
+    split: str,
+    seed: int,
+    sizes: list[int],
+    study_set: _StudySet,
+    studies: list[ModelBnStudy],
+) -> Path:
+    """``out/bn_study.json``: the set measured and every model's numbers."""
+    record = {
+        "data": str(data),
+        "split": split,
+        "seed": seed,
+        "n_objects": len(study_set.labels),
+        "n_lenses": int(study_set.labels.sum()),
+        "n_skipped_unreadable": study_set.n_skipped,
+        "subsampled_from": study_set.subsampled_from,
+        "sizes": sizes,
+        "score": "sigmoid probability; changes are absolute differences of it",
+        "models": [s.to_json() for s in studies],
+    }
+    json_path = out / JSON_NAME
+    atomic_write_text(json_path, json.dumps(record, indent=2, allow_nan=False) + "\n")
+    return json_path
+
+
+def _write_report(out: Path, data: Path, studies: list[ModelBnStudy], plots: list[Path]) -> Path:
+    """``out/report.html``: eval-mode (and deployed) metrics, the plots, one table per model."""
+    metrics: dict[str, Any] = {}
+    for study in studies:
+        metrics[f"{study.name}: eval mode"] = study.reference
+        if study.deployed is not None:
+            metrics[f"{study.name}: method 2, batch {study.deployed_batch}"] = study.deployed
+    tables = [(f"{s.name}: {s.method}", _model_rows(s)) for s in studies]
+    return write_report(
+        out, f"lensfinder batch-norm study: {data.name}", metrics, plots, tables, notes=_NOTES
     )

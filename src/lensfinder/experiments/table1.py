@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import datetime
+import io
 import json
 import os
 import platform
@@ -34,9 +36,11 @@ from typing import Any
 
 import numpy as np
 
+from lensfinder import __version__
 from lensfinder.config import (
     EvaluateConfig,
     PredictConfig,
+    SimulateConfig,
     TrainConfig,
     flat_settings,
     from_dict,
@@ -44,9 +48,18 @@ from lensfinder.config import (
     merge,
     to_dict,
 )
+from lensfinder.data import open_source
+from lensfinder.data.store import pack
 from lensfinder.errors import ConfigError, DataError
+from lensfinder.evaluate.metrics import roc_curve
+from lensfinder.evaluate.run import METRICS_NAME, SCORES_NAME, evaluate
 from lensfinder.experiments.bn_study import bn_method
+from lensfinder.models import read_meta
+from lensfinder.presentation.plots import grouped_bar_plot, roc_plot
 from lensfinder.safety import TABLE1, writing_output
+from lensfinder.simulate import simulate
+from lensfinder.train import train
+from lensfinder.train.run import CONFIG_FILE, config_differences
 from lensfinder.utils import atomic_write_text, cpu_model
 
 ROWS: tuple[int, ...] = tuple(range(1, 9))
@@ -310,9 +323,6 @@ def _say(text: str) -> None:
 def _check_same_run(run_dir: Path, config: TrainConfig, data: Path) -> None:
     """A finished run in ``run_dir`` must have been made with ``config`` on ``data`` (another
     budget's, config's or store's model must never fill this row)."""
-    from lensfinder.models import read_meta
-    from lensfinder.train.run import CONFIG_FILE, config_differences
-
     saved = run_dir / CONFIG_FILE
     if not saved.is_file():
         raise ConfigError(f"{run_dir}: holds a model but no {CONFIG_FILE}; use another --out")
@@ -331,8 +341,6 @@ def _evaluate_row(
     run_dir: Path, data: Path, eval_dir: Path, budget: Table1Budget, resume: bool
 ) -> dict[str, Any]:
     """The row's test metrics, from ``lensfinder evaluate`` (reused if newer than the model)."""
-    from lensfinder.evaluate.run import METRICS_NAME, evaluate
-
     metrics_path = eval_dir / METRICS_NAME
     model_file = run_dir / "model.safetensors"
     if (
@@ -374,9 +382,6 @@ def _run_row(
     resume: bool,
     previous_seconds: float | None,
 ) -> Table1Row:
-    from lensfinder.models import read_meta
-    from lensfinder.train import train
-
     name = CONFIG_PATTERN.format(row=row)
     config = budget.apply(load_config(TrainConfig, name), name)
     run_dir, eval_dir = out / f"model{row}", out / "evaluations" / f"model{row}"
@@ -431,8 +436,6 @@ def _json_safe(value: Any) -> Any:
 
 def _read_scores(eval_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """``(labels, scores)`` from an evaluation's scores.csv."""
-    from lensfinder.evaluate.run import SCORES_NAME
-
     path = eval_dir / SCORES_NAME
     try:
         with path.open(newline="") as handle:
@@ -496,8 +499,6 @@ def _markdown(
 
 
 def _write_csv(rows: Sequence[Table1Row], path: Path) -> Path:
-    import io
-
     records = [row.csv_row() for row in rows]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(records[0]), lineterminator="\n")
@@ -509,8 +510,6 @@ def _write_csv(rows: Sequence[Table1Row], path: Path) -> Path:
 
 def _bar_chart(rows: Sequence[Table1Row], path: Path, budget: str) -> Path:
     """Our AUROC with its 95% CI beside the paper's, per row."""
-    from lensfinder.evaluate.plots import grouped_bar_plot
-
     ours = [row.test["auroc"] for row in rows]
     cis = [tuple(row.test.get("auroc_ci") or (a, a)) for row, a in zip(rows, ours, strict=True)]
     paper = [row.paper.auroc if row.paper else float("nan") for row in rows]
@@ -541,10 +540,6 @@ def _own_data_size(budget: Table1Budget) -> int:
 def own_data(budget: Table1Budget, out: Path, seed: int = 0) -> Path:
     """Simulate and pack the budget's own data set in ``out/data`` (both steps resume), for a
     run without ``--data``; returns the store."""
-    from lensfinder.config import SimulateConfig
-    from lensfinder.data.store import pack
-    from lensfinder.simulate import simulate
-
     simulate_n = _own_data_size(budget)
     layout, store = out / DATA_DIR / "layout", out / DATA_DIR / "sim.zarr"
     _say(f"simulating {simulate_n} objects into {layout} (no --data given)")
@@ -581,13 +576,6 @@ def _reproduce(
     data: Path | None, out: Path, chosen: Table1Budget, wanted: list[int], resume: bool
 ) -> Table1Result:
     """``reproduce_table1`` once it holds the lock of ``out``."""
-    import datetime
-
-    from lensfinder import __version__
-    from lensfinder.data import open_source
-    from lensfinder.evaluate.metrics import roc_curve
-    from lensfinder.evaluate.plots import roc_plot
-
     started = time.perf_counter()
     data = own_data(chosen, out) if data is None else Path(data)
     if not data.exists():

@@ -1,7 +1,7 @@
 """``lensfinder inspect``: a local web app to grade the ranked candidates of a scan.
 
 FastAPI serves one page (``page.html`` with ``page.js`` and ``page.css``: keyboard-driven, no
-build step) and a small JSON API; pictures are rendered on request with ``lensfinder.visual`` from
+build step) and a small JSON API; pictures are rendered on request by ``presentation`` from
 the data the scan read (checked against the scan's record of it), and every grade goes straight
 into the grades database (``data.grades``). The server binds to localhost; on any other
 address a token is required on every request (header ``X-Lensfinder-Token``, ``?token=`` once,
@@ -45,11 +45,12 @@ from lensfinder.data.grades import (
 from lensfinder.data.identity import index_of_ids
 from lensfinder.einstein import THETA_E, THETA_E_SIGMA, format_theta_e
 from lensfinder.errors import ConfigError, DataError, LensfinderError
+from lensfinder.presentation import PAGE_ASSETS
+from lensfinder.presentation.composite import asinh_stretch, colour_composite, resize_square
 from lensfinder.scan.catalog import read_candidates
 from lensfinder.scan.gallery import open_scanned_data
-from lensfinder.visual import asinh_stretch, colour_composite, resize_square
 
-HERE = Path(__file__).parent
+HERE = PAGE_ASSETS  # the page and its static files
 PAGE = HERE / "page.html"
 STATIC = {"page.js": "text/javascript", "page.css": "text/css"}  # served beside the page
 BANDS = ("colour", "VIS", "Y", "J", "H")

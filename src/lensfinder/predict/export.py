@@ -44,6 +44,7 @@ from lensfinder.models.checkpoint import META_FILE, WEIGHTS_FILE, input_config, 
 from lensfinder.predict.onnx_backend import OnnxRunner
 from lensfinder.predict.onnx_files import DEFAULT_OPSET, META_CACHE_KEY, cache_key
 from lensfinder.predict.onnx_files import read_metadata as read_metadata  # its old home
+from lensfinder.predict.quantize import with_metadata
 from lensfinder.predict.types import (
     META_BN,
     META_FINGERPRINT,
@@ -132,25 +133,54 @@ def build_onnx(
 ) -> tuple[bytes, ExportResult]:
     """The serialised ONNX model for ``model`` (not written anywhere) and what was checked;
     ``props``: more metadata for the file (the ONNX cache's key)."""
-    import onnx
-
     input_cfg = input_config(meta, source)
-    model_cfg = meta.get("model") or {}
-    if not isinstance(model_cfg, dict):
-        model_cfg = to_dict(model_cfg)
-    notes = []
-    bn_mode = model_cfg.get("bn_inference", "eval")
-    if bn_mode == "batch":
-        if not allow_bn_batch:
-            raise ModelFileError(
-                f"{source}: this model uses BN method 2 (batch statistics at inference), which an "
-                "ONNX graph cannot reproduce; its ONNX scores would differ from lensfinder's. "
-                "Use the torch backend, or export with allow_bn_batch=True for eval-mode BN"
-            )
-        notes.append("BN method 2 model exported with eval-mode BN (running statistics)")
+    notes = _bn_notes(meta, source, allow_bn_batch)
     model_fingerprint = fingerprint(model, meta)
     model = copy.deepcopy(model).cpu().float().eval()
     names = input_names(input_cfg)
+    traced = _trace(model, input_cfg, names, opset, source)
+    metadata = {
+        META_VERSION: __version__,
+        META_INPUT: json.dumps(to_dict(input_cfg), sort_keys=True),
+        META_MODEL: json.dumps(meta, sort_keys=True, default=str),
+        META_FINGERPRINT: model_fingerprint,
+        META_BN: "eval",
+        **(props or {}),
+    }
+    data = with_metadata(traced, metadata)
+    result = ExportResult(None, opset, names, None, None, notes=notes)
+    if check:
+        result.max_abs_diff, result.max_scaled_diff = compare_with_torch(model, data, input_cfg)
+        result.checked_rows = CHECK_ROWS
+        if result.max_scaled_diff > TOLERANCE:
+            raise ModelFileError(
+                f"{source}: ONNX outputs differ from torch by up to {result.max_abs_diff:.2e} "
+                f"(relative {result.max_scaled_diff:.2e} > {TOLERANCE:g}); not exported"
+            )
+    return data, result
+
+
+def _bn_notes(meta: dict[str, Any], source: str, allow_bn_batch: bool) -> list[str]:
+    """A BN method 2 model is refused (ONNX cannot reproduce batch statistics at inference),
+    or with ``allow_bn_batch`` exported in eval mode, with a note saying so."""
+    model_cfg = meta.get("model") or {}
+    if not isinstance(model_cfg, dict):
+        model_cfg = to_dict(model_cfg)
+    if model_cfg.get("bn_inference", "eval") != "batch":
+        return []
+    if not allow_bn_batch:
+        raise ModelFileError(
+            f"{source}: this model uses BN method 2 (batch statistics at inference), which an "
+            "ONNX graph cannot reproduce; its ONNX scores would differ from lensfinder's. "
+            "Use the torch backend, or export with allow_bn_batch=True for eval-mode BN"
+        )
+    return ["BN method 2 model exported with eval-mode BN (running statistics)"]
+
+
+def _trace(
+    model: torch.nn.Module, input_cfg: InputConfig, names: tuple[str, ...], opset: int, source: str
+) -> bytes:
+    """The TorchScript exporter's ONNX bytes, batch axis dynamic."""
     example = example_input(input_cfg, n=2, seed=0)
     args = example if isinstance(example, tuple) else (example,)
     buffer = io.BytesIO()
@@ -174,27 +204,7 @@ def build_onnx(
             raise ModelFileError(
                 f"{source}: ONNX export failed ({type(exc).__name__}: {exc})"
             ) from None
-    proto = onnx.load_from_string(buffer.getvalue())
-    metadata = {
-        META_VERSION: __version__,
-        META_INPUT: json.dumps(to_dict(input_cfg), sort_keys=True),
-        META_MODEL: json.dumps(meta, sort_keys=True, default=str),
-        META_FINGERPRINT: model_fingerprint,
-        META_BN: "eval",
-        **(props or {}),
-    }
-    onnx.helper.set_model_props(proto, metadata)
-    data = proto.SerializeToString()
-    result = ExportResult(None, opset, names, None, None, notes=notes)
-    if check:
-        result.max_abs_diff, result.max_scaled_diff = compare_with_torch(model, data, input_cfg)
-        result.checked_rows = CHECK_ROWS
-        if result.max_scaled_diff > TOLERANCE:
-            raise ModelFileError(
-                f"{source}: ONNX outputs differ from torch by up to {result.max_abs_diff:.2e} "
-                f"(relative {result.max_scaled_diff:.2e} > {TOLERANCE:g}); not exported"
-            )
-    return data, result
+    return buffer.getvalue()
 
 
 def compare_with_torch(

@@ -15,26 +15,26 @@ cached file when that file is this model's, else builds the file and caches it:
 - races: files are written atomically, and built under a lock per key, so parallel workers
   neither read a half-written file nor export the same model twice.
 
-Nothing here imports torch until a file must be built: checking a cache hit costs a file hash
-and reading the ONNX metadata, so a scan's client process stays light.
+This module looks files up and names them; it imports neither torch nor onnx, so checking a
+cache hit costs a file hash and reading the ONNX metadata, and a scan's client stays light.
+``onnx_build`` makes a missing file (``prepare``) and opens sessions (``onnx_runner``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import os
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 
+from lensfinder.data.cutouts import repair_rows, synthetic_cutouts
 from lensfinder.errors import DataError, ModelFileError
 from lensfinder.predict.onnx_files import (
     DEFAULT_OPSET,
@@ -44,10 +44,6 @@ from lensfinder.predict.onnx_files import (
     read_metadata,
     same_model,
 )
-from lensfinder.utils import atomic_path
-
-if TYPE_CHECKING:
-    from lensfinder.predict.onnx_backend import OnnxRunner
 
 PRECISION_OF_BACKEND: dict[str, Precision] = {"onnx": "float32", "onnx-int8": "int8"}
 CACHE_ENV = "LENSFINDER_CACHE"
@@ -68,8 +64,6 @@ class Calibration:
 def synthetic_calibration(rows: int = CALIBRATION_ROWS) -> Calibration:
     """Synthetic challenge-like cutouts: for int8 scoring without data at hand (measured: AUROC
     within 0.001 of data-calibrated, but larger single-logit moves; prefer the data)."""
-    from lensfinder.data.cutouts import synthetic_cutouts
-
     return Calibration(f"synthetic:{rows}:seed0", lambda: synthetic_cutouts(rows, seed=0))
 
 
@@ -81,8 +75,6 @@ def source_calibration(source: Any, content_key: str, rows: int = CALIBRATION_RO
     indices = np.unique(np.linspace(0, n - 1, min(rows, n)).round().astype(np.int64))
 
     def load() -> tuple[np.ndarray, np.ndarray]:
-        from lensfinder.data.cutouts import repair_rows
-
         cut = source.read(indices)
         repair_rows(cut)
         ok = np.asarray(cut.valid, dtype=bool)
@@ -94,7 +86,7 @@ def source_calibration(source: Any, content_key: str, rows: int = CALIBRATION_RO
 
 
 # -- where the files go ------------------------------------------------------------------------
-def _writable_dir(path: Path) -> bool:
+def writable_dir(path: Path) -> bool:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError:
@@ -109,7 +101,7 @@ def cache_dir() -> Path:
         return Path(configured).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     user = Path(base) / "lensfinder" / "onnx"
-    if _writable_dir(user):
+    if writable_dir(user):
         return user
     return (
         Path(tempfile.gettempdir())
@@ -117,7 +109,7 @@ def cache_dir() -> Path:
     )
 
 
-def _key_hash(key: str) -> str:
+def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
@@ -127,30 +119,10 @@ def candidate_paths(model: Path, precision: Precision, key: str) -> list[Path]:
         beside = model / _FILE_NAMES[precision]
     else:
         beside = model.with_name(f"{model.stem}.int8.onnx")
-    return [beside, cache_dir() / f"{_key_hash(key)}.onnx"]
+    return [beside, cache_dir() / f"{key_hash(key)}.onnx"]
 
 
-@contextlib.contextmanager
-def _build_lock(key: str) -> Iterator[None]:
-    """One builder per key across processes (fcntl.flock; none where there is no fcntl)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: atomic writes still keep readers safe
-        yield
-        return
-    folder = cache_dir() / "locks"
-    if not _writable_dir(folder):
-        yield
-        return
-    with open(folder / f"{_key_hash(key)}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-# -- looking up and building ---------------------------------------------------------------------
+# -- looking up ----------------------------------------------------------------------------------
 @dataclass
 class CachedOnnx:
     """A model's ONNX file as ``onnx_runner`` found or made it (for reports: start-up costs)."""
@@ -183,7 +155,7 @@ def read_key(path: Path) -> str | None:
         return None
 
 
-def _find(model: Path, precision: Precision, key: str, warn: bool) -> Path | None:
+def find_current(model: Path, precision: Precision, key: str, warn: bool) -> Path | None:
     """The first candidate file made from exactly ``key``. When there is none, a stale file
     beside the model is reported (it is about to be replaced); one in the user cache cannot be
     stale (it is named by its key)."""
@@ -209,78 +181,7 @@ def _stale_reason(found: str | None, key: str) -> str:
     return "not made from this model's weights"
 
 
-def _store(data: bytes, paths: list[Path]) -> Path | None:
-    """Write ``data`` to the first path that takes it (atomically); None when none does."""
-    failures: list[str] = []
-    for path in paths:
-        try:
-            with atomic_path(path) as tmp:
-                tmp.write_bytes(data)
-        except OSError as exc:
-            failures.append(f"{path}: {exc}")
-            continue
-        if failures:
-            warnings.warn(
-                f"cannot cache the ONNX file beside the model ({failures[0]}); cached in {path}",
-                stacklevel=3,
-            )
-        return path
-    warnings.warn(
-        f"cannot cache the ONNX file ({'; '.join(failures)}); using it from memory", stacklevel=3
-    )
-    return None
-
-
-def _build_float(model: Path, key: str, opset: int) -> tuple[bytes, list[str]]:
-    """Export the run directory's model (checked against torch), with the cache key inside."""
-    from lensfinder.models.checkpoint import load_model
-    from lensfinder.predict.export import build_onnx
-
-    torch_model, meta = load_model(model)
-    data, result = build_onnx(torch_model, meta, str(model), opset, props={META_CACHE_KEY: key})
-    note = f"exported to ONNX, checked against torch: max |logit diff| {result.max_abs_diff:.1e}"
-    return data, [note, *result.notes]
-
-
-def _build_int8(
-    model: Path, key: str, opset: int, calibration: Calibration
-) -> tuple[bytes, list[str]]:
-    """Quantise the model's float ONNX (cached first), calibrated on ``calibration``; record
-    how far the int8 logits move from the float ones on those cutouts."""
-    from lensfinder.data.transforms import to_model_input
-    from lensfinder.models.checkpoint import input_config
-    from lensfinder.predict.onnx_backend import OnnxRunner
-    from lensfinder.predict.quantize import (
-        META_INT8_CHECK,
-        int8_check,
-        quantize_int8,
-        with_metadata,
-    )
-
-    float_file = prepare(model, "float32", opset=opset)
-    float_bytes = float_file.path.read_bytes() if float_file.path else float_file.data
-    assert float_bytes is not None  # prepare gives a path or the bytes
-    float_runner = OnnxRunner(float_bytes, source=str(float_file.path or model))
-    vis, nisp = calibration.load()
-    x = to_model_input(vis, nisp, input_config(float_runner.meta, str(model)))
-    tensors = x if isinstance(x, tuple) else (x,)
-    inputs = {name: t.numpy() for name, t in zip(float_runner.input_names, tensors, strict=True)}
-    int8 = quantize_int8(float_bytes, inputs, str(model))
-    check = int8_check(float_runner(x), OnnxRunner(int8, source=f"{model} (int8)")(x))
-    props = {
-        **float_runner.metadata,
-        META_CACHE_KEY: key,
-        META_INT8_CHECK: json.dumps({**check, "calibration": calibration.spec}, sort_keys=True),
-    }
-    note = (
-        f"quantised to int8, calibrated on {check['rows']} cutouts ({calibration.spec}): "
-        f"|logit diff| to float median {check['median_abs_logit_diff']}, "
-        f"max {check['max_abs_logit_diff']}"
-    )
-    return with_metadata(int8, props), [note]
-
-
-def _resolve(
+def resolve(
     model: Path, precision: Precision, calibration: Calibration | None, opset: int | None
 ) -> tuple[str, int, Calibration | None]:
     """The cache key, opset and calibration a request stands for (defaults filled in)."""
@@ -291,77 +192,20 @@ def _resolve(
     return cache_key(model, precision, opset, spec), opset, calibration
 
 
-def prepare(
+def lookup(
     model: Path,
     precision: Precision,
     calibration: Calibration | None = None,
     opset: int | None = None,
-) -> CachedOnnx:
-    """The model's ONNX file at ``precision``: the cached one when current, else built now (under
-    a lock per key) and cached. A scan's client calls this once per model before its workers
-    start, so they load the file and never export. ``calibration``: for int8 (default:
-    synthetic cutouts)."""
+) -> CachedOnnx | None:
+    """The model's current ONNX file at ``precision`` (an ``.onnx`` model given as float32 is
+    its own file), or None when it must be built (``onnx_build.prepare``)."""
     began = time.perf_counter()
     model = Path(model)
     if precision == "float32" and model.suffix == ".onnx" and model.is_file():
         return CachedOnnx(str(model), precision, "given", model, 0.0)
-    key, opset, calibration = _resolve(model, precision, calibration, opset)
-
-    def found(path: Path) -> CachedOnnx:
-        return CachedOnnx(str(model), precision, "hit", path, time.perf_counter() - began, key)
-
-    path = _find(model, precision, key, warn=True)
-    if path is not None:
-        return found(path)
-    with _build_lock(key):
-        path = _find(model, precision, key, warn=False)  # built by another process meanwhile?
-        if path is not None:
-            return found(path)
-        if precision == "int8":
-            assert calibration is not None  # _resolve fills it in
-            data, notes = _build_int8(model, key, opset, calibration)
-        else:
-            data, notes = _build_float(model, key, opset)
-        path = _store(data, candidate_paths(model, precision, key))
-    return CachedOnnx(
-        str(model),
-        precision,
-        "built" if path else "memory",
-        path,
-        time.perf_counter() - began,
-        key,
-        notes,
-        data=None if path else data,
-    )
-
-
-def onnx_runner(
-    model: Path,
-    precision: Precision,
-    threads: int | None,
-    calibration: Calibration | None = None,
-    opset: int | None = None,
-) -> tuple[OnnxRunner, CachedOnnx]:
-    """An ONNX Runtime session for ``model`` (run directory or ``.onnx`` file) at ``precision``,
-    from ``prepare``'s file; and how that file was got (for start-up reports). A current file
-    is checked on the session's own metadata: one parse of the file, no ``onnx`` import (a scan
-    worker's usual case, its client having prepared the file)."""
-    from lensfinder.predict.onnx_backend import OnnxRunner
-
-    began = time.perf_counter()
-    model = Path(model)
-    if not (precision == "float32" and model.suffix == ".onnx"):
-        key, opset, calibration = _resolve(model, precision, calibration, opset)
-        path = candidate_paths(model, precision, key)[0]
-        if path.is_file():
-            with contextlib.suppress(ModelFileError):  # unreadable: prepare replaces it
-                runner = OnnxRunner(path, threads=threads, source=str(path))
-                if runner.metadata.get(META_CACHE_KEY) == key:
-                    seconds = time.perf_counter() - began
-                    return runner, CachedOnnx(str(model), precision, "hit", path, seconds, key)
-    cached = prepare(model, precision, calibration, opset)
-    where = cached.path if cached.path is not None else cached.data
-    assert where is not None  # prepare gives a path or the bytes
-    runner = OnnxRunner(where, threads=threads, source=str(cached.path or model))
-    cached.seconds = time.perf_counter() - began
-    return runner, cached
+    key, _, _ = resolve(model, precision, calibration, opset)
+    path = find_current(model, precision, key, warn=True)
+    if path is None:
+        return None
+    return CachedOnnx(str(model), precision, "hit", path, time.perf_counter() - began, key)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from lensfinder.errors import ModelFileError
+from lensfinder.predict.quantize import QUANT_METHOD
 
 Precision = Literal["float32", "int8"]
 META_CACHE_KEY = "lensfinder_cache_key"  # what a cached file was made from
@@ -64,8 +65,6 @@ def cache_key(
         files_fingerprint(model),
     ]
     if precision == "int8":
-        from lensfinder.predict.quantize import QUANT_METHOD
-
         if calibration_spec is None:
             raise ValueError("an int8 cache key needs the calibration")
         parts += [QUANT_METHOD, calibration_spec]

@@ -57,7 +57,8 @@ from lensfinder.ensemble import expand_models
 from lensfinder.errors import ConfigError, DataError, ModelFileError
 from lensfinder.models.batchnorm import bn_train_mode
 from lensfinder.models.checkpoint import input_config, load_model, read_meta
-from lensfinder.predict.onnx_cache import PRECISION_OF_BACKEND, CachedOnnx, Calibration, onnx_runner
+from lensfinder.predict.onnx_build import onnx_runner
+from lensfinder.predict.onnx_cache import PRECISION_OF_BACKEND, CachedOnnx, Calibration
 from lensfinder.predict.types import (
     Average,
     ModelInput,
@@ -70,6 +71,7 @@ from lensfinder.utils import available_cores, progress
 READ_BATCHES = 4  # predict_source reads this many chunks of batches from the source at a time
 PREFETCH_DEPTH = 2  # chunks read and prepared ahead of the model (bounded memory)
 BACKENDS = ("torch", *PRECISION_OF_BACKEND)
+BnMode = Literal["eval", "batch"]  # running statistics, or the batch's own (method 2)
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ class Member:
     architecture: str
     input: InputConfig
     label_rule: str | None
-    bn_inference: Literal["eval", "batch"]  # the mode used here (after any override)
+    bn_inference: BnMode  # the mode used here
     bn_batch_size: int | None  # method 2's group size; None in eval mode
     meta: dict[str, Any] = field(repr=False, compare=False)
 
@@ -243,8 +245,8 @@ class Predictor:
     also ``.onnx`` files written by ``lensfinder export``.
     ``device``: torch device (default: CUDA when available, else CPU); the ONNX backends run on
     CPU, from files cached beside the models (``onnx_cache``: exported, or quantised, once).
-    ``bn_batch_size``: run every member in BN method 2 at this group size whatever its meta
-    says (the batch-norm study); ``bn_inference``: force "eval" or "batch" for every member.
+    Each member runs in the BN mode its training recorded (``_bn_mode``; the BN study's
+    predictor, ``experiments.bn_study.StudyPredictor``, forces one).
     ``onnx_threads``: ONNX Runtime intra-op threads (default: ``cfg.onnx_threads`` if the config
     has it, else ONNX Runtime's own choice). ``channels_last``: torch memory format (default on;
     faster for these CNNs on CPU, see benchmarks/bench_backends.py). ``calibration``: the
@@ -259,8 +261,6 @@ class Predictor:
         cfg: PredictConfig | None = None,
         device: str | None = None,
         *,
-        bn_batch_size: int | None = None,
-        bn_inference: Literal["eval", "batch"] | None = None,
         onnx_threads: int | None = None,
         channels_last: bool | None = None,
         calibration: Calibration | None = None,
@@ -273,29 +273,7 @@ class Predictor:
         run_dirs = expand_models(run_dirs)  # an ensemble directory is its members
         if not run_dirs:
             raise ConfigError("predict: no model given (pass at least one run directory)")
-        if self.cfg.batch_size < 1:
-            raise ConfigError(f"predict: batch_size must be >= 1, got {self.cfg.batch_size}")
-        if self.cfg.ensemble_average not in ("probability", "logit"):
-            raise ConfigError(
-                f"predict: ensemble_average {self.cfg.ensemble_average!r}: "
-                "expected 'probability' or 'logit'"
-            )
-        if self.cfg.backend not in BACKENDS:
-            raise ConfigError(
-                f"predict: backend {self.cfg.backend!r}: expected one of {', '.join(BACKENDS)}"
-            )
-        if bn_batch_size is not None and bn_batch_size < 1:
-            raise ConfigError(f"predict: bn_batch_size must be >= 1, got {bn_batch_size}")
-        if bn_inference not in (None, "eval", "batch"):
-            raise ConfigError(f"predict: bn_inference {bn_inference!r}: expected 'eval' or 'batch'")
-        if bn_batch_size is not None and bn_inference == "eval":
-            raise ConfigError("predict: bn_batch_size sets BN method 2; it contradicts 'eval'")
-        if bn_batch_size is not None:
-            bn_inference = "batch"
-        if self.uses_onnx and device not in (None, "cpu"):
-            raise ConfigError(
-                f"predict: the {self.cfg.backend} backend runs on CPU, not {device!r}"
-            )
+        self._check_config(device)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.uses_onnx:
             self.device = torch.device("cpu")
@@ -310,14 +288,35 @@ class Predictor:
         self.onnx_files: list[CachedOnnx] = []  # how each member's ONNX file was got
         self._runners: list[Any] = []
         for run_dir in run_dirs:
-            member, runner = self._load(Path(run_dir), bn_inference, bn_batch_size)
+            member, runner = self._load(Path(run_dir))
             self.members.append(member)
             self._runners.append(runner)
         self._check_label_rules()
         # theta_E comes from the members that have the head; without any, Scores hold None.
         self.theta_e_head = any(runner.theta_e_head for runner in self._runners)
+        self._plan_groups()
 
-        # Members grouped by input config: the input is prepared once per group.
+    def _check_config(self, device: str | None) -> None:
+        """Settings no predictor can run with, refused before any model is loaded."""
+        if self.cfg.batch_size < 1:
+            raise ConfigError(f"predict: batch_size must be >= 1, got {self.cfg.batch_size}")
+        if self.cfg.ensemble_average not in ("probability", "logit"):
+            raise ConfigError(
+                f"predict: ensemble_average {self.cfg.ensemble_average!r}: "
+                "expected 'probability' or 'logit'"
+            )
+        if self.cfg.backend not in BACKENDS:
+            raise ConfigError(
+                f"predict: backend {self.cfg.backend!r}: expected one of {', '.join(BACKENDS)}"
+            )
+        if self.uses_onnx and device not in (None, "cpu"):
+            raise ConfigError(
+                f"predict: the {self.cfg.backend} backend runs on CPU, not {device!r}"
+            )
+
+    def _plan_groups(self) -> None:
+        """Members grouped by input config (the input is prepared once per group), and the rows
+        per chunk."""
         groups: dict[str, list[int]] = {}
         for i, member in enumerate(self.members):
             key = repr(to_dict(member.input))
@@ -364,12 +363,16 @@ class Predictor:
     def uses_onnx(self) -> bool:
         return self.cfg.backend in PRECISION_OF_BACKEND
 
-    def _load(
-        self,
-        path: Path,
-        bn_inference: Literal["eval", "batch"] | None,
-        bn_batch_size: int | None,
-    ) -> tuple[Member, Any]:
+    def _bn_mode(self, path: Path, model_cfg: dict[str, Any]) -> tuple[BnMode, int | None]:
+        """The member's BN mode and method-2 group size (None in eval mode), as its training
+        recorded them."""
+        mode = model_cfg.get("bn_inference", "eval")
+        if mode not in ("eval", "batch"):
+            raise ModelFileError(f"{path}: unknown bn_inference {mode!r} in model meta")
+        group = int(model_cfg.get("bn_inference_batch") or 8) if mode == "batch" else None
+        return mode, group
+
+    def _load(self, path: Path) -> tuple[Member, Any]:
         onnx_file = path.suffix == ".onnx" and path.is_file()
         if onnx_file and not self.uses_onnx:
             raise ConfigError(f"{path}: an ONNX file needs backend 'onnx' (or 'onnx-int8')")
@@ -384,13 +387,7 @@ class Predictor:
         model_cfg = meta.get("model") or {}
         if not isinstance(model_cfg, dict):
             model_cfg = to_dict(model_cfg)
-        trained_bn = model_cfg.get("bn_inference", "eval")
-        mode = bn_inference or trained_bn
-        if mode not in ("eval", "batch"):
-            raise ModelFileError(f"{path}: unknown bn_inference {mode!r} in model meta")
-        group = None
-        if mode == "batch":
-            group = bn_batch_size or int(model_cfg.get("bn_inference_batch") or 8)
+        mode, group = self._bn_mode(path, model_cfg)
         member = Member(
             name=path.stem if onnx_file else path.name,
             run_dir=path,
@@ -406,7 +403,7 @@ class Predictor:
             if mode == "batch":
                 raise ConfigError(
                     f"{path}: BN method 2 (batch statistics at inference) cannot run in ONNX; "
-                    "use backend 'torch' (or bn_inference='eval' to score with running statistics)"
+                    "use backend 'torch'"
                 )
             return member, runner or self._onnx(path)
         assert model is not None  # only the ONNX backends skip the torch model

@@ -1,8 +1,9 @@
-"""A gallery of candidates for inspection by eye: an HTML page of colour stamps and a PNG mosaic.
+"""The ``gallery`` verb: candidates of a scan chosen, checked against the data, and drawn.
 
 The top candidates (or those in a score range, to look at borderline cases and false positives)
-are read back from the data by ID and drawn as colour composites: VIS as luminance, NISP for
-colour, arcsinh stretch (``lensfinder.visual``). Known lenses get a badge, so new ones stand out.
+are read back by ID from the data the scan read (refused when it is other data) and drawn by
+``presentation.gallery``; known lenses are flagged by ``scan.crossmatch``. The drawing lives in
+the presentation layer, the choice here: it needs the scan's catalogue and manifest.
 """
 
 from __future__ import annotations
@@ -14,23 +15,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 
 from lensfinder.config import GalleryConfig
 from lensfinder.data import open_source
 from lensfinder.data.cutouts import CutoutSource
 from lensfinder.data.identity import index_of_ids
-from lensfinder.einstein import THETA_E, THETA_E_SIGMA, format_theta_e
+from lensfinder.einstein import THETA_E, THETA_E_SIGMA
 from lensfinder.errors import ConfigError, DataError
+from lensfinder.presentation.gallery import (
+    Stamps,
+    StampStyle,
+    draw_stamps,
+    write_mosaic,
+    write_page,
+)
 from lensfinder.safety import GALLERY, writing_output
 from lensfinder.scan.catalog import read_candidates, table_meta
 from lensfinder.scan.crossmatch import flag_known_lenses
-from lensfinder.utils import atomic_path, atomic_write_text
-from lensfinder.utils import progress as progress_bar
-from lensfinder.visual import colour_composite, resize_square, save_grid
+from lensfinder.utils import atomic_write_text
 
-STAMP_DIR = "stamps"
-READ_CHUNK = 64  # cutouts read at once: the gallery never holds more images than this
 SCAN_MANIFEST = "scan.json"  # what 'lensfinder scan' records beside its catalogue
+PAGE_TITLE = "lensfinder candidates"
 
 
 def open_scanned_data(candidates: str | Path, data: str | Path) -> CutoutSource:
@@ -97,8 +103,6 @@ def select_candidates(table, top: int, score_range: tuple[float, float] | None =
 
     Returns ``(rows, n_matched)`` where ``rows`` is a pyarrow table.
     """
-    import pyarrow.compute as pc
-
     if top < 1:
         raise ConfigError(f"gallery top must be at least 1, got {top}")
     if score_range is not None:
@@ -115,80 +119,6 @@ def _column(rows: dict[str, list], name: str, n: int, fill: Any) -> list:
     return rows[name] if name in rows else [fill] * n
 
 
-def _finite(value: Any) -> float | None:
-    """A JSON-safe number: None for a missing or non-finite one."""
-    return float(value) if value is not None and np.isfinite(value) else None
-
-
-def _save_png(image: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    with atomic_path(path) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG")
-
-
-def _format_coords(ra: float, dec: float) -> str:
-    if not (np.isfinite(ra) and np.isfinite(dec)):
-        return "no coordinates"
-    return f"RA {ra:.5f}&deg; Dec {dec:+.5f}&deg;"
-
-
-_LABELS = {1: "lens", 0: "non-lens"}
-
-_STYLE = """
-body { background:#111418; color:#d8dee9; font-family:system-ui,sans-serif; margin:24px; }
-h1 { font-weight:500; margin:0 0 4px 0; } .meta { color:#8a94a6; margin-bottom:20px; }
-.grid { display:grid; grid-template-columns:repeat(auto-fill,minmax(%(card)dpx,1fr)); gap:14px; }
-.card { background:#1b2028; border-radius:8px; padding:8px; position:relative; }
-.card img { width:100%%; image-rendering:auto; border-radius:4px; display:block; }
-.none { aspect-ratio:1; display:flex; align-items:center; justify-content:center;
-  background:#000; color:#bf616a; border-radius:4px; text-align:center; padding:4px; }
-.rank { font-size:1.1em; font-weight:600; color:#ebcb8b; } .score { float:right; color:#a3be8c; }
-.line { font-size:0.85em; color:#aeb6c4; margin-top:3px; }
-.badge { position:absolute; top:14px; left:14px; background:#b48eadee; color:#fff;
-  font-size:0.8em; padding:2px 6px; border-radius:4px; }
-.lens { color:#88c0d0; } .nonlens { color:#8a94a6; }
-"""
-
-
-def _card(row: dict[str, Any]) -> str:
-    esc = html.escape
-    if row["stamp"]:
-        image = (
-            f'<a href="{esc(row["stamp"])}"><img src="{esc(row["stamp"])}" alt="{row["id"]}"></a>'
-        )
-    else:
-        image = f'<div class="none">{esc(row["problem"] or "no image")}</div>'
-    badge = ""
-    if row["known"]:
-        badge = (
-            f'<span class="badge" title="{row["separation"]:.2f} arcsec">'
-            f"known: {esc(row['known'])}</span>"
-        )
-    label = ""
-    if row["label"] in _LABELS:
-        kind = "lens" if row["label"] == 1 else "nonlens"
-        label = f'<div class="line {kind}">label: {_LABELS[row["label"]]}</div>'
-    einstein = format_theta_e(row.get("theta_e"), row.get("theta_e_sigma"))
-    einstein_line = f'<div class="line">{esc(einstein)}</div>' if einstein else ""
-    return (
-        f'<div class="card">{image}{badge}'
-        f'<div class="line"><span class="rank">#{row["rank"]}</span>'
-        f'<span class="score">{row["score"]:.4f}</span></div>'
-        f'<div class="line">ID {row["id"]}</div>{einstein_line}'
-        f'<div class="line">{_format_coords(row["ra"], row["dec"])}</div>{label}</div>'
-    )
-
-
-def _page(title: str, subtitle: str, cards: list[str], card_pixels: int) -> str:
-    return (
-        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title><style>{_STYLE % {'card': card_pixels}}</style>"
-        f"</head><body><h1>{html.escape(title)}</h1><div class='meta'>{subtitle}</div>"
-        f"<div class='grid'>\n" + "\n".join(cards) + "\n</div></body></html>\n"
-    )
-
-
 def make_gallery(
     candidates: str | Path,
     data: str | Path,
@@ -202,6 +132,123 @@ def make_gallery(
         return _write_gallery(candidates, data, out_dir, cfg, progress)
 
 
+@dataclass
+class _Chosen:
+    """The candidates to show, as columns, with their known-lens matches."""
+
+    rows: dict[str, list]  # rank, id, score, ...: the catalogue's columns
+    n_matched: int  # candidates that passed the selection
+    n_scored: int  # rows of the whole catalogue
+    ids: np.ndarray
+    ra: np.ndarray
+    dec: np.ndarray
+    labels: list[int]
+    known: list[str | None]
+    separation: np.ndarray
+    # The Einstein-radius estimate, when the scan's models had the head (None otherwise).
+    theta_e: list[float | None]
+    theta_e_sigma: list[float | None]
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+
+def _choose(catalogue: Any, cfg: GalleryConfig) -> _Chosen:
+    """The rows ``cfg`` selects, and which of them are known lenses."""
+    chosen, n_matched = select_candidates(catalogue, cfg.top, cfg.score_range)
+    rows = chosen.to_pydict()
+    n = chosen.num_rows
+    ra = np.asarray(_column(rows, "ra", n, np.nan), dtype=np.float64)
+    dec = np.asarray(_column(rows, "dec", n, np.nan), dtype=np.float64)
+    known: list[str | None] = [None] * n
+    separation = np.full(n, np.nan)
+    if cfg.known_lenses is not None:
+        _, known, separation = flag_known_lenses(ra, dec, cfg.known_lenses, cfg.radius_arcsec)
+    return _Chosen(
+        rows=rows,
+        n_matched=n_matched,
+        n_scored=catalogue.num_rows,
+        ids=np.asarray(rows["id"], dtype=np.int64),
+        ra=ra,
+        dec=dec,
+        labels=[(-1 if v is None else int(v)) for v in _column(rows, "label", n, -1)],
+        known=known,
+        separation=separation,
+        theta_e=_column(rows, THETA_E, n, None),
+        theta_e_sigma=_column(rows, THETA_E_SIGMA, n, None),
+    )
+
+
+def _cards(chosen: _Chosen, stamps: Stamps) -> list[dict[str, Any]]:
+    return [
+        {
+            "rank": chosen.rows["rank"][i],
+            "id": int(chosen.ids[i]),
+            "score": float(chosen.rows["score"][i]),
+            "ra": float(chosen.ra[i]),
+            "dec": float(chosen.dec[i]),
+            "label": chosen.labels[i],
+            "stamp": stamps.paths[i],
+            "problem": stamps.problems[i],
+            "known": chosen.known[i],
+            "separation": float(chosen.separation[i]),
+            "theta_e": chosen.theta_e[i],
+            "theta_e_sigma": chosen.theta_e_sigma[i],
+        }
+        for i in range(chosen.n)
+    ]
+
+
+def _subtitle(chosen: _Chosen, catalogue: Any, data: str | Path, cfg: GalleryConfig) -> str:
+    """The page's subtitle (HTML): what was selected, by which models, from which data."""
+    models = table_meta(catalogue).get("models", [])
+    model_text = ", ".join(m.get("name", "?") for m in models) if models else "unknown models"
+    score_range = cfg.score_range
+    what = (
+        f"score in [{score_range[0]:g}, {score_range[1]:g}]: {chosen.n_matched} candidates, "
+        f"showing the top {chosen.n}"
+        if score_range is not None
+        else f"top {chosen.n} of {chosen.n_scored} scored cutouts"
+    )
+    subtitle = html.escape(f"{what} · models: {model_text} · data: {data}")
+    if cfg.known_lenses is not None:
+        subtitle += html.escape(
+            f" · known lenses from {cfg.known_lenses} within {cfg.radius_arcsec:g} arcsec: "
+            f"{sum(k is not None for k in chosen.known)}"
+        )
+    return subtitle
+
+
+def _finite(value: Any) -> float | None:
+    """A JSON-safe number: None for a missing or non-finite one."""
+    return float(value) if value is not None and np.isfinite(value) else None
+
+
+def _theta_e_record(chosen: _Chosen, i: int) -> dict[str, float | None]:
+    """theta_E and its sigma for gallery.json; nothing when the models had no head."""
+    if chosen.theta_e[i] is None:
+        return {}
+    return {THETA_E: _finite(chosen.theta_e[i]), THETA_E_SIGMA: _finite(chosen.theta_e_sigma[i])}
+
+
+def _write_record(out: Path, chosen: _Chosen, stamps: Stamps) -> None:
+    """``out/gallery.json``: what each shown candidate is and where its stamp is."""
+    shown = [
+        {
+            "rank": int(chosen.rows["rank"][i]),
+            "id": int(chosen.ids[i]),
+            "score": float(chosen.rows["score"][i]),
+            "stamp": stamps.paths[i],
+            "known_lens": chosen.known[i],
+            "problem": stamps.problems[i],
+            **_theta_e_record(chosen, i),
+        }
+        for i in range(chosen.n)
+    ]
+    atomic_write_text(out / "gallery.json", json.dumps(shown, indent=1) + "\n")
+
+
 def _write_gallery(
     candidates: str | Path,
     data: str | Path,
@@ -211,118 +258,26 @@ def _write_gallery(
 ) -> GalleryResult:
     """``make_gallery`` once it holds the lock of ``out``."""
     cfg = cfg or GalleryConfig()
-    score_range, known_lenses, radius_arcsec = cfg.score_range, cfg.known_lenses, cfg.radius_arcsec
     out = Path(out)
     catalogue = read_candidates(candidates)
-    chosen, n_matched = select_candidates(catalogue, cfg.top, score_range)
-    rows = chosen.to_pydict()
-    n = chosen.num_rows
-    ids = np.asarray(rows["id"], dtype=np.int64)
-    ra = np.asarray(_column(rows, "ra", n, np.nan), dtype=np.float64)
-    dec = np.asarray(_column(rows, "dec", n, np.nan), dtype=np.float64)
-    labels = [(-1 if v is None else int(v)) for v in _column(rows, "label", n, -1)]
-    # The Einstein-radius estimate, when the scan's models had the head (None otherwise).
-    theta_e, theta_e_sigma = (_column(rows, name, n, None) for name in (THETA_E, THETA_E_SIGMA))
-
-    known_names: list[str | None] = [None] * n
-    separation = np.full(n, np.nan)
-    if known_lenses is not None:
-        _, known_names, separation = flag_known_lenses(ra, dec, known_lenses, radius_arcsec)
-
+    chosen = _choose(catalogue, cfg)
     source = open_scanned_data(candidates, data)
-    index = index_of_ids(np.asarray(source.ids, dtype=np.int64), ids)
-    found = index >= 0
-
-    stamps: list[str | None] = [None] * n
-    problems: list[str | None] = [None if f else "ID not in the data" for f in found]
-    images: list[np.ndarray] = []
-    titles: list[str] = []
-    (out / STAMP_DIR).mkdir(parents=True, exist_ok=True)
-    positions = np.flatnonzero(found)
-    chunks = [positions[i : i + READ_CHUNK] for i in range(0, len(positions), READ_CHUNK)]
-    for chunk in progress_bar(chunks, desc="gallery", unit="chunk") if progress else chunks:
-        cutouts = source.read(index[chunk])
-        for j, pos in enumerate(chunk):
-            if not cutouts.valid[j]:
-                problems[pos] = f"unreadable: {cutouts.reasons[j] or 'invalid'}"
-                continue
-            image = colour_composite(cutouts.vis[j], cutouts.nisp[j], cfg.asinh_softening)
-            # Row 0 of a FITS image is its bottom: flip so the PNG shows it as the mosaic does.
-            image = np.ascontiguousarray(np.flipud(image), dtype=np.uint8)
-            image = resize_square(image, cfg.stamp_pixels)
-            name = f"{STAMP_DIR}/rank{rows['rank'][pos]:06d}-{ids[pos]}.png"
-            _save_png(image, out / name)
-            stamps[pos] = name
-            images.append(np.flipud(image))  # save_grid draws with origin='lower'
-            mark = " *" if known_names[pos] else ""
-            titles.append(f"#{rows['rank'][pos]} {ids[pos]} {rows['score'][pos]:.3f}{mark}")
-
-    cards = [
-        _card(
-            {
-                "rank": rows["rank"][i],
-                "id": int(ids[i]),
-                "score": float(rows["score"][i]),
-                "ra": float(ra[i]),
-                "dec": float(dec[i]),
-                "label": labels[i],
-                "stamp": stamps[i],
-                "problem": problems[i],
-                "known": known_names[i],
-                "separation": float(separation[i]),
-                "theta_e": theta_e[i],
-                "theta_e_sigma": theta_e_sigma[i],
-            }
-        )
-        for i in range(n)
-    ]
-    models = table_meta(catalogue).get("models", [])
-    model_text = ", ".join(m.get("name", "?") for m in models) if models else "unknown models"
-    what = (
-        f"score in [{score_range[0]:g}, {score_range[1]:g}]: {n_matched} candidates, "
-        f"showing the top {n}"
-        if score_range is not None
-        else f"top {n} of {catalogue.num_rows} scored cutouts"
-    )
-    subtitle = html.escape(f"{what} · models: {model_text} · data: {data}")
-    if known_lenses is not None:
-        subtitle += html.escape(
-            f" · known lenses from {known_lenses} within {radius_arcsec:g} arcsec: "
-            f"{sum(k is not None for k in known_names)}"
-        )
-    html_path = out / "index.html"
-    card_pixels = max(cfg.stamp_pixels, 200)
-    atomic_write_text(html_path, _page("lensfinder candidates", subtitle, cards, card_pixels))
-
-    mosaic = None
-    if images:
-        mosaic = out / "mosaic.png"
-        save_grid(images, titles, mosaic, columns=cfg.columns)
-    shown = [
-        {
-            "rank": int(rows["rank"][i]),
-            "id": int(ids[i]),
-            "score": float(rows["score"][i]),
-            "stamp": stamps[i],
-            "known_lens": known_names[i],
-            "problem": problems[i],
-            **(
-                {}
-                if theta_e[i] is None
-                else {THETA_E: _finite(theta_e[i]), THETA_E_SIGMA: _finite(theta_e_sigma[i])}
-            ),
-        }
-        for i in range(n)
-    ]
-    atomic_write_text(out / "gallery.json", json.dumps(shown, indent=1) + "\n")
+    index = index_of_ids(np.asarray(source.ids, dtype=np.int64), chosen.ids)
+    style = StampStyle(softening=cfg.asinh_softening, pixels=cfg.stamp_pixels)
+    stamps = draw_stamps(source, index, chosen.rows, chosen.known, out, style, progress)
+    subtitle = _subtitle(chosen, catalogue, data, cfg)
+    html_path = write_page(out, PAGE_TITLE, subtitle, _cards(chosen, stamps), cfg.stamp_pixels)
+    mosaic = write_mosaic(stamps, out, cfg.columns)
+    _write_record(out, chosen, stamps)
+    score_range = cfg.score_range
     return GalleryResult(
         out=out,
         html=html_path,
         mosaic=mosaic,
-        n_selected=n_matched,
-        n_shown=n,
-        n_missing=int((~found).sum()),
-        n_unreadable=sum(1 for p in problems if p and p.startswith("unreadable")),
-        n_known=sum(k is not None for k in known_names),
+        n_selected=chosen.n_matched,
+        n_shown=chosen.n,
+        n_missing=int((index < 0).sum()),
+        n_unreadable=sum(1 for p in stamps.problems if p and p.startswith("unreadable")),
+        n_known=sum(k is not None for k in chosen.known),
         score_range=None if score_range is None else (float(score_range[0]), float(score_range[1])),
     )

@@ -31,13 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lensfinder import __version__
 from lensfinder.config import PredictConfig, ScanConfig, to_dict
 from lensfinder.data import open_source
 from lensfinder.data.challenge import summarise_problems
 from lensfinder.ensemble import expand_models
 from lensfinder.errors import ConfigError, DataError, LensfinderError
-from lensfinder.predict.onnx_cache import PRECISION_OF_BACKEND, prepare, source_calibration
+from lensfinder.predict.onnx_cache import PRECISION_OF_BACKEND, lookup, source_calibration
 from lensfinder.predict.onnx_files import files_fingerprint
 from lensfinder.safety import SCAN, writing_output
 from lensfinder.scan.catalog import merge_shards, read_shard, table_meta
@@ -223,7 +225,15 @@ def _prepare_models(
     if precision is None:
         return []
     calibration = source_calibration(source, content_key) if precision == "int8" else None
-    return [prepare(model, precision, calibration).info() for model in models]
+    infos = []
+    for model in models:
+        cached = lookup(model, precision, calibration)
+        if cached is None:  # only a build needs torch: a cache hit leaves the client light
+            from lensfinder.predict.onnx_build import prepare
+
+            cached = prepare(model, precision, calibration)
+        infos.append(cached.info())
+    return infos
 
 
 @contextlib.contextmanager
@@ -415,8 +425,6 @@ def _scan_locked(
     began: float,
 ) -> ScanResult:
     """``scan`` once it holds the lock of ``out``."""
-    import numpy as np
-
     began_at = time.time() - (time.perf_counter() - began)
     source = open_source(data, keep_unlisted=True)
     if len(source) == 0:

@@ -30,6 +30,7 @@ import numpy as np
 from lensfinder.config import PredictConfig, from_dict
 from lensfinder.data import open_source
 from lensfinder.errors import DataError
+from lensfinder.predict.onnx_cache import source_calibration
 from lensfinder.scan.catalog import shard_table, write_parquet
 
 SHARD_DIR = "shards"
@@ -130,8 +131,7 @@ def _open_checked(data: str, data_key: str):
 def _build_predictor(task: ShardTask, source: Any) -> Any:
     """The task's Predictor, warmed up: ONNX threads default to the worker's share of the cores,
     and int8 calibrates on the scanned data (the same cutouts the client quantised with)."""
-    from lensfinder.predict import Predictor
-    from lensfinder.predict.onnx_cache import source_calibration
+    from lensfinder.predict.predictor import Predictor  # torch: on the worker, not the client
 
     cfg = from_dict(PredictConfig, task.predict)
     calibration = None

@@ -55,10 +55,12 @@ from lensfinder.simulate import scene as scenes
 from lensfinder.simulate import writer
 from lensfinder.simulate.deflectors import Measurement, choose, mass_model, measure, plausible
 from lensfinder.simulate.deflectors import survey_noise as survey_background_noise
-from lensfinder.simulate.preview import finish_layout
 from lensfinder.simulate.quantities import catalogue_row
 from lensfinder.simulate.render import SceneRenderer, counts_per_second, preload
+from lensfinder.simulate.run import _pool_context, _single_threaded_blas
+from lensfinder.simulate.run import validate as validate_simulation
 from lensfinder.simulate.stamps import StampLibrary
+from lensfinder.simulate.writer import finish_layout
 from lensfinder.surveys import Band, Survey, get_survey
 from lensfinder.utils import atomic_path
 from lensfinder.utils import progress as progress_bar
@@ -435,8 +437,6 @@ _WORKER: _Painter | None = None
 
 
 def _init_worker(painter: _Painter) -> None:
-    from lensfinder.simulate.run import _single_threaded_blas
-
     global _WORKER
     _WORKER = painter
     _single_threaded_blas()
@@ -450,8 +450,6 @@ def _work(task: tuple[int, int, bool, str]) -> tuple[int, bool]:
 def _run(
     painter: _Painter, tasks: list[tuple[int, int, bool, str]], workers: int, show: bool
 ) -> Iterator[tuple[int, bool]]:
-    from lensfinder.simulate.run import _pool_context, _single_threaded_blas
-
     def shown(results: Iterable[tuple[int, bool]]) -> Iterable[tuple[int, bool]]:
         if not show:
             return results
@@ -492,7 +490,6 @@ def validate(config: InjectConfig) -> tuple[Survey, LabelRule]:
         raise ConfigError("inject: sigma_scatter_dex and shear_sigma must be >= 0")
     if config.first_id is not None and config.first_id < 0:
         raise ConfigError(f"inject: first_id must be >= 0, got {config.first_id}")
-    from lensfinder.simulate.run import validate as validate_simulation
 
     # the source settings and the rule's columns, as simulate checks them
     validate_simulation(source_config(config))

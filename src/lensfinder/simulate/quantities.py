@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from lensfinder.simulate.render import lens_model
 from lensfinder.simulate.scene import Scene, total_magnitude
 
 # The catalogue columns the simulator fills; every other column is written empty (NaN).
@@ -39,8 +40,6 @@ def count_source_images(scene: Scene) -> int:
     if not scene.lens_models:
         return 1
     from lenstronomy.LensModel.Solver.lens_equation_solver import LensEquationSolver
-
-    from lensfinder.simulate.render import lens_model
 
     xs, ys = scene.source_centre
     beta = math.hypot(xs, ys)

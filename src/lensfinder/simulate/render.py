@@ -37,9 +37,6 @@ from lensfinder.surveys import Band, Survey
 COMPONENTS = ("central", "field", "source", "stars")
 COMPACT_PIXELS = 3.0  # profiles smaller than this many pixels get their cores supersampled
 
-# (x, y) of points -> unit-amplitude surface brightness of each profile, shape (profiles, points)
-Evaluate = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
 
 @dataclass
 class BandImages:

@@ -29,10 +29,10 @@ from lensfinder.safety import SIMULATION, writing_output
 from lensfinder.simulate import scene as scenes
 from lensfinder.simulate import sky, writer
 from lensfinder.simulate.observing import NOMINAL, Observing, draw_observing
-from lensfinder.simulate.preview import finish_layout
 from lensfinder.simulate.quantities import SIMULATED_COLUMNS, catalogue_row
 from lensfinder.simulate.render import BandImages, SceneRenderer, preload
 from lensfinder.simulate.stamps import StampLibrary
+from lensfinder.simulate.writer import finish_layout
 from lensfinder.surveys import Survey, get_survey
 from lensfinder.utils import progress as progress_bar
 

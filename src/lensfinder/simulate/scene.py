@@ -165,18 +165,6 @@ class Scene:
     def galaxy_centres(self) -> list[tuple[float, float]]:
         return [(n.x, n.y) for n in self.neighbours]
 
-    def sharp_regions(self) -> list[tuple[float, float, float]]:
-        """(x, y, radius) discs worth supersampling: arcs around the centre and compact cores."""
-        radius = 3.0
-        if self.has_source and math.isfinite(self.theta_e):
-            beta = math.hypot(*self.source_centre)
-            radius = max(radius, self.theta_e + beta + 5 * self.source_radius + 0.5)
-        regions = [(0.0, 0.0, radius)]
-        for light in self.central + self.field:
-            x, y = light.centre
-            regions.append((x, y, 3 * light.size + 0.3))
-        return regions
-
 
 # ---------------------------------------------------------------------------- helpers
 

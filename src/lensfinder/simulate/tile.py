@@ -233,8 +233,9 @@ def _stamp_pixels(scene: scenes.Scene, pixel_scale: float, max_stamp: int) -> in
         if not math.isfinite(reach):
             reach = 10.0 * light.size
         extent = max(extent, math.hypot(*light.centre) + reach)
-    for x, y, radius in scene.sharp_regions() if scene.source else ():
-        extent = max(extent, math.hypot(x, y) + radius)
+    if scene.has_source and math.isfinite(scene.theta_e):  # the lensed arcs' region
+        beta = math.hypot(*scene.source_centre)
+        extent = max(extent, scene.theta_e + beta + 5 * scene.source_radius + 0.5)
     psf = 4.0 * max(band.psf_fwhm for band in EUCLID.bands)
     pixels = 2 * math.ceil((extent + psf) / pixel_scale)
     pixels = STAMP_STEP * math.ceil(pixels / STAMP_STEP)

@@ -8,6 +8,7 @@ the end, in one atomic write.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -20,6 +21,8 @@ import numpy as np
 
 from lensfinder import layout
 from lensfinder.errors import ConfigError, DataError
+from lensfinder.labels import LabelRule
+from lensfinder.presentation.preview import write_preview
 from lensfinder.surveys import Band
 from lensfinder.utils import atomic_path, atomic_write_text
 
@@ -192,3 +195,23 @@ def write_catalogue(
     path = layout.catalog_path(root)
     atomic_write_text(path, layout.format_catalog(rows, comments))
     return path
+
+
+def finish_layout(
+    out: Path, ids: Sequence[int], rule: LabelRule, comments: list[str]
+) -> tuple[Path, Path | None, int]:
+    """The last step of a layout writer (``simulate``, ``inject``): every object's stored row
+    into the catalogue (with ``comments``), the preview, and how many objects are lenses by
+    ``rule``. A missing row is an error naming its file."""
+    rows = []
+    for object_id in ids:
+        record = read_row(out, int(object_id))
+        if record is None:
+            raise DataError(f"{row_path(out, int(object_id))}: missing or unreadable")
+        rows.append(record["row"])
+    columns = {c: np.array([r.get(c, np.nan) for r in rows], dtype=float) for c in rule.columns}
+    lenses = int(rule.apply(columns).sum())
+    catalog = write_catalogue(out, rows, comments)
+    truth = functools.partial(read_row, out)
+    preview = write_preview(out, out / "preview.png", label_rule=str(rule), truth=truth)
+    return catalog, preview, lenses

@@ -12,8 +12,7 @@ class Band:
 
     Units: ``pixel_scale`` and ``psf_fwhm`` in arcsec, ``exposure_time`` in seconds per exposure,
     ``sky_brightness`` in AB mag/arcsec^2, ``zero_point`` in AB mag for 1 e-/s,
-    ``read_noise`` in e- per exposure, ``gain`` in e-/ADU, ``depth_5sigma`` in AB mag
-    (5-sigma point source).
+    ``read_noise`` in e- per exposure, ``gain`` in e-/ADU.
     """
 
     name: str
@@ -27,7 +26,6 @@ class Band:
     sky_brightness: float
     read_noise: float
     gain: float
-    depth_5sigma: float
     wavelength_um: float
     directory: str  # folder name in the challenge layout, e.g. "EUC_VIS"
 

@@ -21,7 +21,6 @@ _NISP_CAMERA: dict[str, Any] = {
     "num_exposures": 4,
     "read_noise": 6.1,
     "gain": 3.1,
-    "depth_5sigma": 24.5,
 }
 
 VIS = Band(
@@ -36,7 +35,6 @@ VIS = Band(
     sky_brightness=22.3,
     read_noise=4.2,
     gain=3.1,
-    depth_5sigma=26.2,
     wavelength_um=0.72,
     directory="EUC_VIS",
 )

@@ -42,10 +42,18 @@ from lensfinder.data.augment import N_ELEMENTS, apply_d4_per_sample
 from lensfinder.data.cutouts import CutoutSource
 from lensfinder.data.dataset import CutoutDataset, tensors
 from lensfinder.data.identity import data_record
-from lensfinder.data.source import open_unlabelled
+from lensfinder.data.source import is_store, open_unlabelled
+from lensfinder.data.store import pack
 from lensfinder.data.transforms import ModelInput, map_input
+from lensfinder.ensemble import is_ensemble, member_dir, read_ensemble, write_ensemble
 from lensfinder.errors import ConfigError, DataError
+from lensfinder.models import load_model
 from lensfinder.models.batchnorm import batchnorm_layers, bn_train_mode
+from lensfinder.models.checkpoint import input_config, save_model
+from lensfinder.safety import ENSEMBLE, TRAIN, writing_output
+from lensfinder.simulate.inject import inject
+from lensfinder.train.datamodule import epoch_seed
+from lensfinder.train.module import to_channels_last
 
 JOINT_METHODS = ("dann", "consistency")
 
@@ -143,8 +151,6 @@ def paint_field(config: TrainConfig, run_dir: str | Path, progress: bool = True)
     if store is None:
         return None
     # simulate/ (lenstronomy) is loaded only by runs that paint
-    from lensfinder.data.store import pack
-    from lensfinder.simulate.inject import inject
 
     assert config.adapt.field is not None
     layout = Path(run_dir) / PAINTED_LAYOUT
@@ -165,8 +171,6 @@ class FieldCutouts:
     def __init__(
         self, path: str | Path, input_cfg: InputConfig, adapt: AdaptConfig, progress: bool = False
     ) -> None:
-        from lensfinder.data.source import is_store
-
         source = open_unlabelled(path)
         self.path = Path(path)
         self.kind = "store" if is_store(path) else "layout"
@@ -249,8 +253,6 @@ def recompute_batchnorm(
 
     Returns what was done, for model.json.
     """
-    from lensfinder.train.module import to_channels_last
-
     layers = batchnorm_layers(model)
     if not layers:
         return {"layers": 0, "batches": 0}
@@ -365,8 +367,6 @@ class JointAdaptation(nn.Module):
 
     def _draw(self, size: int, device: torch.device, rank: int) -> ModelInput:
         if self._generator is None:  # seeded per process; continues from step to step
-            from lensfinder.train.datamodule import epoch_seed
-
             self._generator = torch.Generator().manual_seed(
                 epoch_seed(self.seed, self.adapt.seed, rank)
             )
@@ -510,11 +510,6 @@ def adapt_only(config: TrainConfig, out: str | Path, progress: bool = True) -> A
     ``out`` receives ordinary run directories: model.json is the init's with an ``adapt``
     section and ``init`` pointing at the source run, so evaluate still finds its test split.
     """
-    from lensfinder.ensemble import is_ensemble, member_dir, read_ensemble, write_ensemble
-    from lensfinder.models import load_model
-    from lensfinder.models.checkpoint import input_config, save_model
-    from lensfinder.safety import ENSEMBLE, TRAIN, writing_output
-
     problems = adapt_problems(config)
     if config.init is None or config.adapt.field is None:
         problems.append(

@@ -20,7 +20,7 @@ from lensfinder.ensemble import ENSEMBLE_FILE, is_ensemble, member_dir, write_en
 from lensfinder.errors import ConfigError
 from lensfinder.models.checkpoint import META_FILE
 from lensfinder.safety import ENSEMBLE, writing_output
-from lensfinder.train.adapt import AdaptResult
+from lensfinder.train.adapt import AdaptResult, adapt_only
 from lensfinder.train.run import TrainResult, train, train_inputs
 
 
@@ -56,8 +56,6 @@ def train_models(
     """``train`` for ``members == 1``; else the ensemble of ``config.members`` into ``out``."""
     out = Path(out)
     if config.adapt.only:  # no labelled training: the --init model (or ensemble) adapted
-        from lensfinder.train.adapt import adapt_only
-
         return adapt_only(config, out, progress)
     if config.members < 1:
         raise ConfigError(f"train config: members {config.members} < 1")

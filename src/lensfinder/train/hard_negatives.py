@@ -55,6 +55,8 @@ from lensfinder.data.identity import data_record, fingerprint, same_data
 from lensfinder.data.splits import split_indices
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.models.checkpoint import WEIGHTS_FILE
+from lensfinder.predict import Predictor
+from lensfinder.simulate import simulate
 from lensfinder.train.datamodule import ConcatSource
 from lensfinder.utils import atomic_path, atomic_write_text
 
@@ -134,8 +136,6 @@ def score_rows(
     run_dir: Path, source: CutoutSource, rows: np.ndarray, tta: bool, progress: bool
 ) -> np.ndarray:
     """The model's scores of ``rows`` of ``source`` (NaN where a cutout could not be read)."""
-    from lensfinder.predict import Predictor
-
     predictor = Predictor(run_dir, PredictConfig(tta=tta))
     return np.asarray(predictor.predict_source(source, rows, progress=progress).score)
 
@@ -183,8 +183,6 @@ def simulated_pool(
 ) -> tuple[Path, dict[str, Any]]:
     """Simulate the pool (resumable: finished objects are kept) into a folder named by its
     settings, so changed settings never mix with an earlier pool."""
-    from lensfinder.simulate import simulate
-
     sim = pool_simulate_config(config, training, getattr(training, "label_rule", None))
     settings = {k: v for k, v in to_dict(sim).items() if k != "workers"}
     tag = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]

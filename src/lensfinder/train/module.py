@@ -14,6 +14,8 @@ from torch import nn
 from torchmetrics.classification import BinaryAUROC
 
 from lensfinder.config import TrainConfig
+from lensfinder.models import create_model
+from lensfinder.models.batchnorm import bn_train_mode
 
 Batch = tuple[Any, torch.Tensor]
 Outputs = tuple[torch.Tensor, torch.Tensor | None]  # logits (n,), theta_E (n, 2) or None
@@ -107,8 +109,6 @@ class LensClassifier(pl.LightningModule):
         super().__init__()
         self.config = config
         if model is None:
-            from lensfinder.models import create_model
-
             model = create_model(config.model, config.input)
             zero_head(model)
         if config.channels_last:
@@ -174,7 +174,6 @@ class LensClassifier(pl.LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         if self.config.model.bn_inference == "batch":
             # Validate as the model will be used (method 2), so early stopping picks for that.
-            from lensfinder.models.batchnorm import bn_train_mode
 
             with bn_train_mode(self.model):
                 loss, logits, target = self._loss(batch)

@@ -25,6 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_only
+
 from lensfinder import __version__
 from lensfinder.config import TrainConfig, flat_settings, load_config, save_config, to_dict
 from lensfinder.data import open_source
@@ -214,8 +222,6 @@ def check_devices(devices: int | str, accelerator: str) -> str | None:
     if indices is None and count < 1 and count != -1:
         return f"devices {count}: expected a count >= 1, -1 (all) or auto"
     if uses_cuda(accelerator):
-        import torch
-
         visible = torch.cuda.device_count()
         if indices is not None:
             if len(set(indices)) != len(indices) or not all(0 <= i < visible for i in indices):
@@ -236,8 +242,6 @@ def check_devices(devices: int | str, accelerator: str) -> str | None:
 
 
 def uses_cuda(accelerator: str) -> bool:
-    import torch
-
     return accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
 
 
@@ -247,8 +251,6 @@ def resolve_precision(config: TrainConfig) -> str:
     if config.precision != "auto":
         return config.precision
     if uses_cuda(config.accelerator):
-        import torch
-
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "32-true"
 
@@ -317,8 +319,6 @@ def prepare_run_dir(config: TrainConfig, out: Path, resume: bool) -> Path | None
 
 def checkpoint_epoch(checkpoint: Path) -> int:
     """The last finished epoch recorded in a Lightning checkpoint (read with weights_only)."""
-    import torch
-
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
         return int(state["epoch"])
@@ -351,9 +351,6 @@ def keep_csv_rows_through(path: Path, last_epoch: int | None) -> list[str]:
 def make_loggers(out: Path, header: list[str]) -> list[Any]:
     """Lightning's CSV logger writing ``out/metrics.csv`` (appending after a resume) and, when
     tensorboard is installed, a TensorBoard logger in ``out/tensorboard``."""
-    from lightning.pytorch.loggers import CSVLogger
-    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-    from lightning.pytorch.loggers.logger import rank_zero_experiment
 
     class KeepingWriter(ExperimentWriter):
         # Lightning's writer deletes an existing metrics.csv; the caller already trimmed it.
@@ -371,8 +368,6 @@ def make_loggers(out: Path, header: list[str]) -> list[Any]:
 
     loggers: list[Any] = [ResumableCSVLogger(out, name="", version="")]
     if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
-        from lightning.pytorch.loggers import TensorBoardLogger
-
         loggers.append(
             TensorBoardLogger(out, name="tensorboard", version="", default_hp_metric=False)
         )
@@ -402,8 +397,6 @@ def train(
     ``callbacks`` are further Lightning callbacks, run after ours (a benchmark times the bare
     model between epochs with one); they must not change what is trained.
     """
-    from lightning.pytorch.utilities import rank_zero_only
-
     check_config(config)
     stores = [Path(store)] if isinstance(store, str | Path) else [Path(s) for s in store]
     if rank_zero_only.rank != 0:  # type: ignore[attr-defined]  # set by Lightning at import  # DDP's other processes: rank 0 holds the lock
@@ -429,8 +422,6 @@ def _train_locked(
     one gets the mined ``replay``, added to its training split)."""
     if config.hard_negatives.enabled and replay is None:
         return train_with_hard_negatives(config, store, out, resume, progress, extra_callbacks)
-    import lightning.pytorch as pl
-    from lightning.pytorch.utilities import rank_zero_only
 
     # Under DDP the other processes re-run this function after rank 0 has prepared ``out``.
     is_rank_zero = rank_zero_only.rank == 0  # type: ignore[attr-defined]
@@ -500,9 +491,6 @@ def _make_trainer(
 ) -> Any:
     """The Lightning Trainer of a run: ``ours`` (early stopping first), the checkpoint, weight
     averaging, batch growth, the progress bar, then the caller's callbacks."""
-    import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import TQDMProgressBar
-
     callbacks: list[Any] = [*ours, AtomicLastCheckpoint(out)]
     averaging = weight_averaging_callback(config)
     if averaging is not None:  # after early stopping: it keeps the averaged weights as the best
@@ -580,8 +568,6 @@ def train_with_hard_negatives(
 ) -> TrainResult:
     """First pass, mining, second pass (see ``train/hard_negatives.py``); the second pass's
     result."""
-    from lightning.pytorch.utilities import rank_zero_only
-
     first_dir = out / hard_negatives.FIRST_PASS_DIR
     second = hard_negatives.second_pass_config(config, first_dir)
     is_rank_zero = rank_zero_only.rank == 0  # type: ignore[attr-defined]

@@ -162,34 +162,21 @@ def _image(path: Path) -> str:
     )
 
 
-def write_report(
-    out_dir: str | Path,
-    title: str,
-    metrics: Mapping[str, Any],
-    images: Iterable[str | Path],
-    tables: Iterable[tuple[str, Sequence[Mapping[str, Any]]]] = (),
-    notes: str = "",
-    galleries: Iterable[tuple[str, str | Path | None, Sequence[Mapping[str, Any]]]] = (),
-) -> Path:
-    """Write ``out_dir/report.html`` and return its path.
-
-    ``metrics``: one ``compute_metrics`` dict, an evaluation dict (``overall`` + optional
-    ``members`` + top-level settings shown as a table), or a mapping name -> metrics dict.
-    ``images`` are embedded (PNG, JPEG or SVG); ``tables`` are extra ``(title, rows)`` tables;
-    ``galleries`` are ``(title, mosaic image or None, rows)`` sections (e.g. failure galleries).
-    """
-    rows = metric_rows(metrics)
+def _head(title: str) -> list[str]:
     stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    parts = [
+    return [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         f'<p class="meta">lensfinder {__version__} · {html.escape(stamp)}</p>',
-        "<h2>Metrics</h2>",
-        _metrics_table(rows),
     ]
+
+
+def _metrics_section(rows: Sequence[tuple[str, Mapping[str, Any]]]) -> list[str]:
+    """The metrics table, its rows' notes, what the metrics mean, and the survey estimate."""
+    parts = ["<h2>Metrics</h2>", _metrics_table(rows)]
     row_notes = list(dict.fromkeys(n for _, row in rows for n in row.get("notes", ())))
     if row_notes:
         parts.append(
@@ -212,6 +199,33 @@ def write_report(
             "to a survey where lenses are this rare: expected purity of the candidate list and "
             "how many candidates people must inspect per million galaxies.</p>",
         ]
+    return parts
+
+
+def _gallery_section(title: str, image: str | Path | None, rows: Sequence[Mapping[str, Any]]):
+    parts = [f"<h2>{html.escape(title)}</h2>"]
+    if image is not None:
+        parts.append(_image(Path(image)))
+    return [*parts, _generic_table(rows)]
+
+
+def write_report(
+    out_dir: str | Path,
+    title: str,
+    metrics: Mapping[str, Any],
+    images: Iterable[str | Path],
+    tables: Iterable[tuple[str, Sequence[Mapping[str, Any]]]] = (),
+    notes: str = "",
+    galleries: Iterable[tuple[str, str | Path | None, Sequence[Mapping[str, Any]]]] = (),
+) -> Path:
+    """Write ``out_dir/report.html`` and return its path.
+
+    ``metrics``: one ``compute_metrics`` dict, an evaluation dict (``overall`` + optional
+    ``members`` + top-level settings shown as a table), or a mapping name -> metrics dict.
+    ``images`` are embedded (PNG, JPEG or SVG); ``tables`` are extra ``(title, rows)`` tables;
+    ``galleries`` are ``(title, mosaic image or None, rows)`` sections (e.g. failure galleries).
+    """
+    parts = [*_head(title), *_metrics_section(metric_rows(metrics))]
     info = _run_info(metrics) if not _is_metrics(metrics) else []
     if info:
         parts += ["<h2>Run</h2>", _generic_table(info)]
@@ -222,11 +236,8 @@ def write_report(
         parts += ["<h2>Plots</h2>", *figures]
     for table_title, table_rows in tables:
         parts += [f"<h2>{html.escape(table_title)}</h2>", _generic_table(table_rows)]
-    for gallery_title, image, gallery_rows in galleries:
-        parts.append(f"<h2>{html.escape(gallery_title)}</h2>")
-        if image is not None:
-            parts.append(_image(Path(image)))
-        parts.append(_generic_table(gallery_rows))
+    for gallery in galleries:
+        parts += _gallery_section(*gallery)
     parts.append("</body></html>\n")
     path = Path(out_dir) / REPORT_NAME
     atomic_write_text(path, "\n".join(parts))

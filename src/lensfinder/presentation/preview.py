@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from lensfinder import layout
-from lensfinder.errors import DataError
-from lensfinder.labels import LabelRule
 from lensfinder.labels import label_rule as parse_rule
-from lensfinder.simulate import writer
+from lensfinder.presentation.composite import colour_composite, save_grid
 from lensfinder.surveys import EUCLID, Survey
-from lensfinder.visual import colour_composite, save_grid
 
 
 def read_catalogue(path: Path) -> dict[int, dict[str, float]]:
@@ -83,9 +81,11 @@ def write_preview(
     n: int = 24,
     label_rule: str | None = None,
     survey: Survey = EUCLID,
+    truth: Callable[[int], dict[str, Any] | None] | None = None,
 ) -> Path | None:
     """Write a grid of up to ``n`` colour composites (half lenses where labels are known);
-    returns the PNG path, or None when the layout has no complete objects."""
+    returns the PNG path, or None when the layout has no complete objects. ``truth``: an
+    object's simulator record (``{"row": ..., "meta": ...}``), for titles with what was drawn."""
     from astropy.io import fits
 
     root = Path(layout_dir)
@@ -120,26 +120,7 @@ def write_preview(
         vis = fits.getdata(layout.image_path(root, survey.band(reference), object_id))
         nisp = np.stack([fits.getdata(layout.image_path(root, b, object_id)) for b in colour_bands])
         images.append(colour_composite(vis.astype(np.float32), nisp.astype(np.float32)))
-        record = writer.read_row(root, object_id) or {}
+        record = (truth(object_id) if truth else None) or {}
         row = catalogue.get(object_id) or record.get("row", {})
         titles.append(_title(object_id, labels[object_id], row, record.get("meta", {})))
     return save_grid(images, titles, out_png, columns=6)
-
-
-def finish_layout(
-    out: Path, ids: Sequence[int], rule: LabelRule, comments: list[str]
-) -> tuple[Path, Path | None, int]:
-    """The last step of a layout writer (``simulate``, ``inject``): every object's stored row
-    into the catalogue (with ``comments``), the preview, and how many objects are lenses by
-    ``rule``. A missing row is an error naming its file."""
-    rows = []
-    for object_id in ids:
-        record = writer.read_row(out, int(object_id))
-        if record is None:
-            raise DataError(f"{writer.row_path(out, int(object_id))}: missing or unreadable")
-        rows.append(record["row"])
-    columns = {c: np.array([r.get(c, np.nan) for r in rows], dtype=float) for c in rule.columns}
-    lenses = int(rule.apply(columns).sum())
-    catalog = writer.write_catalogue(out, rows, comments)
-    preview = write_preview(out, out / "preview.png", label_rule=str(rule))
-    return catalog, preview, lenses

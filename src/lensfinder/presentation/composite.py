@@ -1,7 +1,8 @@
 """Images for people: colour composites of VIS + NISP cutouts and PNG mosaics.
 
-Shared by the simulator's preview and the candidate gallery. Every scaling is measured on the
-image itself, with the model input's noise estimator and NISP->VIS resampler, so the pictures
+Shared by the simulator's preview, the candidate gallery, the failure mosaics and the grading
+page. Every scaling is measured on the image itself, with the model input's noise estimator and
+NISP->VIS resampler (their numpy twins in ``data.pixels``: no torch here), so the pictures
 look alike in any flux units (simulated e-/s, the challenge's tiny arbitrary units, real survey
 data) and align the bands as the model does. As in the Euclid Q1 lens searches, VIS gives the
 luminance (its resolution shows arcs) and NISP gives the colour (red lens galaxies, blue
@@ -14,24 +15,25 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
+from PIL import Image
+from scipy.ndimage import gaussian_filter
 
-from lensfinder.data.transforms import background_and_noise, resample_nisp
+from lensfinder.data.pixels import background_and_noise, resample_nisp
 from lensfinder.surveys import EUCLID
 from lensfinder.utils import atomic_path
 
 
 def robust_background(image: np.ndarray) -> tuple[float, float]:
     """(background level, noise sigma) of one image: the model input's estimator
-    (``data.transforms.background_and_noise``: clipped median and MAD of the border frame), so
-    pictures and model see the same noise.
+    (``data.pixels.background_and_noise``, the numpy twin of ``data.transforms``': clipped
+    median and MAD of the border frame), so pictures and model see the same noise.
 
     The sigma falls back to the standard deviation, then to 1, for images with no spread,
     so a blank or constant cutout never divides by zero.
     """
     values = np.ascontiguousarray(image, dtype=np.float32)
-    sky, noise = background_and_noise(torch.from_numpy(values)[None, None])
-    median, sigma = float(sky), float(noise)
+    sky, noise = background_and_noise(values)
+    median, sigma = float(sky[0]), float(noise[0])
     finite = values[np.isfinite(values)]
     if not np.isfinite(median):
         median = float(np.median(finite)) if finite.size else 0.0
@@ -62,8 +64,7 @@ def _on_vis_grid(nisp: np.ndarray, vis_pixels: int) -> np.ndarray:
     """NISP (c, h, w) onto the ``vis_pixels`` VIS grid with the model input's resampler: true
     pixel scales, centres aligned (19.8" of NISP is not stretched to VIS's 20")."""
     field = vis_pixels * EUCLID.band("VIS").pixel_scale
-    tensor = torch.from_numpy(np.ascontiguousarray(np.nan_to_num(nisp), dtype=np.float32))
-    return resample_nisp(tensor[None], vis_pixels, field)[0].double().numpy()
+    return resample_nisp(np.nan_to_num(np.asarray(nisp, dtype=np.float32)), vis_pixels, field)
 
 
 def colour_composite(vis: np.ndarray, nisp: np.ndarray, softening: float = 3.0) -> np.ndarray:
@@ -74,8 +75,6 @@ def colour_composite(vis: np.ndarray, nisp: np.ndarray, softening: float = 3.0) 
     own noise units and balanced on the brightest object, so colours are relative: a red lens
     galaxy looks orange-white and a blue arc around it looks blue, whatever the flux units.
     """
-    from scipy.ndimage import gaussian_filter
-
     vis = np.asarray(vis, dtype=np.float64)
     nisp = np.asarray(nisp, dtype=np.float64)
     if vis.ndim != 2 or nisp.ndim != 3 or nisp.shape[0] != 3:
@@ -112,8 +111,6 @@ def colour_composite(vis: np.ndarray, nisp: np.ndarray, softening: float = 3.0) 
 
 def resize_square(image: np.ndarray, pixels: int) -> np.ndarray:
     """A uint8 picture (H, W) or (H, W, 3) resampled to ``pixels`` square (Lanczos)."""
-    from PIL import Image
-
     if image.shape[0] == pixels and image.shape[1] == pixels:
         return image
     return np.asarray(Image.fromarray(image).resize((pixels, pixels), Image.Resampling.LANCZOS))

@@ -11,11 +11,10 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 
-from lensfinder.evaluate.metrics import RocCurve, check_labels_scores
 from lensfinder.utils import atomic_path
 
 if TYPE_CHECKING:
@@ -23,6 +22,18 @@ if TYPE_CHECKING:
     from matplotlib.layout_engine import ConstrainedLayoutEngine
 
 _DPI = 110
+
+
+class Curve(Protocol):
+    """What ``roc_plot`` draws: ``evaluate.metrics.RocCurve`` (plots know no stage)."""
+
+    @property
+    def fpr(self) -> np.ndarray: ...
+    @property
+    def tpr(self) -> np.ndarray: ...
+    @property
+    def n_nonlenses(self) -> int: ...
+    def area(self) -> float: ...
 
 
 def _figure(width: float, height: float, panels: int = 1) -> tuple[Figure, list[Any]]:
@@ -41,7 +52,7 @@ def _save(figure: Figure, path: str | Path) -> Path:
     return path
 
 
-def roc_plot(curves: Mapping[str, RocCurve], path: str | Path, title: str = "ROC") -> Path:
+def roc_plot(curves: Mapping[str, Curve], path: str | Path, title: str = "ROC") -> Path:
     """ROC curves, log FPR (as Metcalf et al. 2019, Fig. 1: where a survey search lives) beside
     linear FPR; one line per curve, its AUROC in the legend. The first curve is drawn boldest
     (pass the ensemble first, then its members)."""
@@ -73,8 +84,9 @@ def score_histograms(
     labels: Any, scores: Any, path: str | Path, title: str = "Scores by class", bins: int = 50
 ) -> Path:
     """Score distributions of lenses and non-lenses on a log count axis, where the few
-    high-scoring non-lenses (a survey's contaminants) stay visible."""
-    labels, scores = check_labels_scores(labels, scores)
+    high-scoring non-lenses (a survey's contaminants) stay visible. ``labels``: 0/1, as
+    ``evaluate.metrics.check_labels_scores`` leaves them."""
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
     in_unit_range = scores.min() >= 0.0 and scores.max() <= 1.0
     edges = (
         np.linspace(0.0, 1.0, bins + 1) if in_unit_range else np.histogram_bin_edges(scores, bins)
