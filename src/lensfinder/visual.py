@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lensfinder.config import GalleryConfig
 from lensfinder.data.transforms import background_and_noise, resample_nisp
 from lensfinder.surveys import EUCLID
 from lensfinder.utils import atomic_path
@@ -123,7 +124,7 @@ def save_grid(
     images: Sequence[np.ndarray],
     titles: Sequence[str],
     path: str | Path,
-    columns: int = 6,
+    columns: int = GalleryConfig.columns,
     tile_inches: float = 2.2,
     dpi: int = 100,
 ) -> Path:

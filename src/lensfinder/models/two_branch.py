@@ -27,7 +27,6 @@ from lensfinder.models.base import (
 from lensfinder.models.pretrained import load_pretrained
 
 NISP_MAX_REDUCTION = 16  # cut the NISP backbone after its last stage of stride <= 16
-HEAD_HIDDEN = 128
 Pair = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -54,17 +53,17 @@ class TwoBranchModel(OneLogitModel):
     vis: ``(n, 1, size, size)``; nisp: ``(n, 3, 66, 66)`` (any size the NISP net accepts).
     """
 
-    def __init__(self, vis: TimmNet, nisp: NispFeatures, drop_rate: float):
+    def __init__(self, vis: TimmNet, nisp: NispFeatures, drop_rate: float, head_hidden: int):
         super().__init__()
         self.vis = vis
         self.nisp = nisp
         width = int(vis.num_features) + nisp.num_features
         self.head = nn.Sequential(
             nn.Dropout(drop_rate),
-            nn.Linear(width, HEAD_HIDDEN),
+            nn.Linear(width, head_hidden),
             nn.ReLU(inplace=True),
             nn.Dropout(drop_rate),
-            nn.Linear(HEAD_HIDDEN, 1),
+            nn.Linear(head_hidden, 1),
         )
 
     def head_modules(self) -> list[nn.Module]:
@@ -99,6 +98,8 @@ def create_two_branch(model_cfg: ModelConfig, input_cfg: InputConfig) -> TwoBran
     stage = max(
         i for i, info in enumerate(nisp_net.feature_info) if info["reduction"] <= NISP_MAX_REDUCTION
     )
-    model = TwoBranchModel(vis, NispFeatures(nisp_net, stage), model_cfg.drop_rate)
+    model = TwoBranchModel(
+        vis, NispFeatures(nisp_net, stage), model_cfg.drop_rate, model_cfg.head_hidden
+    )
     finish_model(model, model_cfg)
     return model

@@ -245,17 +245,6 @@ class Predictor:
         run_dirs = expand_models(run_dirs)  # an ensemble directory is its members
         if not run_dirs:
             raise ConfigError("predict: no model given (pass at least one run directory)")
-        if self.cfg.batch_size < 1:
-            raise ConfigError(f"predict: batch_size must be >= 1, got {self.cfg.batch_size}")
-        if self.cfg.ensemble_average not in ("probability", "logit"):
-            raise ConfigError(
-                f"predict: ensemble_average {self.cfg.ensemble_average!r}: "
-                "expected 'probability' or 'logit'"
-            )
-        if self.cfg.backend not in BACKENDS:
-            raise ConfigError(
-                f"predict: backend {self.cfg.backend!r}: expected one of {', '.join(BACKENDS)}"
-            )
         if bn_batch_size is not None and bn_batch_size < 1:
             raise ConfigError(f"predict: bn_batch_size must be >= 1, got {bn_batch_size}")
         if bn_inference not in (None, "eval", "batch"):
@@ -313,16 +302,7 @@ class Predictor:
     def _bf16(self) -> bool:
         """Whether the torch backend runs under bf16 autocast (``cfg.torch_precision``)."""
         precision = self.cfg.torch_precision
-        if precision not in ("auto", "float32", "bfloat16"):
-            raise ConfigError(
-                f"predict: torch_precision {precision!r}: expected auto, float32 or bfloat16"
-            )
-        if self.uses_onnx:
-            if precision == "bfloat16":
-                raise ConfigError(
-                    f"predict: torch_precision bfloat16 is for the torch backend, not "
-                    f"{self.cfg.backend} (onnx-int8 is its reduced precision)"
-                )
+        if self.uses_onnx:  # bfloat16 with ONNX is refused by PredictConfig
             return False
         if precision == "auto":
             return self.device.type == "cuda" and torch.cuda.is_bf16_supported()

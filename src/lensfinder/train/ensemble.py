@@ -59,8 +59,6 @@ def train_models(
         from lensfinder.train.adapt import adapt_only
 
         return adapt_only(config, out, progress)
-    if config.members < 1:
-        raise ConfigError(f"train config: members {config.members} < 1")
     if config.members == 1:
         if is_ensemble(out):
             raise ConfigError(
