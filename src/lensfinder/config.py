@@ -74,15 +74,16 @@ def _choices(cls: type) -> dict[str, tuple[Any, ...]]:
     hints = typing.get_type_hints(cls)
     return {
         f.name: typing.get_args(hints[f.name])
-        for f in fields(cls)  # type: ignore[arg-type]
+        for f in fields(cls)
         if typing.get_origin(hints[f.name]) is Literal
     }
 
 
 def _choice_problems(config: Any) -> list[str]:
+    config_class: type = type(config)
     return [
         f"{name} {getattr(config, name)!r} is not one of {', '.join(map(str, allowed))}"
-        for name, allowed in _choices(type(config)).items()
+        for name, allowed in _choices(config_class).items()
         if getattr(config, name) not in allowed
     ]
 
