@@ -98,14 +98,14 @@ def test_nested_overrides_merge_with_the_file(tmp_path):
             lambda: PredictConfig(backend="onnx", torch_precision="bfloat16"),
             "for the torch backend",
         ),
-        (lambda: EvaluateConfig(calibration_bins=1), "calibration_bins 1 must be >= 2"),
-        (lambda: ScanConfig(shard_size=0), "shard_size 0 must be >= 1"),
+        (lambda: EvaluateConfig(calibration_bins=1), "calibration_bins must be >= 2, got 1"),
+        (lambda: ScanConfig(shard_size=0), "shard_size must be >= 1, got 0"),
         (lambda: GalleryConfig(score_min=0.8, score_max=0.2), "score range [0.8, 0.2] is empty"),
-        (lambda: SimulateConfig(lens_fraction=1.5), "lens_fraction 1.5 must be in [0, 1]"),
+        (lambda: SimulateConfig(lens_fraction=1.5), "lens_fraction must be in [0, 1], got 1.5"),
         (lambda: SimulateConfig(group_members=(3, 2)), "group_members"),
         (lambda: BnStudyConfig(sizes=(0, 4)), "batch sizes must be >= 1"),
         (lambda: BnStudyConfig(split="everything"), "split 'everything' is not one of"),  # type: ignore[arg-type]
-        (lambda: Table1Budget(name="x", why="y", eval_batch_size=0), "eval_batch_size 0"),
+        (lambda: Table1Budget(name="x", why="y", eval_batch_size=0), "eval_batch_size must be >= 1, got 0"),
     ],
 )
 def test_a_config_refuses_bad_values_when_made_in_python(make, message):

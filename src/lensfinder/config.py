@@ -95,7 +95,7 @@ def _outside(config: Any, names: tuple[str, ...], low: float, high: float = math
         value = getattr(config, name)
         if value is not None and not low <= value <= high:
             span = f">= {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
-            problems.append(f"{name} {value} must be {span}")
+            problems.append(f"{name} must be {span}, got {value}")
     return problems
 
 
