@@ -105,7 +105,10 @@ def test_nested_overrides_merge_with_the_file(tmp_path):
         (lambda: SimulateConfig(group_members=(3, 2)), "group_members"),
         (lambda: BnStudyConfig(sizes=(0, 4)), "batch sizes must be >= 1"),
         (lambda: BnStudyConfig(split="everything"), "split 'everything' is not one of"),  # type: ignore[arg-type]
-        (lambda: Table1Budget(name="x", why="y", eval_batch_size=0), "eval_batch_size must be >= 1, got 0"),
+        (
+            lambda: Table1Budget(name="x", why="y", eval_batch_size=0),
+            "eval_batch_size must be >= 1, got 0",
+        ),
     ],
 )
 def test_a_config_refuses_bad_values_when_made_in_python(make, message):

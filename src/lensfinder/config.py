@@ -89,7 +89,8 @@ def _choice_problems(config: Any) -> list[str]:
 
 
 def _outside(config: Any, names: tuple[str, ...], low: float, high: float = math.inf) -> list[str]:
-    """``name value not in [low, high]`` for each of ``names`` outside the closed range."""
+    """``name must be in [low, high], got value`` for each of ``names`` outside that range
+    (None, an unset optional, is never outside)."""
     problems = []
     for name in names:
         value = getattr(config, name)
@@ -100,6 +101,7 @@ def _outside(config: Any, names: tuple[str, ...], low: float, high: float = math
 
 
 def _mix_problems(config: Any, names: tuple[str, ...]) -> list[str]:
+    """Each of ``names`` (a mapping of kind -> share) must have shares to draw from."""
     return [
         f"{name} shares must be >= 0 with a positive sum"
         for name in names
@@ -181,8 +183,9 @@ class SimulateConfig(Checked):
     def problems(self) -> list[str]:
         problems = _outside(self, ("n", "workers", "supersampling"), 1)
         problems += _outside(self, ("first_id", "seed", "psf_fwhm_scatter", "depth_scatter_mag"), 0)
-        problems += _outside(self, ("lens_fraction", "correlated_noise_fraction"), 0, 1)
-        problems += _outside(self, ("stamp_fraction",), 0, 1)
+        problems += _outside(
+            self, ("lens_fraction", "correlated_noise_fraction", "stamp_fraction"), 0, 1
+        )
         lo, hi = self.theta_e_range
         if not 0 < lo <= hi or self.theta_e_median <= 0 or self.theta_e_sigma < 0:
             problems.append("theta_e_range/median/sigma must be positive, range low <= high")
