@@ -37,6 +37,9 @@ from lensfinder.train.datamodule import ConcatSource, split_parts
 from lensfinder.train.ensemble import train_models
 from lensfinder.train.run import check_config
 
+# What ``--adapt`` did by default before painted lenses became the default: AdaBN alone.
+ADABN: dict[str, object] = {"method": "adabn", "paint_lenses": False}
+
 
 def tiny_config(field: Path | None = None, **adapt: object) -> TrainConfig:
     """One short epoch of the test network at 32 px."""
@@ -49,7 +52,7 @@ def tiny_config(field: Path | None = None, **adapt: object) -> TrainConfig:
         batch_size_max=8,
         max_train_samples=16,
         stop_auroc_drop=1.0,
-        adapt=AdaptConfig(field=None if field is None else str(field), **adapt),  # type: ignore[arg-type]
+        adapt=AdaptConfig(field=None if field is None else str(field), **(ADABN | adapt)),  # type: ignore[arg-type]
     )
 
 

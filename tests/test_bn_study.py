@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lensfinder.config import InputConfig, ModelConfig, PredictConfig
+from lensfinder.config import BnStudyConfig, InputConfig, ModelConfig, PredictConfig
 from lensfinder.errors import ConfigError, ModelFileError
 from lensfinder.experiments.bn_study import StudyPredictor, batchnorm_study, bn_method
 from lensfinder.testing import make_run
@@ -19,7 +19,7 @@ METHOD2_MODEL = ModelConfig(
     arch="test_efficientnet", pretrained=None, bn_reinit=True, bn_inference="batch",
     bn_inference_batch=4,
 )  # fmt: skip
-SIZES = [1, 4]  # with the eval-mode reference at batch 64: three batch sizes
+SIZES = (1, 4)  # with the eval-mode reference at batch 64: three batch sizes
 
 
 def _run(run_dir: Path, seed: int, model_cfg: ModelConfig) -> Path:
@@ -33,7 +33,8 @@ def study(tiny_store, tmp_path_factory):
         _run(root / "method2", 0, METHOD2_MODEL),
         _run(root / "method1", 1, replace(METHOD2_MODEL, bn_inference="eval")),
     ]
-    return batchnorm_study(runs, tiny_store, root / "out", SIZES, split="all", bootstrap=50)
+    settings = BnStudyConfig(sizes=SIZES, split="all", bootstrap=50)
+    return batchnorm_study(runs, tiny_store, root / "out", settings)
 
 
 def test_eval_mode_is_batch_independent(study):
@@ -74,7 +75,7 @@ def test_scores_match_a_direct_predictor_pass(study, tiny_store):
 def test_outputs_and_summary(study):
     out = study.out
     record = json.loads((out / "bn_study.json").read_text())
-    assert record["sizes"] == SIZES and record["n_objects"] == 24 and record["n_lenses"] == 12
+    assert record["sizes"] == list(SIZES) and record["n_objects"] == 24 and record["n_lenses"] == 12
     names = [m["name"] for m in record["models"]]
     assert names == ["method2", "method1"]
     first = record["models"][0]
@@ -102,6 +103,8 @@ def test_bn_method_names():
 
 def test_clear_errors(tiny_store, tmp_path, study):
     with pytest.raises(ModelFileError, match="not a run directory"):
-        batchnorm_study(tmp_path, tiny_store, tmp_path / "out", SIZES)
+        batchnorm_study(tmp_path, tiny_store, tmp_path / "out", BnStudyConfig(sizes=SIZES))
     with pytest.raises(ConfigError, match=">= 1"):
-        batchnorm_study(study.models[0].run_dir, tiny_store, tmp_path / "out", [0, 4])
+        batchnorm_study(
+            study.models[0].run_dir, tiny_store, tmp_path / "out", BnStudyConfig(sizes=(0, 4))
+        )

@@ -85,7 +85,12 @@ def fit(module: Scripted, callbacks: list, batch_size: int, max_epochs: int) -> 
 
 
 def config(**kwargs) -> TrainConfig:
-    return TrainConfig(channels_last=False, optimizer="sgd", lr=0.5, weight_decay=0.0, **kwargs)
+    """Plain SGD at a constant lr (no epoch schedule, no warm-up), batch 8 that may grow."""
+    plain = {
+        "optimizer": "sgd", "lr": 0.5, "weight_decay": 0.0, "decoupled_weight_decay": 0.0,
+        "lr_schedule": "plateau", "warmup_epochs": 0, "batch_size": 8, "batch_size_max": 128,
+    }  # fmt: skip
+    return TrainConfig(channels_last=False, **(plain | kwargs))
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from lensfinder.errors import ModelFileError
 from lensfinder.labels import DEFAULT_LABEL_RULE
 from lensfinder.models import create_model, load_model, read_meta, save_model
 from lensfinder.models.batchnorm import batchnorm_layers
-from lensfinder.models.checkpoint import FORMAT_VERSION, META_FILE, WEIGHTS_FILE
+from lensfinder.models.checkpoint import DESCRIPTION_KEY, FORMAT_VERSION, META_FILE, WEIGHTS_FILE
 
 INPUT = InputConfig(bands=("VIS", "J"), size=32)
 MODEL = ModelConfig(pretrained=None, bn_reinit=True)
@@ -166,3 +166,22 @@ def test_truncated_safetensors_is_refused(tmp_path):
     weights.write_bytes(b"hello, not a model")
     with pytest.raises(ModelFileError, match="not a safetensors file"):
         load_model(run_dir)
+
+
+def test_a_model_file_from_before_vis_sampling_and_head_hidden_loads_as_made(tmp_path):
+    """model.json written before ``input.vis_sampling`` and ``model.head_hidden`` existed: read
+    with the values it was made with (binned VIS, a 128-unit head), not today's defaults."""
+    binned = InputConfig(size=32, layout="two_branch", vis_sampling="bin")
+    model_cfg = ModelConfig(arch="test_efficientnet", pretrained=None)
+    model = create_model(model_cfg, binned).eval()
+    run_dir = tmp_path / "old"
+    save_model(run_dir, model, {"input": binned, "model": model_cfg, "train": {}})
+    meta_path = run_dir / META_FILE
+    meta = json.loads(meta_path.read_text())
+    del meta["input"]["vis_sampling"], meta["model"]["head_hidden"], meta[DESCRIPTION_KEY]
+    meta_path.write_text(json.dumps(meta))
+
+    loaded, _ = load_model(run_dir, expect_input=binned)  # native would be refused here
+    assert [m.out_features for m in loaded.head if isinstance(m, torch.nn.Linear)] == [128, 1]
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

@@ -32,7 +32,8 @@ def test_stacked_items(tiny_store: Path, size: int) -> None:
 
 
 def test_two_branch_items_and_batches(tiny_store: Path) -> None:
-    dataset = CutoutDataset(open_source(tiny_store), None, InputConfig(layout="two_branch"))
+    binned = InputConfig(layout="two_branch", vis_sampling="bin")  # NISP's whole 66 pixels
+    dataset = CutoutDataset(open_source(tiny_store), None, binned)
     (vis, nisp), _ = dataset[0]
     assert vis.shape == (1, 100, 100) and nisp.shape == (3, 66, 66)
     loader = DataLoader(dataset, batch_size=5)

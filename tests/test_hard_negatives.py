@@ -222,9 +222,8 @@ def test_settings_come_from_yaml_and_bad_ones_fail_in_one_line(tmp_path):
     path.write_text("hard_negatives:\n  top_negatives: 3\n")
     with pytest.raises(ConfigError, match="top_negatives"):
         load_config(TrainConfig, path)
-    bad = HardNegativeConfig(enabled=True, top_nonlenses=0, bottom_lenses=0, lr_scale=2.0)
-    with pytest.raises(ConfigError, match=r"both 0.*lr_scale"):
-        check_config(dataclasses.replace(TrainConfig(), hard_negatives=bad))
+    with pytest.raises(ConfigError, match=r"both 0.*lr_scale"):  # refused as it is made
+        HardNegativeConfig(enabled=True, top_nonlenses=0, bottom_lenses=0, lr_scale=2.0)
     # A pool that is not there fails before the first pass trains.
     with pytest.raises(ConfigError, match="nowhere: no such store or layout"):
         check_config(mining_config(tmp_path / "nowhere"))

@@ -90,7 +90,8 @@ class Tiny(nn.Module):
 def weight_norm_after_training(**train: object) -> float:
     """The norm of the multi-dimensional weights after 30 steps on fixed random data."""
     torch.manual_seed(0)
-    config = TrainConfig(channels_last=False, lr=1e-2, **train)  # type: ignore[arg-type]
+    settings = {"decoupled_weight_decay": 0.0, **train}  # the default AdamW decay: only asked
+    config = TrainConfig(channels_last=False, lr=1e-2, **settings)  # type: ignore[arg-type]
     check_config(config)
     module = LensClassifier(config, model=Tiny())
     optimizer = module.configure_optimizers()["optimizer"]
@@ -124,11 +125,12 @@ def test_adamw_decay_is_decoupled_and_named_apart():
     assert "decoupled" in regularisation(
         TrainConfig(optimizer="adamw", weight_decay=0.0, decoupled_weight_decay=1e-4)
     )
-    assert regularisation(TrainConfig(optimizer="adam", weight_decay=1e-4)).startswith("L2 penalty")
+    paper_l2 = TrainConfig(optimizer="adam", weight_decay=1e-4, decoupled_weight_decay=0.0)
+    assert regularisation(paper_l2).startswith("L2 penalty")
     with pytest.raises(ConfigError, match=r"weight_decay 0\.0001 .*with optimizer adamw"):
-        check_config(TrainConfig(optimizer="adamw", weight_decay=1e-4))
+        TrainConfig(optimizer="adamw", weight_decay=1e-4)
     with pytest.raises(ConfigError, match=r"decoupled_weight_decay 0\.0001 needs optimizer adamw"):
-        check_config(TrainConfig(optimizer="adam", decoupled_weight_decay=1e-4))
+        TrainConfig(optimizer="adam", decoupled_weight_decay=1e-4)
 
 
 def test_cpu_small_keeps_its_adamw_decay_explicitly():
@@ -178,16 +180,22 @@ def test_method2_never_reinitialises(pretrained):
             assert torch.equal(a, b)
 
 
-def test_default_weight_decay_is_the_gradient_of_an_l2_penalty():
-    """One step with ``weight_decay`` = one step without it on ``loss + coef/2 |w|^2``: the L2
-    the paper meant. (AdamW's decay, the old meaning here, fails this: it bypasses Adam's
-    gradient normalisation.)"""
+def test_adam_weight_decay_is_the_gradient_of_an_l2_penalty():
+    """One step with Adam's ``weight_decay`` (the Table I configs') = one step without it on
+    ``loss + coef/2 |w|^2``: the L2 the paper meant. (AdamW's decay, the old meaning here, fails
+    this: it bypasses Adam's gradient normalisation.)"""
     coef = 0.5
 
     def one_step(weight_decay: float, explicit: bool) -> list[torch.Tensor]:
         torch.manual_seed(0)
         module = LensClassifier(
-            TrainConfig(channels_last=False, weight_decay=weight_decay), model=Tiny()
+            TrainConfig(
+                channels_last=False,
+                optimizer="adam",
+                weight_decay=weight_decay,
+                decoupled_weight_decay=0.0,
+            ),
+            model=Tiny(),
         )
         optimizer = module.configure_optimizers()["optimizer"]
         x, y = torch.randn(8, 2, 8, 8), torch.tensor([0, 1] * 4)
@@ -199,6 +207,7 @@ def test_default_weight_decay_is_the_gradient_of_an_l2_penalty():
         optimizer.step()
         return [p.detach().clone() for p in module.model.parameters()]
 
-    assert TrainConfig().optimizer == "adam" and TrainConfig().weight_decay == 1e-4
+    paper = [load_config(TrainConfig, f"table1-model{row}") for row in PAPER]
+    assert {(c.optimizer, c.decoupled_weight_decay) for c in paper} == {("adam", 0.0)}
     for a, b in zip(one_step(coef, False), one_step(0.0, True), strict=True):
         torch.testing.assert_close(a, b)

@@ -229,7 +229,7 @@ def test_rerun_skips_finished_objects_and_completes_a_partial_one(simulated, tmp
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"n": 0}, "n must be a positive integer"),
+        ({"n": 0}, "n must be >= 1, got 0"),
         ({"lens_fraction": 1.5}, "lens_fraction must be in"),
         ({"lens_fraction": -0.1}, "lens_fraction must be in"),
         ({"workers": 0}, "workers"),
@@ -239,8 +239,8 @@ def test_rerun_skips_finished_objects_and_completes_a_partial_one(simulated, tmp
     ],
 )
 def test_bad_config_is_a_clear_config_error(tmp_path, overrides, message):
-    config = SimulateConfig(**{**vars(SimulateConfig(n=2)), **overrides})
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message):  # as the config is made, or by simulate
+        config = SimulateConfig(**{**vars(SimulateConfig(n=2)), **overrides})
         simulate(config, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
 

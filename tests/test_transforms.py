@@ -99,9 +99,10 @@ def test_band_order_follows_config(cutouts) -> None:
 
 
 def test_two_branch_shapes(cutouts) -> None:
-    vis, nisp = to_model_input(cutouts.vis[:3], cutouts.nisp[:3], InputConfig(layout="two_branch"))
+    binned = InputConfig(layout="two_branch", vis_sampling="bin")
+    vis, nisp = to_model_input(cutouts.vis[:3], cutouts.nisp[:3], binned)
     assert vis.shape == (3, 1, 100, 100) and nisp.shape == (3, 3, 66, 66)
-    stacked = to_model_input(cutouts.vis[:3], cutouts.nisp[:3], InputConfig())
+    stacked = to_model_input(cutouts.vis[:3], cutouts.nisp[:3], InputConfig(vis_sampling="bin"))
     assert torch.equal(vis, stacked[:, :1])
 
 
@@ -146,7 +147,7 @@ def test_point_source_lands_at_the_same_sky_position_in_all_bands(size: int) -> 
     vis = _gaussian(200, 0.1, x0, y0, sigma) + rng.normal(0, 1e-3, (200, 200))
     nisp = np.stack([_gaussian(66, 0.3, x0, y0, sigma)] * 3) + rng.normal(0, 1e-3, (3, 66, 66))
     x = to_model_input(vis[None].astype(np.float32), nisp[None].astype(np.float32),
-                       InputConfig(size=size))  # fmt: skip
+                       InputConfig(size=size, vis_sampling="bin"))  # fmt: skip
     pixel = 20.0 / size  # arcsec per output pixel
     expected = ((size - 1) / 2 + x0 / pixel, (size - 1) / 2 + y0 / pixel)
     for channel in range(4):
@@ -183,7 +184,8 @@ def test_native_two_branch_cuts_nisp_to_the_same_field(cutouts) -> None:
     vis, nisp = to_model_input(cutouts.vis[:2], cutouts.nisp[:2], cfg)
     assert vis.shape == (2, 1, 100, 100)
     assert nisp.shape == (2, 3, 34, 34)  # 10" needs 33.3 NISP pixels; 34 keeps the centre
-    full = to_model_input(cutouts.vis[:2], cutouts.nisp[:2], InputConfig(layout="two_branch"))[1]
+    whole = InputConfig(layout="two_branch", vis_sampling="bin")
+    full = to_model_input(cutouts.vis[:2], cutouts.nisp[:2], whole)[1]
     assert torch.equal(nisp, full[..., 16:50, 16:50])
 
 

@@ -235,7 +235,7 @@ def test_averaging_off_changes_nothing(store, tmp_path):
 
 def test_settings_come_from_yaml_and_bad_ones_fail_in_one_line(tmp_path):
     path = tmp_path / "averaged.yaml"
-    path.write_text("weight_averaging: swa\nswa_start: 0.75\n")
+    path.write_text("weight_averaging: swa\nswa_start: 0.75\nmax_epochs: 30\n")
     config = load_config(TrainConfig, path)
     assert config.weight_averaging == "swa" and swa_start_epoch(config) == 22  # of 30 epochs
     path.write_text("weight_averaging: polyak\n")

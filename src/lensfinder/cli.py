@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -16,6 +17,8 @@ from typer.core import TyperGroup
 
 from lensfinder import __version__
 from lensfinder.config import (
+    TABLE1_BUDGETS,
+    BnStudyConfig,
     CutoutsConfig,
     DemoConfig,
     EvaluateConfig,
@@ -77,7 +80,6 @@ grades_app = typer.Typer(
 app.add_typer(grades_app, name="grades")
 
 F = TypeVar("F", bound=Callable[..., Any])
-C = TypeVar("C")
 
 
 def user_errors(func: F) -> F:
@@ -175,8 +177,8 @@ Count = {"min": 1}  # typer.Option keywords of a count: at least 1
 
 
 def _budget(text: str) -> str:
-    if text not in ("cpu", "gpu"):
-        raise typer.BadParameter(f"{text!r}: expected cpu or gpu")
+    if text not in TABLE1_BUDGETS:
+        raise typer.BadParameter(f"{text!r}: expected {' or '.join(TABLE1_BUDGETS)}")
     return text
 
 
@@ -186,31 +188,108 @@ def _positive(value: float | None) -> float | None:
     return value
 
 
-def _default(cls: type, dotted: str) -> str:
-    """The config class's default of a field (``predict.batch_size``), for an option's help."""
-    value: Any = cls()
-    for name in dotted.split("."):
-        value = getattr(value, name)
+@dataclass(frozen=True)
+class Settings:
+    """A verb's config class and the config field each of its setting options sets."""
+
+    cls: type
+    fields: dict[str, str]  # option parameter name -> dotted config field ("predict.tta")
+
+
+def _same(*names: str, **renamed: str) -> dict[str, str]:
+    """``{option: field}``: options named as their field, then those named otherwise."""
+    return {name: name for name in names} | renamed
+
+
+# Every option that is a setting, and the config field it sets: ``--help`` shows that field's
+# default (``_shown``), ``_load`` puts the typed value there, and tests/test_cli_defaults.py
+# fails on an option missing here or showing another default. Options that are not settings
+# (paths, --no-resume, --overwrite, ...) are listed in that test.
+OPTION_FIELDS: dict[str, Settings] = {
+    "simulate": Settings(
+        SimulateConfig, _same("n", "seed", "workers", "lens_fraction", "first_id")
+    ),
+    "inject": Settings(
+        InjectConfig, _same("paint_fraction", "min_snr", "seed", "workers", "first_id")
+    ),
+    "pack": Settings(PackConfig, _same("label_rule", "chunk", "workers")),
+    "simulate-tile": Settings(
+        TileSimulateConfig, _same("size", "seed", "lens_fraction", "workers")
+    ),
+    "cutouts": Settings(
+        CutoutsConfig, _same("select", "id_column", "ra_column", "dec_column", "workers")
+    ),
+    "train": Settings(
+        TrainConfig,
+        _same(
+            "max_epochs", "devices", "num_nodes", "members", "graded", "graded_data", "init",
+            adapt="adapt.field",
+        ),
+    ),
+    "evaluate": Settings(
+        EvaluateConfig,
+        _same(
+            "split", "bootstrap",
+            tta="predict.tta", batch_size="predict.batch_size",
+            average="predict.ensemble_average",
+        ),
+    ),
+    "bn-study": Settings(BnStudyConfig, _same("sizes", "split", "seed", "max_objects")),
+    "scan": Settings(
+        ScanConfig,
+        _same(
+            "workers", "shard_size",
+            backend="predict.backend", tta="predict.tta", batch_size="predict.batch_size",
+        ),
+    ),
+    "gallery": Settings(
+        GalleryConfig,
+        _same("top", "score_min", "score_max", "known_lenses", radius="radius_arcsec"),
+    ),
+    "inspect": Settings(InspectConfig, _same("db", "host", "port", "grader")),
+    "demo": Settings(DemoConfig, {}),
+}  # fmt: skip
+
+
+def default_text(value: Any) -> str:
+    """A default as ``--help`` shows it: lists as typed (``1,2,4``), the rest as ``str``."""
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value))
     return str(value)
 
 
-def _load(cls: type[C], config: str | None, **flags: Any) -> C:
-    """The config: class defaults, then the YAML file, then the flags the user typed.
+def field_default(cls: type, dotted: str) -> Any:
+    """The default of a (nested) field of a config class: ``predict.batch_size``."""
+    value: Any = cls()
+    for name in dotted.split("."):
+        value = getattr(value, name)
+    return value
 
-    A flag left at None was not typed, so the file's value (or the default) stands; a
-    ``__`` in a flag's name reaches into a nested config (``predict__tta``)."""
+
+def _shown(verb: str, option: str) -> str:
+    """An option's ``[default: ...]``: its config field's default (``OPTION_FIELDS``)."""
+    settings = OPTION_FIELDS[verb]
+    return default_text(field_default(settings.cls, settings.fields[option]))
+
+
+def _load(verb: str, config: str | None, **flags: Any) -> Any:
+    """The verb's config: class defaults, then the YAML file, then the flags the user typed.
+
+    A flag left at None was not typed, so the file's value (or the default) stands; each flag
+    goes to its field in ``OPTION_FIELDS`` (a flag missing there is a KeyError: a bug)."""
     from lensfinder.config import load_config
 
+    settings = OPTION_FIELDS[verb]
     overrides: dict[str, Any] = {}
     for name, value in flags.items():
         if value is None:
             continue
-        *parents, leaf = name.split("__")
+        *parents, leaf = settings.fields[name].split(".")
         node = overrides
         for parent in parents:
             node = node.setdefault(parent, {})
         node[leaf] = value
-    return load_config(cls, config, **overrides)
+    return load_config(settings.cls, config, **overrides)
 
 
 def _config_option(cls: type) -> Any:
@@ -225,21 +304,19 @@ def simulate(
     n: Annotated[
         int | None,
         typer.Option(
-            "--n", help="Number of cutouts.", show_default=_default(SimulateConfig, "n"), **Count
+            "--n", help="Number of cutouts.", show_default=_shown("simulate", "n"), **Count
         ),
     ] = None,
     seed: Annotated[
         int | None,
         typer.Option(
             help="Random seed (same seed, same files).",
-            show_default=_default(SimulateConfig, "seed"),
+            show_default=_shown("simulate", "seed"),
         ),
     ] = None,
     workers: Annotated[
         int | None,
-        typer.Option(
-            help="Worker processes.", show_default=_default(SimulateConfig, "workers"), **Count
-        ),
+        typer.Option(help="Worker processes.", show_default=_shown("simulate", "workers"), **Count),
     ] = None,
     lens_fraction: Annotated[
         float | None,
@@ -247,13 +324,13 @@ def simulate(
             help="Fraction of lenses.",
             min=0.0,
             max=1.0,
-            show_default=_default(SimulateConfig, "lens_fraction"),
+            show_default=_shown("simulate", "lens_fraction"),
         ),
     ] = None,
     first_id: Annotated[
         int | None,
         typer.Option(
-            help="ID of the first object.", min=0, show_default=_default(SimulateConfig, "first_id")
+            help="ID of the first object.", min=0, show_default=_shown("simulate", "first_id")
         ),
     ] = None,
     config: Annotated[str | None, _config_option(SimulateConfig)] = None,
@@ -262,7 +339,7 @@ def simulate(
     from lensfinder.simulate import simulate as run
 
     cfg = _load(
-        SimulateConfig,
+        "simulate",
         config,
         n=n,
         seed=seed,
@@ -287,28 +364,26 @@ def inject(
             help="Fraction of the field's cutouts to paint a lensed source on.",
             min=0.0,
             max=1.0,
-            show_default=_default(InjectConfig, "paint_fraction"),
+            show_default=_shown("inject", "paint_fraction"),
         ),
     ] = None,
     min_snr: Annotated[
         float | None,
         typer.Option(
             help="Least VIS S/N of a galaxy that may be painted.",
-            show_default=_default(InjectConfig, "min_snr"),
+            show_default=_shown("inject", "min_snr"),
         ),
     ] = None,
     seed: Annotated[
         int | None,
         typer.Option(
             help="Random seed (same seed, same files).",
-            show_default=_default(InjectConfig, "seed"),
+            show_default=_shown("inject", "seed"),
         ),
     ] = None,
     workers: Annotated[
         int | None,
-        typer.Option(
-            help="Worker processes.", show_default=_default(InjectConfig, "workers"), **Count
-        ),
+        typer.Option(help="Worker processes.", show_default=_shown("inject", "workers"), **Count),
     ] = None,
     first_id: Annotated[
         int | None,
@@ -320,7 +395,7 @@ def inject(
     from lensfinder.simulate.inject import inject as run
 
     cfg = _load(
-        InjectConfig,
+        "inject",
         config,
         paint_fraction=paint_fraction,
         min_snr=min_snr,
@@ -346,13 +421,13 @@ def pack(
     chunk: Annotated[
         int | None,
         typer.Option(
-            help="Objects per store chunk.", show_default=_default(PackConfig, "chunk"), **Count
+            help="Objects per store chunk.", show_default=_shown("pack", "chunk"), **Count
         ),
     ] = None,
     workers: Annotated[
         int | None,
         typer.Option(
-            help="FITS reader processes.", show_default=_default(PackConfig, "workers"), **Count
+            help="FITS reader processes.", show_default=_shown("pack", "workers"), **Count
         ),
     ] = None,
     overwrite: Annotated[
@@ -363,7 +438,7 @@ def pack(
     """Pack a challenge layout into one chunked Zarr store for fast training and scanning."""
     from lensfinder.data.store import pack as run
 
-    cfg = _load(PackConfig, config, label_rule=label_rule, chunk=chunk, workers=workers)
+    cfg = _load("pack", config, label_rule=label_rule, chunk=chunk, workers=workers)
     result = run(
         layout,
         out,
@@ -384,12 +459,12 @@ def simulate_tile(
         typer.Option(
             help='Pixels per side (0.1"/px).',
             min=64,
-            show_default=_default(TileSimulateConfig, "size"),
+            show_default=_shown("simulate-tile", "size"),
         ),
     ] = None,
     seed: Annotated[
         int | None,
-        typer.Option(help="Random seed.", min=0, show_default=_default(TileSimulateConfig, "seed")),
+        typer.Option(help="Random seed.", min=0, show_default=_shown("simulate-tile", "seed")),
     ] = None,
     lens_fraction: Annotated[
         float | None,
@@ -397,13 +472,13 @@ def simulate_tile(
             help="Share of galaxies drawn as lenses.",
             min=0.0,
             max=1.0,
-            show_default=_default(TileSimulateConfig, "lens_fraction"),
+            show_default=_shown("simulate-tile", "lens_fraction"),
         ),
     ] = None,
     workers: Annotated[
         int | None,
         typer.Option(
-            help="Worker processes.", show_default=_default(TileSimulateConfig, "workers"), **Count
+            help="Worker processes.", show_default=_shown("simulate-tile", "workers"), **Count
         ),
     ] = None,
     config: Annotated[str | None, _config_option(TileSimulateConfig)] = None,
@@ -412,7 +487,7 @@ def simulate_tile(
     from lensfinder.simulate.tile import simulate_tile as run
 
     cfg = _load(
-        TileSimulateConfig,
+        "simulate-tile",
         config,
         size=size,
         seed=seed,
@@ -433,20 +508,20 @@ def cutouts(
     ] = None,
     id_column: Annotated[
         str | None,
-        typer.Option(help="Object ID column.", show_default=_default(CutoutsConfig, "id_column")),
+        typer.Option(help="Object ID column.", show_default=_shown("cutouts", "id_column")),
     ] = None,
     ra_column: Annotated[
         str | None,
-        typer.Option(help="RA column (deg).", show_default=_default(CutoutsConfig, "ra_column")),
+        typer.Option(help="RA column (deg).", show_default=_shown("cutouts", "ra_column")),
     ] = None,
     dec_column: Annotated[
         str | None,
-        typer.Option(help="Dec column (deg).", show_default=_default(CutoutsConfig, "dec_column")),
+        typer.Option(help="Dec column (deg).", show_default=_shown("cutouts", "dec_column")),
     ] = None,
     workers: Annotated[
         int | None,
         typer.Option(
-            help="Dask worker processes.", show_default=_default(CutoutsConfig, "workers"), **Count
+            help="Dask worker processes.", show_default=_shown("cutouts", "workers"), **Count
         ),
     ] = None,
     overwrite: Annotated[
@@ -458,7 +533,7 @@ def cutouts(
     from lensfinder.data.tiles import cutouts as run
 
     cfg = _load(
-        CutoutsConfig,
+        "cutouts",
         config,
         select=select,
         id_column=id_column,
@@ -488,19 +563,29 @@ def train(
     max_epochs: Annotated[
         int | None,
         typer.Option(
-            help="Override max_epochs.", show_default=_default(TrainConfig, "max_epochs"), **Count
+            help="Override max_epochs.", show_default=_shown("train", "max_epochs"), **Count
         ),
     ] = None,
     devices: Annotated[
-        str | None, typer.Option(help="Lightning devices (e.g. 4, 0,1 or auto).", callback=_devices)
+        str | None,
+        typer.Option(
+            help="Lightning devices (e.g. 4, 0,1 or auto).",
+            callback=_devices,
+            show_default=_shown("train", "devices"),
+        ),
     ] = None,
     num_nodes: Annotated[
-        int | None, typer.Option(help="Nodes for multi-node DDP.", **Count)
+        int | None,
+        typer.Option(
+            help="Nodes for multi-node DDP.", show_default=_shown("train", "num_nodes"), **Count
+        ),
     ] = None,
     members: Annotated[
         int | None,
         typer.Option(
-            help="Train an ensemble of N members (seeds seed..seed+N-1, one split).", **Count
+            help="Train an ensemble of N members (seeds seed..seed+N-1, one split).",
+            show_default=_shown("train", "members"),
+            **Count,
         ),
     ] = None,
     no_resume: Annotated[bool, typer.Option("--no-resume", help="Start afresh.")] = False,
@@ -519,7 +604,8 @@ def train(
         Path | None,
         typer.Option(
             help="Your survey's unlabelled cutouts (store or layout; labels never read) to "
-            "learn from; the config's adapt section says how (default: AdaBN).",
+            "learn from; the config's adapt section says how (default: lenses painted on its "
+            "galaxies).",
         ),
     ] = None,
 ) -> None:
@@ -529,14 +615,13 @@ def train(
     --init RUN --adapt FIELD --config adabn-only: no training, only RUN's batch-norm statistics
     recomputed on FIELD (minutes; an ensemble RUN is adapted member by member)."""
     from lensfinder.train.ensemble import train_models as run
-    from lensfinder.train.run import check_config
 
     if devices is not None and devices.lstrip("-").isdigit():
         devices_value: int | str | None = int(devices)
     else:
         devices_value = devices
     cfg = _load(
-        TrainConfig,
+        "train",
         config,
         max_epochs=max_epochs,
         devices=devices_value,
@@ -545,9 +630,8 @@ def train(
         graded=None if graded is None else str(graded),
         graded_data=None if graded_data is None else str(graded_data),
         init=None if init is None else str(init),
-        adapt__field=None if adapt is None else str(adapt),
+        adapt=None if adapt is None else str(adapt),
     )
-    check_config(cfg)
     if not data and not cfg.adapt.only:
         raise ConfigError("train: give --data, the labelled store or layout to train on")
     stores = list(data or [])
@@ -566,7 +650,7 @@ def evaluate(
         typer.Option(
             "--tta/--no-tta",
             help="Average over the 8 D4 transforms.",
-            show_default=_default(EvaluateConfig, "predict.tta"),
+            show_default=_shown("evaluate", "tta"),
         ),
     ] = None,
     split: Annotated[
@@ -574,14 +658,14 @@ def evaluate(
         typer.Option(
             help="auto (test split of the training data, every object of other data), test, "
             "val, train or all.",
-            show_default=_default(EvaluateConfig, "split"),
+            show_default=_shown("evaluate", "split"),
         ),
     ] = None,
     batch_size: Annotated[
         int | None,
         typer.Option(
             help="Inference batch size.",
-            show_default=_default(EvaluateConfig, "predict.batch_size"),
+            show_default=_shown("evaluate", "batch_size"),
             **Count,
         ),
     ] = None,
@@ -589,7 +673,7 @@ def evaluate(
         str | None,
         typer.Option(
             help="Ensemble average: probability or logit.",
-            show_default=_default(EvaluateConfig, "predict.ensemble_average"),
+            show_default=_shown("evaluate", "average"),
         ),
     ] = None,
     bootstrap: Annotated[
@@ -597,7 +681,7 @@ def evaluate(
         typer.Option(
             help="Bootstrap resamples for the AUROC CI (0: none).",
             min=0,
-            show_default=_default(EvaluateConfig, "bootstrap"),
+            show_default=_shown("evaluate", "bootstrap"),
         ),
     ] = None,
     config: Annotated[str | None, _config_option(EvaluateConfig)] = None,
@@ -606,11 +690,11 @@ def evaluate(
     from lensfinder.evaluate import evaluate as run
 
     cfg = _load(
-        EvaluateConfig,
+        "evaluate",
         config,
-        predict__tta=tta,
-        predict__batch_size=batch_size,
-        predict__ensemble_average=average,
+        tta=tta,
+        batch_size=batch_size,
+        average=average,
         split=split,
         bootstrap=bootstrap,
     )
@@ -626,24 +710,42 @@ def bn_study(
     out: Out,
     sizes: Annotated[
         str | None,
-        typer.Option(help="Comma-separated test batch sizes (default 1 to 128).", callback=_sizes),
+        typer.Option(
+            help="Comma-separated test batch sizes.",
+            callback=_sizes,
+            show_default=_shown("bn-study", "sizes"),
+        ),
     ] = None,
-    split: Annotated[str, typer.Option(help="test, val, train or all.")] = "test",
-    seed: Annotated[int, typer.Option(help="Seed of the random batch orders.")] = 0,
-    max_objects: Annotated[int, typer.Option(help="Cap on objects studied.", **Count)] = 4000,
+    split: Annotated[
+        str | None,
+        typer.Option(help="test, val, train or all.", show_default=_shown("bn-study", "split")),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Seed of the random batch orders.", show_default=_shown("bn-study", "seed")
+        ),
+    ] = None,
+    max_objects: Annotated[
+        int | None,
+        typer.Option(
+            help="Cap on objects studied.", show_default=_shown("bn-study", "max_objects"), **Count
+        ),
+    ] = None,
+    config: Annotated[str | None, _config_option(BnStudyConfig)] = None,
 ) -> None:
     """AUROC against test batch size with BN in training mode (the paper's method 2)."""
-    from lensfinder.experiments.bn_study import DEFAULT_SIZES, batchnorm_study
+    from lensfinder.experiments.bn_study import batchnorm_study
 
-    result = batchnorm_study(
-        model,
-        data,
-        out,
-        int_list(sizes) if sizes else DEFAULT_SIZES,
+    cfg = _load(
+        "bn-study",
+        config,
+        sizes=int_list(sizes) if sizes else None,
         split=split,
         seed=seed,
         max_objects=max_objects,
     )
+    result = batchnorm_study(model, data, out, cfg)
     typer.echo(result.summary())
 
 
@@ -700,7 +802,7 @@ def scan(
         int | None,
         typer.Option(
             help="Local Dask workers (no --scheduler).",
-            show_default=_default(ScanConfig, "workers"),
+            show_default=_shown("scan", "workers"),
             **Count,
         ),
     ] = None,
@@ -709,7 +811,7 @@ def scan(
         typer.Option(
             help="torch, onnx or onnx-int8 (ONNX quantised to int8, calibrated on the data: "
             "about 2x faster, scores move a little).",
-            show_default=_default(ScanConfig, "predict.backend"),
+            show_default=_shown("scan", "backend"),
         ),
     ] = None,
     tta: Annotated[
@@ -717,7 +819,7 @@ def scan(
         typer.Option(
             "--tta/--no-tta",
             help="Average over the 8 D4 transforms.",
-            show_default=_default(ScanConfig, "predict.tta"),
+            show_default=_shown("scan", "tta"),
         ),
     ] = None,
     shard_size: Annotated[
@@ -732,7 +834,7 @@ def scan(
         int | None,
         typer.Option(
             help="Inference batch size.",
-            show_default=_default(ScanConfig, "predict.batch_size"),
+            show_default=_shown("scan", "batch_size"),
             **Count,
         ),
     ] = None,
@@ -742,11 +844,11 @@ def scan(
     from lensfinder.scan import scan as run
 
     cfg = _load(
-        ScanConfig,
+        "scan",
         config,
-        predict__tta=tta,
-        predict__backend=backend,
-        predict__batch_size=batch_size,
+        tta=tta,
+        backend=backend,
+        batch_size=batch_size,
         shard_size=shard_size,
         workers=workers,
     )
@@ -763,7 +865,7 @@ def gallery(
     top: Annotated[
         int | None,
         typer.Option(
-            help="How many top candidates.", show_default=_default(GalleryConfig, "top"), **Count
+            help="How many top candidates.", show_default=_shown("gallery", "top"), **Count
         ),
     ] = None,
     score_min: Annotated[
@@ -781,7 +883,7 @@ def gallery(
         typer.Option(
             help="Match radius for known lenses, arcsec.",
             callback=_positive,
-            show_default=_default(GalleryConfig, "radius_arcsec"),
+            show_default=_shown("gallery", "radius"),
         ),
     ] = None,
     config: Annotated[str | None, _config_option(GalleryConfig)] = None,
@@ -790,13 +892,13 @@ def gallery(
     from lensfinder.scan.gallery import make_gallery
 
     cfg = _load(
-        GalleryConfig,
+        "gallery",
         config,
         top=top,
         score_min=score_min,
         score_max=score_max,
         known_lenses=known_lenses,
-        radius_arcsec=radius,
+        radius=radius,
     )
     result = make_gallery(candidates, data, out, cfg)
     typer.echo(result.summary())
@@ -817,16 +919,16 @@ def inspect(
         str | None,
         typer.Option(
             help="Address to bind; not localhost needs --token.",
-            show_default=_default(InspectConfig, "host"),
+            show_default=_shown("inspect", "host"),
         ),
     ] = None,
     port: Annotated[
         int | None,
-        typer.Option(min=1, max=65535, show_default=_default(InspectConfig, "port")),
+        typer.Option(min=1, max=65535, show_default=_shown("inspect", "port")),
     ] = None,
     grader: Annotated[
         str | None,
-        typer.Option(help="Default grader name.", show_default=_default(InspectConfig, "grader")),
+        typer.Option(help="Default grader name.", show_default=_shown("inspect", "grader")),
     ] = None,
     token: Annotated[
         str | None,
@@ -837,7 +939,7 @@ def inspect(
     """Grade candidates in the browser (A/B/C/X with the keyboard); grades go to a database."""
     from lensfinder.inspection.app import serve
 
-    cfg = _load(InspectConfig, config, db=db, host=host, port=port, grader=grader)
+    cfg = _load("inspect", config, db=db, host=host, port=port, grader=grader)
     serve(scan_dir, data, cfg, token)
 
 
@@ -873,7 +975,7 @@ def demo(
     """Run the whole pipeline on fresh simulations: simulate, train, evaluate, scan, gallery."""
     from lensfinder.demo import run_demo
 
-    cfg = _load(DemoConfig, config) if config is not None else None
+    cfg = _load("demo", config) if config is not None else None
     result = run_demo(out, quick=quick, config=cfg)
     typer.echo(result.summary())
 

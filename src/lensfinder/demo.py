@@ -36,7 +36,6 @@ QUICK_TRAIN_OVERRIDES: dict[str, Any] = {
     "input": {"size": 64},
     "model": {"arch": "resnet18", "pretrained": None},
     "max_train_samples": 64,
-    "batch_size": 16,
 }
 
 
@@ -149,7 +148,7 @@ def _run_stages(out: Path, quick: bool, cfg: DemoConfig) -> DemoResult:
     timed("simulate", simulate, field_sim, paths["field layout"])
 
     _stage(6, total, "Scanning the field on a local Dask cluster")
-    scan_cfg = ScanConfig(workers=cfg.workers, shard_size=max(16, cfg.n_field // 4))
+    scan_cfg = ScanConfig(workers=cfg.workers)  # shard size: the scan's own rule
     scanned = timed(
         "scan", scan, [paths["model"]], paths["field layout"], paths["candidates"].parent, scan_cfg
     )

@@ -26,7 +26,7 @@ from lensfinder.models import create_model, save_model
 from lensfinder.models.batchnorm import batchnorm_layers
 from lensfinder.surveys import EUCLID
 
-TINY_INPUT = InputConfig(size=32)
+TINY_INPUT = InputConfig(size=32, vis_sampling="bin")  # the whole field: arcs at any radius
 TINY_MODEL = ModelConfig(arch="test_efficientnet", pretrained=None)  # ~100k parameters
 # BN method 2: batch statistics at inference, in groups of 4.
 TINY_BN_BATCH_MODEL = replace(TINY_MODEL, bn_inference="batch", bn_inference_batch=4)

@@ -12,7 +12,9 @@ from collections.abc import Sequence
 
 import torch
 
-N_ELEMENTS = 8
+from lensfinder.config import D4_ELEMENTS
+
+N_ELEMENTS = D4_ELEMENTS
 
 
 def apply_d4(x: torch.Tensor, k: int) -> torch.Tensor:

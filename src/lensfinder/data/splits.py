@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 
 from lensfinder.config import SplitConfig
-from lensfinder.errors import ConfigError
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -36,11 +35,7 @@ def split_indices(ids: np.ndarray, split_cfg: SplitConfig) -> dict[str, np.ndarr
     ``test_fraction`` of objects are test; ``val_fraction`` (of all objects) is carved out of
     what would otherwise be train.
     """
-    test, val = split_cfg.test_fraction, split_cfg.val_fraction
-    if not (0 <= test < 1 and 0 <= val < 1 and test + val < 1):
-        raise ConfigError(
-            f"split fractions test={test}, val={val}: each must be in [0, 1) and their sum < 1"
-        )
+    test, val = split_cfg.test_fraction, split_cfg.val_fraction  # checked by SplitConfig
     u = split_fraction(ids, split_cfg.seed)
     return {
         "train": np.flatnonzero(u >= test + val),

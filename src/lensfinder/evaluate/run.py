@@ -176,11 +176,6 @@ def evaluate(
     """Score ``data`` (its ``cfg.split``) with the model(s) and write scores, metrics, plots and
     the HTML report to ``out``."""
     cfg = cfg or EvaluateConfig()
-    if cfg.calibration_bins < 2 or cfg.failures < 0:
-        raise ConfigError(
-            f"evaluate needs calibration_bins >= 2 and failures >= 0, got "
-            f"{cfg.calibration_bins} and {cfg.failures}"
-        )
     run_dirs = expand_models(models)  # an ensemble directory is its members
     if not run_dirs:
         raise ConfigError("evaluate needs at least one model run directory (--model)")

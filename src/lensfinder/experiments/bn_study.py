@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from lensfinder.config import EvaluateConfig, PredictConfig
+from lensfinder.config import BnStudyConfig, EvaluateConfig, PredictConfig
 from lensfinder.data import open_source
 from lensfinder.data.selection import labelled_only, select_indices
 from lensfinder.errors import ConfigError, DataError, ModelFileError
@@ -41,12 +41,10 @@ from lensfinder.presentation.report import write_report
 from lensfinder.safety import BN_STUDY, writing_output
 from lensfinder.utils import atomic_write_text, progress
 
-DEFAULT_SIZES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
 JSON_NAME = "bn_study.json"
 MARKDOWN_NAME = "bn_study.md"
 AUROC_PLOT = "bn_study_auroc.png"
 RESHUFFLE_PLOT = "bn_study_reshuffle.png"
-MAX_OBJECTS = 4000  # cutouts held in memory for the ~35 passes per model (~0.2 MB each)
 READ_CHUNK = 512
 
 Order = Literal["random", "reshuffled", "sorted"]
@@ -542,30 +540,32 @@ def batchnorm_study(
     model_dirs: Path | str | Sequence[Path | str],
     data: Path,
     out: Path,
-    sizes: Sequence[int] = DEFAULT_SIZES,
-    split: str = "test",
-    seed: int = 0,
-    max_objects: int | None = MAX_OBJECTS,
-    bootstrap: int = 1000,
+    cfg: BnStudyConfig | None = None,
 ) -> BnStudyResult:
-    """Measure each model's AUROC in eval mode and with BN in training mode at each test batch
-    size (random and class-sorted batches), and how much a score moves when its batch
+    """Measure each model's AUROC in eval mode and with BN in training mode at each of
+    ``cfg.sizes`` (random and class-sorted batches), and how much a score moves when its batch
     companions change; write JSON, markdown, plots and an HTML report to ``out``."""
+    cfg = cfg or BnStudyConfig()
     run_dirs = (
         [Path(model_dirs)] if isinstance(model_dirs, str | Path) else [Path(p) for p in model_dirs]
     )
     if not run_dirs:
         raise ConfigError("bn-study needs at least one model run directory (--model)")
-    sizes = sorted(dict.fromkeys(int(s) for s in sizes))
-    if not sizes or sizes[0] < 1:
-        raise ConfigError(f"bn-study batch sizes must be >= 1, got {sizes}")
-    if split not in ("test", "val", "train", "all"):
-        raise ConfigError(f"bn-study split {split!r}: expected test, val, train or all")
+    sizes = sorted(dict.fromkeys(int(s) for s in cfg.sizes))
     for run_dir in run_dirs:
         if not (run_dir / "model.json").is_file():
             raise ModelFileError(f"{run_dir}: not a run directory (no model.json)")
     with writing_output(out, BN_STUDY, "bn-study", [data, *run_dirs]) as out_dir:
-        return _study(run_dirs, Path(data), out_dir, sizes, split, seed, max_objects, bootstrap)
+        return _study(
+            run_dirs,
+            Path(data),
+            out_dir,
+            sizes,
+            cfg.split,
+            cfg.seed,
+            cfg.max_objects,
+            cfg.bootstrap,
+        )
 
 
 def _study(

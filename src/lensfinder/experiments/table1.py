@@ -30,22 +30,22 @@ import platform
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lensfinder import __version__
+from lensfinder.config import TABLE1_BUDGETS as BUDGETS
 from lensfinder.config import (
     EvaluateConfig,
     PredictConfig,
     SimulateConfig,
+    Table1Budget,
     TrainConfig,
     flat_settings,
-    from_dict,
     load_config,
-    merge,
     to_dict,
 )
 from lensfinder.data import open_source
@@ -110,51 +110,6 @@ def paper_bn_method(config: TrainConfig) -> str:
         return "frozen"
     used = (("1", model.bn_reinit), ("2", model.bn_inference == "batch"))
     return "+".join(number for number, on in used if on) or "none"
-
-
-@dataclass(frozen=True)
-class Table1Budget:
-    """How the eight configs are scaled: ``train`` holds TrainConfig fields (nested like the
-    YAML) applied to every row alike; ``why`` is said in the table header."""
-
-    name: str
-    why: str
-    train: Mapping[str, Any] = field(default_factory=dict)
-    bootstrap: int = 1000  # AUROC CI resamples
-    eval_batch_size: int = 64
-    simulate_n: int | None = None  # objects to simulate when no data is given (None: data needed)
-    simulate_workers: int = 2
-
-    def apply(self, config: TrainConfig, where: str = "") -> TrainConfig:
-        return from_dict(TrainConfig, merge(to_dict(config), dict(self.train)), where or self.name)
-
-
-BUDGETS: dict[str, Table1Budget] = {
-    "gpu": Table1Budget(
-        name="gpu",
-        why="the configs as shipped (the paper's settings: full 200x200 grid, up to 50 epochs, "
-        "whole training split per epoch, batch growth up to 128), on one device per row (a "
-        "multi-GPU launch would re-run this whole command in every process)",
-        train={"devices": 1},
-    ),
-    "cpu": Table1Budget(
-        name="cpu",
-        why="every row's recipe kept (augmentation, sampling, starting batch, epochs, L2, BN "
-        "method, schedule) and what costs time scaled alike in every row, to fit ~15 minutes on "
-        "2 CPU cores with its own simulated set of 1,200 objects: rows compare with each other, "
-        "not with the paper's numbers (other data, ~1% of its training objects and steps)",
-        train={
-            "input": {"size": 64},
-            "max_train_samples": 768,  # samples drawn per epoch
-            "limit_val_samples": 256,
-            # A validation AUROC on ~100 objects scatters by ~0.05: stop on real drops only.
-            "stop_auroc_drop": 0.1,
-            "num_workers": 0,
-            "devices": 1,
-        },
-        simulate_n=1200,
-    ),
-}
 
 
 def resolve_budget(budget: str | Table1Budget) -> Table1Budget:

@@ -95,8 +95,6 @@ class Inspector:
     """The candidates of one scan, their pixels, and the grades database."""
 
     def __init__(self, scan: str | Path, data: str | Path, cfg: InspectConfig) -> None:
-        if not cfg.zoom >= 1 or cfg.stamp_pixels < 16:
-            raise ConfigError(f"inspect: zoom {cfg.zoom} must be >= 1, stamp_pixels >= 16")
         self.cfg = cfg
         table = read_candidates(scan).sort_by([("rank", "ascending")])
         self.rows: list[dict[str, Any]] = table.to_pylist()

@@ -116,13 +116,6 @@ def load_weights(model_cfg: ModelConfig) -> StateDict | None:
 
 def finish_model(model: OneLogitModel, model_cfg: ModelConfig) -> OneLogitModel:
     """Apply the norm options of ``model_cfg``, in the order the paper's methods need."""
-    if model_cfg.bn_reinit and model_cfg.freeze_backbone:
-        raise ConfigError(
-            "model.bn_reinit with model.freeze_backbone: the reset BN layers would stay frozen at "
-            "mean 0, variance 1 and never learn; choose one"
-        )
-    if model_cfg.bn_reinit_affine and not model_cfg.bn_reinit:
-        raise ConfigError("model.bn_reinit_affine needs model.bn_reinit (method 1)")
     if model_cfg.bn_reinit:
         reinit_batchnorm(model, affine=model_cfg.bn_reinit_affine)
     if model_cfg.norm == "instance":

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from lensfinder import __version__
-from lensfinder.config import InputConfig, ModelConfig, from_dict, to_dict
+from lensfinder.config import MODEL_FILE_LEGACY, InputConfig, ModelConfig, from_dict, to_dict
 from lensfinder.ensemble import ENSEMBLE_FILE, is_ensemble
 from lensfinder.errors import ConfigError, ModelFileError
 from lensfinder.models.factory import create_model
@@ -251,7 +251,7 @@ def _check_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], where: Pa
 
 def _parse(cls: type, data: dict[str, Any], where: str | Path, section: str) -> Any:
     try:
-        return from_dict(cls, data, section)
+        return from_dict(cls, MODEL_FILE_LEGACY.get(section, {}) | data, section)
     except (ConfigError, TypeError, ValueError) as exc:
         raise ModelFileError(f"{where}: bad {section!r} section ({exc})") from None
 

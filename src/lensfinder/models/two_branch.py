@@ -28,7 +28,6 @@ from lensfinder.models.base import (
 from lensfinder.models.pretrained import load_pretrained
 
 NISP_MAX_REDUCTION = 16  # cut the NISP backbone after its last stage of stride <= 16
-HEAD_HIDDEN = 128
 Pair = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -55,7 +54,14 @@ class TwoBranchModel(OneLogitModel):
     vis: ``(n, 1, size, size)``; nisp: ``(n, 3, 66, 66)`` (any size the NISP net accepts).
     """
 
-    def __init__(self, vis: TimmNet, nisp: NispFeatures, drop_rate: float, outputs: int = 1):
+    def __init__(
+        self,
+        vis: TimmNet,
+        nisp: NispFeatures,
+        drop_rate: float,
+        head_hidden: int,
+        outputs: int = 1,
+    ):
         super().__init__()
         self.vis = vis
         self.nisp = nisp
@@ -63,10 +69,10 @@ class TwoBranchModel(OneLogitModel):
         width = int(vis.num_features) + nisp.num_features
         self.head = nn.Sequential(
             nn.Dropout(drop_rate),
-            nn.Linear(width, HEAD_HIDDEN),
+            nn.Linear(width, head_hidden),
             nn.ReLU(inplace=True),
             nn.Dropout(drop_rate),
-            nn.Linear(HEAD_HIDDEN, outputs),
+            nn.Linear(head_hidden, outputs),
         )
 
     def head_modules(self) -> list[nn.Module]:
@@ -104,7 +110,11 @@ def create_two_branch(model_cfg: ModelConfig, input_cfg: InputConfig) -> TwoBran
         i for i, info in enumerate(nisp_net.feature_info) if info["reduction"] <= NISP_MAX_REDUCTION
     )
     model = TwoBranchModel(
-        vis, NispFeatures(nisp_net, stage), model_cfg.drop_rate, n_outputs(model_cfg)
+        vis,
+        NispFeatures(nisp_net, stage),
+        model_cfg.drop_rate,
+        model_cfg.head_hidden,
+        n_outputs(model_cfg),
     )
     finish_model(model, model_cfg)
     return model

@@ -297,18 +297,8 @@ class Predictor:
         self._plan_groups()
 
     def _check_config(self, device: str | None) -> None:
-        """Settings no predictor can run with, refused before any model is loaded."""
-        if self.cfg.batch_size < 1:
-            raise ConfigError(f"predict: batch_size must be >= 1, got {self.cfg.batch_size}")
-        if self.cfg.ensemble_average not in ("probability", "logit"):
-            raise ConfigError(
-                f"predict: ensemble_average {self.cfg.ensemble_average!r}: "
-                "expected 'probability' or 'logit'"
-            )
-        if self.cfg.backend not in BACKENDS:
-            raise ConfigError(
-                f"predict: backend {self.cfg.backend!r}: expected one of {', '.join(BACKENDS)}"
-            )
+        """What the config's own checks (``PredictConfig.validate``) cannot see: the device."""
+        self.cfg.validate()  # a config edited after it was made
         if self.uses_onnx and device not in (None, "cpu"):
             raise ConfigError(
                 f"predict: the {self.cfg.backend} backend runs on CPU, not {device!r}"
@@ -342,16 +332,7 @@ class Predictor:
     def _bf16(self) -> bool:
         """Whether the torch backend runs under bf16 autocast (``cfg.torch_precision``)."""
         precision = self.cfg.torch_precision
-        if precision not in ("auto", "float32", "bfloat16"):
-            raise ConfigError(
-                f"predict: torch_precision {precision!r}: expected auto, float32 or bfloat16"
-            )
-        if self.uses_onnx:
-            if precision == "bfloat16":
-                raise ConfigError(
-                    f"predict: torch_precision bfloat16 is for the torch backend, not "
-                    f"{self.cfg.backend} (onnx-int8 is its reduced precision)"
-                )
+        if self.uses_onnx:  # bfloat16 with ONNX is refused by PredictConfig
             return False
         if precision == "auto":
             return self.device.type == "cuda" and torch.cuda.is_bf16_supported()

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
+from lensfinder.config import GalleryConfig
 from lensfinder.data.pixels import background_and_noise, resample_nisp
 from lensfinder.surveys import EUCLID
 from lensfinder.utils import atomic_path
@@ -120,7 +121,7 @@ def save_grid(
     images: Sequence[np.ndarray],
     titles: Sequence[str],
     path: str | Path,
-    columns: int = 6,
+    columns: int = GalleryConfig.columns,
     tile_inches: float = 2.2,
     dpi: int = 100,
 ) -> Path:

@@ -259,11 +259,6 @@ def _dask_client(cfg: ScanConfig, scheduler: str | None) -> Iterator[tuple[Any, 
         finally:
             client.close()
         return
-    if cfg.workers < 1 or cfg.threads_per_worker < 1:
-        raise ConfigError(
-            f"scan needs at least one worker and thread (workers={cfg.workers}, "
-            f"threads_per_worker={cfg.threads_per_worker})"
-        )
     torch_threads = max(1, available_cores() // (cfg.workers * cfg.threads_per_worker))
     import dask
 
@@ -407,8 +402,6 @@ def scan(
     cfg = cfg or ScanConfig()
     if not models:
         raise ConfigError("scan needs at least one model run directory (--model)")
-    if cfg.shard_size is not None and cfg.shard_size < 1:
-        raise ConfigError(f"scan shard_size must be at least 1, got {cfg.shard_size}")
     models = [Path(m).expanduser().resolve() for m in expand_models(models)]
     data, out = Path(data).expanduser().resolve(), Path(out).expanduser().resolve()
     with writing_output(out, SCAN_KIND, "scan", [data, *models]) as out:

@@ -476,20 +476,6 @@ def validate(config: InjectConfig) -> tuple[Survey, LabelRule]:
         rule = label_rule(config.label_rule)
     except ValueError as exc:
         raise ConfigError(f"inject: {exc}") from None
-    if not 0.0 <= config.paint_fraction <= 1.0:
-        raise ConfigError(f"inject: paint_fraction must be in [0, 1], got {config.paint_fraction}")
-    if config.workers < 1 or config.source_tries < 1:
-        raise ConfigError("inject: workers and source_tries must be at least 1")
-    low, high = config.theta_e_range
-    if not 0 < low <= high:
-        raise ConfigError(f"inject: theta_e_range {config.theta_e_range}: need 0 < low <= high")
-    low, high = config.half_light_range
-    if not 0 <= low <= high:
-        raise ConfigError(f"inject: half_light_range {config.half_light_range} is reversed")
-    if config.sigma_scatter_dex < 0 or config.shear_sigma < 0:
-        raise ConfigError("inject: sigma_scatter_dex and shear_sigma must be >= 0")
-    if config.first_id is not None and config.first_id < 0:
-        raise ConfigError(f"inject: first_id must be >= 0, got {config.first_id}")
 
     # the source settings and the rule's columns, as simulate checks them
     validate_simulation(source_config(config))

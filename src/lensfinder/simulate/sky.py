@@ -101,33 +101,3 @@ def expected_neighbours(config: SimulateConfig, radius: float, host_mag: float) 
     within = (min(max(radius, g_lo), g_hi) ** 2 - g_lo**2) / (g_hi**2 - g_lo**2)
     group = config.group_fraction * members * within
     return field + satellites + group
-
-
-def validate(config: SimulateConfig) -> None:
-    """Refuse environment settings that cannot be drawn (ValueError, one line)."""
-    shares = (
-        "field_blue_fraction",
-        "satellite_blue_fraction",
-        "group_fraction",
-        "group_red_fraction",
-        "tidal_fraction",
-        "near_caustic_fraction",
-    )
-    for name in shares:
-        if not 0.0 <= getattr(config, name) <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {getattr(config, name)}")
-    for name in ("field_count_density", "satellites_per_host", "field_exclusion_radius"):
-        if getattr(config, name) < 0:
-            raise ValueError(f"{name} must be >= 0, got {getattr(config, name)}")
-    for name in ("field_count_slope", "satellite_gap_slope", "satellite_max_gap"):
-        if getattr(config, name) <= 0:
-            raise ValueError(f"{name} must be > 0, got {getattr(config, name)}")
-    for name in ("field_mag_range", "satellite_radius_range", "group_radius_range"):
-        lo, hi = getattr(config, name)
-        if not lo < hi:
-            raise ValueError(f"{name} must be (low, high) with low < high, got {(lo, hi)}")
-    lo, hi = config.group_members
-    if not 1 <= lo <= hi:
-        raise ValueError(f"group_members must be (low, high) with 1 <= low <= high, got {(lo, hi)}")
-    if config.satellite_radius_range[0] < 0 or config.group_radius_range[0] < 0:
-        raise ValueError("satellite_radius_range and group_radius_range must be >= 0")

@@ -37,7 +37,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from lensfinder.config import ADAPT_METHODS, AdaptConfig, InputConfig, TrainConfig, to_dict
+from lensfinder.config import (
+    ADAPT_METHODS,
+    AdaptConfig,
+    InputConfig,
+    TrainConfig,
+    adapt_method_names,
+    to_dict,
+)
 from lensfinder.data.augment import N_ELEMENTS, apply_d4_per_sample
 from lensfinder.data.cutouts import CutoutSource
 from lensfinder.data.dataset import CutoutDataset, tensors
@@ -63,58 +70,10 @@ def adapt_methods(adapt: AdaptConfig) -> tuple[str, ...]:
     """The methods ``adapt.method`` names, AdaBN last; () when there is no field or "none"."""
     if adapt.field is None:
         return ()
-    names = [m.strip() for m in adapt.method.split("+") if m.strip()]
-    if names in ([], ["none"]):
-        return ()
-    unknown = [m for m in names if m not in ADAPT_METHODS]
-    if unknown or len(set(names)) != len(names):
-        raise ConfigError(
-            f"adapt.method {adapt.method!r}: expected distinct methods out of "
-            f"{', '.join(ADAPT_METHODS)} joined by '+' (e.g. dann+adabn), or none"
-        )
+    names = adapt_method_names(adapt.method)  # checked when the config was made
     return tuple(m for m in ADAPT_METHODS if m in names and m != "adabn") + (
         ("adabn",) if "adabn" in names else ()
     )
-
-
-def adapt_problems(config: TrainConfig) -> list[str]:
-    """What is wrong with ``config.adapt`` (for ``check_config``'s one-line error)."""
-    adapt = config.adapt
-    problems = []
-    try:
-        methods = adapt_methods(adapt)
-    except ConfigError as exc:
-        return [str(exc).removeprefix("config ")]
-    if adapt.only:  # its --init and --adapt are checked when it runs (adapt_only)
-        if adapt.field is not None and methods != ("adabn",):
-            problems.append(
-                f"adapt.only runs AdaBN alone (method adabn), not {adapt.method!r}: dann and "
-                "consistency learn jointly with labelled training"
-            )
-        if config.members > 1:
-            problems.append("adapt.only adapts the --init model (an ensemble: each member)")
-    if adapt.max_cutouts is not None and adapt.max_cutouts < 1:
-        problems.append(f"adapt.max_cutouts {adapt.max_cutouts} < 1")
-    if not 1 <= adapt.adabn_views <= N_ELEMENTS:
-        problems.append(f"adapt.adabn_views {adapt.adabn_views} not in 1..{N_ELEMENTS}")
-    if not 1 <= adapt.teacher_views <= N_ELEMENTS:
-        problems.append(f"adapt.teacher_views {adapt.teacher_views} not in 1..{N_ELEMENTS}")
-    if adapt.adabn_batch < 2:
-        problems.append(f"adapt.adabn_batch {adapt.adabn_batch} < 2 (a batch statistic)")
-    if not 0 < adapt.field_batch_fraction <= 4:
-        problems.append(f"adapt.field_batch_fraction {adapt.field_batch_fraction} not in (0, 4]")
-    if not 0.5 < adapt.consistency_threshold <= 1:
-        problems.append(
-            f"adapt.consistency_threshold {adapt.consistency_threshold} not in (0.5, 1]"
-        )
-    for name in ("dann_weight", "consistency_weight"):
-        if getattr(adapt, name) < 0:
-            problems.append(f"adapt.{name} {getattr(adapt, name)} < 0")
-    if adapt.dann_hidden < 1:
-        problems.append(f"adapt.dann_hidden {adapt.dann_hidden} < 1")
-    if config.model.norm != "batch" and "adabn" in methods:
-        problems.append("adapt.method adabn needs batch norm (model.norm batch)")
-    return problems
 
 
 # -- lenses painted on the field ---------------------------------------------------------------
@@ -510,13 +469,11 @@ def adapt_only(config: TrainConfig, out: str | Path, progress: bool = True) -> A
     ``out`` receives ordinary run directories: model.json is the init's with an ``adapt``
     section and ``init`` pointing at the source run, so evaluate still finds its test split.
     """
-    problems = adapt_problems(config)
     if config.init is None or config.adapt.field is None:
-        problems.append(
-            "adapt.only adapts a trained model to a field: give --init RUN --adapt FIELD"
+        raise ConfigError(
+            "train config: adapt.only adapts a trained model to a field: give --init RUN "
+            "--adapt FIELD"
         )
-    if problems:
-        raise ConfigError(f"train config: {'; '.join(problems)}")
     assert config.init is not None and config.adapt.field is not None
     init, out = Path(config.init), Path(out)
     if is_ensemble(init):

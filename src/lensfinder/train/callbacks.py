@@ -18,6 +18,8 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities import rank_zero_info
 
+from lensfinder.config import TrainConfig
+
 MONITOR = "val_auroc"
 
 
@@ -30,7 +32,9 @@ def monitored_value(trainer: pl.Trainer, key: str = MONITOR) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def scale_learning_rate(trainer: pl.Trainer, factor: float, lr_min: float = 0.0) -> None:
+def scale_learning_rate(
+    trainer: pl.Trainer, factor: float, lr_min: float = TrainConfig.lr_min
+) -> None:
     """Multiply the lr of every optimiser by ``factor`` (never below ``lr_min``), durably.
 
     The scheduler's ``base_lrs`` are scaled too: an epoch schedule (warmup, cosine) recomputes the
@@ -171,7 +175,7 @@ class BatchSizeGrowth(pl.Callback):
         patience: int,
         lr_factor: float,
         monitor: str = MONITOR,
-        lr_min: float = 0.0,
+        lr_min: float = TrainConfig.lr_min,
     ) -> None:
         if not 0.0 < lr_factor <= 1.0:
             raise ValueError(f"lr_factor must be in (0, 1], got {lr_factor}")

@@ -251,8 +251,6 @@ class LensDataModule(pl.LightningDataModule):
                 f"{self.store}: no labels (every object is unlabelled); pack a layout that has "
                 "a catalogue to train on it"
             )
-        if self.config.split.val_fraction <= 0:
-            raise ConfigError("split.val_fraction must be > 0: training selects on val AUROC")
         splits = split_parts(self.parts, self.config.split)
         labelled = {name: idx[labels[idx] >= 0] for name, idx in splits.items()}
         for name in ("train", "val"):

@@ -57,8 +57,6 @@ def train_models(
     out = Path(out)
     if config.adapt.only:  # no labelled training: the --init model (or ensemble) adapted
         return adapt_only(config, out, progress)
-    if config.members < 1:
-        raise ConfigError(f"train config: members {config.members} < 1")
     if config.members == 1:
         if is_ensemble(out):
             raise ConfigError(

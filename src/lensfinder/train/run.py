@@ -34,7 +34,14 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
 from lensfinder import __version__
-from lensfinder.config import TrainConfig, flat_settings, load_config, save_config, to_dict
+from lensfinder.config import (
+    MODEL_FILE_LEGACY,
+    TrainConfig,
+    flat_settings,
+    load_config,
+    save_config,
+    to_dict,
+)
 from lensfinder.data import open_source
 from lensfinder.data.identity import data_record
 from lensfinder.errors import ConfigError, ModelFileError
@@ -42,7 +49,6 @@ from lensfinder.models import load_model, read_meta, save_model
 from lensfinder.safety import TRAIN, writing_output
 from lensfinder.train import hard_negatives
 from lensfinder.train.adapt import (
-    adapt_problems,
     field_adaptation,
     finish_adaptation,
     paint_field,
@@ -60,7 +66,6 @@ from lensfinder.train.hard_negatives import MinedSet, check_hard_negatives
 from lensfinder.train.module import LensClassifier, regularisation
 from lensfinder.train.weight_averaging import (
     averaging_record,
-    check_weight_averaging,
     weight_averaging_callback,
 )
 from lensfinder.utils import atomic_path, available_cores, torch_load_refusal
@@ -152,58 +157,12 @@ def describe_dropped(dropped: dict[str, Any]) -> str:
 
 # -- settings ----------------------------------------------------------------------------------
 def check_config(config: TrainConfig) -> None:
-    """Settings that would fail obscurely mid-run fail here, in one line."""
-    problems = []
-    if config.batch_size < 1:
-        problems.append(f"batch_size {config.batch_size} < 1")
-    if config.batch_size_max < config.batch_size:
-        problems.append(f"batch_size_max {config.batch_size_max} < batch_size {config.batch_size}")
-    if config.max_epochs < 1:
-        problems.append(f"max_epochs {config.max_epochs} < 1")
-    if not 0 < config.lr_factor <= 1:
-        problems.append(f"lr_factor {config.lr_factor} not in (0, 1]")
-    if config.plateau_patience < 1 or config.stop_patience < 1:
-        problems.append("plateau_patience and stop_patience must be >= 1")
-    if config.optimizer == "adamw" and config.weight_decay:
-        problems.append(
-            f"weight_decay {config.weight_decay:g} (an L2 penalty) with optimizer adamw, which "
-            "decays weights instead: use optimizer adam, or decoupled_weight_decay for AdamW's"
-        )
-    if config.optimizer != "adamw" and config.decoupled_weight_decay:
-        problems.append(
-            f"decoupled_weight_decay {config.decoupled_weight_decay:g} needs optimizer adamw "
-            f"(not {config.optimizer}); the L2 penalty is weight_decay"
-        )
-    if config.lr_min < 0:
-        problems.append(f"lr_min {config.lr_min} < 0")
-    if config.max_train_samples is not None and config.max_train_samples < 1:
-        problems.append(f"max_train_samples {config.max_train_samples} < 1")
-    if config.limit_val_samples is not None and config.limit_val_samples < 1:
-        problems.append(f"limit_val_samples {config.limit_val_samples} < 1")
-    if not config.lr > 0:
-        problems.append(f"lr {config.lr} must be > 0")
-    if config.weight_decay < 0:
-        problems.append(f"weight_decay {config.weight_decay} < 0")
-    if not config.theta_e_weight >= 0:
-        problems.append(f"theta_e_weight {config.theta_e_weight} < 0")
-    if config.num_workers < 0:
-        problems.append(f"num_workers {config.num_workers} < 0")
-    if config.warmup_epochs < 0:
-        problems.append(f"warmup_epochs {config.warmup_epochs} < 0")
-    if config.num_nodes < 1:
-        problems.append(f"num_nodes {config.num_nodes} < 1")
-    if not 0 <= config.model.drop_rate < 1:
-        problems.append(f"model.drop_rate {config.model.drop_rate} not in [0, 1)")
-    for name in ("test_fraction", "val_fraction"):
-        if not 0 <= getattr(config.split, name) < 1:
-            problems.append(f"split.{name} {getattr(config.split, name)} not in [0, 1)")
-    device_problem = check_devices(config.devices, config.accelerator)
-    if device_problem:
-        problems.append(device_problem)
-    problems += adapt_problems(config)
-    problems += check_weight_averaging(config) + check_hard_negatives(config.hard_negatives)
-    if problems:
-        raise ConfigError(f"train config: {'; '.join(problems)}")
+    """What the config's own checks (``TrainConfig.validate``, run when it is made) cannot see:
+    the devices against this machine and the files it names, in one line before any work."""
+    problems = [check_devices(config.devices, config.accelerator)]
+    problems += check_hard_negatives(config.hard_negatives)
+    if any(problems):
+        raise ConfigError(f"train config: {'; '.join(p for p in problems if p)}")
 
 
 def check_devices(devices: int | str, accelerator: str) -> str | None:
@@ -617,7 +576,8 @@ def initial_model(config: TrainConfig) -> Any:
     if config.init is None:
         return None
     model, meta = load_model(config.init, expect_input=config.input)
-    saved = {k: v for k, v in meta["model"].items() if k != "pretrained"}
+    recorded = MODEL_FILE_LEGACY["model"] | meta["model"]
+    saved = {k: v for k, v in recorded.items() if k != "pretrained"}
     wanted = {k: v for k, v in to_dict(config.model).items() if k != "pretrained"}
     if saved != wanted:
         differ = ", ".join(sorted(k for k in wanted if saved.get(k) != wanted[k]))

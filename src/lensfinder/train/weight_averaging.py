@@ -64,18 +64,6 @@ def swa_start_epoch(config: TrainConfig) -> int:
     return min(math.floor(config.swa_start * config.max_epochs), config.max_epochs - 1)
 
 
-def check_weight_averaging(config: TrainConfig) -> list[str]:
-    """Problems with the weight-averaging settings, for ``check_config``."""
-    problems = []
-    if not 0.0 < config.ema_decay < 1.0:
-        problems.append(f"ema_decay {config.ema_decay} not in (0, 1)")
-    if not 0.0 <= config.swa_start <= 1.0:
-        problems.append(f"swa_start {config.swa_start} not in [0, 1]")
-    if config.swa_bn_samples is not None and config.swa_bn_samples < 1:
-        problems.append(f"swa_bn_samples {config.swa_bn_samples} < 1")
-    return problems
-
-
 @torch.no_grad()
 def recompute_batch_norm(
     trainer: pl.Trainer, pl_module: pl.LightningModule, samples: int | None
