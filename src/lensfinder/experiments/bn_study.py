@@ -33,7 +33,8 @@ from lensfinder.config import EvaluateConfig, PredictConfig
 from lensfinder.errors import ConfigError, DataError, ModelFileError
 from lensfinder.evaluate.metrics import auroc, compute_metrics
 from lensfinder.safety import BN_STUDY, writing_output
-from lensfinder.utils import atomic_write_text, progress
+from lensfinder.stages import progress_bar as progress
+from lensfinder.utils import atomic_write_text
 
 DEFAULT_SIZES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
 JSON_NAME = "bn_study.json"

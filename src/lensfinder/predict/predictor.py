@@ -54,7 +54,8 @@ from lensfinder.models.batchnorm import bn_train_mode
 from lensfinder.models.checkpoint import input_config, load_model, read_meta
 from lensfinder.predict.onnx_cache import PRECISION_OF_BACKEND, CachedOnnx, Calibration, onnx_runner
 from lensfinder.predict.types import Average, ModelInput, flat_logits, forward
-from lensfinder.utils import available_cores, progress
+from lensfinder.stages import progress_bar as progress
+from lensfinder.utils import available_cores
 
 READ_BATCHES = 4  # predict_source reads this many chunks of batches from the source at a time
 PREFETCH_DEPTH = 2  # chunks read and prepared ahead of the model (bounded memory)

@@ -23,8 +23,8 @@ from lensfinder.errors import ConfigError, DataError
 from lensfinder.safety import GALLERY, writing_output
 from lensfinder.scan.catalog import read_candidates, table_meta
 from lensfinder.scan.crossmatch import flag_known_lenses
+from lensfinder.stages import progress_bar
 from lensfinder.utils import atomic_path, atomic_write_text
-from lensfinder.utils import progress as progress_bar
 from lensfinder.visual import colour_composite, resize_square, save_grid
 
 STAMP_DIR = "stamps"

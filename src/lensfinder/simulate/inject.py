@@ -58,9 +58,9 @@ from lensfinder.simulate.preview import finish_layout
 from lensfinder.simulate.quantities import catalogue_row
 from lensfinder.simulate.render import SceneRenderer, counts_per_second, preload
 from lensfinder.simulate.stamps import StampLibrary
+from lensfinder.stages import progress_bar
 from lensfinder.surveys import Band, Survey, get_survey
 from lensfinder.utils import atomic_path
-from lensfinder.utils import progress as progress_bar
 
 PAINT_FLOOR = 1e-3  # arc pixels below this many noise sigmas are left out: the field is kept
 MEASURE_CHUNK = 64  # field cutouts read at once while measuring

@@ -33,8 +33,8 @@ from lensfinder.simulate.preview import finish_layout
 from lensfinder.simulate.quantities import SIMULATED_COLUMNS, catalogue_row
 from lensfinder.simulate.render import BandImages, SceneRenderer, preload
 from lensfinder.simulate.stamps import StampLibrary
+from lensfinder.stages import progress_bar
 from lensfinder.surveys import Survey, get_survey
-from lensfinder.utils import progress as progress_bar
 
 GALAXY_TRIES = 20  # lens galaxies tried per intended lens ...
 SOURCE_TRIES = 25  # ... and sources behind each
