@@ -32,8 +32,9 @@ import numpy as np
 from lensfinder.config import EvaluateConfig, PredictConfig
 from lensfinder.errors import ConfigError, DataError, ModelFileError
 from lensfinder.evaluate.metrics import auroc, compute_metrics
-from lensfinder.safety import BN_STUDY, writing_output
+from lensfinder.safety import BN_STUDY
 from lensfinder.stages import progress_bar as progress
+from lensfinder.stages import run_stage
 from lensfinder.utils import atomic_write_text
 
 DEFAULT_SIZES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -518,8 +519,9 @@ def batchnorm_study(
     for run_dir in run_dirs:
         if not (run_dir / "model.json").is_file():
             raise ModelFileError(f"{run_dir}: not a run directory (no model.json)")
-    with writing_output(out, BN_STUDY, "bn-study", [data, *run_dirs]) as out_dir:
-        return _study(run_dirs, Path(data), out_dir, sizes, split, seed, max_objects, bootstrap)
+    with run_stage("bn-study", BN_STUDY, out, [data, *run_dirs]) as stage:
+        result = _study(run_dirs, Path(data), stage.out, sizes, split, seed, max_objects, bootstrap)
+        return stage.finish(result)
 
 
 def _study(

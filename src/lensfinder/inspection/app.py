@@ -46,6 +46,7 @@ from lensfinder.data.identity import index_of_ids
 from lensfinder.errors import ConfigError, DataError, LensfinderError
 from lensfinder.scan.catalog import read_candidates
 from lensfinder.scan.gallery import open_scanned_data
+from lensfinder.stages import report
 from lensfinder.visual import asinh_stretch, colour_composite, resize_square
 
 HERE = Path(__file__).parent
@@ -398,9 +399,8 @@ def serve(scan: str | Path, data: str | Path, cfg: InspectConfig, token: str | N
     sock = listen(cfg.host, cfg.port)
     shown_host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     where = f"http://{shown_host}:{cfg.port}/" + (f"?token={token}" if token else "")
-    print(
-        f"grading {len(inspector.rows)} candidates at {where} (grades: {inspector.book.shown_url})",
-        flush=True,
+    report(
+        f"grading {len(inspector.rows)} candidates at {where} (grades: {inspector.book.shown_url})"
     )
     config = uvicorn.Config(create_app(inspector, token), log_level="warning")
     uvicorn.Server(config).run(sockets=[sock])

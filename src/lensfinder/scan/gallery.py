@@ -20,10 +20,10 @@ from lensfinder.data import open_source
 from lensfinder.data.cutouts import CutoutSource
 from lensfinder.data.identity import index_of_ids
 from lensfinder.errors import ConfigError, DataError
-from lensfinder.safety import GALLERY, writing_output
+from lensfinder.safety import GALLERY
 from lensfinder.scan.catalog import read_candidates, table_meta
 from lensfinder.scan.crossmatch import flag_known_lenses
-from lensfinder.stages import progress_bar
+from lensfinder.stages import progress_bar, run_stage
 from lensfinder.utils import atomic_path, atomic_write_text
 from lensfinder.visual import colour_composite, resize_square, save_grid
 
@@ -190,8 +190,8 @@ def make_gallery(
 ) -> GalleryResult:
     """Write ``out/index.html`` (cards with stamp, rank, score, position, label, known-lens badge),
     ``out/stamps/*.png`` and ``out/mosaic.png`` for the candidates ``cfg`` chooses."""
-    with writing_output(out, GALLERY, "gallery", [candidates, data]) as out_dir:
-        return _write_gallery(candidates, data, out_dir, cfg, progress)
+    with run_stage("gallery", GALLERY, out, [candidates, data], progress=progress) as stage:
+        return stage.finish(_write_gallery(candidates, data, stage.out, cfg, stage.progress))
 
 
 def _write_gallery(

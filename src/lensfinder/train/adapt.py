@@ -511,7 +511,8 @@ def adapt_only(config: TrainConfig, out: str | Path, progress: bool = True) -> A
     from lensfinder.ensemble import is_ensemble, member_dir, read_ensemble, write_ensemble
     from lensfinder.models import load_model
     from lensfinder.models.checkpoint import input_config, save_model
-    from lensfinder.safety import ENSEMBLE, TRAIN, writing_output
+    from lensfinder.safety import ENSEMBLE, TRAIN
+    from lensfinder.stages import run_stage
 
     problems = adapt_problems(config)
     if config.init is None or config.adapt.field is None:
@@ -529,10 +530,11 @@ def adapt_only(config: TrainConfig, out: str | Path, progress: bool = True) -> A
         ensemble, pairs = None, [(init, out)]
     records = []
     kind = TRAIN if ensemble is None else ENSEMBLE
-    with writing_output(out, kind, "train", [init, config.adapt.field]) as out:
+    inputs: list[str | Path] = [init, config.adapt.field]
+    with run_stage("train", kind, out, inputs, progress=progress) as stage:
         for source_run, target in pairs:
             model, meta = load_model(source_run)
-            record = adabn_in_place(model, config, input_config(meta), progress=progress)
+            record = adabn_in_place(model, config, input_config(meta), progress=stage.progress)
             target.mkdir(parents=True, exist_ok=True)
             save_model(target, model, {**meta, "adapt": record, "init": str(source_run.resolve())})
             records.append(record)
@@ -541,7 +543,7 @@ def adapt_only(config: TrainConfig, out: str | Path, progress: bool = True) -> A
                 k: v for k, v in ensemble.items() if k not in ("members", "format", "averaging")
             }
             write_ensemble(out, [t for _, t in pairs], str(ensemble["averaging"]), extra)
-    return AdaptResult(out, records, ensemble is not None)
+        return stage.finish(AdaptResult(stage.out, records, ensemble is not None))
 
 
 # -- hooks of a training run (train/run.py) ----------------------------------------------------
