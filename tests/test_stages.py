@@ -65,18 +65,26 @@ def _sources() -> dict[Path, ast.Module]:
 def test_quiet_and_the_output_rule_are_each_used_in_one_place():
     """LENSFINDER_QUIET is read only by the runner, and only the runner enters the output rule
     and the lock (every verb goes through ``run_stage`` / ``file_stage``)."""
-    runner_only = ("LENSFINDER_QUIET", "writing_output", "output_lock", "prepare_output_file")
+    runner_only = {"LENSFINDER_QUIET", "writing_output", "output_lock", "prepare_output_file"}
     found = {
-        (path.name, name)
+        (str(path.relative_to(PACKAGE)), _named(node))
         for path, tree in _sources().items()
         if path.name not in ("stages.py", "safety.py")
         for node in ast.walk(tree)
-        for name in runner_only
-        if (isinstance(node, ast.Constant) and node.value == name)
-        or (isinstance(node, ast.Name | ast.alias) and getattr(node, "name", None) == name)
-        or (isinstance(node, ast.Name) and node.id == name)
+        if _named(node) in runner_only
     }
     assert found == set()
+
+
+def _named(node: ast.AST) -> object:
+    """The string, name, imported name or attribute ``node`` holds (None for other nodes)."""
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.alias):
+        return node.name
+    return node.attr if isinstance(node, ast.Attribute) else None
 
 
 def test_library_code_never_prints():
@@ -86,7 +94,7 @@ def test_library_code_never_prints():
         for path, tree in _sources().items()
         if path.name != "cli.py"
         for node in ast.walk(tree)
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print"
+        if isinstance(node, ast.Call) and _named(node.func) == "print"
     ]
     assert printing == []
 
@@ -119,7 +127,9 @@ def test_finish_logs_the_summary_and_returns_the_result(tmp_path, caplog):
             return "3 things done"
 
     done = Done()
-    with caplog.at_level(logging.INFO, logger="lensfinder.stages"):
-        with run_stage("evaluate", EVALUATION, tmp_path / "out") as stage:
-            assert stage.finish(done) is done
+    with (
+        caplog.at_level(logging.INFO, logger="lensfinder.stages"),
+        run_stage("evaluate", EVALUATION, tmp_path / "out") as stage,
+    ):
+        assert stage.finish(done) is done
     assert "evaluate" in caplog.text and "3 things done" in caplog.text

@@ -125,9 +125,6 @@ class Stage:
         """Wall time since the stage began."""
         return time.perf_counter() - self.began
 
-    def report(self, text: str) -> None:
-        report(text)
-
     def finish(self, result: R) -> R:
         """Log ``result``'s summary (scripts' logs; the CLI prints it) and return it."""
         SUMMARIES.info("%s (%.1f s): %s", self.verb, self.seconds, result.summary())
