@@ -182,12 +182,13 @@ def test_9_10_12_bad_grades_files_are_one_line_errors_in_train(text, words, tiny
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
-def test_12_missing_graded_ids_are_reported_not_only_counted(tiny_store, capsys):
+def test_12_missing_graded_ids_are_reported_not_only_counted(tiny_store, caplog):
     source = open_source(tiny_store)
     ids = [int(i) for i in source.ids[:2]]
     grades = {ids[0]: "A", ids[1]: "X", 7: "X", 8: "A"}
-    _, _, record = add_graded(source, np.arange(len(source)), grades, source, ["A", "B"], ["X"])
-    said = capsys.readouterr().err
+    with caplog.at_level("WARNING", logger="lensfinder"):
+        _, _, record = add_graded(source, np.arange(len(source)), grades, source, ["A", "B"], ["X"])
+    said = caplog.text
     assert f"2 of 4 graded IDs are not in {tiny_store}" in said and "7, 8" in said
     assert record["n_missing"] == 2 and record["missing_ids"] == [7, 8]
     with pytest.raises(DataError, match="not a whole number"):

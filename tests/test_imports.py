@@ -19,6 +19,7 @@ LAYERS: list[set[str]] = [
     {"lensfinder", "errors", "surveys"},  # the base: facts and helpers every stage uses
     {"utils", "labels", "layout", "einstein", "mer"},
     {"config", "safety", "ensemble"},
+    {"stages"},
     {"data"},
     {"presentation"},
     {"simulate", "models"},

@@ -31,7 +31,7 @@ from lensfinder.config import (
     TileSimulateConfig,
     TrainConfig,
 )
-from lensfinder.errors import ConfigError, LensfinderError
+from lensfinder.errors import LensfinderError
 
 # Typer's command-line exceptions (Click's, which Typer may vendor): found from a public name.
 _cli_errors = sys.modules[typer.BadParameter.__module__]
@@ -83,10 +83,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def user_errors(func: F) -> F:
-    """Turn lensfinder's own errors into one plain line and exit status 2 (no traceback)."""
+    """Turn lensfinder's own errors into one plain line and exit status 2 (no traceback); the
+    stages' reports (step headers, warnings) go to stderr, the verb prints its summary."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from lensfinder.stages import show_reports
+
+        show_reports()
         try:
             return func(*args, **kwargs)
         except LensfinderError as exc:
@@ -616,15 +620,11 @@ def train(
     recomputed on FIELD (minutes; an ensemble RUN is adapted member by member)."""
     from lensfinder.train.ensemble import train_models as run
 
-    if devices is not None and devices.lstrip("-").isdigit():
-        devices_value: int | str | None = int(devices)
-    else:
-        devices_value = devices
     cfg = _load(
         "train",
         config,
         max_epochs=max_epochs,
-        devices=devices_value,
+        devices=int(devices) if devices and devices.lstrip("-").isdigit() else devices,
         num_nodes=num_nodes,
         members=members,
         graded=None if graded is None else str(graded),
@@ -632,8 +632,6 @@ def train(
         init=None if init is None else str(init),
         adapt=None if adapt is None else str(adapt),
     )
-    if not data and not cfg.adapt.only:
-        raise ConfigError("train: give --data, the labelled store or layout to train on")
     stores = list(data or [])
     result = run(cfg, stores[0] if len(stores) == 1 else stores, out, resume=not no_resume)
     typer.echo(result.summary())

@@ -7,11 +7,11 @@ Every stage resumes, so an interrupted demo picks up where it stopped.
 
 from __future__ import annotations
 
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from lensfinder.config import (
     DemoConfig,
@@ -23,11 +23,12 @@ from lensfinder.config import (
     load_config,
 )
 from lensfinder.data.store import pack
-from lensfinder.evaluate import evaluate
-from lensfinder.safety import DEMO, writing_output
-from lensfinder.scan import scan
+from lensfinder.evaluate import EvaluationResult, evaluate
+from lensfinder.safety import DEMO
+from lensfinder.scan import ScanResult, scan
 from lensfinder.scan.gallery import make_gallery
 from lensfinder.simulate import simulate
+from lensfinder.stages import Stage, Summarised, report, run_stage
 from lensfinder.train import train
 
 QUICK = DemoConfig(n_train=48, n_field=24, field_lens_fraction=0.25, max_epochs=1, gallery_top=8)
@@ -37,6 +38,8 @@ QUICK_TRAIN_OVERRIDES: dict[str, Any] = {
     "model": {"arch": "resnet18", "pretrained": None},
     "max_train_samples": 64,
 }
+STEPS = 7  # simulate, pack, train, evaluate, simulate a field, scan, gallery
+R = TypeVar("R", bound=Summarised)
 
 
 @dataclass
@@ -76,10 +79,6 @@ class DemoResult:
         return "\n".join(lines)
 
 
-def _stage(number: int, total: int, text: str) -> None:
-    print(f"\n[{number}/{total}] {text}", file=sys.stderr, flush=True)
-
-
 def demo_train_config(cfg: DemoConfig, quick: bool) -> TrainConfig:
     """The named training config with the demo's epoch cap (and tiny when quick)."""
     overrides: dict[str, Any] = dict(QUICK_TRAIN_OVERRIDES) if quick else {}
@@ -88,16 +87,35 @@ def demo_train_config(cfg: DemoConfig, quick: bool) -> TrainConfig:
     return load_config(TrainConfig, cfg.train_config, **overrides)
 
 
-def run_demo(out: Path, quick: bool = False, config: DemoConfig | None = None) -> DemoResult:
+def run_demo(
+    out: Path, quick: bool = False, config: DemoConfig | None = None, progress: bool = True
+) -> DemoResult:
     """Run every stage into ``out``; returns the headline numbers and where everything is."""
     cfg = config or (QUICK if quick else DemoConfig())
-    with writing_output(out, DEMO, "demo") as out_dir:
-        return _run_stages(out_dir, quick, cfg)
+    with run_stage("demo", DEMO, out, progress=progress) as stage:
+        return stage.finish(_run_stages(stage, quick, cfg))
 
 
-def _run_stages(out: Path, quick: bool, cfg: DemoConfig) -> DemoResult:
-    """``run_demo`` once it holds the lock of ``out``."""
-    paths = {
+class _Steps:
+    """The demo's steps in order: each one's header and summary reported, its time kept."""
+
+    def __init__(self, progress: bool) -> None:
+        self.progress = progress
+        self.number = 0
+        self.seconds: dict[str, float] = {}
+
+    def run(self, header: str, name: str, func: Callable[..., R], *args: Any) -> R:
+        self.number += 1
+        report(f"\n[{self.number}/{STEPS}] {header}")
+        start = time.perf_counter()
+        result = func(*args, progress=self.progress)
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+        report(result.summary())
+        return result
+
+
+def _demo_paths(out: Path) -> dict[str, Path]:
+    return {
         "training layout": out / "train-layout",
         "training store": out / "train.zarr",
         "model": out / "model",
@@ -106,29 +124,43 @@ def _run_stages(out: Path, quick: bool, cfg: DemoConfig) -> DemoResult:
         "candidates": out / "scan" / "candidates.csv",
         "gallery": out / "gallery" / "index.html",
     }
-    seconds: dict[str, float] = {}
-    total = 7
 
-    def timed(name: str, func, *args, **kwargs):
-        start = time.perf_counter()
-        result = func(*args, **kwargs)
-        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
-        print(result.summary(), file=sys.stderr, flush=True)
-        return result
 
+def _run_stages(stage: Stage, quick: bool, cfg: DemoConfig) -> DemoResult:
+    """``run_demo`` once it holds the lock of ``stage.out``."""
+    paths = _demo_paths(stage.out)
+    steps = _Steps(stage.progress)
     sim = SimulateConfig(n=cfg.n_train, seed=cfg.seed, workers=cfg.workers)
-    _stage(1, total, f"Simulating {cfg.n_train} Euclid-like cutouts (VIS + NISP Y, J, H)")
-    timed("simulate", simulate, sim, paths["training layout"])
+    evaluation = _train_and_evaluate(steps, paths, sim, cfg, quick)
+    scanned = _scan_field(steps, paths, sim, cfg)
+    metrics = evaluation.metrics
+    tpr = metrics.get("tpr_at_fpr", {}).get("1e-03")
+    return DemoResult(
+        out=stage.out,
+        paths=paths,
+        auroc=float(metrics["auroc"]),
+        auroc_ci=tuple(metrics["auroc_ci"]),
+        tpr_at_1e3=None if tpr is None else float(tpr),
+        tpr0=float(metrics["tpr0"]),
+        scan_rate=float(scanned.rate),
+        field_lenses_in_top=_lenses_in_top(paths["candidates"].parent, cfg.gallery_top),
+        stage_seconds=steps.seconds,
+    )
 
-    _stage(2, total, "Packing the layout into one chunked store")
-    timed("pack", pack, paths["training layout"], paths["training store"])
 
+def _train_and_evaluate(
+    steps: _Steps, paths: dict[str, Path], sim: SimulateConfig, cfg: DemoConfig, quick: bool
+) -> EvaluationResult:
+    """Steps 1-4: simulate a training set, pack it, train, evaluate on its test split."""
+    header = f"Simulating {cfg.n_train} Euclid-like cutouts (VIS + NISP Y, J, H)"
+    steps.run(header, "simulate", simulate, sim, paths["training layout"])
+    header = "Packing the layout into one chunked store"
+    steps.run(header, "pack", pack, paths["training layout"], paths["training store"])
     train_cfg = demo_train_config(cfg, quick)
-    _stage(3, total, f"Training {train_cfg.model.arch} at {train_cfg.input.size}px on 4 bands")
-    timed("train", train, train_cfg, paths["training store"], paths["model"])
-
-    _stage(4, total, "Evaluating on the held-out test split (metrics, ROC, HTML report)")
-    evaluation = timed(
+    header = f"Training {train_cfg.model.arch} at {train_cfg.input.size}px on 4 bands"
+    steps.run(header, "train", train, train_cfg, paths["training store"], paths["model"])
+    return steps.run(
+        "Evaluating on the held-out test split (metrics, ROC, HTML report)",
         "evaluate",
         evaluate,
         [paths["model"]],
@@ -137,6 +169,11 @@ def _run_stages(out: Path, quick: bool, cfg: DemoConfig) -> DemoResult:
         EvaluateConfig(),
     )
 
+
+def _scan_field(
+    steps: _Steps, paths: dict[str, Path], sim: SimulateConfig, cfg: DemoConfig
+) -> ScanResult:
+    """Steps 5-7: simulate a field with few lenses, scan it, a gallery of its top candidates."""
     field_sim = replace(
         sim,
         n=cfg.n_field,
@@ -144,17 +181,20 @@ def _run_stages(out: Path, quick: bool, cfg: DemoConfig) -> DemoResult:
         lens_fraction=cfg.field_lens_fraction,
         first_id=sim.first_id + 100000,
     )
-    _stage(5, total, f"Simulating a field of {cfg.n_field} cutouts with few lenses")
-    timed("simulate", simulate, field_sim, paths["field layout"])
-
-    _stage(6, total, "Scanning the field on a local Dask cluster")
+    header = f"Simulating a field of {cfg.n_field} cutouts with few lenses"
+    steps.run(header, "simulate", simulate, field_sim, paths["field layout"])
     scan_cfg = ScanConfig(workers=cfg.workers)  # shard size: the scan's own rule
-    scanned = timed(
-        "scan", scan, [paths["model"]], paths["field layout"], paths["candidates"].parent, scan_cfg
+    scanned = steps.run(
+        "Scanning the field on a local Dask cluster",
+        "scan",
+        scan,
+        [paths["model"]],
+        paths["field layout"],
+        paths["candidates"].parent,
+        scan_cfg,
     )
-
-    _stage(7, total, f"Gallery of the top {cfg.gallery_top} candidates")
-    timed(
+    steps.run(
+        f"Gallery of the top {cfg.gallery_top} candidates",
         "gallery",
         make_gallery,
         paths["candidates"].parent,
@@ -162,20 +202,7 @@ def _run_stages(out: Path, quick: bool, cfg: DemoConfig) -> DemoResult:
         paths["gallery"].parent,
         GalleryConfig(top=cfg.gallery_top),
     )
-
-    metrics = evaluation.metrics
-    tpr = metrics.get("tpr_at_fpr", {}).get("1e-03")
-    return DemoResult(
-        out=out,
-        paths=paths,
-        auroc=float(metrics["auroc"]),
-        auroc_ci=tuple(metrics["auroc_ci"]),
-        tpr_at_1e3=None if tpr is None else float(tpr),
-        tpr0=float(metrics["tpr0"]),
-        scan_rate=float(scanned.rate),
-        field_lenses_in_top=_lenses_in_top(paths["candidates"].parent, cfg.gallery_top),
-        stage_seconds=seconds,
-    )
+    return scanned
 
 
 def _lenses_in_top(scan_dir: Path, top: int) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic file writes, tables read with one-line errors, progress bars."""
+"""Small shared helpers: atomic file writes, tables read with one-line errors, the machine."""
 
 from __future__ import annotations
 
@@ -7,14 +7,11 @@ import os
 import platform
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from lensfinder.errors import DataError
-
-if TYPE_CHECKING:
-    from tqdm import tqdm
 
 T = TypeVar("T")
 
@@ -50,14 +47,6 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
 def atomic_write_text(target: str | Path, text: str) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(text)
-
-
-def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", **kw) -> tqdm[T]:
-    """A progress bar with rate and ETA (tqdm), on stderr; quiet when LENSFINDER_QUIET is set."""
-    from tqdm.auto import tqdm
-
-    disable = bool(os.environ.get("LENSFINDER_QUIET"))
-    return tqdm(iterable, total=total, desc=desc, disable=disable, dynamic_ncols=True, **kw)
 
 
 def available_cores() -> int:

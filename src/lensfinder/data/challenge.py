@@ -37,8 +37,8 @@ from lensfinder.layout import (
     image_path,
     parse_image_name,
 )
+from lensfinder.stages import progress_bar as progress
 from lensfinder.surveys import EUCLID, Band
-from lensfinder.utils import progress
 
 FITS_BLOCK = 2880  # every FITS file is a whole number of 2880-byte blocks
 ID_RANGE = (-(2**63), 2**63 - 1)  # IDs are int64 everywhere (stores, scores, grades)

@@ -18,8 +18,8 @@ import numpy as np
 
 from lensfinder.data.challenge import Problem, reason_kind
 from lensfinder.data.nonfinite import repair_nonfinite
+from lensfinder.stages import progress_bar
 from lensfinder.surveys import EUCLID
-from lensfinder.utils import progress as progress_bar
 
 VIS_SHAPE: tuple[int, int] = (EUCLID.bands[0].cutout_pixels,) * 2
 NISP_SHAPE: tuple[int, int, int] = (

@@ -25,7 +25,7 @@ from lensfinder.data.augment import N_ELEMENTS, apply_d4_per_sample
 from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE, CutoutSource, repair_rows
 from lensfinder.data.transforms import ModelInput, map_input, to_model_input
 from lensfinder.einstein import EIN_AREA, lens_theta_e
-from lensfinder.utils import progress as progress_bar
+from lensfinder.stages import progress_bar
 
 Item = tuple[ModelInput, torch.Tensor]
 PRECOMPUTE_CHUNK = 256  # objects normalised at once by precompute(): vectorised, little memory

@@ -7,7 +7,7 @@ validation and test sets stay those of the training data, so an evaluation stays
 
 from __future__ import annotations
 
-import sys
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from lensfinder.data.identity import index_of_ids
 from lensfinder.errors import ConfigError, DataError
 
 MISSING_SHOWN = 10  # graded IDs not in the data: how many are named in the message and record
+log = logging.getLogger(__name__)
 
 
 def graded_labels(
@@ -123,7 +124,7 @@ def add_graded(
 ) -> tuple[GradedSource, np.ndarray, dict[str, object]]:
     """The combined source, its training indices, and the record for model.json.
 
-    Graded IDs missing from ``extra`` are counted and reported (on stderr, as they are found);
+    Graded IDs missing from ``extra`` are counted and reported (logged warnings, as they are found);
     when ``extra`` is the training data, graded objects of its validation or test split are left
     out (they must not leak into training), and reported too.
     """
@@ -142,19 +143,16 @@ def add_graded(
     if missing.size:
         shown = ", ".join(str(i) for i in missing[:MISSING_SHOWN].tolist())
         more = ", ..." if missing.size > MISSING_SHOWN else ""
-        print(
-            f"graded: {missing.size} of {ids.size} graded IDs are not in {extra.path} and were "
-            f"left out: {shown}{more}",
-            file=sys.stderr,
-            flush=True,
-        )
+        log.warning(
+            "graded: %d of %d graded IDs are not in %s and were left out: %s%s",
+            missing.size, ids.size, extra.path, shown, more,
+        )  # fmt: skip
     if in_eval.any():
-        print(
-            f"graded: {int(in_eval.sum())} graded objects are in the validation or test split of "
-            f"{extra.path} and were left out of training",
-            file=sys.stderr,
-            flush=True,
-        )
+        log.warning(
+            "graded: %d graded objects are in the validation or test split of %s and were left "
+            "out of training",
+            int(in_eval.sum()), extra.path,
+        )  # fmt: skip
     record = {
         "data": str(Path(extra.path).resolve()),
         "lens_grades": list(lens),

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -53,9 +52,9 @@ from lensfinder.data.cutouts import (
 )
 from lensfinder.errors import DataError
 from lensfinder.labels import LabelRule
-from lensfinder.safety import STORE, mark_output, writing_output
+from lensfinder.safety import STORE, mark_output
+from lensfinder.stages import Stage, progress_bar, run_stage
 from lensfinder.surveys import EUCLID
-from lensfinder.utils import progress as progress_bar
 
 STORE_FORMAT_KEY = "lensfinder_store"
 STORE_VERSION = 1
@@ -271,18 +270,24 @@ def pack(
 
     Unreadable objects are skipped and listed in the store's ``problems`` attribute. An
     existing complete store from the same layout and rule is left as it is. The store goes only
-    where ``writing_output`` allows (not inside the layout, not inside another output);
+    where the output rule allows (not inside the layout, not inside another output);
     ``overwrite`` replaces only a store lensfinder packed that holds nothing else.
     """
-    started = time.perf_counter()
     if chunk < 1:
         raise DataError(f"pack: chunk must be at least 1 object, got {chunk}")
     if workers < 1:
         raise DataError(f"pack: workers must be at least 1, got {workers}")
-    with writing_output(
-        out, STORE_KIND, "pack", [layout_dir], overwrite=overwrite, staged=True, owns=_zarr_entry
-    ) as out:
-        return _pack_locked(layout_dir, out, label_rule, chunk, workers, progress, started)
+    with run_stage(
+        "pack",
+        STORE_KIND,
+        out,
+        [layout_dir],
+        progress=progress,
+        overwrite=overwrite,
+        staged=True,
+        owns=_zarr_entry,
+    ) as stage:
+        return stage.finish(_pack_locked(layout_dir, label_rule, chunk, workers, stage))
 
 
 def _zarr_entry(entry: Path) -> bool:
@@ -292,14 +297,12 @@ def _zarr_entry(entry: Path) -> bool:
 
 def _pack_locked(
     layout_dir: str | Path,
-    out: Path,
     label_rule: str | LabelRule | None,
     chunk: int,
     workers: int,
-    progress: bool,
-    started: float,
+    stage: Stage,
 ) -> PackResult:
-    """``pack`` once it holds the lock beside ``out``."""
+    """``pack`` once it holds the lock beside ``stage.out``."""
     layout = read_layout(layout_dir, label_rule=label_rule)
     identity = {
         "source": str(layout.root.resolve()),
@@ -308,29 +311,18 @@ def _pack_locked(
         "chunk": chunk,
     }
     return write_store(
-        layout,
-        out,
-        identity,
-        chunk,
-        lambda start: _loaded_in_order(layout, start, workers),
-        progress,
-        started,
+        layout, identity, chunk, lambda start: _loaded_in_order(layout, start, workers), stage
     )
 
 
 def write_store(
-    listing: PackListing,
-    out: Path,
-    identity: dict,
-    chunk: int,
-    load: Loader,
-    progress: bool,
-    started: float,
+    listing: PackListing, identity: dict, chunk: int, load: Loader, stage: Stage
 ) -> PackResult:
-    """The store of ``listing`` at ``out`` (whose lock the caller holds, as ``pack`` does in
-    ``writing_output(..., staged=True)``): an existing complete store of the same ``identity``
-    is kept as it is, a ``<out>.partial`` of the same identity is resumed, anything else is
-    refused. ``identity`` names what is packed (source, object list, rule, chunk)."""
+    """The store of ``listing`` at ``stage.out`` (whose lock the stage holds, as ``pack`` does
+    with ``staged=True``): an existing complete store of the same ``identity`` is kept as it
+    is, a ``<out>.partial`` of the same identity is resumed, anything else is refused.
+    ``identity`` names what is packed (source, object list, rule, chunk)."""
+    out = stage.out
     if out.exists():
         existing = open_store(out)  # raises a clear DataError if it is something else
         if all(existing.attrs.get(k) == v for k, v in identity.items()):
@@ -341,72 +333,122 @@ def write_store(
                 int((existing.labels == 0).sum()),
                 existing.problems,
                 0,
-                time.perf_counter() - started,
+                stage.seconds,
                 already_packed=True,
             )
         raise DataError(
             f"{out}: already exists, packed from another layout or with another label rule "
             "or chunk; remove it, choose another output, or pass --overwrite"
         )
-    return _pack_into(listing, out, identity, chunk, load, progress, started)
+    return _pack_into(listing, identity, chunk, load, stage)
+
+
+@dataclass
+class _Packing:
+    """How far a pack has gone: the store's resume record (its attributes while packing)."""
+
+    cursor: int  # layout objects read
+    written: int  # objects in the store
+    problems: list[Problem]  # objects that could not be read
+    repairs: list[Problem]  # non-finite pixels replaced
+    digests: list[str]  # one per write, for the content hash
+    resumed: bool
+
+    @classmethod
+    def of(cls, state: dict[str, Any]) -> _Packing:
+        return cls(
+            state["cursor"],
+            state["written"],
+            [Problem.from_dict(p) for p in state["problems"]],
+            [Problem.from_dict(p) for p in state["repairs"]],
+            list(state.get("digests", [])),
+            resumed=state["cursor"] > 0,
+        )
+
+    def attrs(self) -> dict[str, Any]:
+        return {
+            "cursor": self.cursor,
+            "written": self.written,
+            "problems": [p.to_dict() for p in self.problems],
+            "repairs": [p.to_dict() for p in self.repairs],
+            "digests": self.digests,
+        }
 
 
 def _pack_into(
+    layout: PackListing, identity: dict, chunk: int, load: Loader, stage: Stage
+) -> PackResult:
+    """Write ``<out>.partial`` (resuming a matching one) and rename it to ``out`` when done."""
+    out = stage.out
+    partial = out.with_name(out.name + PARTIAL_SUFFIX)
+    group, state = _resume_or_start(partial, identity, len(layout), chunk)
+    packing = _Packing.of(state)
+    _copy_objects(layout, group, packing, chunk, load, stage.progress)
+    problems = list(layout.problems) + packing.problems
+    if packing.written == 0:
+        shutil.rmtree(partial)
+        raise DataError(f"{layout.root}: no usable objects; {summarise_problems(problems)}")
+    labels = _seal(group, layout, packing, problems)
+    mark_output(partial, STORE_KIND)
+    partial.rename(out)
+    return PackResult(
+        out,
+        packing.written,
+        int((labels == 1).sum()),
+        int((labels == 0).sum()),
+        problems,
+        len(packing.repairs),
+        stage.seconds,
+        resumed=packing.resumed,
+        label_gaps=layout.label_gaps,
+    )
+
+
+def _copy_objects(
     layout: PackListing,
-    out: Path,
-    identity: dict,
+    group: Any,
+    packing: _Packing,
     chunk: int,
     load: Loader,
     progress: bool,
-    started: float,
-) -> PackResult:
-    """Write ``<out>.partial`` (resuming a matching one) and rename it to ``out`` when done."""
-    partial = out.with_name(out.name + PARTIAL_SUFFIX)
-    group, state = _resume_or_start(partial, identity, len(layout), chunk)
-    cursor, written = state["cursor"], state["written"]
-    load_problems = [Problem.from_dict(p) for p in state["problems"]]
-    repairs = [Problem.from_dict(p) for p in state["repairs"]]
-    digests = list(state.get("digests", []))
-
+) -> None:
+    """Read the layout's objects from ``packing.cursor`` on and write them in whole chunks,
+    recording how far it got after each write (a killed pack resumes there)."""
     flush_every = chunk * max(1, FLUSH_OBJECTS // chunk)
     buffer = _Buffer()
-    loaded: Iterable[tuple[int, LoadedObject | Problem]] = load(cursor)
+    start = packing.cursor
+    loaded: Iterable[tuple[int, LoadedObject | Problem]] = load(start)
     if progress:
-        loaded = progress_bar(loaded, total=len(layout), initial=cursor, desc="packing")
-    last = cursor - 1
+        loaded = progress_bar(loaded, total=len(layout), initial=start, desc="packing")
     for last, item in loaded:
         if isinstance(item, Problem):
-            load_problems.append(item)
+            packing.problems.append(item)
         else:
             buffer.add(int(layout.ids[last]), item)
             if item.repaired_pixels:
                 bands = ",".join(item.repaired_bands)
                 where = str(layout.path(last, item.repaired_bands[0]))
                 reason = f"replaced {item.repaired_pixels} NaN/inf pixels in {bands}"
-                repairs.append(Problem(int(layout.ids[last]), where, reason))
+                packing.repairs.append(Problem(int(layout.ids[last]), where, reason))
         if len(buffer) >= flush_every:
-            written, digest = buffer.write(group, written)
-            digests.append(digest)
-            group.attrs.update(
-                {
-                    "cursor": last + 1,
-                    "written": written,
-                    "problems": [p.to_dict() for p in load_problems],
-                    "repairs": [p.to_dict() for p in repairs],
-                    "digests": digests,
-                }
-            )
+            packing.written, digest = buffer.write(group, packing.written)
+            packing.digests.append(digest)
+            packing.cursor = last + 1
+            group.attrs.update(packing.attrs())
     if len(buffer):
-        written, digest = buffer.write(group, written)
-        digests.append(digest)
+        packing.written, digest = buffer.write(group, packing.written)
+        packing.digests.append(digest)
 
-    problems = list(layout.problems) + load_problems
-    if written == 0:
-        shutil.rmtree(partial)
-        raise DataError(f"{layout.root}: no usable objects; {summarise_problems(problems)}")
-    labels = _finish(group, layout, written)
-    content = hashlib.sha256("".join(digests).encode())
+
+def _seal(
+    group: Any, layout: PackListing, packing: _Packing, problems: list[Problem]
+) -> np.ndarray:
+    """Trim and label the written store and record what it is (``_finish``, then the store's
+    attributes with its content hash); returns the labels."""
+    labels = _finish(group, layout, packing.written)
+    content = hashlib.sha256("".join(packing.digests).encode())
     content.update(labels.tobytes())
+    packing.cursor = len(layout)
     group.attrs.update(
         {
             STORE_FORMAT_KEY: STORE_VERSION,
@@ -414,32 +456,17 @@ def _pack_into(
             "bands": list(EUCLID.band_names),
             "nisp_bands": list(EUCLID.band_names[1:]),
             "pixel_scales": {b.name: b.pixel_scale for b in EUCLID.bands},
+            **packing.attrs(),
             "problems": [p.to_dict() for p in problems],
-            "repairs": [p.to_dict() for p in repairs],
             "label_gaps": layout.label_gaps,
-            "n_objects": written,
+            "n_objects": packing.written,
             "catalog_columns": list(layout.catalog),
             "lensfinder_version": _version(),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "cursor": len(layout),
-            "written": written,
-            "digests": digests,
             "content_hash": content.hexdigest()[:16],
         }
     )
-    mark_output(partial, STORE_KIND)
-    partial.rename(out)
-    return PackResult(
-        out,
-        written,
-        int((labels == 1).sum()),
-        int((labels == 0).sum()),
-        problems,
-        len(repairs),
-        time.perf_counter() - started,
-        resumed=cursor > 0,
-        label_gaps=layout.label_gaps,
-    )
+    return labels
 
 
 class _RawChunks:

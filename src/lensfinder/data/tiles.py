@@ -37,7 +37,6 @@ import math
 import operator
 import os
 import re
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -60,7 +59,7 @@ from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE, Cutouts
 from lensfinder.data.nonfinite import repair_nonfinite
 from lensfinder.data.store import STORE_KIND, PackResult, _zarr_entry, write_store
 from lensfinder.errors import ConfigError, DataError
-from lensfinder.safety import writing_output
+from lensfinder.stages import run_stage
 from lensfinder.surveys import EUCLID
 from lensfinder.utils import read_table
 
@@ -754,17 +753,17 @@ def cutouts(
     store at ``out``; resumable and atomic like ``pack`` (``<out>.partial``)."""
     config = config or CutoutsConfig()
     validate(config)
-    started = time.perf_counter()
     tiles_dir, catalog = Path(tiles_dir), Path(catalog)
-    with writing_output(
-        out,
-        STORE_KIND,
+    with run_stage(
         "cutouts",
+        STORE_KIND,
+        out,
         [tiles_dir, catalog],
+        progress=progress,
         overwrite=overwrite,
         staged=True,
         owns=_zarr_entry,
-    ) as out:
+    ) as stage:
         rows = read_catalog(catalog, config)
         plan = plan_cutouts(find_tiles(tiles_dir), rows, tiles_dir)
         if len(plan) == 0:
@@ -780,12 +779,5 @@ def cutouts(
             "chunk": config.chunk,
             "flag_mask": config.flag_mask,
         }
-        return write_store(
-            plan,
-            out,
-            identity,
-            config.chunk,
-            lambda start: _loaded(plan, start, config),
-            progress,
-            started,
-        )
+        load = lambda start: _loaded(plan, start, config)  # noqa: E731
+        return stage.finish(write_store(plan, identity, config.chunk, load, stage))

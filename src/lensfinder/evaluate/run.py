@@ -57,7 +57,8 @@ from lensfinder.presentation.plots import (
     theta_e_plot,
 )
 from lensfinder.presentation.report import write_report
-from lensfinder.safety import EVALUATION, writing_output
+from lensfinder.safety import EVALUATION
+from lensfinder.stages import run_stage
 from lensfinder.utils import atomic_path, atomic_write_text
 
 SCORES_NAME = "scores.csv"
@@ -171,145 +172,214 @@ def _split_note(split: str) -> str:
 
 
 def evaluate(
-    models: Sequence[Path], data: Path, out: Path, cfg: EvaluateConfig | None = None
+    models: Sequence[Path],
+    data: Path,
+    out: Path,
+    cfg: EvaluateConfig | None = None,
+    progress: bool = True,
 ) -> EvaluationResult:
     """Score ``data`` (its ``cfg.split``) with the model(s) and write scores, metrics, plots and
-    the HTML report to ``out``."""
+    the HTML report to ``out`` (under the output rule and lock, from Python as from the CLI)."""
     cfg = cfg or EvaluateConfig()
     run_dirs = expand_models(models)  # an ensemble directory is its members
     if not run_dirs:
         raise ConfigError("evaluate needs at least one model run directory (--model)")
-    with writing_output(out, EVALUATION, "evaluate", [data, *models, *run_dirs]) as out_dir:
-        return _evaluate_locked(run_dirs, Path(data), out_dir, cfg)
+    inputs = [data, *models, *run_dirs]
+    with run_stage("evaluate", EVALUATION, out, inputs, progress=progress) as stage:
+        scored = _score(run_dirs, Path(data), cfg, stage.progress)
+        measured = _measure(scored, Path(data), cfg)
+        return stage.finish(_write_evaluation(scored, measured, Path(data), stage.out, cfg))
 
 
-def _evaluate_locked(
-    run_dirs: list[Path], data: Path, out: Path, cfg: EvaluateConfig
-) -> EvaluationResult:
-    """``evaluate`` once it holds the lock of ``out``."""
+@dataclass
+class _Scored:
+    """The evaluated objects and their scores; unreadable cutouts (``valid`` false) are left
+    out of ``ids``, ``labels``, ``score`` and ``members``, never ranked as either class."""
+
+    source: CutoutSource
+    predictor: Predictor
+    run_dirs: list[Path]
+    metas: list[dict[str, Any]]
+    split: str
+    split_reason: str
+    indices: np.ndarray  # source positions of the labelled objects of the split
+    valid: np.ndarray
+    n_unlabelled: int
+    skipped: dict[str, int]
+    ids: np.ndarray
+    labels: np.ndarray
+    score: np.ndarray
+    members: np.ndarray  # (members, objects)
+    catalog: dict[str, np.ndarray]  # the catalogue columns ``breakdown`` reads
+    theta_e: tuple[np.ndarray, np.ndarray] | None  # mean and sigma, models with the head
+
+    @property
+    def ensemble(self) -> bool:
+        return len(self.run_dirs) > 1
+
+
+@dataclass
+class _Measured:
+    """Metrics, breakdown, calibration and the worst failures of a ``_Scored`` set."""
+
+    overall: dict[str, Any]
+    member_metrics: list[dict[str, Any]]
+    details: dict[str, Any]
+    calibration: dict[str, Any] | None
+    failures: dict[str, np.ndarray]  # positions among the scored objects
+    failure_tables: dict[str, list[dict[str, Any]]]
+    theta_e: dict[str, Any] | None = None  # ``theta_e_metrics``' record
+    theta_e_truth: np.ndarray | None = None  # true theta_E per scored object (NaN: none)
+
+
+def _score(run_dirs: list[Path], data: Path, cfg: EvaluateConfig, progress: bool) -> _Scored:
+    """Choose the split (``resolve_split``), its labelled objects, and score them."""
     source = open_source(data)
     predictor = Predictor(run_dirs, cfg.predict)  # loads and checks every member (or ONNX file)
     metas = [member.meta for member in predictor.members]
     split, split_reason = resolve_split(cfg.split, source, metas)
     indices = select_indices(np.asarray(source.ids), split, metas, run_dirs)
     indices, labels, n_unlabelled = labelled_only(np.asarray(source.labels), indices, data, split)
-
-    scores = predictor.predict_source(source, indices)  # shows its own progress bar
+    scores = predictor.predict_source(source, indices, progress=progress)
     score = np.asarray(scores.score, dtype=np.float64)
     members = np.asarray(scores.member_scores, dtype=np.float64).reshape(-1, len(indices))
-    # Unreadable cutouts are skipped, never ranked as a lens or a non-lens.
     valid = np.asarray(scores.valid, dtype=bool) & np.isfinite(score)
-    all_ids = np.asarray(source.ids)[indices]
-    ids, labels, score, members = all_ids[valid], labels[valid], score[valid], members[:, valid]
-    ensemble = len(run_dirs) > 1
     catalog = {
         name: np.asarray(values)[indices][valid]
         for name, values in source.catalog.items()
         if name in BREAKDOWN_COLUMNS
     }
+    return _Scored(
+        source=source,
+        predictor=predictor,
+        run_dirs=list(run_dirs),
+        metas=metas,
+        split=split,
+        split_reason=split_reason,
+        indices=indices,
+        valid=valid,
+        n_unlabelled=n_unlabelled,
+        skipped=dict(scores.skipped),
+        ids=np.asarray(source.ids)[indices][valid],
+        labels=labels[valid],
+        score=score[valid],
+        members=members[:, valid],
+        catalog=catalog,
+        theta_e=_valid_theta_e(scores, valid),
+    )
+
+
+def _valid_theta_e(scores: Any, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """theta_E's mean and sigma of the scored objects; None when no member has the head."""
+    if scores.theta_e is None or scores.theta_e_sigma is None:
+        return None
+    return np.asarray(scores.theta_e)[valid], np.asarray(scores.theta_e_sigma)[valid]
+
+
+def _measure(scored: _Scored, data: Path, cfg: EvaluateConfig) -> _Measured:
+    """Metrics (overall, per member), the breakdown, calibration and the worst failures."""
+    labels, score = scored.labels, scored.score
     try:
         overall = compute_metrics(labels, score, cfg)
-        member_metrics = [compute_metrics(labels, m, cfg) for m in members] if ensemble else []
+        member_metrics = (
+            [compute_metrics(labels, m, cfg) for m in scored.members] if scored.ensemble else []
+        )
         details = breakdown(
             labels,
             score,
-            catalog,
+            scored.catalog,
             cfg.operating_fprs,
             cfg.einstein_radius_bins,
             cfg.source_mag_bins,
         )
     except DataError as exc:
-        raise DataError(f"{data} ({split} split, {len(labels)} objects): {exc}") from None
-
+        raise DataError(f"{data} ({scored.split} split, {len(labels)} objects): {exc}") from None
     calibration = None
     if cfg.calibrate:
         fit_labels, fit_scores, fitted_on = _calibration_set(
-            predictor, source, split, metas, run_dirs, labels, score
-        )
+            scored.predictor, scored.source, scored.split, scored.metas, scored.run_dirs,
+            labels, score,
+        )  # fmt: skip
         calibration = calibrate(
             fit_labels, fit_scores, labels, score, cfg.calibration_bins, fitted_on
-        )
-    theta_e, theta_e_record = None, None
-    if scores.theta_e is not None and scores.theta_e_sigma is not None:
-        theta_e = (np.asarray(scores.theta_e)[valid], np.asarray(scores.theta_e_sigma)[valid])
-        theta_e_record, truth = theta_e_metrics(
-            labels, catalog, *theta_e, cfg.einstein_radius_bins, cfg.theta_e_goal_range
         )
     failures = {
         which: worst(labels, score, which, cfg.failures)
         for which in ((FALSE_POSITIVES, MISSED) if cfg.failures > 0 else ())
     }
     failure_tables = {
-        which: failure_rows(positions, ids, score, catalog) for which, positions in failures.items()
+        which: failure_rows(positions, scored.ids, score, scored.catalog)
+        for which, positions in failures.items()
     }
-    names = _member_names(run_dirs)
-    evaluation: dict[str, Any] = {
+    measured = _Measured(overall, member_metrics, details, calibration, failures, failure_tables)
+    if scored.theta_e is not None:
+        measured.theta_e, measured.theta_e_truth = theta_e_metrics(
+            labels, scored.catalog, *scored.theta_e, cfg.einstein_radius_bins,
+            cfg.theta_e_goal_range,
+        )  # fmt: skip
+    return measured
+
+
+def _record(scored: _Scored, measured: _Measured, data: Path, cfg: EvaluateConfig) -> dict:
+    """``metrics.json``: what was evaluated, how, and every number measured."""
+    record: dict[str, Any] = {
         "data": str(data),
-        "split": split,
-        "split_reason": split_reason,
-        "models": [str(p) for p in run_dirs],
-        "ensemble_average": cfg.predict.ensemble_average if ensemble else None,
+        "split": scored.split,
+        "split_reason": scored.split_reason,
+        "models": [str(p) for p in scored.run_dirs],
+        "ensemble_average": cfg.predict.ensemble_average if scored.ensemble else None,
         "tta": cfg.predict.tta,
         "backend": cfg.predict.backend,
-        "n_evaluated": len(labels),
-        "n_skipped_invalid": int((~valid).sum()),
-        "skipped_reasons": dict(scores.skipped),
-        "skipped_ids": [int(i) for i in all_ids[~valid]],
-        "n_skipped_unlabelled": n_unlabelled,
-        "n_problems_in_data": len(getattr(source, "problems", ())),
-        "overall_name": "ensemble" if ensemble else "model",
-        "predictor": predictor.settings(),
-        "overall": overall,
-        "breakdown": details,
-        "calibration": calibration,
-        "failures": failure_tables,
+        "n_evaluated": len(scored.labels),
+        "n_skipped_invalid": int((~scored.valid).sum()),
+        "skipped_reasons": scored.skipped,
+        "skipped_ids": [
+            int(i) for i in np.asarray(scored.source.ids)[scored.indices][~scored.valid]
+        ],
+        "n_skipped_unlabelled": scored.n_unlabelled,
+        "n_problems_in_data": len(getattr(scored.source, "problems", ())),
+        "overall_name": "ensemble" if scored.ensemble else "model",
+        "predictor": scored.predictor.settings(),
+        "overall": measured.overall,
+        "breakdown": measured.details,
+        "calibration": measured.calibration,
+        "failures": measured.failure_tables,
     }
-    if theta_e_record is not None:
-        evaluation["theta_e"] = theta_e_record
-    if ensemble:
-        evaluation["members"] = dict(zip(names, member_metrics, strict=True))
+    if measured.theta_e is not None:
+        record["theta_e"] = measured.theta_e
+    if scored.ensemble:
+        names = _member_names(scored.run_dirs)
+        record["members"] = dict(zip(names, measured.member_metrics, strict=True))
+    return record
 
+
+def _write_evaluation(
+    scored: _Scored, measured: _Measured, data: Path, out: Path, cfg: EvaluateConfig
+) -> EvaluationResult:
+    """scores.csv, metrics.json, the plots, the failure galleries and report.html."""
+    evaluation = _record(scored, measured, data, cfg)
+    calibration = measured.calibration
     scores_csv = out / SCORES_NAME
     probability = (
-        None if calibration is None else apply_temperature(score, calibration["temperature"])
+        None if calibration is None else apply_temperature(scored.score, calibration["temperature"])
     )
+    members = scored.members if scored.ensemble else None
     _write_scores_csv(
-        scores_csv, ids, labels, score, members if ensemble else None, probability, theta_e
+        scores_csv, scored.ids, scored.labels, scored.score, members, probability, scored.theta_e
     )
     metrics_json = out / METRICS_NAME
     atomic_write_text(metrics_json, json.dumps(evaluation, indent=2, allow_nan=False) + "\n")
-
-    curves = {evaluation["overall_name"]: roc_curve(labels, score)}
-    if ensemble:
-        curves |= {name: roc_curve(labels, m) for name, m in zip(names, members, strict=True)}
-    plots = [
-        roc_plot(curves, out / ROC_NAME, title=f"ROC, {data.name} ({split})"),
-        score_histograms(labels, score, out / HISTOGRAM_NAME, title="Scores by class"),
-    ]
-    panels = _completeness_panels(details)
-    if panels:
-        plots.append(completeness_plot(panels, out / COMPLETENESS_NAME))
-    tables = report_tables(details)
-    if theta_e is not None and theta_e_record is not None:
-        tables.insert(0, ("Einstein radius estimate, on lenses", report_rows(theta_e_record)))
-        measured = np.isfinite(truth)
-        if measured.any():
-            estimate = theta_e[0][measured], theta_e[1][measured]
-            plots.append(theta_e_plot(truth[measured], *estimate, out / THETA_E_NAME))
-    if calibration is not None:
-        curves_by_name = {"scores": calibration["reliability_before"],
-                          f"after T = {calibration['temperature']:.3g}":
-                          calibration["reliability_after"]}  # fmt: skip
-        plots.append(reliability_plot(curves_by_name, out / RELIABILITY_NAME, title="Reliability"))
-        tables.insert(0, ("Calibration", [_calibration_row(calibration)]))
+    plots, tables = _plots(scored, measured, evaluation["overall_name"], data, out)
     galleries = []
-    for which, positions in failures.items():
-        rows = failure_tables[which]
-        image = failure_mosaic(source, indices[valid][positions], rows, out / f"{which}.png")
+    for which, positions in measured.failures.items():
+        rows = measured.failure_tables[which]
+        where = scored.indices[scored.valid][positions]
+        image = failure_mosaic(scored.source, where, rows, out / f"{which}.png")
         galleries.append((TITLES[which], image, rows))
+    split, reason = scored.split, scored.split_reason
+    notes = "\n".join([f"Split {split}" + (f" ({reason})." if reason else "."),
+                       _split_note(split), *measured.details["notes"]])  # fmt: skip
     title = f"lensfinder evaluation: {data.name}"
-    notes = "\n".join([f"Split {split}" + (f" ({split_reason})." if split_reason else "."),
-                       _split_note(split), *details["notes"]])  # fmt: skip
     report = write_report(
         out, title, evaluation, plots, tables=tables, notes=notes, galleries=galleries
     )
@@ -320,15 +390,57 @@ def _evaluate_locked(
         metrics_json=metrics_json,
         report=report,
         plots=plots,
-        metrics=overall,
-        n_evaluated=len(labels),
+        metrics=measured.overall,
+        n_evaluated=len(scored.labels),
         n_skipped_invalid=evaluation["n_skipped_invalid"],
-        n_skipped_unlabelled=n_unlabelled,
+        n_skipped_unlabelled=scored.n_unlabelled,
         split=split,
-        member_auroc=[m["auroc"] for m in member_metrics],
-        split_reason=split_reason,
-        theta_e=theta_e_record,
+        member_auroc=[m["auroc"] for m in measured.member_metrics],
+        split_reason=reason,
+        theta_e=measured.theta_e,
     )
+
+
+def _plots(
+    scored: _Scored, measured: _Measured, overall_name: str, data: Path, out: Path
+) -> tuple[list[Path], list[Any]]:
+    """ROC, score histograms, completeness and reliability plots, and the report's tables."""
+    labels, score = scored.labels, scored.score
+    curves = {overall_name: roc_curve(labels, score)}
+    if scored.ensemble:
+        names = _member_names(scored.run_dirs)
+        curves |= {n: roc_curve(labels, m) for n, m in zip(names, scored.members, strict=True)}
+    plots = [
+        roc_plot(curves, out / ROC_NAME, title=f"ROC, {data.name} ({scored.split})"),
+        score_histograms(labels, score, out / HISTOGRAM_NAME, title="Scores by class"),
+    ]
+    panels = _completeness_panels(measured.details)
+    if panels:
+        plots.append(completeness_plot(panels, out / COMPLETENESS_NAME))
+    tables = report_tables(measured.details)
+    _theta_e_parts(scored, measured, out, plots, tables)
+    calibration = measured.calibration
+    if calibration is not None:
+        curves_by_name = {"scores": calibration["reliability_before"],
+                          f"after T = {calibration['temperature']:.3g}":
+                          calibration["reliability_after"]}  # fmt: skip
+        plots.append(reliability_plot(curves_by_name, out / RELIABILITY_NAME, title="Reliability"))
+        tables.insert(0, ("Calibration", [_calibration_row(calibration)]))
+    return plots, tables
+
+
+def _theta_e_parts(
+    scored: _Scored, measured: _Measured, out: Path, plots: list[Path], tables: list[Any]
+) -> None:
+    """The Einstein-radius table and predicted-vs-true plot, for models with the head."""
+    if scored.theta_e is None or measured.theta_e is None or measured.theta_e_truth is None:
+        return
+    tables.insert(0, ("Einstein radius estimate, on lenses", report_rows(measured.theta_e)))
+    truth = measured.theta_e_truth
+    known = np.isfinite(truth)
+    if known.any():
+        estimate = scored.theta_e[0][known], scored.theta_e[1][known]
+        plots.append(theta_e_plot(truth[known], *estimate, out / THETA_E_NAME))
 
 
 def _completeness_panels(

@@ -38,8 +38,10 @@ from lensfinder.models import read_meta
 from lensfinder.predict.predictor import BnMode, Predictor
 from lensfinder.presentation.plots import line_plot
 from lensfinder.presentation.report import write_report
-from lensfinder.safety import BN_STUDY, writing_output
-from lensfinder.utils import atomic_write_text, progress
+from lensfinder.safety import BN_STUDY
+from lensfinder.stages import progress_bar as progress
+from lensfinder.stages import run_stage
+from lensfinder.utils import atomic_write_text
 
 JSON_NAME = "bn_study.json"
 MARKDOWN_NAME = "bn_study.md"
@@ -555,17 +557,18 @@ def batchnorm_study(
     for run_dir in run_dirs:
         if not (run_dir / "model.json").is_file():
             raise ModelFileError(f"{run_dir}: not a run directory (no model.json)")
-    with writing_output(out, BN_STUDY, "bn-study", [data, *run_dirs]) as out_dir:
-        return _study(
+    with run_stage("bn-study", BN_STUDY, out, [data, *run_dirs]) as stage:
+        result = _study(
             run_dirs,
             Path(data),
-            out_dir,
+            stage.out,
             sizes,
             cfg.split,
             cfg.seed,
             cfg.max_objects,
             cfg.bootstrap,
         )
+        return stage.finish(result)
 
 
 def _study(

@@ -27,7 +27,6 @@ import io
 import json
 import os
 import platform
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -56,8 +55,9 @@ from lensfinder.evaluate.run import METRICS_NAME, SCORES_NAME, evaluate
 from lensfinder.experiments.bn_study import bn_method
 from lensfinder.models import read_meta
 from lensfinder.presentation.plots import grouped_bar_plot, roc_plot
-from lensfinder.safety import TABLE1, writing_output
+from lensfinder.safety import TABLE1
 from lensfinder.simulate import simulate
+from lensfinder.stages import Stage, report, run_stage
 from lensfinder.train import train
 from lensfinder.train.run import CONFIG_FILE, config_differences
 from lensfinder.utils import atomic_write_text, cpu_model
@@ -269,12 +269,6 @@ def table_lines(rows: Sequence[Table1Row]) -> list[str]:
     return lines
 
 
-def _say(text: str) -> None:
-    """One progress line per row on stderr (the CLI's stdout gets the summary)."""
-    if not os.environ.get("LENSFINDER_QUIET"):
-        print(text, file=sys.stderr, flush=True)
-
-
 def _check_same_run(run_dir: Path, config: TrainConfig, data: Path) -> None:
     """A finished run in ``run_dir`` must have been made with ``config`` on ``data`` (another
     budget's, config's or store's model must never fill this row)."""
@@ -343,16 +337,16 @@ def _run_row(
     trained_now, seconds = False, previous_seconds
     if resume and (run_dir / "model.json").is_file():
         _check_same_run(run_dir, config, data)
-        _say(f"[{position}] {name}: already trained in {run_dir}, not retrained")
+        report(f"[{position}] {name}: already trained in {run_dir}, not retrained")
     else:
-        _say(f"[{position}] {name}: training ({', '.join(_row_description(config))})")
+        report(f"[{position}] {name}: training ({', '.join(_row_description(config))})")
         start = time.perf_counter()
         train(config, data, run_dir, resume=resume)
         trained_now, seconds = True, time.perf_counter() - start
     train_metrics = read_meta(run_dir).get("metrics") or {}
     test = _evaluate_row(run_dir, data, eval_dir, budget, resume)
     took = f" in {seconds / 60:.1f} min" if trained_now and seconds is not None else ""
-    _say(
+    report(
         f"[{position}] {name}: {train_metrics.get('epochs', '?')} epochs{took}; test AUROC "
         f"{test['auroc']:.3f}, TPR0 {test['tpr0']:.3f}, TPR10 {test['tpr10']:.3f}"
     )
@@ -497,7 +491,7 @@ def own_data(budget: Table1Budget, out: Path, seed: int = 0) -> Path:
     run without ``--data``; returns the store."""
     simulate_n = _own_data_size(budget)
     layout, store = out / DATA_DIR / "layout", out / DATA_DIR / "sim.zarr"
-    _say(f"simulating {simulate_n} objects into {layout} (no --data given)")
+    report(f"simulating {simulate_n} objects into {layout} (no --data given)")
     sim = SimulateConfig(n=simulate_n, seed=seed, workers=budget.simulate_workers)
     simulate(sim, layout, progress=False)
     pack(layout, store, progress=False)
@@ -510,6 +504,7 @@ def reproduce_table1(
     budget: str | Table1Budget = "cpu",
     resume: bool = True,
     rows: Sequence[int] | None = None,
+    progress: bool = True,
 ) -> Table1Result:
     """Train (or resume) and evaluate the Table I rows on ``data``; write the table to ``out``.
 
@@ -523,20 +518,19 @@ def reproduce_table1(
     if data is None:
         _own_data_size(chosen)  # the paper's budget needs --data: refused before any write
     inputs = [] if data is None else [data]
-    with writing_output(out, TABLE1, "reproduce table1", inputs) as out_dir:
-        return _reproduce(data, out_dir, chosen, wanted, resume)
+    with run_stage("reproduce table1", TABLE1, out, inputs, progress=progress) as stage:
+        return stage.finish(_reproduce(data, chosen, wanted, resume, stage))
 
 
 def _reproduce(
-    data: Path | None, out: Path, chosen: Table1Budget, wanted: list[int], resume: bool
+    data: Path | None, chosen: Table1Budget, wanted: list[int], resume: bool, stage: Stage
 ) -> Table1Result:
-    """``reproduce_table1`` once it holds the lock of ``out``."""
-    started = time.perf_counter()
+    """``reproduce_table1`` once it holds the lock of ``stage.out``: every row, then the table."""
+    out = stage.out
     data = own_data(chosen, out) if data is None else Path(data)
     if not data.exists():
         raise DataError(f"{data}: no such store or layout")
-    json_path = out / JSON_NAME
-    previous, previous_machine = _previous_run(json_path) if resume else ({}, None)
+    previous, previous_machine = _previous_run(out / JSON_NAME) if resume else ({}, None)
     results = [
         _run_row(row, f"{i}/{len(wanted)}", chosen, data, out, resume, previous.get(row))
         for i, row in enumerate(wanted, start=1)
@@ -544,21 +538,18 @@ def _reproduce(
     splits = {repr(to_dict(r.config.split)) for r in results}
     if len(splits) != 1:  # the shipped configs share one split; a custom budget must too
         raise ConfigError(f"table1 rows use different splits ({', '.join(sorted(splits))})")
+    head = _table_head(results, chosen, data, previous_machine)
+    return _write_table(results, chosen, wanted, head, stage)
+
+
+def _table_head(
+    results: list[Table1Row], chosen: Table1Budget, data: Path, previous_machine: str | None
+) -> dict[str, Any]:
+    """What the table was made with: budget, machine, data and its test split, version, date."""
 
     best = max(results, key=lambda r: r.test["auroc"])
-    labels, scores = _read_scores(best.eval_dir)
-    curves = {f"model {best.row} (best)": roc_curve(labels, scores)}
-    for row in results:
-        if row is not best:
-            curves[f"model {row.row}"] = roc_curve(*_read_scores(row.eval_dir))
-    roc_path = roc_plot(
-        curves, out / ROC_NAME, title=f"Table I ROC, best: model {best.row} ({chosen.name})"
-    )
-
-    source = open_source(data)
-    split = to_dict(results[0].config.split)
     known = [s for s in (r.train_seconds for r in results) if s is not None]
-    head = {
+    return {
         "budget": chosen.name,
         "budget_why": chosen.why,
         "budget_train_overrides": dict(chosen.train),
@@ -568,14 +559,34 @@ def _reproduce(
             else previous_machine
         ),
         "data": str(data),
-        "n_objects": len(source),
+        "n_objects": len(open_source(data)),
         "n_test": int(best.test["n"]),
         "n_test_lenses": int(best.test["n_lenses"]),
-        "split": split,
+        "split": to_dict(results[0].config.split),
         "lensfinder_version": __version__,
         "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "train_minutes": sum(known) / 60,
     }
+
+
+def _write_table(
+    results: list[Table1Row],
+    chosen: Table1Budget,
+    wanted: list[int],
+    head: dict[str, Any],
+    stage: Stage,
+) -> Table1Result:
+    """The ROC of every row, table1.md, table1.json, table1.csv and the AUROC bar chart."""
+    out = stage.out
+    best = max(results, key=lambda r: r.test["auroc"])
+    labels, scores = _read_scores(best.eval_dir)
+    curves = {f"model {best.row} (best)": roc_curve(labels, scores)}
+    for row in results:
+        if row is not best:
+            curves[f"model {row.row}"] = roc_curve(*_read_scores(row.eval_dir))
+    roc_path = roc_plot(
+        curves, out / ROC_NAME, title=f"Table I ROC, best: model {best.row} ({chosen.name})"
+    )
     scaled = scaled_settings(chosen, wanted)
     markdown_path = out / MARKDOWN_NAME
     atomic_write_text(markdown_path, _markdown(results, chosen, head, scaled))
@@ -587,20 +598,18 @@ def _reproduce(
         "rows": [r.to_json() for r in results],
     }
     text = json.dumps(_json_safe(record), indent=2, allow_nan=False, default=str)
-    atomic_write_text(json_path, text + "\n")
-    csv_path = _write_csv(results, out / CSV_NAME)
-    bar_path = _bar_chart(results, out / BAR_NAME, chosen.name)
+    atomic_write_text(out / JSON_NAME, text + "\n")
     return Table1Result(
         out=out,
         budget=chosen.name,
         rows=results,
         markdown_path=markdown_path,
-        csv_path=csv_path,
-        json_path=json_path,
-        bar_path=bar_path,
+        csv_path=_write_csv(results, out / CSV_NAME),
+        json_path=out / JSON_NAME,
+        bar_path=_bar_chart(results, out / BAR_NAME, chosen.name),
         roc_path=roc_path,
-        data=data,
+        data=Path(head["data"]),
         best_row=best.row,
         n_trained_now=sum(r.trained_now for r in results),
-        seconds=time.perf_counter() - started,
+        seconds=stage.seconds,
     )

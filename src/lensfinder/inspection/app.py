@@ -49,6 +49,7 @@ from lensfinder.presentation import PAGE_ASSETS
 from lensfinder.presentation.composite import asinh_stretch, colour_composite, resize_square
 from lensfinder.scan.catalog import read_candidates
 from lensfinder.scan.gallery import open_scanned_data
+from lensfinder.stages import report
 
 HERE = PAGE_ASSETS  # the page and its static files
 PAGE = HERE / "page.html"
@@ -402,9 +403,8 @@ def serve(scan: str | Path, data: str | Path, cfg: InspectConfig, token: str | N
     sock = listen(cfg.host, cfg.port)
     shown_host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     where = f"http://{shown_host}:{cfg.port}/" + (f"?token={token}" if token else "")
-    print(
-        f"grading {len(inspector.rows)} candidates at {where} (grades: {inspector.book.shown_url})",
-        flush=True,
+    report(
+        f"grading {len(inspector.rows)} candidates at {where} (grades: {inspector.book.shown_url})"
     )
     config = uvicorn.Config(create_app(inspector, token), log_level="warning")
     uvicorn.Server(config).run(sockets=[sock])

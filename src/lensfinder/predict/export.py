@@ -55,11 +55,12 @@ from lensfinder.predict.types import (
     has_theta_e,
     output_columns,
 )
-from lensfinder.safety import disk_full_errors, prepare_output_file
+from lensfinder.stages import file_stage
 from lensfinder.utils import atomic_path
 
 TOLERANCE = 1e-4
 CHECK_ROWS = 3  # differs from the traced batch (2), so the dynamic batch axis is tested
+ONNX_WRITTEN = "an ONNX file lensfinder wrote"  # the only file ``export`` replaces
 
 
 @dataclass
@@ -236,22 +237,23 @@ def export_onnx(
     passed); dynamic batch axis; ModelFileError if ONNX and torch logits differ beyond 1e-4.
     An ensemble directory becomes one graph that averages its members (``EnsembleModel``)."""
     check_onnx_path(out_path)
-    ensemble = is_ensemble(run_dir)
-    model, meta = load_ensemble(run_dir) if ensemble else load_model(Path(run_dir))
-    # A checked export of one run carries the cache key, so it serves as the ONNX backend's
-    # cache when written to RUN_DIR/model.onnx (as the README shows) instead of being redone.
-    cacheable = check and not ensemble and not allow_bn_batch
-    props = {META_CACHE_KEY: cache_key(Path(run_dir), "float32", opset)} if cacheable else None
-    data, result = build_onnx(model, meta, str(run_dir), opset, check, allow_bn_batch, props)
-    with disk_full_errors(out_path):
-        result.path = write_onnx(data, out_path)
-    return result
+    with file_stage(out_path, "export", is_lensfinder_onnx, ONNX_WRITTEN) as stage:
+        ensemble = is_ensemble(run_dir)
+        model, meta = load_ensemble(run_dir) if ensemble else load_model(Path(run_dir))
+        # A checked export of one run carries the cache key, so it serves as the ONNX backend's
+        # cache when written to RUN_DIR/model.onnx (as the README shows) instead of being redone.
+        cacheable = check and not ensemble and not allow_bn_batch
+        props = {META_CACHE_KEY: cache_key(Path(run_dir), "float32", opset)} if cacheable else None
+        data, result = build_onnx(model, meta, str(run_dir), opset, check, allow_bn_batch, props)
+        result.path = write_onnx(data, stage.out)
+        return stage.finish(result)
 
 
 def check_onnx_path(out_path: Path | str) -> None:
     """Refuse, before any work, an ONNX path that would replace a model file (of this run or
-    any other), any file but an ONNX export lensfinder wrote, or a place inside another output
-    (a run directory may hold its exports); ConfigError naming the path."""
+    any other); where an export may go at all (any file but an ONNX export lensfinder wrote,
+    or a place inside another output but a run directory, are refused) is the output rule's,
+    which ``file_stage`` applies."""
     out_path = Path(out_path)
     if out_path.is_dir():
         raise ConfigError(f"{out_path}: is a directory; give a file path such as model.onnx")
@@ -260,7 +262,6 @@ def check_onnx_path(out_path: Path | str) -> None:
             f"{out_path}: is a model file name; writing the ONNX export there would destroy the "
             "model (choose e.g. model.onnx)"
         )
-    prepare_output_file(out_path, "export", is_lensfinder_onnx, "an ONNX file lensfinder wrote")
 
 
 def is_lensfinder_onnx(path: Path) -> bool:

@@ -66,7 +66,8 @@ from lensfinder.predict.types import (
     has_theta_e,
     output_columns,
 )
-from lensfinder.utils import available_cores, progress
+from lensfinder.stages import progress_bar as progress
+from lensfinder.utils import available_cores
 
 READ_BATCHES = 4  # predict_source reads this many chunks of batches from the source at a time
 PREFETCH_DEPTH = 2  # chunks read and prepared ahead of the model (bounded memory)

@@ -20,8 +20,8 @@ from PIL import Image
 from lensfinder.data.cutouts import CutoutSource
 from lensfinder.einstein import format_theta_e
 from lensfinder.presentation.composite import colour_composite, resize_square, save_grid
+from lensfinder.stages import progress_bar
 from lensfinder.utils import atomic_path, atomic_write_text
-from lensfinder.utils import progress as progress_bar
 
 STAMP_DIR = "stamps"
 READ_CHUNK = 64  # cutouts read at once: the gallery never holds more images than this

@@ -30,9 +30,10 @@ from lensfinder.presentation.gallery import (
     write_mosaic,
     write_page,
 )
-from lensfinder.safety import GALLERY, writing_output
+from lensfinder.safety import GALLERY
 from lensfinder.scan.catalog import read_candidates, table_meta
 from lensfinder.scan.crossmatch import flag_known_lenses
+from lensfinder.stages import run_stage
 from lensfinder.utils import atomic_write_text
 
 SCAN_MANIFEST = "scan.json"  # what 'lensfinder scan' records beside its catalogue
@@ -128,8 +129,8 @@ def make_gallery(
 ) -> GalleryResult:
     """Write ``out/index.html`` (cards with stamp, rank, score, position, label, known-lens badge),
     ``out/stamps/*.png`` and ``out/mosaic.png`` for the candidates ``cfg`` chooses."""
-    with writing_output(out, GALLERY, "gallery", [candidates, data]) as out_dir:
-        return _write_gallery(candidates, data, out_dir, cfg, progress)
+    with run_stage("gallery", GALLERY, out, [candidates, data], progress=progress) as stage:
+        return stage.finish(_write_gallery(candidates, data, stage.out, cfg, stage.progress))
 
 
 @dataclass

@@ -41,7 +41,7 @@ from lensfinder.ensemble import expand_models
 from lensfinder.errors import ConfigError, DataError, LensfinderError
 from lensfinder.predict.onnx_cache import PRECISION_OF_BACKEND, lookup, source_calibration
 from lensfinder.predict.onnx_files import files_fingerprint
-from lensfinder.safety import SCAN, writing_output
+from lensfinder.safety import SCAN
 from lensfinder.scan.catalog import merge_shards, read_shard, table_meta
 from lensfinder.scan.shards import (
     SHARD_DIR,
@@ -52,7 +52,8 @@ from lensfinder.scan.shards import (
     plan_shards,
     score_shard,
 )
-from lensfinder.utils import atomic_write_text, available_cores, progress
+from lensfinder.stages import Stage, progress_bar, run_stage
+from lensfinder.utils import atomic_write_text, available_cores
 
 MANIFEST = "scan.json"
 SCAN_KIND = SCAN  # the output marker's kind
@@ -347,7 +348,9 @@ def _run_shards(
 
     first = [submit(t) for _, t in zip(range(window), pending, strict=False)]
     queue = as_completed(first)
-    bar = progress(queue, total=len(tasks), desc="scan", unit="shard") if show_progress else queue
+    bar = (
+        progress_bar(queue, total=len(tasks), desc="scan", unit="shard") if show_progress else queue
+    )
     n_cutouts = 0
     began = time.perf_counter()
     for future in bar:
@@ -398,139 +401,225 @@ def scan(
     one a LocalCluster of ``cfg.workers`` processes is started: from a script, call ``scan``
     under ``if __name__ == "__main__":``, as for any multiprocessing code.
     """
-    began = time.perf_counter()
     cfg = cfg or ScanConfig()
     if not models:
         raise ConfigError("scan needs at least one model run directory (--model)")
     models = [Path(m).expanduser().resolve() for m in expand_models(models)]
     data, out = Path(data).expanduser().resolve(), Path(out).expanduser().resolve()
-    with writing_output(out, SCAN_KIND, "scan", [data, *models]) as out:
-        return _scan_locked(models, data, out, cfg, scheduler, progress, began)
+    with run_stage("scan", SCAN_KIND, out, [data, *models], progress=progress) as stage:
+        return stage.finish(_scan_locked(models, data, cfg, scheduler, stage))
+
+
+@dataclass
+class _ScanPlan:
+    """What a scan will do in its output: the data's keys, the shards, the ones kept."""
+
+    source: Any
+    manifest: dict[str, Any]
+    shard_size: int
+    shard_size_from: str
+    shards: list[Shard]
+    reused: dict[Shard, dict[str, Any]]
+
+    @property
+    def todo(self) -> list[Shard]:
+        return [s for s in self.shards if s not in self.reused]
+
+
+@dataclass
+class _Scoring:
+    """What scoring the shards left to do took (all zero when none was left)."""
+
+    done: list[dict[str, Any]] = field(default_factory=list)
+    onnx_files: list[dict[str, Any]] = field(default_factory=list)
+    scan_seconds: float = 0.0
+    models_seconds: float = 0.0
+    cluster_seconds: float = 0.0
+    submitted_at: float = 0.0
+    shutdown_s: float = 0.0  # closing the cluster
 
 
 def _scan_locked(
-    models: list[Path],
-    data: Path,
-    out: Path,
-    cfg: ScanConfig,
-    scheduler: str | None,
-    progress: bool,
-    began: float,
+    models: list[Path], data: Path, cfg: ScanConfig, scheduler: str | None, stage: Stage
 ) -> ScanResult:
-    """``scan`` once it holds the lock of ``out``."""
-    began_at = time.time() - (time.perf_counter() - began)
+    """``scan`` once it holds the lock of ``stage.out``: plan, score what is left, write."""
+    began_at = time.time() - stage.seconds
     source = open_source(data, keep_unlisted=True)
     if len(source) == 0:
         raise DataError(
             f"{data}: no cutout can be scanned; {summarise_problems(list(source.problems))}"
         )
+    scoring = _Scoring()
+    with contextlib.ExitStack() as stack:
+        cluster = _Cluster(cfg, scheduler, stack)
+        plan = _plan_scan(models, data, stage.out, cfg, source, cluster)
+        if plan.todo:
+            scoring = _score_shards(plan, models, data, stage.out, cfg, cluster, stage.progress)
+        closing = time.perf_counter()  # the cluster closes as the stack unwinds
+    scoring.shutdown_s = time.perf_counter() - closing
+    scoring.cluster_seconds = cluster.seconds
+    return _write_scan(plan, scoring, models, data, cfg, stage, began_at)
+
+
+def _plan_scan(
+    models: list[Path], data: Path, out: Path, cfg: ScanConfig, source: Any, cluster: _Cluster
+) -> _ScanPlan:
+    """The shards and the manifest (written: a resume is checked against it), half-written
+    shard files removed and complete ones kept."""
+
     data_key = ids_fingerprint(np.asarray(source.ids))
     content_key = source.content_fingerprint()
     old = _old_manifest(out)
-    with contextlib.ExitStack() as stack:
-        cluster = _Cluster(cfg, scheduler, stack)
-        shard_size, shard_size_from = _shard_size(cfg, old, len(source), cluster)
-        manifest = _manifest(models, data, data_key, content_key, cfg, shard_size)
-        _check_resume(out, old, manifest)
-        (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-        _remove_partial_shards(out)
+    shard_size, shard_size_from = _shard_size(cfg, old, len(source), cluster)
+    manifest = _manifest(models, data, data_key, content_key, cfg, shard_size)
+    _check_resume(out, old, manifest)
+    (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    _remove_partial_shards(out)
+    shards = plan_shards(len(source), shard_size)
+    reused = _complete_shards(shards, out)
+    return _ScanPlan(source, manifest, shard_size, shard_size_from, shards, reused)
 
-        shards = plan_shards(len(source), shard_size)
-        reused = _complete_shards(shards, out)
-        todo = [s for s in shards if s not in reused]
 
-        done: list[dict[str, Any]] = []
-        scan_seconds = models_seconds = submitted_at = 0.0
-        onnx_files: list[dict[str, Any]] = []
-        if todo:
-            # The models' ONNX files are made here while the cluster starts (and its workers
-            # import torch): both take seconds, and neither needs the other.
-            with ThreadPoolExecutor(1, thread_name_prefix="lensfinder-prepare") as pool:
-                prepared = pool.submit(
-                    _timed, _prepare_models, models, cfg.predict, source, content_key
-                )
-                client, torch_threads = cluster.start()
-                onnx_files, models_seconds = prepared.result()
-            tasks = [
-                ShardTask(
-                    models=tuple(str(m) for m in models),
-                    models_key=",".join(manifest["model_fingerprints"]),
-                    data=str(data),
-                    data_key=data_key,
-                    predict=to_dict(cfg.predict),
-                    shard=shard,
-                    out=str(out),
-                    torch_threads=torch_threads,
-                    lensfinder_version=__version__,
-                    data_content=content_key,
-                )
-                for shard in todo
-            ]
-            started = time.perf_counter()
-            submitted_at = time.time()
-            done = _run_shards(client, tasks, progress)
-            scan_seconds = time.perf_counter() - started
-        closing = time.perf_counter()  # the cluster closes as the stack unwinds
-    shutdown_s = time.perf_counter() - closing
+def _score_shards(
+    plan: _ScanPlan,
+    models: list[Path],
+    data: Path,
+    out: Path,
+    cfg: ScanConfig,
+    cluster: _Cluster,
+    show_progress: bool,
+) -> _Scoring:
+    """Score the shards left to do on the cluster, started here."""
+    scoring = _Scoring()
+    content_key = plan.manifest["data_content"]
+    # The models' ONNX files are made here while the cluster starts (and its workers import
+    # torch): both take seconds, and neither needs the other.
+    with ThreadPoolExecutor(1, thread_name_prefix="lensfinder-prepare") as pool:
+        prepared = pool.submit(
+            _timed, _prepare_models, models, cfg.predict, plan.source, content_key
+        )
+        client, torch_threads = cluster.start()
+        scoring.onnx_files, scoring.models_seconds = prepared.result()
+    tasks = [
+        ShardTask(
+            models=tuple(str(m) for m in models),
+            models_key=",".join(plan.manifest["model_fingerprints"]),
+            data=str(data),
+            data_key=plan.manifest["data_fingerprint"],
+            predict=to_dict(cfg.predict),
+            shard=shard,
+            out=str(out),
+            torch_threads=torch_threads,
+            lensfinder_version=__version__,
+            data_content=content_key,
+        )
+        for shard in plan.todo
+    ]
+    started = time.perf_counter()
+    scoring.submitted_at = time.time()
+    scoring.done = _run_shards(client, tasks, show_progress)
+    scoring.scan_seconds = time.perf_counter() - started
+    return scoring
 
-    summaries = list(reused.values()) + done
+
+def _write_scan(
+    plan: _ScanPlan,
+    scoring: _Scoring,
+    models: list[Path],
+    data: Path,
+    cfg: ScanConfig,
+    stage: Stage,
+    began_at: float,
+) -> ScanResult:
+    """Merge every shard into the ranked catalogue; write ``summary.json``; the result."""
+    out, done = stage.out, scoring.done
+    summaries = list(plan.reused.values()) + done
     skipped: Counter[str] = Counter()
     for s in summaries:
         skipped.update(s.get("skipped", {}))
+    meta = _catalogue_meta(summaries, models, data, len(plan.source))
+    merging = time.perf_counter()
+    parquet_path, csv_path, n_rows = merge_shards(_shard_tables(plan.shards, out), out, meta)
+    _remove_partial_shards(out)  # a worker killed mid-shard in this run (its shard was redone)
+
+    import pyarrow.parquet as pq
+
+    head = pq.read_table(parquet_path, columns=["rank", "id", "score"]).slice(0, 10).to_pylist()
+    startup: dict[str, Any] = {}
+    if done:
+        startup = _startup(
+            done, began_at, scoring.submitted_at, scoring.cluster_seconds, scoring.models_seconds
+        )
+        startup["onnx_files"] = scoring.onnx_files
+    result = ScanResult(
+        out=out,
+        candidates=parquet_path,
+        candidates_csv=csv_path,
+        n_objects=len(plan.source),
+        n_scored=n_rows,
+        skipped=dict(skipped),
+        source_problems=_count_problems(plan.source),
+        shards_total=len(plan.shards),
+        shards_done=len(done),
+        shards_reused=len(plan.reused),
+        wall_s=stage.seconds,
+        rate=sum(_cutouts(s) for s in done) / scoring.scan_seconds
+        if scoring.scan_seconds > 0
+        else 0.0,
+        top=head,
+        shard_size=plan.shard_size,
+        startup=startup,
+        steady_rate=_steady_rate(done),
+    )
+    report = _scan_summary(result, plan, scoring, cfg, meta, time.perf_counter() - merging)
+    atomic_write_text(out / SUMMARY, json.dumps(report, indent=2) + "\n")
+    return result
+
+
+def _catalogue_meta(
+    summaries: list[dict[str, Any]], models: list[Path], data: Path, n_objects: int
+) -> dict[str, Any]:
+    """The catalogue's metadata: the models (as the workers described them), data, version."""
     models_info: list[dict[str, Any]] = next(
         (s["models"] for s in summaries if s.get("models")), []
     )
-    meta = {
+    return {
         "models": [
             {**info, "path": str(path)}
             for info, path in zip(models_info or [{}] * len(models), models, strict=False)
         ],
         "data": str(data),
         "lensfinder_version": __version__,
-        "n_objects": len(source),
+        "n_objects": n_objects,
     }
-    merging = time.perf_counter()
-    parquet_path, csv_path, n_rows = merge_shards(_shard_tables(shards, out), out, meta)
-    _remove_partial_shards(out)  # a worker killed mid-shard in this run (its shard was redone)
 
-    import pyarrow.parquet as pq
 
-    head = pq.read_table(parquet_path, columns=["rank", "id", "score"]).slice(0, 10).to_pylist()
-    processed = sum(_cutouts(s) for s in done)
-    wall = time.perf_counter() - began
-    startup: dict[str, Any] = {}
-    if done:
-        startup = _startup(done, began_at, submitted_at, cluster.seconds, models_seconds)
-        startup["onnx_files"] = onnx_files
-    cpu_s = sum(float(s.get("cpu_s", 0.0)) for s in done)
-    result = ScanResult(
-        out=out,
-        candidates=parquet_path,
-        candidates_csv=csv_path,
-        n_objects=len(source),
-        n_scored=n_rows,
-        skipped=dict(skipped),
-        source_problems=_count_problems(source),
-        shards_total=len(shards),
-        shards_done=len(done),
-        shards_reused=len(reused),
-        wall_s=wall,
-        rate=processed / scan_seconds if scan_seconds > 0 else 0.0,
-        top=head,
-        shard_size=shard_size,
-        startup=startup,
-        steady_rate=_steady_rate(done),
-    )
-    report = {
+def _scan_summary(
+    result: ScanResult,
+    plan: _ScanPlan,
+    scoring: _Scoring,
+    cfg: ScanConfig,
+    meta: dict[str, Any],
+    merge_s: float,
+) -> dict[str, Any]:
+    """``summary.json``: counts, rates, start-up and where the catalogue is."""
+    processed = sum(_cutouts(s) for s in scoring.done)
+    cpu_s = sum(float(s.get("cpu_s", 0.0)) for s in scoring.done)
+    wall = result.wall_s
+    return {
         "n_objects": result.n_objects,
         "n_scored": result.n_scored,
         "n_skipped": sum(result.skipped.values()),
         "skipped": result.skipped,
         "source_problems": result.source_problems,
-        "shards": {"total": len(shards), "done": len(done), "reused": len(reused)},
-        "shard_size": shard_size,
-        "shard_size_from": shard_size_from,
+        "shards": {
+            "total": result.shards_total,
+            "done": result.shards_done,
+            "reused": result.shards_reused,
+        },
+        "shard_size": plan.shard_size,
+        "shard_size_from": plan.shard_size_from,
         "backend": cfg.predict.backend,
         "rate_cutouts_per_s": round(result.rate, 3),
         "steady_rate_cutouts_per_s": round(result.steady_rate, 3),
@@ -538,17 +627,15 @@ def _scan_locked(
         # Worker CPU per cutout while scoring (exact with one thread per worker): the steady
         # cost, which other processes on shared cores do not change as they change rates.
         "steady_cpu_ms_per_cutout": round(1000 * cpu_s / processed, 3) if processed else None,
-        "scan_seconds": round(scan_seconds, 3),
+        "scan_seconds": round(scoring.scan_seconds, 3),
         "wall_s": round(wall, 3),
-        "startup": startup,
-        "shutdown_s": round(shutdown_s, 3),  # closing the cluster
-        "merge_s": round(time.perf_counter() - merging, 3),
-        "candidates": str(parquet_path),
-        "top": head,
+        "startup": result.startup,
+        "shutdown_s": round(scoring.shutdown_s, 3),
+        "merge_s": round(merge_s, 3),
+        "candidates": str(result.candidates),
+        "top": result.top,
         **{k: meta[k] for k in ("models", "data", "lensfinder_version")},
     }
-    atomic_write_text(out / SUMMARY, json.dumps(report, indent=2) + "\n")
-    return result
 
 
 def _timed(func: Any, *args: Any) -> tuple[Any, float]:

@@ -50,10 +50,17 @@ from lensfinder.data.cutouts import CutoutSource
 from lensfinder.data.source import open_unlabelled
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.labels import LabelRule, label_rule
-from lensfinder.safety import INJECTION, writing_output
+from lensfinder.safety import INJECTION
 from lensfinder.simulate import scene as scenes
 from lensfinder.simulate import writer
-from lensfinder.simulate.deflectors import Measurement, choose, mass_model, measure, plausible
+from lensfinder.simulate.deflectors import (
+    MassModel,
+    Measurement,
+    choose,
+    mass_model,
+    measure,
+    plausible,
+)
 from lensfinder.simulate.deflectors import survey_noise as survey_background_noise
 from lensfinder.simulate.quantities import catalogue_row
 from lensfinder.simulate.render import SceneRenderer, counts_per_second, preload
@@ -61,9 +68,9 @@ from lensfinder.simulate.run import _pool_context, _single_threaded_blas
 from lensfinder.simulate.run import validate as validate_simulation
 from lensfinder.simulate.stamps import StampLibrary
 from lensfinder.simulate.writer import finish_layout
+from lensfinder.stages import Stage, progress_bar, run_stage
 from lensfinder.surveys import Band, Survey, get_survey
 from lensfinder.utils import atomic_path
-from lensfinder.utils import progress as progress_bar
 
 PAINT_FLOOR = 1e-3  # arc pixels below this many noise sigmas are left out: the field is kept
 MEASURE_CHUNK = 64  # field cutouts read at once while measuring
@@ -291,25 +298,26 @@ def paint(
         row = _row(object_id, scene, measured, renderer.source(reference), vis, survey)
         if _passes(rule, row):
             break
+    images, arcs = _add_arcs(vis, nisp, renderer, measured, rng, config, survey)
+    kind = "lens" if _passes(rule, row) else "painted_subthreshold"
+    meta = _painted_meta(kind, mass, scene, attempts, measured, config)
+    row["kind"] = meta["kind"]
+    return Painted(images, row, meta, arcs, scene)
 
-    fields = {reference.name: vis, **{b.name: nisp[i] for i, b in enumerate(_nisp(survey))}}
-    images, arcs = {}, {}
-    for band in survey.bands:
-        noise = measured.noise[band.name]
-        arc = renderer.source(band) * noise.scale  # e-/s -> field units
-        arc[arc < PAINT_FLOOR * noise.sigma] = 0.0
-        field = np.asarray(fields[band.name], dtype=np.float32)
-        painted = field.copy()
-        where = arc > 0
-        added = arc[where]
-        if config.arc_noise:
-            # photon noise: electrons = field units * exposure / scale (an effective gain)
-            electrons_per_unit = band.total_exposure / noise.scale
-            added = added + rng.standard_normal(added.shape) * np.sqrt(added / electrons_per_unit)
-        painted[where] = (field[where].astype(np.float64) + added).astype(np.float32)
-        images[band.name], arcs[band.name] = painted, arc
-    meta = {
-        "kind": "lens" if _passes(rule, row) else "painted_subthreshold",
+
+def _painted_meta(
+    kind: str,
+    mass: MassModel,
+    scene: scenes.Scene,
+    attempts: int,
+    measured: Measurement,
+    config: InjectConfig,
+) -> dict[str, Any]:
+    """The painted cutout's record: the mass model, the source, the deflector as measured."""
+    galaxy = measured.galaxy
+    assert galaxy is not None
+    return {
+        "kind": kind,
         "central_type": "field",
         "theta_e": mass.theta_e,
         "theta_e_unclipped": mass.theta_e_unclipped,
@@ -330,8 +338,38 @@ def paint(
         "flux_scale": {name: n.scale for name, n in measured.noise.items()},
         "arc_noise": config.arc_noise,
     }
-    row["kind"] = meta["kind"]
-    return Painted(images, row, meta, arcs, scene)
+
+
+def _add_arcs(
+    vis: np.ndarray,
+    nisp: np.ndarray,
+    renderer: SceneRenderer,
+    measured: Measurement,
+    rng: np.random.Generator,
+    config: InjectConfig,
+    survey: Survey,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Each band's field cutout with the rendered arc added (in the field's units, with its
+    photon noise when ``config.arc_noise``), and the arcs; pixels the arc does not reach are
+    the field's, bit for bit."""
+    reference = survey.band(survey.reference_band)
+    fields = {reference.name: vis, **{b.name: nisp[i] for i, b in enumerate(_nisp(survey))}}
+    images, arcs = {}, {}
+    for band in survey.bands:
+        noise = measured.noise[band.name]
+        arc = renderer.source(band) * noise.scale  # e-/s -> field units
+        arc[arc < PAINT_FLOOR * noise.sigma] = 0.0
+        field = np.asarray(fields[band.name], dtype=np.float32)
+        painted = field.copy()
+        where = arc > 0
+        added = arc[where]
+        if config.arc_noise:
+            # photon noise: electrons = field units * exposure / scale (an effective gain)
+            electrons_per_unit = band.total_exposure / noise.scale
+            added = added + rng.standard_normal(added.shape) * np.sqrt(added / electrons_per_unit)
+        painted[where] = (field[where].astype(np.float64) + added).astype(np.float32)
+        images[band.name], arcs[band.name] = painted, arc
+    return images, arcs
 
 
 def untouched(
@@ -495,14 +533,73 @@ def inject(
     validate(config)
     field = Path(field)
     source = open_unlabelled(field)
-    with writing_output(out, INJECTION, "inject", [field]) as out_dir:
-        return _inject_locked(source, field, out_dir, config, progress)
+    with run_stage("inject", INJECTION, out, [field], progress=progress) as stage:
+        return stage.finish(_inject_locked(source, field, config, stage))
+
+
+@dataclass
+class _InjectionPlan:
+    """Which field cutouts are painted, the IDs they get, the tasks not done yet."""
+
+    measured: FieldSurvey
+    n_paint: int
+    chosen: np.ndarray  # usable cutouts chosen to paint
+    ids: np.ndarray  # output IDs, one per usable cutout
+    tasks: list[tuple[int, int, bool, str]]  # (position, ID, paint it, pixel hash)
 
 
 def _inject_locked(
-    source: CutoutSource, field: Path, out: Path, config: InjectConfig, progress: bool
+    source: CutoutSource, field: Path, config: InjectConfig, stage: Stage
 ) -> InjectResult:
+    """``inject`` once it holds the lock of ``stage.out``: plan, paint, finish the layout."""
     survey, rule = validate(config)
+    plan = _plan_injection(source, field, stage.out, config, survey, rule, stage.progress)
+    painter = _Painter(source, config, stage.out, plan.measured.fingerprint)
+    start = time.perf_counter()
+    workers = max(1, min(config.workers, len(plan.tasks)))
+    for _ in _run(painter, plan.tasks, workers, stage.progress):
+        pass
+    seconds = time.perf_counter() - start
+    measured, n = plan.measured, len(plan.ids)
+    comments = [
+        f"Lensed sources painted onto the galaxies of {painter.field} (pixel fingerprint "
+        f"{measured.fingerprint}), lensfinder {__version__} (lenstronomy), survey {survey.name}",
+        f"seed={config.seed} paint_fraction={config.paint_fraction} painted={plan.n_paint} "
+        f"of {n}; plausible deflectors={int(measured.plausible.sum())}",
+        f"label rule: {rule}",
+        "pixel units: those of the field; fluxes (lens_flux, source_flux) too; "
+        "field_id: the field object each cutout came from; empty fields are not measured",
+    ]
+    catalog, preview, lenses = finish_layout(stage.out, plan.ids.tolist(), rule, comments)
+    return InjectResult(
+        out=stage.out,
+        catalog=catalog,
+        preview=preview,
+        field=field,
+        field_fingerprint=measured.fingerprint,
+        n=n,
+        written=len(plan.tasks),
+        skipped=n - len(plan.tasks),
+        painted=len(plan.chosen),
+        candidates=int(measured.plausible.sum()),
+        lenses=lenses,
+        unusable=measured.unusable,
+        seconds=seconds,
+        label_rule=str(rule),
+    )
+
+
+def _plan_injection(
+    source: CutoutSource,
+    field: Path,
+    out: Path,
+    config: InjectConfig,
+    survey: Survey,
+    rule: LabelRule,
+    progress: bool,
+) -> _InjectionPlan:
+    """Measure the field, choose the deflectors to paint, check a resumed output was made
+    with these settings from this field, and list the objects not written yet."""
     measured = survey_field(source, survey, config, progress)
     n = len(measured.usable)
     if n == 0:
@@ -516,9 +613,8 @@ def _inject_locked(
         {k: v for k, v in to_dict(config).items() if k != "workers"}
         | {"label_rule": str(rule), "field_fingerprint": measured.fingerprint},
     )
-    field_ids = source.ids[measured.usable]
     if config.first_id is None:
-        ids = field_ids.astype(np.int64)
+        ids = source.ids[measured.usable].astype(np.int64)
     else:
         ids = config.first_id + np.arange(n, dtype=np.int64)
     tasks = [
@@ -528,36 +624,4 @@ def _inject_locked(
         )
         if not writer.is_done(out, int(object_id), survey.bands)
     ]
-    painter = _Painter(source, config, out, measured.fingerprint)
-    start = time.perf_counter()
-    workers = max(1, min(config.workers, len(tasks)))
-    for _ in _run(painter, tasks, workers, progress):
-        pass
-    seconds = time.perf_counter() - start
-
-    comments = [
-        f"Lensed sources painted onto the galaxies of {painter.field} (pixel fingerprint "
-        f"{measured.fingerprint}), lensfinder {__version__} (lenstronomy), survey {survey.name}",
-        f"seed={config.seed} paint_fraction={config.paint_fraction} painted={int(n_paint)} "
-        f"of {n}; plausible deflectors={int(measured.plausible.sum())}",
-        f"label rule: {rule}",
-        "pixel units: those of the field; fluxes (lens_flux, source_flux) too; "
-        "field_id: the field object each cutout came from; empty fields are not measured",
-    ]
-    catalog, preview, lenses = finish_layout(out, ids.tolist(), rule, comments)
-    return InjectResult(
-        out=out,
-        catalog=catalog,
-        preview=preview,
-        field=field,
-        field_fingerprint=measured.fingerprint,
-        n=n,
-        written=len(tasks),
-        skipped=n - len(tasks),
-        painted=len(chosen),
-        candidates=int(measured.plausible.sum()),
-        lenses=lenses,
-        unusable=measured.unusable,
-        seconds=seconds,
-        label_rule=str(rule),
-    )
+    return _InjectionPlan(measured, int(n_paint), np.asarray(chosen), ids, tasks)

@@ -25,7 +25,7 @@ from lensfinder import __version__
 from lensfinder.config import NONLENS_MIX, SimulateConfig, to_dict
 from lensfinder.errors import ConfigError
 from lensfinder.labels import LabelRule, label_rule
-from lensfinder.safety import SIMULATION, writing_output
+from lensfinder.safety import SIMULATION
 from lensfinder.simulate import scene as scenes
 from lensfinder.simulate import writer
 from lensfinder.simulate.observing import NOMINAL, Observing, draw_observing
@@ -33,8 +33,8 @@ from lensfinder.simulate.quantities import SIMULATED_COLUMNS, catalogue_row
 from lensfinder.simulate.render import BandImages, SceneRenderer, preload
 from lensfinder.simulate.stamps import StampLibrary
 from lensfinder.simulate.writer import finish_layout
+from lensfinder.stages import progress_bar, run_stage
 from lensfinder.surveys import Survey, get_survey
-from lensfinder.utils import progress as progress_bar
 
 GALAXY_TRIES = 20  # lens galaxies tried per intended lens ...
 SOURCE_TRIES = 25  # ... and sources behind each
@@ -345,12 +345,12 @@ def simulate(config: SimulateConfig, out: Path, progress: bool = True) -> Simula
     Re-running into the same directory skips finished objects and completes partial ones.
     Writes ``out/image_catalog2.0train.csv`` and ``out/preview.png`` at the end. Holds the
     output's lock throughout, so two simulations never write into one directory at once; writes
-    only into a new or empty directory or its own simulation (``writing_output``), never into a
+    only into a new or empty directory or its own simulation (the output rule), never into a
     real layout or another output.
     """
     validate(config)
-    with writing_output(out, SIMULATION, "simulate") as out:
-        return _simulate_locked(config, out, progress)
+    with run_stage("simulate", SIMULATION, out, progress=progress) as stage:
+        return stage.finish(_simulate_locked(config, stage.out, stage.progress))
 
 
 def _simulate_locked(config: SimulateConfig, out: Path, progress: bool) -> SimulateResult:

@@ -52,15 +52,15 @@ import numpy as np
 from lensfinder import mer
 from lensfinder.config import TileSimulateConfig, to_dict
 from lensfinder.errors import ConfigError
-from lensfinder.safety import TILES, writing_output
+from lensfinder.safety import TILES
 from lensfinder.simulate import scene as scenes
 from lensfinder.simulate import sky
 from lensfinder.simulate.observing import NOMINAL
 from lensfinder.simulate.render import SceneRenderer, _exposure, counts_per_second, preload
 from lensfinder.simulate.run import _pool_context, _single_threaded_blas, draw_scene
+from lensfinder.stages import progress_bar, run_stage
 from lensfinder.surveys import EUCLID, Band, Survey
 from lensfinder.utils import atomic_path, atomic_write_text
-from lensfinder.utils import progress as progress_bar
 
 PARTS_DIR = ".tile_parts"
 RUN_FILE = "tile_run.json"
@@ -523,8 +523,8 @@ def simulate_tile(
     """Render one tile into ``out`` (a new directory or an unfinished tile of the same
     settings, which is resumed)."""
     validate(config)
-    with writing_output(out, TILES, "simulate-tile") as out:
-        return _simulate_locked(config, Path(out), progress)
+    with run_stage("simulate-tile", TILES, out, progress=progress) as stage:
+        return stage.finish(_simulate_locked(config, stage.out, stage.progress))
 
 
 def _simulate_locked(config: TileSimulateConfig, out: Path, progress: bool) -> TileSimulateResult:

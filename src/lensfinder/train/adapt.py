@@ -57,8 +57,9 @@ from lensfinder.errors import ConfigError, DataError
 from lensfinder.models import load_model
 from lensfinder.models.batchnorm import batchnorm_layers, bn_train_mode
 from lensfinder.models.checkpoint import input_config, save_model
-from lensfinder.safety import ENSEMBLE, TRAIN, writing_output
+from lensfinder.safety import ENSEMBLE, TRAIN
 from lensfinder.simulate.inject import inject
+from lensfinder.stages import run_stage
 from lensfinder.train.datamodule import epoch_seed
 from lensfinder.train.module import to_channels_last
 
@@ -483,10 +484,11 @@ def adapt_only(config: TrainConfig, out: str | Path, progress: bool = True) -> A
         ensemble, pairs = None, [(init, out)]
     records = []
     kind = TRAIN if ensemble is None else ENSEMBLE
-    with writing_output(out, kind, "train", [init, config.adapt.field]) as out:
+    inputs: list[str | Path] = [init, config.adapt.field]
+    with run_stage("train", kind, out, inputs, progress=progress) as stage:
         for source_run, target in pairs:
             model, meta = load_model(source_run)
-            record = adabn_in_place(model, config, input_config(meta), progress=progress)
+            record = adabn_in_place(model, config, input_config(meta), progress=stage.progress)
             target.mkdir(parents=True, exist_ok=True)
             save_model(target, model, {**meta, "adapt": record, "init": str(source_run.resolve())})
             records.append(record)
@@ -495,7 +497,7 @@ def adapt_only(config: TrainConfig, out: str | Path, progress: bool = True) -> A
                 k: v for k, v in ensemble.items() if k not in ("members", "format", "averaging")
             }
             write_ensemble(out, [t for _, t in pairs], str(ensemble["averaging"]), extra)
-    return AdaptResult(out, records, ensemble is not None)
+        return stage.finish(AdaptResult(stage.out, records, ensemble is not None))
 
 
 # -- hooks of a training run (train/run.py) ----------------------------------------------------

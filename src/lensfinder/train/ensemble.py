@@ -10,7 +10,6 @@ when every member is done, so a half-trained ensemble is never used as a model.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +18,10 @@ from lensfinder.config import PredictConfig, TrainConfig, to_dict
 from lensfinder.ensemble import ENSEMBLE_FILE, is_ensemble, member_dir, write_ensemble
 from lensfinder.errors import ConfigError
 from lensfinder.models.checkpoint import META_FILE
-from lensfinder.safety import ENSEMBLE, writing_output
+from lensfinder.safety import ENSEMBLE
+from lensfinder.stages import report, run_stage
 from lensfinder.train.adapt import AdaptResult, adapt_only
-from lensfinder.train.run import TrainResult, train, train_inputs
+from lensfinder.train.run import TrainResult, check_config, train, train_inputs
 
 
 @dataclass
@@ -53,8 +53,12 @@ def train_models(
     resume: bool = True,
     progress: bool = True,
 ) -> TrainResult | EnsembleResult | AdaptResult:
-    """``train`` for ``members == 1``; else the ensemble of ``config.members`` into ``out``."""
+    """``train`` for ``members == 1``; else the ensemble of ``config.members`` into ``out``.
+    ``store`` may be empty only for ``adapt.only`` (no labelled training)."""
     out = Path(out)
+    check_config(config)
+    if not store and not config.adapt.only:
+        raise ConfigError("train: give --data, the labelled store or layout to train on")
     if config.adapt.only:  # no labelled training: the --init model (or ensemble) adapted
         return adapt_only(config, out, progress)
     if config.members == 1:
@@ -69,11 +73,11 @@ def train_models(
         )
     from lightning.pytorch.utilities import rank_zero_only
 
-    if rank_zero_only.rank != 0:  # type: ignore[attr-defined]  # DDP: rank 0 holds the lock
-        return _train_members(config, store, out, resume, progress)
+    follower = rank_zero_only.rank != 0  # type: ignore[attr-defined]  # DDP: rank 0 holds the lock
     stores = [store] if isinstance(store, str | Path) else list(store)
-    with writing_output(out, ENSEMBLE, "train", train_inputs(config, stores)) as ensemble_dir:
-        return _train_members(config, store, ensemble_dir, resume, progress)
+    inputs = train_inputs(config, stores)
+    with run_stage("train", ENSEMBLE, out, inputs, progress=progress, follower=follower) as stage:
+        return stage.finish(_train_members(config, store, stage.out, resume, stage.progress))
 
 
 def _train_members(
@@ -86,8 +90,8 @@ def _train_members(
     """The members one by one into ``out/member-k``, then ``out/ensemble.json``."""
     results = []
     for index in range(config.members):
-        if progress and not os.environ.get("LENSFINDER_QUIET"):
-            print(f"ensemble member {index + 1} of {config.members} (seed {config.seed + index})")
+        if progress:
+            report(f"ensemble member {index + 1} of {config.members} (seed {config.seed + index})")
         member = member_config(config, index)
         results.append(train(member, store, member_dir(out, index), resume, progress))
     averaging = PredictConfig().ensemble_average

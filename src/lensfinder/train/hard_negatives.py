@@ -260,6 +260,42 @@ def mine(
     scores = score_rows(first_dir, pool.source, pool.candidates, hn.tta, progress)
     labels = np.asarray(pool.source.labels)[pool.candidates]
     top, bottom = select_hard(labels, scores, hn.top_nonlenses, hn.bottom_lenses)
+    rows_out = _mined_rows(pool, labels, scores, top, bottom)
+    with atomic_path(out / MINED_CSV) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows_out)
+    pool_labels_finite = labels[np.isfinite(scores)]
+    has_kinds = pool.source.catalog.get("kind") is not None
+    record = {
+        "settings": to_dict(hn),
+        "first_pass": first_pass,
+        "pool": pool.record | {"n_scored": int(np.isfinite(scores).sum())},
+        "tta": hn.tta,
+        "n_nonlenses": len(top),
+        "n_lenses": len(bottom),
+        # Score thresholds: every mined non-lens scored >= the first, every mined lens <= the
+        # second (None when none was mined).
+        "nonlens_score_min": float(scores[top].min()) if len(top) else None,
+        "lens_score_max": float(scores[bottom].max()) if len(bottom) else None,
+        # The share of the pool's non-lenses (lenses) mined: the tail the second pass targets.
+        "nonlens_fraction": len(top) / max(int((pool_labels_finite == 0).sum()), 1),
+        "lens_fraction": len(bottom) / max(int((pool_labels_finite == 1).sum()), 1),
+        "nonlens_kinds": dict(Counter(r["kind"] for r in rows_out if r["role"] == "nonlens"))
+        if has_kinds
+        else None,
+        "replay_copies": hn.replay_copies,
+        "ids_file": MINED_CSV,
+        "mining_s": round(time.perf_counter() - began, 1),
+    }
+    atomic_write_text(out / MINED_RECORD, json.dumps(record, indent=1) + "\n")
+    return mined_set(pool.source, out, record, fresh=True)
+
+
+def _mined_rows(
+    pool: Pool, labels: np.ndarray, scores: np.ndarray, top: np.ndarray, bottom: np.ndarray
+) -> list[dict[str, Any]]:
+    """The CSV's rows: the mined non-lenses (highest score first), then the mined lenses."""
     kinds = pool.source.catalog.get("kind")
     ids = np.asarray(pool.source.ids)
     rows_out = []
@@ -277,34 +313,7 @@ def mine(
                     "kind": "" if kinds is None else str(kinds[row]),
                 }
             )
-    with atomic_path(out / MINED_CSV) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows_out)
-    pool_labels_finite = labels[np.isfinite(scores)]
-    record = {
-        "settings": to_dict(hn),
-        "first_pass": first_pass,
-        "pool": pool.record | {"n_scored": int(np.isfinite(scores).sum())},
-        "tta": hn.tta,
-        "n_nonlenses": len(top),
-        "n_lenses": len(bottom),
-        # Score thresholds: every mined non-lens scored >= the first, every mined lens <= the
-        # second (None when none was mined).
-        "nonlens_score_min": float(scores[top].min()) if len(top) else None,
-        "lens_score_max": float(scores[bottom].max()) if len(bottom) else None,
-        # The share of the pool's non-lenses (lenses) mined: the tail the second pass targets.
-        "nonlens_fraction": len(top) / max(int((pool_labels_finite == 0).sum()), 1),
-        "lens_fraction": len(bottom) / max(int((pool_labels_finite == 1).sum()), 1),
-        "nonlens_kinds": dict(Counter(r["kind"] for r in rows_out if r["role"] == "nonlens"))
-        if kinds is not None
-        else None,
-        "replay_copies": hn.replay_copies,
-        "ids_file": MINED_CSV,
-        "mining_s": round(time.perf_counter() - began, 1),
-    }
-    atomic_write_text(out / MINED_RECORD, json.dumps(record, indent=1) + "\n")
-    return mined_set(pool.source, out, record, fresh=True)
+    return rows_out
 
 
 def mined_set(pool: CutoutSource, out: Path, record: dict[str, Any], fresh: bool) -> MinedSet:

@@ -33,7 +33,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
-from lensfinder import __version__
+from lensfinder import __version__, stages
 from lensfinder.config import (
     MODEL_FILE_LEGACY,
     TrainConfig,
@@ -46,7 +46,8 @@ from lensfinder.data import open_source
 from lensfinder.data.identity import data_record
 from lensfinder.errors import ConfigError, ModelFileError
 from lensfinder.models import load_model, read_meta, save_model
-from lensfinder.safety import TRAIN, writing_output
+from lensfinder.safety import TRAIN
+from lensfinder.stages import run_stage
 from lensfinder.train import hard_negatives
 from lensfinder.train.adapt import (
     field_adaptation,
@@ -358,14 +359,30 @@ def train(
     """
     check_config(config)
     stores = [Path(store)] if isinstance(store, str | Path) else [Path(s) for s in store]
-    if rank_zero_only.rank != 0:  # type: ignore[attr-defined]  # set by Lightning at import  # DDP's other processes: rank 0 holds the lock
-        painted = painted_store_path(config, out)  # made by rank 0 before the others start
+    # DDP's other processes: rank 0 holds the lock and made the painted field before they start
+    follower = rank_zero_only.rank != 0  # type: ignore[attr-defined]  # set by Lightning at import
+    inputs = train_inputs(config, stores)
+    with run_stage("train", TRAIN, out, inputs, progress=progress, follower=follower) as stage:
+        if follower:
+            painted = painted_store_path(config, stage.out)
+        else:
+            painted = paint_field(config, stage.out, stage.progress)
         stores += [painted] if painted else []
-        return _train_locked(config, stores, Path(out), resume, progress, callbacks)
-    with writing_output(out, TRAIN, "train", train_inputs(config, stores)) as run_dir:
-        painted = paint_field(config, run_dir, progress)
-        stores += [painted] if painted else []
-        return _train_locked(config, stores, run_dir, resume, progress, callbacks)
+        result = _train_locked(config, stores, stage.out, resume, stage.progress, callbacks)
+        return stage.finish(result)
+
+
+@dataclass
+class _Fitted:
+    """A fitted run: the trainer, the module (best weights restored) and what watched it."""
+
+    trainer: Any
+    module: LensClassifier
+    stopping: AurocDropStopping
+    history: EpochHistory
+    precision: str
+    field: Any  # the adaptation field's cutouts, or None
+    last_epoch: int | None  # the checkpoint's epoch it resumed from
 
 
 def _train_locked(
@@ -395,13 +412,34 @@ def _train_locked(
     datamodule.prepare()
     if replay is not None:
         replay.add_to(datamodule)
+    fitted = _fit(config, out, datamodule, checkpoint, progress, extra_callbacks, is_rank_zero)
+    metrics = _metrics(
+        fitted.trainer, fitted.stopping, fitted.history, datamodule, fitted.precision
+    )
+    if fitted.trainer.is_global_zero:
+        _save_run(config, out, fitted, datamodule, metrics, replay)
+    return TrainResult.from_metrics(
+        out, metrics, resumed_from_epoch=fitted.last_epoch, dropped=datamodule.dropped
+    )
+
+
+def _fit(
+    config: TrainConfig,
+    out: Path,
+    datamodule: LensDataModule,
+    checkpoint: Path | None,
+    progress: bool,
+    extra_callbacks: Sequence[Any],
+    is_rank_zero: bool,
+) -> _Fitted:
+    """Fit the model (from ``checkpoint`` when resuming) and restore its best weights."""
+    import lightning.pytorch as pl
 
     last_epoch = checkpoint_epoch(checkpoint) if checkpoint is not None else None
     header = keep_csv_rows_through(out / METRICS_FILE, last_epoch) if is_rank_zero else []
     out.mkdir(parents=True, exist_ok=True)
     if is_rank_zero:
         save_config(config, out / CONFIG_FILE)
-
     pl.seed_everything(config.seed, workers=True, verbose=False)
     module = LensClassifier(config, initial_model(config))
     field, module.adaptation = field_adaptation(config, module.model, progress and is_rank_zero)
@@ -423,20 +461,26 @@ def _train_locked(
                 raise KeyboardInterrupt from None
             raise
     stopping.restore_best(module)
+    return _Fitted(trainer, module, stopping, history, precision, field, last_epoch)
 
-    metrics = _metrics(trainer, stopping, history, datamodule, precision)
-    if trainer.is_global_zero:
-        adapted = finish_adaptation(config, module, field, datamodule)  # AdaBN runs here
-        if painted_store_path(config, out) is not None:  # the painted field is the last part
-            adapted = {
-                **(adapted or {"field": config.adapt.field}),
-                **painted_record(config, datamodule.parts[-1]),
-            }
-        meta = _model_meta(config, datamodule, metrics, adapted, replay)
-        save_model(out, module.model, meta)
-    return TrainResult.from_metrics(
-        out, metrics, resumed_from_epoch=last_epoch, dropped=datamodule.dropped
-    )
+
+def _save_run(
+    config: TrainConfig,
+    out: Path,
+    fitted: _Fitted,
+    datamodule: LensDataModule,
+    metrics: dict[str, Any],
+    replay: MinedSet | None,
+) -> None:
+    """Adapt to the field when asked (AdaBN runs here), then write the model and model.json."""
+    adapted = finish_adaptation(config, fitted.module, fitted.field, datamodule)
+    if painted_store_path(config, out) is not None:  # the painted field is the last part
+        adapted = {
+            **(adapted or {"field": config.adapt.field}),
+            **painted_record(config, datamodule.parts[-1]),
+        }
+    meta = _model_meta(config, datamodule, metrics, adapted, replay)
+    save_model(out, fitted.module.model, meta)
 
 
 def _make_trainer(
@@ -457,7 +501,7 @@ def _make_trainer(
     growth = plateau_callback(config)
     if growth is not None:
         callbacks.append(growth)
-    show_progress = progress and not os.environ.get("LENSFINDER_QUIET")
+    show_progress = stages.show_progress(progress)
     if show_progress:
         callbacks.append(TQDMProgressBar())
     callbacks.extend(extra_callbacks)
