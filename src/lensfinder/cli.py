@@ -739,10 +739,12 @@ def inspect(
     config: Annotated[str | None, _config_option(InspectConfig)] = None,
 ) -> None:
     """Grade candidates in the browser (A/B/C/X with the keyboard); grades go to a database."""
-    from lensfinder.inspection.app import serve
+    from lensfinder.inspection.app import open_server
 
     cfg = _load(InspectConfig, config, db=db, host=host, port=port, grader=grader)
-    serve(scan_dir, data, cfg, token)
+    server = open_server(scan_dir, data, cfg, token)
+    typer.echo(server.summary())
+    server.serve()
 
 
 @grades_app.command("export")
