@@ -56,6 +56,10 @@ def test_reliability_bins_and_the_calibrate_record():
     assert rows[1]["mean_probability"] == pytest.approx((0.95 + 0.99 + 0.55 + 0.5) / 4)
     # ECE = (2 * |0 - 0.1| + 4 * |0.75 - 0.7475|) / 6
     assert expected_calibration_error(labels, probs, 2) == pytest.approx((0.2 + 0.01) / 6)
+    # Bins whose lens fraction is their mean probability are perfectly calibrated: ECE 0.
+    calibrated = np.array([0.2] * 5 + [0.8] * 5)
+    perfect = expected_calibration_error([1, 0, 0, 0, 0, 1, 1, 1, 1, 0], calibrated, 2)
+    assert perfect == pytest.approx(0.0, abs=1e-12)
     record = calibrate(labels, probs, labels, probs, 2, "here")
     assert record["fitted_on"] == "here" and record["n_fit"] == 6 and record["bins"] == 2
     assert record["temperature"] == pytest.approx(fit_temperature(labels, probs))

@@ -6,7 +6,7 @@ import json
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from lensfinder.demo import run_demo
+from lensfinder.demo import QUICK, run_demo
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -23,11 +23,17 @@ def test_quick_demo_runs_every_stage(tmp_path, one_thread):
         records = list(csv.DictReader(handle))
     labels, scores = [int(r["label"]) for r in records], [float(r["score"]) for r in records]
     assert result.auroc == pytest.approx(roc_auc_score(labels, scores))
-    assert result.scan_rate > 0
+    # The scan rate is the field's cutouts over the scan's scoring time, as the scan recorded.
+    scanned = json.loads((result.paths["candidates"].parent / "summary.json").read_text())
+    cutouts = scanned["n_scored"] + scanned["n_skipped"]
+    assert cutouts == QUICK.n_field
+    assert result.scan_rate == pytest.approx(cutouts / scanned["scan_seconds"], rel=1e-2)
+    assert result.scan_rate == pytest.approx(scanned["rate_cutouts_per_s"], abs=1e-3)
     html = result.paths["gallery"].read_text()
     assert html.count("<img") >= 8  # the quick demo shows its top 8
     text = result.summary()
     assert f"{result.auroc:.3f}" in text and str(result.paths["gallery"]) in text
+    assert f"{result.scan_rate:.1f} cutouts/s" in text
     # every stage resumes: a second run reuses finished work and agrees
     again = run_demo(tmp_path / "demo", quick=True)
     assert again.auroc == pytest.approx(result.auroc)

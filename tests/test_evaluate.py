@@ -91,18 +91,33 @@ def test_ensemble_on_all_objects_of_a_layout(runs, tiny_layout, tmp_path):
     assert ">ensemble<" in report and ">member 1 (run1)<" in report
 
 
-def test_calibration_and_failure_galleries(runs, kinds_store, tmp_path):
+def test_calibration_and_failure_galleries(kinds_store, tmp_path):
     from lensfinder.evaluate.calibration import apply_temperature
 
+    # Logits spread over a few units, so that the scores fill several calibration bins.
+    run = make_run(tmp_path / "run", seed=0, head_scale=50.0)
     out = tmp_path / "eval"
-    result = evaluate([runs[0]], kinds_store, out, cfg("all", failures=3, calibration_bins=5))
+    result = evaluate([run], kinds_store, out, cfg("all", failures=3, calibration_bins=5))
     metrics = json.loads((out / "metrics.json").read_text())
     scores = read_scores(out / "scores.csv")
     calibration = metrics["calibration"]
     # Other data than the model's: the temperature is fitted on the evaluated set, and says so.
     assert calibration["fitted_on"].startswith("evaluated set")
     assert calibration["n_fit"] == result.n_evaluated and calibration["bins"] == 5
-    assert calibration["ece_before"] >= 0 and calibration["ece_after"] >= 0
+    # The ECE of the written scores, by hand: 5 equal-width bins, |lens fraction - mean
+    # probability| weighted by the bin's objects.
+    labels = scores["label"].astype(int)
+    for key, column in (("ece_before", "score"), ("ece_after", "probability")):
+        probability = scores[column].astype(float)
+        which = np.minimum((probability * 5).astype(int), 4)
+        gaps = [
+            (which == b).sum() * abs(labels[which == b].mean() - probability[which == b].mean())
+            for b in range(5)
+            if (which == b).any()
+        ]
+        assert calibration[key] == pytest.approx(sum(gaps) / len(labels), abs=1e-5), key
+    before = [row["n"] for row in calibration["reliability_before"]]
+    assert sum(before) == result.n_evaluated and sum(n > 0 for n in before) >= 3
     np.testing.assert_allclose(
         scores["probability"],
         apply_temperature(scores["score"], calibration["temperature"]),
@@ -128,7 +143,7 @@ def test_calibration_and_failure_galleries(runs, kinds_store, tmp_path):
     assert "ECE after" in report and f"{calibration['temperature']:.4f}" in report
     # Turned off: no galleries, no calibration, no probability column.
     off = tmp_path / "off"
-    evaluate([runs[0]], kinds_store, off, cfg("all", failures=0, calibrate=False))
+    evaluate([run], kinds_store, off, cfg("all", failures=0, calibrate=False))
     assert list(read_scores(off / "scores.csv")) == ["id", "label", "score"]
     assert not (off / "false_positives.png").exists()
     assert json.loads((off / "metrics.json").read_text())["calibration"] is None

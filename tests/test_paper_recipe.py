@@ -4,7 +4,9 @@ end points, L2 as a penalty (not AdamW's decoupled decay), and its two batch-nor
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from torch import nn
@@ -14,8 +16,9 @@ from lensfinder.errors import ConfigError
 from lensfinder.experiments.table1 import PAPER_TABLE1, paper_bn_method
 from lensfinder.models import create_model
 from lensfinder.models.batchnorm import batchnorm_layers
+from lensfinder.testing import TINY_INPUT, TINY_MODEL
 from lensfinder.train.module import LensClassifier, regularisation
-from lensfinder.train.run import check_config
+from lensfinder.train.run import check_config, plateau_callback
 
 # The paper's Table I as REFERENCE.md copies it: D4, balanced, starting batch, epochs, L2,
 # highest AUROC, BN method.
@@ -49,9 +52,63 @@ def test_table1_configs_are_the_papers_rows(row):
     assert (paper.batch_size, paper.epochs, paper.auroc) == (batch, epochs, auroc)
 
 
-def test_row4_starts_at_batch_4_for_5_epochs_with_balanced_batches():
-    cfg = load_config(TrainConfig, "table1-model4")
-    assert (cfg.batch_size, cfg.max_epochs, cfg.balanced_sampler) == (4, 5, True)
+class TrainingSeen(pl.Callback):
+    """Per epoch, what the training loop used: optimiser, lr, weight decays, and each batch's
+    (size, lenses)."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        optimizer = trainer.optimizers[0]
+        self.epochs.append(
+            {
+                "optimizer": type(optimizer),
+                "lr": optimizer.param_groups[0]["lr"],
+                "decay": {group["weight_decay"] for group in optimizer.param_groups},
+                "batches": [],
+            }
+        )
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        labels = batch[-1]
+        self.epochs[-1]["batches"].append((len(labels), int(labels.sum())))
+
+
+def test_row4_trains_at_batch_4_for_5_epochs_with_balanced_batches(tiny_store, tmp_path):
+    """What training builds from table1-model4 (on the test network at 32 px, 8 samples an
+    epoch, the stop rule off): Adam at lr 0.01 without L2 for 5 epochs, batches of 4 that are
+    half lenses, the batch doubling exactly when a plateau divides the lr by 10."""
+    from lensfinder.train import train
+
+    cfg = load_config(
+        TrainConfig,
+        "table1-model4",
+        input={"size": TINY_INPUT.size},
+        model={"arch": TINY_MODEL.arch, "pretrained": None},
+        split={"seed": 0, "test_fraction": 0.1, "val_fraction": 0.3},
+        max_train_samples=8,
+        stop_auroc_drop=1.0,
+        num_workers=0,
+        devices=1,
+        accelerator="cpu",
+    )
+    seen = TrainingSeen()
+    train(cfg, tiny_store, tmp_path / "run", progress=False, callbacks=[seen])
+    epochs = seen.epochs
+    assert len(epochs) == 5
+    assert all(e["optimizer"] is torch.optim.Adam and e["decay"] == {0.0} for e in epochs)
+    assert epochs[0]["lr"] == pytest.approx(0.01) and epochs[0]["batches"][0][0] == 4
+    sizes = []
+    for epoch in epochs:
+        (size,) = {n for n, _ in epoch["batches"]}  # one batch size per epoch
+        assert all(lenses * 2 == n for n, lenses in epoch["batches"])  # balanced
+        sizes.append(size)
+    assert sizes[-1] > sizes[0]  # plateaus came and grew the batch
+    for (before, b), (after, a) in pairwise(zip(epochs, sizes, strict=True)):
+        plateau = a == 2 * b
+        assert plateau or a == b
+        assert after["lr"] == pytest.approx(before["lr"] * (0.1 if plateau else 1.0))
 
 
 def test_method2_row_never_reinitialises_and_method1_keeps_gamma_beta():
@@ -133,9 +190,28 @@ def test_adamw_decay_is_decoupled_and_named_apart():
         TrainConfig(optimizer="adam", decoupled_weight_decay=1e-4)
 
 
-def test_cpu_small_keeps_its_adamw_decay_explicitly():
+def test_cpu_small_trains_with_adamw_decay_on_weights_and_a_cosine_schedule():
+    """The optimiser and schedule training builds from cpu-small: AdamW whose decoupled decay
+    1e-4 acts on the weights only (no L2 penalty), one warm-up epoch then a cosine over the 10,
+    and nothing that acts on plateaus (the batch stays 32)."""
     cfg = load_config(TrainConfig, "cpu-small")
-    assert (cfg.optimizer, cfg.weight_decay, cfg.decoupled_weight_decay) == ("adamw", 0.0, 1e-4)
+    module = LensClassifier(cfg, model=Tiny())
+    built = module.configure_optimizers()
+    optimizer = built["optimizer"]
+    assert type(optimizer) is torch.optim.AdamW
+    decay = {
+        id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]
+    }
+    assert [decay[id(p)] for p in module.model.parameters()] == [
+        1e-4 if p.ndim > 1 else 0.0 for p in module.model.parameters()
+    ]
+    multiplier = built["lr_scheduler"]["scheduler"].lr_lambdas[0]
+    steps = [multiplier(epoch) for epoch in range(10)]
+    assert steps[:2] == [0.5, 1.0] and all(a > b for a, b in pairwise(steps[1:]))
+    assert steps[-1] < 0.05
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5e-3)  # the warm-up epoch's
+    assert plateau_callback(cfg) is None
+    assert regularisation(cfg).startswith("AdamW decoupled weight decay 0.0001")
 
 
 # -- BN methods on the ImageNet weights -----------------------------------------------------------

@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader
 
 from lensfinder.data.sampler import BalancedBatchSampler
 from lensfinder.errors import DataError
+from lensfinder.train.datamodule import ShuffledBatchSampler, epoch_seed
 
 LABELS = np.array([1] * 10 + [0] * 90)  # 9:1 non-lenses to lenses
 
@@ -60,10 +61,34 @@ def test_missing_class_is_a_clear_error() -> None:
         BalancedBatchSampler(np.ones(10), batch_size=4)
 
 
-def test_ranks_get_different_batches() -> None:
-    a = list(BalancedBatchSampler(LABELS, 8, 5, seed=0, rank=0, world_size=2))
-    b = list(BalancedBatchSampler(LABELS, 8, 5, seed=0, rank=1, world_size=2))
-    assert a != b
+@pytest.mark.parametrize(("world_size", "batch_size"), [(2, 10), (3, 12)])
+def test_ranks_partition_each_epoch(world_size: int, batch_size: int) -> None:
+    """At these sizes the ranks together make exactly one pass over the 90 non-lenses per
+    epoch: every non-lens goes to exactly one rank, and the 10 lenses are cycled evenly."""
+    first_epoch = None
+    for epoch in (0, 1):
+        drawn = []
+        for rank in range(world_size):
+            sampler = BalancedBatchSampler(
+                LABELS, batch_size, seed=0, rank=rank, world_size=world_size
+            )
+            sampler.set_epoch(epoch)
+            batches = list(sampler)
+            assert all(LABELS[b].sum() == batch_size // 2 for b in batches)
+            drawn.append(np.concatenate(batches))
+        others = np.concatenate([d[LABELS[d] == 0] for d in drawn])
+        assert sorted(others.tolist()) == list(range(10, 100))  # disjoint, and all of them
+        lenses = np.concatenate([d[LABELS[d] == 1] for d in drawn])
+        assert np.bincount(lenses, minlength=10).tolist() == [len(lenses) // 10] * 10
+        first_epoch = first_epoch or drawn[0].tolist()
+    assert drawn[0].tolist() != first_epoch  # and the next epoch is another partition
+
+
+def test_unbalanced_batches_partition_each_pass_between_ranks() -> None:
+    seed = epoch_seed(0, 1, 0)
+    drawn = [list(ShuffledBatchSampler(30, 5, 3, seed, rank, 2)) for rank in range(2)]
+    assert all(len(batches) == 3 and all(len(b) == 5 for b in batches) for batches in drawn)
+    assert sorted(i for batches in drawn for b in batches for i in b) == list(range(30))
 
 
 def test_works_as_a_dataloader_batch_sampler() -> None:

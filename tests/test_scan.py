@@ -85,7 +85,9 @@ def test_scan_of_a_store_equals_direct_prediction(tiny_store, runs, scheduler, t
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_scored"] == len(source)
     assert summary["shards"] == {"total": 5, "done": 5, "reused": 0}  # 24 cutouts, 5 per shard
-    assert summary["rate_cutouts_per_s"] > 0
+    # 24 cutouts over the scoring time, as the result and the summary both say
+    assert result.rate == pytest.approx(len(source) / summary["scan_seconds"], rel=1e-2)
+    assert summary["rate_cutouts_per_s"] == pytest.approx(result.rate, abs=1e-3)
     csv_lines = (out / "candidates.csv").read_text().splitlines()
     assert len(csv_lines) == len(source) + 1 and csv_lines[0].startswith('"rank","id","score"')
     assert "24 of 24" in result.summary()

@@ -189,19 +189,53 @@ def test_scan_exports_in_the_client_and_workers_only_load(
 def test_summary_reports_start_up_apart_from_the_steady_rate(
     tiny_store, scheduler, tmp_path, cache_dir
 ):
+    """The start-up phases are each measured and fit inside each other and the wall time; the
+    rates agree with the shards' own counts and timings."""
     run = make_run(tmp_path / "run", seed=4)
     out = tmp_path / "scan"
     result = scan([run], tiny_store, out, ScanConfig(predict=ONNX), scheduler=scheduler)
     summary = _summary(out)
     startup = summary["startup"]
-    for key in ("cluster_s", "models_s", "first_shard_s", "until_scoring_s", "submit_after_s"):
-        assert startup[key] >= 0, key
-    assert startup["worker_load_s"] and all(v > 0 for v in startup["worker_load_s"].values())
-    assert summary["steady_rate_cutouts_per_s"] > 0 and summary["whole_rate_cutouts_per_s"] > 0
-    assert summary["steady_cpu_ms_per_cutout"] > 0 and summary["shutdown_s"] >= 0
-    for meta in _shard_metas(out):
+    metas = _shard_metas(out)
+    for meta in metas:
         assert {"seconds", "cpu_s", "load_s", "began_at", "worker"} <= set(meta)
-    assert "start-up" in result.summary() and "cutouts/s" in result.summary()
+    slack = 0.005  # every duration is rounded to the millisecond
+    # Each phase recorded: the cluster and the models took time, every worker that scored a
+    # shard has its load time (its largest, the first shard's), and nothing else has one.
+    assert startup["cluster_s"] > 0 and startup["models_s"] > 0
+    loads: dict[str, float] = {}
+    for meta in metas:
+        loads[meta["worker"]] = max(loads.get(meta["worker"], 0.0), meta["load_s"])
+    assert startup["worker_load_s"] == pytest.approx(loads, abs=slack)
+    assert all(v > 0 for v in loads.values())
+    # Phases nest: the cluster and the models (in parallel) before submitting; a worker loads
+    # before the first shard scores; that shard scores before it comes back; all within wall.
+    submit = startup["submit_after_s"]
+    assert max(startup["cluster_s"], startup["models_s"]) <= submit + slack
+    first = min(metas, key=lambda m: m["began_at"])
+    assert submit + first["load_s"] <= startup["until_scoring_s"] + slack
+    scoring_wait = startup["until_scoring_s"] - submit
+    first_back = scoring_wait + min(m["seconds"] for m in metas)
+    assert first_back <= startup["first_shard_s"] + slack
+    assert submit + startup["first_shard_s"] <= summary["wall_s"] + slack
+    assert submit + summary["scan_seconds"] + summary["shutdown_s"] <= summary["wall_s"] + slack
+    # Rates from the shards' own counts: the whole rate is every cutout over the wall time;
+    # the steady rate leaves start-up out, so it is at least that, and at most each worker's
+    # cutouts over its scoring time alone.
+    cutouts = {worker: 0 for worker in loads}
+    scoring = {worker: 0.0 for worker in loads}
+    for meta in metas:
+        cutouts[meta["worker"]] += meta["n_scored"] + sum(meta["skipped"].values())
+        scoring[meta["worker"]] += meta["seconds"]
+    whole = summary["whole_rate_cutouts_per_s"]
+    assert whole == pytest.approx(sum(cutouts.values()) / summary["wall_s"], rel=1e-3)
+    ceiling = sum(cutouts[w] / max(scoring[w] - slack, 1e-3) for w in cutouts)
+    assert whole <= summary["steady_rate_cutouts_per_s"] <= ceiling
+    assert summary["steady_rate_cutouts_per_s"] == pytest.approx(result.steady_rate, abs=1e-3)
+    cpu_ms = 1000 * sum(m["cpu_s"] for m in metas) / sum(cutouts.values())
+    assert summary["steady_cpu_ms_per_cutout"] == pytest.approx(cpu_ms, abs=1e-3)
+    assert f"start-up {startup['until_scoring_s']:.1f} s" in result.summary()
+    assert f"{result.steady_rate:.1f} cutouts/s" in result.summary()
 
 
 # -- prefetch ----------------------------------------------------------------------------------

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import time
 from pathlib import Path
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
@@ -50,11 +52,37 @@ def store(layout_factory, tmp_path_factory) -> Path:
     return out
 
 
+class Throughput(pl.Callback):
+    """Per epoch, as the trainer runs it: training samples, and seconds from the epoch's start
+    to the end of its last training batch (validation left out)."""
+
+    def __init__(self) -> None:
+        self.samples: list[int] = []
+        self.seconds: list[float] = []
+        self._start = self._last = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.samples.append(0)
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.samples[-1] += len(batch[-1])
+        self._last = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.seconds.append(self._last - self._start)
+
+
 @pytest.fixture(scope="module")
-def trained(store, tmp_path_factory) -> tuple[TrainResult, TrainConfig]:
+def throughput() -> Throughput:
+    return Throughput()
+
+
+@pytest.fixture(scope="module")
+def trained(store, throughput, tmp_path_factory) -> tuple[TrainResult, TrainConfig]:
     config = tiny_config()
     run_dir = tmp_path_factory.mktemp("run")
-    return train(config, store, run_dir, progress=False), config
+    return train(config, store, run_dir, progress=False, callbacks=[throughput]), config
 
 
 def val_auroc_of_saved_model(run_dir: Path, store: Path, config: TrainConfig) -> float:
@@ -74,12 +102,11 @@ def val_auroc_of_saved_model(run_dir: Path, store: Path, config: TrainConfig) ->
     return float(roc_auc_score(source.labels[val], scores))
 
 
-def test_training_learns_and_writes_a_loadable_run_dir(trained, store):
+def test_training_learns_and_writes_a_loadable_run_dir(trained, store, throughput):
     result, config = trained
     run_dir = result.run_dir
     assert result.best_val_auroc > 0.8, result.summary()
     assert len(result.val_auroc_history) == result.epochs == config.max_epochs
-    assert result.images_per_s > 0
     for name in ("model.safetensors", "model.json", "metrics.csv", "config.yaml", "last.ckpt"):
         assert (run_dir / name).is_file(), name
     assert load_config(TrainConfig, run_dir / "config.yaml") == config
@@ -93,6 +120,13 @@ def test_training_learns_and_writes_a_loadable_run_dir(trained, store):
 
     assert same_data(open_source(store), meta["data"]) is True  # evaluate's split "auto"
     assert meta["metrics"]["val_auroc_history"] == pytest.approx(result.val_auroc_history)
+    # The training rate of each epoch is its samples over its training time as the trainer ran
+    # them (every epoch draws the same samples); the run's rate leaves the first epoch out.
+    rates = meta["metrics"]["images_per_s_history"]
+    assert len(set(throughput.samples)) == 1 and throughput.samples[0] >= config.batch_size
+    observed = [n / s for n, s in zip(throughput.samples, throughput.seconds, strict=True)]
+    assert rates == pytest.approx(observed, rel=0.05)
+    assert result.images_per_s == pytest.approx(np.mean(rates[1:]))
     assert meta["metrics"]["best_epoch"] == int(np.argmax(result.val_auroc_history))
     # The saved weights are the best epoch's: they reproduce its validation AUROC exactly.
     reproduced = val_auroc_of_saved_model(run_dir, store, config)

@@ -548,19 +548,31 @@ def cutouts(
     typer.echo(run(tiles, catalog, out, cfg, overwrite=overwrite).summary())
 
 
+# ``train``'s data options, declared apart to keep the verb short.
+TrainingSets = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--data",
+        "-d",
+        help="A packed store or a challenge layout; repeat to train on several together "
+        "(e.g. simulations and painted lenses).",
+    ),
+]
+SurveyField = Annotated[
+    Path | None,
+    typer.Option(
+        help="Your survey's unlabelled cutouts (store or layout; labels never read) to "
+        "learn from; the config's adapt section says how (default: lenses painted on its "
+        "galaxies).",
+    ),
+]
+
+
 @app.command()
 @user_errors
 def train(
     out: Out,
-    data: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--data",
-            "-d",
-            help="A packed store or a challenge layout; repeat to train on several together "
-            "(e.g. simulations and painted lenses).",
-        ),
-    ] = None,
+    data: TrainingSets = None,
     config: Annotated[str, typer.Option(help="Config file or shipped name; flags win.")] = (
         "cpu-small"
     ),
@@ -604,14 +616,7 @@ def train(
     init: Annotated[
         Path | None, typer.Option(help="Run directory to fine-tune instead of starting afresh.")
     ] = None,
-    adapt: Annotated[
-        Path | None,
-        typer.Option(
-            help="Your survey's unlabelled cutouts (store or layout; labels never read) to "
-            "learn from; the config's adapt section says how (default: lenses painted on its "
-            "galaxies).",
-        ),
-    ] = None,
+    adapt: SurveyField = None,
 ) -> None:
     """Train a classifier on a packed store; writes model.safetensors + model.json to OUT
     (with --members N: OUT/member-0..N-1 and OUT/ensemble.json, used as one model).
@@ -620,6 +625,7 @@ def train(
     recomputed on FIELD (minutes; an ensemble RUN is adapted member by member)."""
     from lensfinder.train.ensemble import train_models as run
 
+    paths = {"graded": graded, "graded_data": graded_data, "init": init, "adapt": adapt}
     cfg = _load(
         "train",
         config,
@@ -627,10 +633,7 @@ def train(
         devices=int(devices) if devices and devices.lstrip("-").isdigit() else devices,
         num_nodes=num_nodes,
         members=members,
-        graded=None if graded is None else str(graded),
-        graded_data=None if graded_data is None else str(graded_data),
-        init=None if init is None else str(init),
-        adapt=None if adapt is None else str(adapt),
+        **{name: None if path is None else str(path) for name, path in paths.items()},
     )
     stores = list(data or [])
     result = run(cfg, stores[0] if len(stores) == 1 else stores, out, resume=not no_resume)
@@ -935,10 +938,12 @@ def inspect(
     config: Annotated[str | None, _config_option(InspectConfig)] = None,
 ) -> None:
     """Grade candidates in the browser (A/B/C/X with the keyboard); grades go to a database."""
-    from lensfinder.inspection.app import serve
+    from lensfinder.inspection.app import open_server
 
     cfg = _load("inspect", config, db=db, host=host, port=port, grader=grader)
-    serve(scan_dir, data, cfg, token)
+    server = open_server(scan_dir, data, cfg, token)
+    typer.echo(server.summary())
+    server.serve()
 
 
 @grades_app.command("export")

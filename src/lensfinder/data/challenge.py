@@ -272,7 +272,20 @@ def read_catalog(path: Path) -> tuple[dict[str, np.ndarray], list[Problem]]:
     challenge column is a Problem; a repeated ID keeps its first row. Raises DataError when there
     is no usable header or ID.
     """
-    problems: list[Problem] = []
+    numbered = _catalog_lines(path)
+    names = _catalog_header(path, numbered[0][1])
+    kept, kept_ids, problems = _catalog_rows(path, numbered[1:], names)
+    catalog = _catalog_columns(names, kept)
+    catalog["ID"] = np.asarray(kept_ids, dtype=np.int64)
+    if not len(catalog["ID"]):
+        detail = f" ({len(problems)} unusable rows)" if problems else ""
+        raise DataError(f"{path}: catalogue has a header but no usable rows{detail}")
+    return catalog, problems
+
+
+def _catalog_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, line) of the catalogue's lines that hold something: not blank, not a
+    ``#`` comment. The first is the header; DataError when there is none."""
     try:
         # utf-8-sig: spreadsheet exports start with a byte-order mark
         text = path.read_text(encoding="utf-8-sig", errors="replace")
@@ -285,47 +298,69 @@ def read_catalog(path: Path) -> tuple[dict[str, np.ndarray], list[Problem]]:
     ]
     if not numbered:
         raise DataError(f"{path}: catalogue has no header row")
-    names = [h.strip() for h in _split_csv(numbered[0][1])]
+    return numbered
+
+
+def _catalog_header(path: Path, header: str) -> list[str]:
+    """The column names; DataError without an ID column (no row could be matched to images)."""
+    names = [h.strip() for h in _split_csv(header)]
     if "ID" not in names:
         raise DataError(f"{path}: catalogue header has no ID column (found {','.join(names)})")
+    return names
+
+
+def _catalog_rows(
+    path: Path, numbered: list[tuple[int, str]], names: list[str]
+) -> tuple[list[list[str]], list[int], list[Problem]]:
+    """The usable rows (fields as text), their IDs, and a Problem for each row left out."""
     id_column = names.index("ID")
     # Must be numbers (else the row is a Problem): the ID and the challenge's own columns.
     required = [i for i, name in enumerate(names) if name in CATALOG_COLUMNS or i == id_column]
     kept: list[list[str]] = []
     kept_ids: list[int] = []
+    problems: list[Problem] = []
     seen: set[int] = set()
-    for number, line in numbered[1:]:
+    for number, line in numbered:
         where = f"{path}:{number}"
         row = _split_csv(line)
-        if len(row) != len(names):
-            reason = f"catalogue row has {len(row)} fields, header has {len(names)}"
-            problems.append(Problem(None, where, reason))
+        checked = _catalog_row_id(row, len(names), required, id_column)
+        if isinstance(checked, str):
+            problems.append(Problem(None, where, checked))
             continue
-        try:
-            numbers = {i: _parse_number(row[i]) for i in required}
-        except ValueError:
-            problems.append(Problem(None, where, "catalogue row holds a non-number"))
+        if checked in seen:
+            problems.append(Problem(checked, where, "duplicate catalogue ID"))
             continue
-        object_id = numbers[id_column]
-        if not np.isfinite(object_id):
-            problems.append(Problem(None, where, "catalogue row has no ID"))
-            continue
-        id_text = row[id_column].strip()
-        if not float(object_id).is_integer():
-            reason = f"catalogue ID {id_text} is not a whole number"
-            problems.append(Problem(None, where, reason))
-            continue
-        whole = _whole_number(id_text)
-        if id_out_of_range(whole):
-            reason = f"catalogue ID {id_text} is out of range (IDs must fit in 64-bit integers)"
-            problems.append(Problem(None, where, reason))
-            continue
-        if whole in seen:
-            problems.append(Problem(whole, where, "duplicate catalogue ID"))
-            continue
-        seen.add(whole)
+        seen.add(checked)
         kept.append(row)
-        kept_ids.append(whole)
+        kept_ids.append(checked)
+    return kept, kept_ids, problems
+
+
+def _catalog_row_id(
+    row: list[str], n_fields: int, required: list[int], id_column: int
+) -> int | str:
+    """The row's ID, exact to the last digit, or the reason the row cannot be used."""
+    if len(row) != n_fields:
+        return f"catalogue row has {len(row)} fields, header has {n_fields}"
+    try:
+        numbers = {i: _parse_number(row[i]) for i in required}
+    except ValueError:
+        return "catalogue row holds a non-number"
+    object_id = numbers[id_column]
+    if not np.isfinite(object_id):
+        return "catalogue row has no ID"
+    id_text = row[id_column].strip()
+    if not float(object_id).is_integer():
+        return f"catalogue ID {id_text} is not a whole number"
+    whole = _whole_number(id_text)
+    if id_out_of_range(whole):
+        return f"catalogue ID {id_text} is out of range (IDs must fit in 64-bit integers)"
+    return whole
+
+
+def _catalog_columns(names: list[str], kept: list[list[str]]) -> dict[str, np.ndarray]:
+    """The named columns of the kept rows: number columns as float64, ``STRING_COLUMNS`` as
+    text; any other text column is left out (the challenge's own were checked row by row)."""
     catalog: dict[str, np.ndarray] = {}
     for column, name in enumerate(names):
         if not name:  # the unnamed leading index is a row number, not a quantity
@@ -337,12 +372,8 @@ def read_catalog(path: Path) -> tuple[dict[str, np.ndarray], list[Problem]]:
         try:
             catalog[name] = np.asarray([_parse_number(f) for f in fields], dtype=np.float64)
         except ValueError:
-            continue  # an unknown text column: checked above if it was a challenge column
-    catalog["ID"] = np.asarray(kept_ids, dtype=np.int64)
-    if not len(catalog["ID"]):
-        detail = f" ({len(problems)} unusable rows)" if problems else ""
-        raise DataError(f"{path}: catalogue has a header but no usable rows{detail}")
-    return catalog, problems
+            continue
+    return catalog
 
 
 def find_layout_root(path: str | Path) -> Path:
@@ -492,20 +523,7 @@ def read_layout(
     root = find_layout_root(path)
     rule = _as_rule(label_rule)
     problems: list[Problem] = []
-    per_band = {band.name: _list_band(root, band, problems) for band in EUCLID.bands}
-    all_ids = set().union(*per_band.values())
-    if not all_ids:
-        raise DataError(f"{root}: challenge layout holds no imageEUC_<BAND>-<ID>.fits files")
-    complete = []
-    for object_id in sorted(all_ids):
-        missing = [name for name, files in per_band.items() if object_id not in files]
-        if missing:
-            present = next(files[object_id] for files in per_band.values() if object_id in files)
-            problems.append(Problem(object_id, str(present), f"missing band {','.join(missing)}"))
-        else:
-            complete.append(object_id)
-    ids = np.asarray(complete, dtype=np.int64)
-
+    ids, imaged = _complete_objects(root, problems)
     cat_file = Path(catalog) if catalog is not None else catalog_path(root)
     if not use_catalog or not cat_file.is_file():
         if catalog is not None and use_catalog:
@@ -522,39 +540,78 @@ def read_layout(
             f"{cat_file}: catalogue lacks column(s) {', '.join(needed)} needed by the label rule "
             f"'{rule}'"
         )
-    row_of = {int(object_id): row for row, object_id in enumerate(columns["ID"])}
-    for object_id in columns["ID"]:
-        if int(object_id) not in all_ids:
+    problems += _ids_without_images(columns["ID"], imaged, cat_file)
+    listed = np.isin(ids, columns["ID"])
+    if not keep_unlisted:
+        problems += _images_without_rows(root, ids[~listed])
+        ids, listed = ids[listed], listed[listed]
+    aligned = _align_catalog(columns, ids, listed)
+    labels = rule.apply(aligned)
+    labels[~listed] = -1
+    gaps = label_gaps(rule, {c: aligned[c][listed] for c in rule.columns}, labels[listed])
+    return ChallengeLayout(
+        root, ids, labels, aligned, problems, str(rule), has_catalog=True, label_gaps=gaps
+    )
+
+
+def _complete_objects(root: Path, problems: list[Problem]) -> tuple[np.ndarray, set[int]]:
+    """IDs (sorted) of the objects with a file in every band, and the IDs with any image; an
+    object missing a band is added to ``problems``. DataError when there are no images."""
+    per_band = {band.name: _list_band(root, band, problems) for band in EUCLID.bands}
+    imaged: set[int] = set().union(*per_band.values())
+    if not imaged:
+        raise DataError(f"{root}: challenge layout holds no imageEUC_<BAND>-<ID>.fits files")
+    complete = []
+    for object_id in sorted(imaged):
+        missing = [name for name, files in per_band.items() if object_id not in files]
+        if missing:
+            present = next(files[object_id] for files in per_band.values() if object_id in files)
+            problems.append(Problem(object_id, str(present), f"missing band {','.join(missing)}"))
+        else:
+            complete.append(object_id)
+    return np.asarray(complete, dtype=np.int64), imaged
+
+
+def _ids_without_images(catalog_ids: np.ndarray, imaged: set[int], cat_file: Path) -> list[Problem]:
+    """A Problem for each catalogue row whose object has no image at all."""
+    problems = []
+    for object_id in catalog_ids:
+        if int(object_id) not in imaged:
             known = (
                 " (known missing in the challenge set)" if object_id in KNOWN_MISSING_IDS else ""
             )
             problems.append(
                 Problem(int(object_id), str(cat_file), f"catalogue ID without images{known}")
             )
-    keep = np.asarray([int(i) in row_of for i in ids], dtype=bool)
-    if not keep_unlisted:
-        for object_id in ids[~keep]:
-            problems.append(
-                Problem(
-                    int(object_id),
-                    str(image_path(root, EUCLID.bands[0], int(object_id))),
-                    "images without a catalogue row",
-                )
-            )
-        ids, keep = ids[keep], keep[keep]
+    return problems
+
+
+def _images_without_rows(root: Path, unlisted: np.ndarray) -> list[Problem]:
+    """A Problem for each object with images but no catalogue row (dropped: no label)."""
+    return [
+        Problem(
+            int(object_id),
+            str(image_path(root, EUCLID.bands[0], int(object_id))),
+            "images without a catalogue row",
+        )
+        for object_id in unlisted
+    ]
+
+
+def _align_catalog(
+    columns: dict[str, np.ndarray], ids: np.ndarray, listed: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The catalogue's columns row for row with ``ids``; an unlisted object (``listed`` False)
+    gets NaN in every number column."""
+    row_of = {int(object_id): row for row, object_id in enumerate(columns["ID"])}
     rows = np.asarray([row_of.get(int(i), 0) for i in ids], dtype=np.int64)
     aligned = {name: values[rows] for name, values in columns.items()}
     for name, values in aligned.items():
         if name == "ID":
             values[:] = ids
         elif values.dtype.kind == "f":
-            values[~keep] = np.nan
-    labels = rule.apply(aligned)
-    labels[~keep] = -1
-    gaps = label_gaps(rule, {c: aligned[c][keep] for c in rule.columns}, labels[keep])
-    return ChallengeLayout(
-        root, ids, labels, aligned, problems, str(rule), has_catalog=True, label_gaps=gaps
-    )
+            values[~listed] = np.nan
+    return aligned
 
 
 def _as_rule(rule: str | LabelRule | None) -> LabelRule:

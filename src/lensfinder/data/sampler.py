@@ -17,14 +17,24 @@ from lensfinder.errors import DataError
 
 
 class _Cycle:
-    """An endless stream of the given indices, reshuffled on every pass."""
+    """An endless stream of the given indices, reshuffled on every pass, shared out between
+    ``world_size`` ranks: every rank draws the same stream (same generator, same pace) and keeps
+    every ``world_size``-th item from its ``rank``, so within a pass the ranks' items are
+    disjoint and together cover every index. One rank keeps the whole stream."""
 
-    def __init__(self, indices: np.ndarray, rng: np.random.Generator) -> None:
+    def __init__(
+        self, indices: np.ndarray, rng: np.random.Generator, rank: int = 0, world_size: int = 1
+    ) -> None:
         self.indices, self.rng = indices, rng
+        self.rank, self.world_size = rank, world_size
         self.order = rng.permutation(indices)
         self.at = 0
 
     def take(self, count: int) -> np.ndarray:
+        """This rank's next ``count`` items (the stream moves on by ``count`` for every rank)."""
+        return self._stream(count * self.world_size)[self.rank :: self.world_size]
+
+    def _stream(self, count: int) -> np.ndarray:
         out = []
         while count > 0:
             if self.at == len(self.order):
@@ -41,7 +51,9 @@ class BalancedBatchSampler(Sampler[list[int]]):
 
     ``batch_size`` may be changed between epochs (the trainer grows it on plateaus).
     ``num_batches=None`` gives one pass over the majority class per epoch. Positions with label
-    -1 (unknown) are never drawn. ``rank``/``world_size`` give each DDP process its own batches.
+    -1 (unknown) are never drawn. ``rank``/``world_size`` share each epoch's draws out between
+    the DDP processes: within a pass over a class their objects are disjoint, and together they
+    cover every object (``num_batches=None``: one pass over the majority class in all).
     """
 
     def __init__(
@@ -96,8 +108,11 @@ class BalancedBatchSampler(Sampler[list[int]]):
         return self.num_batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        rng = np.random.default_rng([self.seed, self.epoch, self.rank, self.world_size])
-        lenses, others = _Cycle(self.positives, rng), _Cycle(self.negatives, rng)
+        # One generator for every rank, so that they share the streams out (_Cycle); its seed
+        # keeps a 0 where the rank once was, so a one-process run draws the batches it always did.
+        rng = np.random.default_rng([self.seed, self.epoch, 0, self.world_size])
+        lenses = _Cycle(self.positives, rng, self.rank, self.world_size)
+        others = _Cycle(self.negatives, rng, self.rank, self.world_size)
         n_lenses = self.batch_size // 2
         for _ in range(self.num_batches):
             batch = np.concatenate([lenses.take(n_lenses), others.take(self.batch_size - n_lenses)])

@@ -558,6 +558,30 @@ def _unit_vectors(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
     return np.stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)], axis=-1)
 
 
+def _unplaced(
+    missing: np.ndarray,
+    rows: CatalogRows,
+    root: Path,
+    finite: np.ndarray,
+    reason: list[str | None],
+    on_edge: list[str | None],
+) -> list[Problem]:
+    """Why each object no tile can give whole is left out: no position, a broken tile, a tile
+    edge, or outside every tile."""
+    problems = []
+    for i in missing.tolist():
+        object_id = int(rows.ids[i])
+        if not finite[i]:
+            problems.append(Problem(object_id, str(rows.path), "no position (RA or Dec missing)"))
+        elif reason[i] is not None or on_edge[i] is not None:
+            where, _, why = str(reason[i] or on_edge[i]).partition(": ")
+            problems.append(Problem(object_id, where, why))
+        else:
+            where_not = f"outside every tile (RA {rows.ra[i]:.6f}, Dec {rows.dec[i]:.6f}) in {root}"
+            problems.append(Problem(object_id, str(rows.path), where_not))
+    return problems
+
+
 def plan_cutouts(tiles: list[TileFiles], rows: CatalogRows, root: Path) -> TilePlan:
     """Which tile each object is cut from: one holding its whole cutout with every band usable
     (the one where it lies furthest from an edge); the others become counted problems."""
@@ -599,25 +623,7 @@ def plan_cutouts(tiles: list[TileFiles], rows: CatalogRows, root: Path) -> TileP
                     f"{tile.reference}: cutout crosses the tile edge (tile {tile.index}, pixel "
                     f"{x[j]:.0f}, {y[j]:.0f}; no neighbouring tile holds it whole)"
                 )
-    problems = []
-    for i in np.flatnonzero(best < 0).tolist():
-        object_id = int(rows.ids[i])
-        if not finite[i]:
-            problems.append(Problem(object_id, str(rows.path), "no position (RA or Dec missing)"))
-        elif reason[i] is not None:
-            where, _, why = str(reason[i]).partition(": ")
-            problems.append(Problem(object_id, where, why))
-        elif on_edge[i] is not None:
-            where, _, why = str(on_edge[i]).partition(": ")
-            problems.append(Problem(object_id, where, why))
-        else:
-            problems.append(
-                Problem(
-                    object_id,
-                    str(rows.path),
-                    f"outside every tile (RA {rows.ra[i]:.6f}, Dec {rows.dec[i]:.6f}) in {root}",
-                )
-            )
+    problems = _unplaced(np.flatnonzero(best < 0), rows, root, finite, reason, on_edge)
     chosen = np.flatnonzero(best >= 0)
     # tile by tile, and within a tile by pixel row: consecutive objects share file pages
     order = chosen[np.lexsort((xy[chosen, 0], xy[chosen, 1], best[chosen]))]

@@ -21,6 +21,7 @@ import html
 import io
 import socket
 import threading
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -49,7 +50,6 @@ from lensfinder.presentation import PAGE_ASSETS
 from lensfinder.presentation.composite import asinh_stretch, colour_composite, resize_square
 from lensfinder.scan.catalog import read_candidates
 from lensfinder.scan.gallery import open_scanned_data
-from lensfinder.stages import report
 
 HERE = PAGE_ASSETS  # the page and its static files
 PAGE = HERE / "page.html"
@@ -278,19 +278,21 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
-def create_app(inspector: Inspector, token: str | None = None) -> FastAPI:
-    """The FastAPI application over one ``Inspector``."""
-    app = FastAPI(title="lensfinder inspect", docs_url=None, redoc_url=None, openapi_url=None)
+def grading_page(cfg: InspectConfig) -> str:
+    """The page with the grade definitions and the default grader filled in; the grader goes
+    in as an escaped attribute that the script reads as data."""
     definitions = "".join(
         f"<li><b>{html.escape(g)}</b> {html.escape(text)}</li>" for g, text in GRADES.items()
     )
-    # The default grader goes in as an escaped attribute that the script reads as data.
-    page = (
+    return (
         PAGE.read_text()
         .replace("{{DEFINITIONS}}", definitions)
-        .replace("{{GRADER}}", html.escape(inspector.cfg.grader, quote=True))
+        .replace("{{GRADER}}", html.escape(cfg.grader, quote=True))
     )
-    static = {name: (HERE / name).read_bytes() for name in STATIC}
+
+
+def _add_token_check(app: FastAPI, token: str | None) -> None:
+    """Every request carries ``token`` (header, ``?token=`` once, then the cookie), if set."""
 
     @app.middleware("http")
     async def require_token(request: Request, call_next: Any) -> Response:
@@ -309,15 +311,26 @@ def create_app(inspector: Inspector, token: str | None = None) -> FastAPI:
             response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
         return response
 
-    # Added last, so outermost: a wrong Host or an oversized body is refused before anything
-    # else runs, and every response, refusals included, carries the security headers.
+
+def _add_guards(app: FastAPI, host: str) -> None:
+    """Host check, body limit and security headers; a user error is an HTTP 400 with its line.
+
+    Added after the token check, so outermost: a wrong Host or an oversized body is refused
+    before anything else runs, and every response, refusals included, carries the security
+    headers.
+    """
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(inspector.cfg.host))
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(host))
     app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(LensfinderError)
     async def user_error(_request: Request, exc: LensfinderError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
+
+
+def _add_page_routes(app: FastAPI, page: str) -> None:
+    """The page and its script and style sheet, read once."""
+    static = {name: (HERE / name).read_bytes() for name in STATIC}
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
@@ -328,6 +341,10 @@ def create_app(inspector: Inspector, token: str | None = None) -> FastAPI:
         if name not in STATIC:
             return JSONResponse({"detail": "not found"}, status_code=404)
         return Response(static[name], media_type=STATIC[name])
+
+
+def _add_api_routes(app: FastAPI, inspector: Inspector) -> None:
+    """The JSON API: candidates, one candidate, its pictures, grading, the CSV export."""
 
     @app.get("/api/candidates")
     def candidates(
@@ -372,6 +389,14 @@ def create_app(inspector: Inspector, token: str | None = None) -> FastAPI:
             headers={"Content-Disposition": 'attachment; filename="grades.csv"'},
         )
 
+
+def create_app(inspector: Inspector, token: str | None = None) -> FastAPI:
+    """The FastAPI application over one ``Inspector``."""
+    app = FastAPI(title="lensfinder inspect", docs_url=None, redoc_url=None, openapi_url=None)
+    _add_token_check(app, token)
+    _add_guards(app, inspector.cfg.host)
+    _add_page_routes(app, grading_page(inspector.cfg))
+    _add_api_routes(app, inspector)
     return app
 
 
@@ -394,17 +419,36 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(scan: str | Path, data: str | Path, cfg: InspectConfig, token: str | None = None) -> None:
-    """Run the app until interrupted (uvicorn, one process: the database takes the concurrency)."""
-    import uvicorn
+@dataclass
+class GradingServer:
+    """An app over one scan, its listening socket bound, ready to serve."""
 
+    inspector: Inspector
+    app: FastAPI
+    sock: socket.socket
+    url: str  # with ``?token=`` when the server needs one
+
+    def summary(self) -> str:
+        """Where to grade and where the grades go (the caller shows it)."""
+        where = f"{self.url} (grades: {self.inspector.book.shown_url})"
+        return f"grading {len(self.inspector.rows)} candidates at {where}"
+
+    def serve(self) -> None:
+        """Run until interrupted (uvicorn, one process: the database takes the concurrency)."""
+        import uvicorn
+
+        config = uvicorn.Config(self.app, log_level="warning")
+        uvicorn.Server(config).run(sockets=[self.sock])
+
+
+def open_server(
+    scan: str | Path, data: str | Path, cfg: InspectConfig, token: str | None = None
+) -> GradingServer:
+    """Check the bind, read the scan and bind the port: every refusal comes before the caller
+    says where the app is, so a busy port is one line, never a "grading at" line and a failure."""
     check_bind(cfg.host, token)
     inspector = Inspector(scan, data, cfg)
     sock = listen(cfg.host, cfg.port)
     shown_host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
-    where = f"http://{shown_host}:{cfg.port}/" + (f"?token={token}" if token else "")
-    report(
-        f"grading {len(inspector.rows)} candidates at {where} (grades: {inspector.book.shown_url})"
-    )
-    config = uvicorn.Config(create_app(inspector, token), log_level="warning")
-    uvicorn.Server(config).run(sockets=[sock])
+    url = f"http://{shown_host}:{cfg.port}/" + (f"?token={token}" if token else "")
+    return GradingServer(inspector, create_app(inspector, token), sock, url)

@@ -178,14 +178,8 @@ def _nisp_mask(segment: np.ndarray, vis: Band, band: Band) -> np.ndarray:
 
 def measure(vis: np.ndarray, nisp: np.ndarray, survey: Survey) -> Measurement:
     """Noise, central galaxy and neighbours of one cutout (VIS (200, 200), NISP (3, 66, 66))."""
-    from scipy import ndimage
-
     reference = survey.band(survey.reference_band)
-    others = [b for b in survey.bands if b.name != reference.name]
-    images = {reference.name: np.asarray(vis, np.float64)}
-    images.update(
-        {b.name: np.asarray(img, np.float64) for b, img in zip(others, nisp, strict=True)}
-    )
+    images = _band_images(vis, nisp, survey)
     noise = {name: band_noise(images[name], survey.band(name)) for name in images}
     bad = [n for n, v in noise.items() if not (v.sigma > 0 and math.isfinite(v.background))]
     if bad:
@@ -193,16 +187,40 @@ def measure(vis: np.ndarray, nisp: np.ndarray, survey: Survey) -> Measurement:
 
     sky = images[reference.name] - noise[reference.name].background
     labels, count = _segments(sky, reference, noise[reference.name].sigma)
-    x, y = (np.asarray(a) for a in pixel_grid(reference).pixel_coordinates)
-    radius = _radius(reference)
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
-    central_label = 0
-    near = (radius < CENTRE_RADIUS) & (labels > 0)
-    if near.any():
-        central_label = int(np.bincount(labels[near]).argmax())
-    # neighbours: centroids (by flux) of the other segments big enough to be real
+    central_label = _central_label(labels, reference)
+    neighbour_distances = _neighbour_distances(sky, labels, sizes, central_label, reference)
+    if central_label == 0 or sizes[central_label] < MIN_SEGMENT_PIXELS:
+        return Measurement(noise, None, neighbour_distances)
+    galaxy = _central_galaxy(images, noise, sky, labels == central_label, labels, survey)
+    return Measurement(noise, galaxy, neighbour_distances)
+
+
+def _band_images(vis: np.ndarray, nisp: np.ndarray, survey: Survey) -> dict[str, np.ndarray]:
+    """Band name -> float64 image: the reference band (VIS) first, then the others in order."""
+    reference = survey.band(survey.reference_band)
+    others = [b for b in survey.bands if b.name != reference.name]
+    images = {reference.name: np.asarray(vis, np.float64)}
+    images.update(
+        {b.name: np.asarray(img, np.float64) for b, img in zip(others, nisp, strict=True)}
+    )
+    return images
+
+
+def _central_label(labels: np.ndarray, reference: Band) -> int:
+    """The segment holding most pixels within ``CENTRE_RADIUS`` of the centre; 0 for none."""
+    near = (_radius(reference) < CENTRE_RADIUS) & (labels > 0)
+    return int(np.bincount(labels[near]).argmax()) if near.any() else 0
+
+
+def _neighbour_distances(
+    sky: np.ndarray, labels: np.ndarray, sizes: np.ndarray, central_label: int, reference: Band
+) -> np.ndarray:
+    """Distances (arcsec) of the flux-weighted centroids of the segments other than the
+    central one that are big enough to be real."""
+    x, y = (np.asarray(a) for a in pixel_grid(reference).pixel_coordinates)
     distances = []
-    for label in range(1, count + 1):
+    for label in range(1, len(sizes)):
         if label == central_label or sizes[label] < MIN_SEGMENT_PIXELS:
             continue
         mask = labels == label
@@ -210,24 +228,47 @@ def measure(vis: np.ndarray, nisp: np.ndarray, survey: Survey) -> Measurement:
         distances.append(
             math.hypot(np.average(x[mask], weights=weights), np.average(y[mask], weights=weights))
         )
-    neighbour_distances = np.asarray(distances, dtype=float)
-    if central_label == 0 or sizes[central_label] < MIN_SEGMENT_PIXELS:
-        return Measurement(noise, None, neighbour_distances)
+    return np.asarray(distances, dtype=float)
 
-    # the central galaxy: its segment grown by two pixels (wings below the threshold), never
-    # into another segment
-    segment = ndimage.binary_dilation(labels == central_label, iterations=2)
-    segment &= (labels == 0) | (labels == central_label)
+
+def _central_galaxy(
+    images: dict[str, np.ndarray],
+    noise: dict[str, BandNoise],
+    sky: np.ndarray,
+    central: np.ndarray,
+    labels: np.ndarray,
+    survey: Survey,
+) -> Galaxy | None:
+    """The central galaxy measured on its segment (``central``) grown by two pixels (wings
+    below the threshold), never into another segment; None when it has no positive flux."""
+    from scipy import ndimage
+
+    reference = survey.band(survey.reference_band)
+    segment = ndimage.binary_dilation(central, iterations=2)
+    segment &= (labels == 0) | central
     flux = {reference.name: float(sky[segment].sum())}
-    for band in others:
+    for band in (b for b in survey.bands if b.name != reference.name):
         mask = _nisp_mask(segment, reference, band)
         flux[band.name] = float((images[band.name] - noise[band.name].background)[mask].sum())
     snr = flux[reference.name] / (noise[reference.name].sigma * math.sqrt(segment.sum()))
     weights = np.clip(sky[segment], 0, None)
+    if not float(weights.sum()) > 0:
+        return None
+    x, y = (np.asarray(a) for a in pixel_grid(reference).pixel_coordinates)
+    cx, cy, q, phi, half_light = _light_shape(weights, x[segment], y[segment])
+    mag = {
+        name: _ab_magnitude(value, noise[name].scale, survey.band(name))
+        for name, value in flux.items()
+    }
+    return Galaxy(flux, snr, cx, cy, q, phi, half_light, mag, segment)
+
+
+def _light_shape(
+    weights: np.ndarray, xs: np.ndarray, ys: np.ndarray
+) -> tuple[float, float, float, float, float]:
+    """Centroid, axis ratio and position angle from the light's second moments, and the
+    half-light radius, of pixels at (``xs``, ``ys``) weighted by their (positive) flux."""
     total = float(weights.sum())
-    if not total > 0:
-        return Measurement(noise, None, neighbour_distances)
-    xs, ys = x[segment], y[segment]
     cx, cy = float(weights @ xs / total), float(weights @ ys / total)
     dx, dy = xs - cx, ys - cy
     mxx, myy, mxy = (float(weights @ v / total) for v in (dx * dx, dy * dy, dx * dy))
@@ -239,12 +280,7 @@ def measure(vis: np.ndarray, nisp: np.ndarray, survey: Survey) -> Measurement:
     cumulative = np.cumsum(weights[order])
     half = int(np.searchsorted(cumulative, cumulative[-1] / 2))
     half_light = float(np.hypot(dx, dy)[order][min(half, len(order) - 1)])
-    mag = {
-        name: _ab_magnitude(value, noise[name].scale, survey.band(name))
-        for name, value in flux.items()
-    }
-    galaxy = Galaxy(flux, snr, cx, cy, q, phi, half_light, mag, segment)
-    return Measurement(noise, galaxy, neighbour_distances)
+    return cx, cy, q, phi, half_light
 
 
 def _ab_magnitude(flux: float, scale: float, band: Band) -> float:

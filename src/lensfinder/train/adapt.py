@@ -358,12 +358,7 @@ class JointAdaptation(nn.Module):
         outputs, labelled_features = self._forward_with_features(lit, x, lit.outputs)
         supervised, _, target = lit.loss_of(outputs, y)  # with the theta_E head's term, if any
         n = len(target)
-        trainer = lit.trainer
-        steps = max(int(trainer.num_training_batches), 1) if trainer is not None else 1
-        epochs = max(int(trainer.max_epochs or 1), 1) if trainer is not None else 1
-        epoch = int(trainer.current_epoch) if trainer is not None else 0
-        strength = ramp((epoch + batch_idx / steps) / epochs)
-        rank = int(trainer.global_rank) if trainer is not None else 0
+        strength, rank = _strength_and_rank(lit.trainer, batch_idx)
         field_n = max(2, round(n * self.adapt.field_batch_fraction))  # BN needs 2 for statistics
         field_x = self._draw(field_n, lit.device, rank)
         teacher = (
@@ -374,48 +369,78 @@ class JointAdaptation(nn.Module):
         logs: dict[str, torch.Tensor | float] = {"train_loss": supervised}
         if self.domain_head is not None:
             scale = self.adapt.dann_weight * strength
-            features = torch.cat([labelled_features, field_features])
-            domain = torch.cat(
-                [features.new_zeros(len(labelled_features)), features.new_ones(len(field_features))]
-            )
-            domain_logits = self.domain_head(reverse_gradient(features, scale)).reshape(-1)
-            weights = torch.cat(  # each domain counts half, whatever the batch sizes
-                [
-                    features.new_full((len(labelled_features),), 0.5 / len(labelled_features)),
-                    features.new_full((len(field_features),), 0.5 / len(field_features)),
-                ]
-            )
-            domain_loss = (
-                nn.functional.binary_cross_entropy_with_logits(
-                    domain_logits, domain, reduction="none"
-                )
-                * weights
-            ).sum()
+            domain_loss = self._domain_loss(labelled_features, field_features, scale)
             total = total + domain_loss
             logs["adapt_domain_loss"] = domain_loss
             logs["adapt_dann_scale"] = scale
         if teacher is not None:
-            threshold = self.adapt.consistency_threshold
-            confident = (teacher >= threshold) | (teacher <= 1 - threshold)
-            pseudo = (teacher >= 0.5).float()
-            per_cutout = nn.functional.binary_cross_entropy_with_logits(
-                field_logits, pseudo, reduction="none"
-            )
-            consistency = (per_cutout * confident.float()).sum() / len(teacher)
+            consistency, confident = self._consistency_loss(teacher, field_logits)
             total = total + self.adapt.consistency_weight * strength * consistency
             logs["adapt_consistency_loss"] = consistency
-            logs["adapt_confident"] = confident.float().mean()
-        for name, value in logs.items():
-            lit.log(
-                name,
-                value,
-                on_epoch=True,
-                on_step=False,
-                prog_bar=name == "train_loss",
-                batch_size=n,
-                sync_dist=True,
-            )
+            logs["adapt_confident"] = confident
+        _log_epoch_means(lit, logs, n)
         return total, n
+
+    def _domain_loss(
+        self, labelled_features: torch.Tensor, field_features: torch.Tensor, scale: float
+    ) -> torch.Tensor:
+        """The domain head's loss (labelled 0, field 1) on features whose gradient reaches the
+        model reversed and times ``scale`` (DANN); each domain counts half, whatever the batch
+        sizes."""
+        assert self.domain_head is not None
+        features = torch.cat([labelled_features, field_features])
+        domain = torch.cat(
+            [features.new_zeros(len(labelled_features)), features.new_ones(len(field_features))]
+        )
+        domain_logits = self.domain_head(reverse_gradient(features, scale)).reshape(-1)
+        weights = torch.cat(
+            [
+                features.new_full((len(labelled_features),), 0.5 / len(labelled_features)),
+                features.new_full((len(field_features),), 0.5 / len(field_features)),
+            ]
+        )
+        return (
+            nn.functional.binary_cross_entropy_with_logits(domain_logits, domain, reduction="none")
+            * weights
+        ).sum()
+
+    def _consistency_loss(
+        self, teacher: torch.Tensor, field_logits: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss against the teacher's confident pseudo-labels (others count zero), and the
+        fraction of the field batch that was confident."""
+        threshold = self.adapt.consistency_threshold
+        confident = (teacher >= threshold) | (teacher <= 1 - threshold)
+        pseudo = (teacher >= 0.5).float()
+        per_cutout = nn.functional.binary_cross_entropy_with_logits(
+            field_logits, pseudo, reduction="none"
+        )
+        consistency = (per_cutout * confident.float()).sum() / len(teacher)
+        return consistency, confident.float().mean()
+
+
+def _strength_and_rank(trainer: Any, batch_idx: int) -> tuple[float, int]:
+    """The adaptation strength at this step (``ramp`` over the whole training) and this
+    process's rank; 1 epoch of 1 step on rank 0 without a trainer."""
+    steps = max(int(trainer.num_training_batches), 1) if trainer is not None else 1
+    epochs = max(int(trainer.max_epochs or 1), 1) if trainer is not None else 1
+    epoch = int(trainer.current_epoch) if trainer is not None else 0
+    rank = int(trainer.global_rank) if trainer is not None else 0
+    return ramp((epoch + batch_idx / steps) / epochs), rank
+
+
+def _log_epoch_means(lit: Any, logs: dict[str, torch.Tensor | float], n: int) -> None:
+    """Each value as an epoch mean weighted by the labelled batch size, over all processes."""
+    for name, value in logs.items():
+        lit.log(
+            name,
+            value,
+            on_epoch=True,
+            on_step=False,
+            prog_bar=name == "train_loss",
+            batch_size=n,
+            sync_dist=True,
+        )
 
 
 # -- records and the adapt-only path -----------------------------------------------------------

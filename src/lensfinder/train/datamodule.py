@@ -3,10 +3,10 @@ epoch so that a batch size changed by ``BatchSizeGrowth`` takes effect at the ne
 
 Every epoch draws the same number of samples (``max_train_samples``, at most the training split),
 so epochs stay comparable as the batch grows; only the number of steps changes. Batches come from
-``BalancedBatchSampler`` (half lenses, half not) or from plain shuffling, seeded by (seed, epoch,
-rank): a resumed run draws the same batches as an uninterrupted one (augmentations and dropout
-differ, their random streams are not checkpointed). With several
-processes each draws its own share of the epoch's batches and validates its own slice of the
+``BalancedBatchSampler`` (half lenses, half not) or from plain shuffling, seeded by (seed,
+epoch): a resumed run draws the same batches as an uninterrupted one (augmentations and dropout
+differ, their random streams are not checkpointed). With several processes each draws its own
+share of the epoch's batches (disjoint within a pass) and validates its own slice of the
 validation set (the AUROC metric gathers the slices), so Lightning's distributed sampler is off.
 
 The data path is cheap next to the model: the model inputs of both sets are computed once at setup
@@ -100,14 +100,26 @@ def epoch_seed(*parts: int) -> int:
 
 class ShuffledBatchSampler:
     """``num_batches`` batches of ``batch_size`` distinct-within-a-pass indices into ``n`` items,
-    reshuffled for every pass; the unbalanced counterpart of ``BalancedBatchSampler``."""
+    reshuffled for every pass; the unbalanced counterpart of ``BalancedBatchSampler``. With
+    ``world_size`` ranks (all given the same ``seed``) rank ``rank`` keeps every
+    ``world_size``-th item of the one shuffled stream: within a pass the ranks' items are
+    disjoint and together cover every index."""
 
-    def __init__(self, n: int, batch_size: int, num_batches: int, seed: int) -> None:
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        num_batches: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         if n < 1 or batch_size < 1 or num_batches < 1:
             raise ValueError(
                 f"need n, batch_size, num_batches >= 1: {n}, {batch_size}, {num_batches}"
             )
         self.n, self.batch_size, self.num_batches, self.seed = n, batch_size, num_batches, seed
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
         return self.num_batches
@@ -115,8 +127,9 @@ class ShuffledBatchSampler:
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng(self.seed)
         needed = self.batch_size * self.num_batches
-        passes = -(-needed // self.n)
-        order = np.concatenate([rng.permutation(self.n) for _ in range(passes)])[:needed]
+        passes = -(-needed * self.world_size // self.n)
+        stream = np.concatenate([rng.permutation(self.n) for _ in range(passes)])
+        order = stream[self.rank :: self.world_size][:needed]
         for start in range(0, needed, self.batch_size):
             yield order[start : start + self.batch_size].tolist()
 
@@ -403,8 +416,9 @@ class LensDataModule(pl.LightningDataModule):
             )
             sampler.set_epoch(epoch)
         else:
-            seed = epoch_seed(self.config.seed, epoch, rank)
-            sampler = ShuffledBatchSampler(len(dataset), batch_size, num_batches, seed)
+            # 0 where the rank once was: one stream for all ranks, as a one-process run had it
+            seed = epoch_seed(self.config.seed, epoch, 0)
+            sampler = ShuffledBatchSampler(len(dataset), batch_size, num_batches, seed, rank, world)
         return self._loader(dataset, batch_sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
