@@ -125,7 +125,7 @@ def test_grades_consensus_two_graders_and_filters(client, tmp_path):
     assert len(GradeBook(inspector.book.url).history()) == 5  # every grade kept
 
     for name in ("grades.csv", "grades.parquet"):
-        path, n = export_grades(inspector.book.url, tmp_path / name)
+        path, n = (export := export_grades(inspector.book.url, tmp_path / name)).path, export.n
         assert n == 2
         table = pacsv.read_csv(path) if name.endswith(".csv") else pq.read_table(path)
         rows = {r["id"]: r for r in table.to_pylist()}
@@ -319,7 +319,8 @@ def test_grade_with_the_keyboard_reload_and_export(server, browser, tmp_path):
     if os.environ.get("LENSFINDER_SCREENSHOT"):
         shutil.copyfile(screenshot, Path(os.environ["LENSFINDER_SCREENSHOT"]))
 
-    out, n = export_grades(inspector.book.url, tmp_path / "grades.csv")
+    export = export_grades(inspector.book.url, tmp_path / "grades.csv")
+    out, n = export.path, export.n
     assert n == 2 and read_graded(out) == {ids[0]: "A", ids[1]: "X"}
 
 
