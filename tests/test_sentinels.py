@@ -63,7 +63,8 @@ def served(tiny_store, sentinel_layout, tmp_path) -> Iterator[tuple[RecordingCli
 
 def grade_the_queue(client: TestClient, inspector: Inspector, grader: str, honest: bool):
     """Grade every item the queue serves ``grader``, fetching its pictures as the page does;
-    sentinels graded right (``honest``) or wrong. Returns the items served, in order."""
+    sentinels graded right (``honest``) or wrong, candidates by their score (``honest``) or all
+    C. Returns the items served, in order."""
     served = []
     step = client.get("/api/queue", params={"grader": grader}).json()
     while step["token"] is not None:
@@ -76,8 +77,10 @@ def grade_the_queue(client: TestClient, inspector: Inspector, grader: str, hones
         if item.kind == "sentinel":
             truth = inspector.sentinels.is_lens[item.key]
             letter = "A" if truth == honest else "X"
-        else:
+        elif honest:
             letter = "B" if inspector.scores[item.key] > 0.5 else "X"
+        else:
+            letter = "C"
         body = {"token": token, "grade": letter, "grader": grader, "notes": ""}
         response = client.post("/api/queue", json=body)
         assert response.status_code == 200, response.text
@@ -143,7 +146,10 @@ def test_queue_hides_sentinels_learns_skill_and_retires(served):
     ann_lenses = sum(inspector.sentinels.is_lens[i.key] for i in sentinels)
     assert rows["ann"]["lenses_caught"] == ann_lenses and rows["ann"]["lenses_missed"] == 0
     assert rows["ann"]["false_alarms"] == 0 and rows["bob"]["lenses_caught"] == 0
-    assert team["kappa"] is not None and team["candidates"][0]["posterior"] >= 0.9
+    assert team["kappa"] < 1  # bob's C grades disagree with ann's B and X
+    posteriors = [c["posterior"] for c in team["candidates"]]
+    assert posteriors == sorted(posteriors, reverse=True)  # most probable lenses first
+    assert team["candidates"][0]["posterior"] > team["candidates"][0]["prior"]
 
 
 def test_export_has_posterior_class_and_agreement(served, tmp_path):

@@ -11,7 +11,7 @@ import pytest
 
 from lensfinder.config import ColourViewConfig, GradingConfig
 from lensfinder.data import swap
-from lensfinder.errors import ConfigError
+from lensfinder.errors import ConfigError, DataError
 from lensfinder.inspection.queue import Item, pick
 from lensfinder.presentation.composite import VIEWS, draw_view, mtf, mtf_stretch
 
@@ -149,3 +149,28 @@ def test_colour_views():
     assert (draw_view(vis, nisp, "asinh", soft) != pictures["asinh"]).any()
     with pytest.raises(ValueError, match="expected one of"):
         draw_view(vis, nisp, "rainbow")
+
+
+def test_posterior_labels_for_training_and_gallery_view(tmp_path):
+    from lensfinder.config import TrainConfig
+    from lensfinder.data.grades import posterior_grades, read_graded_posteriors
+    from lensfinder.presentation.gallery import StampStyle, _stamp
+
+    assert posterior_grades({1: 0.95, 2: 0.5, 3: 0.02, 4: 0.9}, 0.9, 0.1) == {
+        1: "A",
+        3: "X",
+        4: "A",
+    }
+    export = tmp_path / "grades.csv"
+    export.write_text("id,grade,posterior\n1,C,0.95\n2,C,0.4\n")
+    assert read_graded_posteriors(export) == {1: 0.95, 2: 0.4}
+    export.write_text("id,grade,posterior\n1,C,1.5\n")
+    with pytest.raises(DataError, match="no valid posterior"):
+        read_graded_posteriors(export)
+    with pytest.raises(ConfigError, match="graded_posterior"):
+        TrainConfig(graded_by="posterior", graded_posterior_lens=0.1, graded_posterior_nonlens=0.5)
+    rng = np.random.default_rng(1)
+    vis, nisp = rng.normal(size=(40, 40)), rng.normal(size=(3, 14, 14))
+    grey = _stamp(vis, nisp, StampStyle(3.0, 40, ColourViewConfig(view="vis")))
+    assert (grey[..., 0] == grey[..., 1]).all()
+    assert (_stamp(vis, nisp, StampStyle(3.0, 40)) != grey).any()  # vis-nisp by default

@@ -855,10 +855,10 @@ class GradingConfig(Checked):
     skill_prior_strength: float = 4.0  # ...worth this many sentinels
     c_weight: float = 0.5  # a C grade is this much of a "lens" vote (the rest "not")
     # prior = logistic(logit(prior_base_rate) + prior_weight x logit(network score))
-    prior_base_rate: float = 0.5
+    prior_base_rate: float = 0.1  # lenses among the candidates before the score is seen
     prior_weight: float = 0.5
-    retire_below: float = 0.02  # posterior under this: retired as not a lens
-    retire_above: float = 0.98  # posterior over this: retired as a lens
+    retire_below: float = 0.005  # posterior under this: retired as not a lens
+    retire_above: float = 0.95  # posterior over this: retired as a lens
     retire_min_grades: int = 1
     skill_block: int = 25  # a grader sees their own skill as of whole blocks of this many grades
 

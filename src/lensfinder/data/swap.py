@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -131,8 +132,8 @@ def vote_likelihoods(vote: float, skill: Skill) -> tuple[float, float]:
     )
 
 
-def update(probability: float, vote: float, skill: Skill) -> float:
-    """Bayes' rule for one vote: the lens probability after it."""
+def update(probability: Any, vote: float, skill: Skill) -> Any:
+    """Bayes' rule for one vote: the lens probability after it (a float or an array of them)."""
     given_lens, given_not = vote_likelihoods(vote, skill)
     lens = probability * given_lens
     return lens / (lens + (1.0 - probability) * given_not)
@@ -158,29 +159,32 @@ def posterior(prior: float, votes: Iterable[tuple[float, Skill]]) -> float:
     return probability
 
 
-def binary_entropy(p: float) -> float:
-    """H(p) in bits."""
-    if p <= 0.0 or p >= 1.0:
-        return 0.0
-    return -(p * math.log2(p) + (1.0 - p) * math.log2(1.0 - p))
+def binary_entropy(p: Any) -> Any:
+    """H(p) in bits (0 at 0 and 1); a float, or an array for an array."""
+    q = np.clip(np.asarray(p, dtype=np.float64), 1e-300, 1.0 - 1e-16)
+    h = -(q * np.log2(q) + (1.0 - q) * np.log2(1.0 - q))
+    h = np.where((np.asarray(p) <= 0.0) | (np.asarray(p) >= 1.0), 0.0, h)
+    return float(h) if h.ndim == 0 else h
 
 
-def expected_information(probability: float, skill: Skill) -> float:
+def expected_information(probability: Any, skill: Skill) -> Any:
     """Bits one more hard vote ("lens" or "not") from a grader of ``skill`` is expected to give
-    about a candidate now at ``probability``: the mutual information of vote and truth."""
-    expected_after = 0.0
+    about a candidate now at ``probability``: the mutual information of vote and truth (a
+    float, or an array for an array of candidates)."""
+    p = np.asarray(probability, dtype=np.float64)
+    expected_after = np.zeros_like(p)
     for vote in (1.0, 0.0):
         given_lens, given_not = vote_likelihoods(vote, skill)
-        p_vote = probability * given_lens + (1.0 - probability) * given_not
-        if p_vote > 0:
-            expected_after += p_vote * binary_entropy(update(probability, vote, skill))
-    return max(0.0, binary_entropy(probability) - expected_after)
+        p_vote = p * given_lens + (1.0 - p) * given_not
+        expected_after += p_vote * binary_entropy(update(p, vote, skill))
+    gain = np.maximum(0.0, binary_entropy(p) - expected_after)
+    return float(gain) if gain.ndim == 0 else gain
 
 
 @dataclass(frozen=True)
 class Retirement:
-    below: float = 0.02  # retired as "not a lens" under this posterior
-    above: float = 0.98  # retired as "lens" over it
+    below: float = 0.005  # retired as "not a lens" under this posterior
+    above: float = 0.95  # retired as "lens" over it
     min_grades: int = 1  # never retired with fewer grades (the prior alone retires nothing)
 
     def verdict(self, probability: float, n_grades: int) -> str | None:
