@@ -14,6 +14,8 @@ NOT_SETTINGS = {"model", "data", "out", "config", "no_resume", "overwrite"}
 NOT_SETTINGS_OF: dict[tuple[str, str], str] = {
     ("scan", "scheduler"): "where the scan runs (a Dask address), not how it scores",
     ("inspect", "token"): "a secret: never written to a config file",
+    ("inspect", "lead_token"): "a secret: never written to a config file",
+    ("grades export", "scan"): "what to read: the scan whose scores are the priors",
     ("demo", "quick"): "picks the tiny demo (demo.QUICK) instead of DemoConfig",
     ("export", "onnx"): "the output file",
     ("cutouts", "tiles"): "what to read: the directory of mosaic tiles",

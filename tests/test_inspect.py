@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import os
 import shutil
 import signal
@@ -125,7 +126,7 @@ def test_grades_consensus_two_graders_and_filters(client, tmp_path):
     assert len(GradeBook(inspector.book.url).history()) == 5  # every grade kept
 
     for name in ("grades.csv", "grades.parquet"):
-        path, n = export_grades(inspector.book.url, tmp_path / name)
+        path, n = (export := export_grades(inspector.book.url, tmp_path / name)).path, export.n
         assert n == 2
         table = pacsv.read_csv(path) if name.endswith(".csv") else pq.read_table(path)
         rows = {r["id"]: r for r in table.to_pylist()}
@@ -230,15 +231,41 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+class Wiretap:
+    """ASGI middleware keeping every response body the server sends: (path, body)."""
+
+    def __init__(self, app) -> None:
+        self.app, self.sent = app, []
+
+    async def __call__(self, scope, receive, send) -> None:
+        chunks: list[bytes] = []
+
+        async def keep(message) -> None:
+            if message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body"):
+                    self.sent.append((scope.get("path"), b"".join(chunks)))
+            await send(message)
+
+        await self.app(scope, receive, keep if scope["type"] == "http" else send)
+
+
 @contextlib.contextmanager
-def serving(scan: Path, data: Path, cfg: InspectConfig) -> Iterator[tuple[str, Inspector]]:
+def serving(
+    scan: Path, data: Path, cfg: InspectConfig, wiretap: list | None = None
+) -> Iterator[tuple[str, Inspector]]:
     """The app over ``scan`` and ``data`` served by uvicorn on a free localhost port, in a
-    thread: ``(its URL, the Inspector)``."""
+    thread: ``(its URL, the Inspector)``; every response body goes into ``wiretap``, if given."""
     import uvicorn
 
     inspector = Inspector(scan, data, cfg)
     port = _free_port()
-    config = uvicorn.Config(create_app(inspector), host="127.0.0.1", port=port, log_level="error")
+    app = create_app(inspector)
+    if wiretap is not None:
+        tap = Wiretap(app)
+        tap.sent = wiretap
+        app = tap
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error")
     uvicorn_server = uvicorn.Server(config)
     thread = threading.Thread(target=uvicorn_server.run, daemon=True)
     thread.start()
@@ -319,7 +346,8 @@ def test_grade_with_the_keyboard_reload_and_export(server, browser, tmp_path):
     if os.environ.get("LENSFINDER_SCREENSHOT"):
         shutil.copyfile(screenshot, Path(os.environ["LENSFINDER_SCREENSHOT"]))
 
-    out, n = export_grades(inspector.book.url, tmp_path / "grades.csv")
+    export = export_grades(inspector.book.url, tmp_path / "grades.csv")
+    out, n = export.path, export.n
     assert n == 2 and read_graded(out) == {ids[0]: "A", ids[1]: "X"}
 
 
@@ -382,3 +410,79 @@ def test_hostile_catalogue_value_and_grader_name_are_shown_as_text(
         wait.until(lambda d: d.find_element(By.ID, "mygrade").text == "B")
         assert browser.find_element(By.ID, "others").text == f"{hostile_grader}:B"
         assert browser.execute_script("return window.lensfinderPwned === undefined")
+
+
+@needs_chromium
+def test_a_grader_grading_sentinels_sees_nothing_that_gives_them_away(
+    tiny_store, layout_factory, browser, tmp_path
+):
+    """Issue 24: the blind queue in a real browser, with sentinels at a high rate. Every item
+    shows the same text and pictures of the same size whatever it is, the view key changes the
+    colour picture, and no response the browser got names a sentinel or says what it is."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from lensfinder.config import GradingConfig
+
+    sentinel_layout = layout_factory("sentinels", n=8, seed=11, first_id=900000)
+    scan = make_scan(tiny_store, tmp_path / "scan")
+    grading = GradingConfig(sentinel_rate=0.3, skill_block=4)
+    cfg = InspectConfig(stamp_pixels=96, grader="ann", sentinels=str(sentinel_layout),
+                        grading=grading)  # fmt: skip
+    wire: list[tuple[str, bytes]] = []
+    wait = WebDriverWait(browser, 30)
+    seen: list[tuple[str, str, tuple]] = []  # (kind, what the page shows, picture sizes)
+    with serving(scan, tiny_store, cfg, wire) as (url, inspector):
+        browser.get(url)
+        for n in range(14):
+            wait.until(lambda d, n=n: d.find_element(By.ID, "position").text == f"item {n + 1}")
+            token = inspector.tokens.pending("ann")
+            wait.until(
+                lambda d, t=token: all(
+                    d.execute_script(
+                        f"const i = document.getElementById('{band}');"
+                        "return i.complete && i.naturalWidth > 0 && i.src.includes(arguments[0])",
+                        t,
+                    )
+                    for band in ("colour", "VIS", "Y", "J", "H")
+                )
+            )
+            sizes = tuple(
+                browser.execute_script(f"return document.getElementById('{b}').naturalWidth")
+                for b in ("colour", "VIS", "Y", "J", "H")
+            )
+            shown = browser.execute_script(
+                "const a = document.querySelector('aside').cloneNode(true);"
+                "a.querySelector('#me').textContent = '';"
+                "return a.innerText + '|' + document.getElementById('colour').src"
+                ".replace(arguments[0], 'TOKEN')",
+                token,
+            )
+            item = inspector.tokens.item(token)
+            seen.append((item.kind, shown, sizes))
+            if n == 0:  # the colour view key: another picture of the same item
+                before = browser.find_element(By.ID, "colour").get_attribute("src")
+                browser.find_element(By.TAG_NAME, "body").send_keys("v")
+                wait.until(lambda d: d.find_element(By.ID, "view").text == "asinh")
+                assert browser.find_element(By.ID, "colour").get_attribute("src") != before
+                browser.find_element(By.TAG_NAME, "body").send_keys("vvv")  # back to vis-nisp
+                wait.until(lambda d: d.find_element(By.ID, "view").text == "vis-nisp")
+            browser.find_element(By.TAG_NAME, "body").send_keys("a" if n % 2 else "x")
+        wait.until(lambda d: d.find_element(By.ID, "position").text == "item 15")
+        kinds = [kind for kind, _, _ in seen]
+        assert "sentinel" in kinds and "candidate" in kinds
+        assert len({(shown, sizes) for _, shown, sizes in seen}) == 1  # all look the same
+        assert seen[0][2] == (96,) * 5
+        assert "hidden" in seen[0][1] and "200000" not in seen[0][1]  # no ID shown at all
+        n_sentinels = kinds.count("sentinel")
+        assert len(inspector.book.sentinel_history()) == n_sentinels
+        assert len(inspector.book.history()) == len(kinds) - n_sentinels
+        me = browser.find_element(By.ID, "me").text
+        assert me.startswith("graded 14") and "as of 12 grades" in me
+    sentinel_ids = [str(i).encode() for i in inspector.sentinels.ids.values()]
+    assert any(path.startswith("/api/item/") for path, _ in wire)
+    for path, body in wire:
+        assert b"sentinel" not in body.lower() and b"is_lens" not in body, path
+        assert not any(i in body for i in sentinel_ids), path
+        if path == "/api/queue":
+            assert set(json.loads(body)) == {"token", "graded"}

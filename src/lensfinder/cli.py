@@ -23,6 +23,7 @@ from lensfinder.config import (
     DemoConfig,
     EvaluateConfig,
     GalleryConfig,
+    GradingConfig,
     InjectConfig,
     InspectConfig,
     PackConfig,
@@ -248,9 +249,19 @@ OPTION_FIELDS: dict[str, Settings] = {
     ),
     "gallery": Settings(
         GalleryConfig,
-        _same("top", "score_min", "score_max", "known_lenses", radius="radius_arcsec"),
+        _same(
+            "top", "score_min", "score_max", "known_lenses",
+            radius="radius_arcsec", view="colour.view",
+        ),
     ),
-    "inspect": Settings(InspectConfig, _same("db", "host", "port", "grader")),
+    "inspect": Settings(
+        InspectConfig,
+        _same(
+            "db", "host", "port", "grader", "sentinels",
+            sentinel_rate="grading.sentinel_rate", view="colour.view",
+        ),
+    ),
+    "grades export": Settings(GradingConfig, {}),
     "demo": Settings(DemoConfig, {}),
 }  # fmt: skip
 
@@ -887,6 +898,12 @@ def gallery(
             show_default=_shown("gallery", "radius"),
         ),
     ] = None,
+    view: Annotated[
+        str | None,
+        typer.Option(
+            help="Colour view: vis-nisp, asinh, mtf or vis.", show_default=_shown("gallery", "view")
+        ),
+    ] = None,
     config: Annotated[str | None, _config_option(GalleryConfig)] = None,
 ) -> None:
     """HTML page and PNG mosaic of candidates as colour composites."""
@@ -900,6 +917,7 @@ def gallery(
         score_max=score_max,
         known_lenses=known_lenses,
         radius=radius,
+        view=view,
     )
     result = make_gallery(candidates, data, out, cfg)
     typer.echo(result.summary())
@@ -935,13 +953,53 @@ def inspect(
         str | None,
         typer.Option(help="Shared secret every request must carry.", envvar="LENSFINDER_TOKEN"),
     ] = None,
+    sentinels: Annotated[
+        str | None,
+        typer.Option(
+            help="Labelled layout or store of known lenses and non-lenses, mixed hidden into "
+            "the grading queue (e.g. one 'lensfinder inject' painted on this field)."
+        ),
+    ] = None,
+    sentinel_rate: Annotated[
+        float | None,
+        typer.Option(
+            help="Share of the queue that is sentinels.",
+            min=0.0,
+            max=1.0,
+            show_default=_shown("inspect", "sentinel_rate"),
+        ),
+    ] = None,
+    view: Annotated[
+        str | None,
+        typer.Option(
+            help="Colour view shown first: vis-nisp, asinh, mtf or vis.",
+            show_default=_shown("inspect", "view"),
+        ),
+    ] = None,
+    lead_token: Annotated[
+        str | None,
+        typer.Option(
+            help="Secret of the team lead: the team page (/team) needs it.",
+            envvar="LENSFINDER_LEAD_TOKEN",
+        ),
+    ] = None,
     config: Annotated[str | None, _config_option(InspectConfig)] = None,
 ) -> None:
     """Grade candidates in the browser (A/B/C/X with the keyboard); grades go to a database."""
     from lensfinder.inspection.app import open_server
 
-    cfg = _load("inspect", config, db=db, host=host, port=port, grader=grader)
-    server = open_server(scan_dir, data, cfg, token)
+    cfg = _load(
+        "inspect",
+        config,
+        db=db,
+        host=host,
+        port=port,
+        grader=grader,
+        sentinels=sentinels,
+        sentinel_rate=sentinel_rate,
+        view=view,
+    )
+    server = open_server(scan_dir, data, cfg, token, lead_token)
     typer.echo(server.summary())
     server.serve()
 
@@ -960,12 +1018,22 @@ def grades_export(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing OUT file.")
     ] = False,
+    scan: Annotated[
+        Path | None,
+        typer.Option(
+            help="The scan whose scores are the posterior's prior [default: the database's "
+            "directory, if a scan; else the prior base rate]."
+        ),
+    ] = None,
+    config: Annotated[str | None, _config_option(GradingConfig)] = None,
 ) -> None:
-    """One row per graded candidate: consensus grade, graders, notes."""
-    from lensfinder.data.grades import export_grades
+    """One row per graded candidate: consensus and mean grade, class, graders, agreement,
+    posterior lens probability, notes."""
+    from lensfinder.inspection.export import export_with_scores
 
-    path, n = export_grades(db, out, overwrite=overwrite)
-    typer.echo(f"{n} graded candidates -> {path}")
+    cfg = _load("grades export", config)
+    export = export_with_scores(db, out, cfg, scan, overwrite)
+    typer.echo(export.summary())
 
 
 @app.command()

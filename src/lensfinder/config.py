@@ -605,6 +605,12 @@ class TrainConfig(Checked):
     graded_data: str | None = None  # where the graded IDs' cutouts are; None: the training data
     graded_lens: tuple[str, ...] = ("A", "B")
     graded_nonlens: tuple[str, ...] = ("X",)  # C (possible) is left out by default
+    # "posterior": labels from the export's posterior lens probability instead (a C grade then
+    # counts softly through it): a lens at or above graded_posterior_lens, a non-lens at or
+    # below graded_posterior_nonlens, the uncertain ones in between left out.
+    graded_by: Literal["grade", "posterior"] = "grade"
+    graded_posterior_lens: float = 0.9
+    graded_posterior_nonlens: float = 0.1
     init: str | None = None  # a run directory whose weights training starts from (fine-tuning)
     # The survey's unlabelled cutouts and what is done with them (``--adapt FIELD``).
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
@@ -632,6 +638,11 @@ class TrainConfig(Checked):
             problems.append(f"batch_size_max {self.batch_size_max} < batch_size {self.batch_size}")
         if not self.theta_e_weight >= 0:
             problems.append(f"theta_e_weight {self.theta_e_weight} < 0")
+        if not 0 <= self.graded_posterior_nonlens < self.graded_posterior_lens <= 1:
+            problems.append(
+                f"need 0 <= graded_posterior_nonlens ({self.graded_posterior_nonlens}) < "
+                f"graded_posterior_lens ({self.graded_posterior_lens}) <= 1"
+            )
         if not 0 < self.lr_factor <= 1:
             problems.append(f"lr_factor {self.lr_factor} not in (0, 1]")
         if self.plateau_patience < 1 or self.stop_patience < 1:
@@ -773,6 +784,33 @@ class ScanConfig(Checked):
 
 
 @dataclass
+class ColourViewConfig(Checked):
+    """How a cutout is drawn in colour, as in the Euclid Q1 lens searches
+    (``presentation.composite.draw_view``)."""
+
+    # vis-nisp: VIS luminance with NISP colour; asinh: H, Y, VIS as red, green, blue, each with
+    # its own arcsinh softening; mtf: the same with a midtones transfer function; vis: VIS only.
+    view: Literal["vis-nisp", "asinh", "mtf", "vis"] = "vis-nisp"
+    asinh_band_softening: tuple[float, ...] = (3.0, 2.0, 2.0, 2.0)  # VIS, Y, J, H, noise sigmas
+    mtf_background: float = 0.25  # the MTF view maps the sky level to this grey
+
+    WHAT = "colour view"
+
+    def problems(self) -> list[str]:
+        problems = []
+        if not 0 < self.mtf_background < 1:
+            problems.append(f"mtf_background must be in (0, 1), got {self.mtf_background}")
+        if len(self.asinh_band_softening) != len(BANDS_ALL) or not all(
+            s > 0 for s in self.asinh_band_softening
+        ):
+            problems.append(
+                f"asinh_band_softening needs {len(BANDS_ALL)} values > 0 (VIS, Y, J, H), got "
+                f"{list(self.asinh_band_softening)}"
+            )
+        return problems
+
+
+@dataclass
 class GalleryConfig(Checked):
     top: int = 100
     columns: int = 10
@@ -783,6 +821,7 @@ class GalleryConfig(Checked):
     score_max: float | None = None
     known_lenses: str | None = None  # a catalogue file, or "lenscat"; None: no badges
     radius_arcsec: float = 2.0  # match radius for known lenses
+    colour: ColourViewConfig = field(default_factory=ColourViewConfig)
 
     WHAT = "gallery"
 
@@ -808,6 +847,43 @@ class GalleryConfig(Checked):
 
 
 @dataclass
+class GradingConfig(Checked):
+    """Hidden sentinels, graders' skill, a posterior per candidate, retirement (``data.swap``)."""
+
+    sentinel_rate: float = 0.05  # the share of the grading queue that is sentinels
+    skill_prior_mean: float = 0.75  # Beta prior of P("lens"|lens) and P("not"|non-lens)...
+    skill_prior_strength: float = 4.0  # ...worth this many sentinels
+    c_weight: float = 0.5  # a C grade is this much of a "lens" vote (the rest "not")
+    # prior = logistic(logit(prior_base_rate) + prior_weight x logit(network score))
+    prior_base_rate: float = 0.1  # lenses among the candidates before the score is seen
+    prior_weight: float = 0.5
+    retire_below: float = 0.005  # posterior under this: retired as not a lens
+    retire_above: float = 0.95  # posterior over this: retired as a lens
+    retire_min_grades: int = 1
+    skill_block: int = 25  # a grader sees their own skill as of whole blocks of this many grades
+
+    WHAT = "grading"
+
+    def problems(self) -> list[str]:
+        problems = _outside(self, ("sentinel_rate", "c_weight"), 0, 1)
+        problems += _outside(self, ("retire_min_grades",), 0) + _outside(self, ("skill_block",), 1)
+        for name in ("skill_prior_mean", "prior_base_rate"):
+            if not 0 < getattr(self, name) < 1:
+                problems.append(f"{name} must be in (0, 1), got {getattr(self, name)}")
+        if not self.skill_prior_strength > 0 or not self.prior_weight >= 0:
+            problems.append(
+                f"skill_prior_strength {self.skill_prior_strength} must be > 0 and prior_weight "
+                f"{self.prior_weight} >= 0"
+            )
+        if not 0 <= self.retire_below < self.retire_above <= 1:
+            problems.append(
+                f"need 0 <= retire_below ({self.retire_below}) < retire_above "
+                f"({self.retire_above}) <= 1"
+            )
+        return problems
+
+
+@dataclass
 class InspectConfig(Checked):
     """``lensfinder inspect``: the grading web app."""
 
@@ -820,6 +896,11 @@ class InspectConfig(Checked):
     linear_softening: float = 50.0  # the "linear" stretch: nearly linear up to bright cores
     zoom: float = 2.0  # the zoom toggle shows the central 1/zoom of the cutout
     cache_images: int = 512  # rendered PNGs kept in memory
+    # Known lenses and non-lenses (a labelled layout or store, e.g. one 'lensfinder inject'
+    # painted onto the field's own galaxies) mixed hidden into the grading queue.
+    sentinels: str | None = None
+    grading: GradingConfig = field(default_factory=GradingConfig)
+    colour: ColourViewConfig = field(default_factory=ColourViewConfig)
 
     WHAT = "inspect"
 

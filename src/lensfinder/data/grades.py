@@ -9,12 +9,18 @@ psycopg 3, ``pip install 'psycopg[binary]'``; ``postgresql+psycopg2://`` picks p
 Grades follow the Euclid Q1 lens searches: A = definite lens, B = probable, C = possible,
 X = not a lens. The consensus of a candidate is the median of its graders' current grades on
 the scale X=0, C=1, B=2, A=3 (the lower middle value on a tie: a split vote is not promoted).
+
+Grades of hidden sentinels (known lenses and non-lenses mixed into the queue) go to a table of
+their own, ``sentinel_grades``, with the sentinel's truth: they never mix with candidates'
+grades, and they are what each grader's skill is learnt from (``assess``, ``data.swap``).
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +39,9 @@ from sqlalchemy import inspect as inspect_database
 from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from lensfinder.config import GradingConfig
+from lensfinder.data import swap
+from lensfinder.data.swap import GRADE_VALUE
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.utils import atomic_path, read_table
 
@@ -42,7 +51,6 @@ GRADES: dict[str, str] = {
     "C": "possible lens",
     "X": "not a lens",
 }
-GRADE_VALUE: dict[str, int] = {"X": 0, "C": 1, "B": 2, "A": 3}
 MAX_GRADER = 64
 MAX_NOTES = 4000
 DB_NAME = "grades.sqlite"  # the default database, in the scan directory
@@ -62,6 +70,19 @@ class Grade(_Base):
     grader: Mapped[str] = mapped_column(String(MAX_GRADER), index=True)
     grade: Mapped[str] = mapped_column(String(1))
     notes: Mapped[str] = mapped_column(Text, default="")
+    graded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SentinelGrade(_Base):
+    """One grade of a hidden sentinel, with its truth (server-side only, never served)."""
+
+    __tablename__ = "sentinel_grades"
+
+    row: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sentinel_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    is_lens: Mapped[int] = mapped_column(Integer)
+    grader: Mapped[str] = mapped_column(String(MAX_GRADER), index=True)
+    grade: Mapped[str] = mapped_column(String(1))
     graded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -213,6 +234,24 @@ class GradeBook:
             session.commit()
         return row
 
+    def record_sentinel(self, sentinel_id: int, is_lens: bool, grader: str, grade: str) -> None:
+        """Store one grade of a sentinel and commit it before returning."""
+        row = SentinelGrade(
+            sentinel_id=int(sentinel_id),
+            is_lens=int(bool(is_lens)),
+            grader=check_grader(grader),
+            grade=check_grade(grade),
+            graded_at=datetime.now(UTC),
+        )
+        with Session(self.engine, expire_on_commit=False) as session:
+            session.add(row)
+            session.commit()
+
+    def sentinel_history(self) -> list[SentinelGrade]:
+        """Every sentinel grade, oldest first."""
+        with Session(self.engine) as session:
+            return list(session.scalars(select(SentinelGrade).order_by(SentinelGrade.row)))
+
     def history(self) -> list[Grade]:
         """Every grade ever given, oldest first."""
         with Session(self.engine) as session:
@@ -242,17 +281,94 @@ class GradeBook:
         return out
 
 
-def consensus_table(book: GradeBook):
-    """The consensus as an Arrow table: id, grade, n_graders, mean_value, grades, notes."""
+@dataclass
+class Assessment:
+    """The team's grades weighed (SWAP, ``data.swap``): per grader a skill from the sentinels,
+    per candidate a prior, a posterior, agreement and a retirement verdict."""
+
+    consensus: dict[int, Consensus]
+    skills: dict[str, swap.Skill]  # graders who graded sentinels
+    default_skill: swap.Skill  # the prior skill, for graders with no sentinel yet
+    priors: dict[int, float]  # every candidate given or graded
+    posteriors: dict[int, float]
+    agreement: dict[int, float]  # fraction of grader pairs agreeing (NaN with one grader)
+    kappa: float  # Fleiss' kappa over candidates with several graders
+    verdicts: dict[int, str | None]  # "lens", "not" or None (still in the queue)
+    sentinel_rows: list[SentinelGrade] = field(default_factory=list)
+
+    def skill(self, grader: str) -> swap.Skill:
+        return self.skills.get(grader, self.default_skill)
+
+
+def assess(
+    book: GradeBook,
+    scores: Mapping[int, float] | None = None,
+    grading: GradingConfig | None = None,
+) -> Assessment:
+    """Weigh every grade: skills from sentinel grades (each grader's latest grade of each
+    sentinel), priors from ``scores`` (candidate -> network score; missing: the base rate),
+    posteriors from each grader's current grade with their current skill."""
+    cfg = grading or GradingConfig()
+    consensus = book.consensus()
+    sentinel_rows = book.sentinel_history()
+    latest = {(r.grader, r.sentinel_id): r for r in sentinel_rows}
+    skills = swap.team_skills(
+        ((r.grader, r.grade, bool(r.is_lens)) for r in latest.values()),
+        cfg.skill_prior_mean,
+        cfg.skill_prior_strength,
+        cfg.c_weight,
+    )
+    default = swap.Skill(prior_mean=cfg.skill_prior_mean, prior_strength=cfg.skill_prior_strength)
+    scores = scores or {}
+    priors = {
+        candidate: swap.prior_from_score(
+            scores.get(candidate), cfg.prior_base_rate, cfg.prior_weight
+        )
+        for candidate in set(scores) | set(consensus)
+    }
+    grades = {candidate: c.grades for candidate, c in consensus.items()}
+    posteriors = swap.candidate_posteriors(priors, grades, skills, default, cfg.c_weight)
+    counted = sorted(consensus)
+    counts = swap.category_counts([list(consensus[c].grades.values()) for c in counted])
+    retirement = swap.Retirement(cfg.retire_below, cfg.retire_above, cfg.retire_min_grades)
+    return Assessment(
+        consensus=consensus,
+        skills=skills,
+        default_skill=default,
+        priors=priors,
+        posteriors=posteriors,
+        agreement=dict(zip(counted, swap.pair_agreement(counts).tolist(), strict=True)),
+        kappa=swap.fleiss_kappa(counts),
+        verdicts={
+            c: retirement.verdict(p, consensus[c].n_graders if c in consensus else 0)
+            for c, p in posteriors.items()
+        },
+        sentinel_rows=sentinel_rows,
+    )
+
+
+def consensus_table(book: GradeBook, assessment: Assessment | None = None):
+    """The graded candidates as an Arrow table: id, grade (consensus), n_graders, mean_value
+    (the mean grade, X=0 .. A=3), class (from the mean: A > 2.5, B 1.5-2.5, C 0.5-1.5, else X),
+    agreement (share of grader pairs agreeing), prior and posterior lens probability, retired
+    (lens, not, or empty), grades, notes."""
     import pyarrow as pa
 
-    rows = sorted(book.consensus().values(), key=lambda c: c.candidate_id)
+    weighed = assessment or assess(book)
+    rows = sorted(weighed.consensus.values(), key=lambda c: c.candidate_id)
     return pa.table(
         {
             "id": pa.array([c.candidate_id for c in rows], pa.int64()),
             "grade": pa.array([c.grade for c in rows], pa.string()),
             "n_graders": pa.array([c.n_graders for c in rows], pa.int32()),
             "mean_value": pa.array([c.mean_value for c in rows], pa.float64()),
+            "class": pa.array([swap.grade_class(c.mean_value) for c in rows], pa.string()),
+            "agreement": pa.array(
+                [_or_none(weighed.agreement[c.candidate_id]) for c in rows], pa.float64()
+            ),
+            "prior": pa.array([weighed.priors[c.candidate_id] for c in rows], pa.float64()),
+            "posterior": pa.array([weighed.posteriors[c.candidate_id] for c in rows], pa.float64()),
+            "retired": pa.array([weighed.verdicts[c.candidate_id] for c in rows], pa.string()),
             "grades": pa.array(
                 [";".join(f"{k}:{v}" for k, v in c.grades.items()) for c in rows], pa.string()
             ),
@@ -263,8 +379,39 @@ def consensus_table(book: GradeBook):
     )
 
 
-def export_grades(db: str | Path, out: str | Path, overwrite: bool = False) -> tuple[Path, int]:
-    """Write the consensus per candidate to ``out`` (.csv or .parquet), atomically.
+def _or_none(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+@dataclass(frozen=True)
+class GradesExport:
+    path: Path
+    n: int  # graded candidates written
+    kappa: float  # Fleiss' kappa over candidates with several graders
+    n_graders_with_skill: int  # graders who graded sentinels
+    prior: str  # where the priors came from
+
+    def summary(self) -> str:
+        kappa = (
+            "n/a (no candidate has two graders)" if math.isnan(self.kappa) else f"{self.kappa:.3f}"
+        )
+        return (
+            f"{self.n} graded candidates -> {self.path} (Fleiss' kappa {kappa}; "
+            f"{self.n_graders_with_skill} graders with a skill from sentinels; prior: {self.prior})"
+        )
+
+
+def export_grades(
+    db: str | Path,
+    out: str | Path,
+    overwrite: bool = False,
+    grading: GradingConfig | None = None,
+    scores: Mapping[int, float] | None = None,
+    prior: str = "the base rate (no scan scores)",
+) -> GradesExport:
+    """Write the consensus, mean grade, class, agreement and posterior per candidate to ``out``
+    (.csv or .parquet), atomically; ``scores`` (candidate -> network score, described by
+    ``prior``) give the posteriors' priors.
 
     ``db``: a database file, a scan directory holding grades.sqlite, or a URL. An existing
     ``out`` is replaced only with ``overwrite`` (it may be a file someone edited by hand)."""
@@ -282,7 +429,8 @@ def export_grades(db: str | Path, out: str | Path, overwrite: bool = False) -> t
         book.close()
         raise ConfigError(f"{out}: exists; pass --overwrite to replace it, or give a new file")
     try:
-        table = consensus_table(book)
+        weighed = assess(book, scores, grading)
+        table = consensus_table(book, weighed)
     except DatabaseError as exc:
         raise DataError(f"{database_url(db)}: cannot read grades ({_one_line(exc)})") from None
     finally:
@@ -295,30 +443,68 @@ def export_grades(db: str | Path, out: str | Path, overwrite: bool = False) -> t
                 pq.write_table(table, tmp)
     except OSError as exc:
         raise DataError(f"{out}: cannot write the grades ({exc.strerror or exc})") from None
-    return out, table.num_rows
+    return GradesExport(out, table.num_rows, weighed.kappa, len(weighed.skills), prior)
 
 
 def read_graded(path: str | Path) -> dict[int, str]:
     """ID -> consensus grade from an export (``lensfinder grades export``), CSV or Parquet."""
+    return _read_column(path, "grade", _letter)
+
+
+def read_graded_posteriors(path: str | Path) -> dict[int, float]:
+    """ID -> posterior lens probability from an export that has them."""
+    return _read_column(path, "posterior", _probability)
+
+
+def posterior_grades(
+    posteriors: Mapping[int, float], lens_above: float, nonlens_below: float
+) -> dict[int, str]:
+    """Labels from posteriors as grades: "A" (a lens) at or above ``lens_above``, "X" (not) at
+    or below ``nonlens_below``; the uncertain ones in between are left out."""
+    out = {}
+    for candidate, probability in posteriors.items():
+        if probability >= lens_above:
+            out[candidate] = "A"
+        elif probability <= nonlens_below:
+            out[candidate] = "X"
+    return out
+
+
+def _letter(value: Any) -> str | None:
+    letter = "" if value is None else str(value).strip().upper()
+    return letter if letter in GRADES else None
+
+
+def _probability(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if 0.0 <= number <= 1.0 else None
+
+
+def _read_column(path: str | Path, column: str, parse: Any) -> dict[int, Any]:
+    """ID -> ``parse(value)`` of ``column`` of a grades export, one row per ID."""
     path = Path(path)
     table = read_table(path, "grades file", "make one with 'lensfinder grades export'")
-    if not {"id", "grade"} <= set(table.column_names):
-        raise DataError(f"{path}: a grades file needs columns id and grade")
+    if not {"id", column} <= set(table.column_names):
+        raise DataError(f"{path}: a grades file needs columns id and {column}")
     if table.num_rows == 0:
         raise DataError(f"{path}: no graded candidates (a header and no rows)")
-    grades: dict[int, str] = {}
-    for candidate, grade in zip(table["id"].to_pylist(), table["grade"].to_pylist(), strict=True):
-        if grade is None or str(grade).strip().upper() not in GRADES:
-            raise DataError(f"{path}: row with id {candidate!r} has no valid grade ({grade!r})")
-        object_id, letter = _whole_id(candidate, path), str(grade).strip().upper()
-        if object_id in grades:
+    values: dict[int, Any] = {}
+    for candidate, raw in zip(table["id"].to_pylist(), table[column].to_pylist(), strict=True):
+        value = parse(raw)
+        if value is None:
+            raise DataError(f"{path}: row with id {candidate!r} has no valid {column} ({raw!r})")
+        object_id = _whole_id(candidate, path)
+        if object_id in values:
             raise DataError(
-                f"{path}: ID {object_id} appears more than once (grades {grades[object_id]} and "
-                f"{letter}); a grades file holds one row per ID, as 'lensfinder grades export' "
-                "writes it: keep the row you mean"
+                f"{path}: ID {object_id} appears more than once ({column} {values[object_id]} "
+                f"and {value}); a grades file holds one row per ID, as 'lensfinder grades "
+                "export' writes it: keep the row you mean"
             )
-        grades[object_id] = letter
-    return grades
+        values[object_id] = value
+    return values
 
 
 def _whole_id(value: Any, path: Path) -> int:

@@ -7,6 +7,11 @@ look alike in any flux units (simulated e-/s, the challenge's tiny arbitrary uni
 data) and align the bands as the model does. As in the Euclid Q1 lens searches, VIS gives the
 luminance (its resolution shows arcs) and NISP gives the colour (red lens galaxies, blue
 star-forming sources).
+
+``draw_view`` draws the Euclid Q1 lens searches' views (``VIEWS``): VIS luminance with NISP
+colour; H, Y+J, VIS as red, green, blue with a per-band arcsinh softening; the same bands with a
+midtones transfer function (MTF, the "screen transfer function" of astronomical image tools);
+VIS only.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from lensfinder.config import GalleryConfig
+from lensfinder.config import ColourViewConfig, GalleryConfig
 from lensfinder.data.pixels import background_and_noise, resample_nisp
 from lensfinder.surveys import EUCLID
 from lensfinder.utils import atomic_path
@@ -108,6 +113,68 @@ def colour_composite(vis: np.ndarray, nisp: np.ndarray, softening: float = 3.0) 
     chroma = 1.0 + saturation[None] * (chroma - 1.0)
     rgb = np.clip(luminance[None] * chroma, 0.0, 1.0)
     return np.round(np.moveaxis(rgb, 0, -1) * 255).astype(np.uint8)
+
+
+VIEWS: tuple[str, ...] = ("vis-nisp", "asinh", "mtf", "vis")
+SHADOWS_SIGMA = 2.8  # the MTF view's black point, in noise sigmas below the sky
+
+
+def mtf(x: np.ndarray | float, midtone: float) -> np.ndarray:
+    """The midtones transfer function: 0 -> 0, ``midtone`` -> 1/2, 1 -> 1, monotonic."""
+    x = np.asarray(x, dtype=np.float64)
+    return (midtone - 1.0) * x / ((2.0 * midtone - 1.0) * x - midtone)
+
+
+def mtf_stretch(
+    image: np.ndarray, background: float = 0.25, top_percentile: float = 99.95
+) -> np.ndarray:
+    """An MTF stretch to [0, 1]: black ``SHADOWS_SIGMA`` noise sigmas below the sky, white at
+    the top percentile, and the midtone that maps the sky level to ``background``."""
+    signal = in_noise_units(image)
+    white = max(float(np.percentile(signal, top_percentile)), 10.0)
+    scaled = np.clip((signal + SHADOWS_SIGMA) / (white + SHADOWS_SIGMA), 0.0, 1.0)
+    sky = SHADOWS_SIGMA / (white + SHADOWS_SIGMA)
+    midtone = float(mtf(sky, background))  # MTF(sky; MTF(sky; b)) = b
+    return np.clip(mtf(scaled, midtone), 0.0, 1.0)
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    """A [0, 1] image as an RGB uint8 picture, grey."""
+    grey = np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def _band_rgb(vis: np.ndarray, nisp: np.ndarray, stretch) -> np.ndarray:
+    """RGB uint8 of H (red), the mean of Y and J (green) and VIS (blue), NISP on the VIS grid,
+    ``stretch(image, band index)`` applied to each band on its own grid."""
+    vis = np.asarray(vis, dtype=np.float64)
+    stretched_nisp = np.stack([stretch(band, i + 1) for i, band in enumerate(nisp)])
+    y, j, h = _on_vis_grid(stretched_nisp, vis.shape[0])
+    rgb = np.stack([h, (y + j) / 2.0, stretch(vis, 0)], axis=-1)
+    return np.round(np.clip(rgb, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def draw_view(
+    vis: np.ndarray,
+    nisp: np.ndarray,
+    view: str,
+    colour: ColourViewConfig | None = None,
+    softening: float = 3.0,
+) -> np.ndarray:
+    """One object as an RGB uint8 picture (H, W, 3) in one of ``VIEWS``. ``softening`` (noise
+    sigmas) is the arcsinh softening of the vis-nisp and VIS-only views; the asinh view takes
+    each band's from ``colour.asinh_band_softening``."""
+    colour = colour or ColourViewConfig()
+    if view == "vis-nisp":
+        return colour_composite(vis, nisp, softening)
+    if view == "vis":
+        return _grey(asinh_stretch(vis, softening))
+    if view == "asinh":
+        soft = colour.asinh_band_softening
+        return _band_rgb(vis, nisp, lambda image, band: asinh_stretch(image, soft[band]))
+    if view == "mtf":
+        return _band_rgb(vis, nisp, lambda image, _: mtf_stretch(image, colour.mtf_background))
+    raise ValueError(f"view {view!r}: expected one of {', '.join(VIEWS)}")
 
 
 def resize_square(image: np.ndarray, pixels: int) -> np.ndarray:

@@ -1,9 +1,9 @@
 """The candidate gallery's pictures and page: colour stamps, an HTML page of cards, a mosaic.
 
 ``scan.gallery.make_gallery`` chooses the candidates and opens the data the scan read; this
-module draws them: colour composites (VIS as luminance, NISP for colour, arcsinh stretch, see
-``presentation.composite``), one card per candidate (rank, score, position, label, known-lens
-badge, so new ones stand out) and a PNG mosaic.
+module draws them: colour composites (by default VIS as luminance, NISP for colour, arcsinh
+stretch; ``--view`` picks another of ``presentation.composite.VIEWS``), one card per candidate
+(rank, score, position, label, known-lens badge, so new ones stand out) and a PNG mosaic.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from lensfinder.config import ColourViewConfig
 from lensfinder.data.cutouts import CutoutSource
 from lensfinder.einstein import format_theta_e
-from lensfinder.presentation.composite import colour_composite, resize_square, save_grid
+from lensfinder.presentation.composite import draw_view, resize_square, save_grid
 from lensfinder.stages import progress_bar
 from lensfinder.utils import atomic_path, atomic_write_text
 
@@ -44,6 +45,7 @@ class Stamps:
 class StampStyle:
     softening: float  # asinh softening, in noise sigmas
     pixels: int  # stamp side on the page
+    colour: ColourViewConfig = field(default_factory=ColourViewConfig)  # which view, how
 
 
 def draw_stamps(
@@ -85,7 +87,7 @@ def draw_stamps(
 
 
 def _stamp(vis: np.ndarray, nisp: np.ndarray, style: StampStyle) -> np.ndarray:
-    image = colour_composite(vis, nisp, style.softening)
+    image = draw_view(vis, nisp, style.colour.view, style.colour, style.softening)
     # Row 0 of a FITS image is its bottom: flip so the PNG shows it as the mosaic does.
     image = np.ascontiguousarray(np.flipud(image), dtype=np.uint8)
     return resize_square(image, style.pixels)

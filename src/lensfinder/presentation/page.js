@@ -1,9 +1,14 @@
 // lensfinder inspect: the grading page's script, served as a file (the Content-Security-Policy
 // allows no inline script). Every value from the server is written as text with textContent,
 // never parsed as markup: a catalogue cell or a grader name is data.
+// Two modes: "browse" lists the scan's candidates by rank with their IDs and values; "queue"
+// shows one item at a time behind an opaque token, with nothing but its pictures, whatever it is.
 "use strict";
 const $ = (id) => document.getElementById(id);
-const state = { list: [], pos: 0, stretch: "asinh", zoom: false };
+const views = (document.body.dataset.views || "vis-nisp").split(" ");
+const state = { list: [], pos: 0, stretch: "asinh", zoom: false, token: null,
+                mode: document.body.dataset.mode || "browse",
+                view: document.body.dataset.view || views[0] };
 const defaultGrader = () => document.body.dataset.grader || "grader";
 const grader = () => $("grader").value.trim() || defaultGrader();
 const query = (params) => new URLSearchParams(params).toString();
@@ -33,10 +38,65 @@ async function loadList(keepId) {
 }
 
 function setImages(id) {
-  const params = query({ stretch: state.stretch, zoom: state.zoom });
+  const base = state.mode === "queue" ? `api/item/${encodeURIComponent(id)}` : `api/image/${id}`;
   for (const band of ["colour", "VIS", "Y", "J", "H"]) {
-    $(band).src = `api/image/${id}/${band}.png?${params}`;
+    const params = { stretch: state.stretch, zoom: state.zoom };
+    if (band === "colour") params.view = state.view;
+    $(band).src = `${base}/${band}.png?${query(params)}`;
   }
+}
+
+function current() {
+  return state.mode === "queue" ? state.token : (state.list[state.pos] || {}).id;
+}
+
+function clearDetail() {
+  $("rank").textContent = "queue";
+  $("cid").textContent = "hidden";
+  $("mygrade").textContent = "-";
+  $("consensus").textContent = "-";
+  $("others").textContent = "";
+  $("notes").value = "";
+  $("quantities").replaceChildren();
+}
+
+function showItem(next) {
+  // The same for every queue item: a count, the pictures, and nothing else.
+  state.token = next.token;
+  $("status").textContent = "";
+  clearDetail();
+  if (!state.token) {
+    $("position").textContent = "queue empty: every candidate is graded by you or retired";
+    for (const band of ["colour", "VIS", "Y", "J", "H"]) $(band).removeAttribute("src");
+    return;
+  }
+  $("position").textContent = `item ${next.graded + 1}`;
+  setImages(state.token);
+}
+
+async function loadQueue() {
+  try {
+    showItem(await api("api/queue?" + query({ grader: grader() })));
+  } catch (error) { $("status").textContent = error.message; }
+  loadMe();
+}
+
+async function loadMe() {
+  let me;
+  try { me = await api("api/me?" + query({ grader: grader() })); } catch (error) { return; }
+  const skill = me.skill;
+  const pm = (p, s) => `${p.toFixed(2)} ± ${s.toFixed(2)}`;
+  $("me").textContent = `graded ${me.graded} · my skill (as of ${me.skill_as_of} grades): ` +
+    `lenses seen as lenses ${pm(skill.p_lens, skill.p_lens_sigma)}, ` +
+    `non-lenses as non-lenses ${pm(skill.p_not, skill.p_not_sigma)}`;
+}
+
+function setMode(mode) {
+  state.mode = mode;
+  $("mode").value = mode;
+  $("browsing").hidden = mode === "queue";
+  if (mode === "queue") loadQueue();
+  else loadList(null);
 }
 
 async function show() {
@@ -81,7 +141,20 @@ function render(detail) {
   if (item && item.id === scan.id) { item.mine = detail.mine; item.consensus = detail.consensus; }
 }
 
+async function gradeQueued(letter) {
+  if (!state.token) return;
+  try {
+    showItem(await api("api/queue", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ token: state.token, grade: letter, grader: grader(),
+                             notes: $("notes").value }),
+    }));
+  } catch (error) { $("status").textContent = "not saved: " + error.message; return; }
+  loadMe();
+}
+
 async function grade(letter) {
+  if (state.mode === "queue") return gradeQueued(letter);
   const item = state.list[state.pos];
   if (!item) return;
   try {
@@ -96,6 +169,7 @@ async function grade(letter) {
 }
 
 function move(step) {
+  if (state.mode === "queue") return;
   const next = state.pos + step;
   if (next < 0 || next >= state.list.length) return;
   state.pos = next;
@@ -116,11 +190,15 @@ document.addEventListener("keydown", (event) => {
   else if (key === "s") {
     state.stretch = state.stretch === "asinh" ? "linear" : "asinh";
     $("stretch").textContent = state.stretch;
-    setImages(state.list[state.pos].id);
+    if (current()) setImages(current());
   } else if (key === "z") {
     state.zoom = !state.zoom;
     $("zoom").textContent = state.zoom ? "on" : "off";
-    setImages(state.list[state.pos].id);
+    if (current()) setImages(current());
+  } else if (key === "v") {
+    state.view = views[(views.indexOf(state.view) + 1) % views.length];
+    $("view").textContent = state.view;
+    if (current()) setImages(current());
   } else return;
   event.preventDefault();
 });
@@ -128,7 +206,16 @@ document.addEventListener("keydown", (event) => {
 $("grader").value = localStorage.getItem("lensfinder-grader") || defaultGrader();
 $("grader").addEventListener("change", () => {
   localStorage.setItem("lensfinder-grader", grader());
-  loadList(state.list.length ? state.list[state.pos].id : null);
+  if (state.mode === "queue") loadQueue();
+  else loadList(state.list.length ? state.list[state.pos].id : null);
 });
 for (const id of ["smin", "smax", "show"]) $(id).addEventListener("change", () => loadList(null));
-loadList(Number(location.hash.slice(1)) || null);
+$("mode").addEventListener("change", () => setMode($("mode").value));
+$("view").textContent = state.view;
+if (state.mode === "queue") setMode("queue");
+else {
+  $("mode").value = "browse";
+  $("browsing").hidden = false;
+  loadList(Number(location.hash.slice(1)) || null);
+  loadMe();
+}

@@ -264,7 +264,7 @@ def _write_gallery(
     chosen = _choose(catalogue, cfg)
     source = open_scanned_data(candidates, data)
     index = index_of_ids(np.asarray(source.ids, dtype=np.int64), chosen.ids)
-    style = StampStyle(softening=cfg.asinh_softening, pixels=cfg.stamp_pixels)
+    style = StampStyle(softening=cfg.asinh_softening, pixels=cfg.stamp_pixels, colour=cfg.colour)
     stamps = draw_stamps(source, index, chosen.rows, chosen.known, out, style, progress)
     subtitle = _subtitle(chosen, catalogue, data, cfg)
     html_path = write_page(out, PAGE_TITLE, subtitle, _cards(chosen, stamps), cfg.stamp_pixels)

@@ -39,7 +39,7 @@ from lensfinder.data.challenge import reason_kind
 from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE, Cutouts, CutoutSource, Indices
 from lensfinder.data.dataset import CutoutDataset, collate, input_bytes_per_item
 from lensfinder.data.graded import add_graded
-from lensfinder.data.grades import read_graded
+from lensfinder.data.grades import posterior_grades, read_graded, read_graded_posteriors
 from lensfinder.data.sampler import BalancedBatchSampler
 from lensfinder.data.splits import split_indices
 from lensfinder.errors import ConfigError, DataError
@@ -275,16 +275,30 @@ class LensDataModule(pl.LightningDataModule):
         self.base_source = source
         if self.config.graded is not None:
             graded_data = self.config.graded_data
+            grades, lens, nonlens = self._graded()
             self.source, self.train_indices, self.graded_record = add_graded(
                 source,
                 self.train_indices,
-                read_graded(self.config.graded),
+                grades,
                 open_source(Path(graded_data)) if graded_data else source,
-                self.config.graded_lens,
-                self.config.graded_nonlens,
+                lens,
+                nonlens,
             )
             self.graded_record["file"] = str(Path(self.config.graded).resolve())
+            self.graded_record["by"] = self.config.graded_by
         self._drop_unusable()
+
+    def _graded(self) -> tuple[dict[int, str], tuple[str, ...], tuple[str, ...]]:
+        """(ID -> grade, lens grades, non-lens grades) to learn from: the consensus grades, or
+        with ``graded_by: posterior`` the posteriors above/below their thresholds as A/X."""
+        cfg = self.config
+        if cfg.graded_by == "grade":
+            return read_graded(str(cfg.graded)), cfg.graded_lens, cfg.graded_nonlens
+        posteriors = read_graded_posteriors(str(cfg.graded))
+        grades = posterior_grades(
+            posteriors, cfg.graded_posterior_lens, cfg.graded_posterior_nonlens
+        )
+        return grades, ("A",), ("X",)
 
     def _drop_unusable(self) -> None:
         """Read the training and validation objects once with the checks a scan or an
