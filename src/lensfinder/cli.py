@@ -792,43 +792,48 @@ def export(
     typer.echo(result.summary())
 
 
+# ``scan``'s input options (a store or layout, or tiles and their catalogue), declared apart to
+# keep the verb short.
+ScanData = Annotated[
+    Path | None,
+    typer.Option("--data", "-d", help="A packed store or a challenge layout (or --tiles)."),
+]
+ScanTiles = Annotated[
+    Path | None,
+    typer.Option(help="Scan straight from this directory of MER mosaic tiles (--catalog)."),
+]
+ScanCatalog = Annotated[
+    Path | None, typer.Option(help="With --tiles: the catalogue (FITS table, Parquet, CSV).")
+]
+ScanSelect = Annotated[
+    str | None, typer.Option(help="With --tiles: keep rows passing e.g. 'FLUX_VIS_PSF > 10'.")
+]
+ScanIdColumn = Annotated[
+    str | None,
+    typer.Option(help="With --tiles: object ID column.", show_default=_shown("scan", "id_column")),
+]
+ScanRaColumn = Annotated[
+    str | None,
+    typer.Option(help="With --tiles: RA column (deg).", show_default=_shown("scan", "ra_column")),
+]
+ScanDecColumn = Annotated[
+    str | None,
+    typer.Option(help="With --tiles: Dec column (deg).", show_default=_shown("scan", "dec_column")),
+]
+
+
 @app.command()
 @user_errors
 def scan(
     model: Models,
     out: Out,
-    data: Annotated[
-        Path | None,
-        typer.Option("--data", "-d", help="A packed store or a challenge layout (or --tiles)."),
-    ] = None,
-    tiles: Annotated[
-        Path | None,
-        typer.Option(help="Scan straight from this directory of MER mosaic tiles (--catalog)."),
-    ] = None,
-    catalog: Annotated[
-        Path | None, typer.Option(help="With --tiles: the catalogue (FITS table, Parquet, CSV).")
-    ] = None,
-    select: Annotated[
-        str | None, typer.Option(help="With --tiles: keep rows passing e.g. 'FLUX_VIS_PSF > 10'.")
-    ] = None,
-    id_column: Annotated[
-        str | None,
-        typer.Option(
-            help="With --tiles: object ID column.", show_default=_shown("scan", "id_column")
-        ),
-    ] = None,
-    ra_column: Annotated[
-        str | None,
-        typer.Option(
-            help="With --tiles: RA column (deg).", show_default=_shown("scan", "ra_column")
-        ),
-    ] = None,
-    dec_column: Annotated[
-        str | None,
-        typer.Option(
-            help="With --tiles: Dec column (deg).", show_default=_shown("scan", "dec_column")
-        ),
-    ] = None,
+    data: ScanData = None,
+    tiles: ScanTiles = None,
+    catalog: ScanCatalog = None,
+    select: ScanSelect = None,
+    id_column: ScanIdColumn = None,
+    ra_column: ScanRaColumn = None,
+    dec_column: ScanDecColumn = None,
     scheduler: Annotated[
         str | None, typer.Option(help="Dask scheduler address, e.g. tcp://host:8786.")
     ] = None,
