@@ -206,48 +206,6 @@ def share(tiles: Path, catalog: Path, models: list[Path], objects: int) -> dict[
 
 
 # ----------------------------------------------------------------------------- memory
-def sparse_tile(root: Path, size: int, objects: int, seed: int) -> tuple[Path, Path]:
-    """A ``size``^2 tile in four bands as sparse FITS files (valid WCS; zeros but for a noise
-    patch around each of ``objects`` positions) and its catalogue: no rendering, little disk."""
-    from astropy.io import fits
-    from astropy.table import Table
-
-    from lensfinder import mer
-    from lensfinder.simulate.tile import image_header, tile_wcs
-    from lensfinder.surveys import EUCLID
-
-    rng = np.random.default_rng(seed)
-    wcs = tile_wcs(size, 0.1, 150.0, 2.0)
-    x, y = (rng.uniform(400, size - 400, objects) for _ in range(2))
-    root.mkdir(parents=True, exist_ok=True)
-    for band in EUCLID.bands:
-        path = root / mer.image_name(
-            "science", band.name, 1, "SPARSE_20250101T000000.000000Z_00.00"
-        )
-        if path.exists():
-            continue
-        header = fits.PrimaryHDU(
-            np.zeros((1, 1), np.float32), image_header(wcs, band, "science")
-        ).header
-        header["NAXIS1"], header["NAXIS2"] = size, size
-        head = header.tostring().encode()
-        data_bytes = size * size * 4
-        with open(path, "wb") as handle:
-            handle.write(head)
-            handle.truncate(len(head) + -(-data_bytes // 2880) * 2880)  # sparse: zeros
-        pixels = np.memmap(path, dtype=">f4", mode="r+", offset=len(head), shape=(size, size))
-        for cx, cy in zip(x.astype(int), y.astype(int), strict=True):
-            pixels[cy - 120 : cy + 120, cx - 120 : cx + 120] = rng.normal(size=(240, 240))
-        pixels.flush()
-        del pixels
-    ra, dec = wcs.pixel_to_world_values(x, y)
-    catalog = root / "catalogue.fits"
-    Table(
-        {"OBJECT_ID": np.arange(1, objects + 1), "RIGHT_ASCENSION": ra, "DECLINATION": dec}
-    ).write(catalog, overwrite=True)
-    return root, catalog
-
-
 def _status_mib(field: str) -> float:
     """A memory line of /proc/self/status in MiB: ``VmHWM`` is this process's peak RSS (unlike
     ``ru_maxrss``, not carried over from the parent across exec), ``VmRSS`` its RSS now."""
@@ -285,6 +243,8 @@ def measure_memory(tiles: Path, catalog: Path, out: Path) -> dict[str, Any]:
 
 
 def memory(workdir: Path, tiles: Path, catalog: Path, args: argparse.Namespace) -> dict:
+    from lensfinder.testing import sparse_tile
+
     big_tiles, big_catalog = sparse_tile(
         workdir / "full-size", args.full_size, args.memory_objects, args.seed
     )

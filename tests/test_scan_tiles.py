@@ -8,6 +8,9 @@ and the gallery of a tile scan on the same tiles. One module-scoped 2-worker clu
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +35,7 @@ from lensfinder.errors import ConfigError
 from lensfinder.scan import scan
 from lensfinder.scan.gallery import make_gallery
 from lensfinder.simulate.tile import simulate_tile
-from lensfinder.testing import cli, make_run, one_line_error, two_worker_cluster
+from lensfinder.testing import cli, make_run, one_line_error, sparse_tile, two_worker_cluster
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -187,3 +190,33 @@ def test_tile_scan_input_errors_are_one_line(sky, tmp_path):
     one_line_error(cli(*base, "--tiles", tiles), "--catalog")
     one_line_error(cli(*base, "--tiles", tiles, "--catalog", tmp_path / "no.csv"), "no.csv")
     one_line_error(cli(*base), "--data", "--tiles")
+
+
+_PEAK_GROWTH = """
+import sys
+import numpy as np
+from lensfinder.data.tile_source import open_tiles
+
+def peak_mib():  # VmHWM: this process's peak RSS
+    line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+source = open_tiles(sys.argv[1], sys.argv[2])
+before = peak_mib()
+cut = source.read(np.arange(len(source)))
+print(int(cut.valid.sum()), peak_mib() - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_cutting_a_wide_tile_keeps_memory_flat(tmp_path):
+    """60 objects cut from an 8,000^2 tile (mostly empty, sparse files) in one read, as a scan
+    worker reads them: its peak RSS grows by the cutouts, not by the pages of the tile (a map
+    of whole files kept hundreds of MB of them resident)."""
+    tiles, catalog = sparse_tile(tmp_path / "wide", 8000, 60, seed=1)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", _PEAK_GROWTH, str(tiles), str(catalog)],
+                          capture_output=True, text=True, env=env, check=True)  # fmt: skip
+    valid, growth = done.stdout.split()
+    assert int(valid) == 60
+    assert float(growth) < 100, f"peak RSS grew {float(growth):.0f} MiB cutting 60 objects"
