@@ -20,6 +20,8 @@ NOT_SETTINGS_OF: dict[tuple[str, str], str] = {
     ("export", "onnx"): "the output file",
     ("cutouts", "tiles"): "what to read: the directory of mosaic tiles",
     ("cutouts", "catalog"): "what to read: the catalogue of objects",
+    ("scan", "tiles"): "what to read: the directory of mosaic tiles",
+    ("scan", "catalog"): "what to read: the catalogue of objects",
     ("reproduce table1", "budget"): "names a Table1Budget (config.TABLE1_BUDGETS)",
     ("reproduce table1", "rows"): "which of the paper's rows to run",
 }

@@ -245,6 +245,8 @@ OPTION_FIELDS: dict[str, Settings] = {
         _same(
             "workers", "shard_size",
             backend="predict.backend", tta="predict.tta", batch_size="predict.batch_size",
+            select="cutouts.select", id_column="cutouts.id_column",
+            ra_column="cutouts.ra_column", dec_column="cutouts.dec_column",
         ),
     ),
     "gallery": Settings(
@@ -801,12 +803,48 @@ def export(
     typer.echo(result.summary())
 
 
+# ``scan``'s input options (a store or layout, or tiles and their catalogue), declared apart to
+# keep the verb short.
+ScanData = Annotated[
+    Path | None,
+    typer.Option("--data", "-d", help="A packed store or a challenge layout (or --tiles)."),
+]
+ScanTiles = Annotated[
+    Path | None,
+    typer.Option(help="Scan straight from this directory of MER mosaic tiles (--catalog)."),
+]
+ScanCatalog = Annotated[
+    Path | None, typer.Option(help="With --tiles: the catalogue (FITS table, Parquet, CSV).")
+]
+ScanSelect = Annotated[
+    str | None, typer.Option(help="With --tiles: keep rows passing e.g. 'FLUX_VIS_PSF > 10'.")
+]
+ScanIdColumn = Annotated[
+    str | None,
+    typer.Option(help="With --tiles: object ID column.", show_default=_shown("scan", "id_column")),
+]
+ScanRaColumn = Annotated[
+    str | None,
+    typer.Option(help="With --tiles: RA column (deg).", show_default=_shown("scan", "ra_column")),
+]
+ScanDecColumn = Annotated[
+    str | None,
+    typer.Option(help="With --tiles: Dec column (deg).", show_default=_shown("scan", "dec_column")),
+]
+
+
 @app.command()
 @user_errors
 def scan(
     model: Models,
-    data: Data,
     out: Out,
+    data: ScanData = None,
+    tiles: ScanTiles = None,
+    catalog: ScanCatalog = None,
+    select: ScanSelect = None,
+    id_column: ScanIdColumn = None,
+    ra_column: ScanRaColumn = None,
+    dec_column: ScanDecColumn = None,
     scheduler: Annotated[
         str | None, typer.Option(help="Dask scheduler address, e.g. tcp://host:8786.")
     ] = None,
@@ -852,7 +890,8 @@ def scan(
     ] = None,
     config: Annotated[str | None, _config_option(ScanConfig)] = None,
 ) -> None:
-    """Score many cutouts on Dask, one Parquet file per shard, resumable; merged catalogue."""
+    """Score many cutouts on Dask, one Parquet file per shard, resumable; merged catalogue.
+    With --tiles and --catalog, each shard cuts its objects from one tile itself (no store)."""
     from lensfinder.scan import scan as run
 
     cfg = _load(
@@ -863,9 +902,27 @@ def scan(
         batch_size=batch_size,
         shard_size=shard_size,
         workers=workers,
+        select=select,
+        id_column=id_column,
+        ra_column=ra_column,
+        dec_column=dec_column,
     )
-    result = run(model, data, out, cfg, scheduler=scheduler)
+    source = _scan_input(data, tiles, catalog)
+    result = run(model, source, out, cfg, scheduler=scheduler, catalog=catalog)
     typer.echo(result.summary())
+
+
+def _scan_input(data: Path | None, tiles: Path | None, catalog: Path | None) -> Path:
+    """What ``scan`` reads: ``--data``, or ``--tiles`` with ``--catalog``; one line otherwise."""
+    from lensfinder.errors import ConfigError
+
+    if (data is None) == (tiles is None):
+        raise ConfigError("scan reads either --data (a store or layout) or --tiles with --catalog")
+    if tiles is not None and catalog is None:
+        raise ConfigError(f"--tiles {tiles}: give the catalogue of its objects with --catalog")
+    if data is not None and catalog is not None:
+        raise ConfigError("--catalog goes with --tiles; --data needs none")
+    return tiles if tiles is not None else data  # type: ignore[return-value]
 
 
 @app.command()

@@ -769,6 +769,9 @@ class EvaluateConfig(Checked):
 @dataclass
 class ScanConfig(Checked):
     predict: PredictConfig = field(default_factory=PredictConfig)
+    # ``scan --tiles --catalog``: the catalogue's columns, selection and flag mask, as for
+    # ``lensfinder cutouts`` (its chunk and workers are not used: the scan's workers cut).
+    cutouts: CutoutsConfig = field(default_factory=CutoutsConfig)
     # Cutouts per shard; None: from the data size and the worker threads (about 4 shards per
     # thread, 64 to 2048 each), so small scans keep every worker busy too. The size used is
     # recorded in scan.json, and a resumed scan keeps it.

@@ -2,8 +2,9 @@
 
 One home for the factories every test module and benchmark needs: a challenge layout of
 synthetic cutouts (``make_tiny_layout``), its packed store (``make_tiny_store``), FITS files
-(``write_fits``), a randomly initialised run directory (``make_run``) and a real 2-process
-Dask cluster (``two_worker_cluster``). Lenses carry a bright-enough arc that a small CNN can
+(``write_fits``), a randomly initialised run directory (``make_run``), a real 2-process
+Dask cluster (``two_worker_cluster``) and a large, mostly empty mosaic tile (``sparse_tile``).
+Lenses carry a bright-enough arc that a small CNN can
 learn the task in seconds; nothing here is physical.
 """
 
@@ -289,6 +290,46 @@ def two_worker_cluster(**extra: Any) -> Any:
         silence_logs=logging.CRITICAL,
         **extra,
     )
+
+
+def sparse_tile(root: Path, size: int, objects: int, seed: int) -> tuple[Path, Path]:
+    """A ``size``^2 tile in four bands as sparse FITS files (valid WCS; zeros but for a noise
+    patch around each of ``objects`` positions) and its catalogue: no rendering, little disk."""
+    from astropy.table import Table
+
+    from lensfinder import mer
+    from lensfinder.simulate.tile import image_header, tile_wcs
+
+    rng = np.random.default_rng(seed)
+    wcs = tile_wcs(size, 0.1, 150.0, 2.0)
+    x, y = (rng.uniform(400, size - 400, objects) for _ in range(2))
+    root.mkdir(parents=True, exist_ok=True)
+    for band in EUCLID.bands:
+        path = root / mer.image_name(
+            "science", band.name, 1, "SPARSE_20250101T000000.000000Z_00.00"
+        )
+        if path.exists():
+            continue
+        header = fits.PrimaryHDU(
+            np.zeros((1, 1), np.float32), image_header(wcs, band, "science")
+        ).header
+        header["NAXIS1"], header["NAXIS2"] = size, size
+        head = header.tostring().encode()
+        data_bytes = size * size * 4
+        with open(path, "wb") as handle:
+            handle.write(head)
+            handle.truncate(len(head) + -(-data_bytes // 2880) * 2880)  # sparse: zeros
+        pixels = np.memmap(path, dtype=">f4", mode="r+", offset=len(head), shape=(size, size))
+        for cx, cy in zip(x.astype(int), y.astype(int), strict=True):
+            pixels[cy - 120 : cy + 120, cx - 120 : cx + 120] = rng.normal(size=(240, 240))
+        pixels.flush()
+        del pixels
+    ra, dec = wcs.pixel_to_world_values(x, y)
+    catalog = root / "catalogue.fits"
+    Table(
+        {"OBJECT_ID": np.arange(1, objects + 1), "RIGHT_ASCENSION": ra, "DECLINATION": dec}
+    ).write(catalog, overwrite=True)
+    return root, catalog
 
 
 # -- the command line, as a user sees it -------------------------------------------------------

@@ -19,9 +19,10 @@ search over millions of objects must cut them itself, without writing 10^9 files
   flux of its nine 0.1" pixels, as the challenge's NISP cutouts do); on any other grid the
   surface brightness is interpolated bilinearly at the 0.3" pixel centres and scaled by the
   pixel-area ratio.
-- **Pixels**: read from memory-mapped files (``fits.open(memmap=True)``, ``section``), never a
-  whole tile per object; FLAG pixels (``flag_mask``) become NaN, then the non-finite policy of
-  ``data/nonfinite.py`` repairs a few or skips the object, as for any other reader.
+- **Pixels**: each window copied from a memory map of just its rows (``_pixels``), never a
+  whole tile per object, nor a map of the whole file whose pages would stay in memory;
+  FLAG pixels (``flag_mask``) become NaN, then the non-finite policy of ``data/nonfinite.py``
+  repairs a few or skips the object, as for any other reader.
 
 ``cut_tile`` (one tile's files and catalogue rows -> ``Cutouts`` plus reasons) is a pure
 function that ``cutouts`` runs per task on Dask and a scan shard can run per tile.
@@ -34,6 +35,7 @@ import contextlib
 import hashlib
 import logging
 import math
+import mmap
 import operator
 import os
 import re
@@ -242,7 +244,8 @@ def _image_hdu(hdul: Any, path: Path) -> Any:
 
 @contextlib.contextmanager
 def _opened(path: Path) -> Iterator[Any]:
-    """The file's image HDU, memory-mapped; BadImage for an unreadable or damaged file."""
+    """The file's image HDU (its header read; pixels are read by window, ``_pixels``); BadImage
+    for an unreadable or damaged file."""
     from astropy.io import fits
 
     check_regular_file(path)
@@ -356,25 +359,54 @@ def _corner_start(position: np.ndarray | float, pixels: int) -> Any:
     return np.floor(np.asarray(position)).astype(np.int64) + 1 - pixels // 2
 
 
-def _pixels(hdu: Any) -> Any:
-    """What windows are sliced from: the memory-mapped array itself for a plain (unscaled,
-    uncompressed) image, whose slices read only their own pages; astropy's ``section``
-    otherwise (it scales or decompresses just the window, but reads row by row: ~10x slower)."""
+_PLAIN_DTYPES = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}  # BITPIX
+
+
+def _plain_dtype(hdu: Any) -> np.dtype | None:
+    """The on-disk dtype of a plain (unscaled, uncompressed) image; None for any other."""
     from astropy.io import fits
 
-    plain = (
-        not isinstance(hdu, fits.CompImageHDU)
-        and hdu.header.get("BSCALE", 1) == 1
-        and hdu.header.get("BZERO", 0) == 0
-    )
-    return hdu.data if plain else hdu.section
+    header = hdu.header
+    if isinstance(hdu, fits.CompImageHDU) or header.get("BSCALE", 1) != 1:
+        return None
+    if header.get("BZERO", 0) != 0 or header.get("BITPIX") not in _PLAIN_DTYPES:
+        return None
+    return np.dtype(_PLAIN_DTYPES[header["BITPIX"]])
+
+
+def _pixels(hdu: Any, rows: slice, cols: slice) -> np.ndarray:
+    """A window of an image: for a plain image, copied from a memory map of just the window's
+    rows, unmapped at once; astropy's ``section`` otherwise (it scales or decompresses just
+    the window, but reads row by row: ~10x slower).
+
+    Why not one map of the whole file (``fits.open(memmap=True).data``): every page it touches
+    stays in the process's RSS until the file closes, and the kernel maps the neighbourhood of
+    each page touched (a 19,200-pixel row is 75 kB): measured, a peak RSS of 4.4 GB after
+    cutting 256 objects from a full-size tile, which Dask's worker memory limit counts. A map
+    per window holds at most its rows' pages, for the time of one copy; reading each row with
+    ``os.pread`` instead is as flat but 4x slower (benchmarks/bench_tiles.py)."""
+    dtype = _plain_dtype(hdu)
+    if dtype is None:
+        return np.asarray(hdu.section[rows, cols])
+    nx, info = int(hdu.header["NAXIS1"]), hdu.fileinfo()
+    start = info["datLoc"] + rows.start * nx * dtype.itemsize
+    aligned = start - start % mmap.ALLOCATIONGRANULARITY
+    length = start - aligned + (rows.stop - rows.start) * nx * dtype.itemsize
+    with (
+        open(info["file"].name, "rb") as handle,
+        mmap.mmap(handle.fileno(), length, access=mmap.ACCESS_READ, offset=aligned) as span,
+    ):
+        block = np.frombuffer(span, dtype, (rows.stop - rows.start) * nx, start - aligned)
+        window = np.array(block.reshape(-1, nx)[:, cols])
+        del block  # the map closes now: no view of it may be left
+    return window
 
 
 def _read(hdu: Any, flag_hdu: Any, rows: slice, cols: slice, mask: int) -> np.ndarray:
-    """A window of a memory-mapped image as float32, flagged pixels NaN."""
-    image = np.array(_pixels(hdu)[rows, cols], dtype=np.float32)
+    """A window of an image as float32, flagged pixels NaN."""
+    image = _pixels(hdu, rows, cols).astype(np.float32)
     if flag_hdu is not None and mask:
-        flags = np.asarray(_pixels(flag_hdu)[rows, cols]).astype(np.int64)
+        flags = _pixels(flag_hdu, rows, cols).astype(np.int64)
         image[(flags & mask) != 0] = np.nan
     return image
 
@@ -436,9 +468,10 @@ class TileCut:
 
 
 def cut_tile(tile: TileFiles, ra: np.ndarray, dec: np.ndarray, config: CutoutsConfig) -> TileCut:
-    """Every object at (ra, dec) cut from this tile's memory-mapped files, each file opened
-    once. Objects that cannot be cut (a damaged or missing band, a cut-off cutout, too many
-    NaN or flagged pixels) come back invalid with the reason naming the file."""
+    """Every object at (ra, dec) cut from this tile's files (windows read, never the whole
+    tile), each file opened once. Objects that cannot be cut (a damaged or missing band, a
+    cut-off cutout, too many NaN or flagged pixels) come back invalid with the reason naming
+    the file."""
     n = len(ra)
     cut = TileCut(Cutouts.empty(n), np.zeros(n, np.int64), [()] * n, np.full(n, np.nan),
                   np.full(n, np.nan))  # fmt: skip

@@ -2,8 +2,9 @@
 
 One row per scored cutout: ``id``, ``score``, ``score_<member>`` for each member of an ensemble,
 ``theta_e`` and ``theta_e_sigma`` (the Einstein radius and its 1-sigma in arcsec; only when the
-models have the Einstein-radius head), ``ra``, ``dec`` (NaN without WCS) and ``label`` (-1
-unknown; only when the data has labels).
+models have the Einstein-radius head), ``ra``, ``dec`` (NaN without WCS), for a scan from tiles
+``tile_index``, ``tile_x``, ``tile_y`` (the object's VIS pixel on the tile it was cut from), and
+``label`` (-1 unknown; only when the data has labels).
 Provenance (models, lensfinder version, skip counts) lives in the Parquet key-value metadata under
 ``lensfinder``, so a catalogue file says how it was made.
 """
@@ -52,9 +53,11 @@ def shard_table(
     meta: Mapping[str, Any],
     theta_e: np.ndarray | None = None,
     theta_e_sigma: np.ndarray | None = None,
+    extra: Mapping[str, np.ndarray] | None = None,
 ):
     """The Arrow table of one shard, provenance attached as schema metadata; theta_E columns
-    only when given (models without the head give none, not empty ones)."""
+    only when given (models without the head give none, not empty ones); ``extra`` columns
+    (a scan from tiles: ``tile_index``, ``tile_x``, ``tile_y``) after the position."""
     import pyarrow as pa
 
     columns: dict[str, Any] = {
@@ -70,6 +73,8 @@ def shard_table(
             columns[name] = pa.array(np.asarray(estimate, dtype=np.float64))
     columns["ra"] = pa.array(np.asarray(ra, dtype=np.float64))
     columns["dec"] = pa.array(np.asarray(dec, dtype=np.float64))
+    for name, values in (extra or {}).items():
+        columns[name] = pa.array(np.asarray(values))
     if labels is not None:
         columns["label"] = pa.array(np.asarray(labels, dtype=np.int8))
     table = pa.table(columns)

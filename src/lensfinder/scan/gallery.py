@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
-from lensfinder.config import GalleryConfig
+from lensfinder.config import CutoutsConfig, GalleryConfig, from_dict
 from lensfinder.data import open_source
 from lensfinder.data.cutouts import CutoutSource
 from lensfinder.data.identity import index_of_ids
+from lensfinder.data.tile_source import open_tiles
 from lensfinder.einstein import THETA_E, THETA_E_SIGMA
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.presentation.gallery import (
@@ -40,22 +41,41 @@ SCAN_MANIFEST = "scan.json"  # what 'lensfinder scan' records beside its catalog
 PAGE_TITLE = "lensfinder candidates"
 
 
-def open_scanned_data(candidates: str | Path, data: str | Path) -> CutoutSource:
-    """The data a scan scored, opened as the scan opened it (objects without a catalogue row
-    kept). Refused when the scan's ``scan.json`` records other content: another layout with the
-    same IDs would put other objects' images beside the scan's scores."""
-    candidates, data = Path(candidates), Path(data)
-    source = open_source(data, keep_unlisted=True)
+def _recorded_scan(candidates: Path) -> tuple[Path, dict[str, Any] | None]:
+    """The scan's ``scan.json`` beside the catalogue and what it holds (None: no such file)."""
     manifest = (candidates if candidates.is_dir() else candidates.parent) / SCAN_MANIFEST
     if not manifest.is_file():
-        return source  # a catalogue made elsewhere: nothing records what it scored
+        return manifest, None  # a catalogue made elsewhere: nothing records what it scored
     try:
         recorded = json.loads(manifest.read_text())
-        scored = recorded.get("data_content") if isinstance(recorded, dict) else None
     except (OSError, ValueError) as exc:
         raise DataError(f"{manifest}: unreadable scan manifest ({exc})") from None
-    if not scored:
-        return source  # a scan older than content fingerprints
+    return manifest, recorded if isinstance(recorded, dict) else {}
+
+
+def _open_as_scanned(data: Path, recorded: dict[str, Any] | None) -> CutoutSource:
+    """``data`` opened as the scan opened it: a store or layout with objects without a
+    catalogue row kept; for a scan from tiles, ``data`` is the tiles directory and the
+    catalogue and its settings (columns, selection, flag mask) are the recorded ones, so
+    the candidates are cut again exactly as they were scored."""
+    if recorded is None or "catalog" not in recorded:
+        return open_source(data, keep_unlisted=True)
+    settings = (recorded.get("config") or {}).get("cutouts") or {}
+    cutouts = from_dict(CutoutsConfig, settings, "scan.json config.cutouts")
+    return open_tiles(data, recorded["catalog"], cutouts)
+
+
+def open_scanned_data(candidates: str | Path, data: str | Path) -> CutoutSource:
+    """The data a scan scored, opened as the scan opened it (objects without a catalogue row
+    kept; a scan from tiles reads its tiles, ``data``, with the catalogue it recorded).
+    Refused when the scan's ``scan.json`` records other content: another layout with the
+    same IDs would put other objects' images beside the scan's scores."""
+    candidates, data = Path(candidates), Path(data)
+    manifest, recorded = _recorded_scan(candidates)
+    source = _open_as_scanned(data, recorded)
+    scored = (recorded or {}).get("data_content")
+    if not scored or recorded is None:
+        return source  # made elsewhere, or a scan older than content fingerprints
     actual = source.content_fingerprint()
     if scored != actual:
         raise DataError(

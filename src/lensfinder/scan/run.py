@@ -25,7 +25,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +36,9 @@ import numpy as np
 from lensfinder import __version__
 from lensfinder.config import PredictConfig, ScanConfig, to_dict
 from lensfinder.data import open_source
-from lensfinder.data.challenge import summarise_problems
+from lensfinder.data.challenge import reason_kind, summarise_problems
+from lensfinder.data.cutouts import CutoutSource
+from lensfinder.data.tile_source import TileSource, open_tiles
 from lensfinder.ensemble import expand_models
 from lensfinder.errors import ConfigError, DataError, LensfinderError
 from lensfinder.predict.onnx_cache import PRECISION_OF_BACKEND, lookup, source_calibration
@@ -120,12 +122,16 @@ def _manifest(
     content_key: str,
     cfg: ScanConfig,
     shard_size: int,
+    catalog: Path | None = None,
 ) -> dict[str, Any]:
     predict = to_dict(cfg.predict)
     return {
         "models": [str(m) for m in models],
         "model_fingerprints": [files_fingerprint(m) for m in models],
         "data": str(data),
+        # a scan from tiles: the catalogue (``data`` is the tiles directory); the gallery
+        # reads the candidates back from both, cut with config["cutouts"]
+        **({"catalog": str(catalog)} if catalog is not None else {}),
         "data_fingerprint": data_key,
         "data_content": content_key,
         "shard_size": shard_size,  # the size used (automatic or not): a resume keeps it
@@ -317,14 +323,34 @@ def _shard_tables(shards: list[Shard], out: Path) -> Iterator[Any]:
 
 
 def _count_problems(source) -> dict[str, int]:
-    problems = Counter(str(getattr(p, "reason", p)) for p in getattr(source, "problems", []))
-    return dict(problems)
+    """Objects the reader left out, by kind of reason (``reason_kind``: a tile's "outside
+    every tile (RA ..., Dec ...)" counts as "outside every tile", whatever the position)."""
+    problems = Counter(
+        reason_kind(str(getattr(p, "reason", p))) for p in getattr(source, "problems", [])
+    )
+    return dict(problems.most_common())
+
+
+def _open_scanned(data: Path, catalog: Path | None, cfg: ScanConfig) -> CutoutSource:
+    """What a scan reads: a store or a layout, or with ``catalog`` the catalogue's objects
+    on the tiles under ``data``; DataError when nothing can be scanned."""
+    if catalog is not None:
+        source: CutoutSource = open_tiles(data, catalog, cfg.cutouts)
+    else:
+        source = open_source(data, keep_unlisted=True)
+    if len(source) == 0:
+        raise DataError(
+            f"{catalog or data}: no cutout can be scanned; "
+            f"{summarise_problems(list(source.problems))}"
+        )
+    return source
 
 
 def _run_shards(
     client: Any,
-    tasks: list[ShardTask],
+    tasks: Sequence[ShardTask] | Iterator[ShardTask],
     show_progress: bool,
+    total: int | None = None,
 ) -> list[dict[str, Any]]:
     """Keep at most a few shards per worker thread in flight; stop cleanly on the first error.
 
@@ -334,6 +360,8 @@ def _run_shards(
     """
     from distributed import as_completed
 
+    if total is None and isinstance(tasks, Sequence):
+        total = len(tasks)
     window = max(4, 2 * sum(client.nthreads().values()))
     pending = iter(tasks)
     done: list[dict[str, Any]] = []
@@ -348,9 +376,7 @@ def _run_shards(
 
     first = [submit(t) for _, t in zip(range(window), pending, strict=False)]
     queue = as_completed(first)
-    bar = (
-        progress_bar(queue, total=len(tasks), desc="scan", unit="shard") if show_progress else queue
-    )
+    bar = progress_bar(queue, total=total, desc="scan", unit="shard") if show_progress else queue
     n_cutouts = 0
     began = time.perf_counter()
     for future in bar:
@@ -392,8 +418,13 @@ def scan(
     cfg: ScanConfig | None = None,
     scheduler: str | None = None,
     progress: bool = True,
+    catalog: Path | None = None,
 ) -> ScanResult:
     """Score every cutout of ``data`` with ``models``; write a ranked candidate catalogue.
+
+    ``catalog``: scan straight from mosaic tiles: ``data`` is then a directory of MER tiles,
+    and each shard's worker cuts its rows of one tile (``cfg.cutouts``: column names,
+    selection, flag mask) as ``lensfinder cutouts`` would, without writing a store.
 
     Resumable: re-run the same command after an interruption and finished shards are reused.
     ``scheduler``: a Dask scheduler address (``tcp://host:8786``) or scheduler file; its workers
@@ -406,8 +437,10 @@ def scan(
         raise ConfigError("scan needs at least one model run directory (--model)")
     models = [Path(m).expanduser().resolve() for m in expand_models(models)]
     data, out = Path(data).expanduser().resolve(), Path(out).expanduser().resolve()
-    with run_stage("scan", SCAN_KIND, out, [data, *models], progress=progress) as stage:
-        return stage.finish(_scan_locked(models, data, cfg, scheduler, stage))
+    catalog = None if catalog is None else Path(catalog).expanduser().resolve()
+    inputs = [data, *models, *([catalog] if catalog else [])]
+    with run_stage("scan", SCAN_KIND, out, inputs, progress=progress) as stage:
+        return stage.finish(_scan_locked(models, data, cfg, scheduler, stage, catalog))
 
 
 @dataclass
@@ -440,19 +473,20 @@ class _Scoring:
 
 
 def _scan_locked(
-    models: list[Path], data: Path, cfg: ScanConfig, scheduler: str | None, stage: Stage
+    models: list[Path],
+    data: Path,
+    cfg: ScanConfig,
+    scheduler: str | None,
+    stage: Stage,
+    catalog: Path | None = None,
 ) -> ScanResult:
     """``scan`` once it holds the lock of ``stage.out``: plan, score what is left, write."""
     began_at = time.time() - stage.seconds
-    source = open_source(data, keep_unlisted=True)
-    if len(source) == 0:
-        raise DataError(
-            f"{data}: no cutout can be scanned; {summarise_problems(list(source.problems))}"
-        )
+    source = _open_scanned(data, catalog, cfg)
     scoring = _Scoring()
     with contextlib.ExitStack() as stack:
         cluster = _Cluster(cfg, scheduler, stack)
-        plan = _plan_scan(models, data, stage.out, cfg, source, cluster)
+        plan = _plan_scan(models, data, stage.out, cfg, source, cluster, catalog)
         if plan.todo:
             scoring = _score_shards(plan, models, data, stage.out, cfg, cluster, stage.progress)
         closing = time.perf_counter()  # the cluster closes as the stack unwinds
@@ -462,21 +496,29 @@ def _scan_locked(
 
 
 def _plan_scan(
-    models: list[Path], data: Path, out: Path, cfg: ScanConfig, source: Any, cluster: _Cluster
+    models: list[Path],
+    data: Path,
+    out: Path,
+    cfg: ScanConfig,
+    source: Any,
+    cluster: _Cluster,
+    catalog: Path | None = None,
 ) -> _ScanPlan:
-    """The shards and the manifest (written: a resume is checked against it), half-written
-    shard files removed and complete ones kept."""
+    """The shards (from tiles: none crossing from one tile to the next) and the manifest
+    (written: a resume is checked against it), half-written shard files removed and complete
+    ones kept."""
 
     data_key = ids_fingerprint(np.asarray(source.ids))
     content_key = source.content_fingerprint()
     old = _old_manifest(out)
     shard_size, shard_size_from = _shard_size(cfg, old, len(source), cluster)
-    manifest = _manifest(models, data, data_key, content_key, cfg, shard_size)
+    manifest = _manifest(models, data, data_key, content_key, cfg, shard_size, catalog)
     _check_resume(out, old, manifest)
     (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     _remove_partial_shards(out)
-    shards = plan_shards(len(source), shard_size)
+    breaks = source.tile_starts() if isinstance(source, TileSource) else []
+    shards = plan_shards(len(source), shard_size, breaks)
     reused = _complete_shards(shards, out)
     return _ScanPlan(source, manifest, shard_size, shard_size_from, shards, reused)
 
@@ -501,7 +543,10 @@ def _score_shards(
         )
         client, torch_threads = cluster.start()
         scoring.onnx_files, scoring.models_seconds = prepared.result()
-    tasks = [
+    tiles = plan.source if isinstance(plan.source, TileSource) else None
+    calibration = source_calibration(plan.source, content_key).spec if tiles else ""
+    # made as they are submitted: a scan from tiles puts its shard's rows in each task
+    tasks = (
         ShardTask(
             models=tuple(str(m) for m in models),
             models_key=",".join(plan.manifest["model_fingerprints"]),
@@ -513,12 +558,14 @@ def _score_shards(
             torch_threads=torch_threads,
             lensfinder_version=__version__,
             data_content=content_key,
+            tile_rows=tiles.rows(shard.start, shard.stop) if tiles else None,
+            calibration_spec=calibration,
         )
         for shard in plan.todo
-    ]
+    )
     started = time.perf_counter()
     scoring.submitted_at = time.time()
-    scoring.done = _run_shards(client, tasks, show_progress)
+    scoring.done = _run_shards(client, tasks, show_progress, total=len(plan.todo))
     scoring.scan_seconds = time.perf_counter() - started
     return scoring
 
@@ -612,7 +659,8 @@ def _scan_summary(
         "n_scored": result.n_scored,
         "n_skipped": sum(result.skipped.values()),
         "skipped": result.skipped,
-        "source_problems": result.source_problems,
+        "source_problems": result.source_problems,  # by kind; from tiles: not cut from any
+        **({"catalog": plan.manifest["catalog"]} if "catalog" in plan.manifest else {}),
         "shards": {
             "total": result.shards_total,
             "done": result.shards_done,

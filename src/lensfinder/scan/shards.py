@@ -15,12 +15,13 @@ not by the client, which only plans shards and merges them.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,10 @@ import numpy as np
 
 from lensfinder.config import PredictConfig, from_dict
 from lensfinder.data import open_source
+from lensfinder.data.tile_source import TileSource
+from lensfinder.data.tiles import TILE_COLUMNS
 from lensfinder.errors import DataError
-from lensfinder.predict.onnx_cache import source_calibration
+from lensfinder.predict.onnx_cache import Calibration, source_calibration
 from lensfinder.scan.catalog import shard_table, write_parquet
 
 SHARD_DIR = "shards"
@@ -54,9 +57,20 @@ MIN_AUTO_SHARD = 64  # a shard's fixed costs (task, Parquet file, first chunk no
 MAX_AUTO_SHARD = 2048  # bounded worker memory, and little to redo after a crash
 
 
-def plan_shards(n: int, shard_size: int) -> list[Shard]:
-    """Contiguous ranges of ``shard_size`` indices covering ``[0, n)`` exactly once."""
-    return [Shard(a, min(a + shard_size, n)) for a in range(0, n, shard_size)]
+def plan_shards(n: int, shard_size: int, breaks: Sequence[int] = ()) -> list[Shard]:
+    """Contiguous ranges of ``shard_size`` indices covering ``[0, n)`` exactly once, none
+    crossing a position of ``breaks`` (where a tile's objects begin: a shard from tiles is
+    rows of one tile, cut from its files opened once).
+
+    >>> [s.name for s in plan_shards(7, 3, breaks=[0, 4])]
+    ['shard-0-3', 'shard-3-4', 'shard-4-7']
+    """
+    edges = sorted({0, n, *(b for b in breaks if 0 < b < n)})
+    return [
+        Shard(a, min(a + shard_size, stop))
+        for begin, stop in itertools.pairwise(edges)
+        for a in range(begin, stop, shard_size)
+    ]
 
 
 def auto_shard_size(n: int, threads: int, batch_size: int) -> int:
@@ -98,6 +112,11 @@ class ShardTask:
     torch_threads: int | None = None  # also ONNX Runtime's, unless predict sets onnx_threads
     lensfinder_version: str = ""
     data_content: str = ""  # the source's content fingerprint: names int8 calibration cutouts
+    # A scan from tiles: the shard's rows (``TileSource.rows``: their IDs, positions and the
+    # tile's paths, a few arrays of shard size), cut by the worker itself; ``data`` is then
+    # the tiles directory, never opened by the worker. None: the worker opens ``data``.
+    tile_rows: Any = None
+    calibration_spec: str = ""  # the client's int8 calibration (a tile shard has not its data)
 
 
 _lock = threading.Lock()
@@ -135,8 +154,10 @@ def _build_predictor(task: ShardTask, source: Any) -> Any:
 
     cfg = from_dict(PredictConfig, task.predict)
     calibration = None
-    if cfg.backend == "onnx-int8":
+    if cfg.backend == "onnx-int8" and task.tile_rows is None:
         calibration = source_calibration(source, task.data_content)
+    elif cfg.backend == "onnx-int8":
+        calibration = _client_calibration(task.calibration_spec)
     predictor = Predictor(
         [Path(m) for m in task.models],
         cfg,
@@ -146,6 +167,38 @@ def _build_predictor(task: ShardTask, source: Any) -> Any:
     )
     predictor.warm_up()  # part of the worker's load time, not of its first shard's scoring
     return predictor
+
+
+def _client_calibration(spec: str) -> Calibration:
+    """The client's calibration by name only: a worker with one tile's rows cannot load the
+    cutouts it names, and needs not, as the client quantised the model before any shard."""
+
+    def missing() -> tuple[np.ndarray, np.ndarray]:
+        raise DataError(
+            f"no int8 model file calibrated on {spec} where this worker looks: the client "
+            "makes it before any shard starts; do the workers see the model directory (or "
+            "$LENSFINDER_CACHE) at the same path?"
+        )
+
+    return Calibration(spec, missing)
+
+
+def _shard_source(task: ShardTask) -> tuple[Any, np.ndarray]:
+    """The source a shard reads, and the shard's positions in it: the tile rows it carries
+    (all of them), or the data at ``task.data`` opened once per worker (its range)."""
+    if task.tile_rows is not None:
+        return task.tile_rows, np.arange(len(task.tile_rows), dtype=np.int64)
+    source, _ = _cached(
+        "source", (task.data, task.data_key), lambda: _open_checked(task.data, task.data_key)
+    )
+    return source, np.arange(task.shard.start, task.shard.stop, dtype=np.int64)
+
+
+def _tile_columns(source: Any, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """``tile_index``, ``tile_x``, ``tile_y`` (the object's VIS pixel on its tile) of a scan
+    from tiles; nothing for other sources."""
+    catalog = source.catalog if isinstance(source, TileSource) else {}
+    return {name.lower(): catalog[name][rows] for name in TILE_COLUMNS if name in catalog}
 
 
 def member_info(predictor) -> list[dict[str, str]]:
@@ -162,9 +215,7 @@ def score_shard(task: ShardTask) -> dict[str, Any]:
         import torch
 
         torch.set_num_threads(task.torch_threads)
-    source, _ = _cached(
-        "source", (task.data, task.data_key), lambda: _open_checked(task.data, task.data_key)
-    )
+    source, indices = _shard_source(task)
     predictor, built = _cached(
         "predictor",
         (task.models, task.models_key, repr(sorted(task.predict.items())), task.torch_threads),
@@ -174,7 +225,6 @@ def score_shard(task: ShardTask) -> dict[str, Any]:
     scoring, began_at, cpu = time.perf_counter(), time.time(), time.process_time()
     members = member_info(predictor)
     has_labels = bool(np.any(np.asarray(source.labels) >= 0))
-    indices = np.arange(task.shard.start, task.shard.stop, dtype=np.int64)
     # predict_source streams the shard in small chunks and skips (and counts) invalid cutouts.
     scores = predictor.predict_source(source, indices, progress=False)
     rows = indices[np.asarray(scores.valid, dtype=bool)]
@@ -207,6 +257,7 @@ def score_shard(task: ShardTask) -> dict[str, Any]:
         meta=summary,
         theta_e=scored.theta_e,
         theta_e_sigma=scored.theta_e_sigma,
+        extra=_tile_columns(source, rows),
     )
     write_parquet(table, task.shard.path(Path(task.out)))
     summary["ended_at"] = time.time()  # with the file written: the client's steady rate
