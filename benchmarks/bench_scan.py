@@ -59,7 +59,7 @@ def load_average() -> float | None:
 
 def worker_threads(workers: int) -> int:
     """The threads a scan gives each LocalCluster worker (scan.run._dask_client's rule)."""
-    from lensfinder.utils import available_cores
+    from lensfinder.machine import available_cores
 
     return max(1, available_cores() // workers)
 
@@ -133,7 +133,7 @@ def bare_rate_cuda(model: Path, inputs: Path, batch: int, seconds: float) -> tup
     import torch
 
     from lensfinder.models.checkpoint import load_model
-    from lensfinder.predict.types import forward
+    from lensfinder.predict.model_io import forward
 
     device = torch.device("cuda")
     net, _ = load_model(model, device=device)

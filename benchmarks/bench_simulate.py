@@ -34,7 +34,7 @@ GOAL = 50.0  # cutouts/s on 2 cores (issue 14)
 def _stage_targets() -> dict[str, list[tuple[Any, str]]]:
     """stage -> the (owner, attribute) functions whose time is the stage's."""
     from lensfinder.simulate import quantities, render, writer
-    from lensfinder.simulate import run as sim_run
+    from lensfinder.simulate import simulation as sim_run
 
     return {
         "scene drawing": [

@@ -59,7 +59,7 @@ class BareLoop:
         from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE
         from lensfinder.data.transforms import map_input, to_model_input
         from lensfinder.train.module import LensClassifier, make_optimizer, to_channels_last
-        from lensfinder.train.run import initial_model, resolve_precision, uses_cuda
+        from lensfinder.train.training import initial_model, resolve_precision, uses_cuda
 
         self.torch = torch
         self.device = torch.device("cuda" if uses_cuda(config.accelerator) else "cpu")

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from lensfinder.utils import available_cores, cpu_model
+from lensfinder.machine import available_cores, cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -263,7 +263,7 @@ def write_results(
 ) -> dict[str, Any]:
     """The benchmark's record (figures, details, machine, command, date); written atomically to
     ``path`` when given. Returns the record."""
-    from lensfinder.utils import atomic_write_text
+    from lensfinder.files import atomic_write_text
 
     record = {
         "benchmark": Path(script).stem,

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None, help="comma-separated benchmark names")
     args = parser.parse_args(argv)
 
-    from lensfinder.utils import atomic_write_text
+    from lensfinder.files import atomic_write_text
 
     workdir = args.workdir / ("quick" if args.quick else "full")
     workdir.mkdir(parents=True, exist_ok=True)

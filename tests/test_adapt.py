@@ -34,8 +34,8 @@ from lensfinder.train.adapt import (
     recompute_batchnorm,
 )
 from lensfinder.train.datamodule import ConcatSource, split_parts
-from lensfinder.train.ensemble import train_models
-from lensfinder.train.run import check_config
+from lensfinder.train.members import train_models
+from lensfinder.train.training import check_config
 
 # What ``--adapt`` did by default before painted lenses became the default: AdaBN alone.
 ADABN: dict[str, object] = {"method": "adabn", "paint_lenses": False}

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lensfinder.config import TrainConfig
 from lensfinder.train.callbacks import AurocDropStopping, BatchSizeGrowth, PlateauTracker
 from lensfinder.train.module import LensClassifier, lr_multiplier
-from lensfinder.train.run import plateau_callback
+from lensfinder.train.training import plateau_callback
 
 
 class TinyNet(nn.Module):

@@ -84,7 +84,7 @@ PRECEDENCE = [
     ),
     (
         "train",
-        "lensfinder.train.ensemble.train_models",
+        "lensfinder.train.members.train_models",
         ["--data", "{tmp}", "--out", "{tmp}/run"],
         "max_epochs: 4\nmembers: 2\nnum_nodes: 1\n",
         lambda c: _fields(c.config(), ["max_epochs", "members", "num_nodes"]),

@@ -25,7 +25,7 @@ from lensfinder.errors import ConfigError, ModelFileError
 from lensfinder.evaluate import evaluate
 from lensfinder.models import load_model
 from lensfinder.predict import Predictor, export_onnx, synthetic_cutouts
-from lensfinder.train.ensemble import EnsembleResult, train_models
+from lensfinder.train.members import EnsembleResult, train_models
 
 CONFIG = TrainConfig(
     input=InputConfig(size=32),

@@ -19,7 +19,7 @@ from lensfinder.errors import ConfigError
 from lensfinder.simulate import scene as scenes
 from lensfinder.simulate import sky
 from lensfinder.simulate.quantities import NEIGHBOUR_RADII, neighbour_counts
-from lensfinder.simulate.run import validate
+from lensfinder.simulate.simulation import validate
 from lensfinder.surveys import EUCLID
 
 BANDS = EUCLID.bands

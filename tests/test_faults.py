@@ -377,8 +377,8 @@ def test_8_nisp_only_model_on_a_layout_without_vis_says_why_nothing_is_scanned(
 # -- disk full and a killed worker: finished shards are kept, nothing half-written stays -----
 def _plant(start: int, fault: str, flag: str) -> None:
     """In a worker: make the shard starting at ``start`` fail while its file is half written."""
+    from lensfinder.files import atomic_path
     from lensfinder.scan import shards
-    from lensfinder.utils import atomic_path
 
     original = getattr(shards, "_original_write_parquet", shards.write_parquet)
     shards._original_write_parquet = original

@@ -131,7 +131,7 @@ def test_4_training_on_a_bad_layout_reports_what_the_reader_skipped(
 def test_7_device_counts_beyond_the_cpu_are_refused_before_training(
     devices, words, tiny_store, tiny_train_config, tmp_path, monkeypatch
 ):
-    import lensfinder.train.run as train_run
+    import lensfinder.train.training as train_run
 
     monkeypatch.setattr(train_run, "available_cores", lambda: 2, raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -146,7 +146,7 @@ def test_7_device_counts_beyond_the_cpu_are_refused_before_training(
 
 
 def test_7_gpu_counts_and_indices_are_checked_against_the_visible_gpus(monkeypatch):
-    from lensfinder.train.run import check_devices
+    from lensfinder.train.training import check_devices
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -310,7 +310,7 @@ class NotATensor:
 
 def test_12_a_pickle_in_place_of_a_checkpoint_gives_one_line_without_torchs_advice(tmp_path):
     from lensfinder.models.pretrained import read_state_dict
-    from lensfinder.train.run import checkpoint_epoch
+    from lensfinder.train.training import checkpoint_epoch
 
     for path in (tmp_path / "last.ckpt", tmp_path / "weights.pth"):
         torch.save({"state_dict": {"w": NotATensor()}}, path)

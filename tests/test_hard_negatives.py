@@ -26,7 +26,7 @@ from lensfinder.train.hard_negatives import (
     score_rows,
     select_hard,
 )
-from lensfinder.train.run import check_config
+from lensfinder.train.training import check_config
 
 
 def mining_config(pool: Path | None, **hn) -> TrainConfig:

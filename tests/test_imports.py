@@ -17,7 +17,7 @@ PACKAGE = Path(lensfinder.__file__).parent
 # Lowest first. A package may import only packages of lower layers (and itself).
 LAYERS: list[set[str]] = [
     {"lensfinder", "errors", "surveys"},  # the base: facts and helpers every stage uses
-    {"utils", "labels", "layout", "einstein", "mer"},
+    {"files", "machine", "labels", "layout", "einstein", "mer"},
     {"config", "safety", "ensemble"},
     {"stages"},
     {"data"},
@@ -37,7 +37,7 @@ LAZY_EDGES = {"lensfinder.cli", "lensfinder.testing"}
 LAZY_ALLOWED = {
     ("lensfinder.scan.shards", "lensfinder.predict.predictor"):
         "the scan client plans and merges shards without torch; workers load the Predictor",
-    ("lensfinder.scan.run", "lensfinder.predict.onnx_build"):
+    ("lensfinder.scan.scanning", "lensfinder.predict.onnx_build"):
         "the scan client builds an ONNX file (torch) only on a cache miss",
 }  # fmt: skip
 # Third-party packages that cost start-up time or are optional: these may be imported lazily

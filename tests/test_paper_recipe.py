@@ -18,7 +18,7 @@ from lensfinder.models import create_model
 from lensfinder.models.batchnorm import batchnorm_layers
 from lensfinder.testing import TINY_INPUT, TINY_MODEL
 from lensfinder.train.module import LensClassifier, regularisation
-from lensfinder.train.run import check_config, plateau_callback
+from lensfinder.train.training import check_config, plateau_callback
 
 # The paper's Table I as REFERENCE.md copies it: D4, balanced, starting batch, epochs, L2,
 # highest AUROC, BN method.

@@ -189,7 +189,7 @@ def test_a_crash_on_a_worker_is_one_line_naming_the_shard(monkeypatch):
     from distributed import Client
 
     from lensfinder.errors import DataError
-    from lensfinder.scan import run as scan_run
+    from lensfinder.scan import scanning as scan_run
     from lensfinder.scan.shards import Shard, ShardTask
 
     def crash(task: ShardTask) -> dict:

@@ -16,7 +16,7 @@ from lensfinder.config import SimulateConfig
 from lensfinder.errors import ConfigError
 from lensfinder.labels import label_rule
 from lensfinder.simulate import simulate, simulate_object
-from lensfinder.simulate.run import lens_plan
+from lensfinder.simulate.simulation import lens_plan
 from lensfinder.simulate.writer import row_path
 from lensfinder.surveys import EUCLID
 

@@ -7,6 +7,10 @@ simulated tile tests the simulator's files, catalogue and resume.
 from __future__ import annotations
 
 import math
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -255,6 +259,46 @@ def test_resume_after_an_interrupted_run(tmp_path, monkeypatch):
     assert a.content_fingerprint() == b.content_fingerprint() and fresh.n_objects == 6
 
 
+def test_a_cutouts_run_killed_by_sigkill_resumes_to_the_same_store(tmp_path, monkeypatch):
+    """A real kill -9 in the middle of ``cutouts`` (the process dies on its third task, with
+    finished objects written): the re-run resumes and gives the store a fresh run gives."""
+    sources = [(110.5 + 30 * k, 120.5 + 25 * k) for k in range(6)]
+    planted_tile(tmp_path / "tiles", 1, sources)
+    cat = catalogue(tmp_path / "cat.fits", sources)
+    out = tmp_path / "st.zarr"
+    code = (
+        "import os, signal\n"
+        "import lensfinder.data.store as store\n"
+        "import lensfinder.data.tiles as tiles\n"
+        "from lensfinder.config import CutoutsConfig\n"
+        "store.FLUSH_OBJECTS, tiles.TASK_OBJECTS = 1, 2\n"
+        "real, calls = tiles.cut_tile, []\n"
+        "def dies(*args, **kwargs):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) == 3:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return real(*args, **kwargs)\n"
+        "tiles.cut_tile = dies\n"
+        f"tiles.cutouts({str(tmp_path / 'tiles')!r}, {str(cat)!r}, {str(out)!r}, "
+        "CutoutsConfig(chunk=1), progress=False)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert out.with_name("st.zarr.partial").is_dir() and not out.exists()
+    monkeypatch.setattr(tiles_module, "TASK_OBJECTS", 2)  # the plan the killed run made
+    monkeypatch.setattr("lensfinder.data.store.FLUSH_OBJECTS", 1)  # and its writes
+    resumed = cutouts(tmp_path / "tiles", cat, out, CutoutsConfig(chunk=1), progress=False)
+    assert resumed.resumed and resumed.n_objects == 6
+    cutouts(
+        tmp_path / "tiles", cat, tmp_path / "fresh.zarr", CutoutsConfig(chunk=1), progress=False
+    )
+    a, b = open_store(out), open_store(tmp_path / "fresh.zarr")
+    assert a.ids.tolist() == b.ids.tolist()
+    assert np.array_equal(a.read(range(6)).vis, b.read(range(6)).vis)
+    assert a.content_fingerprint() == b.content_fingerprint()
+
+
 # ----------------------------------------------------------------------------- one model input
 
 
@@ -271,7 +315,7 @@ def test_same_sky_as_challenge_cutouts_and_from_a_tile_gives_the_same_input(tmp_
     from lensfinder.simulate import writer
     from lensfinder.simulate.observing import NOMINAL
     from lensfinder.simulate.render import SceneRenderer, _exposure
-    from lensfinder.simulate.run import draw_scene
+    from lensfinder.simulate.simulation import draw_scene
     from lensfinder.testing import TINY_INPUT, make_run
 
     population = SimulateConfig()

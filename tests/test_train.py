@@ -23,7 +23,7 @@ from lensfinder.config import (
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.train import TrainResult, train
 from lensfinder.train.datamodule import LensDataModule
-from lensfinder.train.run import check_config, resolve_precision
+from lensfinder.train.training import check_config, resolve_precision
 
 
 def tiny_config(**overrides) -> TrainConfig:

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from lensfinder.utils import atomic_path, atomic_write_text
+from lensfinder.files import atomic_path, atomic_write_text
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):

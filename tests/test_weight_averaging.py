@@ -19,7 +19,7 @@ from lensfinder.config import HardNegativeConfig, SplitConfig, TrainConfig, load
 from lensfinder.errors import ConfigError
 from lensfinder.testing import TINY_INPUT, TINY_MODEL
 from lensfinder.train import train
-from lensfinder.train.run import check_config
+from lensfinder.train.training import check_config
 from lensfinder.train.weight_averaging import (
     AveragedWeights,
     ema_decay_after,

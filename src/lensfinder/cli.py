@@ -636,7 +636,7 @@ def train(
 
     --init RUN --adapt FIELD --config adabn-only: no training, only RUN's batch-norm statistics
     recomputed on FIELD (minutes; an ensemble RUN is adapted member by member)."""
-    from lensfinder.train.ensemble import train_models as run
+    from lensfinder.train.members import train_models as run
 
     paths = {"graded": graded, "graded_data": graded_data, "init": init, "adapt": adapt}
     cfg = _load(

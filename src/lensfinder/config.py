@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from lensfinder.errors import ConfigError
+from lensfinder.files import atomic_write_text
 from lensfinder.labels import DEFAULT_LABEL_RULE
-from lensfinder.utils import atomic_write_text
 
 SHIPPED_CONFIGS = Path(__file__).parent / "configs"
 BANDS_ALL: tuple[str, ...] = ("VIS", "Y", "J", "H")

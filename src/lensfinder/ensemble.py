@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lensfinder.errors import ModelFileError
-from lensfinder.utils import atomic_write_text
+from lensfinder.files import atomic_write_text
 
 ENSEMBLE_FILE = "ensemble.json"
 ENSEMBLE_FORMAT = 1

@@ -37,8 +37,8 @@ from pathlib import Path
 
 from lensfinder import __version__
 from lensfinder.errors import ConfigError, DataError, LensfinderError
+from lensfinder.files import atomic_write_text
 from lensfinder.layout import catalog_path
-from lensfinder.utils import atomic_write_text
 
 MARKER_FILE = ".lensfinder-output.json"
 LOCK_FILE = ".lensfinder.lock"

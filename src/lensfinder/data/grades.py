@@ -43,7 +43,7 @@ from lensfinder.config import GradingConfig
 from lensfinder.data import swap
 from lensfinder.data.swap import GRADE_VALUE
 from lensfinder.errors import ConfigError, DataError
-from lensfinder.utils import atomic_path, read_table
+from lensfinder.files import atomic_path, read_table
 
 GRADES: dict[str, str] = {
     "A": "definite lens",

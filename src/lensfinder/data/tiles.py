@@ -61,9 +61,9 @@ from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE, Cutouts
 from lensfinder.data.nonfinite import repair_nonfinite
 from lensfinder.data.store import STORE_KIND, PackResult, _zarr_entry, write_store
 from lensfinder.errors import ConfigError, DataError
+from lensfinder.files import read_table
 from lensfinder.stages import run_stage
 from lensfinder.surveys import EUCLID
-from lensfinder.utils import read_table
 
 VIS_BAND, NISP_BANDS = EUCLID.bands[0], EUCLID.bands[1:]
 TASK_OBJECTS = 1024  # objects cut per task (~220 MB of pixels); a tile's objects go in order

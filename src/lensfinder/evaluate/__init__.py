@@ -5,6 +5,6 @@ This package only measures; experiments that train (Table I, the BN study) live 
 ``lensfinder.experiments``.
 """
 
-from lensfinder.evaluate.run import EvaluationResult, evaluate
+from lensfinder.evaluate.evaluation import EvaluationResult, evaluate
 
 __all__ = ["EvaluationResult", "evaluate"]

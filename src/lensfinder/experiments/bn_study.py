@@ -34,6 +34,7 @@ from lensfinder.data import open_source
 from lensfinder.data.selection import labelled_only, select_indices
 from lensfinder.errors import ConfigError, DataError, ModelFileError
 from lensfinder.evaluate.metrics import auroc, compute_metrics
+from lensfinder.files import atomic_write_text
 from lensfinder.models import read_meta
 from lensfinder.predict.predictor import BnMode, Predictor
 from lensfinder.presentation.plots import line_plot
@@ -41,7 +42,6 @@ from lensfinder.presentation.report import write_report
 from lensfinder.safety import BN_STUDY
 from lensfinder.stages import progress_bar as progress
 from lensfinder.stages import run_stage
-from lensfinder.utils import atomic_write_text
 
 JSON_NAME = "bn_study.json"
 MARKDOWN_NAME = "bn_study.md"

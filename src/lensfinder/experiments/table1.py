@@ -50,17 +50,18 @@ from lensfinder.config import (
 from lensfinder.data import open_source
 from lensfinder.data.store import pack
 from lensfinder.errors import ConfigError, DataError
+from lensfinder.evaluate.evaluation import METRICS_NAME, SCORES_NAME, evaluate
 from lensfinder.evaluate.metrics import roc_curve
-from lensfinder.evaluate.run import METRICS_NAME, SCORES_NAME, evaluate
 from lensfinder.experiments.bn_study import bn_method
+from lensfinder.files import atomic_write_text
+from lensfinder.machine import cpu_model
 from lensfinder.models import read_meta
 from lensfinder.presentation.plots import grouped_bar_plot, roc_plot
 from lensfinder.safety import TABLE1
 from lensfinder.simulate import simulate
 from lensfinder.stages import Stage, report, run_stage
 from lensfinder.train import train
-from lensfinder.train.run import CONFIG_FILE, config_differences
-from lensfinder.utils import atomic_write_text, cpu_model
+from lensfinder.train.training import CONFIG_FILE, config_differences
 
 ROWS: tuple[int, ...] = tuple(range(1, 9))
 CONFIG_PATTERN = "table1-model{row}"

@@ -25,9 +25,9 @@ from lensfinder import __version__
 from lensfinder.config import MODEL_FILE_LEGACY, InputConfig, ModelConfig, from_dict, to_dict
 from lensfinder.ensemble import ENSEMBLE_FILE, is_ensemble
 from lensfinder.errors import ConfigError, ModelFileError
+from lensfinder.files import atomic_path, atomic_write_text
 from lensfinder.models.factory import create_model
 from lensfinder.models.pretrained import brief_list
-from lensfinder.utils import atomic_path, atomic_write_text
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"

@@ -22,7 +22,7 @@ from timm.models import adapt_input_conv
 from torch import nn
 
 from lensfinder.errors import ConfigError, ModelFileError
-from lensfinder.utils import torch_load_refusal
+from lensfinder.files import torch_load_refusal
 
 IMAGENET = "imagenet"
 LITE0_ARCH = "tf_efficientnet_lite0"

@@ -40,12 +40,9 @@ from lensfinder.data.cutouts import synthetic_cutouts
 from lensfinder.data.transforms import to_model_input
 from lensfinder.ensemble import is_ensemble, read_ensemble
 from lensfinder.errors import ConfigError, ModelFileError
+from lensfinder.files import atomic_path
 from lensfinder.models.checkpoint import META_FILE, WEIGHTS_FILE, input_config, load_model
-from lensfinder.predict.onnx_backend import OnnxRunner
-from lensfinder.predict.onnx_files import DEFAULT_OPSET, META_CACHE_KEY, cache_key
-from lensfinder.predict.onnx_files import read_metadata as read_metadata  # its old home
-from lensfinder.predict.quantize import with_metadata
-from lensfinder.predict.types import (
+from lensfinder.predict.model_io import (
     META_BN,
     META_FINGERPRINT,
     META_INPUT,
@@ -55,8 +52,11 @@ from lensfinder.predict.types import (
     has_theta_e,
     output_columns,
 )
+from lensfinder.predict.onnx_backend import OnnxRunner
+from lensfinder.predict.onnx_files import DEFAULT_OPSET, META_CACHE_KEY, cache_key
+from lensfinder.predict.onnx_files import read_metadata as read_metadata  # its old home
+from lensfinder.predict.quantize import with_metadata
 from lensfinder.stages import file_stage
-from lensfinder.utils import atomic_path
 
 TOLERANCE = 1e-4
 CHECK_ROWS = 3  # differs from the traced batch (2), so the dynamic batch axis is tested

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from lensfinder.errors import ModelFileError
-from lensfinder.predict.types import META_MODEL, ModelInput, output_columns
+from lensfinder.predict.model_io import META_MODEL, ModelInput, output_columns
 
 
 class OnnxRunner:

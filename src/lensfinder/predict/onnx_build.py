@@ -16,6 +16,7 @@ from pathlib import Path
 
 from lensfinder.data.transforms import to_model_input
 from lensfinder.errors import ModelFileError
+from lensfinder.files import atomic_path
 from lensfinder.models.checkpoint import input_config, load_model
 from lensfinder.predict.export import build_onnx
 from lensfinder.predict.onnx_backend import OnnxRunner
@@ -32,7 +33,6 @@ from lensfinder.predict.onnx_cache import (
 )
 from lensfinder.predict.onnx_files import META_CACHE_KEY, Precision
 from lensfinder.predict.quantize import META_INT8_CHECK, int8_check, quantize_int8, with_metadata
-from lensfinder.utils import atomic_path
 
 
 @contextlib.contextmanager

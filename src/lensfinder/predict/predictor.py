@@ -55,19 +55,19 @@ from lensfinder.data.transforms import map_input, to_model_input
 from lensfinder.einstein import mixture
 from lensfinder.ensemble import expand_models
 from lensfinder.errors import ConfigError, DataError, ModelFileError
+from lensfinder.machine import available_cores
 from lensfinder.models.batchnorm import bn_train_mode
 from lensfinder.models.checkpoint import input_config, load_model, read_meta
-from lensfinder.predict.onnx_build import onnx_runner
-from lensfinder.predict.onnx_cache import PRECISION_OF_BACKEND, CachedOnnx, Calibration
-from lensfinder.predict.types import (
+from lensfinder.predict.model_io import (
     Average,
     ModelInput,
     forward_outputs,
     has_theta_e,
     output_columns,
 )
+from lensfinder.predict.onnx_build import onnx_runner
+from lensfinder.predict.onnx_cache import PRECISION_OF_BACKEND, CachedOnnx, Calibration
 from lensfinder.stages import progress_bar as progress
-from lensfinder.utils import available_cores
 
 READ_BATCHES = 4  # predict_source reads this many chunks of batches from the source at a time
 PREFETCH_DEPTH = 2  # chunks read and prepared ahead of the model (bounded memory)

@@ -25,8 +25,8 @@ from scipy.ndimage import gaussian_filter
 
 from lensfinder.config import ColourViewConfig, GalleryConfig
 from lensfinder.data.pixels import background_and_noise, resample_nisp
+from lensfinder.files import atomic_path
 from lensfinder.surveys import EUCLID
-from lensfinder.utils import atomic_path
 
 
 def robust_background(image: np.ndarray) -> tuple[float, float]:

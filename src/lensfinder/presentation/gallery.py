@@ -20,9 +20,9 @@ from PIL import Image
 from lensfinder.config import ColourViewConfig
 from lensfinder.data.cutouts import CutoutSource
 from lensfinder.einstein import format_theta_e
+from lensfinder.files import atomic_path, atomic_write_text
 from lensfinder.presentation.composite import draw_view, resize_square, save_grid
 from lensfinder.stages import progress_bar
-from lensfinder.utils import atomic_path, atomic_write_text
 
 STAMP_DIR = "stamps"
 READ_CHUNK = 64  # cutouts read at once: the gallery never holds more images than this

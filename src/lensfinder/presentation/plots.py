@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 
-from lensfinder.utils import atomic_path
+from lensfinder.files import atomic_path
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lensfinder import __version__
-from lensfinder.utils import atomic_write_text
+from lensfinder.files import atomic_write_text
 
 REPORT_NAME = "report.html"
 _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}

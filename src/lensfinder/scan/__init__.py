@@ -4,6 +4,6 @@
 ``crossmatch.flag_known_lenses``. Dask, torch and pyarrow are imported inside the functions.
 """
 
-from lensfinder.scan.run import ScanResult, scan
+from lensfinder.scan.scanning import ScanResult, scan
 
 __all__ = ["ScanResult", "scan"]

@@ -22,7 +22,7 @@ import numpy as np
 
 from lensfinder.einstein import THETA_E, THETA_E_SIGMA
 from lensfinder.errors import DataError
-from lensfinder.utils import atomic_path, read_table
+from lensfinder.files import atomic_path, read_table
 
 META_KEY = b"lensfinder"
 CANDIDATES_PARQUET = "candidates.parquet"

@@ -24,6 +24,7 @@ from lensfinder.data.identity import index_of_ids
 from lensfinder.data.tile_source import open_tiles
 from lensfinder.einstein import THETA_E, THETA_E_SIGMA
 from lensfinder.errors import ConfigError, DataError
+from lensfinder.files import atomic_write_text
 from lensfinder.presentation.gallery import (
     Stamps,
     StampStyle,
@@ -35,7 +36,6 @@ from lensfinder.safety import GALLERY
 from lensfinder.scan.catalog import read_candidates, table_meta
 from lensfinder.scan.crossmatch import flag_known_lenses
 from lensfinder.stages import run_stage
-from lensfinder.utils import atomic_write_text
 
 SCAN_MANIFEST = "scan.json"  # what 'lensfinder scan' records beside its catalogue
 PAGE_TITLE = "lensfinder candidates"

@@ -6,6 +6,11 @@ VIS and NISP Y, J, H with lenstronomy, and writes FITS cutouts plus the catalogu
 ``lensfinder.labels`` derives the labels. lenstronomy is imported only when rendering starts.
 """
 
-from lensfinder.simulate.run import SimulatedObject, SimulateResult, simulate, simulate_object
+from lensfinder.simulate.simulation import (
+    SimulatedObject,
+    SimulateResult,
+    simulate,
+    simulate_object,
+)
 
 __all__ = ["SimulateResult", "SimulatedObject", "simulate", "simulate_object"]

@@ -49,6 +49,7 @@ from lensfinder.data.challenge import Problem
 from lensfinder.data.cutouts import CutoutSource
 from lensfinder.data.source import open_unlabelled
 from lensfinder.errors import ConfigError, DataError
+from lensfinder.files import atomic_path
 from lensfinder.labels import LabelRule, label_rule
 from lensfinder.safety import INJECTION
 from lensfinder.simulate import scene as scenes
@@ -64,13 +65,12 @@ from lensfinder.simulate.deflectors import (
 from lensfinder.simulate.deflectors import survey_noise as survey_background_noise
 from lensfinder.simulate.quantities import catalogue_row
 from lensfinder.simulate.render import SceneRenderer, counts_per_second, preload
-from lensfinder.simulate.run import _pool_context, _single_threaded_blas
-from lensfinder.simulate.run import validate as validate_simulation
+from lensfinder.simulate.simulation import _pool_context, _single_threaded_blas
+from lensfinder.simulate.simulation import validate as validate_simulation
 from lensfinder.simulate.stamps import StampLibrary
 from lensfinder.simulate.writer import finish_layout
 from lensfinder.stages import Stage, progress_bar, run_stage
 from lensfinder.surveys import Band, Survey, get_survey
-from lensfinder.utils import atomic_path
 
 PAINT_FLOOR = 1e-3  # arc pixels below this many noise sigmas are left out: the field is kept
 MEASURE_CHUNK = 64  # field cutouts read at once while measuring

@@ -52,15 +52,15 @@ import numpy as np
 from lensfinder import mer
 from lensfinder.config import TileSimulateConfig, to_dict
 from lensfinder.errors import ConfigError
+from lensfinder.files import atomic_path, atomic_write_text
 from lensfinder.safety import TILES
 from lensfinder.simulate import scene as scenes
 from lensfinder.simulate import sky
 from lensfinder.simulate.observing import NOMINAL
 from lensfinder.simulate.render import SceneRenderer, _exposure, counts_per_second, preload
-from lensfinder.simulate.run import _pool_context, _single_threaded_blas, draw_scene
+from lensfinder.simulate.simulation import _pool_context, _single_threaded_blas, draw_scene
 from lensfinder.stages import progress_bar, run_stage
 from lensfinder.surveys import EUCLID, Band, Survey
-from lensfinder.utils import atomic_path, atomic_write_text
 
 PARTS_DIR = ".tile_parts"
 RUN_FILE = "tile_run.json"

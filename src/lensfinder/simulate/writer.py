@@ -21,10 +21,10 @@ import numpy as np
 
 from lensfinder import layout
 from lensfinder.errors import ConfigError, DataError
+from lensfinder.files import atomic_path, atomic_write_text
 from lensfinder.labels import LabelRule
 from lensfinder.presentation.preview import write_preview
 from lensfinder.surveys import Band
-from lensfinder.utils import atomic_path, atomic_write_text
 
 ROWS_DIR = ".sim_rows"
 RUN_FILE = "run.json"

@@ -3,6 +3,6 @@
 ``run`` imports torch and Lightning only inside ``train``, so importing this package stays cheap.
 """
 
-from lensfinder.train.run import TrainResult, train
+from lensfinder.train.training import TrainResult, train
 
 __all__ = ["TrainResult", "train"]

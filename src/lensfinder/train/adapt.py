@@ -525,7 +525,7 @@ def adapt_only(config: TrainConfig, out: str | Path, progress: bool = True) -> A
         return stage.finish(AdaptResult(stage.out, records, ensemble is not None))
 
 
-# -- hooks of a training run (train/run.py) ----------------------------------------------------
+# -- hooks of a training run (train/training.py) ---------------------------------------------------
 def field_adaptation(
     config: TrainConfig, model: nn.Module, progress: bool = False
 ) -> tuple[FieldCutouts | None, JointAdaptation | None]:

@@ -54,11 +54,11 @@ from lensfinder.data.graded import GradedSource
 from lensfinder.data.identity import data_record, fingerprint, same_data
 from lensfinder.data.splits import split_indices
 from lensfinder.errors import ConfigError, DataError
+from lensfinder.files import atomic_path, atomic_write_text
 from lensfinder.models.checkpoint import WEIGHTS_FILE
 from lensfinder.predict import Predictor
 from lensfinder.simulate import simulate
 from lensfinder.train.datamodule import ConcatSource
-from lensfinder.utils import atomic_path, atomic_write_text
 
 FIRST_PASS_DIR = "first_pass"
 MINED_CSV = "hard_negatives.csv"

@@ -6,7 +6,7 @@ changes that make the averaged weights the ones early stopping picks and the run
 
 - the averaged weights are swapped back out in ``on_validation_end``, not at the end of the
   validation epoch: ``AurocDropStopping`` keeps its best state in ``on_validation_end``, and it
-  runs before this callback (``train/run.py`` adds this one after it), so it keeps the averaged
+  runs before this callback (``train/training.py`` adds this one after it), so it keeps the averaged
   weights, which it puts back at the end of training;
 - nothing is swapped in before the first average exists (SWA before ``swa_start``): those epochs
   validate the weights as they are, not the initial copy;

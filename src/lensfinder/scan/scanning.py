@@ -41,6 +41,8 @@ from lensfinder.data.cutouts import CutoutSource
 from lensfinder.data.tile_source import TileSource, open_tiles
 from lensfinder.ensemble import expand_models
 from lensfinder.errors import ConfigError, DataError, LensfinderError
+from lensfinder.files import atomic_write_text
+from lensfinder.machine import available_cores
 from lensfinder.predict.onnx_cache import PRECISION_OF_BACKEND, lookup, source_calibration
 from lensfinder.predict.onnx_files import files_fingerprint
 from lensfinder.safety import SCAN
@@ -55,7 +57,6 @@ from lensfinder.scan.shards import (
     score_shard,
 )
 from lensfinder.stages import Stage, progress_bar, run_stage
-from lensfinder.utils import atomic_write_text, available_cores
 
 MANIFEST = "scan.json"
 SCAN_KIND = SCAN  # the output marker's kind

@@ -45,6 +45,8 @@ from lensfinder.config import (
 from lensfinder.data import open_source
 from lensfinder.data.identity import data_record
 from lensfinder.errors import ConfigError, ModelFileError
+from lensfinder.files import atomic_path, torch_load_refusal
+from lensfinder.machine import available_cores
 from lensfinder.models import load_model, read_meta, save_model
 from lensfinder.safety import TRAIN
 from lensfinder.stages import run_stage
@@ -69,7 +71,6 @@ from lensfinder.train.weight_averaging import (
     averaging_record,
     weight_averaging_callback,
 )
-from lensfinder.utils import atomic_path, available_cores, torch_load_refusal
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_FILE = "last.ckpt"

@@ -21,7 +21,7 @@ from lensfinder.models.checkpoint import META_FILE
 from lensfinder.safety import ENSEMBLE
 from lensfinder.stages import report, run_stage
 from lensfinder.train.adapt import AdaptResult, adapt_only
-from lensfinder.train.run import TrainResult, check_config, train, train_inputs
+from lensfinder.train.training import TrainResult, check_config, train, train_inputs
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import re
 import tempfile
 from collections.abc import Iterator
@@ -47,25 +46,6 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
 def atomic_write_text(target: str | Path, text: str) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(text)
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity, e.g. a batch job's share)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else what ``platform`` knows: for reports
-    that say which machine a number was measured on."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def read_table(path: str | Path, what: str, hint: str) -> Any:

@@ -47,6 +47,7 @@ from lensfinder.evaluate.failures import (
 )
 from lensfinder.evaluate.metrics import compute_metrics, fpr_key, roc_curve
 from lensfinder.evaluate.theta_e import report_rows, theta_e_metrics
+from lensfinder.files import atomic_path, atomic_write_text
 from lensfinder.predict import Predictor
 from lensfinder.presentation.failures import failure_mosaic
 from lensfinder.presentation.plots import (
@@ -59,7 +60,6 @@ from lensfinder.presentation.plots import (
 from lensfinder.presentation.report import write_report
 from lensfinder.safety import EVALUATION
 from lensfinder.stages import run_stage
-from lensfinder.utils import atomic_path, atomic_write_text
 
 SCORES_NAME = "scores.csv"
 METRICS_NAME = "metrics.json"
