@@ -30,36 +30,86 @@ def border_index(height: int, width: int) -> np.ndarray:
     return index[::stride]
 
 
-def _middle(ordered: np.ndarray, first: np.ndarray, count: np.ndarray) -> np.ndarray:
-    """Median of ``count`` values from ``first`` along the last axis of the sorted ``ordered``
-    (the lower middle for even counts, as torch.nanmedian); NaN where ``count`` is 0."""
-    at = first + np.clip(count - 1, 0, None) // 2
-    middle = np.take_along_axis(ordered, at, axis=-1)
-    return np.where(count > 0, middle, np.float32(np.nan))
+def _kth_deviation(
+    ordered: np.ndarray, first: np.ndarray, count: np.ndarray, centre: np.ndarray, k: np.ndarray
+) -> np.ndarray:
+    """Per row of the sorted (rows, m) ``ordered``: the ``k``-th smallest (0-based) of
+    ``|v - centre|`` (float32, as written) over the run ``ordered[first:first + count]``, where
+    ``centre`` lies within the run. Exactly the value that sorting the deviations gives.
+
+    No sort: the run splits where ``v >= centre`` begins; the deviations fall towards the split
+    before it (run A, read backwards) and rise after it (run B), two sorted runs, so the k-th
+    smallest of both is found by bisecting how many of the k + 1 smallest come from A
+    (vectorised over rows, ~11 steps for 2,000 values). Rows with ``count`` 0 give garbage,
+    which callers mask.
+    """
+    rows = np.arange(ordered.shape[0])
+    last = ordered.shape[1] - 1
+
+    def deviation(index: np.ndarray) -> np.ndarray:
+        return np.abs(ordered[rows, np.minimum(np.maximum(index, 0), last)] - centre)
+
+    end = first + count
+    with np.errstate(invalid="ignore"):
+        below = np.count_nonzero(ordered < centre[:, None], axis=-1)
+    split = np.clip(below, first, end)
+    length_a, length_b = split - first, end - split
+    low = np.maximum(0, k + 1 - length_b)  # taken from A: low <= answer <= high
+    high = np.minimum(k + 1, length_a)
+    for _ in range(int(ordered.shape[1] + 1).bit_length()):
+        mid = (low + high) // 2
+        # Too few from A while B's last taken one exceeds A's next one.
+        more = (low < high) & (mid < length_a) & (k - mid >= 0)
+        more &= deviation(split + k - mid) > deviation(split - 1 - mid)
+        low = np.where(more, mid + 1, low)
+        high = np.where(more, high, mid)
+    from_a = np.where(low > 0, deviation(split - low), -np.inf)  # A[low - 1]
+    from_b = np.where(k - low >= 0, deviation(split + k - low), -np.inf)  # B[k - low]
+    return np.maximum(from_a, from_b).astype(np.float32)
+
+
+def _median_and_sigma(
+    ordered: np.ndarray, first: np.ndarray, count: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Median and 1.4826 x MAD of the runs ``ordered[first:first + count]`` (rows, m) of a
+    row-sorted array; (rows,) each, NaN where ``count`` is 0."""
+    half = np.maximum(count - 1, 0) // 2
+    median = np.take_along_axis(ordered, (first + half)[:, None], axis=-1)[:, 0]
+    median = np.where(count > 0, median, np.float32(np.nan))
+    mad = _kth_deviation(ordered, first, count, median, half)
+    return median, np.where(count > 0, MAD_TO_SIGMA * mad, np.float32(np.nan))
 
 
 def background_and_noise(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sky level and noise sigma per image of ``images`` (..., h, w), float32, shaped (..., 1):
     the border frame's median and 1.4826 x MAD, then ``CLIP_ITERATIONS`` rounds of 3-sigma
-    clipping. NaN or 0 where the noise cannot be measured (callers fall back)."""
+    clipping. NaN or 0 where the noise cannot be measured (callers fall back).
+
+    One sort per frame: the pixels a clipping round keeps (``|v - median| <= 3 sigma``,
+    computed as written) are one run of the sorted frame, so each median is read off it and
+    each MAD is selected from the two sorted runs of deviations (``_kth_deviation``): the same
+    floats as sorting the deviations, at a quarter of the sorting.
+    """
     images = np.asarray(images, dtype=np.float32)
-    height, width = images.shape[-2:]
-    frame = images.reshape(*images.shape[:-2], height * width)[..., border_index(height, width)]
-    frame = np.where(np.isfinite(frame), frame, np.float32(np.nan))
-    ordered = np.sort(frame, axis=-1)  # NaN last
-    count = np.count_nonzero(~np.isnan(ordered), axis=-1, keepdims=True)
-    start = np.zeros_like(count)
-    median = _middle(ordered, start, count)
-    deviation = np.sort(np.abs(ordered - median), axis=-1)
-    sigma = MAD_TO_SIGMA * _middle(deviation, start, count)
+    batch, (height, width) = images.shape[:-2], images.shape[-2:]
+    flat = images.reshape(-1, height * width)
+    frame = np.take(flat, border_index(height, width), axis=-1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        all_finite = bool(np.isfinite(frame.sum()))  # a finite sum: every pixel finite
+    if not all_finite:
+        frame = np.where(np.isfinite(frame), frame, np.float32(np.nan))
+    frame.sort(axis=-1)  # in place (``take`` made a copy): NaN last
+    ordered = frame
+    count = np.full(len(ordered), ordered.shape[1])
+    if not all_finite:
+        count = np.count_nonzero(~np.isnan(ordered), axis=-1)
+    median, sigma = _median_and_sigma(ordered, np.zeros_like(count), count)
     for _ in range(CLIP_ITERATIONS):
         with np.errstate(invalid="ignore"):
-            kept = np.abs(ordered - median) <= CLIP_SIGMAS * sigma  # NaN compares False
-        count = np.count_nonzero(kept, axis=-1, keepdims=True)
-        median = _middle(ordered, np.argmax(kept, axis=-1, keepdims=True), count)
-        deviation = np.where(kept, np.abs(ordered - median), np.float32(np.nan))
-        sigma = MAD_TO_SIGMA * _middle(np.sort(deviation, axis=-1), start, count)
-    return median, sigma
+            kept = np.abs(ordered - median[:, None]) <= CLIP_SIGMAS * sigma[:, None]
+        count = np.count_nonzero(kept, axis=-1)
+        median, sigma = _median_and_sigma(ordered, np.argmax(kept, axis=-1), count)
+    return median.reshape(*batch, 1), sigma.reshape(*batch, 1)
 
 
 def _bilinear_weights(size: int, pixels: int, ratio: float) -> np.ndarray:
