@@ -8,6 +8,8 @@ server draw with these and so start without torch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from lensfinder.config import BANDS_NISP
@@ -30,54 +32,62 @@ def border_index(height: int, width: int) -> np.ndarray:
     return index[::stride]
 
 
-def _kth_deviation(
-    ordered: np.ndarray, first: np.ndarray, count: np.ndarray, centre: np.ndarray, k: np.ndarray
+def _first_false(
+    holds: Callable[[np.ndarray], np.ndarray], low: np.ndarray, high: np.ndarray, length: int
 ) -> np.ndarray:
-    """Per row of the sorted (rows, m) ``ordered``: the ``k``-th smallest (0-based) of
-    ``|v - centre|`` (float32, as written) over the run ``ordered[first:first + count]``, where
-    ``centre`` lies within the run. Exactly the value that sorting the deviations gives.
-
-    No sort: the run splits where ``v >= centre`` begins; the deviations fall towards the split
-    before it (run A, read backwards) and rise after it (run B), two sorted runs, so the k-th
-    smallest of both is found by bisecting how many of the k + 1 smallest come from A
-    (vectorised over rows, ~11 steps for 2,000 values). Rows with ``count`` 0 give garbage,
-    which callers mask.
-    """
-    rows = np.arange(ordered.shape[0])
-    last = ordered.shape[1] - 1
-
-    def deviation(index: np.ndarray) -> np.ndarray:
-        return np.abs(ordered[rows, np.minimum(np.maximum(index, 0), last)] - centre)
-
-    end = first + count
-    with np.errstate(invalid="ignore"):
-        below = np.count_nonzero(ordered < centre[:, None], axis=-1)
-    split = np.clip(below, first, end)
-    length_a, length_b = split - first, end - split
-    low = np.maximum(0, k + 1 - length_b)  # taken from A: low <= answer <= high
-    high = np.minimum(k + 1, length_a)
-    for _ in range(int(ordered.shape[1] + 1).bit_length()):
-        mid = (low + high) // 2
-        # Too few from A while B's last taken one exceeds A's next one.
-        more = (low < high) & (mid < length_a) & (k - mid >= 0)
-        more &= deviation(split + k - mid) > deviation(split - 1 - mid)
-        low = np.where(more, mid + 1, low)
-        high = np.where(more, high, mid)
-    from_a = np.where(low > 0, deviation(split - low), -np.inf)  # A[low - 1]
-    from_b = np.where(k - low >= 0, deviation(split + k - low), -np.inf)  # B[k - low]
-    return np.maximum(from_a, from_b).astype(np.float32)
+    """Per row, the first index in [low, high] where ``holds`` (true, then false along the
+    index; false at ``high``) is false: bisection vectorised over rows, for up to ``length``
+    indices."""
+    for _ in range(int(length + 1).bit_length()):
+        mid = (low + high) >> 1
+        move = (low < high) & holds(mid)
+        low = np.where(move, mid + 1, low)
+        high = np.where(move, high, mid)
+    return low
 
 
 def _median_and_sigma(
-    ordered: np.ndarray, first: np.ndarray, count: np.ndarray
+    ordered: np.ndarray, first: np.ndarray, count: np.ndarray, deviation: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Median and 1.4826 x MAD of the runs ``ordered[first:first + count]`` (rows, m) of a
-    row-sorted array; (rows,) each, NaN where ``count`` is 0."""
+    """Median and 1.4826 x MAD of the runs ``ordered[first:first + count]`` of the row-sorted
+    (rows, m) ``ordered``: (rows,) each, NaN where ``count`` is 0. ``deviation`` (rows, m)
+    receives ``|v - median|`` of every value, float32 as written (one buffer for all rounds:
+    fresh megabytes each round cost page faults).
+
+    The MAD is the k-th smallest deviation in the run, without sorting deviations: the run
+    splits where ``v >= median`` begins; before it deviations fall towards the split (run A,
+    read backwards), from it they rise (run B): the k-th smallest of two sorted runs is found
+    by bisecting how many of the k + 1 smallest come from A, exactly the value a sort gives.
+    """
+    rows, length = ordered.shape
+    base = np.arange(rows) * length  # flat index of each row's start
     half = np.maximum(count - 1, 0) // 2
-    median = np.take_along_axis(ordered, (first + half)[:, None], axis=-1)[:, 0]
-    median = np.where(count > 0, median, np.float32(np.nan))
-    mad = _kth_deviation(ordered, first, count, median, half)
-    return median, np.where(count > 0, MAD_TO_SIGMA * mad, np.float32(np.nan))
+    at_median = base + first + half
+    median = np.where(count > 0, ordered.ravel()[at_median], np.float32(np.nan))
+    with np.errstate(invalid="ignore"):
+        np.abs(np.subtract(ordered, median[:, None], out=deviation), out=deviation)
+    flat_ordered, flat_deviation = ordered.ravel(), deviation.ravel()
+
+    def value(index: np.ndarray) -> np.ndarray:
+        return np.take(flat_ordered, index, mode="clip")
+
+    split = _first_false(lambda i: value(i) < median, base + first, at_median, length)
+
+    def dev(index: np.ndarray) -> np.ndarray:
+        return np.take(flat_deviation, index, mode="clip")
+
+    from_a, from_b = split - base - first, base + first + count - split  # run lengths
+    low = np.maximum(0, half + 1 - from_b)  # taken from A, of the k + 1 smallest
+    high = np.minimum(half + 1, from_a)
+    last_b = split + half  # B[k - i] sits at last_b - i, A[i] at split - 1 - i
+    # Too few from A while B's last taken one exceeds A's next one.
+    taken = _first_false(lambda i: dev(last_b - i) > dev(split - 1 - i), low, high, length)
+    mad = np.maximum(
+        np.where(taken > 0, dev(split - taken), -np.inf),  # A[taken - 1]
+        np.where(half - taken >= 0, dev(last_b - taken), -np.inf),  # B[k - taken]
+    )
+    sigma = np.where(count > 0, MAD_TO_SIGMA * mad.astype(np.float32), np.float32(np.nan))
+    return median, sigma
 
 
 def background_and_noise(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -103,12 +113,13 @@ def background_and_noise(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     count = np.full(len(ordered), ordered.shape[1])
     if not all_finite:
         count = np.count_nonzero(~np.isnan(ordered), axis=-1)
-    median, sigma = _median_and_sigma(ordered, np.zeros_like(count), count)
+    deviation, kept = np.empty_like(ordered), np.empty(ordered.shape, dtype=bool)
+    median, sigma = _median_and_sigma(ordered, np.zeros_like(count), count, deviation)
     for _ in range(CLIP_ITERATIONS):
-        with np.errstate(invalid="ignore"):
-            kept = np.abs(ordered - median[:, None]) <= CLIP_SIGMAS * sigma[:, None]
+        with np.errstate(invalid="ignore"):  # NaN compares False
+            np.less_equal(deviation, CLIP_SIGMAS * sigma[:, None], out=kept)
         count = np.count_nonzero(kept, axis=-1)
-        median, sigma = _median_and_sigma(ordered, np.argmax(kept, axis=-1), count)
+        median, sigma = _median_and_sigma(ordered, np.argmax(kept, axis=-1), count, deviation)
     return median.reshape(*batch, 1), sigma.reshape(*batch, 1)
 
 
