@@ -92,16 +92,18 @@ def _label(cfg: InputConfig) -> str:
 
 
 @pytest.mark.parametrize("cfg", SHIPPED + OTHERS, ids=_label)
-@pytest.mark.parametrize("chunk_values", [transforms.STRETCH_CHUNK_VALUES, 5000])
+@pytest.mark.parametrize("small_chunks", [False, True], ids=["default-chunks", "small-chunks"])
 def test_model_input_is_identical_to_the_reference(
-    cutouts, cfg: InputConfig, chunk_values: int, monkeypatch
+    cutouts, cfg: InputConfig, small_chunks: bool, monkeypatch
 ) -> None:
     """Every shipped input config, the other layouts and normalisations: the same floats as
-    the reference, for the whole batch and for batches of 1, 5 and 13, with the default
+    the reference, for the whole batch and for batches of 0, 1, 5 and 13, with the default
     chunks and with chunks of one or a few images."""
-    monkeypatch.setattr(transforms, "STRETCH_CHUNK_VALUES", chunk_values)
+    if small_chunks:
+        monkeypatch.setattr(transforms, "STRETCH_CHUNK_VALUES", 5000)
+        monkeypatch.setattr(transforms, "RESAMPLE_CHUNK_VALUES", 50000)
     vis, nisp = cutouts
-    for rows in (slice(None), slice(0, 1), slice(3, 8), slice(11, 24)):
+    for rows in (slice(None), slice(0, 0), slice(0, 1), slice(3, 8), slice(11, 24)):
         new = to_model_input(vis[rows], nisp[rows], cfg)
         _assert_identical(new, reference.to_model_input(vis[rows], nisp[rows], cfg))
 

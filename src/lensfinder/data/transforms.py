@@ -29,9 +29,12 @@ from lensfinder.errors import ConfigError
 from lensfinder.surveys import EUCLID
 
 FALLBACK_QUANTILE = 0.99
-# The stretch runs over chunks of about this many values (512 KB of float32): a chunk's
-# temporaries stay in the CPU cache, 2-3x faster than a dozen passes over a whole batch.
+# The stretch runs over chunks of about this many values per thread (512 KB of float32): a
+# chunk's temporaries stay in the CPU cache, 2-3x faster than a dozen passes over a whole batch.
 STRETCH_CHUNK_VALUES = 1 << 17
+# NISP resampling writes this many values per thread and chunk: grid_sample shares its work
+# between threads by image, and its output is written once, so chunks need not fit the cache.
+RESAMPLE_CHUNK_VALUES = 1 << 20
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -114,11 +117,15 @@ def _usable(scale: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(scale) & (scale > 0)
 
 
-def image_chunks(count: int, values_per_image: int) -> Iterator[slice]:
-    """Slices of ``count`` images, about ``STRETCH_CHUNK_VALUES`` values each. Any chunking
-    gives the same floats: every step is elementwise or per image (torch's vectorised ``log``
-    also computes a loop's last values, a partial vector, with the vectorised code)."""
-    step = max(1, STRETCH_CHUNK_VALUES // max(1, values_per_image))
+def _image_chunks(
+    count: int, values_per_image: int, values_per_thread: int | None = None
+) -> Iterator[slice]:
+    """Slices of ``count`` images, about ``values_per_thread`` (``STRETCH_CHUNK_VALUES``)
+    values for each torch thread. Any chunking gives the same floats: every step is
+    elementwise or per image (torch's vectorised ``log`` also computes a loop's last values,
+    a partial vector, with the vectorised code)."""
+    per_thread = STRETCH_CHUNK_VALUES if values_per_thread is None else values_per_thread
+    step = max(1, per_thread * torch.get_num_threads() // max(1, values_per_image))
     for start in range(0, count, step):
         yield slice(start, min(count, start + step))
 
@@ -126,10 +133,10 @@ def image_chunks(count: int, values_per_image: int) -> Iterator[slice]:
 Normalizer = Callable[[slice, torch.Tensor], torch.Tensor]
 
 
-def normalizer(x: torch.Tensor, input_cfg: InputConfig, crop: int | None = None) -> Normalizer:
+def _normalizer(x: torch.Tensor, input_cfg: InputConfig, crop: int | None = None) -> Normalizer:
     """``normalize`` in two steps: the statistics of all of ``x`` (n, c, h, w) now; the
     function returned writes the normalised images of a slice of ``x`` into ``out`` (and
-    returns it), so a caller can go chunk by chunk (``image_chunks``) with the same floats."""
+    returns it), so a caller can go chunk by chunk (``_image_chunks``) with the same floats."""
     method = input_cfg.normalization
     clip = input_cfg.clip
     if method in ("asinh_noise", "asinh_percentile"):
@@ -157,10 +164,10 @@ def normalize(x: torch.Tensor, input_cfg: InputConfig, crop: int | None = None) 
     ``crop`` x ``crop`` pixels are returned, and only those are stretched: the same values as
     cropping afterwards, at a quarter of the cost for a native 100 px cut of a 200 px cutout.
     """
-    stretch = normalizer(x, input_cfg, crop)
+    stretch = _normalizer(x, input_cfg, crop)
     height, width = (crop, crop) if crop is not None else x.shape[-2:]
     out = torch.empty((*x.shape[:2], height, width), dtype=torch.float32, device=x.device)
-    for rows in image_chunks(len(x), out[0].numel()):
+    for rows in _image_chunks(len(x), math.prod(out.shape[1:])):
         stretch(rows, out[rows])
     return out
 
@@ -315,18 +322,18 @@ def to_model_input(
     n, size = vis_t.shape[0], input_cfg.size
     if input_cfg.layout == "two_branch":
         assert nisp_t is not None  # check_bands guarantees VIS and NISP bands
-        vis_out = torch.empty((n, 1, size, size), dtype=torch.float32)
+        vis_out = torch.empty((n, 1, size, size), dtype=torch.float32, device=vis_t.device)
         _vis_input_into(vis_out, vis_t[:, None], input_cfg)
         return vis_out, nisp_t
     # Every band is written straight into its channel, chunk by chunk (no whole-batch
     # temporaries, no concatenation).
-    out = torch.empty((n, len(bands), size, size), dtype=torch.float32)
+    out = torch.empty((n, len(bands), size, size), dtype=torch.float32, device=vis_t.device)
     if "VIS" in bands:
         channel = bands.index("VIS")
         _vis_input_into(out[:, channel : channel + 1], vis_t[:, None], input_cfg)
     if nisp_t is not None:
         channels = [bands.index(b) for b in bands if b != "VIS"]
-        for rows in image_chunks(n, len(channels) * size * size):
+        for rows in _image_chunks(n, len(channels) * size * size, RESAMPLE_CHUNK_VALUES):
             resampled = resample_nisp(nisp_t[rows], size, field)
             for i, channel in enumerate(channels):
                 out[rows, channel].copy_(resampled[:, i])
@@ -338,13 +345,16 @@ def _vis_input_into(out: torch.Tensor, vis: torch.Tensor, input_cfg: InputConfig
     (n, 1, size, size), chunk by chunk. Native: the central cut, made by the normaliser so
     only kept pixels are stretched; binned: the whole image stretched, then binned."""
     native = input_cfg.vis_sampling == "native"
-    stretch = normalizer(vis, input_cfg, input_cfg.size if native else None)
+    stretch = _normalizer(vis, input_cfg, input_cfg.size if native else None)
     if native or vis.shape[-1] == input_cfg.size:
-        for rows in image_chunks(len(vis), out[0].numel()):
+        for rows in _image_chunks(len(vis), math.prod(out.shape[1:])):
             stretch(rows, out[rows])
         return
-    chunks = list(image_chunks(len(vis), vis[0].numel()))
-    buffer = torch.empty((chunks[0].stop, *vis.shape[1:]), dtype=torch.float32)
-    for rows in chunks:
+    buffer = None
+    for rows in _image_chunks(len(vis), math.prod(vis.shape[1:])):
+        if buffer is None:  # the first chunk is the largest
+            buffer = torch.empty(
+                (rows.stop, *vis.shape[1:]), dtype=torch.float32, device=vis.device
+            )
         stretched = stretch(rows, buffer[: rows.stop - rows.start])
         out[rows].copy_(vis_to_input(stretched, input_cfg))
