@@ -38,6 +38,7 @@ def plan(workdir: Path, quick: bool) -> list[tuple[str, list[str]]]:
         "bench_store_read": ("--n 128 --repeats 2", "--n 512 --repeats 2"),
         "bench_train": ("--n 128 --epochs 2 --samples 64", "--n 512 --epochs 2 --samples 256"),
         "bench_backends": ("--n 64 --batch 32", "--n 128 --batch 32"),
+        "bench_preprocess": ("--rounds 2 --repeats 1 --threads 1", "--rounds 5 --repeats 2"),
         "bench_auroc_budget": ("--n 200 --bootstrap 200", "--n 800 --bootstrap 500"),
     }
     steps = [(script, pair[0 if quick else 1].split()) for script, pair in sizes.items()]

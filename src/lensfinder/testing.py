@@ -120,6 +120,32 @@ def _draw_scene(rng: np.random.Generator, is_lens: bool) -> dict:
     return {"galaxies": galaxies, "arc": arc}
 
 
+def _render_bands(
+    scene: dict, rng: np.random.Generator, vis_size: int, nisp_size: int, flux_scale: float
+) -> list[np.ndarray]:
+    """One object's images in ``EUCLID.bands`` order (VIS, Y, J, H), in challenge-like units."""
+    images = []
+    for band in EUCLID.bands:
+        pixels = vis_size if band.instrument == "VIS" else nisp_size
+        sigma = band.psf_sigma_pixels * band.pixel_scale
+        image = _render(band.name, pixels, band.pixel_scale, sigma, scene, rng)
+        images.append(image * (flux_scale * TINY_BAND_FLUX[band.name]))
+    return images
+
+
+def tiny_cutouts(n: int, seed: int = 0, flux_scale: float = 1e-11) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` objects (every other one a lens) as ``make_tiny_layout`` draws them, in memory:
+    VIS (n, 200, 200) and NISP (n, 3, 66, 66) float32, for speed and equality checks that
+    need real-looking cutouts but no files."""
+    rng = np.random.default_rng(seed)
+    vis = np.empty((n, 200, 200), dtype=np.float32)
+    nisp = np.empty((n, 3, 66, 66), dtype=np.float32)
+    for index in range(n):
+        images = _render_bands(_draw_scene(rng, index % 2 == 0), rng, 200, 66, flux_scale)
+        vis[index], nisp[index] = images[0], np.stack(images[1:])
+    return vis, nisp
+
+
 def _catalog_row(rng: np.random.Generator, object_id: int, is_lens: bool) -> dict[str, float | str]:
     """Catalogue quantities that make the default label rule agree with ``is_lens``."""
     row: dict[str, float | str] = {
@@ -215,11 +241,8 @@ def make_tiny_layout(
         object_id = first_id + index
         scene = _draw_scene(rng, bool(is_lens[index]))
         ra, dec = (150.0 + rng.uniform(-1, 1), 2.0 + rng.uniform(-1, 1)) if wcs else (None, None)
-        for band in EUCLID.bands:
-            pixels = vis_size if band.instrument == "VIS" else nisp_size
-            sigma = band.psf_sigma_pixels * band.pixel_scale
-            image = _render(band.name, pixels, band.pixel_scale, sigma, scene, rng)
-            image *= flux_scale * TINY_BAND_FLUX[band.name]
+        images = _render_bands(scene, rng, vis_size, nisp_size, flux_scale)
+        for band, image in zip(EUCLID.bands, images, strict=True):
             write_fits(image_path(root, band, object_id), image, ra, dec, band.pixel_scale)
         rows.append(_catalog_row(rng, object_id, bool(is_lens[index])))
         if kinds:

@@ -8,6 +8,8 @@ server draw with these and so start without torch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from lensfinder.config import BANDS_NISP
@@ -30,36 +32,95 @@ def border_index(height: int, width: int) -> np.ndarray:
     return index[::stride]
 
 
-def _middle(ordered: np.ndarray, first: np.ndarray, count: np.ndarray) -> np.ndarray:
-    """Median of ``count`` values from ``first`` along the last axis of the sorted ``ordered``
-    (the lower middle for even counts, as torch.nanmedian); NaN where ``count`` is 0."""
-    at = first + np.clip(count - 1, 0, None) // 2
-    middle = np.take_along_axis(ordered, at, axis=-1)
-    return np.where(count > 0, middle, np.float32(np.nan))
+def _first_false(
+    holds: Callable[[np.ndarray], np.ndarray], low: np.ndarray, high: np.ndarray, length: int
+) -> np.ndarray:
+    """Per row, the first index in [low, high] where ``holds`` (true, then false along the
+    index; false at ``high``) is false: bisection vectorised over rows, for up to ``length``
+    indices."""
+    for _ in range(int(length + 1).bit_length()):
+        mid = (low + high) >> 1
+        move = (low < high) & holds(mid)
+        low = np.where(move, mid + 1, low)
+        high = np.where(move, high, mid)
+    return low
+
+
+def _median_and_sigma(
+    ordered: np.ndarray, first: np.ndarray, count: np.ndarray, deviation: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Median and 1.4826 x MAD of the runs ``ordered[first:first + count]`` of the row-sorted
+    (rows, m) ``ordered``: (rows,) each, NaN where ``count`` is 0. ``deviation`` (rows, m)
+    receives ``|v - median|`` of every value, float32 as written (one buffer for all rounds:
+    fresh megabytes each round cost page faults).
+
+    The MAD is the k-th smallest deviation in the run, without sorting deviations: the run
+    splits where ``v >= median`` begins; before it deviations fall towards the split (run A,
+    read backwards), from it they rise (run B): the k-th smallest of two sorted runs is found
+    by bisecting how many of the k + 1 smallest come from A, exactly the value a sort gives.
+    """
+    rows, length = ordered.shape
+    base = np.arange(rows) * length  # flat index of each row's start
+    half = np.maximum(count - 1, 0) // 2
+    at_median = base + first + half
+    median = np.where(count > 0, ordered.ravel()[at_median], np.float32(np.nan))
+    with np.errstate(invalid="ignore"):
+        np.abs(np.subtract(ordered, median[:, None], out=deviation), out=deviation)
+    flat_ordered, flat_deviation = ordered.ravel(), deviation.ravel()
+
+    def value(index: np.ndarray) -> np.ndarray:
+        return np.take(flat_ordered, index, mode="clip")
+
+    split = _first_false(lambda i: value(i) < median, base + first, at_median, length)
+
+    def dev(index: np.ndarray) -> np.ndarray:
+        return np.take(flat_deviation, index, mode="clip")
+
+    from_a, from_b = split - base - first, base + first + count - split  # run lengths
+    low = np.maximum(0, half + 1 - from_b)  # taken from A, of the k + 1 smallest
+    high = np.minimum(half + 1, from_a)
+    last_b = split + half  # B[k - i] sits at last_b - i, A[i] at split - 1 - i
+    # Too few from A while B's last taken one exceeds A's next one.
+    taken = _first_false(lambda i: dev(last_b - i) > dev(split - 1 - i), low, high, length)
+    mad = np.maximum(
+        np.where(taken > 0, dev(split - taken), -np.inf),  # A[taken - 1]
+        np.where(half - taken >= 0, dev(last_b - taken), -np.inf),  # B[k - taken]
+    )
+    sigma = np.where(count > 0, MAD_TO_SIGMA * mad.astype(np.float32), np.float32(np.nan))
+    return median, sigma
 
 
 def background_and_noise(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sky level and noise sigma per image of ``images`` (..., h, w), float32, shaped (..., 1):
     the border frame's median and 1.4826 x MAD, then ``CLIP_ITERATIONS`` rounds of 3-sigma
-    clipping. NaN or 0 where the noise cannot be measured (callers fall back)."""
+    clipping. NaN or 0 where the noise cannot be measured (callers fall back).
+
+    One sort per frame: the pixels a clipping round keeps (``|v - median| <= 3 sigma``,
+    computed as written) are one run of the sorted frame, so each median is read off it and
+    each MAD is selected from the two sorted runs of deviations (``_kth_deviation``): the same
+    floats as sorting the deviations, at a quarter of the sorting.
+    """
     images = np.asarray(images, dtype=np.float32)
-    height, width = images.shape[-2:]
-    frame = images.reshape(*images.shape[:-2], height * width)[..., border_index(height, width)]
-    frame = np.where(np.isfinite(frame), frame, np.float32(np.nan))
-    ordered = np.sort(frame, axis=-1)  # NaN last
-    count = np.count_nonzero(~np.isnan(ordered), axis=-1, keepdims=True)
-    start = np.zeros_like(count)
-    median = _middle(ordered, start, count)
-    deviation = np.sort(np.abs(ordered - median), axis=-1)
-    sigma = MAD_TO_SIGMA * _middle(deviation, start, count)
+    batch, (height, width) = images.shape[:-2], images.shape[-2:]
+    flat = images.reshape(-1, height * width)
+    frame = np.take(flat, border_index(height, width), axis=-1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        all_finite = bool(np.isfinite(frame.sum()))  # a finite sum: every pixel finite
+    if not all_finite:
+        frame = np.where(np.isfinite(frame), frame, np.float32(np.nan))
+    frame.sort(axis=-1)  # in place (``take`` made a copy): NaN last
+    ordered = frame
+    count = np.full(len(ordered), ordered.shape[1])
+    if not all_finite:
+        count = np.count_nonzero(~np.isnan(ordered), axis=-1)
+    deviation, kept = np.empty_like(ordered), np.empty(ordered.shape, dtype=bool)
+    median, sigma = _median_and_sigma(ordered, np.zeros_like(count), count, deviation)
     for _ in range(CLIP_ITERATIONS):
-        with np.errstate(invalid="ignore"):
-            kept = np.abs(ordered - median) <= CLIP_SIGMAS * sigma  # NaN compares False
-        count = np.count_nonzero(kept, axis=-1, keepdims=True)
-        median = _middle(ordered, np.argmax(kept, axis=-1, keepdims=True), count)
-        deviation = np.where(kept, np.abs(ordered - median), np.float32(np.nan))
-        sigma = MAD_TO_SIGMA * _middle(np.sort(deviation, axis=-1), start, count)
-    return median, sigma
+        with np.errstate(invalid="ignore"):  # NaN compares False
+            np.less_equal(deviation, CLIP_SIGMAS * sigma[:, None], out=kept)
+        count = np.count_nonzero(kept, axis=-1)
+        median, sigma = _median_and_sigma(ordered, np.argmax(kept, axis=-1), count, deviation)
+    return median.reshape(*batch, 1), sigma.reshape(*batch, 1)
 
 
 def _bilinear_weights(size: int, pixels: int, ratio: float) -> np.ndarray:
