@@ -174,13 +174,72 @@ def test_corrupt_cutouts_are_counted_not_fatal(layout_factory, runs, scheduler, 
 
 def test_two_workers_give_the_catalogue_of_one(tiny_store, runs, scheduler, tmp_path):
     one = tmp_path / "one"
-    result = scan(runs[:1], tiny_store, one, _cfg(shard_size=8, workers=1), progress=False)
-    assert result.shards_done == 3
+    local = _cfg(shard_size=8, workers=1, local_below=0)  # scan's own LocalCluster
+    result = scan(runs[:1], tiny_store, one, local, progress=False)
+    assert result.shards_done == 3 and result.runner == "local-cluster"
     two = tmp_path / "two"
     scan(runs[:1], tiny_store, two, _cfg(shard_size=8), scheduler=scheduler, progress=False)
     a, b = _rows(one), _rows(two)
     assert [i for i, _ in a] == [i for i, _ in b]
     np.testing.assert_allclose([s for _, s in a], [s for _, s in b], rtol=1e-5, atol=1e-6)
+
+
+def test_a_small_scan_in_process_gives_the_clusters_catalogue_and_resumes(
+    tiny_store, runs, scheduler, tmp_path
+):
+    """Below ``local_below`` cutouts (and no scheduler) no cluster starts: this process scores
+    the same shards into the same files and catalogue, and resumes as a cluster scan does."""
+    import torch
+
+    on_cluster, here = tmp_path / "cluster", tmp_path / "here"
+    scan(runs, tiny_store, on_cluster, _cfg(), scheduler=scheduler, progress=False)
+    threads = torch.get_num_threads()
+    result = scan(runs, tiny_store, here, _cfg(local_below=25), progress=False)
+    assert torch.get_num_threads() == threads  # the caller's setting is put back
+    a, b = _rows(on_cluster), _rows(here)
+    assert [i for i, _ in a] == [i for i, _ in b]
+    np.testing.assert_allclose([s for _, s in a], [s for _, s in b], rtol=1e-5, atol=1e-6)
+    names = sorted(p.name for p in (here / "shards").glob("shard-*.parquet"))
+    assert names == sorted(p.name for p in (on_cluster / "shards").glob("shard-*.parquet"))
+    summary = json.loads((here / "summary.json").read_text())
+    assert summary["runner"] == result.runner == "in-process"
+    assert summary["startup"]["cluster_s"] == 0 and summary["shards"]["done"] == 5
+    assert "in this process" in result.summary()
+    assert json.loads((on_cluster / "summary.json").read_text())["runner"] == "scheduler"
+
+    # Resume in this process: a complete shard file is kept as it is, the missing ones redone.
+    kept, lost = sorted((here / "shards").glob("shard-*.parquet"))[:2]
+    before = kept.read_bytes()
+    lost.unlink()
+    again = scan(runs, tiny_store, here, _cfg(local_below=25), progress=False)
+    assert (again.shards_done, again.shards_reused, again.runner) == (1, 4, "in-process")
+    assert kept.read_bytes() == before and _rows(here) == b
+
+
+def test_a_failed_shard_in_process_is_one_line_and_keeps_finished_ones(
+    tiny_store, runs, monkeypatch, tmp_path
+):
+    from lensfinder.errors import DataError
+    from lensfinder.scan import scanning as scan_run
+
+    real = scan_run.score_shard
+
+    def fail_third(task):
+        if task.shard.start == 10:
+            raise OSError(28, "No space left on device")
+        return real(task)
+
+    monkeypatch.setattr(scan_run, "score_shard", fail_third)
+    out = tmp_path / "scan"
+    expected = r"shard-10-15: failed \(OSError: \[Errno 28\] No space left on device\); 2 fin"
+    with pytest.raises(DataError, match=expected):
+        scan(runs[:1], tiny_store, out, _cfg(local_below=25), progress=False)
+    assert len(list((out / "shards").glob("shard-*.parquet"))) == 2
+
+
+def test_local_below_below_zero_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match=r"^scan: local_below must be >= 0, got -1$"):
+        ScanConfig(local_below=-1)
 
 
 def test_a_crash_on_a_worker_is_one_line_naming_the_shard(monkeypatch):

@@ -243,7 +243,7 @@ OPTION_FIELDS: dict[str, Settings] = {
     "scan": Settings(
         ScanConfig,
         _same(
-            "workers", "shard_size",
+            "workers", "shard_size", "local_below",
             backend="predict.backend", tta="predict.tta", batch_size="predict.batch_size",
             select="cutouts.select", id_column="cutouts.id_column",
             ra_column="cutouts.ra_column", dec_column="cutouts.dec_column",
@@ -856,6 +856,15 @@ def scan(
             **Count,
         ),
     ] = None,
+    local_below: Annotated[
+        int | None,
+        typer.Option(
+            help="Without --scheduler: fewer cutouts than this are scored in this process, "
+            "no cluster started (0: always a cluster).",
+            min=0,
+            show_default=_shown("scan", "local_below"),
+        ),
+    ] = None,
     backend: Annotated[
         str | None,
         typer.Option(
@@ -902,6 +911,7 @@ def scan(
         batch_size=batch_size,
         shard_size=shard_size,
         workers=workers,
+        local_below=local_below,
         select=select,
         id_column=id_column,
         ra_column=ra_column,

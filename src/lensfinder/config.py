@@ -779,11 +779,18 @@ class ScanConfig(Checked):
     workers: int = 1
     threads_per_worker: int = 1
     memory_limit: str = "4GiB"
+    # Without --scheduler, a scan of fewer cutouts than this scores its shards in this process
+    # (the same shards, files and catalogue, one after another on every core) instead of
+    # starting a LocalCluster, whose start (~7 s on 2 cores) outweighs its gain on small scans
+    # (README, "Measured results"). 0: always a cluster.
+    local_below: int = 5000
 
     WHAT = "scan"
 
     def problems(self) -> list[str]:
-        return _outside(self, ("shard_size", "workers", "threads_per_worker"), 1)
+        return _outside(self, ("shard_size", "workers", "threads_per_worker"), 1) + _outside(
+            self, ("local_below",), 0
+        )
 
 
 @dataclass

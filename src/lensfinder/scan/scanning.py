@@ -11,6 +11,10 @@ a small scan too); the client exports (or quantises) each model's ONNX file once
 the model, while the cluster starts and its workers import torch; each worker then loads the
 file once, whatever the number of shards.
 
+A small scan (fewer cutouts than ``local_below``, no scheduler given) starts no cluster: this
+process scores the same shards itself, one after another on every core it may use, and writes
+the same shard files, summary and catalogue; ``summary.json`` says which ran (``runner``).
+
 Re-running the same command resumes: complete shard files are reused, missing or corrupt ones
 are redone. ``scan.json`` records what made the directory (model and data fingerprints, the shard
 size used, the scoring settings); a run with other ones is refused rather than mixed in. An
@@ -54,6 +58,7 @@ from lensfinder.scan.shards import (
     auto_shard_size,
     ids_fingerprint,
     plan_shards,
+    release_cached,
     score_shard,
 )
 from lensfinder.stages import Stage, progress_bar, run_stage
@@ -68,6 +73,8 @@ _SCORING_DEFAULTS = {"precision": "float32", "torch_precision": "auto"}  # older
 # Imported by each LocalCluster worker as it starts (see the module): the heavy imports while
 # the client prepares the models, and a quick exit once the worker has closed.
 _WORKER_PRELOAD = ["lensfinder.scan.worker"]
+# What scores the shards (summary.json's ``runner``).
+IN_PROCESS, LOCAL_CLUSTER, SCHEDULER = "in-process", "local-cluster", "scheduler"
 
 
 @dataclass
@@ -88,6 +95,7 @@ class ScanResult:
     shard_size: int = 0
     startup: dict[str, Any] = field(default_factory=dict)  # see _startup
     steady_rate: float = 0.0  # cutouts/s once the workers had loaded (see _steady_rate)
+    runner: str = ""  # what scored the shards (IN_PROCESS...); "none": all were reused
 
     def summary(self) -> str:
         lines = [
@@ -98,9 +106,14 @@ class ScanResult:
         ]
         if self.shards_done and self.startup:
             cache = ", ".join(sorted({f["cache"] for f in self.startup.get("onnx_files", [])}))
+            where = (
+                "in this process"
+                if self.runner == IN_PROCESS
+                else f"cluster {self.startup['cluster_s']:.1f} s"
+            )
             lines.append(
-                f"start-up {self.startup['until_scoring_s']:.1f} s (cluster "
-                f"{self.startup['cluster_s']:.1f} s, models {self.startup['models_s']:.1f} s"
+                f"start-up {self.startup['until_scoring_s']:.1f} s ({where}, "
+                f"models {self.startup['models_s']:.1f} s"
                 + (f", ONNX cache: {cache}" if cache else "")
                 + f"); then {self.steady_rate:.1f} cutouts/s"
             )
@@ -199,15 +212,22 @@ def _shard_size(
 
 class _Cluster:
     """The Dask client, started on first use (a resumed scan with nothing left to do starts
-    none); remembers how long the start took."""
+    none); remembers how long the start took. A small scan without a scheduler starts none
+    (``runner`` in-process): this process scores its shards."""
 
-    def __init__(self, cfg: ScanConfig, scheduler: str | None, stack: contextlib.ExitStack):
+    def __init__(self, cfg: ScanConfig, scheduler: str | None, stack: contextlib.ExitStack, n: int):
         self.cfg, self.scheduler, self.stack = cfg, scheduler, stack
         self.seconds = 0.0
         self._started: tuple[Any, int | None] | None = None
+        self.runner = SCHEDULER if scheduler else LOCAL_CLUSTER
+        if not scheduler and n < cfg.local_below:
+            self.runner = IN_PROCESS
 
     def start(self) -> tuple[Any, int | None]:
-        """``(client, torch threads per task)``, as ``_dask_client`` yields them."""
+        """``(client, torch threads per task)``, as ``_dask_client`` yields them; in-process:
+        no client, every core this process may use for the one shard at a time."""
+        if self.runner == IN_PROCESS:
+            return None, available_cores()
         if self._started is None:
             began = time.perf_counter()
             self._started = self.stack.enter_context(_dask_client(self.cfg, self.scheduler))
@@ -215,8 +235,9 @@ class _Cluster:
         return self._started
 
     def threads(self) -> int:
-        """Worker threads in all: from the config for a LocalCluster (not started for this), from
-        the scheduler for an external one."""
+        """Worker threads in all: from the config for a LocalCluster (not started for this; an
+        in-process scan plans the shards a LocalCluster would), from the scheduler for an
+        external one."""
         if self.scheduler is None:
             return self.cfg.workers * self.cfg.threads_per_worker
         client, _ = self.start()
@@ -365,7 +386,6 @@ def _run_shards(
         total = len(tasks)
     window = max(4, 2 * sum(client.nthreads().values()))
     pending = iter(tasks)
-    done: list[dict[str, Any]] = []
     failure: tuple[Shard, BaseException] | None = None
 
     shard_of: dict[str, Shard] = {}
@@ -378,8 +398,7 @@ def _run_shards(
     first = [submit(t) for _, t in zip(range(window), pending, strict=False)]
     queue = as_completed(first)
     bar = progress_bar(queue, total=total, desc="scan", unit="shard") if show_progress else queue
-    n_cutouts = 0
-    began = time.perf_counter()
+    finished = _Finished(bar)
     for future in bar:
         shard = shard_of.pop(future.key)
         try:
@@ -389,12 +408,7 @@ def _run_shards(
             summary = None
         future.release()
         if summary is not None:
-            summary["received_at"] = time.time()
-            done.append(summary)
-            n_cutouts += summary["n_scored"] + sum(summary["skipped"].values())
-            if show_progress and hasattr(bar, "set_postfix_str"):
-                rate = n_cutouts / max(time.perf_counter() - began, 1e-9)
-                bar.set_postfix_str(f"{rate:.1f} cutouts/s")
+            finished.add(summary)
         if failure is None:
             task = next(pending, None)
             if task is not None:
@@ -402,14 +416,62 @@ def _run_shards(
     if show_progress and hasattr(bar, "close"):
         bar.close()
     if failure is not None:
-        shard, error = failure
-        if isinstance(error, LensfinderError):
-            raise error
-        raise DataError(
-            f"{shard.name}: failed on a worker ({type(error).__name__}: {error}); "
-            f"{len(done)} finished shards are kept, re-run to resume"
-        ) from None
-    return done
+        raise _shard_failure(*failure, len(finished.done), " on a worker")
+    return finished.done
+
+
+def _run_in_process(
+    tasks: Iterator[ShardTask], show_progress: bool, total: int
+) -> list[dict[str, Any]]:
+    """Score the shards one after another in this process (``score_shard``, as a worker does,
+    each with every core this process may use); stop on the first error, the finished shard
+    files kept. The torch thread count is put back and the models let go afterwards."""
+    import torch  # the Predictor's import anyway
+
+    threads = torch.get_num_threads()
+    bar = progress_bar(tasks, total=total, desc="scan", unit="shard") if show_progress else tasks
+    finished = _Finished(bar)
+    try:
+        for task in bar:
+            try:
+                summary = score_shard(task)
+            except Exception as exc:
+                raise _shard_failure(task.shard, exc, len(finished.done)) from None
+            finished.add(summary)
+    finally:
+        if show_progress and hasattr(bar, "close"):
+            bar.close()
+        torch.set_num_threads(threads)
+        release_cached()
+    return finished.done
+
+
+class _Finished:
+    """The summaries of the shards finished, each stamped ``received_at`` (epoch seconds, for
+    the start-up report), and the rate so far on the progress bar."""
+
+    def __init__(self, bar: Any):
+        self.bar, self.began, self.cutouts = bar, time.perf_counter(), 0
+        self.done: list[dict[str, Any]] = []
+
+    def add(self, summary: dict[str, Any]) -> None:
+        summary["received_at"] = time.time()
+        self.done.append(summary)
+        self.cutouts += _cutouts(summary)
+        if hasattr(self.bar, "set_postfix_str"):
+            rate = self.cutouts / max(time.perf_counter() - self.began, 1e-9)
+            self.bar.set_postfix_str(f"{rate:.1f} cutouts/s")
+
+
+def _shard_failure(shard: Shard, error: BaseException, kept: int, where: str = "") -> Exception:
+    """What a failed shard stops the scan with: a lensfinder error as it is, anything else one
+    line naming the shard and the error."""
+    if isinstance(error, LensfinderError):
+        return error
+    return DataError(
+        f"{shard.name}: failed{where} ({type(error).__name__}: {error}); "
+        f"{kept} finished shards are kept, re-run to resume"
+    )
 
 
 def scan(
@@ -471,6 +533,7 @@ class _Scoring:
     cluster_seconds: float = 0.0
     submitted_at: float = 0.0
     shutdown_s: float = 0.0  # closing the cluster
+    runner: str = "none"  # IN_PROCESS, LOCAL_CLUSTER, SCHEDULER; "none": all were reused
 
 
 def _scan_locked(
@@ -486,13 +549,14 @@ def _scan_locked(
     source = _open_scanned(data, catalog, cfg)
     scoring = _Scoring()
     with contextlib.ExitStack() as stack:
-        cluster = _Cluster(cfg, scheduler, stack)
+        cluster = _Cluster(cfg, scheduler, stack, len(source))
         plan = _plan_scan(models, data, stage.out, cfg, source, cluster, catalog)
         if plan.todo:
             scoring = _score_shards(plan, models, data, stage.out, cfg, cluster, stage.progress)
         closing = time.perf_counter()  # the cluster closes as the stack unwinds
     scoring.shutdown_s = time.perf_counter() - closing
     scoring.cluster_seconds = cluster.seconds
+    scoring.runner = cluster.runner if plan.todo else "none"
     return _write_scan(plan, scoring, models, data, cfg, stage, began_at)
 
 
@@ -533,7 +597,7 @@ def _score_shards(
     cluster: _Cluster,
     show_progress: bool,
 ) -> _Scoring:
-    """Score the shards left to do on the cluster, started here."""
+    """Score the shards left to do on the cluster, started here, or in this process."""
     scoring = _Scoring()
     content_key = plan.manifest["data_content"]
     # The models' ONNX files are made here while the cluster starts (and its workers import
@@ -566,7 +630,10 @@ def _score_shards(
     )
     started = time.perf_counter()
     scoring.submitted_at = time.time()
-    scoring.done = _run_shards(client, tasks, show_progress, total=len(plan.todo))
+    if client is None:
+        scoring.done = _run_in_process(tasks, show_progress, total=len(plan.todo))
+    else:
+        scoring.done = _run_shards(client, tasks, show_progress, total=len(plan.todo))
     scoring.scan_seconds = time.perf_counter() - started
     return scoring
 
@@ -619,6 +686,7 @@ def _write_scan(
         shard_size=plan.shard_size,
         startup=startup,
         steady_rate=_steady_rate(done),
+        runner=scoring.runner,
     )
     report = _scan_summary(result, plan, scoring, cfg, meta, time.perf_counter() - merging)
     atomic_write_text(out / SUMMARY, json.dumps(report, indent=2) + "\n")
@@ -670,6 +738,7 @@ def _scan_summary(
         "shard_size": plan.shard_size,
         "shard_size_from": plan.shard_size_from,
         "backend": cfg.predict.backend,
+        "runner": scoring.runner,  # in-process, local-cluster, scheduler; none: all reused
         "rate_cutouts_per_s": round(result.rate, 3),
         "steady_rate_cutouts_per_s": round(result.steady_rate, 3),
         "whole_rate_cutouts_per_s": round(processed / wall, 3) if wall > 0 else 0.0,

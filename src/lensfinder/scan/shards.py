@@ -136,6 +136,13 @@ def _cached(kind: str, key: Any, build: Callable[[], Any]) -> tuple[Any, bool]:
         return value, True
 
 
+def release_cached() -> None:
+    """Let go of this process's source and models (an in-process scan, once done: its client
+    process goes on without them)."""
+    with _lock:
+        _cache.clear()
+
+
 def _open_checked(data: str, data_key: str):
     source = open_source(Path(data), keep_unlisted=True)
     seen = ids_fingerprint(source.ids)
