@@ -219,6 +219,8 @@ def run_scan(
         str(workers),
         "--batch-size",
         str(batch),
+        "--local-below",  # always the cluster: its steady rate against bare sessions per worker
+        "0",
     ]
     env = {**os.environ, "LENSFINDER_QUIET": "1"}
     load = load_average()

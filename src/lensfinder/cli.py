@@ -832,6 +832,16 @@ ScanDecColumn = Annotated[
     typer.Option(help="With --tiles: Dec column (deg).", show_default=_shown("scan", "dec_column")),
 ]
 
+ScanLocalBelow = Annotated[
+    int | None,
+    typer.Option(
+        help="Without --scheduler: fewer cutouts than this are scored in this process, no "
+        "cluster started (0: always a cluster).",
+        min=0,
+        show_default=_shown("scan", "local_below"),
+    ),
+]
+
 
 @app.command()
 @user_errors
@@ -856,15 +866,7 @@ def scan(
             **Count,
         ),
     ] = None,
-    local_below: Annotated[
-        int | None,
-        typer.Option(
-            help="Without --scheduler: fewer cutouts than this are scored in this process, "
-            "no cluster started (0: always a cluster).",
-            min=0,
-            show_default=_shown("scan", "local_below"),
-        ),
-    ] = None,
+    local_below: ScanLocalBelow = None,
     backend: Annotated[
         str | None,
         typer.Option(
