@@ -247,6 +247,7 @@ BAD_VALUES = [
     (["reproduce", "table1", "-d", "{tmp}", "-o", "{tmp}/r", "--rows", "x"], "'x'"),
     (["reproduce", "table1", "-d", "{tmp}", "-o", "{tmp}/r", "--rows", "9"], "9"),
     (["scan", "-m", "r", "-d", "{tmp}", "-o", "{tmp}/c", "--shard-size", "0"], "--shard-size"),
+    (["scan", "-m", "r", "-d", "{tmp}", "-o", "{tmp}/c", "--local-below", "-1"], "--local-below"),
     (["gallery", "{tmp}", "-d", "{tmp}", "-o", "{tmp}/g", "--top", "0"], "--top"),
 ]
 
