@@ -1,7 +1,8 @@
 """``lensfinder demo``: the whole pipeline on fresh simulations, as a newcomer's first run.
 
 simulate a training set -> pack -> train (cpu-small) -> evaluate on the held-out test split ->
-simulate a survey-like field (few lenses) -> scan it on Dask -> gallery of the top candidates.
+simulate a survey-like field (few lenses) -> scan it (in this process: a field this small does not
+pay for a Dask cluster's start-up; ``scan.local_below``) -> gallery of the top candidates.
 Every stage resumes, so an interrupted demo picks up where it stopped.
 """
 
@@ -185,7 +186,7 @@ def _scan_field(
     steps.run(header, "simulate", simulate, field_sim, paths["field layout"])
     scan_cfg = ScanConfig(workers=cfg.workers)  # shard size: the scan's own rule
     scanned = steps.run(
-        "Scanning the field on a local Dask cluster",
+        "Scanning the field (in this process below scan.local_below cutouts, else on Dask)",
         "scan",
         scan,
         [paths["model"]],
