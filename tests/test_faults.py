@@ -446,3 +446,27 @@ def test_a_worker_killed_mid_shard_is_redone_and_nothing_half_written_stays(
     assert result.exit_code == 0, result.output
     assert not list((out / "shards").glob(".*.tmp"))
     assert candidates(out) == reference
+
+
+def test_a_refused_command_leaves_no_event_loop_tracebacks_behind(tmp_path):
+    """A disk-full in zarr's asyncio writes leaves futures whose exception nobody retrieves;
+    after the one-line error, their "never retrieved" tracebacks must not follow it."""
+    code = (
+        "import asyncio\n"
+        "from lensfinder.cli import user_errors\n"
+        "from lensfinder.errors import DataError\n"
+        "loop = asyncio.new_event_loop()\n"
+        "@user_errors\n"
+        "def verb():\n"
+        "    future = loop.create_future()\n"
+        "    future.set_exception(OSError(28, 'No space left on device'))\n"
+        "    raise DataError('store.zarr: no space left on device; re-run to resume')\n"
+        "try:\n"
+        "    verb()\n"
+        "except Exception as exc:\n"
+        "    assert type(exc).__name__ == 'Exit', exc  # typer's exit, status 2\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=60)
+    lines = done.stderr.decode().strip().splitlines()
+    assert lines == ["error: store.zarr: no space left on device; re-run to resume"], lines

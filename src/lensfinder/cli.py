@@ -6,6 +6,7 @@ Imports of the stages happen inside each verb so that ``lensfinder --help`` is i
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,12 +97,21 @@ def user_errors(func: F) -> F:
             return func(*args, **kwargs)
         except LensfinderError as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            _quiet_leftovers()
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.secho("interrupted: finished work is kept; re-run to resume", err=True)
+            _quiet_leftovers()
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _quiet_leftovers() -> None:
+    """After the one-line error, silence what a library's event loop says as it is torn down
+    (zarr's writes on a full disk leave futures whose exception nobody retrieves: asyncio would
+    print "Task was destroyed but it is pending!" and their tracebacks at exit)."""
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
 
 
 def _version(value: bool) -> None:
