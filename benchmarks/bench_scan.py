@@ -44,7 +44,6 @@ import os
 import resource
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -202,8 +201,7 @@ def run_scan(
     """``lensfinder scan`` in a subprocess; its summary.json, wall time and whole-command rate."""
     if out.exists():
         shutil.rmtree(out)
-    entry = Path(sys.executable).parent / "lensfinder"
-    prefix = [str(entry)] if entry.exists() else [sys.executable, "-m", "lensfinder.cli"]
+    prefix = common.lensfinder_command()
     command = [
         *prefix,
         "scan",

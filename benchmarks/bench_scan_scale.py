@@ -226,8 +226,7 @@ def scan_command(
     model: Path, data: Path, out: Path, backend: str, args: argparse.Namespace, shard_size: int
 ) -> list[str]:
     """``lensfinder scan ...`` with this interpreter's entry point."""
-    entry = Path(sys.executable).parent / "lensfinder"
-    prefix = [str(entry)] if entry.exists() else [sys.executable, "-m", "lensfinder.cli"]
+    prefix = common.lensfinder_command()
     return [
         *prefix,
         "scan",

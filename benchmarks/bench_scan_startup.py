@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -53,8 +52,7 @@ def timed_scan(
     """One ``lensfinder scan`` subprocess: until its first scored cutout, and its wall time."""
     if out.exists():
         shutil.rmtree(out)
-    entry = Path(sys.executable).parent / "lensfinder"
-    prefix = [str(entry)] if entry.exists() else [sys.executable, "-m", "lensfinder.cli"]
+    prefix = common.lensfinder_command()
     command = [
         *prefix,
         *("scan", "--model", str(model), "--data", str(store), "--out", str(out)),

@@ -99,6 +99,13 @@ def print_machine() -> dict[str, Any]:
 
 
 # -- timing ------------------------------------------------------------------------------------
+def lensfinder_command() -> list[str]:
+    """The ``lensfinder`` CLI of this interpreter (its entry point, else ``python -m``), for
+    benchmarks that time a whole command in a subprocess."""
+    entry = Path(sys.executable).parent / "lensfinder"
+    return [str(entry)] if entry.exists() else [sys.executable, "-m", "lensfinder.cli"]
+
+
 def rate(count: float, seconds: float) -> float:
     """Items per second; infinite for a zero duration rather than a ZeroDivisionError."""
     return count / seconds if seconds > 0 else float("inf")

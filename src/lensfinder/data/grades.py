@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -44,6 +44,8 @@ from lensfinder.data import swap
 from lensfinder.data.swap import GRADE_VALUE
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.files import atomic_path, read_table
+
+T = TypeVar("T")  # a table row
 
 GRADES: dict[str, str] = {
     "A": "definite lens",
@@ -229,10 +231,7 @@ class GradeBook:
             notes=check_notes(notes),
             graded_at=datetime.now(UTC),
         )
-        with Session(self.engine, expire_on_commit=False) as session:
-            session.add(row)
-            session.commit()
-        return row
+        return self._commit(row)
 
     def record_sentinel(self, sentinel_id: int, is_lens: bool, grader: str, grade: str) -> None:
         """Store one grade of a sentinel and commit it before returning."""
@@ -243,9 +242,14 @@ class GradeBook:
             grade=check_grade(grade),
             graded_at=datetime.now(UTC),
         )
+        self._commit(row)
+
+    def _commit(self, row: T) -> T:
+        """Add one row and commit it before returning (a grade survives a kill at once)."""
         with Session(self.engine, expire_on_commit=False) as session:
             session.add(row)
             session.commit()
+        return row
 
     def sentinel_history(self) -> list[SentinelGrade]:
         """Every sentinel grade, oldest first."""

@@ -579,7 +579,7 @@ def _add_queue_routes(app: FastAPI, inspector: Inspector, lead_token: str | None
             png = inspector.render(item, band, stretch, zoom, view)
         except DataError:
             raise DataError("this item's picture cannot be drawn") from None  # the same for all
-        return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+        return _png_response(png)
 
     @app.get("/api/me")
     def me(grader: str) -> dict[str, Any]:
@@ -588,6 +588,11 @@ def _add_queue_routes(app: FastAPI, inspector: Inspector, lead_token: str | None
     @app.get("/api/team", dependencies=[_lead_check(lead_token)])
     def team() -> dict[str, Any]:
         return inspector.team()
+
+
+def _png_response(png: bytes) -> Response:
+    """A stamp, cached by the browser for an hour (it never changes for one URL)."""
+    return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
 
 def _add_api_routes(app: FastAPI, inspector: Inspector) -> None:
@@ -616,7 +621,7 @@ def _add_api_routes(app: FastAPI, inspector: Inspector) -> None:
         view: View = "vis-nisp",
     ) -> Response:
         png = inspector.render(Item("candidate", candidate), band, stretch, zoom, view)
-        return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+        return _png_response(png)
 
     @app.post("/api/grades")
     def grade(body: GradeIn) -> dict[str, Any]:
