@@ -90,7 +90,8 @@ def first_pass_config(config: TrainConfig) -> TrainConfig:
 
 
 def second_pass_config(config: TrainConfig, first_dir: Path) -> TrainConfig:
-    """The second pass: fine-tuned from the first pass, shorter, at a lower lr, no warm-up."""
+    """The second pass: fine-tuned from the first pass, shorter, at a lower lr, no warm-up,
+    full size."""
     hn = config.hard_negatives
     return dataclasses.replace(
         config,
@@ -98,6 +99,8 @@ def second_pass_config(config: TrainConfig, first_dir: Path) -> TrainConfig:
         max_epochs=hn.epochs,
         lr=config.lr * hn.lr_scale,
         warmup_epochs=0,
+        low_res_size=None,  # a fine-tune of a finished model: at full size throughout
+        low_res_epochs=0,
     )
 
 

@@ -11,9 +11,11 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import nn
+from torch.nn import functional as F
 from torchmetrics.classification import BinaryAUROC
 
 from lensfinder.config import TrainConfig
+from lensfinder.data.transforms import map_input
 from lensfinder.models import create_model
 from lensfinder.models.batchnorm import bn_train_mode
 
@@ -72,6 +74,18 @@ def to_channels_last(x: Any) -> Any:
     if isinstance(x, tuple | list):
         return type(x)(to_channels_last(t) for t in x)
     return x
+
+
+def resized_input(x: Any, size: int, full: int) -> Any:
+    """``x`` resampled by ``size / full`` (antialiased bilinear, as torchvision's Resize): a
+    stacked input to ``size`` pixels across, each tensor of a two-branch pair by the same factor.
+    Progressive resizing's early epochs: a smaller image costs a fraction of the step."""
+
+    def resize(t: torch.Tensor) -> torch.Tensor:
+        shape = [max(1, round(n * size / full)) for n in t.shape[-2:]]
+        return F.interpolate(t, size=shape, mode="bilinear", antialias=True, align_corners=False)
+
+    return map_input(x, resize)
 
 
 def zero_head(model: nn.Module) -> bool:
@@ -154,6 +168,21 @@ class LensClassifier(pl.LightningModule):
     def _loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = batch
         return self.loss_of(self.outputs(x), y)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Progressive resizing: training batches of the first ``low_res_epochs`` epochs at
+        ``low_res_size``; validation and later epochs untouched."""
+        config = self.config
+        trainer = self._trainer  # None when the module is used outside a Trainer
+        if (
+            config.low_res_size is None
+            or trainer is None
+            or not trainer.training
+            or self.current_epoch >= config.low_res_epochs
+        ):
+            return batch
+        x, y = batch
+        return resized_input(x, config.low_res_size, config.input.size), y
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         if self.adaptation is not None:  # logs its own terms
