@@ -83,3 +83,61 @@ def test_hard_negative_second_pass_trains_at_full_size(tmp_path):
     cfg = TrainConfig(low_res_size=64, low_res_epochs=4)
     fine_tune = second_pass_config(cfg, tmp_path)
     assert fine_tune.low_res_size is None and fine_tune.low_res_epochs == 0
+
+
+class StemWeights(pl.Callback):
+    """The stem's and the head's weights after every training epoch."""
+
+    def __init__(self) -> None:
+        self.stem: list[torch.Tensor] = []
+        self.head: list[torch.Tensor] = []
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        net = pl_module.model.backbone
+        self.stem.append(net.conv_stem.weight.detach().clone())
+        self.head.append(net.get_classifier().weight.detach().clone())
+
+
+def test_frozen_stages_get_no_update_while_frozen_and_learn_after(tiny_store, tmp_path):
+    from lensfinder.train import train
+
+    cfg = TrainConfig(
+        input=TINY_INPUT,
+        model=TINY_MODEL,
+        max_epochs=3,
+        frozen_stages=2,
+        frozen_epochs=2,
+        max_train_samples=8,
+        batch_size=4,
+        batch_size_max=4,
+        warmup_epochs=0,
+        stop_auroc_drop=1.0,
+        accelerator="cpu",
+    )
+    seen = StemWeights()
+    train(cfg, tiny_store, tmp_path / "run", progress=False, callbacks=[seen])
+    assert torch.equal(seen.stem[0], seen.stem[1])  # frozen (AdamW's decay too)
+    assert not torch.equal(seen.stem[1], seen.stem[2])  # learns once thawed
+    assert not torch.equal(seen.head[0], seen.head[1])  # the rest trains throughout
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        ({"frozen_stages": 2, "frozen_epochs": 10}, "frozen_epochs 10"),
+        ({"frozen_stages": 2, "devices": 2}, "one process only"),
+        ({"frozen_stages": -1}, "frozen_stages -1 < 0"),
+    ],
+)
+def test_frozen_settings_are_checked(settings, problem):
+    with pytest.raises(ConfigError, match=problem):
+        TrainConfig(**settings)
+
+
+def test_frozen_stages_beyond_the_network_is_one_line(tmp_path):
+    from lensfinder.models import create_model
+
+    model = create_model(TINY_MODEL, TINY_INPUT)
+    assert len(model.leading_stages(3)) == 4  # conv_stem, bn1, two blocks
+    with pytest.raises(ConfigError, match="frozen_stages 99"):
+        model.leading_stages(99)

@@ -73,6 +73,11 @@ class OneLogitModel(nn.Module):
         raw = self.raw_outputs(*inputs)
         return raw[:, 0], theta_e_from_raw(raw[:, 1:])
 
+    def leading_stages(self, n: int) -> list[nn.Module]:
+        """The network's first ``n`` stages, input side first: the stem, then the first
+        ``n - 1`` blocks (``TrainConfig.frozen_stages``). Models without that shape refuse."""
+        raise ConfigError(f"frozen_stages: {type(self).__name__} has no stem-and-blocks layout")
+
     def head_parameters(self) -> Iterator[nn.Parameter]:
         for module in self.head_modules():
             yield from module.parameters()

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from lensfinder.config import InputConfig, ModelConfig, check_bands
+from lensfinder.errors import ConfigError
 from lensfinder.models.base import (
     OneLogitModel,
     TimmNet,
@@ -38,6 +39,16 @@ class LogitModel(OneLogitModel):
 
     def raw_outputs(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
+
+    def leading_stages(self, n: int) -> list[nn.Module]:
+        net = self.backbone
+        if not all(hasattr(net, name) for name in ("conv_stem", "bn1", "blocks")):
+            return super().leading_stages(n)  # refuses
+        if not 1 <= n <= len(net.blocks):
+            raise ConfigError(
+                f"frozen_stages {n}: this network has 1..{len(net.blocks)} (stem + blocks)"
+            )
+        return [net.conv_stem, net.bn1, *list(net.blocks)[: n - 1]]
 
 
 def create_model(model_cfg: ModelConfig, input_cfg: InputConfig) -> OneLogitModel:

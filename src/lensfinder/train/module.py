@@ -214,12 +214,25 @@ class LensClassifier(pl.LightningModule):
         self.log("val_auroc", self.val_auroc, on_epoch=True, prog_bar=True, batch_size=n)
 
     def on_train_epoch_start(self) -> None:
+        self._freeze_leading_stages()
         # Same on every process; sync_dist only keeps Lightning from warning under DDP.
         lr = self.trainer.optimizers[0].param_groups[0]["lr"]
         self.log("lr", lr, on_epoch=True, sync_dist=True)
         batch_size = getattr(self.trainer.datamodule, "train_batch_size", None)  # type: ignore[attr-defined]
         if batch_size is not None:
             self.log("batch_size", float(batch_size), on_epoch=True, sync_dist=True)
+
+    def _freeze_leading_stages(self) -> None:
+        """``frozen_stages``: the stem and first blocks without gradients while
+        ``frozen_epochs`` lasts (they stay in the optimiser, which skips parameters without a
+        gradient, and learn again after)."""
+        config = self.config
+        if not config.frozen_stages:
+            return
+        frozen = config.frozen_epochs is None or self.current_epoch < config.frozen_epochs
+        for stage in self.model.leading_stages(config.frozen_stages):  # type: ignore[operator]
+            for parameter in stage.parameters():
+                parameter.requires_grad_(not frozen)
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         config = self.config
