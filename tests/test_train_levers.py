@@ -50,7 +50,7 @@ def test_low_res_epochs_train_small_then_full_and_always_validate_full(tiny_stor
         model=TINY_MODEL,
         max_epochs=3,
         low_res_size=16,
-        low_res_epochs=2,
+        low_res_fraction=0.7,  # 2 of 3 epochs
         max_train_samples=8,
         batch_size=4,
         batch_size_max=4,
@@ -66,10 +66,8 @@ def test_low_res_epochs_train_small_then_full_and_always_validate_full(tiny_stor
 @pytest.mark.parametrize(
     ("settings", "problem"),
     [
-        ({"low_res_epochs": 2}, "without low_res_size"),
-        ({"low_res_size": 100, "low_res_epochs": 2}, "expected 8 <= size < input.size"),
-        ({"low_res_size": 64, "low_res_epochs": 10}, "expected 1..max_epochs - 1"),
-        ({"low_res_size": 64, "low_res_epochs": 0}, "expected 1..max_epochs - 1"),
+        ({"low_res_size": 100, "low_res_fraction": 0.5}, "expected 8 <= size < input.size"),
+        ({"low_res_size": 64, "low_res_fraction": 1.5}, "low_res_fraction"),
     ],
 )
 def test_low_res_settings_are_checked(settings, problem):
@@ -80,9 +78,18 @@ def test_low_res_settings_are_checked(settings, problem):
 def test_hard_negative_second_pass_trains_at_full_size(tmp_path):
     from lensfinder.train.hard_negatives import second_pass_config
 
-    cfg = TrainConfig(low_res_size=64, low_res_epochs=4)
+    cfg = TrainConfig(low_res_size=64, low_res_fraction=0.5)
+    assert cfg.low_res_epochs() == 5
     fine_tune = second_pass_config(cfg, tmp_path)
-    assert fine_tune.low_res_size is None and fine_tune.low_res_epochs == 0
+    assert fine_tune.low_res_size is None and fine_tune.low_res_epochs() == 0
+
+
+def test_low_res_epochs_keep_their_share_and_one_full_epoch():
+    cfg = TrainConfig(low_res_size=64, low_res_fraction=0.75, max_epochs=15)
+    assert cfg.low_res_epochs() == 11
+    assert TrainConfig(low_res_size=64, low_res_fraction=1.0, max_epochs=4).low_res_epochs() == 3
+    assert TrainConfig(low_res_size=64, low_res_fraction=0.7, max_epochs=1).low_res_epochs() == 0
+    assert TrainConfig(low_res_fraction=0.7).low_res_epochs() == 0  # no size: off
 
 
 class StemWeights(pl.Callback):
@@ -106,7 +113,7 @@ def test_frozen_stages_get_no_update_while_frozen_and_learn_after(tiny_store, tm
         model=TINY_MODEL,
         max_epochs=3,
         frozen_stages=2,
-        frozen_epochs=2,
+        frozen_fraction=0.7,  # 2 of 3 epochs
         max_train_samples=8,
         batch_size=4,
         batch_size_max=4,
@@ -124,9 +131,9 @@ def test_frozen_stages_get_no_update_while_frozen_and_learn_after(tiny_store, tm
 @pytest.mark.parametrize(
     ("settings", "problem"),
     [
-        ({"frozen_stages": 2, "frozen_epochs": 10}, "frozen_epochs 10"),
+        ({"frozen_stages": 2, "frozen_fraction": 1.5}, "frozen_fraction"),
         ({"frozen_stages": 2, "devices": 2}, "one process only"),
-        ({"frozen_stages": -1}, "frozen_stages -1 < 0"),
+        ({"frozen_stages": -1}, "frozen_stages must be >= 0"),
     ],
 )
 def test_frozen_settings_are_checked(settings, problem):

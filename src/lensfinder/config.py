@@ -589,18 +589,20 @@ class TrainConfig(Checked):
     # Cap per epoch (samples drawn; None: the whole training split), so epochs stay short and
     # comparable: 10 epochs on 2 shared CPU cores take ~15 minutes (~95 images/s when idle).
     max_train_samples: int | None = 2000
-    # Progressive resizing: the first ``low_res_epochs`` epochs see every training batch
-    # resampled (antialiased) from input.size to ``low_res_size`` pixels across, so a step costs
-    # a fraction of a full one (64 of 100: 2.3x the images/s of the bare loop here); the later
-    # epochs and every validation run at full size. None: off.
+    # Progressive resizing: the first ``low_res_fraction`` of the epochs (rounded down, at least
+    # one full-size epoch left) see every training batch resampled (antialiased) from input.size
+    # to ``low_res_size`` pixels across, so a step costs a fraction of a full one (64 of 100:
+    # 2.3x the images/s of the bare loop here); later epochs and every validation run at full
+    # size. A fraction, so --max-epochs keeps the proportion. low_res_size None: off.
     low_res_size: int | None = None
-    low_res_epochs: int = 0
+    low_res_fraction: float = 0.0
     # Freezing the input end: the stem and the first ``frozen_stages - 1`` blocks get no
     # gradient (their large feature maps dominate the backward pass: stem + 3 blocks frozen,
-    # 1.4x the images/s of the bare loop here), for the first ``frozen_epochs`` epochs (None: all
-    # of training). 0: nothing frozen. Their batch norms still follow each batch.
+    # 1.4x the images/s of the bare loop here) for the first ``frozen_fraction`` of the epochs
+    # (1.0: all of training; rounded down). 0 stages: nothing frozen. Their batch norms still
+    # follow each batch.
     frozen_stages: int = 0
-    frozen_epochs: int | None = None
+    frozen_fraction: float = 1.0
     max_train_objects: int | None = None  # a subset of the training split (learning curves)
     limit_val_samples: int | None = None
     num_workers: int = 0
@@ -691,35 +693,34 @@ class TrainConfig(Checked):
             + self._adapt_problems()
         )
 
+    def low_res_epochs(self) -> int:
+        """Epochs at ``low_res_size`` (progressive resizing): the fraction, rounded down, leaving
+        at least one full-size epoch."""
+        if self.low_res_size is None:
+            return 0
+        return min(math.floor(self.low_res_fraction * self.max_epochs), self.max_epochs - 1)
+
+    def frozen_epochs(self) -> int:
+        """Epochs with ``frozen_stages`` frozen: the fraction of max_epochs, rounded down."""
+        if not self.frozen_stages:
+            return 0
+        return math.floor(self.frozen_fraction * self.max_epochs)
+
     def _low_res_problems(self) -> list[str]:
-        """Progressive resizing and freezing against the input size, the epochs and joint
-        adaptation."""
-        problems = []
-        if self.frozen_stages < 0:
-            problems.append(f"frozen_stages {self.frozen_stages} < 0")
-        if self.frozen_epochs is not None and not 0 < self.frozen_epochs < self.max_epochs:
-            problems.append(
-                f"frozen_epochs {self.frozen_epochs}: expected 1..max_epochs - 1 "
-                f"({self.max_epochs - 1}), or None for all of training"
-            )
+        """Progressive resizing and freezing against the input size and joint adaptation."""
+        problems = _outside(self, ("frozen_stages",), 0)
+        problems += _outside(self, ("low_res_fraction", "frozen_fraction"), 0, 1)
         if self.frozen_stages and self.model.freeze_backbone:
             problems.append("frozen_stages with model.freeze_backbone: the backbone is frozen")
         if self.frozen_stages and (str(self.devices) != "1" or self.num_nodes != 1):
             # DDP fixes the parameters it reduces when it wraps the model, before epoch 0
             problems.append("frozen_stages trains on one process only: set devices: 1")
         if self.low_res_size is None:
-            if self.low_res_epochs:
-                problems.append(f"low_res_epochs {self.low_res_epochs} without low_res_size")
             return problems
         if not 8 <= self.low_res_size < self.input.size:
             problems.append(
                 f"low_res_size {self.low_res_size}: expected 8 <= size < input.size "
                 f"({self.input.size})"
-            )
-        if not 0 < self.low_res_epochs < self.max_epochs:
-            problems.append(
-                f"low_res_epochs {self.low_res_epochs}: expected 1..max_epochs - 1 "
-                f"({self.max_epochs - 1}), so the last epochs train at full size"
             )
         methods = () if self.adapt.field is None else adapt_method_names(self.adapt.method)
         if {"dann", "consistency"} & set(methods):

@@ -100,7 +100,6 @@ def second_pass_config(config: TrainConfig, first_dir: Path) -> TrainConfig:
         lr=config.lr * hn.lr_scale,
         warmup_epochs=0,
         low_res_size=None,  # a fine-tune of a finished model: at full size throughout
-        low_res_epochs=0,
     )
 
 

@@ -170,7 +170,7 @@ class LensClassifier(pl.LightningModule):
         return self.loss_of(self.outputs(x), y)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Progressive resizing: training batches of the first ``low_res_epochs`` epochs at
+        """Progressive resizing: training batches of the first ``low_res_epochs()`` epochs at
         ``low_res_size``; validation and later epochs untouched."""
         config = self.config
         trainer = self._trainer  # None when the module is used outside a Trainer
@@ -178,7 +178,7 @@ class LensClassifier(pl.LightningModule):
             config.low_res_size is None
             or trainer is None
             or not trainer.training
-            or self.current_epoch >= config.low_res_epochs
+            or self.current_epoch >= config.low_res_epochs()
         ):
             return batch
         x, y = batch
@@ -224,12 +224,12 @@ class LensClassifier(pl.LightningModule):
 
     def _freeze_leading_stages(self) -> None:
         """``frozen_stages``: the stem and first blocks without gradients while
-        ``frozen_epochs`` lasts (they stay in the optimiser, which skips parameters without a
+        ``frozen_epochs()`` last (they stay in the optimiser, which skips parameters without a
         gradient, and learn again after)."""
         config = self.config
         if not config.frozen_stages:
             return
-        frozen = config.frozen_epochs is None or self.current_epoch < config.frozen_epochs
+        frozen = self.current_epoch < config.frozen_epochs()
         for stage in self.model.leading_stages(config.frozen_stages):  # type: ignore[operator]
             for parameter in stage.parameters():
                 parameter.requires_grad_(not frozen)
