@@ -114,6 +114,18 @@ def test_early_stop_restores_best_weights(aurocs, max_drop, patience, best_epoch
     assert not torch.equal(final, module.weights_at[last_epoch])  # training did move it
 
 
+def test_early_stop_ignores_epochs_before_first_epoch():
+    """Progressive resizing's low-resolution epochs: a high AUROC there is never kept, and their
+    lack of progress never stops training."""
+    aurocs = [0.9, 0.5, 0.5, 0.6, 0.7, 0.65]
+    module = Scripted(config(), aurocs)
+    stopping = AurocDropStopping(max_drop=0.1, patience=2, first_epoch=3)
+    trainer = fit(module, [stopping], batch_size=16, max_epochs=len(aurocs))
+    assert trainer.current_epoch == len(aurocs)  # no stop: 0.9 of epoch 0 is not a best
+    assert stopping.best_epoch == 4 and stopping.best == pytest.approx(0.7)
+    assert torch.equal(module.model.linear.weight, module.weights_at[4])
+
+
 def test_growth_doubles_batch_on_plateau_up_to_max_and_lowers_lr():
     aurocs = [0.7, 0.7, 0.7, 0.7, 0.7, 0.8, 0.8]
     module = Scripted(config(), aurocs)

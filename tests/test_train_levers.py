@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -42,7 +44,7 @@ def test_resized_input_scales_each_tensor_and_keeps_surface_brightness():
     assert torch.equal(resized_input(y, 100, 100), y)
 
 
-def test_low_res_epochs_train_small_then_full_and_always_validate_full(tiny_store, tmp_path):
+def test_low_res_epochs_train_and_validate_small_then_full(tiny_store, tmp_path):
     from lensfinder.train import train
 
     cfg = TrainConfig(
@@ -60,7 +62,9 @@ def test_low_res_epochs_train_small_then_full_and_always_validate_full(tiny_stor
     seen = InputSizes()
     train(cfg, tiny_store, tmp_path / "run", progress=False, callbacks=[seen])
     assert seen.train == [{16}, {16}, {TINY_INPUT.size}]
-    assert seen.val == [{TINY_INPUT.size}] * 3
+    assert seen.val == [{16}, {16}, {TINY_INPUT.size}]
+    metrics = json.loads((tmp_path / "run" / "model.json").read_text())["metrics"]
+    assert metrics["best_epoch"] == 2  # the model kept was trained at full size
 
 
 @pytest.mark.parametrize(

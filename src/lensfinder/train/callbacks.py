@@ -91,9 +91,14 @@ class AurocDropStopping(pl.Callback):
 
     The best weights are a CPU copy of the LightningModule's ``state_dict``, kept in memory and in
     the checkpoint (so a resumed run still ends on the best epoch, even one before the restart).
+    Epochs before ``first_epoch`` (progressive resizing's low-resolution ones, validated at their
+    own size) are neither candidates nor counted: the model kept must be one trained at full size.
     """
 
-    def __init__(self, max_drop: float, patience: int, monitor: str = MONITOR) -> None:
+    def __init__(
+        self, max_drop: float, patience: int, monitor: str = MONITOR, first_epoch: int = 0
+    ) -> None:
+        self.first_epoch = first_epoch
         self.max_drop = max_drop
         self.patience = patience
         self.monitor = monitor
@@ -104,7 +109,7 @@ class AurocDropStopping(pl.Callback):
         self.stopped_reason: str | None = None
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or trainer.current_epoch < self.first_epoch:
             return
         value = monitored_value(trainer, self.monitor)
         if value is None:

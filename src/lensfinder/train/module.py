@@ -170,14 +170,16 @@ class LensClassifier(pl.LightningModule):
         return self.loss_of(self.outputs(x), y)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Progressive resizing: training batches of the first ``low_res_epochs()`` epochs at
-        ``low_res_size``; validation and later epochs untouched."""
+        """Progressive resizing: the batches of the first ``low_res_epochs()`` epochs at
+        ``low_res_size``, validation's too (so its AUROC tracks the network as it is trained;
+        early stopping ignores those epochs); later epochs untouched."""
         config = self.config
         trainer = self._trainer  # None when the module is used outside a Trainer
         if (
             config.low_res_size is None
             or trainer is None
-            or not trainer.training
+            or trainer.sanity_checking
+            or not (trainer.training or trainer.validating)
             or self.current_epoch >= config.low_res_epochs()
         ):
             return batch

@@ -444,7 +444,9 @@ def _fit(
     pl.seed_everything(config.seed, workers=True, verbose=False)
     module = LensClassifier(config, initial_model(config))
     field, module.adaptation = field_adaptation(config, module.model, progress and is_rank_zero)
-    stopping = AurocDropStopping(config.stop_auroc_drop, config.stop_patience)
+    stopping = AurocDropStopping(
+        config.stop_auroc_drop, config.stop_patience, first_epoch=config.low_res_epochs()
+    )
     history = EpochHistory()
     precision = resolve_precision(config)
     trainer = _make_trainer(
