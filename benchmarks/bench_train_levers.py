@@ -44,8 +44,12 @@ import common
 # Each lever: settings over cpu-small, and environment for its process.
 LEVERS: dict[str, tuple[dict[str, Any], dict[str, str]]] = {
     "cpu-small": ({}, {}),
-    "low-res 64 px": ({"low_res_size": 64, "low_res_fraction": 0.67}, {}),
-    "low-res 80 px": ({"low_res_size": 80, "low_res_fraction": 0.67}, {}),
+    "crop 64 px": ({"low_res_size": 64, "low_res_fraction": 0.67, "low_res_method": "crop"}, {}),
+    "crop 80 px": ({"low_res_size": 80, "low_res_fraction": 0.67, "low_res_method": "crop"}, {}),
+    "resample 64 px": (
+        {"low_res_size": 64, "low_res_fraction": 0.67, "low_res_method": "resample"},
+        {},
+    ),
     "stem + 3 blocks frozen": ({"frozen_stages": 4}, {}),
     "batch 16": ({"batch_size": 16, "batch_size_max": 16}, {}),
     "batch 64": ({"batch_size": 64, "batch_size_max": 64}, {}),

@@ -44,7 +44,16 @@ def test_resized_input_scales_each_tensor_and_keeps_surface_brightness():
     assert torch.equal(resized_input(y, 100, 100), y)
 
 
-def test_low_res_epochs_train_and_validate_small_then_full(tiny_store, tmp_path):
+def test_cropped_input_is_the_centre_at_the_native_scale():
+    x = torch.rand(2, 4, 100, 100)
+    small = resized_input(x, 64, 100, "crop")
+    assert small.shape == (2, 4, 64, 64) and torch.equal(small, x[..., 18:82, 18:82])
+    vis, nisp = resized_input((x[:, :1], torch.rand(2, 3, 34, 34)), 50, 100, "crop")
+    assert vis.shape == (2, 1, 50, 50) and nisp.shape == (2, 3, 17, 17)
+
+
+@pytest.mark.parametrize("method", ["crop", "resample"])
+def test_low_res_epochs_train_and_validate_small_then_full(tiny_store, tmp_path, method):
     from lensfinder.train import train
 
     cfg = TrainConfig(
@@ -53,6 +62,7 @@ def test_low_res_epochs_train_and_validate_small_then_full(tiny_store, tmp_path)
         max_epochs=3,
         low_res_size=16,
         low_res_fraction=0.7,  # 2 of 3 epochs
+        low_res_method=method,
         max_train_samples=8,
         batch_size=4,
         batch_size_max=4,

@@ -590,12 +590,15 @@ class TrainConfig(Checked):
     # comparable: 10 epochs on 2 shared CPU cores take ~15 minutes (~95 images/s when idle).
     max_train_samples: int | None = 2000
     # Progressive resizing: the first ``low_res_fraction`` of the epochs (rounded down, at least
-    # one full-size epoch left) see every training batch resampled (antialiased) from input.size
-    # to ``low_res_size`` pixels across, so a step costs a fraction of a full one (64 of 100:
-    # 2.3x the images/s of the bare loop here); later epochs and every validation run at full
-    # size. A fraction, so --max-epochs keeps the proportion. low_res_size None: off.
+    # one full-size epoch left) see every training batch at ``low_res_size`` pixels across, so a
+    # step costs a fraction of a full one (64 of 100: 2.3x the images/s of the bare loop here);
+    # later epochs and the kept model at full size. ``low_res_method`` "crop": the central
+    # low_res_size pixels at the native scale (arcs keep their look; the outer field, with its
+    # neighbours, waits for the full-size epochs); "resample": the whole field at coarser pixels
+    # (antialiased). A fraction, so --max-epochs keeps the proportion. low_res_size None: off.
     low_res_size: int | None = None
     low_res_fraction: float = 0.0
+    low_res_method: Literal["crop", "resample"] = "crop"
     # Freezing the input end: the stem and the first ``frozen_stages - 1`` blocks get no
     # gradient (their large feature maps dominate the backward pass: stem + 3 blocks frozen,
     # 1.4x the images/s of the bare loop here) for the first ``frozen_fraction`` of the epochs

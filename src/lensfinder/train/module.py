@@ -76,13 +76,17 @@ def to_channels_last(x: Any) -> Any:
     return x
 
 
-def resized_input(x: Any, size: int, full: int) -> Any:
-    """``x`` resampled by ``size / full`` (antialiased bilinear, as torchvision's Resize): a
-    stacked input to ``size`` pixels across, each tensor of a two-branch pair by the same factor.
-    Progressive resizing's early epochs: a smaller image costs a fraction of the step."""
+def resized_input(x: Any, size: int, full: int, method: str = "resample") -> Any:
+    """``x`` at ``size`` of ``full`` pixels across, each tensor of a two-branch pair by the same
+    factor: "resample" the whole field (antialiased bilinear, as torchvision's Resize) or "crop"
+    its centre at the native scale. Progressive resizing's early epochs: a smaller image costs a
+    fraction of the step."""
 
     def resize(t: torch.Tensor) -> torch.Tensor:
         shape = [max(1, round(n * size / full)) for n in t.shape[-2:]]
+        if method == "crop":
+            (top, left) = ((n - m) // 2 for n, m in zip(t.shape[-2:], shape, strict=True))
+            return t[..., top : top + shape[0], left : left + shape[1]]
         return F.interpolate(t, size=shape, mode="bilinear", antialias=True, align_corners=False)
 
     return map_input(x, resize)
@@ -184,7 +188,8 @@ class LensClassifier(pl.LightningModule):
         ):
             return batch
         x, y = batch
-        return resized_input(x, config.low_res_size, config.input.size), y
+        small = resized_input(x, config.low_res_size, config.input.size, config.low_res_method)
+        return small, y
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         if self.adaptation is not None:  # logs its own terms
