@@ -12,8 +12,10 @@ the model, while the cluster starts and its workers import torch; each worker th
 file once, whatever the number of shards.
 
 A small scan (fewer cutouts than ``local_below``, no scheduler given) starts no cluster: this
-process scores the same shards itself, one after another on every core it may use, and writes
-the same shard files, summary and catalogue; ``summary.json`` says which ran (``runner``).
+process scores the same shards itself, as many at once as the cluster would have worker threads
+(ONNX backends; threads sharing the models, each on its share of the cores, so the steady rate
+is the cluster's), loads the models as a worker does, and writes the same shard files, summary
+and catalogue; ``summary.json`` says which ran (``runner``).
 
 Re-running the same command resumes: complete shard files are reused, missing or corrupt ones
 are redone. ``scan.json`` records what made the directory (model and data fingerprints, the shard
