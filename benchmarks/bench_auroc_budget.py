@@ -35,7 +35,7 @@ def train_and_evaluate(
     """Train one budget from scratch and evaluate it on the test split."""
     from lensfinder.config import EvaluateConfig, TrainConfig, load_config
     from lensfinder.evaluate import evaluate
-    from lensfinder.models import read_meta
+    from lensfinder.models.meta import read_meta
     from lensfinder.train import train
 
     train_cfg = load_config(TrainConfig, config, max_train_samples=samples, max_epochs=epochs)

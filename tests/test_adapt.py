@@ -25,8 +25,9 @@ from lensfinder.data.source import open_unlabelled
 from lensfinder.ensemble import is_ensemble, member_dir, write_ensemble
 from lensfinder.errors import ConfigError
 from lensfinder.layout import CATALOG_NAME
-from lensfinder.models import load_model, read_meta
 from lensfinder.models.batchnorm import batchnorm_layers
+from lensfinder.models.checkpoint import load_model
+from lensfinder.models.meta import read_meta
 from lensfinder.testing import TINY_INPUT, TINY_MODEL, make_run
 from lensfinder.train.adapt import (
     FieldCutouts,

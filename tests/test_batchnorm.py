@@ -7,13 +7,13 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from lensfinder.config import InputConfig, ModelConfig
-from lensfinder.models import create_model
 from lensfinder.models.batchnorm import (
     batchnorm_layers,
     bn_train_mode,
     convert_to_instance_norm,
     reinit_batchnorm,
 )
+from lensfinder.models.factory import create_model
 
 
 @pytest.fixture()

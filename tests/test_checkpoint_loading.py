@@ -14,9 +14,17 @@ from safetensors.torch import load_file, save_file
 from lensfinder.config import InputConfig, ModelConfig, TrainConfig, to_dict
 from lensfinder.errors import ModelFileError
 from lensfinder.labels import DEFAULT_LABEL_RULE
-from lensfinder.models import create_model, load_model, read_meta, save_model
 from lensfinder.models.batchnorm import batchnorm_layers
-from lensfinder.models.checkpoint import DESCRIPTION_KEY, FORMAT_VERSION, META_FILE, WEIGHTS_FILE
+from lensfinder.models.checkpoint import (
+    DESCRIPTION_KEY,
+    FORMAT_VERSION,
+    META_FILE,
+    WEIGHTS_FILE,
+    load_model,
+    save_model,
+)
+from lensfinder.models.factory import create_model
+from lensfinder.models.meta import read_meta
 
 INPUT = InputConfig(bands=("VIS", "J"), size=32)
 MODEL = ModelConfig(pretrained=None, bn_reinit=True)

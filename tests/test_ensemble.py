@@ -23,7 +23,7 @@ from lensfinder.config import (
 )
 from lensfinder.errors import ConfigError, ModelFileError
 from lensfinder.evaluate import evaluate
-from lensfinder.models import load_model
+from lensfinder.models.checkpoint import load_model
 from lensfinder.predict import Predictor, export_onnx, synthetic_cutouts
 from lensfinder.train.members import EnsembleResult, train_models
 

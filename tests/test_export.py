@@ -38,7 +38,7 @@ def cutouts() -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_export_lite0_is_checked_and_carries_its_input_config(tmp_path):
-    from lensfinder.models import load_model
+    from lensfinder.models.checkpoint import load_model
 
     input_cfg = InputConfig(size=64)
     model_cfg = ModelConfig(arch="tf_efficientnet_lite0", pretrained=None)

@@ -22,8 +22,7 @@ from lensfinder.data import open_source, read_layout
 from lensfinder.data.dataset import CutoutDataset
 from lensfinder.errors import ModelFileError
 from lensfinder.layout import CATALOG_NAME, image_path
-from lensfinder.models import load_model
-from lensfinder.models.checkpoint import META_FILE
+from lensfinder.models.checkpoint import META_FILE, load_model
 from lensfinder.surveys import EUCLID
 from lensfinder.testing import TINY_INPUT, cli, make_run, one_line_error
 from lensfinder.train.datamodule import LensDataModule

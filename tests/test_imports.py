@@ -39,6 +39,10 @@ LAZY_ALLOWED = {
         "the scan client plans and merges shards without torch; workers load the Predictor",
     ("lensfinder.scan.scanning", "lensfinder.predict.onnx_build"):
         "the scan client builds an ONNX file (torch) only on a cache miss",
+    ("lensfinder.predict.predictor", "lensfinder.predict.onnx_build"):
+        "an ONNX scan opens its cached file without the exporter (timm, onnx: ~2.5 s on 2 cores)",
+    ("lensfinder.predict.predictor", "lensfinder.models.checkpoint"):
+        "only the torch backend builds a torch model: an ONNX scan starts without timm (~2 s)",
 }  # fmt: skip
 # Third-party packages that cost start-up time or are optional: these may be imported lazily
 # anywhere (any other import belongs at the top of its module).

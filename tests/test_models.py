@@ -8,7 +8,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from lensfinder.config import InputConfig, ModelConfig
 from lensfinder.errors import ConfigError
-from lensfinder.models import create_model
+from lensfinder.models.factory import create_model
 from lensfinder.models.pretrained import imagenet_lite0_state_dict
 
 RANDOM_LITE0 = ModelConfig(pretrained=None)

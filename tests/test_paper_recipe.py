@@ -14,8 +14,8 @@ from torch import nn
 from lensfinder.config import InputConfig, ModelConfig, TrainConfig, load_config
 from lensfinder.errors import ConfigError
 from lensfinder.experiments.table1 import PAPER_TABLE1, paper_bn_method
-from lensfinder.models import create_model
 from lensfinder.models.batchnorm import batchnorm_layers
+from lensfinder.models.factory import create_model
 from lensfinder.testing import TINY_INPUT, TINY_MODEL
 from lensfinder.train.module import LensClassifier, regularisation
 from lensfinder.train.training import check_config, plateau_callback

@@ -22,7 +22,7 @@ def direct_logits(run_dir: Path, vis: np.ndarray, nisp: np.ndarray, k: int | Non
     """The model called by hand on ``to_model_input`` (optionally D4 element ``k``)."""
     from lensfinder.data.augment import apply_d4
     from lensfinder.data.transforms import to_model_input
-    from lensfinder.models import load_model
+    from lensfinder.models.checkpoint import load_model
 
     model, _ = load_model(run_dir)
     x = to_model_input(vis, nisp, Predictor([run_dir]).members[0].input)

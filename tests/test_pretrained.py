@@ -10,8 +10,8 @@ from safetensors.torch import save_file
 
 from lensfinder.config import InputConfig, ModelConfig
 from lensfinder.errors import ConfigError, ModelFileError
-from lensfinder.models import create_model
 from lensfinder.models.base import create_timm
+from lensfinder.models.factory import create_model
 from lensfinder.models.pretrained import (
     LITE0_ARCH,
     imagenet_lite0_state_dict,

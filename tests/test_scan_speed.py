@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from lensfinder.config import PredictConfig, ScanConfig
@@ -237,6 +238,29 @@ def test_summary_reports_start_up_apart_from_the_steady_rate(
     assert summary["steady_cpu_ms_per_cutout"] == pytest.approx(cpu_ms, abs=1e-3)
     assert f"start-up {startup['until_scoring_s']:.1f} s" in result.summary()
     assert f"{result.steady_rate:.1f} cutouts/s" in result.summary()
+
+
+def test_in_process_onnx_scan_scores_shards_at_once_as_the_cluster_does(
+    tiny_store, scheduler, tmp_path, cache_dir
+):
+    """An in-process ONNX scan with 2 workers scores two shards at once in threads sharing
+    one single-thread session (the cluster's rate), loading the file itself: the catalogue
+    is the cluster's to 1e-5 in float32, shard for shard."""
+    run = make_run(tmp_path / "run", seed=6)
+    cluster_out, here = tmp_path / "cluster", tmp_path / "here"
+    cfg = ScanConfig(predict=ONNX, shard_size=5, workers=2)
+    scan([run], tiny_store, cluster_out, cfg, scheduler=scheduler, progress=False)
+    result = scan([run], tiny_store, here, replace(cfg, local_below=10**6), progress=False)
+    assert result.runner == "in-process"
+    ids, scores = (
+        pq.read_table(here / "candidates.parquet")[c].to_pylist() for c in ("id", "score")
+    )
+    theirs = pq.read_table(cluster_out / "candidates.parquet")
+    assert ids == theirs["id"].to_pylist()
+    np.testing.assert_allclose(scores, theirs["score"].to_pylist(), rtol=0, atol=1e-5)
+    metas = _shard_metas(here)
+    assert len({m["worker"] for m in metas}) == 2  # two threads, each its share of the shards
+    assert [f["cache"] for f in _summary(here)["startup"]["onnx_files"]] == ["hit"]
 
 
 # -- prefetch ----------------------------------------------------------------------------------

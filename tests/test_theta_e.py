@@ -19,8 +19,7 @@ from lensfinder.data.augment import N_ELEMENTS, apply_d4
 from lensfinder.data.cutouts import synthetic_cutouts
 from lensfinder.data.transforms import map_input, to_model_input
 from lensfinder.einstein import ARCSEC_PER_RADIAN, lens_theta_e, mixture, theta_e_arcsec
-from lensfinder.models import load_model
-from lensfinder.models.checkpoint import DESCRIPTION_KEY, description_hash
+from lensfinder.models.checkpoint import DESCRIPTION_KEY, description_hash, load_model
 from lensfinder.predict import Predictor
 from lensfinder.testing import TINY_INPUT, TINY_MODEL, make_run
 from lensfinder.train.module import LensClassifier, theta_e_nll

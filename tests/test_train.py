@@ -91,7 +91,7 @@ def val_auroc_of_saved_model(run_dir: Path, store: Path, config: TrainConfig) ->
     from lensfinder.data import open_source
     from lensfinder.data.splits import split_indices
     from lensfinder.data.transforms import to_model_input
-    from lensfinder.models import load_model
+    from lensfinder.models.checkpoint import load_model
 
     model, _ = load_model(run_dir, expect_input=config.input)
     source = open_source(store)
@@ -111,7 +111,7 @@ def test_training_learns_and_writes_a_loadable_run_dir(trained, store, throughpu
         assert (run_dir / name).is_file(), name
     assert load_config(TrainConfig, run_dir / "config.yaml") == config
 
-    from lensfinder.models import read_meta
+    from lensfinder.models.meta import read_meta
 
     meta = read_meta(run_dir)
     assert meta["label_rule"] and meta["train"]["lr"] == config.lr
@@ -203,7 +203,8 @@ def test_precomputed_and_per_batch_loaders_give_the_same_seeded_batches(store, m
 
 
 def test_frozen_backbone_trains_only_the_head(store, tmp_path):
-    from lensfinder.models import create_model, load_model
+    from lensfinder.models.checkpoint import load_model
+    from lensfinder.models.factory import create_model
 
     config = tiny_config(
         max_epochs=1, input=InputConfig(bands=("Y", "J", "H"), size=64),

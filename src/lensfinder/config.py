@@ -839,11 +839,13 @@ class ScanConfig(Checked):
     threads_per_worker: int = 1
     memory_limit: str = "4GiB"
     # Without --scheduler, a scan of fewer cutouts than this scores its shards in this process
-    # (the same shards, files and catalogue, one after another on every core) instead of
-    # starting a LocalCluster: measured on 2 cores, 2,000 cutouts score from 4.5 s instead of
-    # 9.6 s and end no later (17.2 vs 17.8 s), but run at 0.65 of the 2-worker rate, so the
-    # cluster wins from ~2,400 cutouts (README, "Measured results"). 0: always a cluster.
-    local_below: int = 2500
+    # (the same shards, files and catalogue; workers x threads_per_worker shards at once in
+    # threads) instead of starting a LocalCluster: measured on 2 cores with 2 workers, the same
+    # steady rate as the cluster's, scoring from 2.4 s instead of 7.1 s, and the whole command
+    # shorter at 2,000 (10.5 vs 15.5 s) and 8,000 cutouts (35 vs 43 s); the cluster is for
+    # larger scans (a memory limit per worker, a crashed worker's shard redone) and for other
+    # machines (README, "Measured results"). 0: always a cluster.
+    local_below: int = 10_000
 
     WHAT = "scan"
 

@@ -23,8 +23,9 @@ from lensfinder.data.identity import data_record
 from lensfinder.data.source import open_source
 from lensfinder.data.store import pack
 from lensfinder.layout import CATALOG_NAME, format_catalog, image_path
-from lensfinder.models import create_model, save_model
 from lensfinder.models.batchnorm import batchnorm_layers
+from lensfinder.models.checkpoint import save_model
+from lensfinder.models.factory import create_model
 from lensfinder.surveys import EUCLID
 
 TINY_INPUT = InputConfig(size=32, vis_sampling="bin")  # the whole field: arcs at any radius

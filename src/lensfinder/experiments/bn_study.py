@@ -35,7 +35,7 @@ from lensfinder.data.selection import labelled_only, select_indices
 from lensfinder.errors import ConfigError, DataError, ModelFileError
 from lensfinder.evaluate.metrics import auroc, compute_metrics
 from lensfinder.files import atomic_write_text
-from lensfinder.models import read_meta
+from lensfinder.models.meta import read_meta
 from lensfinder.predict.predictor import BnMode, Predictor
 from lensfinder.presentation.plots import line_plot
 from lensfinder.presentation.report import write_report

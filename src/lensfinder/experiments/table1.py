@@ -55,7 +55,7 @@ from lensfinder.evaluate.metrics import roc_curve
 from lensfinder.experiments.bn_study import bn_method
 from lensfinder.files import atomic_write_text
 from lensfinder.machine import cpu_model
-from lensfinder.models import read_meta
+from lensfinder.models.meta import read_meta
 from lensfinder.presentation.plots import grouped_bar_plot, roc_plot
 from lensfinder.safety import TABLE1
 from lensfinder.simulate import simulate

@@ -1,8 +1,7 @@
 """Models: timm architectures as one-logit lens classifiers, offline pretrained weights, the
-paper's batch-norm methods, and safe model files (safetensors + JSON, never pickles)."""
+paper's batch-norm methods, and safe model files (safetensors + JSON, never pickles).
 
-from lensfinder.models.base import OneLogitModel
-from lensfinder.models.checkpoint import load_model, read_meta, save_model
-from lensfinder.models.factory import create_model
-
-__all__ = ["OneLogitModel", "create_model", "load_model", "read_meta", "save_model"]
+Import from the modules (``models.factory.create_model``, ``models.checkpoint.load_model``,
+``models.meta.read_meta``): this package imports nothing itself, so reading a model's JSON
+(``meta``) or its batch-norm helpers does not load timm (~2 s of an ONNX scan's start-up).
+"""

@@ -22,17 +22,22 @@ import torch
 from torch import nn
 
 from lensfinder import __version__
-from lensfinder.config import MODEL_FILE_LEGACY, InputConfig, ModelConfig, from_dict, to_dict
-from lensfinder.ensemble import ENSEMBLE_FILE, is_ensemble
+from lensfinder.config import InputConfig, ModelConfig, to_dict
 from lensfinder.errors import ConfigError, ModelFileError
 from lensfinder.files import atomic_path, atomic_write_text
 from lensfinder.models.factory import create_model
+from lensfinder.models.meta import (  # the light half of model files, re-exported here
+    FORMAT_VERSION,
+    META_FILE,
+    WEIGHTS_FILE,
+    input_config,
+    model_files,
+    parse_section,
+    read_meta,
+    show_value,
+)
 from lensfinder.models.pretrained import brief_list
 
-WEIGHTS_FILE = "model.safetensors"
-META_FILE = "model.json"
-FORMAT_VERSION = 1
-PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
 _PICKLE_STARTS = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive; a raw pickle
 _MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
 # The sections of model.json that say how to rebuild, feed and read the model, and on what data
@@ -63,8 +68,8 @@ def save_model(run_dir: str | Path, model: nn.Module, meta: dict[str, Any]) -> P
     for key in ("input", "model"):
         if not isinstance(record.get(key), dict):
             raise ValueError(f"save_model: meta[{key!r}] must be the {key} config (dict)")
-    input_cfg = _parse(InputConfig, record["input"], run_dir / META_FILE, "input")
-    model_cfg = _parse(ModelConfig, record["model"], run_dir / META_FILE, "model")
+    input_cfg = parse_section(InputConfig, record["input"], run_dir / META_FILE, "input")
+    model_cfg = parse_section(ModelConfig, record["model"], run_dir / META_FILE, "model")
     record.setdefault("architecture", describe_architecture(model_cfg, input_cfg))
     record.update(
         format_version=FORMAT_VERSION,
@@ -96,70 +101,6 @@ def describe_architecture(model_cfg: ModelConfig, input_cfg: InputConfig) -> str
     return f"{model_cfg.arch} ({', '.join(parts)})"
 
 
-def run_directory(path: str | Path) -> Path:
-    """The run directory of ``path`` (itself, or the directory of its model.safetensors or
-    model.json). Pickle-based files are refused here, by name, before anything opens them."""
-    path = Path(path)
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise ModelFileError(
-            f"{path}: a pickle-based {path.suffix} file; lensfinder loads only model.safetensors "
-            "+ model.json (a pickle can run code when opened, so it is never unpickled)"
-        )
-    if path.is_file() and path.name in (WEIGHTS_FILE, META_FILE):
-        path = path.parent
-    if not path.is_dir():
-        raise ModelFileError(f"{path}: no such run directory")
-    return path
-
-
-def model_files(path: str | Path) -> tuple[Path, Path]:
-    """``(model.safetensors, model.json)`` of a run; the weights file must exist."""
-    run_dir = run_directory(path)
-    weights = run_dir / WEIGHTS_FILE
-    if not weights.is_file():
-        if is_ensemble(run_dir):
-            raise ModelFileError(
-                f"{run_dir}: an ensemble directory ({ENSEMBLE_FILE}); this step takes one model: "
-                f"pass one member (e.g. {run_dir / 'member-0'})"
-            )
-        pickles = sorted(p.name for p in run_dir.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
-        hint = f" (found {', '.join(pickles)}: pickles are refused)" if pickles else ""
-        raise ModelFileError(f"{weights}: missing{hint}")
-    return weights, run_dir / META_FILE
-
-
-def read_meta(run_dir: str | Path) -> dict[str, Any]:
-    """The checked ``model.json`` of a run: readable, ours, not newer than this lensfinder."""
-    meta_path = run_directory(run_dir) / META_FILE
-    try:
-        meta = json.loads(meta_path.read_text())
-    except FileNotFoundError:
-        raise ModelFileError(f"{meta_path}: missing (it says how to rebuild the model)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ModelFileError(f"{meta_path}: cannot read ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise ModelFileError(f"{meta_path}: not valid JSON ({exc})") from None
-    if not isinstance(meta, dict):
-        raise ModelFileError(f"{meta_path}: expected a JSON object")
-    version = meta.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise ModelFileError(f"{meta_path}: not a lensfinder model file (no format_version)")
-    if version > FORMAT_VERSION:
-        raise ModelFileError(
-            f"{meta_path}: written by a newer lensfinder (format {version}; this one reads up to "
-            f"{FORMAT_VERSION}): upgrade lensfinder"
-        )
-    for key in ("input", "model"):
-        if not isinstance(meta.get(key), dict):
-            raise ModelFileError(f"{meta_path}: no {key!r} section")
-    return meta
-
-
-def input_config(meta: dict[str, Any], where: str | Path = META_FILE) -> InputConfig:
-    """The ``InputConfig`` a model was trained with (how to prepare its inputs)."""
-    return _parse(InputConfig, meta["input"], where, "input")
-
-
 def load_model(
     run_dir: str | Path,
     expect_input: InputConfig | None = None,
@@ -173,7 +114,7 @@ def load_model(
     weights_path, meta_path = model_files(run_dir)
     meta = read_meta(meta_path.parent)
     input_cfg = input_config(meta, meta_path)
-    model_cfg = _parse(ModelConfig, meta["model"], meta_path, "model")
+    model_cfg = parse_section(ModelConfig, meta["model"], meta_path, "model")
     check_description(meta, meta_path)
     if expect_input is not None:
         _check_input(input_cfg, expect_input, meta_path)
@@ -223,7 +164,9 @@ def _check_input(found: InputConfig, expected: InputConfig, where: Path) -> None
     have, want = to_dict(found), to_dict(expected)
     differ = [k for k in want if have.get(k) != want[k]]
     if differ:
-        detail = "; ".join(f"{k} {_show(have.get(k))} (expected {_show(want[k])})" for k in differ)
+        detail = "; ".join(
+            f"{k} {show_value(have.get(k))} (expected {show_value(want[k])})" for k in differ
+        )
         raise ModelFileError(f"{where}: made for other input: {detail}")
 
 
@@ -247,17 +190,6 @@ def _check_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], where: Pa
     ]
     if problems:
         raise ModelFileError(f"{where}: does not match its model.json: {'; '.join(problems)}")
-
-
-def _parse(cls: type, data: dict[str, Any], where: str | Path, section: str) -> Any:
-    try:
-        return from_dict(cls, MODEL_FILE_LEGACY.get(section, {}) | data, section)
-    except (ConfigError, TypeError, ValueError) as exc:
-        raise ModelFileError(f"{where}: bad {section!r} section ({exc})") from None
-
-
-def _show(value: Any) -> str:
-    return ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
 
 
 def _json_default(value: Any) -> Any:

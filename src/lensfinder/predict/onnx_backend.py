@@ -7,7 +7,9 @@ it (checked against torch to 1e-4), and backend "onnx-int8" quantises that to
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,8 @@ import torch
 
 from lensfinder.errors import ModelFileError
 from lensfinder.predict.model_io import META_MODEL, ModelInput, output_columns
+from lensfinder.predict.onnx_cache import CachedOnnx, Calibration, candidate_paths, resolve
+from lensfinder.predict.onnx_files import META_CACHE_KEY, Precision
 
 
 class OnnxRunner:
@@ -76,3 +80,32 @@ class OnnxRunner:
         }
         out = self.session.run(None, feeds)
         return output_columns(tuple(out[:2]), len(tensors[0]), self.source)
+
+
+def cached_runner(
+    model: Path | str,
+    precision: Precision,
+    threads: int | None,
+    calibration: Calibration | None = None,
+    opset: int | None = None,
+) -> tuple[OnnxRunner, CachedOnnx] | None:
+    """A session on ``model``'s current ONNX file at ``precision`` (an ``.onnx`` model given
+    as float32 is its own file), and how it was found; None when the file beside the model is
+    missing, unreadable or stale (``onnx_build.onnx_runner`` then builds it). The file is
+    checked on the session's own metadata: one parse of it, and neither ``onnx`` nor the
+    exporter (timm) imported, which a scan whose client prepared the file never needs."""
+    began = time.perf_counter()
+    model = Path(model)
+    if precision == "float32" and model.suffix == ".onnx" and model.is_file():
+        return OnnxRunner(model, threads=threads), CachedOnnx(
+            str(model), precision, "given", model, time.perf_counter() - began
+        )
+    key, _, _ = resolve(model, precision, calibration, opset)
+    path = candidate_paths(model, precision, key)[0]
+    if path.is_file():
+        with contextlib.suppress(ModelFileError):  # unreadable: the builder replaces it
+            runner = OnnxRunner(path, threads=threads, source=str(path))
+            if runner.metadata.get(META_CACHE_KEY) == key:
+                seconds = time.perf_counter() - began
+                return runner, CachedOnnx(str(model), precision, "hit", path, seconds, key)
+    return None

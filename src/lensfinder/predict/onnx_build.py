@@ -15,11 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lensfinder.data.transforms import to_model_input
-from lensfinder.errors import ModelFileError
 from lensfinder.files import atomic_path
 from lensfinder.models.checkpoint import input_config, load_model
 from lensfinder.predict.export import build_onnx
-from lensfinder.predict.onnx_backend import OnnxRunner
+from lensfinder.predict.onnx_backend import OnnxRunner, cached_runner
 from lensfinder.predict.onnx_cache import (
     CachedOnnx,
     Calibration,
@@ -156,20 +155,12 @@ def onnx_runner(
 ) -> tuple[OnnxRunner, CachedOnnx]:
     """An ONNX Runtime session for ``model`` (run directory or ``.onnx`` file) at ``precision``,
     from ``prepare``'s file; and how that file was got (for start-up reports). A current file
-    is checked on the session's own metadata: one parse of the file, no ``onnx`` import (a scan
-    worker's usual case, its client having prepared the file)."""
+    opens as ``onnx_backend.cached_runner`` opens it (no ``onnx`` import); else it is built."""
     began = time.perf_counter()
-    model = Path(model)
-    if not (precision == "float32" and model.suffix == ".onnx"):
-        key, opset, calibration = resolve(model, precision, calibration, opset)
-        path = candidate_paths(model, precision, key)[0]
-        if path.is_file():
-            with contextlib.suppress(ModelFileError):  # unreadable: prepare replaces it
-                runner = OnnxRunner(path, threads=threads, source=str(path))
-                if runner.metadata.get(META_CACHE_KEY) == key:
-                    seconds = time.perf_counter() - began
-                    return runner, CachedOnnx(str(model), precision, "hit", path, seconds, key)
-    cached = prepare(model, precision, calibration, opset)
+    found = cached_runner(model, precision, threads, calibration, opset)
+    if found is not None:
+        return found
+    cached = prepare(Path(model), precision, calibration, opset)
     where = cached.path if cached.path is not None else cached.data
     assert where is not None  # prepare gives a path or the bytes
     runner = OnnxRunner(where, threads=threads, source=str(cached.path or model))

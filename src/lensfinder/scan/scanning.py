@@ -12,8 +12,10 @@ the model, while the cluster starts and its workers import torch; each worker th
 file once, whatever the number of shards.
 
 A small scan (fewer cutouts than ``local_below``, no scheduler given) starts no cluster: this
-process scores the same shards itself, one after another on every core it may use, and writes
-the same shard files, summary and catalogue; ``summary.json`` says which ran (``runner``).
+process scores the same shards itself, as many at once as the cluster would have worker threads
+(ONNX backends; threads sharing the models, each on its share of the cores, so the steady rate
+is the cluster's), loads the models as a worker does, and writes the same shard files, summary
+and catalogue; ``summary.json`` says which ran (``runner``).
 
 Re-running the same command resumes: complete shard files are reused, missing or corrupt ones
 are redone. ``scan.json`` records what made the directory (model and data fingerprints, the shard
@@ -24,13 +26,14 @@ automatic shard size resumes with the size recorded there, however many workers 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,11 +226,20 @@ class _Cluster:
         if not scheduler and n < cfg.local_below:
             self.runner = IN_PROCESS
 
+    def in_process_shards(self) -> int:
+        """Shards an in-process scan scores at once, one thread each: as many as a LocalCluster
+        would have worker threads (at most the cores), each on its share of the cores, so the
+        rate is the cluster's (ONNX Runtime and torch release the GIL). The torch backend scores
+        one at a time on every core (BN method 2 switches a shared model's mode per batch)."""
+        if self.cfg.predict.backend not in PRECISION_OF_BACKEND:
+            return 1
+        return max(1, min(self.cfg.workers * self.cfg.threads_per_worker, available_cores()))
+
     def start(self) -> tuple[Any, int | None]:
         """``(client, torch threads per task)``, as ``_dask_client`` yields them; in-process:
-        no client, every core this process may use for the one shard at a time."""
+        no client, this process's cores shared among the shards scored at once."""
         if self.runner == IN_PROCESS:
-            return None, available_cores()
+            return None, max(1, available_cores() // self.in_process_shards())
         if self._started is None:
             began = time.perf_counter()
             self._started = self.stack.enter_context(_dask_client(self.cfg, self.scheduler))
@@ -421,28 +433,44 @@ def _run_shards(
 
 
 def _run_in_process(
-    tasks: Iterator[ShardTask], show_progress: bool, total: int
+    tasks: Iterator[ShardTask], show_progress: bool, total: int, at_once: int = 1
 ) -> list[dict[str, Any]]:
-    """Score the shards one after another in this process (``score_shard``, as a worker does,
-    each with every core this process may use); stop on the first error, the finished shard
-    files kept. The torch thread count is put back and the models let go afterwards."""
+    """Score the shards in this process (``score_shard``, as a worker does), ``at_once`` at a
+    time in threads sharing the models; stop on the first error (the shards in flight finish,
+    every finished shard file is kept). The torch thread count is put back and the models let
+    go afterwards."""
     import torch  # the Predictor's import anyway
 
     threads = torch.get_num_threads()
-    bar = progress_bar(tasks, total=total, desc="scan", unit="shard") if show_progress else tasks
+    pending = iter(tasks)
+    bar = progress_bar(iter(()), total=total, desc="scan", unit="shard") if show_progress else None
     finished = _Finished(bar)
+    failure: tuple[Shard, BaseException] | None = None
     try:
-        for task in bar:
-            try:
-                summary = score_shard(task)
-            except Exception as exc:
-                raise _shard_failure(task.shard, exc, len(finished.done)) from None
-            finished.add(summary)
+        with ThreadPoolExecutor(at_once, thread_name_prefix="lensfinder-shard") as pool:
+            running = {
+                pool.submit(score_shard, t): t.shard for t in itertools.islice(pending, at_once)
+            }
+            while running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    shard = running.pop(future)
+                    try:
+                        finished.add(future.result())
+                    except Exception as exc:  # in-flight shards still finish and are kept
+                        failure = failure or (shard, exc)
+                    if bar is not None:
+                        bar.update(1)
+                    task = next(pending, None) if failure is None else None
+                    if task is not None:
+                        running[pool.submit(score_shard, task)] = task.shard
     finally:
-        if show_progress and hasattr(bar, "close"):
+        if bar is not None:
             bar.close()
         torch.set_num_threads(threads)
         release_cached()
+    if failure is not None:
+        raise _shard_failure(*failure, len(finished.done)) from None
     return finished.done
 
 
@@ -600,14 +628,19 @@ def _score_shards(
     """Score the shards left to do on the cluster, started here, or in this process."""
     scoring = _Scoring()
     content_key = plan.manifest["data_content"]
-    # The models' ONNX files are made here while the cluster starts (and its workers import
-    # torch): both take seconds, and neither needs the other.
-    with ThreadPoolExecutor(1, thread_name_prefix="lensfinder-prepare") as pool:
-        prepared = pool.submit(
-            _timed, _prepare_models, models, cfg.predict, plan.source, content_key
-        )
+    if cluster.runner == IN_PROCESS:
+        # This process loads the models as a worker does (its ONNX file opened and checked
+        # in one go, built only if missing): a separate check here would import onnx first.
         client, torch_threads = cluster.start()
-        scoring.onnx_files, scoring.models_seconds = prepared.result()
+    else:
+        # The models' ONNX files are made here while the cluster starts (and its workers
+        # import torch): both take seconds, and neither needs the other.
+        with ThreadPoolExecutor(1, thread_name_prefix="lensfinder-prepare") as pool:
+            prepared = pool.submit(
+                _timed, _prepare_models, models, cfg.predict, plan.source, content_key
+            )
+            client, torch_threads = cluster.start()
+            scoring.onnx_files, scoring.models_seconds = prepared.result()
     tiles = plan.source if isinstance(plan.source, TileSource) else None
     calibration = source_calibration(plan.source, content_key).spec if tiles else ""
     # made as they are submitted: a scan from tiles puts its shard's rows in each task
@@ -625,13 +658,20 @@ def _score_shards(
             data_content=content_key,
             tile_rows=tiles.rows(shard.start, shard.stop) if tiles else None,
             calibration_spec=calibration,
+            shares_process=client is None and cluster.in_process_shards() > 1,
         )
         for shard in plan.todo
     )
     started = time.perf_counter()
     scoring.submitted_at = time.time()
     if client is None:
-        scoring.done = _run_in_process(tasks, show_progress, total=len(plan.todo))
+        scoring.done = _run_in_process(
+            tasks, show_progress, len(plan.todo), cluster.in_process_shards()
+        )
+        loaded = [s for s in scoring.done if "onnx_files" in s]  # the shard that loaded them
+        if loaded and cfg.predict.backend in PRECISION_OF_BACKEND:
+            scoring.onnx_files = loaded[0]["onnx_files"]
+        scoring.models_seconds = max((float(s["load_s"]) for s in loaded), default=0.0)
     else:
         scoring.done = _run_shards(client, tasks, show_progress, total=len(plan.todo))
     scoring.scan_seconds = time.perf_counter() - started

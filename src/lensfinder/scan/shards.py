@@ -117,6 +117,9 @@ class ShardTask:
     # the tiles directory, never opened by the worker. None: the worker opens ``data``.
     tile_rows: Any = None
     calibration_spec: str = ""  # the client's int8 calibration (a tile shard has not its data)
+    # Scored in a thread beside other shards of an in-process scan: its CPU is its thread's
+    # own (exact with one thread per shard), its ``worker`` the thread (for the steady rate).
+    shares_process: bool = False
 
 
 _lock = threading.Lock()
@@ -229,7 +232,8 @@ def score_shard(task: ShardTask) -> dict[str, Any]:
         lambda: _build_predictor(task, source),
     )
     load_s = time.perf_counter() - began
-    scoring, began_at, cpu = time.perf_counter(), time.time(), time.process_time()
+    cpu_clock = time.thread_time if task.shares_process else time.process_time
+    scoring, began_at, cpu = time.perf_counter(), time.time(), cpu_clock()
     members = member_info(predictor)
     has_labels = bool(np.any(np.asarray(source.labels) >= 0))
     # predict_source streams the shard in small chunks and skips (and counts) invalid cutouts.
@@ -244,10 +248,11 @@ def score_shard(task: ShardTask) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - scoring, 3),  # scoring only: no start-up
         # CPU seconds of the worker process meanwhile (one shard at a time per process): a
         # cost per cutout that other processes on shared cores do not change much.
-        "cpu_s": round(time.process_time() - cpu, 3),
+        "cpu_s": round(cpu_clock() - cpu, 3),
         "load_s": round(load_s, 3),
         "began_at": began_at,
-        "worker": f"{socket.gethostname()}:{os.getpid()}",
+        "worker": f"{socket.gethostname()}:{os.getpid()}"
+        + (f":{threading.current_thread().name}" if task.shares_process else ""),
         "models": members,
         "lensfinder_version": task.lensfinder_version,
     }

@@ -54,9 +54,8 @@ from lensfinder.data.store import pack
 from lensfinder.data.transforms import ModelInput, map_input
 from lensfinder.ensemble import is_ensemble, member_dir, read_ensemble, write_ensemble
 from lensfinder.errors import ConfigError, DataError
-from lensfinder.models import load_model
 from lensfinder.models.batchnorm import batchnorm_layers, bn_train_mode
-from lensfinder.models.checkpoint import input_config, save_model
+from lensfinder.models.checkpoint import input_config, load_model, save_model
 from lensfinder.safety import ENSEMBLE, TRAIN
 from lensfinder.simulate.inject import inject
 from lensfinder.stages import run_stage

@@ -16,8 +16,8 @@ from torchmetrics.classification import BinaryAUROC
 
 from lensfinder.config import TrainConfig
 from lensfinder.data.transforms import map_input
-from lensfinder.models import create_model
 from lensfinder.models.batchnorm import bn_train_mode
+from lensfinder.models.factory import create_model
 
 Batch = tuple[Any, torch.Tensor]
 Outputs = tuple[torch.Tensor, torch.Tensor | None]  # logits (n,), theta_E (n, 2) or None

@@ -47,7 +47,8 @@ from lensfinder.data.identity import data_record
 from lensfinder.errors import ConfigError, ModelFileError
 from lensfinder.files import atomic_path, torch_load_refusal
 from lensfinder.machine import available_cores
-from lensfinder.models import load_model, read_meta, save_model
+from lensfinder.models.checkpoint import load_model, save_model
+from lensfinder.models.meta import read_meta
 from lensfinder.safety import TRAIN
 from lensfinder.stages import run_stage
 from lensfinder.train import hard_negatives
