@@ -156,7 +156,7 @@ def test_frozen_settings_are_checked(settings, problem):
 
 
 def test_frozen_stages_beyond_the_network_is_one_line(tmp_path):
-    from lensfinder.models import create_model
+    from lensfinder.models.factory import create_model
 
     model = create_model(TINY_MODEL, TINY_INPUT)
     assert len(model.leading_stages(3)) == 4  # conv_stem, bn1, two blocks
