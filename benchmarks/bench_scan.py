@@ -239,6 +239,8 @@ def run_scan(
         "whole_per_s": round(processed / watch.seconds, 2),
         "whole_cpu_ms": round(1000 * cpu / processed, 3),
         "steady_cpu_ms": summary["steady_cpu_ms_per_cutout"],
+        # The shards' own threads (older scans did not record it): the rest is Dask's.
+        "steady_task_cpu_ms": summary.get("steady_task_cpu_ms_per_cutout"),
         "shutdown_s": summary["shutdown_s"],
         "steady_per_s": summary["steady_rate_cutouts_per_s"],
         "in_scan_per_s": summary["rate_cutouts_per_s"],
@@ -344,7 +346,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 print(
                     f"[{backend}] round {k}: bare {rate:.1f}/s {cpu_ms:.2f} ms CPU (load {load}); "
                     f"scan steady {scans[k]['steady_per_s']:.1f}/s {scans[k]['steady_cpu_ms']:.2f} "
-                    f"ms CPU, whole command {scans[k]['whole_per_s']:.1f}/s "
+                    f"ms CPU (task threads {scans[k]['steady_task_cpu_ms']}), whole command "
+                    f"{scans[k]['whole_per_s']:.1f}/s "
                     f"{scans[k]['whole_cpu_ms']:.2f} ms CPU (load {scans[k]['load_average']})",
                     flush=True,
                 )

@@ -34,7 +34,7 @@ from typing import Any
 import common
 import numpy as np
 
-READ_ROWS = 256  # objects a scan shard reads at once (chunk rows x READ_BATCHES at batch 64)
+READ_ROWS = 256  # objects a scan shard reads at once (TileSource.read_chunks at batch 64)
 
 
 def _arguments(argv: list[str] | None = None) -> argparse.Namespace:

@@ -30,6 +30,7 @@ NISP_SHAPE: tuple[int, int, int] = (
 
 Indices = Sequence[int] | np.ndarray | slice | range
 CHECK_ROWS = 256  # objects read at once by ``CutoutSource.check`` (~55 MB of pixels)
+BLANK_PREFILTER_PIXELS = 16  # mark_blank tests whole images only where these are all equal
 
 
 @dataclass
@@ -72,11 +73,21 @@ class RowCheck:
         return dict(counts.most_common())
 
 
+def _all_finite(values: np.ndarray) -> bool:
+    """Whether every value is finite: a finite sum says so in one pass with no temporary (NaN
+    and inf carry through a sum); only a sum that is not finite (or overflows) is checked
+    value by value."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(values.sum(dtype=np.float32)):
+            return True
+    return bool(np.isfinite(values).all())
+
+
 def repair_rows(cutouts: Cutouts) -> int:
     """Apply the non-finite policy (``data.nonfinite``) to every valid row, band by band, in
     place: a few bad pixels are repaired, a row with more is marked invalid with the reason.
     Returns the number of pixels repaired."""
-    if np.isfinite(cutouts.vis).all() and np.isfinite(cutouts.nisp).all():
+    if _all_finite(cutouts.vis) and _all_finite(cutouts.nisp):
         return 0
     repaired = 0
     for row in np.flatnonzero(cutouts.valid).tolist():
@@ -99,9 +110,13 @@ def mark_blank(cutouts: Cutouts, where: Path) -> None:
     ]
     for name, images in planes:
         flat = images.reshape(len(images), -1) if len(images) else images.reshape(0, 1)
+        # Only a row whose first pixels are all equal can be constant (NaN equals nothing,
+        # as NaN's max never equals its min): the full test runs on those rows alone.
+        head = flat[:, :BLANK_PREFILTER_PIXELS]
+        maybe = np.flatnonzero((head == head[:, :1]).all(axis=1) & cutouts.valid)
         with np.errstate(invalid="ignore"):
-            blank = np.flatnonzero((flat.max(axis=1) == flat.min(axis=1)) & cutouts.valid)
-        for row in blank.tolist():
+            constant = flat[maybe].max(axis=1) == flat[maybe].min(axis=1)
+        for row in maybe[constant].tolist():
             cutouts.valid[row] = False
             cutouts.reasons[row] = f"{where}: blank image ({name} constant)"
 
@@ -114,6 +129,9 @@ class CutoutSource(ABC):
     labels: np.ndarray  # int8, -1 where unknown
     problems: list[Problem]
     label_rule: str | None
+    # Chunks of a predictor's batches read in one call: a read with a fixed cost per call
+    # (a tile's files opened, its WCS parsed) is spread over several.
+    read_chunks: int = 4
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -37,8 +37,9 @@ def _first_false(
 ) -> np.ndarray:
     """Per row, the first index in [low, high] where ``holds`` (true, then false along the
     index; false at ``high``) is false: bisection vectorised over rows, for up to ``length``
-    indices."""
-    for _ in range(int(length + 1).bit_length()):
+    indices (as many rounds as the widest bracket needs: none where every row's is empty)."""
+    widest = min(int(np.max(high - low, initial=0)), length)
+    for _ in range(max(0, widest).bit_length()):
         mid = (low + high) >> 1
         move = (low < high) & holds(mid)
         low = np.where(move, mid + 1, low)
@@ -47,35 +48,37 @@ def _first_false(
 
 
 def _median_and_sigma(
-    ordered: np.ndarray, first: np.ndarray, count: np.ndarray, deviation: np.ndarray
+    ordered: np.ndarray, first: np.ndarray, count: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Median and 1.4826 x MAD of the runs ``ordered[first:first + count]`` of the row-sorted
-    (rows, m) ``ordered``: (rows,) each, NaN where ``count`` is 0. ``deviation`` (rows, m)
-    receives ``|v - median|`` of every value, float32 as written (one buffer for all rounds:
-    fresh megabytes each round cost page faults).
+    (rows, m) ``ordered``: (rows,) each, NaN where ``count`` is 0.
 
-    The MAD is the k-th smallest deviation in the run, without sorting deviations: the run
-    splits where ``v >= median`` begins; before it deviations fall towards the split (run A,
-    read backwards), from it they rise (run B): the k-th smallest of two sorted runs is found
-    by bisecting how many of the k + 1 smallest come from A, exactly the value a sort gives.
+    The MAD is the k-th smallest deviation ``|v - median|`` in the run, without sorting
+    deviations, or computing all of them: the run splits where ``v >= median`` begins; before
+    it deviations fall towards the split (run A, read backwards), from it they rise (run B):
+    the k-th smallest of two sorted runs is found by bisecting how many of the k + 1 smallest
+    come from A, exactly the value a sort gives.
     """
     rows, length = ordered.shape
     base = np.arange(rows) * length  # flat index of each row's start
+    first = np.where(count > 0, first, 0)
     half = np.maximum(count - 1, 0) // 2
     at_median = base + first + half
-    median = np.where(count > 0, ordered.ravel()[at_median], np.float32(np.nan))
-    with np.errstate(invalid="ignore"):
-        np.abs(np.subtract(ordered, median[:, None], out=deviation), out=deviation)
-    flat_ordered, flat_deviation = ordered.ravel(), deviation.ravel()
+    flat = ordered.ravel()
+    median = np.where(count > 0, flat[at_median], np.float32(np.nan))
+
+    def dev(index: np.ndarray) -> np.ndarray:  # |v - median| as written, only where looked at
+        return np.abs(flat.take(index, mode="clip") - median)
 
     def value(index: np.ndarray) -> np.ndarray:
-        return np.take(flat_ordered, index, mode="clip")
+        return flat.take(index, mode="clip")
 
-    split = _first_false(lambda i: value(i) < median, base + first, at_median, length)
-
-    def dev(index: np.ndarray) -> np.ndarray:
-        return np.take(flat_deviation, index, mode="clip")
-
+    # Where the run's v >= median begins: at the median itself unless its value repeats
+    # before it (ties: integer images), where it is bisected for.
+    start = base + first
+    tied = (at_median > start) & ~(value(at_median - 1) < median)
+    low = np.where(tied, start, at_median)
+    split = _first_false(lambda i: value(i) < median, low, at_median, length)
     from_a, from_b = split - base - first, base + first + count - split  # run lengths
     low = np.maximum(0, half + 1 - from_b)  # taken from A, of the k + 1 smallest
     high = np.minimum(half + 1, from_a)
@@ -90,15 +93,34 @@ def _median_and_sigma(
     return median, sigma
 
 
+def _clipped_run(
+    ordered: np.ndarray, median: np.ndarray, limit: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(first, count)`` per row of the values a clipping round keeps, ``|v - median| <=
+    limit`` as written in float32: ``v - median`` rounds monotonically, so along a sorted row
+    the kept values are one run (NaN, sorted last, is never kept), found by bisection."""
+    rows, length = ordered.shape
+    flat = ordered.ravel()
+    base = np.arange(rows) * length
+    end = base + length
+
+    def shifted(index: np.ndarray) -> np.ndarray:
+        return flat.take(index, mode="clip") - median
+
+    start = _first_false(lambda i: shifted(i) < -limit, base, end, length)
+    stop = _first_false(lambda i: shifted(i) <= limit, start, end, length)
+    return start - base, stop - start
+
+
 def background_and_noise(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sky level and noise sigma per image of ``images`` (..., h, w), float32, shaped (..., 1):
     the border frame's median and 1.4826 x MAD, then ``CLIP_ITERATIONS`` rounds of 3-sigma
     clipping. NaN or 0 where the noise cannot be measured (callers fall back).
 
     One sort per frame: the pixels a clipping round keeps (``|v - median| <= 3 sigma``,
-    computed as written) are one run of the sorted frame, so each median is read off it and
-    each MAD is selected from the two sorted runs of deviations (``_kth_deviation``): the same
-    floats as sorting the deviations, at a quarter of the sorting.
+    computed as written) are one run of the sorted frame (``_clipped_run``), so each median is
+    read off it and each MAD is selected from the two sorted runs of deviations: the same
+    floats as sorting the deviations, with no pass over the frame after its sort.
     """
     images = np.asarray(images, dtype=np.float32)
     batch, (height, width) = images.shape[:-2], images.shape[-2:]
@@ -113,13 +135,11 @@ def background_and_noise(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     count = np.full(len(ordered), ordered.shape[1])
     if not all_finite:
         count = np.count_nonzero(~np.isnan(ordered), axis=-1)
-    deviation, kept = np.empty_like(ordered), np.empty(ordered.shape, dtype=bool)
-    median, sigma = _median_and_sigma(ordered, np.zeros_like(count), count, deviation)
-    for _ in range(CLIP_ITERATIONS):
-        with np.errstate(invalid="ignore"):  # NaN compares False
-            np.less_equal(deviation, CLIP_SIGMAS * sigma[:, None], out=kept)
-        count = np.count_nonzero(kept, axis=-1)
-        median, sigma = _median_and_sigma(ordered, np.argmax(kept, axis=-1), count, deviation)
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN (nothing kept), and overflow
+        median, sigma = _median_and_sigma(ordered, np.zeros_like(count), count)
+        for _ in range(CLIP_ITERATIONS):
+            first, count = _clipped_run(ordered, median, CLIP_SIGMAS * sigma)
+            median, sigma = _median_and_sigma(ordered, first, count)
     return median.reshape(*batch, 1), sigma.reshape(*batch, 1)
 
 

@@ -538,6 +538,11 @@ class _RawChunks:
 class StoreSource(CutoutSource):
     """A packed store. Arrays open lazily, so the object pickles cheaply to worker processes."""
 
+    # A store read costs little per call, but its fresh arrays do per page: one chunk (13 MB
+    # at batch 64) comes from malloc's reused heap, four (54 MB) from new mappings whose page
+    # faults cost 0.02 ms per cutout (measured: read 0.051 -> 0.028 ms per cutout).
+    read_chunks = 1
+
     def __init__(
         self,
         path: Path,

@@ -50,7 +50,7 @@ from lensfinder.config import InputConfig, PredictConfig, to_dict
 from lensfinder.data import open_source
 from lensfinder.data.augment import N_ELEMENTS, apply_d4
 from lensfinder.data.challenge import reason_kind
-from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE, Cutouts, repair_rows
+from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE, Cutouts, CutoutSource, repair_rows
 from lensfinder.data.transforms import map_input, to_model_input
 from lensfinder.einstein import mixture
 from lensfinder.ensemble import expand_models
@@ -69,7 +69,6 @@ from lensfinder.predict.onnx_backend import cached_runner
 from lensfinder.predict.onnx_cache import PRECISION_OF_BACKEND, CachedOnnx, Calibration
 from lensfinder.stages import progress_bar as progress
 
-READ_BATCHES = 4  # predict_source reads this many chunks of batches from the source at a time
 PREFETCH_DEPTH = 2  # chunks read and prepared ahead of the model (bounded memory)
 BACKENDS = ("torch", *PRECISION_OF_BACKEND)
 BnMode = Literal["eval", "batch"]  # running statistics, or the batch's own (method 2)
@@ -507,11 +506,13 @@ class Predictor:
     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """``(rows, vis, nisp)``: consecutive chunks of ``chunk_rows`` valid cutouts of
         ``indices`` (the last may be smaller), ``rows`` their positions in ``indices``; read
-        ``READ_BATCHES`` chunks at a time. Marks ``valid`` and ``reasons`` as it reads, so BN
-        method 2 groups are formed over valid rows only."""
+        the source's ``read_chunks`` chunks at a time. Marks ``valid`` and ``reasons`` as it
+        reads, so BN method 2 groups are formed over valid rows only."""
         pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         n_pending = 0
-        step = self.chunk_rows * READ_BATCHES
+        step = self.chunk_rows * max(
+            1, int(getattr(source, "read_chunks", CutoutSource.read_chunks))
+        )
         n = len(indices)
         for start in range(0, n, step):
             stop = min(n, start + step)

@@ -234,6 +234,7 @@ def score_shard(task: ShardTask) -> dict[str, Any]:
     load_s = time.perf_counter() - began
     cpu_clock = time.thread_time if task.shares_process else time.process_time
     scoring, began_at, cpu = time.perf_counter(), time.time(), cpu_clock()
+    task_cpu = time.thread_time()
     members = member_info(predictor)
     has_labels = bool(np.any(np.asarray(source.labels) >= 0))
     # predict_source streams the shard in small chunks and skips (and counts) invalid cutouts.
@@ -249,6 +250,9 @@ def score_shard(task: ShardTask) -> dict[str, Any]:
         # CPU seconds of the worker process meanwhile (one shard at a time per process): a
         # cost per cutout that other processes on shared cores do not change much.
         "cpu_s": round(cpu_clock() - cpu, 3),
+        # The task thread alone: the rest of cpu_s is the worker's other threads (Dask's
+        # timers, and the prefetch thread where a worker reads ahead).
+        "task_cpu_s": round(time.thread_time() - task_cpu, 3),
         "load_s": round(load_s, 3),
         "began_at": began_at,
         "worker": f"{socket.gethostname()}:{os.getpid()}"
