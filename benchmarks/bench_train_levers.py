@@ -3,6 +3,7 @@ quality each buys on the shifted set for its training minutes.
 
     .venv/bin/python benchmarks/bench_train_levers.py --data simB.zarr --rounds 3
     .venv/bin/python benchmarks/bench_train_levers.py --data simB.zarr --speed-only
+    .venv/bin/python benchmarks/bench_train_levers.py --data simB.zarr --bare-only --rounds 3
     .venv/bin/python benchmarks/bench_train_levers.py --data simB.zarr --quality-only \\
         --shift shift2/shift.zarr --workdir levers \\
         --variant cpu-small=cpu-small --variant progressive=levers/progressive.yaml
@@ -17,6 +18,9 @@ every round, before the levers, the bare forward + backward + step loop of cpu-s
 tensors in memory (``bench_train.BareLoop``) runs in this process: each figure is a ratio to
 that yardstick of its own round, and the levers' order rotates between rounds, so shared cores'
 busy spells hit all alike. Medians over rounds.
+
+``--bare-only``: the bare loop alone at 100, 80 and 64 px, with the stem and 0-3 blocks frozen,
+and at batches of 16 and 64, alternating in rounds: what each lever could give at most.
 
 Quality: each ``--variant LABEL=CONFIG`` trains from scratch on ``--data`` (a shipped name or a
 YAML file; a finished run is reused) and is scored on ``--shift`` (the evaluation copy of
@@ -35,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +108,77 @@ def bare_rate(seconds: float) -> float:
         elapsed += loop.run(2)
         steps += 2
     return common.rate(steps * loop.batch, elapsed)
+
+
+# The bare loop's own levers: (input pixels, batch, frozen stages).
+BARE_LEVERS: dict[str, tuple[int, int, int]] = {
+    "100 px (cpu-small)": (100, 32, 0),
+    "80 px": (80, 32, 0),
+    "64 px": (64, 32, 0),
+    "stem frozen": (100, 32, 1),
+    "stem + 1 block frozen": (100, 32, 2),
+    "stem + 2 blocks frozen": (100, 32, 3),
+    "stem + 3 blocks frozen": (100, 32, 4),
+    "batch 16": (100, 16, 0),
+    "batch 64": (100, 64, 0),
+}
+
+
+def bare_lever_rate(size: int, batch: int, frozen: int, seconds: float) -> float:
+    """images/s of the bare loop of cpu-small's model at ``size`` px, ``batch``, with the stem
+    and first blocks frozen (``frozen`` stages, as ``TrainConfig.frozen_stages``)."""
+    import torch
+
+    from lensfinder.config import TrainConfig
+    from lensfinder.models.factory import create_model
+    from lensfinder.train.module import make_optimizer
+
+    config = TrainConfig()
+    model = create_model(config.model, config.input).to(memory_format=torch.channels_last)
+    for stage in model.leading_stages(frozen) if frozen else []:
+        for parameter in stage.parameters():
+            parameter.requires_grad_(False)
+    optimizer = make_optimizer(config, [p for p in model.parameters() if p.requires_grad])
+    x = torch.randn(batch, len(config.input.bands), size, size)
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = (torch.arange(batch) % 2).float()
+
+    def step() -> None:
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(2):
+        step()
+    images, began = 0, time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        step()
+        images += batch
+    return common.rate(images, time.perf_counter() - began)
+
+
+def bare_speed(rounds: int, seconds: float) -> list[dict]:
+    """Per bare lever: median images/s and median speed against 100 px in the same round."""
+    speeds: dict[str, list[float]] = {name: [] for name in BARE_LEVERS}
+    rates: dict[str, list[float]] = {name: [] for name in BARE_LEVERS}
+    names = list(BARE_LEVERS)
+    for round_index in range(rounds):
+        order = names[round_index:] + names[:round_index]
+        measured = {name: bare_lever_rate(*BARE_LEVERS[name], seconds) for name in order}
+        for name in names:
+            rates[name].append(measured[name])
+            speeds[name].append(measured[name] / measured[names[0]])
+        print(f"round {round_index}: " + ", ".join(f"{n} {measured[n]:.0f}" for n in names),
+              flush=True)  # fmt: skip
+    return [
+        {
+            "lever": name,
+            "images_per_s": round(statistics.median(rates[name]), 1),
+            "speed_vs_first": round(statistics.median(speeds[name]), 3),
+        }
+        for name in names
+    ]
 
 
 def speed(store: Path, levers: list[str], rounds: int, samples: int, bare_s: float) -> list[dict]:
@@ -177,6 +253,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=640, help="samples per speed epoch")
     parser.add_argument("--bare-seconds", type=float, default=8.0)
     parser.add_argument("--speed-only", action="store_true")
+    parser.add_argument(
+        "--bare-only", action="store_true",
+        help="only the bare loop's levers (size, frozen stages, batch), alternating in rounds",
+    )  # fmt: skip
     parser.add_argument("--quality-only", action="store_true")
     parser.add_argument("--shift", type=Path, help="the shifted evaluation store (quality)")
     parser.add_argument("--workdir", type=Path, help="runs and scores of the quality part")
@@ -193,6 +273,15 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"unknown levers {unknown}; known: {', '.join(LEVERS)}")
     speed_rows: list[dict] = []
     quality_rows: list[dict] = []
+    if args.bare_only:
+        bare_rows = bare_speed(args.rounds, args.bare_seconds)
+        print("\n| bare loop | images/s | speed vs 100 px |\n|---|---|---|")
+        for row in bare_rows:
+            print(f"| {row['lever']} | {row['images_per_s']} | {row['speed_vs_first']:.2f}x |")
+        figures = [common.figure(f"bare loop, {r['lever']}", r["images_per_s"], "images/s")
+                   for r in bare_rows]  # fmt: skip
+        common.write_results(args.json, __file__, figures, {"bare": bare_rows}, machine)
+        return
     if not args.quality_only:
         speed_rows = speed(args.data, levers, args.rounds, args.samples, args.bare_seconds)
         print("\n| lever | images/s | of the bare loop | speed vs " + levers[0] + " |")
