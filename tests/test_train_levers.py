@@ -162,3 +162,15 @@ def test_frozen_stages_beyond_the_network_is_one_line(tmp_path):
     assert len(model.leading_stages(3)) == 4  # conv_stem, bn1, two blocks
     with pytest.raises(ConfigError, match="frozen_stages 99"):
         model.leading_stages(99)
+
+
+def test_early_stopping_judges_from_after_warm_up_and_low_res_epochs():
+    """A high peak lr swings validation AUROC by 0.1 in the warm-up epoch: the drop rule once
+    stopped such a run after 2 epochs (lr 3e-3, seed 1). Warm-up epochs are not judged."""
+    from lensfinder.train.training import first_candidate_epoch
+
+    assert first_candidate_epoch(TrainConfig()) == 1  # one warm-up epoch
+    assert first_candidate_epoch(TrainConfig(warmup_epochs=0)) == 0
+    low_res = TrainConfig(max_epochs=15, low_res_size=64, low_res_fraction=0.75)
+    assert first_candidate_epoch(low_res) == 11
+    assert first_candidate_epoch(TrainConfig(max_epochs=1)) == 0  # the last epoch always counts

@@ -91,8 +91,8 @@ class AurocDropStopping(pl.Callback):
 
     The best weights are a CPU copy of the LightningModule's ``state_dict``, kept in memory and in
     the checkpoint (so a resumed run still ends on the best epoch, even one before the restart).
-    Epochs before ``first_epoch`` (progressive resizing's low-resolution ones, validated at their
-    own size) are neither candidates nor counted: the model kept must be one trained at full size.
+    Epochs before ``first_epoch`` (the learning-rate warm-up; progressive resizing's
+    low-resolution ones, validated at their own size) are neither candidates nor counted.
     """
 
     def __init__(

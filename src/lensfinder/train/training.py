@@ -446,7 +446,7 @@ def _fit(
     module = LensClassifier(config, initial_model(config))
     field, module.adaptation = field_adaptation(config, module.model, progress and is_rank_zero)
     stopping = AurocDropStopping(
-        config.stop_auroc_drop, config.stop_patience, first_epoch=config.low_res_epochs()
+        config.stop_auroc_drop, config.stop_patience, first_epoch=first_candidate_epoch(config)
     )
     history = EpochHistory()
     precision = resolve_precision(config)
@@ -617,6 +617,13 @@ def train_with_hard_negatives(
 
 def _score_text(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def first_candidate_epoch(config: TrainConfig) -> int:
+    """The first epoch early stopping judges and may keep: after the learning-rate warm-up (its
+    validation AUROC swings by 0.1 at a high peak lr, which the drop rule took for a collapse)
+    and after progressive resizing's low-resolution epochs; the last epoch always counts."""
+    return min(max(config.warmup_epochs, config.low_res_epochs()), config.max_epochs - 1)
 
 
 def initial_model(config: TrainConfig) -> Any:
