@@ -135,9 +135,8 @@ def bare_lever_rate(size: int, batch: int, frozen: int, seconds: float) -> float
 
     config = TrainConfig()
     model = create_model(config.model, config.input).to(memory_format=torch.channels_last)
-    for stage in model.leading_stages(frozen) if frozen else []:
-        for parameter in stage.parameters():
-            parameter.requires_grad_(False)
+    if frozen:
+        model.set_leading_stages_trainable(frozen, False)
     optimizer = make_optimizer(config, [p for p in model.parameters() if p.requires_grad])
     x = torch.randn(batch, len(config.input.bands), size, size)
     x = x.contiguous(memory_format=torch.channels_last)

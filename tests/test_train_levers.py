@@ -14,6 +14,22 @@ from lensfinder.testing import TINY_INPUT, TINY_MODEL
 from lensfinder.train.module import resized_input
 
 
+def tiny_three_epochs(**settings: object) -> TrainConfig:
+    """Three short epochs of the test network on the tiny store (a fraction of 0.7: 2 of 3),
+    the stop rule off."""
+    return TrainConfig(
+        input=TINY_INPUT,
+        model=TINY_MODEL,
+        max_epochs=3,
+        max_train_samples=8,
+        batch_size=4,
+        batch_size_max=4,
+        stop_auroc_drop=1.0,
+        accelerator="cpu",
+        **settings,  # type: ignore[arg-type]
+    )
+
+
 class InputSizes(pl.Callback):
     """The input size of every training and validation batch, per epoch."""
 
@@ -56,19 +72,7 @@ def test_cropped_input_is_the_centre_at_the_native_scale():
 def test_low_res_epochs_train_and_validate_small_then_full(tiny_store, tmp_path, method):
     from lensfinder.train import train
 
-    cfg = TrainConfig(
-        input=TINY_INPUT,
-        model=TINY_MODEL,
-        max_epochs=3,
-        low_res_size=16,
-        low_res_fraction=0.7,  # 2 of 3 epochs
-        low_res_method=method,
-        max_train_samples=8,
-        batch_size=4,
-        batch_size_max=4,
-        stop_auroc_drop=1.0,
-        accelerator="cpu",
-    )
+    cfg = tiny_three_epochs(low_res_size=16, low_res_fraction=0.7, low_res_method=method)
     seen = InputSizes()
     train(cfg, tiny_store, tmp_path / "run", progress=False, callbacks=[seen])
     assert seen.train == [{16}, {16}, {TINY_INPUT.size}]
@@ -122,19 +126,7 @@ class StemWeights(pl.Callback):
 def test_frozen_stages_get_no_update_while_frozen_and_learn_after(tiny_store, tmp_path):
     from lensfinder.train import train
 
-    cfg = TrainConfig(
-        input=TINY_INPUT,
-        model=TINY_MODEL,
-        max_epochs=3,
-        frozen_stages=2,
-        frozen_fraction=0.7,  # 2 of 3 epochs
-        max_train_samples=8,
-        batch_size=4,
-        batch_size_max=4,
-        warmup_epochs=0,
-        stop_auroc_drop=1.0,
-        accelerator="cpu",
-    )
+    cfg = tiny_three_epochs(frozen_stages=2, frozen_fraction=0.7, warmup_epochs=0)
     seen = StemWeights()
     train(cfg, tiny_store, tmp_path / "run", progress=False, callbacks=[seen])
     assert torch.equal(seen.stem[0], seen.stem[1])  # frozen (AdamW's decay too)

@@ -78,6 +78,13 @@ class OneLogitModel(nn.Module):
         ``n - 1`` blocks (``TrainConfig.frozen_stages``). Models without that shape refuse."""
         raise ConfigError(f"frozen_stages: {type(self).__name__} has no stem-and-blocks layout")
 
+    def set_leading_stages_trainable(self, n: int, trainable: bool) -> None:
+        """Gradients on or off for the first ``n`` stages (``leading_stages``): off, their
+        backward pass is skipped (the input needs no gradient), which is what freezing saves."""
+        for stage in self.leading_stages(n):
+            for parameter in stage.parameters():
+                parameter.requires_grad_(trainable)
+
     def head_parameters(self) -> Iterator[nn.Parameter]:
         for module in self.head_modules():
             yield from module.parameters()

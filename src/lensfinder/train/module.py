@@ -237,9 +237,8 @@ class LensClassifier(pl.LightningModule):
         if not config.frozen_stages:
             return
         frozen = self.current_epoch < config.frozen_epochs()
-        for stage in self.model.leading_stages(config.frozen_stages):  # type: ignore[operator]
-            for parameter in stage.parameters():
-                parameter.requires_grad_(not frozen)
+        model: Any = self.model  # a OneLogitModel
+        model.set_leading_stages_trainable(config.frozen_stages, not frozen)
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         config = self.config
