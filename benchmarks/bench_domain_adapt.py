@@ -11,6 +11,11 @@ noise texture and confuser mix) is made twice, with different seeds:
   training. ``--make-sets`` prints its path.
 - the **evaluation copy** (``shift.zarr``, seed 990, half lenses): scored here and nowhere else;
   nothing is tuned on it.
+- the **tail copy** (``tail.zarr``, seed 991, ``--tail-n`` non-lenses only, same settings): with
+  1,000 non-lenses the evaluation copy decides TPR at FPR 1e-3 by its single highest-scoring
+  non-lens, so single runs differ there by seed noise; scored beside the evaluation copy's lenses,
+  the tail copy's non-lenses put ~``tail-n / 1000`` false positives at that point and give it a
+  bootstrap CI (``tail`` in each row).
 
 Each ``--model LABEL=RUN`` (a run or ensemble directory, trained however its label says) is
 scored with D4 test-time augmentation on the evaluation copy: AUROC with its bootstrap CI, TPR0,
@@ -22,15 +27,20 @@ would use them; only ~40 lenses there, so wide CIs).
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 from pathlib import Path
 from typing import Any
 
 import bench_domain_shift as shift
 import common
+import numpy as np
 
 FIELD_SEED = 7001
 FIELD_LENS_FRACTION = 0.02
+TAIL_SEED = 991
+TAIL_FPRS = (1e-2, 1e-3)
+TOP_KINDS = 20  # kinds of this many highest-scoring non-lenses are reported
 
 
 def make_sets(workdir: Path, n_eval: int, n_field: int, workers: int) -> tuple[Path, Path]:
@@ -42,13 +52,119 @@ def make_sets(workdir: Path, n_eval: int, n_field: int, workers: int) -> tuple[P
     return evaluation, field
 
 
-def score_with_kinds(model: Path, store: Path, out: Path, bootstrap: int) -> dict[str, Any]:
-    """``bench_domain_shift.score`` plus the AUROC of lenses against each kind of non-lens."""
-    row = shift.score(model, store, out, bootstrap)
-    metrics = json.loads((out / "metrics.json").read_text())
+def tail_copy(workdir: Path, n: int, workers: int) -> Path | None:
+    """Non-lenses only, made like the evaluation copy with another seed (resumable)."""
+    if n <= 0:
+        return None
+    return shift.shifted_store(workdir, n, TAIL_SEED, workers, lens_fraction=0.0, name="tail")
+
+
+def score_with_kinds(
+    model: Path, store: Path, out: Path, bootstrap: int, reuse: bool = False
+) -> dict[str, Any]:
+    """``bench_domain_shift.score`` plus the AUROC of lenses against each kind of non-lens.
+
+    With ``reuse``, an earlier evaluation of the same model and store in ``out`` is read back.
+    """
+    metrics_file = out / "metrics.json"
+    earlier = json.loads(metrics_file.read_text()) if reuse and metrics_file.exists() else None
+    if earlier and earlier["models"] == [str(model)] and earlier["data"] == str(store):
+        row = shift.metrics_row(model, earlier["overall"], 0.0)
+    else:
+        row = shift.score(model, store, out, bootstrap)
+    metrics = json.loads(metrics_file.read_text())
     kinds = metrics.get("breakdown", {}).get("kinds", [])
     row["kinds"] = {k["kind"]: round(k["auroc_vs_lenses"], 3) for k in kinds}
     return row
+
+
+def tail_scores(model: Path, store: Path, out: Path) -> tuple[np.ndarray, list[str]]:
+    """D4-TTA scores of the tail copy and each cutout's kind (cached in ``out/tail_scores.csv``)."""
+    from lensfinder.config import PredictConfig
+    from lensfinder.data import open_source
+    from lensfinder.files import atomic_write_text
+    from lensfinder.predict import Predictor
+
+    cache = out / "tail_scores.csv"
+    if cache.exists():
+        rows = list(csv.DictReader(cache.open()))
+        if rows and rows[0]["model"] == str(model):
+            return np.array([float(r["score"]) for r in rows]), [r["kind"] for r in rows]
+    source = open_source(store)
+    indices = np.arange(len(source.ids))
+    scored = Predictor([model], PredictConfig(tta=True)).predict_source(
+        source, indices, progress=True
+    )
+    valid = np.asarray(scored.valid, dtype=bool)
+    scores = np.asarray(scored.score, dtype=np.float64)[valid]
+    kinds = [str(k) for k in np.asarray(source.catalog["kind"])[indices][valid]]
+    ids = np.asarray(source.ids)[indices][valid]
+    lines = ["id,kind,score,model"] + [
+        f"{i},{k},{v:.9g},{model}" for i, k, v in zip(ids, kinds, scores, strict=True)
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(cache, "\n".join(lines) + "\n")
+    return scores, kinds
+
+
+def store_kinds(store: Path) -> dict[str, str]:
+    """Each cutout's ``kind`` in a store's catalogue, by ID."""
+    from lensfinder.data import open_source
+
+    source = open_source(store)
+    return {str(i): str(k) for i, k in zip(source.ids, source.catalog["kind"], strict=True)}
+
+
+def tail_metrics(
+    eval_dir: Path,
+    eval_kinds: dict[str, str],
+    tail: np.ndarray,
+    tail_kinds: list[str],
+    bootstrap: int,
+) -> dict[str, Any]:
+    """TPR at FPR 1e-2 / 1e-3 over the evaluation copy's lenses against both copies' non-lenses.
+
+    The CI resamples lenses and non-lenses separately, as the AUROC's does.
+    """
+    from lensfinder.evaluate.metrics import tpr_at_fpr
+
+    with (eval_dir / "scores.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    labels = np.array([int(r["label"]) for r in rows])
+    scores = np.array([float(r["score"]) for r in rows])
+    lenses = scores[labels == 1]
+    nonlenses = np.concatenate([scores[labels == 0], tail])
+    kinds = [eval_kinds[r["id"]] for r in rows if r["label"] == "0"] + list(tail_kinds)
+    both = np.concatenate([np.ones(len(lenses)), np.zeros(len(nonlenses))])
+    rng = np.random.default_rng(0)
+    result: dict[str, Any] = {"n_lenses": len(lenses), "n_nonlenses": len(nonlenses)}
+    for fpr in TAIL_FPRS:
+        point = tpr_at_fpr(both, np.concatenate([lenses, nonlenses]), fpr).tpr
+        draws = [
+            tpr_at_fpr(
+                both,
+                np.concatenate(
+                    [
+                        lenses[rng.integers(0, len(lenses), len(lenses))],
+                        nonlenses[rng.integers(0, len(nonlenses), len(nonlenses))],
+                    ]
+                ),
+                fpr,
+            ).tpr
+            for _ in range(bootstrap)
+        ]
+        ci = [round(float(q), 3) for q in np.quantile(draws, [0.025, 0.975])] if draws else None
+        result[f"tpr_at_fpr_{fpr:.0e}"] = {"tpr": round(point, 3), "ci": ci}
+    top = np.argsort(-nonlenses, kind="stable")[:TOP_KINDS]
+    result["top_nonlens_kinds"] = _counts([kinds[i] for i in top])
+    return result
+
+
+def _counts(values: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))
 
 
 def _ci(row: dict[str, Any]) -> str:
@@ -60,10 +176,20 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _tail_cell(row: dict[str, Any], key: str) -> str:
+    point = row.get("tail", {}).get(f"tpr_at_fpr_{key}")
+    if not point:
+        return "-"
+    low, high = point["ci"] or (float("nan"), float("nan"))
+    return f"{point['tpr']:.2f} [{low:.2f}, {high:.2f}]"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of the rows, kinds as extra columns."""
     kinds = sorted({k for row in rows for k in row["kinds"]})
-    head = ["model", "AUROC [95% CI]", "TPR0", "TPR10", "TPR@1e-2", "TPR@1e-3", *kinds]
+    with_tail = any("tail" in row for row in rows)
+    tail_head = ["TPR@1e-2 with tail [CI]", "TPR@1e-3 with tail [CI]"] if with_tail else []
+    head = ["model", "AUROC [95% CI]", "TPR0", "TPR10", "TPR@1e-2", "TPR@1e-3", *tail_head, *kinds]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [
@@ -73,6 +199,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             _fmt(row["tpr10"]),
             _fmt(row["tpr_at_fpr_1e-2"]),
             _fmt(row["tpr_at_fpr_1e-3"]),
+            *([_tail_cell(row, f"{fpr:.0e}") for fpr in TAIL_FPRS] if with_tail else []),
             *(_fmt(row["kinds"].get(k)) for k in kinds),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -88,26 +215,41 @@ def main() -> None:
     parser.add_argument("--model", action="append", default=[], help="LABEL=RUN (repeatable)")
     parser.add_argument("--on-field", action="store_true", help="also score the field copy")
     parser.add_argument("--make-sets", action="store_true", help="make the two copies and stop")
+    parser.add_argument(
+        "--tail-n", type=int, default=6000, help="non-lenses of the tail copy (0: none)"
+    )
+    parser.add_argument(
+        "--reuse-scores",
+        action="store_true",
+        help="read back an earlier evaluation of the same model (eval/NAME) instead of rescoring",
+    )
     parser.add_argument("--bootstrap", type=int, default=1000)
     common.add_json_argument(parser)
     args = parser.parse_args()
     print(common.machine_line())
     evaluation, field = make_sets(args.workdir, args.n, args.n_field, args.workers)
-    print(f"field copy (for --adapt): {field}\nevaluation copy: {evaluation}")
+    tail = tail_copy(args.workdir, args.tail_n, args.workers)
+    print(f"field copy (for --adapt): {field}\nevaluation copy: {evaluation}\ntail copy: {tail}")
     if args.make_sets:
         return
+    eval_kinds = store_kinds(evaluation) if tail else {}
     rows, field_rows = [], []
     for spec in args.model:
         label, _, run = spec.rpartition("=")
         run_path = Path(run)
         label = label or run_path.name
-        name = run_path.name
-        row = score_with_kinds(run_path, evaluation, args.workdir / "eval" / name, args.bootstrap)
+        out = args.workdir / "eval" / run_path.name
+        row = score_with_kinds(run_path, evaluation, out, args.bootstrap, args.reuse_scores)
+        if tail:
+            scores, kinds = tail_scores(run_path, tail, out)
+            row["tail"] = tail_metrics(out, eval_kinds, scores, kinds, args.bootstrap)
         rows.append({"label": label, **row})
         print(f"{label}: AUROC {_ci(row)} TPR@1e-3 {_fmt(row['tpr_at_fpr_1e-3'])}", flush=True)
+        if tail:
+            print(f"  with the tail copy: {json.dumps(row['tail'])}", flush=True)
         if args.on_field:
             on_field = score_with_kinds(
-                run_path, field, args.workdir / "eval-field" / name, args.bootstrap
+                run_path, field, args.workdir / "eval-field" / run_path.name, args.bootstrap
             )
             field_rows.append({"label": label, **on_field})
     print("\nEvaluation copy (never trained or tuned on):\n" + table(rows))
@@ -117,7 +259,12 @@ def main() -> None:
         args.json,
         __file__,
         rows + [{**r, "on": "field"} for r in field_rows],
-        {"shift_settings": shift.SHIFT_SETTINGS, "field_seed": FIELD_SEED},
+        {
+            "shift_settings": shift.SHIFT_SETTINGS,
+            "field_seed": FIELD_SEED,
+            "tail_seed": TAIL_SEED,
+            "tail_n": args.tail_n,
+        },
     )
 
 

@@ -129,7 +129,11 @@ def score(model: Path, store: Path, out: Path, bootstrap: int) -> dict[str, Any]
     cfg = EvaluateConfig(predict=PredictConfig(tta=True), bootstrap=bootstrap, split="all")
     with common.Stopwatch() as watch:
         result = evaluate([model], store, out, cfg)
-    m = result.metrics
+    return metrics_row(model, result.metrics, watch.seconds)
+
+
+def metrics_row(model: Path, m: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """The benchmark's row from an evaluation's overall metrics."""
     return {
         "model": str(model),
         "auroc": m["auroc"],
@@ -139,7 +143,7 @@ def score(model: Path, store: Path, out: Path, bootstrap: int) -> dict[str, Any]
         "tpr_at_fpr_1e-2": m["tpr_at_fpr"].get("1e-02"),
         "tpr_at_fpr_1e-3": m["tpr_at_fpr"].get("1e-03"),
         "n": m["n"],
-        "evaluate_s": round(watch.seconds, 1),
+        "evaluate_s": round(seconds, 1),
     }
 
 
