@@ -29,8 +29,9 @@ SHIPPED_CONFIGS = Path(__file__).parent / "configs"
 BANDS_ALL: tuple[str, ...] = ("VIS", "Y", "J", "H")
 BANDS_NISP: tuple[str, ...] = ("Y", "J", "H")
 NONLENS_MIX: dict[str, float] = {
-    "elliptical": 0.30,
-    "spiral": 0.28,  # discs at any inclination, most with clumpy arms
+    "elliptical": 0.26,
+    "spiral": 0.24,  # discs at any inclination, most with clumpy arms
+    "irregular": 0.08,  # clumpy / multi-lobed star-forming galaxies, the sources' morphologies
     "elliptical+source": 0.10,  # a background galaxy that is NOT strongly lensed
     "subthreshold": 0.10,  # lensed, but below the label rule's thresholds
     "merger": 0.08,

@@ -141,7 +141,7 @@ class Scene:
     """Everything needed to render an object in any band and to compute its catalogue row."""
 
     kind: str  # "lens", or a key of config.NONLENS_MIX (or "stamp_galaxy")
-    central_type: str  # elliptical, disc, ring, merger
+    central_type: str  # elliptical, disc, ring, merger, irregular
     central: list[Light]  # the galaxy at the centre of the cutout (lens galaxy or confuser)
     field: list[Light] = default(default_factory=list)  # unlensed: neighbours, companions, tails
     source: list[Light] = default(default_factory=list)  # the background galaxy (lensed if mass)
@@ -808,19 +808,7 @@ def draw_source(
     mag = d.u(mag_lo, mag_hi)  # unlensed; lensing brightens it 1-3 mag
     colour = d.normal(0.35, 0.45, -0.6, 1.8)  # mostly blue star-forming, some red
     radius = math.exp(d.u(math.log(0.05), math.log(0.5)))
-    if stamps is not None and d.rng.random() < config.stamp_fraction:
-        family = "stamp"
-        lights = [_stamp_light(d, stamps.draw(d.rng), d.mags(mag, colour), radius, xs, ys)]
-    else:
-        family = _pick(d.rng, config.source_mix, "source_mix")
-        if family == "shapelets":
-            stamp = random_shapelets(d.rng)
-            lights = [_stamp_light(d, stamp, d.mags(mag, colour), radius, xs, ys)]
-        elif family in SOURCE_FAMILIES:
-            lights = SOURCE_FAMILIES[family](d, mag, colour, radius, xs, ys)
-        else:
-            known = ", ".join([*SOURCE_FAMILIES, "shapelets"])
-            raise ValueError(f"unknown source family {family!r} in source_mix; known: {known}")
+    family, lights = _source_morphology(d, config, stamps, mag, colour, radius, xs, ys)
     scene.source = lights
     scene.source_family = family
     scene.source_centre = (xs, ys)
@@ -833,6 +821,42 @@ SOURCE_FAMILIES = {
     "multi": _multi_component,
     "edge_on": _edge_on,
 }
+
+
+def _source_morphology(
+    d: _Draw,
+    config: SimulateConfig,
+    stamps: StampLibrary | None,
+    mag: float,
+    colour: float,
+    radius: float,
+    x: float,
+    y: float,
+) -> tuple[str, list[Light]]:
+    """A galaxy of the lensed sources' morphologies (``config.source_mix``, or a stamp
+    ``config.stamp_fraction`` of the time): the family's name and its lights, unlensed."""
+    if stamps is not None and d.rng.random() < config.stamp_fraction:
+        return "stamp", [_stamp_light(d, stamps.draw(d.rng), d.mags(mag, colour), radius, x, y)]
+    family = _pick(d.rng, config.source_mix, "source_mix")
+    if family == "shapelets":
+        stamp = random_shapelets(d.rng)
+        return family, [_stamp_light(d, stamp, d.mags(mag, colour), radius, x, y)]
+    if family in SOURCE_FAMILIES:
+        return family, SOURCE_FAMILIES[family](d, mag, colour, radius, x, y)
+    known = ", ".join([*SOURCE_FAMILIES, "shapelets"])
+    raise ValueError(f"unknown source family {family!r} in source_mix; known: {known}")
+
+
+def _irregular(d: _Draw, config: SimulateConfig, stamps: StampLibrary | None) -> list[Light]:
+    """A star-forming irregular, clumpy or multi-lobed galaxy at the centre, unlensed, drawn
+    from the lensed sources' own families: a source's morphology must not give the label
+    away. Irregular and peculiar galaxies are a third to a half of faint field galaxies
+    (Abraham et al. 1996, MNRAS 279, L47; Brinchmann et al. 1998, ApJ 499, 112), clumpy
+    star-forming galaxies common from z ~ 0.5 on (Guo et al. 2015, ApJ 800, 39)."""
+    mag = d.normal(22.0, 1.0, 19.0, 24.5)
+    colour = d.normal(0.5, 0.4, -0.5, 1.8)
+    _, lights = _source_morphology(d, config, stamps, mag, colour, _galaxy_size(d, mag), 0, 0)
+    return lights
 
 
 # ---------------------------------------------------------------------------- scenes
@@ -893,6 +917,9 @@ def draw_nonlens(
         return Scene(kind=kind, central_type="disc", central=central, z_lens=z)
     if kind == "ring":
         return Scene(kind=kind, central_type="ring", central=_ring(d), z_lens=z)
+    if kind == "irregular":
+        z = d.normal(0.8, 0.4, 0.1, 2.5)
+        return Scene(kind, "irregular", _irregular(d, config, stamps), z_lens=z)
     if kind == "merger":
         central, companions, neighbours = _merger(d)
         scene = Scene(kind=kind, central_type="merger", central=central, field=companions, z_lens=z)
