@@ -249,3 +249,30 @@ def test_truncated_neighbours_keep_their_flux_and_fade_to_nothing_at_the_edge():
 def test_impossible_environment_settings_are_one_line_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate(SimulateConfig(**overrides))
+
+
+@pytest.mark.parametrize(
+    ("family", "profiles"),
+    [("shapelets", {"INTERPOL"}), ("multi", {"SERSIC_ELLIPSE"}), ("edge_on", {"SERSIC_ELLIPSE"})],
+)
+def test_irregular_nonlenses_take_the_lensed_sources_morphologies_unlensed(family, profiles):
+    """An 'irregular' non-lens is a galaxy of the source families (config.source_mix) at the
+    centre, foreground-bright and with no mass: the look of a source never marks a lens."""
+    config = dataclasses.replace(DEFAULT, source_mix={family: 1.0})
+    for i in range(40):
+        rng = np.random.default_rng([4, i])
+        scene = scenes.draw_nonlens(rng, BANDS, "irregular", config)
+        assert (scene.kind, scene.central_type) == ("irregular", "irregular")
+        assert not scene.lens_models and not scene.source
+        assert {light.profile for light in scene.central} <= profiles
+        mag = scenes.total_magnitude(scene.central, BANDS[0].name)
+        assert 18.0 < mag < 25.5
+        centre = np.mean([[li.shape["center_x"], li.shape["center_y"]] for li in scene.central], 0)
+        assert np.hypot(*centre) < 3.0  # at the centre of the cutout, as the deflectors are
+
+
+def test_irregular_nonlenses_are_drawn_at_their_share_of_the_mix():
+    rng = np.random.default_rng(5)
+    kinds = [scenes.draw_nonlens_kind(rng, DEFAULT) for _ in range(N)]
+    share = NONLENS_MIX["irregular"] / sum(NONLENS_MIX.values())
+    assert kinds.count("irregular") / N == pytest.approx(share, abs=4 * math.sqrt(share / N))
