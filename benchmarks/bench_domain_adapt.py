@@ -107,6 +107,54 @@ def tail_scores(model: Path, store: Path, out: Path) -> tuple[np.ndarray, list[s
     return scores, kinds
 
 
+def _read_scores(path: Path) -> dict[str, tuple[int, float]]:
+    with path.open() as handle:
+        return {
+            r["id"]: (int(r.get("label", 0)), float(r["score"])) for r in csv.DictReader(handle)
+        }
+
+
+def committee_row(
+    label: str,
+    members: list[Path],
+    out: Path,
+    eval_kinds: dict[str, str] | None,
+    bootstrap: int,
+) -> dict[str, Any]:
+    """A committee scored from its members' cached scores: probabilities averaged (what
+    ``ensemble.json`` does by default), on the evaluation copy and the tail copy alike.
+
+    ``members`` are evaluation directories (``eval/NAME``) already written by this benchmark;
+    with ``eval_kinds`` (the evaluation copy's kinds by ID) the tail copy is scored too.
+    """
+    from lensfinder.config import EvaluateConfig
+    from lensfinder.evaluate.metrics import compute_metrics
+
+    def averaged(file: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+        tables = [_read_scores(member / file) for member in members]
+        ids = sorted(set.intersection(*(set(t) for t in tables)))
+        labels = np.array([tables[0][i][0] for i in ids])
+        mean = np.mean([[t[i][1] for i in ids] for t in tables], axis=0)
+        return ids, labels, mean
+
+    ids, labels, score = averaged("scores.csv")
+    metrics = compute_metrics(labels, score, EvaluateConfig(bootstrap=bootstrap))
+    row = shift.metrics_row(Path("+".join(m.name for m in members)), metrics, 0.0)
+    row["kinds"] = {}
+    out.mkdir(parents=True, exist_ok=True)
+    lines = ["id,label,score"] + [
+        f"{i},{y},{v:.9g}" for i, y, v in zip(ids, labels, score, strict=True)
+    ]
+    (out / "scores.csv").write_text("\n".join(lines) + "\n")
+    if eval_kinds is not None:
+        tail_ids, _, tail_score = averaged("tail_scores.csv")
+        with (members[0] / "tail_scores.csv").open() as handle:
+            kinds = {r["id"]: r["kind"] for r in csv.DictReader(handle)}
+        tail_kinds = [kinds[i] for i in tail_ids]
+        row["tail"] = tail_metrics(out, eval_kinds, tail_score, tail_kinds, bootstrap)
+    return {"label": label, **row}
+
+
 def store_kinds(store: Path) -> dict[str, str]:
     """Each cutout's ``kind`` in a store's catalogue, by ID."""
     from lensfinder.data import open_source
@@ -213,6 +261,12 @@ def main() -> None:
     parser.add_argument("--n-field", type=int, default=2000, help="unlabelled field cutouts")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--model", action="append", default=[], help="LABEL=RUN (repeatable)")
+    parser.add_argument(
+        "--committee",
+        action="append",
+        default=[],
+        help="LABEL=NAME+NAME+...: members' cached scores (eval/NAME) averaged, no rescoring",
+    )
     parser.add_argument("--on-field", action="store_true", help="also score the field copy")
     parser.add_argument("--make-sets", action="store_true", help="make the two copies and stop")
     parser.add_argument(
@@ -252,6 +306,15 @@ def main() -> None:
                 run_path, field, args.workdir / "eval-field" / run_path.name, args.bootstrap
             )
             field_rows.append({"label": label, **on_field})
+    for spec in args.committee:
+        label, _, names = spec.rpartition("=")
+        members = [args.workdir / "eval" / name for name in names.split("+")]
+        out = args.workdir / "eval" / f"committee-{names.replace('+', '-')}"
+        row = committee_row(
+            label or out.name, members, out, eval_kinds if tail else None, args.bootstrap
+        )
+        rows.append(row)
+        print(f"{row['label']}: AUROC {_ci(row)} TPR@1e-3 {_fmt(row['tpr_at_fpr_1e-3'])}")
     print("\nEvaluation copy (never trained or tuned on):\n" + table(rows))
     if field_rows:
         print("\nField copy (the unlabelled cutouts adapted to):\n" + table(field_rows))
