@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from lensfinder.cli import app
 from lensfinder.config import AdaptConfig, SplitConfig, TrainConfig, load_config
 from lensfinder.data import open_source
+from lensfinder.data.dataset import CutoutDataset, tensors
 from lensfinder.data.source import open_unlabelled
 from lensfinder.ensemble import is_ensemble, member_dir, write_ensemble
 from lensfinder.errors import ConfigError
@@ -31,6 +32,7 @@ from lensfinder.models.meta import read_meta
 from lensfinder.testing import TINY_INPUT, TINY_MODEL, make_run
 from lensfinder.train.adapt import (
     FieldCutouts,
+    UnpaintedHoldback,
     adapt_methods,
     recompute_batchnorm,
 )
@@ -289,14 +291,64 @@ def test_paint_lenses_trains_on_the_painted_field_beside_the_simulations(
     from lensfinder.config import InjectConfig
 
     paint = InjectConfig(paint_fraction=0.5, min_snr=10.0)
-    config = tiny_config(field_layout, method="none", paint_lenses=True, paint=paint)
+    config = tiny_config(
+        field_layout, method="none", paint_lenses=True, paint=paint, unpainted_holdback=0.4
+    )
+    config = dataclasses.replace(config, max_epochs=2)
     out = tmp_path / "run"
     result = train_models(config, train_store, out, progress=False)
     meta = read_meta(out)
     painted = meta["adapt"]["painted"]
     assert (out / "field-painted.zarr").is_dir() and (out / "field-painted").is_dir()
     assert painted["lenses"] >= 1 and painted["nonlenses"] >= 1
-    assert painted["lenses"] + painted["nonlenses"] == len(open_source(out / "field-painted.zarr"))
+    store = open_source(out / "field-painted.zarr")
+    assert painted["lenses"] + painted["nonlenses"] == len(store)
     assert len(meta["data"]["data_sets"]) == 2
+    # the second epoch held back the unpainted field cutouts the model scored highest
+    holdback = meta["adapt"]["unpainted_holdback"]
+    assert holdback["epochs"] == 1 and holdback["n_unpainted_train"] >= 2
+    held = holdback["held_back_ids"]
+    assert len(held) == round(0.4 * holdback["n_unpainted_train"]) >= 1
+    unpainted = set(np.asarray(store.ids)[np.asarray(store.labels) == 0].tolist())
+    assert set(held) <= unpainted
     again = train_models(config, train_store, out, progress=False)
     assert again.already_trained and result.run_dir == again.run_dir
+
+
+class _MeanScorer:
+    """A stand-in LightningModule whose logit is the mean pixel of the first channel."""
+
+    def __init__(self) -> None:
+        self.model = torch.nn.Identity()
+        self.device = torch.device("cpu")
+
+    def __call__(self, x: object) -> torch.Tensor:
+        return tensors(x)[0][:, 0].mean(dim=(1, 2))  # type: ignore[arg-type]
+
+
+def test_unpainted_holdback_holds_back_the_highest_scoring_only_from_the_second_epoch(
+    train_store,
+):
+    """The sampler's labels lose exactly the top share of the unpainted positions by the
+    model's score (never a painted lens or another non-lens), from the second epoch; scoring
+    draws nothing from the augmentation stream, so training's draws are as without it."""
+    source = open_source(train_store)
+    dataset = CutoutDataset(source, None, TINY_INPUT, augment=True, seed=3)
+    twin = CutoutDataset(source, None, TINY_INPUT, augment=True, seed=3)
+    negatives = np.flatnonzero(dataset.labels == 0)
+    holdback = UnpaintedHoldback(negatives, share=0.25)
+    scorer = _MeanScorer()
+    assert np.array_equal(holdback(dataset, 0, scorer), dataset.labels)  # first epoch: none
+    labels = holdback(dataset, 1, scorer)
+    held = np.flatnonzero(labels == -1)
+    assert len(held) == round(0.25 * len(negatives)) and set(held) <= set(negatives.tolist())
+    scores = tensors(dataset.plain_input(negatives))[0][:, 0].mean(dim=(1, 2)).numpy()
+    assert scores[np.isin(negatives, held)].min() >= scores[~np.isin(negatives, held)].max()
+    kept = labels != -1
+    assert np.array_equal(labels[kept], dataset.labels[kept])
+    assert holdback.held_back_ids == sorted(np.asarray(dataset.ids)[held].tolist())
+    x, _ = dataset.get_batch(np.arange(6))
+    y, _ = twin.get_batch(np.arange(6))
+    assert torch.equal(tensors(x)[0], tensors(y)[0])  # same augmentation draws as the twin
+    with pytest.raises(ConfigError, match="unpainted_holdback 1.0 not in"):
+        AdaptConfig(unpainted_holdback=1.0)

@@ -91,6 +91,18 @@ def test_unbalanced_batches_partition_each_pass_between_ranks() -> None:
     assert sorted(i for batches in drawn for b in batches for i in b) == list(range(30))
 
 
+def test_unbalanced_batches_draw_only_the_positions_given() -> None:
+    """A label filter's held-back positions (e.g. the painted field's likeliest lenses) are
+    never drawn; given every position, the stream is the one ``n`` gives."""
+    seed = epoch_seed(0, 1, 0)
+    allowed = np.array([2, 3, 5, 7, 11, 13, 17, 19, 23, 29])
+    drawn = [i for b in ShuffledBatchSampler(allowed, 5, 4, seed) for i in b]
+    assert set(drawn) <= set(allowed.tolist()) and len(drawn) == 20
+    assert sorted(drawn[:10]) == allowed.tolist()  # each pass covers them all
+    every = list(ShuffledBatchSampler(np.arange(30), 5, 3, seed))
+    assert every == list(ShuffledBatchSampler(30, 5, 3, seed))
+
+
 def test_works_as_a_dataloader_batch_sampler() -> None:
     loader = DataLoader(list(range(100)), batch_sampler=BalancedBatchSampler(LABELS, 6, 3))
     batches = list(loader)

@@ -434,6 +434,12 @@ class AdaptConfig(Checked):
     # prevalence almost all are). Their labels come from the painting, never from the field.
     paint_lenses: bool = True
     paint: InjectConfig = dataclasses.field(default_factory=InjectConfig)  # ``field`` is taken
+    # The field's unpainted cutouts are non-lenses only by prevalence: the real lenses among them
+    # (2% of our benchmark's field; 11 of 30 in the demo's) would be taught as non-lenses. From
+    # the second epoch on, the model scores them at the start of every epoch and this share of
+    # the highest-scoring is held back from that epoch's non-lenses (the "small-loss" rule for
+    # noisy labels, Han et al. 2018); model.json lists the last epoch's held-back IDs.
+    unpainted_holdback: float = 0.05
     # With ``init`` and method "adabn": no labelled training, only the init model's batch-norm
     # statistics recomputed on the field (minutes); an --init ensemble is adapted member by member.
     only: bool = False
@@ -481,6 +487,8 @@ class AdaptConfig(Checked):
                 problems.append(f"adapt.{name} {getattr(self, name)} < 0")
         if self.dann_hidden < 1:
             problems.append(f"adapt.dann_hidden {self.dann_hidden} < 1")
+        if not 0 <= self.unpainted_holdback < 1:
+            problems.append(f"adapt.unpainted_holdback {self.unpainted_holdback} not in [0, 1)")
         return problems
 
 

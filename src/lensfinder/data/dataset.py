@@ -152,22 +152,27 @@ class CutoutDataset(Dataset):
                 whole[lo : lo + len(piece)] = piece
         self.inputs = inputs
 
+    def plain_input(self, positions: np.ndarray) -> ModelInput:
+        """Model input of ``positions`` as stored, never augmented and drawing no random
+        number (scoring the training set mid-run must not shift its augmentation stream)."""
+        if self.inputs is None:
+            return self.model_input(positions)
+        index = torch.from_numpy(np.asarray(positions, dtype=np.int64))
+        return map_input(self.inputs, lambda t: t.index_select(0, index))
+
     def get_batch(self, positions: list[int] | np.ndarray) -> tuple[ModelInput, torch.Tensor]:
         """Model input for dataset positions ``positions`` as one batch, and their labels."""
         positions = np.asarray(positions, dtype=np.int64)
         ks = None
         if self.augment:
             ks = torch.randint(N_ELEMENTS, (len(positions),), generator=self._rng()).tolist()
-        if self.inputs is None:
-            x = self.model_input(positions)
-            if ks is not None:
-                x = map_input(x, lambda t: apply_d4_per_sample(t, ks))
-        elif ks is not None:  # pick and transform in one copy
+        if ks is None:
+            x = self.plain_input(positions)
+        elif self.inputs is None:
+            x = map_input(self.model_input(positions), lambda t: apply_d4_per_sample(t, ks))
+        else:  # pick and transform in one copy
             rows = positions.tolist()
             x = map_input(self.inputs, lambda t: apply_d4_per_sample(t, ks, rows))
-        else:
-            index = torch.from_numpy(positions)
-            x = map_input(self.inputs, lambda t: t.index_select(0, index))
         labels = self.labels[positions]
         if self.theta_e is not None:
             labels = np.stack([labels, self.theta_e[positions]], axis=1)

@@ -561,6 +561,23 @@ def finish_adaptation(
     return record
 
 
+def eval_logits(lit: Any, dataset: CutoutDataset, positions: np.ndarray) -> np.ndarray:
+    """The model's logits (eval mode, one view, no gradient) for ``positions`` of ``dataset``,
+    as stored: no augmentation and no random draw."""
+    model = lit.model
+    was_training = model.training
+    model.eval()
+    scores = []
+    try:
+        with torch.no_grad():
+            for lo in range(0, len(positions), 64):
+                x = dataset.plain_input(positions[lo : lo + 64])
+                scores.append(lit(to_device(x, lit.device)).float().cpu().numpy())
+    finally:
+        model.train(was_training)
+    return np.concatenate(scores) if scores else np.empty(0, np.float32)
+
+
 def validation_auroc(lit: Any, datamodule: Any) -> float | None:
     """AUROC of the model (eval mode) on the labelled validation set; None where not known
     (no datamodule, or a model validated with batch statistics)."""
@@ -569,19 +586,60 @@ def validation_auroc(lit: Any, datamodule: Any) -> float | None:
     dataset = getattr(datamodule, "val_dataset", None)
     if dataset is None or lit.config.model.bn_inference != "eval" or len(dataset) == 0:
         return None
-    model = lit.model
-    was_training = model.training
-    model.eval()
-    scores = []
-    try:
-        with torch.no_grad():
-            for lo in range(0, len(dataset), 64):
-                x, _ = dataset.get_batch(np.arange(lo, min(lo + 64, len(dataset))))
-                scores.append(lit(to_device(x, lit.device)).float().cpu().numpy())
-    finally:
-        model.train(was_training)
     labels = np.asarray(dataset.labels)
     if len(np.unique(labels)) < 2:
         return None
-    auroc = binary_auroc(torch.from_numpy(np.concatenate(scores)), torch.from_numpy(labels).long())
+    scores = eval_logits(lit, dataset, np.arange(len(dataset)))
+    auroc = binary_auroc(torch.from_numpy(scores), torch.from_numpy(labels).long())
     return float(auroc)
+
+
+class UnpaintedHoldback:
+    """``adapt.unpainted_holdback``: the painted field's unpainted cutouts are non-lenses only
+    by prevalence, so before every epoch from the second the model scores those in the training
+    split and the highest-scoring ``share`` of them are not drawn that epoch (label -1 for the
+    sampler). A real lens of the field is what the model, trained on simulated lenses, scores
+    highest; it is then not taught as a non-lens, while the field's other galaxies still are.
+    Used as ``LensDataModule.train_label_filter``."""
+
+    def __init__(self, positions: np.ndarray, share: float) -> None:
+        self.positions = np.asarray(positions, np.int64)  # training-dataset positions
+        self.share = share
+        self.held_back_ids: list[int] = []  # the last epoch's, for model.json
+        self.epochs = 0  # epochs that held some back
+
+    @classmethod
+    def of(cls, config: TrainConfig, datamodule: Any) -> UnpaintedHoldback | None:
+        """The holdback of a run that trains on a painted field (its last part), else None."""
+        share = config.adapt.unpainted_holdback
+        parts = datamodule.parts
+        if share == 0 or config.adapt.field is None or not config.adapt.paint_lenses:
+            return None
+        if len(parts) < 2:
+            return None
+        start = int(sum(len(p) for p in parts[:-1]))
+        rows = np.asarray(datamodule.train_indices)
+        labels = np.asarray(datamodule.labels)[rows]
+        unpainted = (rows >= start) & (rows < start + len(parts[-1])) & (labels == 0)
+        return cls(np.flatnonzero(unpainted), share)
+
+    def __call__(self, dataset: CutoutDataset, epoch: int, lit: Any) -> np.ndarray:
+        labels = np.asarray(dataset.labels).copy()
+        n_held = round(self.share * len(self.positions))
+        if epoch < 1 or n_held == 0:  # the first epoch's model knows nothing yet
+            return labels
+        logits = eval_logits(lit, dataset, self.positions)
+        held = self.positions[np.argsort(-logits, kind="stable")[:n_held]]
+        labels[held] = -1
+        self.held_back_ids = sorted(int(i) for i in np.asarray(dataset.ids)[held])
+        self.epochs += 1
+        return labels
+
+    def record(self) -> dict[str, Any]:
+        """model.json's ``adapt.unpainted_holdback``."""
+        return {
+            "share": self.share,
+            "n_unpainted_train": len(self.positions),
+            "epochs": self.epochs,
+            "held_back_ids": self.held_back_ids,  # the field's likeliest real lenses, last epoch
+        }

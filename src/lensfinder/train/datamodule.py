@@ -23,7 +23,7 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,26 +99,29 @@ def epoch_seed(*parts: int) -> int:
 
 
 class ShuffledBatchSampler:
-    """``num_batches`` batches of ``batch_size`` distinct-within-a-pass indices into ``n`` items,
-    reshuffled for every pass; the unbalanced counterpart of ``BalancedBatchSampler``. With
+    """``num_batches`` batches of ``batch_size`` distinct-within-a-pass indices into ``n`` items
+    (or of the positions ``n`` lists), reshuffled for every pass; the unbalanced counterpart of
+    ``BalancedBatchSampler``. With
     ``world_size`` ranks (all given the same ``seed``) rank ``rank`` keeps every
     ``world_size``-th item of the one shuffled stream: within a pass the ranks' items are
     disjoint and together cover every index."""
 
     def __init__(
         self,
-        n: int,
+        n: int | np.ndarray,
         batch_size: int,
         num_batches: int,
         seed: int,
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        if n < 1 or batch_size < 1 or num_batches < 1:
+        self.items = np.arange(n) if isinstance(n, int) else np.asarray(n, np.int64)
+        self.n = len(self.items)
+        if self.n < 1 or batch_size < 1 or num_batches < 1:
             raise ValueError(
-                f"need n, batch_size, num_batches >= 1: {n}, {batch_size}, {num_batches}"
+                f"need n, batch_size, num_batches >= 1: {self.n}, {batch_size}, {num_batches}"
             )
-        self.n, self.batch_size, self.num_batches, self.seed = n, batch_size, num_batches, seed
+        self.batch_size, self.num_batches, self.seed = batch_size, num_batches, seed
         self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
@@ -128,7 +131,7 @@ class ShuffledBatchSampler:
         rng = np.random.default_rng(self.seed)
         needed = self.batch_size * self.num_batches
         passes = -(-needed * self.world_size // self.n)
-        stream = np.concatenate([rng.permutation(self.n) for _ in range(passes)])
+        stream = np.concatenate([self.items[rng.permutation(self.n)] for _ in range(passes)])
         order = stream[self.rank :: self.world_size][:needed]
         for start in range(0, needed, self.batch_size):
             yield order[start : start + self.batch_size].tolist()
@@ -249,6 +252,9 @@ class LensDataModule(pl.LightningDataModule):
         self.graded_record: dict[str, Any] | None = None  # what model.json says about grades
         self.precompute_seconds: float | None = None  # None: batches are normalised as drawn
         self.dropped: dict[str, Any] = {}  # what was left out of training, and why (model.json)
+        # (train dataset, epoch, LightningModule) -> the labels this epoch's sampler draws from
+        # (-1: not drawn); the painted field's holdback of likely real lenses (train/adapt.py)
+        self.train_label_filter: Callable[[CutoutDataset, int, Any], np.ndarray] | None = None
 
     # -- data ------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -419,9 +425,12 @@ class LensDataModule(pl.LightningDataModule):
         batch_size = int(self.train_batch_size)
         total_batches = max(1, self.samples_per_epoch // batch_size)
         num_batches = -(-total_batches // world)
+        labels = dataset.labels
+        if self.train_label_filter is not None and self.trainer is not None:
+            labels = self.train_label_filter(dataset, epoch, self.trainer.lightning_module)
         if self.config.balanced_sampler:
             sampler: Any = BalancedBatchSampler(
-                dataset.labels,
+                labels,
                 batch_size,
                 num_batches,
                 seed=self.config.seed,
@@ -432,7 +441,8 @@ class LensDataModule(pl.LightningDataModule):
         else:
             # 0 where the rank once was: one stream for all ranks, as a one-process run had it
             seed = epoch_seed(self.config.seed, epoch, 0)
-            sampler = ShuffledBatchSampler(len(dataset), batch_size, num_batches, seed, rank, world)
+            drawn = np.flatnonzero(np.asarray(labels) >= 0)
+            sampler = ShuffledBatchSampler(drawn, batch_size, num_batches, seed, rank, world)
         return self._loader(dataset, batch_sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:

@@ -53,6 +53,7 @@ from lensfinder.safety import TRAIN
 from lensfinder.stages import run_stage
 from lensfinder.train import hard_negatives
 from lensfinder.train.adapt import (
+    UnpaintedHoldback,
     field_adaptation,
     finish_adaptation,
     paint_field,
@@ -414,6 +415,7 @@ def _train_locked(
     datamodule.prepare()
     if replay is not None:
         replay.add_to(datamodule)
+    datamodule.train_label_filter = UnpaintedHoldback.of(config, datamodule)
     fitted = _fit(config, out, datamodule, checkpoint, progress, extra_callbacks, is_rank_zero)
     metrics = _metrics(
         fitted.trainer, fitted.stopping, fitted.history, datamodule, fitted.precision
@@ -483,6 +485,9 @@ def _save_run(
             **(adapted or {"field": config.adapt.field}),
             **painted_record(config, datamodule.parts[-1]),
         }
+        holdback = datamodule.train_label_filter
+        if isinstance(holdback, UnpaintedHoldback):
+            adapted["unpainted_holdback"] = holdback.record()
     meta = _model_meta(config, datamodule, metrics, adapted, replay)
     save_model(out, fitted.module.model, meta)
 
