@@ -9,14 +9,14 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from lensfinder.config import InputConfig, ModelConfig
 from lensfinder.errors import ConfigError
 from lensfinder.models.factory import create_model
-from lensfinder.models.pretrained import imagenet_lite0_state_dict
+from lensfinder.models.pretrained import LITE0_ARCH, imagenet_state_dict
 
 RANDOM_LITE0 = ModelConfig(pretrained=None)
 
 
 @pytest.fixture(scope="module")
 def imagenet() -> dict[str, torch.Tensor]:
-    return imagenet_lite0_state_dict()
+    return imagenet_state_dict(LITE0_ARCH)
 
 
 def test_four_band_stem_carries_pretrained_filters(imagenet):

