@@ -350,5 +350,5 @@ def test_unpainted_holdback_holds_back_the_highest_scoring_only_from_the_second_
     x, _ = dataset.get_batch(np.arange(6))
     y, _ = twin.get_batch(np.arange(6))
     assert torch.equal(tensors(x)[0], tensors(y)[0])  # same augmentation draws as the twin
-    with pytest.raises(ConfigError, match="unpainted_holdback 1.0 not in"):
+    with pytest.raises(ConfigError, match=r"unpainted_holdback 1\.0 not in"):
         AdaptConfig(unpainted_holdback=1.0)
