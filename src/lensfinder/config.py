@@ -355,7 +355,7 @@ class InputConfig(Checked):
 @dataclass
 class ModelConfig(Checked):
     arch: str = "tf_efficientnet_lite0"
-    # "imagenet" (offline, for tf_efficientnet_lite0/1/2; lite1/2 need the larger-backbones
+    # "imagenet" (offline, for tf_efficientnet_lite0/1/2; lite2 needs the larger-backbones
     # extra), a local .safetensors/.pth state dict, or None (random init)
     pretrained: str | None = "imagenet"
     norm: Literal["batch", "instance"] = "batch"

