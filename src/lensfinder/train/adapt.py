@@ -613,11 +613,9 @@ class UnpaintedHoldback:
         """The holdback of a run that trains on a painted field (its last part), else None."""
         share = config.adapt.unpainted_holdback
         parts = datamodule.parts
-        if share == 0 or config.adapt.field is None or not config.adapt.paint_lenses:
+        if share == 0 or painted_store_path(config, "") is None or len(parts) < 2:
             return None
-        if len(parts) < 2:
-            return None
-        start = int(sum(len(p) for p in parts[:-1]))
+        start = int(sum(len(p) for p in parts[:-1]))  # later additions (replay) come after
         rows = np.asarray(datamodule.train_indices)
         labels = np.asarray(datamodule.labels)[rows]
         unpainted = (rows >= start) & (rows < start + len(parts[-1])) & (labels == 0)
