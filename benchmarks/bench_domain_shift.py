@@ -39,6 +39,9 @@ SHIFT_SETTINGS: dict[str, Any] = {
     "depth_scatter_mag": 0.6,
     "correlated_noise_fraction": 1.0,
     "theta_e_median": 0.7,
+    # the sets as first made (before the training population's radii were broadened)
+    "theta_e_broad_fraction": 0.0,
+    "ring_radius_like_lenses": False,
     "nonlens_mix": {
         "elliptical": 0.2,
         "spiral": 0.2,

@@ -278,6 +278,16 @@ def _rotate(xy: np.ndarray, phi: float, q: float = 1.0) -> np.ndarray:
 # ---------------------------------------------------------------------------- galaxies
 
 
+def _einstein_radius(d: _Draw, config: SimulateConfig) -> float:
+    """A lens's Einstein radius (arcsec): the lognormal, or with ``theta_e_broad_fraction``
+    log-uniform over the whole range."""
+    lo, hi = config.theta_e_range
+    broad = config.theta_e_broad_fraction
+    if broad > 0 and d.rng.random() < broad:  # no draw at 0: older populations reproduce
+        return float(math.exp(d.u(math.log(lo), math.log(hi))))
+    return d.lognormal(config.theta_e_median, config.theta_e_sigma, lo, hi)
+
+
 def _lens_mass(
     d: _Draw, config: SimulateConfig
 ) -> tuple[float, float, float, list[str], list[dict[str, float]]]:
@@ -286,9 +296,10 @@ def _lens_mass(
     Einstein radii are lognormal (``config.theta_e_*``; default median 0.8"): forecasts of the
     Euclid lens population put most galaxy-scale lenses below 1" (Collett 2015, ApJ 811, 20;
     Sonnenfeld et al. 2024, A&A, arXiv:2406.17019), and the label rule then removes the arcs too
-    small or faint to count.
+    small or faint to count. A share (``theta_e_broad_fraction``) is log-uniform over the whole
+    range instead, so the network sees wide lenses often enough to find them too.
     """
-    theta_e = d.lognormal(config.theta_e_median, config.theta_e_sigma, *config.theta_e_range)
+    theta_e = _einstein_radius(d, config)
     q = d.u(0.5, 1.0)
     phi = d.angle()
     e1, e2 = ellipticity(q, phi)
@@ -410,13 +421,16 @@ def _disc(
     return lights, q, phi
 
 
-def _ring(d: _Draw) -> list[Light]:
+def _ring(d: _Draw, config: SimulateConfig) -> list[Light]:
     """A nucleus inside a knotty (sometimes partial, off-centre or barred) star-forming ring:
-    the look-alike of an Einstein ring."""
+    the look-alike of an Einstein ring. With ``ring_radius_like_lenses`` its radius is drawn as
+    the lenses' Einstein radii are, so the size of a ring says nothing about its label (drawn
+    uniformly in 0.6-3", small rings were taken for lenses and wide Einstein rings missed)."""
     mag = d.normal(20.5, 1.0, 17.5, 23.5)
     ring_fraction = d.u(0.3, 0.8)
     m_nucleus, m_ring = d.split(mag, np.array([1 - ring_fraction, ring_fraction]))
-    ring_radius = d.u(0.6, 3.0)
+    like_lenses = config.ring_radius_like_lenses
+    ring_radius = _einstein_radius(d, config) if like_lenses else d.u(0.6, 3.0)
     q, phi = d.u(0.5, 1.0), d.angle()
     lights = [
         d.sersic(
@@ -916,7 +930,7 @@ def draw_nonlens(
         central, _, _ = _disc(d)
         return Scene(kind=kind, central_type="disc", central=central, z_lens=z)
     if kind == "ring":
-        return Scene(kind=kind, central_type="ring", central=_ring(d), z_lens=z)
+        return Scene(kind=kind, central_type="ring", central=_ring(d, config), z_lens=z)
     if kind == "irregular":
         z = d.normal(0.8, 0.4, 0.1, 2.5)
         return Scene(kind, "irregular", _irregular(d, config, stamps), z_lens=z)

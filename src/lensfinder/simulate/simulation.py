@@ -296,7 +296,14 @@ def _validate_population(config: SimulateConfig) -> None:
 
 def _population_summary(config: SimulateConfig) -> str:
     """One comment line with the population settings (the catalogue records how it was made)."""
-    keys = ("theta_e_median", "theta_e_sigma", "source_mag_range", "psf_family", "nonlens_mix")
+    keys = (
+        "theta_e_median",
+        "theta_e_sigma",
+        "theta_e_broad_fraction",
+        "source_mag_range",
+        "psf_family",
+        "nonlens_mix",
+    )
     settings = to_dict(config)
     return "; ".join(f"{k}={settings[k]}" for k in keys)
 
