@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -118,14 +119,14 @@ def committee_row(
     label: str,
     members: list[Path],
     out: Path,
-    eval_kinds: dict[str, str] | None,
+    truth: EvalTruth | None,
     bootstrap: int,
 ) -> dict[str, Any]:
     """A committee scored from its members' cached scores: probabilities averaged (what
     ``ensemble.json`` does by default), on the evaluation copy and the tail copy alike.
 
     ``members`` are evaluation directories (``eval/NAME``) already written by this benchmark;
-    with ``eval_kinds`` (the evaluation copy's kinds by ID) the tail copy is scored too.
+    with ``truth`` (the evaluation copy's kinds and radii by ID) the tail copy is scored too.
     """
     from lensfinder.config import EvaluateConfig
     from lensfinder.evaluate.metrics import compute_metrics
@@ -146,34 +147,52 @@ def committee_row(
         f"{i},{y},{v:.9g}" for i, y, v in zip(ids, labels, score, strict=True)
     ]
     (out / "scores.csv").write_text("\n".join(lines) + "\n")
-    if eval_kinds is not None:
+    if truth is not None:
         tail_ids, _, tail_score = averaged("tail_scores.csv")
         with (members[0] / "tail_scores.csv").open() as handle:
             kinds = {r["id"]: r["kind"] for r in csv.DictReader(handle)}
         tail_kinds = [kinds[i] for i in tail_ids]
-        row["tail"] = tail_metrics(out, eval_kinds, tail_score, tail_kinds, bootstrap)
+        row["tail"] = tail_metrics(out, truth, tail_score, tail_kinds, bootstrap)
     return {"label": label, **row}
 
 
-def store_kinds(store: Path) -> dict[str, str]:
-    """Each cutout's ``kind`` in a store's catalogue, by ID."""
+@dataclass(frozen=True)
+class EvalTruth:
+    """The evaluation copy's truth by ID, read by the benchmark only: kinds and Einstein radii."""
+
+    kinds: dict[str, str]
+    theta_e: dict[str, float]  # arcsec; NaN for non-lenses
+
+
+def store_truth(store: Path) -> EvalTruth:
+    """Each cutout's ``kind`` and theta_E (from ``ein_area``) in a store's catalogue, by ID."""
     from lensfinder.data import open_source
+    from lensfinder.einstein import catalog_theta_e
 
     source = open_source(store)
-    return {str(i): str(k) for i, k in zip(source.ids, source.catalog["kind"], strict=True)}
+    ids = [str(i) for i in source.ids]
+    theta = catalog_theta_e(source.catalog)
+    theta = np.full(len(ids), np.nan) if theta is None else theta
+    return EvalTruth(
+        {i: str(k) for i, k in zip(ids, source.catalog["kind"], strict=True)},
+        {i: float(t) for i, t in zip(ids, theta, strict=True)},
+    )
 
 
 def tail_metrics(
     eval_dir: Path,
-    eval_kinds: dict[str, str],
+    truth: EvalTruth,
     tail: np.ndarray,
     tail_kinds: list[str],
     bootstrap: int,
 ) -> dict[str, Any]:
-    """TPR at FPR 1e-2 / 1e-3 over the evaluation copy's lenses against both copies' non-lenses.
+    """TPR at FPR 1e-2 / 1e-3 over the evaluation copy's lenses against both copies' non-lenses,
+    overall and per Einstein-radius bin (``completeness_by_theta_e``, the evaluate config's bins).
 
     The CI resamples lenses and non-lenses separately, as the AUROC's does.
     """
+    from lensfinder.config import EvaluateConfig
+    from lensfinder.evaluate.breakdown import OperatingPoint, completeness_rows
     from lensfinder.evaluate.metrics import tpr_at_fpr
 
     with (eval_dir / "scores.csv").open() as handle:
@@ -182,12 +201,16 @@ def tail_metrics(
     scores = np.array([float(r["score"]) for r in rows])
     lenses = scores[labels == 1]
     nonlenses = np.concatenate([scores[labels == 0], tail])
-    kinds = [eval_kinds[r["id"]] for r in rows if r["label"] == "0"] + list(tail_kinds)
+    kinds = [truth.kinds[r["id"]] for r in rows if r["label"] == "0"] + list(tail_kinds)
+    lens_theta = [truth.theta_e[r["id"]] for r in rows if r["label"] == "1"]
     both = np.concatenate([np.ones(len(lenses)), np.zeros(len(nonlenses))])
     rng = np.random.default_rng(0)
     result: dict[str, Any] = {"n_lenses": len(lenses), "n_nonlenses": len(nonlenses)}
+    points = []
     for fpr in TAIL_FPRS:
-        point = tpr_at_fpr(both, np.concatenate([lenses, nonlenses]), fpr).tpr
+        value = tpr_at_fpr(both, np.concatenate([lenses, nonlenses]), fpr)
+        point = value.tpr
+        points.append(OperatingPoint(fpr, value.threshold, value.tpr))
         draws = [
             tpr_at_fpr(
                 both,
@@ -203,6 +226,14 @@ def tail_metrics(
         ]
         ci = [round(float(q), 3) for q in np.quantile(draws, [0.025, 0.975])] if draws else None
         result[f"tpr_at_fpr_{fpr:.0e}"] = {"tpr": round(point, 3), "ci": ci}
+    result["completeness_by_theta_e"] = completeness_rows(
+        both,
+        np.concatenate([lenses, nonlenses]),
+        np.concatenate([lens_theta, np.full(len(nonlenses), np.nan)]),
+        EvaluateConfig().einstein_radius_bins,
+        points,
+        '"',
+    )
     top = np.argsort(-nonlenses, kind="stable")[:TOP_KINDS]
     result["top_nonlens_kinds"] = _counts([kinds[i] for i in top])
     return result
@@ -232,11 +263,19 @@ def _tail_cell(row: dict[str, Any], key: str) -> str:
     return f"{point['tpr']:.2f} [{low:.2f}, {high:.2f}]"
 
 
+def _theta_cell(row: dict[str, Any]) -> str:
+    """Completeness at FPR 1e-2 (with the tail) per Einstein-radius bin, small to wide."""
+    bins = row.get("tail", {}).get("completeness_by_theta_e", [])
+    return " / ".join(_fmt(b.get("completeness@1e-02")) for b in bins if b["bin"] != "unknown")
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of the rows, kinds as extra columns."""
     kinds = sorted({k for row in rows for k in row["kinds"]})
     with_tail = any("tail" in row for row in rows)
     tail_head = ["TPR@1e-2 with tail [CI]", "TPR@1e-3 with tail [CI]"] if with_tail else []
+    if with_tail:
+        tail_head.append('TPR@1e-2 by theta_E <0.5/0.5-0.8/0.8-1.2/1.2-2/>=2"')
     head = ["model", "AUROC [95% CI]", "TPR0", "TPR10", "TPR@1e-2", "TPR@1e-3", *tail_head, *kinds]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
@@ -248,6 +287,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             _fmt(row["tpr_at_fpr_1e-2"]),
             _fmt(row["tpr_at_fpr_1e-3"]),
             *([_tail_cell(row, f"{fpr:.0e}") for fpr in TAIL_FPRS] if with_tail else []),
+            *([_theta_cell(row)] if with_tail else []),
             *(_fmt(row["kinds"].get(k)) for k in kinds),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -286,7 +326,7 @@ def main() -> None:
     print(f"field copy (for --adapt): {field}\nevaluation copy: {evaluation}\ntail copy: {tail}")
     if args.make_sets:
         return
-    eval_kinds = store_kinds(evaluation) if tail else {}
+    truth = store_truth(evaluation) if tail else None
     rows, field_rows = [], []
     for spec in args.model:
         label, _, run = spec.rpartition("=")
@@ -296,7 +336,8 @@ def main() -> None:
         row = score_with_kinds(run_path, evaluation, out, args.bootstrap, args.reuse_scores)
         if tail:
             scores, kinds = tail_scores(run_path, tail, out)
-            row["tail"] = tail_metrics(out, eval_kinds, scores, kinds, args.bootstrap)
+            assert truth is not None
+            row["tail"] = tail_metrics(out, truth, scores, kinds, args.bootstrap)
         rows.append({"label": label, **row})
         print(f"{label}: AUROC {_ci(row)} TPR@1e-3 {_fmt(row['tpr_at_fpr_1e-3'])}", flush=True)
         if tail:
@@ -310,9 +351,7 @@ def main() -> None:
         label, _, names = spec.rpartition("=")
         members = [args.workdir / "eval" / name for name in names.split("+")]
         out = args.workdir / "eval" / f"committee-{names.replace('+', '-')}"
-        row = committee_row(
-            label or out.name, members, out, eval_kinds if tail else None, args.bootstrap
-        )
+        row = committee_row(label or out.name, members, out, truth, args.bootstrap)
         rows.append(row)
         print(f"{row['label']}: AUROC {_ci(row)} TPR@1e-3 {_fmt(row['tpr_at_fpr_1e-3'])}")
     print("\nEvaluation copy (never trained or tuned on):\n" + table(rows))
