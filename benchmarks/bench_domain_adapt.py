@@ -152,6 +152,11 @@ def committee_row(
         with (members[0] / "tail_scores.csv").open() as handle:
             kinds = {r["id"]: r["kind"] for r in csv.DictReader(handle)}
         tail_kinds = [kinds[i] for i in tail_ids]
+        lines = ["id,kind,score,model"] + [
+            f"{i},{k},{v:.9g},{label}"
+            for i, k, v in zip(tail_ids, tail_kinds, tail_score, strict=True)
+        ]
+        (out / "tail_scores.csv").write_text("\n".join(lines) + "\n")
         row["tail"] = tail_metrics(out, truth, tail_score, tail_kinds, bootstrap)
     return {"label": label, **row}
 
@@ -239,6 +244,58 @@ def tail_metrics(
     return result
 
 
+def _paired_scores(eval_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Lens and non-lens scores of one model, in a fixed order (by ID; the tail copy's
+    non-lenses after the evaluation copy's), so two models' arrays pair cutout by cutout."""
+    table = _read_scores(eval_dir / "scores.csv")
+    ids = sorted(table)
+    lenses = np.array([table[i][1] for i in ids if table[i][0] == 1])
+    nonlenses = [table[i][1] for i in ids if table[i][0] == 0]
+    tail_path = eval_dir / "tail_scores.csv"
+    if tail_path.exists():
+        tail = _read_scores(tail_path)
+        nonlenses += [tail[i][1] for i in sorted(tail)]
+    return lenses, np.array(nonlenses)
+
+
+def paired_differences(base: Path, other: Path, bootstrap: int) -> dict[str, Any]:
+    """``other`` minus ``base`` on the same cutouts: AUROC (evaluation copy and tail together)
+    and TPR at FPR 1e-2 / 1e-3 against all non-lenses, each with a paired bootstrap CI (the
+    same resampled cutouts for both models), which is far narrower than comparing two CIs."""
+    from lensfinder.evaluate.metrics import auroc, tpr_at_fpr
+
+    (lens_a, non_a), (lens_b, non_b) = _paired_scores(base), _paired_scores(other)
+    if len(lens_a) != len(lens_b) or len(non_a) != len(non_b):
+        raise SystemExit(f"{base} and {other} were not scored on the same cutouts")
+    labels = np.concatenate([np.ones(len(lens_a)), np.zeros(len(non_a))])
+
+    def figures(lens_draw: np.ndarray, non_draw: np.ndarray) -> np.ndarray:
+        values = []
+        for lens, non in ((lens_a, non_a), (lens_b, non_b)):
+            scores = np.concatenate([lens[lens_draw], non[non_draw]])
+            values.append(
+                [auroc(labels, scores)] + [tpr_at_fpr(labels, scores, f).tpr for f in TAIL_FPRS]
+            )
+        return np.array(values[1]) - np.array(values[0])
+
+    point = figures(np.arange(len(lens_a)), np.arange(len(non_a)))
+    rng = np.random.default_rng(0)
+    draws = np.array(
+        [
+            figures(
+                rng.integers(0, len(lens_a), len(lens_a)), rng.integers(0, len(non_a), len(non_a))
+            )
+            for _ in range(bootstrap)
+        ]
+    )
+    names = ["auroc"] + [f"tpr_at_fpr_{f:.0e}" for f in TAIL_FPRS]
+    result: dict[str, Any] = {"base": base.name}
+    for k, name in enumerate(names):
+        ci = np.quantile(draws[:, k], [0.025, 0.975]) if len(draws) else [np.nan, np.nan]
+        result[name] = {"diff": round(float(point[k]), 4), "ci": [round(float(c), 4) for c in ci]}
+    return result
+
+
 def _counts(values: list[str]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for value in values:
@@ -308,6 +365,11 @@ def main() -> None:
         help="LABEL=NAME+NAME+...: members' cached scores (eval/NAME) averaged, no rescoring",
     )
     parser.add_argument("--on-field", action="store_true", help="also score the field copy")
+    parser.add_argument(
+        "--paired",
+        action="store_true",
+        help="each row against the first: differences with a paired bootstrap CI",
+    )
     parser.add_argument("--make-sets", action="store_true", help="make the two copies and stop")
     parser.add_argument(
         "--tail-n", type=int, default=6000, help="non-lenses of the tail copy (0: none)"
@@ -338,7 +400,7 @@ def main() -> None:
             scores, kinds = tail_scores(run_path, tail, out)
             assert truth is not None
             row["tail"] = tail_metrics(out, truth, scores, kinds, args.bootstrap)
-        rows.append({"label": label, **row})
+        rows.append({"label": label, "eval_dir": out.name, **row})
         print(f"{label}: AUROC {_ci(row)} TPR@1e-3 {_fmt(row['tpr_at_fpr_1e-3'])}", flush=True)
         if tail:
             print(f"  with the tail copy: {json.dumps(row['tail'])}", flush=True)
@@ -352,9 +414,22 @@ def main() -> None:
         members = [args.workdir / "eval" / name for name in names.split("+")]
         out = args.workdir / "eval" / f"committee-{names.replace('+', '-')}"
         row = committee_row(label or out.name, members, out, truth, args.bootstrap)
-        rows.append(row)
+        rows.append({**row, "eval_dir": out.name})
         print(f"{row['label']}: AUROC {_ci(row)} TPR@1e-3 {_fmt(row['tpr_at_fpr_1e-3'])}")
     print("\nEvaluation copy (never trained or tuned on):\n" + table(rows))
+    if args.paired and len(rows) > 1:
+        base = args.workdir / "eval" / rows[0]["eval_dir"]
+        print(f"\nAgainst {rows[0]['label']}, paired bootstrap (difference [95% CI]):")
+        for row in rows[1:]:
+            row["paired"] = paired_differences(
+                base, args.workdir / "eval" / row["eval_dir"], args.bootstrap
+            )
+            cells = [
+                f"{name} {v['diff']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]"
+                for name, v in row["paired"].items()
+                if name != "base"
+            ]
+            print(f"- {row['label']}: " + "; ".join(cells))
     if field_rows:
         print("\nField copy (the unlabelled cutouts adapted to):\n" + table(field_rows))
     common.write_results(
