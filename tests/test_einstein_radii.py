@@ -1,5 +1,6 @@
-"""The simulated lenses' Einstein radii: the cited lognormal, plus a log-uniform share over the
-whole range so wide lenses (rare in the sky, the ones a team most expects) are trained on.
+"""The simulated lenses' Einstein radii: the cited lognormal, or with ``theta_e_broad_fraction``
+a log-uniform share over the whole range (wide lenses trained on more often); ring galaxies'
+radii from the same draw with ``ring_radius_like_lenses``.
 
 Mass draws only (no rendering): thousands take a fraction of a second.
 """
@@ -57,9 +58,9 @@ def test_the_broad_share_is_log_uniform_over_the_whole_range():
     assert stats.kstest(unit, "uniform").pvalue > 1e-3
 
 
-def test_the_default_puts_wide_lenses_in_training_at_the_mixed_rate():
+def test_a_broad_share_puts_wide_lenses_in_training_at_the_mixed_rate():
     """Above 2": 0.7 x the lognormal's 3% + 0.3 x the log-uniform's 18%, about 7.5% (was 3%)."""
-    config = SimulateConfig()
+    config = SimulateConfig(theta_e_broad_fraction=0.3)
     share = config.theta_e_broad_fraction
     lo, hi = config.theta_e_range
     uniform_above = (math.log(hi) - math.log(2.0)) / (math.log(hi) - math.log(lo))
@@ -88,14 +89,15 @@ def ring_radii(config: SimulateConfig, n: int = 1500) -> np.ndarray:
     return np.array(radii)
 
 
-def test_ring_galaxies_are_as_wide_as_einstein_rings_so_size_does_not_give_the_label():
-    like = ring_radii(SimulateConfig())
-    lenses = einstein_radii(SimulateConfig())
+def test_ring_galaxies_can_be_as_wide_as_einstein_rings_so_size_does_not_give_the_label():
+    broad = SimulateConfig(theta_e_broad_fraction=0.3, ring_radius_like_lenses=True)
+    like = ring_radii(broad)
+    lenses = einstein_radii(broad)
     # the rings' (projected) radii cover the Einstein radii's: as many compact as wide ones
     for theta in (0.6, 1.5):
         share_rings, share_lenses = (like < theta).mean(), (lenses < theta).mean()
         assert share_lenses * 0.5 < share_rings < share_lenses * 1.6 + 0.1
-    # as before: uniform 0.6-3", no ring below 0.6" across, most wider than 1.5"
-    before = ring_radii(SimulateConfig(ring_radius_like_lenses=False))
+    # the default: uniform 0.6-3", no ring below 0.3", most wider than 1.5"
+    before = ring_radii(SimulateConfig())
     assert (before < 0.3).mean() < 0.01 and (before > 1.5).mean() > 0.4
     assert (like > 1.5).mean() < 0.3

@@ -296,8 +296,8 @@ def _lens_mass(
     Einstein radii are lognormal (``config.theta_e_*``; default median 0.8"): forecasts of the
     Euclid lens population put most galaxy-scale lenses below 1" (Collett 2015, ApJ 811, 20;
     Sonnenfeld et al. 2024, A&A, arXiv:2406.17019), and the label rule then removes the arcs too
-    small or faint to count. A share (``theta_e_broad_fraction``) is log-uniform over the whole
-    range instead, so the network sees wide lenses often enough to find them too.
+    small or faint to count. A share (``theta_e_broad_fraction``, off by default) can be
+    log-uniform over the whole range instead, to train on wide lenses more often.
     """
     theta_e = _einstein_radius(d, config)
     q = d.u(0.5, 1.0)
@@ -423,9 +423,9 @@ def _disc(
 
 def _ring(d: _Draw, config: SimulateConfig) -> list[Light]:
     """A nucleus inside a knotty (sometimes partial, off-centre or barred) star-forming ring:
-    the look-alike of an Einstein ring. With ``ring_radius_like_lenses`` its radius is drawn as
-    the lenses' Einstein radii are, so the size of a ring says nothing about its label (drawn
-    uniformly in 0.6-3", small rings were taken for lenses and wide Einstein rings missed)."""
+    the look-alike of an Einstein ring. Its radius is uniform in 0.6-3", or with
+    ``ring_radius_like_lenses`` drawn as the lenses' Einstein radii are, so that the size of a
+    ring says nothing about its label."""
     mag = d.normal(20.5, 1.0, 17.5, 23.5)
     ring_fraction = d.u(0.3, 0.8)
     m_nucleus, m_ring = d.split(mag, np.array([1 - ring_fraction, ring_fraction]))

@@ -300,6 +300,7 @@ def _population_summary(config: SimulateConfig) -> str:
         "theta_e_median",
         "theta_e_sigma",
         "theta_e_broad_fraction",
+        "ring_radius_like_lenses",
         "source_mag_range",
         "psf_family",
         "nonlens_mix",
