@@ -83,7 +83,6 @@ def tail_scores(model: Path, store: Path, out: Path) -> tuple[np.ndarray, list[s
     """D4-TTA scores of the tail copy and each cutout's kind (cached in ``out/tail_scores.csv``)."""
     from lensfinder.config import PredictConfig
     from lensfinder.data import open_source
-    from lensfinder.files import atomic_write_text
     from lensfinder.predict import Predictor
 
     cache = out / "tail_scores.csv"
@@ -99,13 +98,22 @@ def tail_scores(model: Path, store: Path, out: Path) -> tuple[np.ndarray, list[s
     valid = np.asarray(scored.valid, dtype=bool)
     scores = np.asarray(scored.score, dtype=np.float64)[valid]
     kinds = [str(k) for k in np.asarray(source.catalog["kind"])[indices][valid]]
-    ids = np.asarray(source.ids)[indices][valid]
+    ids = [str(i) for i in np.asarray(source.ids)[indices][valid]]
+    write_tail_scores(cache, ids, kinds, scores, str(model))
+    return scores, kinds
+
+
+def write_tail_scores(
+    path: Path, ids: list[str], kinds: list[str], scores: np.ndarray, model: str
+) -> None:
+    """The tail copy's scores as ``tail_scores.csv`` (id, kind, score, model), atomically."""
+    from lensfinder.files import atomic_write_text
+
     lines = ["id,kind,score,model"] + [
         f"{i},{k},{v:.9g},{model}" for i, k, v in zip(ids, kinds, scores, strict=True)
     ]
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(cache, "\n".join(lines) + "\n")
-    return scores, kinds
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def _read_scores(path: Path) -> dict[str, tuple[int, float]]:
@@ -152,11 +160,7 @@ def committee_row(
         with (members[0] / "tail_scores.csv").open() as handle:
             kinds = {r["id"]: r["kind"] for r in csv.DictReader(handle)}
         tail_kinds = [kinds[i] for i in tail_ids]
-        lines = ["id,kind,score,model"] + [
-            f"{i},{k},{v:.9g},{label}"
-            for i, k, v in zip(tail_ids, tail_kinds, tail_score, strict=True)
-        ]
-        (out / "tail_scores.csv").write_text("\n".join(lines) + "\n")
+        write_tail_scores(out / "tail_scores.csv", tail_ids, tail_kinds, tail_score, label)
         row["tail"] = tail_metrics(out, truth, tail_score, tail_kinds, bootstrap)
     return {"label": label, **row}
 
@@ -209,11 +213,12 @@ def tail_metrics(
     kinds = [truth.kinds[r["id"]] for r in rows if r["label"] == "0"] + list(tail_kinds)
     lens_theta = [truth.theta_e[r["id"]] for r in rows if r["label"] == "1"]
     both = np.concatenate([np.ones(len(lenses)), np.zeros(len(nonlenses))])
+    everything = np.concatenate([lenses, nonlenses])
     rng = np.random.default_rng(0)
     result: dict[str, Any] = {"n_lenses": len(lenses), "n_nonlenses": len(nonlenses)}
     points = []
     for fpr in TAIL_FPRS:
-        value = tpr_at_fpr(both, np.concatenate([lenses, nonlenses]), fpr)
+        value = tpr_at_fpr(both, everything, fpr)
         point = value.tpr
         points.append(OperatingPoint(fpr, value.threshold, value.tpr))
         draws = [
@@ -233,7 +238,7 @@ def tail_metrics(
         result[f"tpr_at_fpr_{fpr:.0e}"] = {"tpr": round(point, 3), "ci": ci}
     result["completeness_by_theta_e"] = completeness_rows(
         both,
-        np.concatenate([lenses, nonlenses]),
+        everything,
         np.concatenate([lens_theta, np.full(len(nonlenses), np.nan)]),
         EvaluateConfig().einstein_radius_bins,
         points,
@@ -244,18 +249,17 @@ def tail_metrics(
     return result
 
 
-def _paired_scores(eval_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Lens and non-lens scores of one model, in a fixed order (by ID; the tail copy's
-    non-lenses after the evaluation copy's), so two models' arrays pair cutout by cutout."""
-    table = _read_scores(eval_dir / "scores.csv")
-    ids = sorted(table)
-    lenses = np.array([table[i][1] for i in ids if table[i][0] == 1])
-    nonlenses = [table[i][1] for i in ids if table[i][0] == 0]
-    tail_path = eval_dir / "tail_scores.csv"
-    if tail_path.exists():
-        tail = _read_scores(tail_path)
-        nonlenses += [tail[i][1] for i in sorted(tail)]
-    return lenses, np.array(nonlenses)
+def _paired_scores(eval_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The cutouts' IDs (the tail copy's after the evaluation copy's, each by ID), and one
+    model's lens and non-lens scores in that order, so two models' arrays pair cutout by cutout."""
+    tables = [_read_scores(eval_dir / "scores.csv")]
+    if (eval_dir / "tail_scores.csv").exists():
+        tables.append(_read_scores(eval_dir / "tail_scores.csv"))
+    order = [(i, table[i]) for table in tables for i in sorted(table)]
+    ids = [i for i, _ in order]
+    labels = np.array([label for _, (label, _) in order])
+    scores = np.array([score for _, (_, score) in order])
+    return ids, scores[labels == 1], scores[labels == 0]
 
 
 def paired_differences(base: Path, other: Path, bootstrap: int) -> dict[str, Any]:
@@ -264,8 +268,8 @@ def paired_differences(base: Path, other: Path, bootstrap: int) -> dict[str, Any
     same resampled cutouts for both models), which is far narrower than comparing two CIs."""
     from lensfinder.evaluate.metrics import auroc, tpr_at_fpr
 
-    (lens_a, non_a), (lens_b, non_b) = _paired_scores(base), _paired_scores(other)
-    if len(lens_a) != len(lens_b) or len(non_a) != len(non_b):
+    (ids_a, lens_a, non_a), (ids_b, lens_b, non_b) = _paired_scores(base), _paired_scores(other)
+    if ids_a != ids_b:
         raise SystemExit(f"{base} and {other} were not scored on the same cutouts")
     labels = np.concatenate([np.ones(len(lens_a)), np.zeros(len(non_a))])
 
