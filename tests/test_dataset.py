@@ -208,3 +208,55 @@ def test_a_small_cnn_learns_the_fixture(layout_factory, tiny_store: Path) -> Non
     with torch.no_grad():
         scores = net(x_test).squeeze(1)
     assert roc_auc_score(y_test.numpy(), scores.numpy()) > 0.85
+
+
+def test_shift_cuts_each_sample_off_centre_within_its_range(tiny_store: Path) -> None:
+    """``shift``: an augmented sample is a D4 element of a window of the wider input at most
+    ``shift`` pixels off centre (windows vary per sample); unaugmented ones are the centred
+    input itself, as without shift (validation and prediction never see a translation)."""
+    source = open_source(tiny_store)
+    cfg, shift = InputConfig(size=64), 3
+    indices = np.arange(6)
+    centred = _per_item_reference(source, indices, cfg)
+    wide = _per_item_reference(source, indices, InputConfig(size=64 + 2 * shift))
+    plain = CutoutDataset(source, indices, cfg, shift=shift)
+    x, _ = plain.get_batch(list(range(6)))
+    assert x.shape == (6, 4, 64, 64)
+    for row in range(6):
+        assert torch.allclose(x[row], centred[row][0], atol=1e-5, rtol=0)
+    windows = set()
+    for precompute in (False, True):
+        dataset = CutoutDataset(source, indices, cfg, augment=True, seed=2, shift=shift)
+        if precompute:
+            dataset.precompute()
+        x, _ = dataset.get_batch([0, 1, 2, 3, 4, 5] * 2)
+        for row, position in enumerate([0, 1, 2, 3, 4, 5] * 2):
+            reference = wide[position][0]
+            found = [
+                (top, left, k)
+                for top in range(2 * shift + 1)
+                for left in range(2 * shift + 1)
+                for k in range(8)
+                if torch.allclose(
+                    apply_d4(reference[:, top : top + 64, left : left + 64], k), x[row], atol=1e-6
+                )
+            ]
+            assert len(found) == 1, found
+            windows.add(found[0][:2])
+    assert len(windows) > 3
+
+
+def test_shift_is_refused_where_it_is_not_whole_pixels() -> None:
+    from lensfinder.config import TrainConfig
+    from lensfinder.errors import ConfigError
+
+    TrainConfig(augment_shift=4).validate()
+    for bad in (
+        {"augment_shift": 4, "input": InputConfig(vis_sampling="bin")},
+        {"augment_shift": 4, "input": InputConfig(layout="two_branch")},
+        {"augment_shift": 51},
+        {"augment_shift": 2, "augment_d4": False},
+        {"augment_shift": -1},
+    ):
+        with pytest.raises(ConfigError, match="augment_shift"):
+            TrainConfig(**bad).validate()

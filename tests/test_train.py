@@ -202,6 +202,24 @@ def test_precomputed_and_per_batch_loaders_give_the_same_seeded_batches(store, m
     assert torch.equal(val[0][1], val[1][1])
 
 
+def test_augment_shift_translates_training_batches_only(store):
+    """With ``augment_shift`` training batches keep the input size but differ from unshifted
+    ones; validation batches are exactly the centred inputs."""
+    base = tiny_config(max_train_samples=16, input=InputConfig(size=48))
+    modules = [
+        LensDataModule(base, store),
+        LensDataModule(dataclasses.replace(base, augment_shift=3), store),
+    ]
+    for module in modules:
+        module.setup("fit")
+    (x, y), (x_shift, y_shift) = (next(iter(m.train_dataloader())) for m in modules)
+    assert x_shift.shape == x.shape == (8, 4, 48, 48) and torch.equal(y, y_shift)
+    assert not torch.allclose(x, x_shift)
+    assert modules[1].train_dataset.inputs.shape[-1] == 54  # prepared 3 px wider each side
+    val = [next(iter(m.val_dataloader()))[0] for m in modules]
+    assert torch.allclose(val[0], val[1], atol=1e-5, rtol=0)
+
+
 def test_frozen_backbone_trains_only_the_head(store, tmp_path):
     from lensfinder.models.checkpoint import load_model
     from lensfinder.models.factory import create_model

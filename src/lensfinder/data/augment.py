@@ -27,11 +27,16 @@ def apply_d4(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def apply_d4_per_sample(
-    x: torch.Tensor, ks: Sequence[int], rows: Sequence[int] | None = None
+    x: torch.Tensor,
+    ks: Sequence[int],
+    rows: Sequence[int] | None = None,
+    windows: Sequence[tuple[int, int]] | None = None,
+    size: int | None = None,
 ) -> torch.Tensor:
     """A batch (n, ...) with element ``ks[i]`` applied to sample ``i``; with ``rows``, the batch
     is made of samples ``x[rows[i]]`` instead, so picking a batch out of a larger tensor and
-    augmenting it is one copy.
+    augmenting it is one copy. With ``windows`` (top, left) and ``size``, sample ``i`` is first
+    cut to the ``size`` x ``size`` window at ``windows[i]`` (a random translation).
 
     One small rot90/flip per sample, stacked: on CPU this is faster than grouping the samples by
     element and transforming each group as a batch (the gathers and scatters cost more).
@@ -39,4 +44,13 @@ def apply_d4_per_sample(
     rows = range(len(x)) if rows is None else rows
     if len(rows) != len(ks):
         raise ValueError(f"{len(ks)} D4 elements for {len(rows)} samples")
-    return torch.stack([apply_d4(x[row], k) for row, k in zip(rows, ks, strict=True)])
+    if windows is None:
+        return torch.stack([apply_d4(x[row], k) for row, k in zip(rows, ks, strict=True)])
+    if size is None or len(windows) != len(ks):
+        raise ValueError(f"{len(windows)} windows of size {size} for {len(ks)} samples")
+    return torch.stack(
+        [
+            apply_d4(x[row, ..., top : top + size, left : left + size], k)
+            for row, k, (top, left) in zip(rows, ks, windows, strict=True)
+        ]
+    )

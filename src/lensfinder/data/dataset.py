@@ -13,6 +13,7 @@ values are those of the per-batch path.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,7 +24,7 @@ from torch.utils.data import Dataset, default_collate, get_worker_info
 from lensfinder.config import InputConfig, check_bands
 from lensfinder.data.augment import N_ELEMENTS, apply_d4_per_sample
 from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE, CutoutSource, repair_rows
-from lensfinder.data.transforms import ModelInput, map_input, to_model_input
+from lensfinder.data.transforms import ModelInput, crop_centre, map_input, to_model_input
 from lensfinder.einstein import EIN_AREA, lens_theta_e
 from lensfinder.stages import progress_bar
 
@@ -74,7 +75,10 @@ class CutoutDataset(Dataset):
     source has none. With ``augment``, each item gets a random D4 element; two-branch inputs get
     the same element in both branches. With ``theta_e`` (a model with the Einstein-radius head),
     targets are ``(n, 2)``: the label and theta_E in arcsec (``einstein.lens_theta_e``: NaN
-    for non-lenses and lenses without a known radius).
+    for non-lenses and lenses without a known radius). With ``shift`` (and ``augment``), each
+    item is also cut up to ``shift`` pixels off centre (``TrainConfig.augment_shift``): inputs
+    are prepared ``shift`` pixels wider each side (``prepared_input``); unaugmented items are
+    their centres, the same pixels as without ``shift``.
     """
 
     def __init__(
@@ -87,10 +91,17 @@ class CutoutDataset(Dataset):
         progress: bool = False,
         check: bool = True,
         theta_e: bool = False,
+        shift: int = 0,
     ) -> None:
         self.source = source
         self.input_cfg = input_cfg or InputConfig()
         check_bands(self.input_cfg)
+        self.shift = shift
+        self.prepared_input = (
+            dataclasses.replace(self.input_cfg, size=self.input_cfg.size + 2 * shift)
+            if shift
+            else self.input_cfg
+        )
         wanted = np.arange(len(source)) if indices is None else np.asarray(indices, np.int64)
         checked = source.check(wanted, progress=progress) if check else None
         self.indices = wanted if checked is None else wanted[checked.valid]
@@ -131,7 +142,7 @@ class CutoutDataset(Dataset):
         as prediction does (``repair_rows``), ``to_model_input``."""
         cutouts = self.source.read(self.indices[positions])
         repair_rows(cutouts)
-        return to_model_input(cutouts.vis, cutouts.nisp, self.input_cfg)
+        return to_model_input(cutouts.vis, cutouts.nisp, self.prepared_input)
 
     def precompute(self, progress: bool = False) -> None:
         """Compute every item's model input now and serve batches from memory from then on.
@@ -156,23 +167,36 @@ class CutoutDataset(Dataset):
         """Model input of ``positions`` as stored, never augmented and drawing no random
         number (scoring the training set mid-run must not shift its augmentation stream)."""
         if self.inputs is None:
-            return self.model_input(positions)
-        index = torch.from_numpy(np.asarray(positions, dtype=np.int64))
-        return map_input(self.inputs, lambda t: t.index_select(0, index))
+            x = self.model_input(positions)
+        else:
+            index = torch.from_numpy(np.asarray(positions, dtype=np.int64))
+            x = map_input(self.inputs, lambda t: t.index_select(0, index))
+        if self.shift:
+            x = map_input(x, lambda t: crop_centre(t, self.input_cfg.size).contiguous())
+        return x
 
     def get_batch(self, positions: list[int] | np.ndarray) -> tuple[ModelInput, torch.Tensor]:
         """Model input for dataset positions ``positions`` as one batch, and their labels."""
         positions = np.asarray(positions, dtype=np.int64)
-        ks = None
+        ks, windows = None, None
         if self.augment:
             ks = torch.randint(N_ELEMENTS, (len(positions),), generator=self._rng()).tolist()
+            if self.shift:  # drawn after the D4 elements: without shift the stream is as before
+                corners = torch.randint(
+                    2 * self.shift + 1, (len(positions), 2), generator=self._rng()
+                )
+                windows = [(top, left) for top, left in corners.tolist()]
+        size = self.input_cfg.size
         if ks is None:
             x = self.plain_input(positions)
         elif self.inputs is None:
-            x = map_input(self.model_input(positions), lambda t: apply_d4_per_sample(t, ks))
+            x = map_input(
+                self.model_input(positions),
+                lambda t: apply_d4_per_sample(t, ks, windows=windows, size=size),
+            )
         else:  # pick and transform in one copy
             rows = positions.tolist()
-            x = map_input(self.inputs, lambda t: apply_d4_per_sample(t, ks, rows))
+            x = map_input(self.inputs, lambda t: apply_d4_per_sample(t, ks, rows, windows, size))
         labels = self.labels[positions]
         if self.theta_e is not None:
             labels = np.stack([labels, self.theta_e[positions]], axis=1)

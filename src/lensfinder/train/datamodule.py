@@ -380,6 +380,7 @@ class LensDataModule(pl.LightningDataModule):
             seed=epoch_seed(self.config.seed, rank),
             check=False,  # prepare() dropped what cannot be used
             theta_e=self.config.model.theta_e_head,
+            shift=self.config.augment_shift if self.config.augment_d4 else 0,
         )
         self.val_dataset = CutoutDataset(
             self.source,
@@ -389,8 +390,10 @@ class LensDataModule(pl.LightningDataModule):
             check=False,
             theta_e=self.config.model.theta_e_head,
         )
-        items = len(self.train_dataset) + len(self.val_dataset)
-        nbytes = items * input_bytes_per_item(self.config.input)
+        nbytes = sum(
+            len(dataset) * input_bytes_per_item(dataset.prepared_input)
+            for dataset in (self.train_dataset, self.val_dataset)
+        )
         if fits_in_memory(nbytes, processes, PRECOMPUTE_SHARE):
             began = time.perf_counter()
             for dataset in (self.train_dataset, self.val_dataset):
