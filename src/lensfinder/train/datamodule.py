@@ -380,7 +380,7 @@ class LensDataModule(pl.LightningDataModule):
             seed=epoch_seed(self.config.seed, rank),
             check=False,  # prepare() dropped what cannot be used
             theta_e=self.config.model.theta_e_head,
-            shift=self.config.augment_shift if self.config.augment_d4 else 0,
+            shift=self.config.augment_shift,  # the config refuses it without augment_d4
         )
         self.val_dataset = CutoutDataset(
             self.source,
