@@ -8,6 +8,7 @@ The browser half (a grader grading sentinels in headless Chromium) is in ``test_
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,9 @@ def grading_config(sentinels: Path, db: str | None = None) -> InspectConfig:
 def served(tiny_store, sentinel_layout, tmp_path) -> Iterator[tuple[RecordingClient, Inspector]]:
     scan = make_scan(tiny_store, tmp_path / "scan")
     inspector = Inspector(scan, tiny_store, grading_config(sentinel_layout))
+    # Which items are sentinels is drawn at random (SystemRandom in service): seeded here, so a
+    # short queue cannot by chance serve no sentinel at all.
+    inspector.tokens.rng = random.Random(5)
     with RecordingClient(create_app(inspector, lead_token=LEAD), base_url=LOCAL_URL) as client:
         yield client, inspector
     inspector.book.close()
