@@ -1,4 +1,5 @@
-"""Training per CPU-minute: progressive resizing (early epochs at a lower resolution)."""
+"""Training per CPU-minute: progressive resizing (early epochs at a lower resolution), frozen
+stages, and the focal loss (more of each step spent on the cutouts that are still wrong)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from lensfinder.config import TrainConfig
 from lensfinder.errors import ConfigError
 from lensfinder.testing import TINY_INPUT, TINY_MODEL
-from lensfinder.train.module import resized_input
+from lensfinder.train.module import LensClassifier, resized_input
 
 
 def tiny_three_epochs(**settings: object) -> TrainConfig:
@@ -166,3 +167,23 @@ def test_early_stopping_judges_from_after_warm_up_and_low_res_epochs():
     low_res = TrainConfig(max_epochs=15, low_res_size=64, low_res_fraction=0.75)
     assert first_candidate_epoch(low_res) == 11
     assert first_candidate_epoch(TrainConfig(max_epochs=1)) == 0  # the last epoch always counts
+
+
+def test_focal_loss_weighs_confident_right_answers_down_and_wrong_ones_not():
+    """gamma 0 is the paper's BCE to the last bit; with gamma 2 each cutout's BCE is scaled by
+    (1 - p_t)^2: a confidently right one (p_t = 0.95) counts 1/400 of its BCE, a confidently
+    wrong one (p_t = 0.05) ~0.9 of it. The module trains on exactly this loss."""
+    logits = torch.tensor([3.0, -3.0, 3.0, -3.0, 0.0])
+    labels = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    plain = LensClassifier(TrainConfig(input=TINY_INPUT, model=TINY_MODEL, channels_last=False))
+    assert torch.equal(plain.loss_of((logits, None), labels)[0], bce.mean())
+    focal = LensClassifier(
+        TrainConfig(input=TINY_INPUT, model=TINY_MODEL, channels_last=False, focal_gamma=2.0)
+    )
+    p_true = torch.sigmoid(torch.where(labels > 0, logits, -logits))
+    expected = bce * (1 - p_true) ** 2
+    assert torch.allclose(focal.loss_of((logits, None), labels)[0], expected.mean())
+    assert expected[0] < bce[0] / 300 and expected[2] > 0.9 * bce[2]  # right vs wrong, same |logit|
+    with pytest.raises(ConfigError, match="focal_gamma -1"):
+        TrainConfig(focal_gamma=-1.0)

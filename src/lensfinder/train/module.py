@@ -13,6 +13,7 @@ from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import nn
 from torch.nn import functional as F
 from torchmetrics.classification import BinaryAUROC
+from torchvision.ops import sigmoid_focal_loss
 
 from lensfinder.config import TrainConfig
 from lensfinder.data.transforms import map_input
@@ -113,6 +114,15 @@ def zero_head(model: nn.Module) -> bool:
     return True
 
 
+def classification_loss(focal_gamma: float) -> Any:
+    """The lens/non-lens loss on logits: BCE, or with ``focal_gamma`` > 0 the focal loss
+    (BCE x (1 - p_t)^gamma, torchvision's, no class weight: the balanced sampler already evens
+    the classes), averaged over the batch."""
+    if not focal_gamma:
+        return nn.BCEWithLogitsLoss()
+    return functools.partial(sigmoid_focal_loss, alpha=-1, gamma=focal_gamma, reduction="mean")
+
+
 class LensClassifier(pl.LightningModule):
     """Binary lens classifier: BCE on logits (the paper's ``log(1 + exp(-x y))`` with y = +-1),
     Adam, AdamW or Nesterov SGD (see ``make_optimizer`` for L2), validation AUROC every epoch.
@@ -132,7 +142,7 @@ class LensClassifier(pl.LightningModule):
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.loss_fn = nn.BCEWithLogitsLoss()
+        self.loss_fn = classification_loss(config.focal_gamma)
         self.val_auroc = BinaryAUROC()
         # ``train.adapt.JointAdaptation`` (--adapt FIELD with dann/consistency): adds the field's
         # losses to every step; its domain head trains and checkpoints with this module.
