@@ -122,7 +122,7 @@ def test_model_made_for_other_bands_or_size_is_refused(tmp_path):
     with pytest.raises(ModelFileError, match=r"model\.json: made for other input: bands VIS,J"):
         load_model(run_dir, expect_input=InputConfig(bands=("VIS", "Y", "J", "H"), size=32))
     with pytest.raises(ModelFileError, match=r"size 32 \(expected 100\)"):
-        load_model(run_dir, expect_input=InputConfig(bands=("VIS", "J")))
+        load_model(run_dir, expect_input=InputConfig(bands=("VIS", "J"), size=100))
 
 
 def test_corrupt_or_missing_json_is_refused(tmp_path):

@@ -32,7 +32,7 @@ def test_stacked_items(tiny_store: Path, size: int) -> None:
 
 
 def test_two_branch_items_and_batches(tiny_store: Path) -> None:
-    binned = InputConfig(layout="two_branch", vis_sampling="bin")  # NISP's whole 66 pixels
+    binned = InputConfig(layout="two_branch", vis_sampling="bin", size=100)  # NISP: all 66 px
     dataset = CutoutDataset(open_source(tiny_store), None, binned)
     (vis, nisp), _ = dataset[0]
     assert vis.shape == (1, 100, 100) and nisp.shape == (3, 66, 66)
@@ -254,7 +254,7 @@ def test_shift_is_refused_where_it_is_not_whole_pixels() -> None:
     for bad in (
         {"augment_shift": 4, "input": InputConfig(vis_sampling="bin")},
         {"augment_shift": 4, "input": InputConfig(layout="two_branch")},
-        {"augment_shift": 51},
+        {"augment_shift": 51, "input": InputConfig(size=100)},  # beyond the 200 px cutout
         {"augment_shift": 2, "augment_d4": False},
         {"augment_shift": -1},
     ):

@@ -192,7 +192,7 @@ def test_adamw_decay_is_decoupled_and_named_apart():
 
 def test_cpu_small_trains_with_adamw_decay_on_weights_and_a_cosine_schedule():
     """The optimiser and schedule training builds from cpu-small: AdamW whose decoupled decay
-    1e-4 acts on the weights only (no L2 penalty), one warm-up epoch then a cosine over the 10,
+    1e-4 acts on the weights only (no L2 penalty), one warm-up epoch then a cosine over the 15,
     and nothing that acts on plateaus (the batch stays 32)."""
     cfg = load_config(TrainConfig, "cpu-small")
     module = LensClassifier(cfg, model=Tiny())
@@ -206,7 +206,8 @@ def test_cpu_small_trains_with_adamw_decay_on_weights_and_a_cosine_schedule():
         1e-4 if p.ndim > 1 else 0.0 for p in module.model.parameters()
     ]
     multiplier = built["lr_scheduler"]["scheduler"].lr_lambdas[0]
-    steps = [multiplier(epoch) for epoch in range(10)]
+    assert cfg.max_epochs == 15
+    steps = [multiplier(epoch) for epoch in range(15)]
     assert steps[:2] == [0.5, 1.0] and all(a > b for a, b in pairwise(steps[1:]))
     assert steps[-1] < 0.05
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5e-3)  # the warm-up epoch's

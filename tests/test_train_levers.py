@@ -97,7 +97,7 @@ def test_low_res_settings_are_checked(settings, problem):
 def test_hard_negative_second_pass_trains_at_full_size(tmp_path):
     from lensfinder.train.hard_negatives import second_pass_config
 
-    cfg = TrainConfig(low_res_size=64, low_res_fraction=0.5)
+    cfg = TrainConfig(max_epochs=10, low_res_size=64, low_res_fraction=0.5)
     assert cfg.low_res_epochs() == 5
     fine_tune = second_pass_config(cfg, tmp_path)
     assert fine_tune.low_res_size is None and fine_tune.low_res_epochs() == 0

@@ -99,10 +99,11 @@ def test_band_order_follows_config(cutouts) -> None:
 
 
 def test_two_branch_shapes(cutouts) -> None:
-    binned = InputConfig(layout="two_branch", vis_sampling="bin")
+    binned = InputConfig(layout="two_branch", vis_sampling="bin", size=100)
     vis, nisp = to_model_input(cutouts.vis[:3], cutouts.nisp[:3], binned)
     assert vis.shape == (3, 1, 100, 100) and nisp.shape == (3, 3, 66, 66)
-    stacked = to_model_input(cutouts.vis[:3], cutouts.nisp[:3], InputConfig(vis_sampling="bin"))
+    stacked_cfg = InputConfig(vis_sampling="bin", size=100)
+    stacked = to_model_input(cutouts.vis[:3], cutouts.nisp[:3], stacked_cfg)
     assert torch.equal(vis, stacked[:, :1])
 
 
