@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
@@ -114,7 +115,7 @@ def zero_head(model: nn.Module) -> bool:
     return True
 
 
-def classification_loss(focal_gamma: float) -> Any:
+def classification_loss(focal_gamma: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The lens/non-lens loss on logits: BCE, or with ``focal_gamma`` > 0 the focal loss
     (BCE x (1 - p_t)^gamma, torchvision's, no class weight: the balanced sampler already evens
     the classes), averaged over the batch."""
@@ -124,8 +125,9 @@ def classification_loss(focal_gamma: float) -> Any:
 
 
 class LensClassifier(pl.LightningModule):
-    """Binary lens classifier: BCE on logits (the paper's ``log(1 + exp(-x y))`` with y = +-1),
-    Adam, AdamW or Nesterov SGD (see ``make_optimizer`` for L2), validation AUROC every epoch.
+    """Binary lens classifier: BCE on logits (the paper's ``log(1 + exp(-x y))`` with y = +-1;
+    the focal loss with ``focal_gamma``), Adam, AdamW or Nesterov SGD (see ``make_optimizer``
+    for L2), validation AUROC every epoch.
 
     A frozen backbone needs nothing here: the model keeps its frozen BN layers in eval mode
     itself and only parameters with ``requires_grad`` reach the optimiser.
@@ -170,8 +172,8 @@ class LensClassifier(pl.LightningModule):
     def loss_of(
         self, outputs: Outputs, y: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(loss, logits, labels)``: BCE, plus ``theta_e_weight`` x ``theta_e_nll`` with the
-        head (labels without theta_E targets train the head on nothing)."""
+        """``(loss, logits, labels)``: ``classification_loss``, plus ``theta_e_weight`` x
+        ``theta_e_nll`` with the head (labels without theta_E targets train the head on nothing)."""
         logits, theta_e = outputs
         labels, theta_target = split_targets(y)
         loss = self.loss_fn(logits, labels)
