@@ -175,6 +175,23 @@ def test_adabn_sets_running_stats_to_the_fields_and_keeps_weights(field_store, t
     assert first.momentum == 0.1 and not model.training  # restored
 
 
+def test_adabn_depth_recomputes_only_the_leading_layers(field_store, tmp_path):
+    """adapt.adabn_depth 0.25: the first quarter of the BN layers take the field's statistics,
+    every later layer keeps the training statistics bit for bit."""
+    model, _ = load_model(make_run(tmp_path / "init", random_bn_stats=True))
+    layers = batchnorm_layers(model)
+    before = [(layer.running_mean.clone(), layer.running_var.clone()) for layer in layers]
+    field = FieldCutouts(field_store, TINY_INPUT, AdaptConfig(field=str(field_store)))
+    record = recompute_batchnorm(model, field, views=2, batch_size=8, depth=0.25)
+    n = math.ceil(0.25 * len(layers))
+    assert 0 < n < len(layers) and (record["layers"], record["of_layers"]) == (n, len(layers))
+    for k, (layer, (mean, var)) in enumerate(zip(layers, before, strict=True)):
+        kept = torch.equal(layer.running_mean, mean) and torch.equal(layer.running_var, var)
+        assert kept == (k >= n), k
+    with pytest.raises(ConfigError, match=r"adapt.adabn_depth 0.0 not in \(0, 1\]"):
+        AdaptConfig(adabn_depth=0.0)
+
+
 def test_adabn_moves_stats_towards_a_brighter_field(field_layout, tmp_path):
     """A field whose galaxies are brighter (relative to the noise) moves the first BN layer's
     running mean the same way as the field's own mean."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from lensfinder.config import InputConfig, ModelConfig
@@ -11,6 +12,7 @@ from lensfinder.models.batchnorm import (
     batchnorm_layers,
     bn_train_mode,
     convert_to_instance_norm,
+    leading_batchnorm_layers,
     reinit_batchnorm,
 )
 from lensfinder.models.factory import create_model
@@ -96,3 +98,16 @@ def test_convert_to_instance_norm_replaces_every_batchnorm(model):
     )
     torch.testing.assert_close(model.backbone.bn2.weight.detach(), weight)
     assert isinstance(model.backbone.bn2.act, torch.nn.ReLU6)  # lite0's fused activation kept
+
+
+def test_leading_batchnorm_layers_takes_the_same_share_of_each_branch():
+    """Two branches (as the two-branch VIS/NISP network) each give their own first layers."""
+
+    def branch(n: int) -> nn.Sequential:
+        return nn.Sequential(*[nn.BatchNorm2d(2) for _ in range(n)])
+
+    model = nn.Module()
+    model.vis, model.nisp, model.head = branch(8), branch(4), nn.Linear(2, 1)
+    chosen = leading_batchnorm_layers(model, 0.25)
+    assert chosen == [model.vis[0], model.vis[1], model.nisp[0]]
+    assert leading_batchnorm_layers(model, 1.0) == [*model.vis, *model.nisp]

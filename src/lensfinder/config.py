@@ -465,6 +465,12 @@ class AdaptConfig(Checked):
     # cpu-small input: ~36 forward passes/s, so 2,000 cutouts x 2 views take ~2 min.
     adabn_views: int = 2
     adabn_batch: int = 64  # cutouts per forward pass (each pass gives one batch statistic)
+    # The leading share of the batch-norm layers (of each backbone, in forward order) that AdaBN
+    # recomputes; the rest keep the statistics of training. 1.0: all (Li et al. 2016). Early layers see noise
+    # texture, PSF and flux scale, what differs between simulations and a survey; deep ones see
+    # lens-or-not features, whose field statistics follow the field's few lenses (~1e-3), not
+    # the balanced batches the classifier learnt on.
+    adabn_depth: float = 1.0
     # Joint methods: the field batch per step is this share of the labelled batch (cheap on CPU).
     field_batch_fraction: float = 0.5
     # Both joint losses ramp from 0 to their weight as 2 / (1 + exp(-10 p)) - 1 over the
@@ -489,6 +495,8 @@ class AdaptConfig(Checked):
         for name in ("adabn_views", "teacher_views"):
             if not 1 <= getattr(self, name) <= D4_ELEMENTS:
                 problems.append(f"adapt.{name} {getattr(self, name)} not in 1..{D4_ELEMENTS}")
+        if not 0 < self.adabn_depth <= 1:
+            problems.append(f"adapt.adabn_depth {self.adabn_depth} not in (0, 1]")
         if self.adabn_batch < 2:
             problems.append(f"adapt.adabn_batch {self.adabn_batch} < 2 (a batch statistic)")
         if not 0 < self.field_batch_fraction <= 4:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import torch
@@ -24,6 +25,17 @@ from torch.nn.modules.batchnorm import _BatchNorm
 def batchnorm_layers(model: nn.Module) -> list[_BatchNorm]:
     """Every batch-norm layer of ``model`` (timm's BatchNormAct2d included)."""
     return [m for m in model.modules() if isinstance(m, _BatchNorm)]
+
+
+def leading_batchnorm_layers(model: nn.Module, share: float) -> list[_BatchNorm]:
+    """The first ``share`` of the BN layers (at least one) of each branch of ``model`` (each
+    direct child holding BN layers: the one backbone, or the VIS and NISP backbones of the
+    two-branch network), in forward order: the layers that see low-level features."""
+    chosen: list[_BatchNorm] = []
+    for child in model.children():
+        layers = batchnorm_layers(child)
+        chosen += layers[: max(1, math.ceil(share * len(layers)))] if layers else []
+    return chosen
 
 
 def reinit_batchnorm(model: nn.Module, affine: bool = False) -> int:

@@ -54,7 +54,7 @@ from lensfinder.data.store import pack
 from lensfinder.data.transforms import ModelInput, map_input
 from lensfinder.ensemble import is_ensemble, member_dir, read_ensemble, write_ensemble
 from lensfinder.errors import ConfigError, DataError
-from lensfinder.models.batchnorm import batchnorm_layers, bn_train_mode
+from lensfinder.models.batchnorm import batchnorm_layers, bn_train_mode, leading_batchnorm_layers
 from lensfinder.models.checkpoint import input_config, load_model, save_model
 from lensfinder.safety import ENSEMBLE, TRAIN
 from lensfinder.simulate.inject import inject
@@ -206,15 +206,19 @@ def recompute_batchnorm(
     batch_size: int = 64,
     seed: int = 0,
     channels_last: bool = False,
+    depth: float = 1.0,
 ) -> dict[str, Any]:
-    """AdaBN: every BN layer's running mean and variance become the plain average of the
-    field's batch statistics; nothing else changes (no gradient, dropout off, weights kept).
+    """AdaBN: the running mean and variance of the leading ``depth`` share of the BN layers
+    (of each backbone, forward order; 1.0: every one) become the plain average of the field's
+    batch statistics; nothing else changes (no gradient, dropout off, weights and the later
+    layers' statistics kept).
 
     Returns what was done, for model.json.
     """
-    layers = batchnorm_layers(model)
-    if not layers:
+    every = batchnorm_layers(model)
+    if not every:
         return {"layers": 0, "batches": 0}
+    layers = every if depth >= 1 else leading_batchnorm_layers(model, depth)
     saved = [(layer, layer.momentum) for layer in layers]
     was_training = model.training
     device = next(model.parameters()).device
@@ -238,6 +242,7 @@ def recompute_batchnorm(
         model.train(was_training)
     return {
         "layers": len(layers),
+        "of_layers": len(every),
         "batches": batches,
         "views": views,
         "cutouts": len(field),
@@ -461,10 +466,25 @@ def adabn_in_place(
     """AdaBN of ``model`` on ``config.adapt.field``; returns the model.json record."""
     adapt = config.adapt
     field = FieldCutouts(str(adapt.field), input_cfg, adapt, progress=progress)
-    adabn = recompute_batchnorm(
-        model, field, adapt.adabn_views, adapt.adabn_batch, adapt.seed, config.channels_last
+    return adapt_record(
+        adapt, adapt_methods(adapt), field, adabn_as_configured(model, field, config)
     )
-    return adapt_record(adapt, adapt_methods(adapt), field, adabn)
+
+
+def adabn_as_configured(
+    model: nn.Module, field: FieldCutouts, config: TrainConfig
+) -> dict[str, Any]:
+    """``recompute_batchnorm`` with the config's AdaBN settings."""
+    adapt = config.adapt
+    return recompute_batchnorm(
+        model,
+        field,
+        adapt.adabn_views,
+        adapt.adabn_batch,
+        adapt.seed,
+        config.channels_last,
+        adapt.adabn_depth,
+    )
 
 
 @dataclasses.dataclass
@@ -551,10 +571,7 @@ def finish_adaptation(
     before = after = None
     if "adabn" in methods:
         before = validation_auroc(lit, datamodule)
-        adapt = config.adapt
-        adabn = recompute_batchnorm(
-            lit.model, field, adapt.adabn_views, adapt.adabn_batch, adapt.seed, config.channels_last
-        )
+        adabn = adabn_as_configured(lit.model, field, config)
         after = validation_auroc(lit, datamodule)
     record = adapt_record(config.adapt, methods, field, adabn)
     record["val_auroc_before_adabn"], record["val_auroc_after_adabn"] = before, after
