@@ -31,6 +31,7 @@ def _shipped_inputs() -> list[InputConfig]:
 
 SHIPPED = _shipped_inputs()
 OTHERS = [
+    InputConfig(size=100),  # the native 100 px field cpu-small and cpu-best had before
     InputConfig(layout="two_branch"),
     InputConfig(layout="two_branch", vis_sampling="bin", size=64),
     InputConfig(normalization="asinh_percentile"),
@@ -109,9 +110,10 @@ def test_model_input_is_identical_to_the_reference(
 
 
 def test_shipped_configs_are_covered() -> None:
-    """The shipped configs use the native and binned VIS at 100 and 200 px and NISP alone."""
+    """The shipped configs use the native VIS at 80 px (cpu-small, cpu-best) and 200 px (gpu),
+    the binned at 200 px and NISP alone."""
     kinds = {(c.vis_sampling, c.size, "VIS" in c.bands) for c in SHIPPED}
-    assert {("native", 100, True), ("native", 200, True), ("bin", 200, False)} <= kinds
+    assert {("native", 80, True), ("native", 200, True), ("bin", 200, False)} <= kinds
 
 
 def test_a_scan_sized_batch_is_identical(cutouts) -> None:
