@@ -465,11 +465,11 @@ class AdaptConfig(Checked):
     # cpu-small input: ~36 forward passes/s, so 2,000 cutouts x 2 views take ~2 min.
     adabn_views: int = 2
     adabn_batch: int = 64  # cutouts per forward pass (each pass gives one batch statistic)
-    # The leading share of the batch-norm layers (of each backbone, in forward order) that AdaBN
-    # recomputes; the rest keep the statistics of training. 1.0: all (Li et al. 2016). Early layers see noise
-    # texture, PSF and flux scale, what differs between simulations and a survey; deep ones see
-    # lens-or-not features, whose field statistics follow the field's few lenses (~1e-3), not
-    # the balanced batches the classifier learnt on.
+    # The leading share of the batch-norm layers (of each backbone, in forward order) that
+    # AdaBN recomputes; the rest keep the statistics of training. 1.0: all (Li et al. 2016).
+    # Early layers see noise texture, PSF and flux scale, what differs between simulations and
+    # a survey; deep ones see lens-or-not features, whose field statistics follow the field's
+    # few lenses (~1e-3), not the balanced batches the classifier learnt on.
     adabn_depth: float = 1.0
     # Joint methods: the field batch per step is this share of the labelled batch (cheap on CPU).
     field_batch_fraction: float = 0.5
