@@ -218,7 +218,7 @@ def recompute_batchnorm(
     every = batchnorm_layers(model)
     if not every:
         return {"layers": 0, "batches": 0}
-    layers = every if depth >= 1 else leading_batchnorm_layers(model, depth)
+    layers = leading_batchnorm_layers(model, depth)  # 1.0: every one
     saved = [(layer, layer.momentum) for layer in layers]
     was_training = model.training
     device = next(model.parameters()).device
