@@ -26,9 +26,12 @@ import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import common
+
+if TYPE_CHECKING:
+    from lensfinder.train.time_budget import BareTrainingLoop
 
 
 def loader_epoch(config: Any, store: Path) -> tuple[float, float, int]:
@@ -47,61 +50,6 @@ def loader_epoch(config: Any, store: Path) -> tuple[float, float, int]:
     return float(images), watch.seconds, module.samples_per_epoch
 
 
-class BareLoop:
-    """Forward + backward + optimiser steps of ``config``'s model (the one training builds, the
-    same optimiser, batch size, input size, channels-last setting and precision) on one random
-    batch already in memory."""
-
-    def __init__(self, config: Any, warmup: int = 3) -> None:
-        import numpy as np
-        import torch
-
-        from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE
-        from lensfinder.data.transforms import map_input, to_model_input
-        from lensfinder.train.module import LensClassifier, make_optimizer, to_channels_last
-        from lensfinder.train.training import initial_model, resolve_precision, uses_cuda
-
-        self.torch = torch
-        self.device = torch.device("cuda" if uses_cuda(config.accelerator) else "cpu")
-        self.module = LensClassifier(config, initial_model(config)).to(self.device).train()
-        trainable = [p for p in self.module.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(config, trainable)
-        batch = config.batch_size
-        example = to_model_input(
-            np.zeros((1, *VIS_SHAPE), np.float32),
-            np.zeros((1, *NISP_SHAPE), np.float32),
-            config.input,
-        )
-        x = map_input(example, lambda t: torch.randn(batch, *t.shape[1:], device=self.device))
-        self.x = to_channels_last(x) if config.channels_last else x
-        self.y = (torch.arange(batch, device=self.device) % 2).float()
-        precision = resolve_precision(config)
-        self.dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
-        self.batch = batch
-        for _ in range(warmup):
-            self.step()
-
-    def step(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.dtype is None:
-            loss = self.module.loss_fn(self.module(self.x), self.y)
-        else:
-            with self.torch.autocast(self.device.type, dtype=self.dtype):
-                loss = self.module.loss_fn(self.module(self.x), self.y)
-        loss.backward()
-        self.optimizer.step()
-
-    def run(self, steps: int = 1) -> float:
-        """Seconds taken by ``steps`` more steps."""
-        sync = self.torch.cuda.synchronize if self.device.type == "cuda" else lambda: None
-        sync()
-        began = time.perf_counter()
-        for _ in range(steps):
-            self.step()
-        sync()
-        return time.perf_counter() - began
-
-
 class Interleaved:
     """Training and bare steps taken in turns, each timed on its own clock, per epoch.
 
@@ -113,7 +61,7 @@ class Interleaved:
     seconds here.
     """
 
-    def __init__(self, bare: BareLoop) -> None:
+    def __init__(self, bare: BareTrainingLoop) -> None:
         self.bare = bare
         self.train: list[tuple[float, float]] = []  # (images, seconds) per epoch
         self.bare_epochs: list[tuple[float, float]] = []
@@ -202,7 +150,9 @@ def main(argv: list[str] | None = None) -> None:
             )
         machine = common.print_machine()
         *loader_only, samples = loader_epoch(config, store)
-        turns = Interleaved(BareLoop(config))
+        from lensfinder.train.time_budget import BareTrainingLoop
+
+        turns = Interleaved(BareTrainingLoop(config))
         with common.Stopwatch() as watch:
             result = train(
                 config,

@@ -15,9 +15,9 @@ processes). Levers: cpu-small as shipped; progressive resizing (an epoch at ``lo
 the stem and first blocks frozen; batches of 16 and 64; two DDP processes of one thread each
 (batch 16 each, so the same 32 per step) against one process of two threads; bf16 autocast. In
 every round, before the levers, the bare forward + backward + step loop of cpu-small's model on
-tensors in memory (``bench_train.BareLoop``) runs in this process: each figure is a ratio to
-that yardstick of its own round, and the levers' order rotates between rounds, so shared cores'
-busy spells hit all alike. Medians over rounds.
+tensors in memory (``lensfinder.train.time_budget.BareTrainingLoop``) runs in this process: each
+figure is a ratio to that yardstick of its own round, and the levers' order rotates between
+rounds, so shared cores' busy spells hit all alike. Medians over rounds.
 
 ``--bare-only``: the bare loop alone at 100, 80 and 64 px, with the stem and 0-3 blocks frozen,
 and at batches of 16 and 64, alternating in rounds: what each lever could give at most.
@@ -98,11 +98,10 @@ def lever_rate(store: Path, config: Path, env: dict[str, str], out: Path) -> flo
 
 def bare_rate(seconds: float) -> float:
     """images/s of cpu-small's bare forward + backward + step loop, for about ``seconds``."""
-    from bench_train import BareLoop
-
     from lensfinder.config import TrainConfig
+    from lensfinder.train.time_budget import BareTrainingLoop
 
-    loop = BareLoop(TrainConfig())
+    loop = BareTrainingLoop(TrainConfig())
     steps, elapsed = 0, 0.0
     while elapsed < seconds:
         elapsed += loop.run(2)

@@ -238,3 +238,34 @@ def test_a_run_dir_of_another_config_is_refused_before_the_first_pass(store, poo
     with pytest.raises(ConfigError, match="another config"):
         train(plain, store, out, progress=False)
     assert not (out / FIRST_PASS_DIR).exists()
+
+
+def test_a_time_budget_plans_the_first_pass_with_mining_paid_for(
+    store, pool, tmp_path, monkeypatch
+):
+    """The pool is opened before the first pass, and its scoring and the second pass come out
+    of the same minutes: the first pass gets what is left; model.json records the plan."""
+    from lensfinder.models.meta import read_meta
+    from lensfinder.train import time_budget
+
+    seen = []
+
+    def measure(config, datamodule):
+        seen.append(config.hard_negatives.enabled)
+        return time_budget.Rates(1.0 / datamodule.samples_per_epoch, 1e-9, 1e-9, 0.0)
+
+    monkeypatch.setattr(time_budget, "measure_rates", measure)
+    config = dataclasses.replace(
+        mining_config(pool, epochs=2), max_epochs=10, warmup_epochs=0, time_budget_minutes=0.2
+    )
+    out = tmp_path / "run"
+    result = train(config, store, out, progress=False)
+    plan = read_meta(out)["time_plan"]
+    assert seen == [False]  # measured once, for the first pass (mining settings removed)
+    assert plan == read_meta(out / FIRST_PASS_DIR)["time_plan"]
+    # 40 pool cutouts scored, then 2 epochs of the second pass (2 s each with overhead)
+    assert plan["after_s"] == pytest.approx(2 * 2.0, abs=0.1)
+    left = time_budget.SAFETY * 12 - plan["spent_before_s"] - plan["setup_s"] - plan["after_s"]
+    assert plan["planned_epochs"] == max(1, min(10, int(left // plan["epoch_s"]))) < 10
+    assert read_meta(out / FIRST_PASS_DIR)["metrics"]["epochs"] == plan["planned_epochs"]
+    assert result.epochs == 2

@@ -238,7 +238,7 @@ OPTION_FIELDS: dict[str, Settings] = {
         TrainConfig,
         _same(
             "max_epochs", "devices", "num_nodes", "members", "graded", "graded_data", "init",
-            adapt="adapt.field",
+            adapt="adapt.field", time_budget="time_budget_minutes",
         ),
     ),
     "evaluate": Settings(
@@ -627,6 +627,15 @@ def train(
             **Count,
         ),
     ] = None,
+    time_budget: Annotated[
+        float | None,
+        typer.Option(
+            help="Minutes the whole run may take here: fewer epochs than max_epochs if "
+            "needed, planned from a few timed steps (0: no budget) [default: the config's; "
+            "cpu-best 30].",
+            min=0,
+        ),
+    ] = None,
     no_resume: Annotated[bool, typer.Option("--no-resume", help="Start afresh.")] = False,
     graded: Annotated[
         Path | None,
@@ -653,6 +662,7 @@ def train(
         "train",
         config,
         max_epochs=max_epochs,
+        time_budget=time_budget,
         devices=int(devices) if devices and devices.lstrip("-").isdigit() else devices,
         num_nodes=num_nodes,
         members=members,

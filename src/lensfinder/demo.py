@@ -32,7 +32,10 @@ from lensfinder.simulate import simulate
 from lensfinder.stages import Stage, Summarised, report, run_stage
 from lensfinder.train import train
 
-QUICK = DemoConfig(n_train=48, n_field=24, field_lens_fraction=0.25, max_epochs=1, gallery_top=8)
+QUICK = DemoConfig(
+    n_train=48, n_field=24, field_lens_fraction=0.25, max_epochs=1, train_minutes=None,
+    gallery_top=8,
+)  # fmt: skip
 # A quick demo also shrinks the model input so that a test can run the whole pipeline in seconds.
 QUICK_TRAIN_OVERRIDES: dict[str, Any] = {
     "input": {"size": 64},
@@ -81,10 +84,13 @@ class DemoResult:
 
 
 def demo_train_config(cfg: DemoConfig, quick: bool) -> TrainConfig:
-    """The named training config with the demo's epoch cap (and tiny when quick)."""
+    """The named training config with the demo's epoch cap and minutes (and tiny when
+    quick)."""
     overrides: dict[str, Any] = dict(QUICK_TRAIN_OVERRIDES) if quick else {}
     if cfg.max_epochs is not None:
         overrides["max_epochs"] = cfg.max_epochs
+    if cfg.train_minutes is not None:
+        overrides["time_budget_minutes"] = cfg.train_minutes
     return load_config(TrainConfig, cfg.train_config, **overrides)
 
 

@@ -42,8 +42,13 @@ class EnsembleResult:
 
 
 def member_config(config: TrainConfig, index: int) -> TrainConfig:
-    """Member ``index``'s config: its own seed, the ensemble's split, one model."""
-    return dataclasses.replace(config, seed=config.seed + index, members=1)
+    """Member ``index``'s config: its own seed, the ensemble's split, one model, and an equal
+    share of a time budget (which is the whole command's)."""
+    budget = config.time_budget_minutes
+    share = budget / config.members if budget else budget
+    return dataclasses.replace(
+        config, seed=config.seed + index, members=1, time_budget_minutes=share
+    )
 
 
 def train_models(

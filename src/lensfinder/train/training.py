@@ -69,6 +69,7 @@ from lensfinder.train.callbacks import (
 from lensfinder.train.datamodule import LensDataModule
 from lensfinder.train.hard_negatives import MinedSet, check_hard_negatives
 from lensfinder.train.module import LensClassifier, regularisation
+from lensfinder.train.time_budget import PLAN_FILE, AfterFirstPass, TimeBudget
 from lensfinder.train.weight_averaging import (
     averaging_record,
     weight_averaging_callback,
@@ -82,7 +83,7 @@ RESUMABLE_FIELDS = frozenset({"max_epochs", "num_workers", "devices", "num_nodes
 # Files a run writes; only these are removed when starting afresh in an existing directory.
 RUN_FILES = (
     CHECKPOINT_FILE, f"{CHECKPOINT_FILE}.tmp", METRICS_FILE, "hparams.yaml", CONFIG_FILE,
-    "model.safetensors", "model.json",
+    "model.safetensors", "model.json", PLAN_FILE,
 )  # fmt: skip
 
 
@@ -365,13 +366,18 @@ def train(
     # DDP's other processes: rank 0 holds the lock and made the painted field before they start
     follower = rank_zero_only.rank != 0  # type: ignore[attr-defined]  # set by Lightning at import
     inputs = train_inputs(config, stores)
+    budget = TimeBudget.start(config)  # counted from here: painting is part of the run
     with run_stage("train", TRAIN, out, inputs, progress=progress, follower=follower) as stage:
         if follower:
             painted = painted_store_path(config, stage.out)
         else:
             painted = paint_field(config, stage.out, stage.progress)
         stores += [painted] if painted else []
-        result = _train_locked(config, stores, stage.out, resume, stage.progress, callbacks)
+        result = _train_locked(
+            config, stores, stage.out, resume, stage.progress, callbacks, budget=budget
+        )
+        if budget is not None and not result.already_trained:
+            result.notes.append(budget.describe(budget.elapsed_s()))
         return stage.finish(result)
 
 
@@ -396,11 +402,15 @@ def _train_locked(
     progress: bool,
     extra_callbacks: Sequence[Any] = (),
     replay: MinedSet | None = None,
+    budget: TimeBudget | None = None,
 ) -> TrainResult:
     """One training run into ``out``; with ``hard_negatives`` on, its two passes (the second
-    one gets the mined ``replay``, added to its training split)."""
+    one gets the mined ``replay``, added to its training split). With a ``budget`` the (first)
+    pass trains the epochs planned for it (``train/time_budget.py``)."""
     if config.hard_negatives.enabled and replay is None:
-        return train_with_hard_negatives(config, store, out, resume, progress, extra_callbacks)
+        return train_with_hard_negatives(
+            config, store, out, resume, progress, extra_callbacks, budget
+        )
 
     # Under DDP the other processes re-run this function after rank 0 has prepared ``out``.
     is_rank_zero = rank_zero_only.rank == 0  # type: ignore[attr-defined]
@@ -408,6 +418,11 @@ def _train_locked(
         checkpoint = prepare_run_dir(config, out, resume)
     else:
         checkpoint = out / CHECKPOINT_FILE if (out / CHECKPOINT_FILE).is_file() else None
+    planner = budget if replay is None else None  # the second pass's epochs are fixed
+    planned = planner.reuse(config, out) if planner is not None else None
+    if planner is not None and planned is None and not is_rank_zero:
+        raise ConfigError(f"{out}: no time plan from rank 0 (time_budget_minutes)")
+    config = planned or config
     finished = _is_finished(out, config) if resume else None
     if finished is not None:
         return TrainResult.from_metrics(out, finished, already_trained=True)
@@ -416,12 +431,16 @@ def _train_locked(
     if replay is not None:
         replay.add_to(datamodule)
     datamodule.train_label_filter = UnpaintedHoldback.of(config, datamodule)
+    if planner is not None and planned is None:
+        done = checkpoint_epoch(checkpoint) + 1 if checkpoint is not None else 0
+        config = datamodule.config = planner.make(config, datamodule, out, done)
     fitted = _fit(config, out, datamodule, checkpoint, progress, extra_callbacks, is_rank_zero)
     metrics = _metrics(
         fitted.trainer, fitted.stopping, fitted.history, datamodule, fitted.precision
     )
     if fitted.trainer.is_global_zero:
-        _save_run(config, out, fitted, datamodule, metrics, replay)
+        plan = budget.plan if budget is not None else None
+        _save_run(config, out, fitted, datamodule, metrics, replay, plan)
     return TrainResult.from_metrics(
         out, metrics, resumed_from_epoch=fitted.last_epoch, dropped=datamodule.dropped
     )
@@ -477,6 +496,7 @@ def _save_run(
     datamodule: LensDataModule,
     metrics: dict[str, Any],
     replay: MinedSet | None,
+    time_plan: dict[str, Any] | None,
 ) -> None:
     """Adapt to the field when asked (AdaBN runs here), then write the model and model.json."""
     adapted = finish_adaptation(config, fitted.module, fitted.field, datamodule)
@@ -488,7 +508,7 @@ def _save_run(
         holdback = datamodule.train_label_filter
         if isinstance(holdback, UnpaintedHoldback):
             adapted["unpainted_holdback"] = holdback.record()
-    meta = _model_meta(config, datamodule, metrics, adapted, replay)
+    meta = _model_meta(config, datamodule, metrics, adapted, replay, time_plan)
     save_model(out, fitted.module.model, meta)
 
 
@@ -538,6 +558,7 @@ def _model_meta(
     metrics: dict[str, Any],
     adapted: dict[str, Any] | None,
     replay: MinedSet | None,
+    time_plan: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """model.json: how the saved model was made (inputs, settings, data, what it learnt)."""
     return {
@@ -565,6 +586,9 @@ def _model_meta(
         "adapt": adapted,  # what was learnt from the unlabelled field, or None
         "weight_averaging": averaging_record(config),
         "hard_negatives": replay.record if replay is not None else None,
+        # time_budget_minutes: the epochs planned for this machine (of the first pass, when
+        # mining), from what was measured before the first epoch
+        "time_plan": time_plan,
         "lensfinder_version": __version__,
     }
 
@@ -577,16 +601,31 @@ def train_with_hard_negatives(
     resume: bool,
     progress: bool,
     callbacks: Sequence[Any] = (),
+    budget: TimeBudget | None = None,
 ) -> TrainResult:
     """First pass, mining, second pass (see ``train/hard_negatives.py``); the second pass's
-    result."""
+    result. The pool is made before the first pass: it does not depend on it, and a time
+    budget then counts its minutes as spent instead of estimating them."""
     first_dir = out / hard_negatives.FIRST_PASS_DIR
     second = hard_negatives.second_pass_config(config, first_dir)
     is_rank_zero = rank_zero_only.rank == 0  # type: ignore[attr-defined]
+    pool = None
     if is_rank_zero:  # refuses another config's run in OUT before anything is trained
         prepare_run_dir(second, out, resume)
+        parts = [open_source(path) for path in store]
+        pool = hard_negatives.open_pool(config, parts, out, progress)
+        if budget is not None:
+            hn = config.hard_negatives
+            budget.after = AfterFirstPass(
+                pool_rows=len(pool.candidates),
+                views=8 if hn.tta else 1,
+                epochs=hn.epochs,
+                replayed=(hn.top_nonlenses + hn.bottom_lenses) * hn.replay_copies,
+            )
     first_config = hard_negatives.first_pass_config(config)
-    first = _train_locked(first_config, store, first_dir, resume, progress, callbacks)
+    first = _train_locked(
+        first_config, store, first_dir, resume, progress, callbacks, budget=budget
+    )
     digest = hard_negatives.model_digest(first_dir)
     first_pass = {
         "run_dir": str(first_dir.resolve()),
@@ -595,9 +634,7 @@ def train_with_hard_negatives(
         "best_epoch": first.best_epoch,
         "epochs": first.epochs,
     }
-    if is_rank_zero:
-        parts = [open_source(path) for path in store]
-        pool = hard_negatives.open_pool(config, parts, out, progress)
+    if pool is not None:
         record = hard_negatives.previous_mining(out, config, digest, pool) if resume else None
         if record is not None:
             mined = hard_negatives.mined_set(pool.source, out, record, fresh=False)
@@ -607,7 +644,9 @@ def train_with_hard_negatives(
             mined = hard_negatives.mine(config, pool, first_dir, out, progress, first_pass)
     else:
         mined = hard_negatives.wait_for_rank_zero(out, digest)
-    result = _train_locked(second, store, out, resume, progress, callbacks, replay=mined)
+    result = _train_locked(
+        second, store, out, resume, progress, callbacks, replay=mined, budget=budget
+    )
     record = mined.record
     result.notes.append(
         f"hard negatives: {record['n_nonlenses']} non-lenses (score >= "

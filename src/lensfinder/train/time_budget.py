@@ -1,0 +1,300 @@
+"""Fit a training run into minutes on this machine: measure it, then plan ``max_epochs``.
+
+Why: a config's ``max_epochs`` fixes the samples a model sees, not the minutes it takes, and
+the same 2 cores differ by 2x from one CPU to another (cpu-best's 28 epochs: 24.5 min on an
+AMD EPYC, 36.6 min on a 2.8 GHz Intel Xeon; README). With ``time_budget_minutes`` the run
+measures this machine once, before its first epoch: a few training steps of the config's
+model on random inputs (``BareTrainingLoop``; the trainer runs at 0.97-0.99 of it,
+``benchmarks/bench_train.py``), a few forward passes for validation and scoring, and the input
+preparation of a few cutouts. It then trains the most epochs, never more than ``max_epochs``,
+whose estimated end, with what follows them (mining and its second pass, AdaBN), lies within
+the budget counted from the start of ``train`` (painting a field and simulating the mining
+pool come first, so they are counted as spent, not estimated).
+
+Everything that derives from ``max_epochs`` (the cosine schedule, warm-up, progressive
+resizing, freezing, SWA, early stopping's first epoch) derives from the planned number, so a
+slower machine trains the same recipe, shorter. The plan is written to the run directory
+(``time_plan.json``) before the first epoch: a resumed run and the other DDP processes use it
+instead of measuring again; model.json records it and what the run took.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lensfinder.config import PredictConfig, TrainConfig
+from lensfinder.files import atomic_write_text
+
+PLAN_FILE = "time_plan.json"
+# The plan aims at this share of the minutes left: the estimates come from a few steps, and a
+# run that ends a little early costs less than one that overruns.
+SAFETY = 0.95
+EPOCH_OVERHEAD_S = 1.0  # checkpoint, logging and the loaders' rebuild, per epoch
+PROBE_STEPS = 4  # timed training steps (after ``PROBE_WARMUP``)
+PROBE_WARMUP = 2
+PROBE_PREPARED = 128  # cutouts read and prepared to time the input preparation
+# Joint adaptation (dann, consistency) runs the network on a field batch beside every labelled
+# batch: about twice the work per step.
+JOINT_STEP_FACTOR = 2.0
+
+
+class BareTrainingLoop:
+    """Forward + backward + optimiser steps of ``config``'s model (the one training builds, the
+    same optimiser, batch size, input size, channels-last setting and precision) on one random
+    batch already in memory: the yardstick of the trainer's speed, and what the plan times."""
+
+    def __init__(self, config: TrainConfig, warmup: int = 3) -> None:
+        from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE
+        from lensfinder.data.transforms import map_input, to_model_input
+        from lensfinder.train.module import LensClassifier, make_optimizer, to_channels_last
+        from lensfinder.train.training import initial_model, resolve_precision, uses_cuda
+
+        self.device = torch.device("cuda" if uses_cuda(config.accelerator) else "cpu")
+        self.module = LensClassifier(config, initial_model(config)).to(self.device).train()
+        trainable = [p for p in self.module.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(config, trainable)
+        batch = config.batch_size
+        example = to_model_input(
+            np.zeros((1, *VIS_SHAPE), np.float32),
+            np.zeros((1, *NISP_SHAPE), np.float32),
+            config.input,
+        )
+        x = map_input(example, lambda t: torch.randn(batch, *t.shape[1:], device=self.device))
+        self.x = to_channels_last(x) if config.channels_last else x
+        self.y = (torch.arange(batch, device=self.device) % 2).float()
+        precision = resolve_precision(config)
+        self.dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+        self.batch = batch
+        for _ in range(warmup):
+            self.step()
+
+    def step(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.dtype is None:
+            loss = self.module.loss_fn(self.module(self.x), self.y)
+        else:
+            with torch.autocast(self.device.type, dtype=self.dtype):
+                loss = self.module.loss_fn(self.module(self.x), self.y)
+        loss.backward()
+        self.optimizer.step()
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def run(self, steps: int = 1) -> float:
+        """Seconds taken by ``steps`` more steps."""
+        self._sync()
+        began = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        self._sync()
+        return time.perf_counter() - began
+
+    def predict_seconds(self, batch: int, passes: int = 2) -> float:
+        """Seconds per image of eval-mode forward passes on batches of ``batch`` (validation,
+        scoring), after one pass of warm-up; the module is left in training mode."""
+        x = tuple(t[:1].expand(batch, *t.shape[1:]).contiguous() for t in _tensors(self.x))
+        inputs = x if isinstance(self.x, tuple) else x[0]
+        self.module.eval()
+        try:
+            with torch.no_grad():
+                self.module(inputs)
+                self._sync()
+                began = time.perf_counter()
+                for _ in range(passes):
+                    self.module(inputs)
+                self._sync()
+        finally:
+            self.module.train()
+        return (time.perf_counter() - began) / (passes * batch)
+
+
+def _tensors(x: Any) -> tuple[torch.Tensor, ...]:
+    return x if isinstance(x, tuple) else (x,)
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Seconds per image on this machine, measured by ``measure_rates``."""
+
+    train_s: float  # a training step's share per image
+    predict_s: float  # an eval forward pass's share per image
+    prepare_s: float  # reading a cutout and making its model input
+    probe_s: float  # what measuring took
+
+
+def measure_rates(config: TrainConfig, datamodule: Any) -> Rates:
+    """Time the config's model and the data's preparation here (a few seconds). Random numbers
+    drawn here do not reach training: ``_fit`` seeds everything after it."""
+    from lensfinder.data.dataset import CutoutDataset
+
+    began = time.perf_counter()
+    loop = BareTrainingLoop(config, warmup=PROBE_WARMUP)
+    train_s = loop.run(PROBE_STEPS) / (PROBE_STEPS * loop.batch)
+    predict_s = loop.predict_seconds(PredictConfig.batch_size)
+    del loop
+    rows = np.asarray(datamodule.train_indices)[:PROBE_PREPARED]
+    dataset = CutoutDataset(datamodule.source, rows, config.input, check=False)
+    prepared = time.perf_counter()
+    dataset.model_input(np.arange(len(rows)))
+    prepare_s = (time.perf_counter() - prepared) / max(1, len(rows))
+    return Rates(train_s, predict_s, prepare_s, time.perf_counter() - began)
+
+
+@dataclass
+class AfterFirstPass:
+    """What follows the planned epochs and must fit in the budget too: mining (scoring a pool
+    of ``pool_rows`` cutouts, ``views`` each) and its second pass of ``epochs`` over
+    ``replayed`` more training cutouts."""
+
+    pool_rows: int = 0
+    views: int = 1
+    epochs: int = 0
+    replayed: int = 0
+
+
+@dataclass
+class TimeBudget:
+    """The minutes a ``train`` command may take, counted from ``started`` (``time.monotonic``),
+    and the plan made for its (first) pass; None for a run without a budget."""
+
+    minutes: float
+    started: float
+    after: AfterFirstPass = field(default_factory=AfterFirstPass)
+    plan: dict[str, Any] | None = None
+
+    @classmethod
+    def start(cls, config: TrainConfig) -> TimeBudget | None:
+        if not config.time_budget_minutes:  # None or 0: no budget
+            return None
+        return cls(float(config.time_budget_minutes), time.monotonic())
+
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.started
+
+    def reuse(self, config: TrainConfig, out: Path) -> TrainConfig | None:
+        """``config`` with the planned ``max_epochs`` of the plan saved in ``out`` when it was
+        made for the same budget and ``max_epochs`` (a resumed run, DDP's other processes),
+        else None."""
+        saved = read_plan(out)
+        if saved is None or not _same_request(saved, config):
+            return None
+        self.plan = saved
+        return dataclasses.replace(config, max_epochs=int(saved["planned_epochs"]))
+
+    def make(
+        self, config: TrainConfig, datamodule: Any, out: Path, done_epochs: int = 0
+    ) -> TrainConfig:
+        """Measure this machine, plan, save the plan in ``out`` (before training starts) and
+        return ``config`` with the planned ``max_epochs``. ``done_epochs``: epochs a checkpoint
+        already holds (they are not trained again, so they cost no time)."""
+        self.plan = self._measure_and_plan(config, datamodule, done_epochs)
+        Path(out).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(out) / PLAN_FILE, json.dumps(self.plan, indent=1) + "\n")
+        return dataclasses.replace(config, max_epochs=int(self.plan["planned_epochs"]))
+
+    def _measure_and_plan(
+        self, config: TrainConfig, datamodule: Any, done_epochs: int
+    ) -> dict[str, Any]:
+        rates = measure_rates(config, datamodule)
+        costs = pass_costs(config, datamodule, rates)
+        after = self.after
+        after_s = (
+            after.pool_rows * (after.views * rates.predict_s + rates.prepare_s)
+            + (costs["setup_s"] + after.replayed * rates.prepare_s if after.epochs else 0.0)
+            + after.epochs * costs["epoch_s"]
+            + costs["finish_s"]
+        )
+        elapsed = self.elapsed_s()
+        left = SAFETY * 60.0 * self.minutes - elapsed - costs["setup_s"] - after_s
+        fitting = math.floor(left / costs["epoch_s"]) if left > 0 else 0
+        least = min(config.max_epochs, max(config.warmup_epochs, done_epochs) + 1)
+        epochs = max(least, min(config.max_epochs, done_epochs + fitting))
+        to_train = epochs - done_epochs
+        estimate_s = elapsed + costs["setup_s"] + to_train * costs["epoch_s"] + after_s
+        return {
+            "budget_minutes": self.minutes,
+            "configured_epochs": config.max_epochs,
+            "planned_epochs": epochs,
+            "fits": done_epochs + fitting >= least,
+            "resumed_after_epoch": done_epochs or None,
+            "spent_before_s": round(elapsed, 1),  # painting, the mining pool, setup, measuring
+            "epoch_s": round(costs["epoch_s"], 1),
+            "setup_s": round(costs["setup_s"], 1),
+            "after_s": round(after_s, 1),
+            "estimated_total_s": round(estimate_s, 1),
+            "train_images_per_s": round(1.0 / rates.train_s, 1),
+            "predict_images_per_s": round(1.0 / rates.predict_s, 1),
+            "prepare_images_per_s": round(1.0 / rates.prepare_s, 1),
+            "probe_s": round(rates.probe_s, 1),
+        }
+
+    def describe(self, total_s: float | None = None) -> str:
+        """One line for the summary: what was planned, and against what it ran."""
+        plan = self.plan
+        if plan is None:
+            return f"time budget {self.minutes:g} min: no epochs planned"
+        text = (
+            f"time budget {plan['budget_minutes']:g} min: {plan['planned_epochs']} of "
+            f"{plan['configured_epochs']} epochs planned (~{plan['epoch_s']:.0f} s each; "
+            f"estimated {plan['estimated_total_s'] / 60:.1f} min)"
+        )
+        if not plan["fits"]:
+            text += "; even the fewest epochs do not fit: give more minutes or fewer samples"
+        if total_s is not None:
+            text += f"; took {total_s / 60:.1f} min"
+        return text
+
+
+def _same_request(plan: dict[str, Any], config: TrainConfig) -> bool:
+    return (
+        plan.get("budget_minutes") == config.time_budget_minutes
+        and plan.get("configured_epochs") == config.max_epochs
+    )
+
+
+def read_plan(out: Path) -> dict[str, Any] | None:
+    """The plan a run directory holds, or None (none, or unreadable: then a new one is made)."""
+    try:
+        plan = json.loads((Path(out) / PLAN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return plan if isinstance(plan, dict) and "planned_epochs" in plan else None
+
+
+def pass_costs(config: TrainConfig, datamodule: Any, rates: Rates) -> dict[str, float]:
+    """Seconds of one pass of ``config`` on ``datamodule`` at ``rates``: ``setup_s`` (inputs
+    prepared once), ``epoch_s`` (training steps, validation, the unpainted holdback's scoring)
+    and ``finish_s`` (AdaBN after training, when asked for)."""
+    from lensfinder.train.adapt import JOINT_METHODS, UnpaintedHoldback, adapt_methods
+
+    methods = adapt_methods(config.adapt)
+    step_factor = JOINT_STEP_FACTOR if any(m in JOINT_METHODS for m in methods) else 1.0
+    n_train, n_val = len(datamodule.train_indices), len(datamodule.val_indices)
+    holdback = UnpaintedHoldback.of(config, datamodule)
+    scored = n_val + (len(holdback.positions) if holdback is not None else 0)
+    epoch_s = (
+        datamodule.samples_per_epoch * rates.train_s * step_factor
+        + scored * rates.predict_s
+        + EPOCH_OVERHEAD_S
+    )
+    finish_s = 0.0
+    if "adabn" in methods and config.adapt.max_cutouts:
+        finish_s = config.adapt.max_cutouts * (
+            config.adapt.adabn_views * rates.predict_s + rates.prepare_s
+        )
+    return {
+        "setup_s": (n_train + n_val) * rates.prepare_s,
+        "epoch_s": epoch_s,
+        "finish_s": finish_s,
+    }
