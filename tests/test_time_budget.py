@@ -18,8 +18,10 @@ from lensfinder.train import time_budget, train
 from lensfinder.train.members import member_config
 from lensfinder.train.time_budget import (
     EPOCH_OVERHEAD_S,
+    PASS_OVERHEAD_S,
     PLAN_FILE,
     SAFETY,
+    SCORING_FACTOR,
     AfterFirstPass,
     Rates,
     TimeBudget,
@@ -68,7 +70,7 @@ def test_the_plan_trains_the_epochs_that_fit_and_never_more_than_max_epochs(fixe
     config = TrainConfig(max_epochs=100, time_budget_minutes=10, warmup_epochs=1)
     plan = plan_for(config, spent_s=60.0)
     expected = math.floor((SAFETY * 600 - 60.0 - 2.0) / epoch_s)
-    assert plan["planned_epochs"] == expected == 11 and plan["fits"]
+    assert plan["planned_epochs"] == expected == 12 and plan["fits"]
     assert plan["epoch_s"] == pytest.approx(epoch_s, abs=0.1)
     assert plan["estimated_total_s"] <= SAFETY * 600 + 1
     assert plan["train_images_per_s"] == pytest.approx(10.0)
@@ -77,7 +79,8 @@ def test_the_plan_trains_the_epochs_that_fit_and_never_more_than_max_epochs(fixe
     # mining after the first pass is paid for out of the same minutes
     after = AfterFirstPass(pool_rows=2000, views=1, epochs=3, replayed=100)
     mined = plan_for(config, after=after, spent_s=60.0)
-    after_s = 2000 * (0.01 + 0.002) + 2.0 + 100 * 0.002 + 3 * epoch_s
+    after_s = 2000 * (0.01 + 0.002) * SCORING_FACTOR + PASS_OVERHEAD_S + 2.0 + 100 * 0.002
+    after_s += 3 * epoch_s
     assert mined["after_s"] == pytest.approx(after_s, abs=0.1)
     assert mined["planned_epochs"] == math.floor((SAFETY * 600 - 62.0 - after_s) / epoch_s)
 
