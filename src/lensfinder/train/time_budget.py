@@ -44,8 +44,10 @@ EPOCH_OVERHEAD_S = 1.0  # checkpoint, logging and the loaders' rebuild, per epoc
 # timed here (cpu-best on a 2.8 GHz Xeon, README "Session 15"), so twice the sum of the two.
 SCORING_FACTOR = 2.0
 PASS_OVERHEAD_S = 10.0  # a second pass's start: its data, the first pass's model, Lightning
-PROBE_STEPS = 4  # timed training steps (after ``PROBE_WARMUP``)
-PROBE_WARMUP = 2
+# Timed training steps (after ``PROBE_WARMUP``), their median taken: single steps of one
+# process vary by +-15% on 2 cores (Lite0, 80 px: 76-98 images/s step to step).
+PROBE_STEPS = 6
+PROBE_WARMUP = 3
 PROBE_PREPARED = 128  # cutouts read and prepared to time the input preparation
 # Joint adaptation (dann, consistency) runs the network on a field batch beside every labelled
 # batch: about twice the work per step.
@@ -145,7 +147,7 @@ def measure_rates(config: TrainConfig, datamodule: Any) -> Rates:
 
     began = time.perf_counter()
     loop = BareTrainingLoop(config, warmup=PROBE_WARMUP)
-    train_s = loop.run(PROBE_STEPS) / (PROBE_STEPS * loop.batch)
+    train_s = float(np.median([loop.run(1) for _ in range(PROBE_STEPS)])) / loop.batch
     predict_s = loop.predict_seconds(PredictConfig.batch_size)
     del loop
     rows = np.asarray(datamodule.train_indices)[:PROBE_PREPARED]
