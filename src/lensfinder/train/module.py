@@ -16,9 +16,11 @@ from torch.nn import functional as F
 from torchmetrics.classification import BinaryAUROC
 from torchvision.ops import sigmoid_focal_loss
 
-from lensfinder.config import TrainConfig
+from lensfinder.config import MODEL_FILE_LEGACY, TrainConfig, to_dict
 from lensfinder.data.transforms import map_input
+from lensfinder.errors import ConfigError
 from lensfinder.models.batchnorm import bn_train_mode
+from lensfinder.models.checkpoint import load_model
 from lensfinder.models.factory import create_model
 
 Batch = tuple[Any, torch.Tensor]
@@ -311,3 +313,17 @@ def make_optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.opt
             return torch.optim.AdamW(groups, lr=config.lr)
         case other:
             raise ValueError(f"optimizer {other!r}: expected adam, adamw or sgd")
+
+
+def initial_model(config: TrainConfig) -> Any:
+    """The trained model of ``config.init`` to fine-tune (for the same input), or None."""
+    if config.init is None:
+        return None
+    model, meta = load_model(config.init, expect_input=config.input)
+    recorded = MODEL_FILE_LEGACY["model"] | meta["model"]
+    saved = {k: v for k, v in recorded.items() if k != "pretrained"}
+    wanted = {k: v for k, v in to_dict(config.model).items() if k != "pretrained"}
+    if saved != wanted:
+        differ = ", ".join(sorted(k for k in wanted if saved.get(k) != wanted[k]))
+        raise ConfigError(f"init {config.init}: its model differs from the config's ({differ})")
+    return model.train()

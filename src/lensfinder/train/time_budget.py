@@ -32,7 +32,18 @@ import numpy as np
 import torch
 
 from lensfinder.config import PredictConfig, TrainConfig
+from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE
+from lensfinder.data.dataset import CutoutDataset
+from lensfinder.data.transforms import map_input, to_model_input
 from lensfinder.files import atomic_write_text
+from lensfinder.train.adapt import JOINT_METHODS, UnpaintedHoldback, adapt_methods
+from lensfinder.train.devices import resolve_precision, uses_cuda
+from lensfinder.train.module import (
+    LensClassifier,
+    initial_model,
+    make_optimizer,
+    to_channels_last,
+)
 
 PLAN_FILE = "time_plan.json"
 # The plan aims at this share of the minutes left: the estimates come from a few steps, and a
@@ -60,11 +71,6 @@ class BareTrainingLoop:
     batch already in memory: the yardstick of the trainer's speed, and what the plan times."""
 
     def __init__(self, config: TrainConfig, warmup: int = 3) -> None:
-        from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE
-        from lensfinder.data.transforms import map_input, to_model_input
-        from lensfinder.train.module import LensClassifier, make_optimizer, to_channels_last
-        from lensfinder.train.training import initial_model, resolve_precision, uses_cuda
-
         self.device = torch.device("cuda" if uses_cuda(config.accelerator) else "cpu")
         self.module = LensClassifier(config, initial_model(config)).to(self.device).train()
         trainable = [p for p in self.module.parameters() if p.requires_grad]
@@ -143,8 +149,6 @@ class Rates:
 def measure_rates(config: TrainConfig, datamodule: Any) -> Rates:
     """Time the config's model and the data's preparation here (a few seconds). Random numbers
     drawn here do not reach training: ``_fit`` seeds everything after it."""
-    from lensfinder.data.dataset import CutoutDataset
-
     began = time.perf_counter()
     loop = BareTrainingLoop(config, warmup=PROBE_WARMUP)
     train_s = float(np.median([loop.run(1) for _ in range(PROBE_STEPS)])) / loop.batch
@@ -288,8 +292,6 @@ def pass_costs(config: TrainConfig, datamodule: Any, rates: Rates) -> dict[str, 
     """Seconds of one pass of ``config`` on ``datamodule`` at ``rates``: ``setup_s`` (inputs
     prepared once), ``epoch_s`` (training steps, validation, the unpainted holdback's scoring)
     and ``finish_s`` (AdaBN after training, when asked for)."""
-    from lensfinder.train.adapt import JOINT_METHODS, UnpaintedHoldback, adapt_methods
-
     methods = adapt_methods(config.adapt)
     step_factor = JOINT_STEP_FACTOR if any(m in JOINT_METHODS for m in methods) else 1.0
     n_train, n_val = len(datamodule.train_indices), len(datamodule.val_indices)

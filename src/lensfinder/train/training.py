@@ -35,7 +35,6 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from lensfinder import __version__, stages
 from lensfinder.config import (
-    MODEL_FILE_LEGACY,
     TrainConfig,
     flat_settings,
     load_config,
@@ -46,8 +45,7 @@ from lensfinder.data import open_source
 from lensfinder.data.identity import data_record
 from lensfinder.errors import ConfigError, ModelFileError
 from lensfinder.files import atomic_path, torch_load_refusal
-from lensfinder.machine import available_cores
-from lensfinder.models.checkpoint import load_model, save_model
+from lensfinder.models.checkpoint import save_model
 from lensfinder.models.meta import read_meta
 from lensfinder.safety import TRAIN
 from lensfinder.stages import run_stage
@@ -67,8 +65,9 @@ from lensfinder.train.callbacks import (
     EpochHistory,
 )
 from lensfinder.train.datamodule import LensDataModule
+from lensfinder.train.devices import check_devices, resolve_precision
 from lensfinder.train.hard_negatives import MinedSet, check_hard_negatives
-from lensfinder.train.module import LensClassifier, regularisation
+from lensfinder.train.module import LensClassifier, initial_model, regularisation
 from lensfinder.train.time_budget import PLAN_FILE, AfterFirstPass, TimeBudget
 from lensfinder.train.weight_averaging import (
     averaging_record,
@@ -168,55 +167,6 @@ def check_config(config: TrainConfig) -> None:
     problems += check_hard_negatives(config.hard_negatives)
     if any(problems):
         raise ConfigError(f"train config: {'; '.join(p for p in problems if p)}")
-
-
-def check_devices(devices: int | str, accelerator: str) -> str | None:
-    """Why Lightning must not be given ``devices``, or None: a count above the cores (CPU) or
-    the visible GPUs would start that many processes before failing (99 DDP processes on 2
-    cores exhausted the memory), and -1 or device indices mean nothing on a CPU. Decided here,
-    before any process starts; accelerators other than CPU and CUDA are left to Lightning."""
-    if devices == "auto" or accelerator not in ("auto", "cpu", "cuda", "gpu"):
-        return None
-    text = str(devices).strip()
-    try:
-        indices = [int(t) for t in text.split(",") if t.strip()] if "," in text else None
-        count = int(text) if indices is None else len(indices)
-    except ValueError:
-        return f"devices {text!r}: expected a count (4), device indices (0,1), -1 (all) or auto"
-    if indices is None and count < 1 and count != -1:
-        return f"devices {count}: expected a count >= 1, -1 (all) or auto"
-    if uses_cuda(accelerator):
-        visible = torch.cuda.device_count()
-        if indices is not None:
-            if len(set(indices)) != len(indices) or not all(0 <= i < visible for i in indices):
-                return (
-                    f"devices {text}: device indices must be distinct, within 0..{visible - 1} "
-                    f"({visible} GPUs visible)"
-                )
-        elif count > visible:
-            return f"devices {count}: only {visible} GPUs are visible here"
-        return None
-    cores = available_cores()
-    where = f"this machine runs on CPU ({cores} cores, no GPU in use)"
-    if indices is not None or count == -1:
-        return f"devices {text}: GPU device selection, but {where}; give a process count 1..{cores}"
-    if count > cores:
-        return f"devices {count}: more processes than cores; {where}; give at most {cores}"
-    return None
-
-
-def uses_cuda(accelerator: str) -> bool:
-    return accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
-
-
-def resolve_precision(config: TrainConfig) -> str:
-    """``"auto"``: bf16 mixed precision on CUDA cards that support it, else fp16 mixed; fp32 on
-    CPU (CPU autocast is slower than fp32 for these convolutions)."""
-    if config.precision != "auto":
-        return config.precision
-    if uses_cuda(config.accelerator):
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
 
 
 def plateau_callback(config: TrainConfig) -> Any:
@@ -668,20 +618,6 @@ def first_candidate_epoch(config: TrainConfig) -> int:
     validation AUROC swings by 0.1 at a high peak lr, which the drop rule took for a collapse)
     and after progressive resizing's low-resolution epochs; the last epoch always counts."""
     return min(max(config.warmup_epochs, config.low_res_epochs()), config.max_epochs - 1)
-
-
-def initial_model(config: TrainConfig) -> Any:
-    """The trained model of ``config.init`` to fine-tune (for the same input), or None."""
-    if config.init is None:
-        return None
-    model, meta = load_model(config.init, expect_input=config.input)
-    recorded = MODEL_FILE_LEGACY["model"] | meta["model"]
-    saved = {k: v for k, v in recorded.items() if k != "pretrained"}
-    wanted = {k: v for k, v in to_dict(config.model).items() if k != "pretrained"}
-    if saved != wanted:
-        differ = ", ".join(sorted(k for k in wanted if saved.get(k) != wanted[k]))
-        raise ConfigError(f"init {config.init}: its model differs from the config's ({differ})")
-    return model.train()
 
 
 def _metrics(
