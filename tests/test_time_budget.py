@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from lensfinder.config import TrainConfig
 from lensfinder.errors import ConfigError
@@ -160,3 +161,19 @@ def test_the_measurement_times_this_machine(store):
     assert all(np.isfinite(v) and v > 0 for v in values)
     assert rates.train_s > rates.predict_s
     assert rates.probe_s < 60
+
+
+def test_a_budget_that_fits_changes_nothing_the_run_learns(store, tmp_path):
+    """Measuring draws random numbers and runs the model, but training is seeded after it:
+    with every epoch fitting, a budgeted run's weights are those of the run without one."""
+    from safetensors.torch import load_file
+
+    config = tiny_config(max_epochs=2)
+    plain = train(config, store, tmp_path / "plain", progress=False)
+    budgeted = dataclasses.replace(config, time_budget_minutes=60)
+    timed = train(budgeted, store, tmp_path / "timed", progress=False)
+    assert read_meta(tmp_path / "timed")["time_plan"]["planned_epochs"] == 2
+    assert timed.val_auroc_history == plain.val_auroc_history
+    weights = [load_file(tmp_path / run / "model.safetensors") for run in ("plain", "timed")]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
