@@ -116,8 +116,7 @@ class BareTrainingLoop:
     def predict_seconds(self, batch: int, passes: int = 2) -> float:
         """Seconds per image of eval-mode forward passes on batches of ``batch`` (validation,
         scoring), after one pass of warm-up; the module is left in training mode."""
-        x = tuple(t[:1].expand(batch, *t.shape[1:]).contiguous() for t in _tensors(self.x))
-        inputs = x if isinstance(self.x, tuple) else x[0]
+        inputs = map_input(self.x, lambda t: t[:1].expand(batch, *t.shape[1:]).contiguous())
         self.module.eval()
         try:
             with torch.no_grad():
@@ -130,10 +129,6 @@ class BareTrainingLoop:
         finally:
             self.module.train()
         return (time.perf_counter() - began) / (passes * batch)
-
-
-def _tensors(x: Any) -> tuple[torch.Tensor, ...]:
-    return x if isinstance(x, tuple) else (x,)
 
 
 @dataclass(frozen=True)
