@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 from pathlib import Path
@@ -111,6 +112,60 @@ def test_galaxy_pixels_untouched_outside_the_arc(field, painted):
         before, after = _images(field, object_id), _images(painted, object_id)
         same = [np.array_equal(before[b.name], after[b.name]) for b in EUCLID.bands]
         assert all(same) if record["meta"]["kind"] == "field" else not any(same)
+
+
+def test_unpainted_twins_are_the_painted_galaxies_untouched(field, painted, tmp_path):
+    """With ``unpainted_twins`` every painted galaxy is written a second time, untouched and a
+    non-lens, under a new ID after the others; the rest of the output is what it was without
+    twins, and a re-run resumes."""
+    twins_config = dataclasses.replace(NOISY, unpainted_twins=True)
+    out = tmp_path / "twins"
+    result = inject(field, out, twins_config, progress=False)
+    assert (result.n, result.twins, result.written) == (N, 3, N + 3)
+    assert "3 twins" in result.summary()
+    records = _records(out)
+    twins = {i: r for i, r in records.items() if r["meta"]["kind"] == "unpainted_twin"}
+    assert len(records) == N + 3 and len(twins) == 3
+    field_ids = set(open_unlabelled(field).ids.tolist())
+    assert min(twins) > max(field_ids)  # new IDs, after the field's
+    layout = read_layout(out)
+    label_of = dict(zip(layout.ids.tolist(), layout.labels.tolist(), strict=True))
+    assert sum(label_of.values()) == result.lenses  # twins add no lens
+    painted_by_field = {
+        r["row"]["field_id"]: i for i, r in records.items() if r["meta"]["kind"] not in
+        ("field", "unpainted_twin")
+    }  # fmt: skip
+    assert len(painted_by_field) == 3
+    for twin_id, record in twins.items():
+        field_id = int(record["row"]["field_id"])
+        sibling = painted_by_field[field_id]  # the painted copy of the same galaxy
+        assert label_of[twin_id] == 0  # a non-lens by the rule
+        untouched, painted_copy = _images(field, field_id), _images(out, sibling)
+        for band in EUCLID.bands:
+            assert np.array_equal(_images(out, twin_id)[band.name], untouched[band.name])
+            assert not np.array_equal(painted_copy[band.name], untouched[band.name])
+    for object_id in field_ids:  # the rest as without twins, bit for bit
+        for band in EUCLID.bands:
+            assert np.array_equal(
+                _images(out, object_id)[band.name], _images(painted, object_id)[band.name]
+            )
+    again = inject(field, out, twins_config, progress=False)
+    assert (again.written, again.skipped) == (0, N + 3)
+    with pytest.raises(ConfigError, match="unpainted_twins"):
+        inject(field, out, NOISY, progress=False)
+
+
+def test_outputs_made_before_twins_existed_still_resume(tmp_path):
+    """A directory whose settings lack ``unpainted_twins`` was made without twins: the same
+    settings resume, twins are refused."""
+    writer.rows_dir(tmp_path).mkdir()
+    (writer.rows_dir(tmp_path) / writer.RUN_FILE).write_text('{"seed": 0}')
+    writer.check_run_settings(tmp_path, {"seed": 0, "unpainted_twins": False},
+                              added={"unpainted_twins": False})  # fmt: skip
+    with pytest.raises(ConfigError, match="unpainted_twins was False, now True"):
+        writer.check_run_settings(
+            tmp_path, {"seed": 0, "unpainted_twins": True}, added={"unpainted_twins": False}
+        )
 
 
 def test_arc_photon_noise_has_the_effective_gain(field):

@@ -225,7 +225,8 @@ OPTION_FIELDS: dict[str, Settings] = {
         SimulateConfig, _same("n", "seed", "workers", "lens_fraction", "first_id")
     ),
     "inject": Settings(
-        InjectConfig, _same("paint_fraction", "min_snr", "seed", "workers", "first_id")
+        InjectConfig,
+        _same("paint_fraction", "min_snr", "seed", "workers", "first_id", "unpainted_twins"),
     ),
     "pack": Settings(PackConfig, _same("label_rule", "chunk", "workers")),
     "simulate-tile": Settings(
@@ -416,6 +417,14 @@ def inject(
         int | None,
         typer.Option(help="Renumber outputs from this ID (default: keep the field's IDs).", min=0),
     ] = None,
+    unpainted_twins: Annotated[
+        bool | None,
+        typer.Option(
+            "--unpainted-twins/--no-unpainted-twins",
+            help="Also write each painted galaxy untouched, as a non-lens under another ID.",
+            show_default=_shown("inject", "unpainted_twins"),
+        ),
+    ] = None,
     config: Annotated[str | None, _config_option(InjectConfig)] = None,
 ) -> None:
     """Paint simulated lensed sources onto a survey's own galaxies (challenge layout out)."""
@@ -429,6 +438,7 @@ def inject(
         seed=seed,
         workers=workers,
         first_id=first_id,
+        unpainted_twins=unpainted_twins,
     )
     result = run(field, out, cfg)
     typer.echo(result.summary())

@@ -263,6 +263,12 @@ class InjectConfig(Checked):
     supersampling: int = 3
     supersampling_tolerance: float = 0.02
     arc_noise: bool = True  # the arc's photon noise; False paints noise-free arcs (checks)
+    # Each painted galaxy is also written untouched, under an ID after the others, as a
+    # non-lens (kind ``unpainted_twin``): the same galaxy with and without its arc, so a network
+    # trained on the output learns the arc, not which galaxies were chosen to be painted (the
+    # reddest plausible deflectors first: without twins, on our shifted field copy, every
+    # painted galaxy was red and half of the unpainted ones blue).
+    unpainted_twins: bool = False
 
     WHAT = "inject"
 

@@ -75,6 +75,10 @@ from lensfinder.surveys import Band, Survey, get_survey
 PAINT_FLOOR = 1e-3  # arc pixels below this many noise sigmas are left out: the field is kept
 MEASURE_CHUNK = 64  # field cutouts read at once while measuring
 _OBJECT_TAG = 0x1E7  # keeps each object's generator apart from the choice's
+# What an output is made of: its field cutout painted, the cutout untouched, or the untouched
+# twin of a painted one (the two untouched kinds are the catalogue's ``kind``).
+PAINT, FIELD, TWIN = "paint", "field", "unpainted_twin"
+Task = tuple[int, int, str, str]  # (field position, output ID, PAINT / FIELD / TWIN, pixel hash)
 
 
 @dataclass
@@ -84,7 +88,8 @@ class InjectResult:
     preview: Path | None
     field: Path
     field_fingerprint: str
-    n: int  # usable field cutouts, one output each
+    n: int  # usable field cutouts, one output each (and one more per twin)
+    twins: int  # painted galaxies also written untouched (``unpainted_twins``)
     written: int
     skipped: int  # already finished in an earlier run
     painted: int  # cutouts with a painted source
@@ -98,8 +103,9 @@ class InjectResult:
         done = f" ({self.skipped} already done)" if self.skipped else ""
         bad = f"; {len(self.unusable)} unusable field cutouts left out" if self.unusable else ""
         preview = f"; preview {self.preview}" if self.preview else ""
+        twins = f" (and each untouched: {self.twins} twins)" if self.twins else ""
         return (
-            f"painted {self.painted} of {self.n} cutouts of {self.field} ({self.candidates} "
+            f"painted {self.painted} of {self.n} cutouts of {self.field}{twins} ({self.candidates} "
             f"plausible deflectors) into {self.out}: wrote {self.written}{done} in "
             f"{self.seconds:.1f} s; {self.lenses} lenses by '{self.label_rule}'{bad}; "
             f"catalogue {self.catalog}{preview}"
@@ -373,18 +379,24 @@ def _add_arcs(
 
 
 def untouched(
-    vis: np.ndarray, nisp: np.ndarray, object_id: int, survey: Survey, measured: Measurement
+    vis: np.ndarray,
+    nisp: np.ndarray,
+    object_id: int,
+    survey: Survey,
+    measured: Measurement,
+    kind: str = "field",
 ) -> Painted:
-    """A field cutout written as it is: a non-lens, with the deflector columns measured."""
+    """A field cutout written as it is: a non-lens, with the deflector columns measured
+    (``kind``: ``field``, or ``unpainted_twin`` for a painted galaxy's untouched copy)."""
     reference = survey.band(survey.reference_band)
     scene = scenes.Scene(kind="field", central_type="field", central=[])
     no_source = np.zeros((reference.cutout_pixels,) * 2)
     row = _row(object_id, scene, measured, no_source, vis, survey)
-    row["kind"] = "field"
+    row["kind"] = kind
     images = {reference.name: np.asarray(vis, np.float32)}
     images.update({b.name: np.asarray(nisp[i], np.float32) for i, b in enumerate(_nisp(survey))})
     arcs = {name: np.zeros_like(image) for name, image in images.items()}
-    return Painted(images, row, {"kind": "field", "central_type": "field"}, arcs)
+    return Painted(images, row, {"kind": kind, "central_type": "field"}, arcs)
 
 
 def _nisp(survey: Survey) -> list[Band]:
@@ -436,8 +448,8 @@ class _Painter:
         self.fingerprint = field_fingerprint
         self.ra, self.dec = np.asarray(source.ra, float), np.asarray(source.dec, float)
 
-    def __call__(self, task: tuple[int, int, bool, str]) -> tuple[int, bool]:
-        position, object_id, paint_it, expected_hash = task
+    def __call__(self, task: Task) -> tuple[int, str]:
+        position, object_id, what, expected_hash = task
         cutouts = self.source.read([position])
         field_id = int(self.source.ids[position])
         if not cutouts.valid[0]:
@@ -447,14 +459,14 @@ class _Painter:
         if pixel_hash(vis, nisp) != expected_hash:
             raise DataError(f"{self.field}: object {field_id} changed while injecting; re-run")
         measured = measure(vis, nisp, self.survey)
-        if paint_it:
+        if what == PAINT:
             rng = np.random.default_rng([self.config.seed, _OBJECT_TAG, field_id])
             result = paint(
                 vis, nisp, object_id, rng, self.config,
                 survey=self.survey, rule=self.rule, stamps=self.stamps, measured=measured,
             )  # fmt: skip
         else:
-            result = untouched(vis, nisp, object_id, self.survey, measured)
+            result = untouched(vis, nisp, object_id, self.survey, measured, kind=what)
         ra, dec = float(self.ra[position]), float(self.dec[position])
         for band in self.survey.bands:
             write_band(self.out, band, object_id, result.images[band.name], ra, dec, self.field)
@@ -468,7 +480,7 @@ class _Painter:
             "dec": dec,
         }
         writer.write_row(self.out, object_id, result.row, meta)
-        return object_id, paint_it
+        return object_id, what
 
 
 _WORKER: _Painter | None = None
@@ -480,15 +492,15 @@ def _init_worker(painter: _Painter) -> None:
     _single_threaded_blas()
 
 
-def _work(task: tuple[int, int, bool, str]) -> tuple[int, bool]:
+def _work(task: Task) -> tuple[int, str]:
     assert _WORKER is not None
     return _WORKER(task)
 
 
 def _run(
-    painter: _Painter, tasks: list[tuple[int, int, bool, str]], workers: int, show: bool
-) -> Iterator[tuple[int, bool]]:
-    def shown(results: Iterable[tuple[int, bool]]) -> Iterable[tuple[int, bool]]:
+    painter: _Painter, tasks: list[Task], workers: int, show: bool
+) -> Iterator[tuple[int, str]]:
+    def shown(results: Iterable[tuple[int, str]]) -> Iterable[tuple[int, str]]:
         if not show:
             return results
         return progress_bar(results, total=len(tasks), desc="inject", unit="cutout")
@@ -544,8 +556,8 @@ class _InjectionPlan:
     measured: FieldSurvey
     n_paint: int
     chosen: np.ndarray  # usable cutouts chosen to paint
-    ids: np.ndarray  # output IDs, one per usable cutout
-    tasks: list[tuple[int, int, bool, str]]  # (position, ID, paint it, pixel hash)
+    ids: np.ndarray  # output IDs: one per usable cutout, then one per twin
+    tasks: list[Task]  # not written yet
 
 
 def _inject_locked(
@@ -560,12 +572,14 @@ def _inject_locked(
     for _ in _run(painter, plan.tasks, workers, stage.progress):
         pass
     seconds = time.perf_counter() - start
-    measured, n = plan.measured, len(plan.ids)
+    measured, n = plan.measured, len(plan.measured.usable)
+    twins = len(plan.ids) - n
     comments = [
         f"Lensed sources painted onto the galaxies of {painter.field} (pixel fingerprint "
         f"{measured.fingerprint}), lensfinder {__version__} (lenstronomy), survey {survey.name}",
         f"seed={config.seed} paint_fraction={config.paint_fraction} painted={plan.n_paint} "
-        f"of {n}; plausible deflectors={int(measured.plausible.sum())}",
+        f"of {n}; plausible deflectors={int(measured.plausible.sum())}"
+        + (f"; unpainted twins={twins} (kind {TWIN}, IDs after the others)" if twins else ""),
         f"label rule: {rule}",
         "pixel units: those of the field; fluxes (lens_flux, source_flux) too; "
         "field_id: the field object each cutout came from; empty fields are not measured",
@@ -578,8 +592,9 @@ def _inject_locked(
         field=field,
         field_fingerprint=measured.fingerprint,
         n=n,
+        twins=twins,
         written=len(plan.tasks),
-        skipped=n - len(plan.tasks),
+        skipped=len(plan.ids) - len(plan.tasks),
         painted=len(plan.chosen),
         candidates=int(measured.plausible.sum()),
         lenses=lenses,
@@ -612,16 +627,24 @@ def _plan_injection(
         out,
         {k: v for k, v in to_dict(config).items() if k != "workers"}
         | {"label_rule": str(rule), "field_fingerprint": measured.fingerprint},
+        added={"unpainted_twins": False},  # outputs made before twins existed resume
     )
     if config.first_id is None:
         ids = source.ids[measured.usable].astype(np.int64)
     else:
         ids = config.first_id + np.arange(n, dtype=np.int64)
-    tasks = [
-        (int(position), int(object_id), bool(paint_it), hashed)
+    outputs = [
+        (int(position), int(object_id), PAINT if paint_it else FIELD, hashed)
         for position, object_id, paint_it, hashed in zip(
             measured.usable, ids, to_paint, measured.hashes, strict=True
         )
-        if not writer.is_done(out, int(object_id), survey.bands)
     ]
-    return _InjectionPlan(measured, int(n_paint), np.asarray(chosen), ids, tasks)
+    if config.unpainted_twins:  # after all the others, in the order of the painted ones
+        first = int(ids.max()) + 1 if config.first_id is None else config.first_id + n
+        outputs += [
+            (position, first + k, TWIN, hashed)
+            for k, (position, _, _, hashed) in enumerate(o for o in outputs if o[2] == PAINT)
+        ]
+    tasks = [task for task in outputs if not writer.is_done(out, task[1], survey.bands)]
+    all_ids = np.asarray([task[1] for task in outputs], dtype=np.int64)
+    return _InjectionPlan(measured, int(n_paint), np.asarray(chosen), all_ids, tasks)

@@ -169,14 +169,18 @@ def is_done(root: str | Path, object_id: int, bands: Sequence[Band]) -> bool:
     return all(layout.image_path(root, band, object_id).is_file() for band in bands)
 
 
-def check_run_settings(root: str | Path, settings: Mapping[str, Any]) -> None:
-    """Record what this directory is simulated with; refuse to mix objects of other settings."""
+def check_run_settings(
+    root: str | Path, settings: Mapping[str, Any], added: Mapping[str, Any] | None = None
+) -> None:
+    """Record what this directory is simulated with; refuse to mix objects of other settings.
+    ``added``: settings newer than some directories, with the value their absence meant."""
     path = rows_dir(root) / RUN_FILE
     if path.is_file():
         try:
             stored = json.loads(path.read_text())
         except ValueError:
             raise DataError(f"{path}: not valid JSON; delete it to start afresh") from None
+        stored = dict(added or {}) | stored
         changed = {k: (stored.get(k), v) for k, v in settings.items() if stored.get(k) != v}
         if changed:
             detail = ", ".join(f"{k} was {old!r}, now {new!r}" for k, (old, new) in changed.items())
