@@ -320,6 +320,12 @@ def test_paint_lenses_trains_on_the_painted_field_beside_the_simulations(
     assert painted["lenses"] >= 1 and painted["nonlenses"] >= 1
     store = open_source(out / "field-painted.zarr")
     assert painted["lenses"] + painted["nonlenses"] == len(store)
+    # every painted galaxy is there untouched too, as a non-lens (the default twins)
+    assert painted["settings"]["unpainted_twins"] is True
+    kinds = np.asarray(store.catalog["kind"])
+    twins = kinds == "unpainted_twin"
+    assert twins.sum() == np.isin(kinds, ["lens", "painted_subthreshold"]).sum() >= 1
+    assert (np.asarray(store.labels)[twins] == 0).all()
     assert len(meta["data"]["data_sets"]) == 2
     # the second epoch held back the unpainted field cutouts the model scored highest
     holdback = meta["adapt"]["unpainted_holdback"]

@@ -28,8 +28,10 @@ from lensfinder.testing import TINY_BAND_FLUX, make_tiny_layout, make_tiny_store
 
 N = 5
 FLUX_SCALE = 1e-11  # the tiny layout's noise sigma per pixel, times TINY_BAND_FLUX per band
-NOISE_FREE = InjectConfig(paint_fraction=1.0, arc_noise=False, min_snr=10.0)
-NOISY = InjectConfig(paint_fraction=0.6, min_snr=10.0)
+NOISE_FREE = InjectConfig(
+    paint_fraction=1.0, arc_noise=False, min_snr=10.0, unpainted_twins=False
+)
+NOISY = InjectConfig(paint_fraction=0.6, min_snr=10.0, unpainted_twins=False)  # twins: one test
 
 
 @pytest.fixture(scope="module")
@@ -206,9 +208,11 @@ def test_labels_follow_the_rule(field, painted, tmp_path):
     assert out.painted == 2 and out.lenses == 0
     strict_layout = read_layout(out.out, label_rule=strict)
     assert (strict_layout.labels == 0).all()
-    kinds = [r["meta"]["kind"] for r in _records(out.out).values()]
-    assert sorted(kinds) == ["field"] * 3 + ["painted_subthreshold"] * 2
-    painted_rows = [r for r in _records(out.out).values() if r["meta"]["kind"] != "field"]
+    kinds = [r["meta"]["kind"] for r in _records(out.out).values()]  # twins: the default
+    assert sorted(kinds) == ["field"] * 3 + ["painted_subthreshold"] * 2 + ["unpainted_twin"] * 2
+    painted_rows = [
+        r for r in _records(out.out).values() if r["meta"]["kind"] == "painted_subthreshold"
+    ]
     assert all(r["meta"]["source_tries"] == 2 for r in painted_rows)
     assert all(r["row"]["n_pix_source"] > 0 for r in painted_rows)
 
