@@ -28,9 +28,7 @@ from lensfinder.testing import TINY_BAND_FLUX, make_tiny_layout, make_tiny_store
 
 N = 5
 FLUX_SCALE = 1e-11  # the tiny layout's noise sigma per pixel, times TINY_BAND_FLUX per band
-NOISE_FREE = InjectConfig(
-    paint_fraction=1.0, arc_noise=False, min_snr=10.0, unpainted_twins=False
-)
+NOISE_FREE = InjectConfig(paint_fraction=1.0, arc_noise=False, min_snr=10.0, unpainted_twins=False)
 NOISY = InjectConfig(paint_fraction=0.6, min_snr=10.0, unpainted_twins=False)  # twins: one test
 
 
