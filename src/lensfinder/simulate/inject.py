@@ -384,7 +384,7 @@ def untouched(
     object_id: int,
     survey: Survey,
     measured: Measurement,
-    kind: str = "field",
+    kind: str = FIELD,
 ) -> Painted:
     """A field cutout written as it is: a non-lens, with the deflector columns measured
     (``kind``: ``field``, or ``unpainted_twin`` for a painted galaxy's untouched copy)."""
