@@ -75,10 +75,11 @@ from lensfinder.surveys import Band, Survey, get_survey
 PAINT_FLOOR = 1e-3  # arc pixels below this many noise sigmas are left out: the field is kept
 MEASURE_CHUNK = 64  # field cutouts read at once while measuring
 _OBJECT_TAG = 0x1E7  # keeps each object's generator apart from the choice's
-# What an output is made of: its field cutout painted, the cutout untouched, or the untouched
-# twin of a painted one (the two untouched kinds are the catalogue's ``kind``).
-PAINT, FIELD, TWIN = "paint", "field", "unpainted_twin"
-Task = tuple[int, int, str, str]  # (field position, output ID, PAINT / FIELD / TWIN, pixel hash)
+# The catalogue's ``kind`` of an untouched cutout, and of a painted galaxy's untouched twin.
+FIELD, TWIN = "field", "unpainted_twin"
+# (field position, output ID, paint it, pixel hash, the twin's ID or None): a painted galaxy's
+# twin is written by the same task, from the same read and measurement.
+Task = tuple[int, int, bool, str, int | None]
 
 
 @dataclass
@@ -448,8 +449,8 @@ class _Painter:
         self.fingerprint = field_fingerprint
         self.ra, self.dec = np.asarray(source.ra, float), np.asarray(source.dec, float)
 
-    def __call__(self, task: Task) -> tuple[int, str]:
-        position, object_id, what, expected_hash = task
+    def __call__(self, task: Task) -> int:
+        position, object_id, paint_it, expected_hash, twin_id = task
         cutouts = self.source.read([position])
         field_id = int(self.source.ids[position])
         if not cutouts.valid[0]:
@@ -459,14 +460,24 @@ class _Painter:
         if pixel_hash(vis, nisp) != expected_hash:
             raise DataError(f"{self.field}: object {field_id} changed while injecting; re-run")
         measured = measure(vis, nisp, self.survey)
-        if what == PAINT:
+        if twin_id is not None:
+            twin = untouched(vis, nisp, twin_id, self.survey, measured, kind=TWIN)
+            self._write(twin_id, twin, position, field_id, expected_hash)
+        if paint_it:
             rng = np.random.default_rng([self.config.seed, _OBJECT_TAG, field_id])
             result = paint(
                 vis, nisp, object_id, rng, self.config,
                 survey=self.survey, rule=self.rule, stamps=self.stamps, measured=measured,
             )  # fmt: skip
         else:
-            result = untouched(vis, nisp, object_id, self.survey, measured, kind=what)
+            result = untouched(vis, nisp, object_id, self.survey, measured)
+        self._write(object_id, result, position, field_id, expected_hash)
+        return object_id
+
+    def _write(
+        self, object_id: int, result: Painted, position: int, field_id: int, pixels: str
+    ) -> None:
+        """One output's FITS per band and its row (written last: the mark of a finished one)."""
         ra, dec = float(self.ra[position]), float(self.dec[position])
         for band in self.survey.bands:
             write_band(self.out, band, object_id, result.images[band.name], ra, dec, self.field)
@@ -475,12 +486,11 @@ class _Painter:
             "field": self.field,
             "field_id": field_id,
             "field_fingerprint": self.fingerprint,
-            "field_pixels": expected_hash,
+            "field_pixels": pixels,
             "ra": ra,
             "dec": dec,
         }
         writer.write_row(self.out, object_id, result.row, meta)
-        return object_id, what
 
 
 _WORKER: _Painter | None = None
@@ -492,15 +502,13 @@ def _init_worker(painter: _Painter) -> None:
     _single_threaded_blas()
 
 
-def _work(task: Task) -> tuple[int, str]:
+def _work(task: Task) -> int:
     assert _WORKER is not None
     return _WORKER(task)
 
 
-def _run(
-    painter: _Painter, tasks: list[Task], workers: int, show: bool
-) -> Iterator[tuple[int, str]]:
-    def shown(results: Iterable[tuple[int, str]]) -> Iterable[tuple[int, str]]:
+def _run(painter: _Painter, tasks: list[Task], workers: int, show: bool) -> Iterator[int]:
+    def shown(results: Iterable[int]) -> Iterable[int]:
         if not show:
             return results
         return progress_bar(results, total=len(tasks), desc="inject", unit="cutout")
@@ -574,6 +582,7 @@ def _inject_locked(
     seconds = time.perf_counter() - start
     measured, n = plan.measured, len(plan.measured.usable)
     twins = len(plan.ids) - n
+    written = sum(1 if task[4] is None else 2 for task in plan.tasks)  # a twin rides along
     comments = [
         f"Lensed sources painted onto the galaxies of {painter.field} (pixel fingerprint "
         f"{measured.fingerprint}), lensfinder {__version__} (lenstronomy), survey {survey.name}",
@@ -593,8 +602,8 @@ def _inject_locked(
         field_fingerprint=measured.fingerprint,
         n=n,
         twins=twins,
-        written=len(plan.tasks),
-        skipped=len(plan.ids) - len(plan.tasks),
+        written=written,
+        skipped=len(plan.ids) - written,
         painted=len(plan.chosen),
         candidates=int(measured.plausible.sum()),
         lenses=lenses,
@@ -633,18 +642,23 @@ def _plan_injection(
         ids = source.ids[measured.usable].astype(np.int64)
     else:
         ids = config.first_id + np.arange(n, dtype=np.int64)
-    outputs = [
-        (int(position), int(object_id), PAINT if paint_it else FIELD, hashed)
-        for position, object_id, paint_it, hashed in zip(
-            measured.usable, ids, to_paint, measured.hashes, strict=True
-        )
-    ]
+    twin_ids: list[int | None] = [None] * n
     if config.unpainted_twins:  # after all the others, in the order of the painted ones
         first = int(ids.max()) + 1 if config.first_id is None else config.first_id + n
-        outputs += [
-            (position, first + k, TWIN, hashed)
-            for k, (position, _, _, hashed) in enumerate(o for o in outputs if o[2] == PAINT)
-        ]
-    tasks = [task for task in outputs if not writer.is_done(out, task[1], survey.bands)]
-    all_ids = np.asarray([task[1] for task in outputs], dtype=np.int64)
+        for k, index in enumerate(np.flatnonzero(to_paint)):
+            twin_ids[index] = first + k
+    outputs: list[Task] = [
+        (int(position), int(object_id), bool(paint_it), hashed, twin)
+        for position, object_id, paint_it, hashed, twin in zip(
+            measured.usable, ids, to_paint, measured.hashes, twin_ids, strict=True
+        )
+    ]
+    tasks = [
+        task
+        for task in outputs
+        if not all(
+            writer.is_done(out, i, survey.bands) for i in (task[1], task[4]) if i is not None
+        )
+    ]
+    all_ids = np.concatenate([ids, [i for i in twin_ids if i is not None]]).astype(np.int64)
     return _InjectionPlan(measured, int(n_paint), np.asarray(chosen), all_ids, tasks)
