@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -16,8 +17,8 @@ from lensfinder.config import SimulateConfig
 from lensfinder.errors import ConfigError
 from lensfinder.labels import label_rule
 from lensfinder.simulate import simulate, simulate_object
-from lensfinder.simulate.simulation import lens_plan
-from lensfinder.simulate.writer import row_path
+from lensfinder.simulate.simulation import LENS_TWIN, lens_plan, twin_plan
+from lensfinder.simulate.writer import RUN_FILE, read_row, row_path, rows_dir
 from lensfinder.surveys import EUCLID
 
 # lenstronomy 1.14.2 calls numpy's FFT in a way numpy 2 deprecates; not ours to fix
@@ -226,12 +227,70 @@ def test_rerun_skips_finished_objects_and_completes_a_partial_one(simulated, tmp
         simulate(SimulateConfig(**{**vars(CONFIG), "seed": 8}), out, progress=False)
 
 
+def test_a_lens_twin_is_its_lens_without_the_arc():
+    """The same deflector, environment, observing and noise: the observed pair differs by the
+    arc's light (and its photon noise) and nowhere else, and the twin fails the label rule."""
+    config = SimulateConfig(seed=11, supersampling=1)
+    lens = simulate_object(config, 500, True)
+    twin = simulate_object(config, 501, False, twin_of=500)
+    assert (twin.row["kind"], twin.meta["twin_of"], twin.intended_lens) == (LENS_TWIN, 500, False)
+    assert (
+        label_rule(config.label_rule).apply({k: np.array([v]) for k, v in twin.row.items()})[0] == 0
+    )
+    assert twin.row["n_sources"] == 0 and np.isnan(twin.row["mag_eff"])
+    for column in ("ein_area", "mag_lens", "n_gal_3", "n_gal_5", "n_gal_10", "z_lens"):
+        assert twin.row[column] == lens.row[column]  # the same galaxy, its mass and surroundings
+    assert twin.row["ID"] == 501 and (twin.ra, twin.dec) != (lens.ra, lens.dec)
+    for band in EUCLID.bands:
+        seen, unlensed = lens.bands[band.name], twin.bands[band.name]
+        for name in ("central", "field", "stars"):
+            assert np.array_equal(seen.components[name], unlensed.components[name])
+        arc = seen.components["source"]
+        assert unlensed.components["source"].max() == 0 and arc.sum() > 0
+        difference = seen.image.astype(np.float64) - unlensed.image
+        noise = seen.background_noise
+        away = arc < 1e-3 * noise  # the same noise draw: equal up to the arc's photon noise
+        assert np.abs(difference[away]).max() < 0.01 * noise
+        assert difference.sum() == pytest.approx(arc.sum(), abs=3 * noise * np.sqrt((~away).sum()))
+
+
+def test_simulate_writes_lens_twins_by_the_plan_and_resumes_only_with_the_same_share(tmp_path):
+    config = SimulateConfig(n=6, seed=2, supersampling=1, lens_twin_fraction=0.5)
+    plan, twins = lens_plan(config), twin_plan(config, lens_plan(config))
+    assert (twins >= 0).sum() == 2 and plan[twins[twins >= 0]].all() and not plan[twins >= 0].any()
+    assert len(set(twins[twins >= 0])) == 2  # twins of two different lenses
+    out = tmp_path / "sim"
+    result = simulate(config, out, progress=False)
+    assert result.lenses == 3
+    _, header, rows = read_catalogue(layout.catalog_path(out))
+    kinds = [row[header.index("kind")] for row in rows]
+    assert [k == LENS_TWIN for k in kinds] == (twins >= 0).tolist()
+    for position in np.flatnonzero(twins >= 0):
+        twin_id, lens_id = 200000 + int(position), 200000 + int(twins[position])
+        assert read_row(out, twin_id)["meta"]["twin_of"] == lens_id
+        expected = simulate_object(config, twin_id, False, twin_of=lens_id).bands["H"].image
+        assert np.array_equal(image_data(out, "H", twin_id), expected)
+    with pytest.raises(ConfigError, match=r"lens_twin_fraction was 0\.5, now 0\.25"):
+        simulate(
+            SimulateConfig(**{**vars(config), "lens_twin_fraction": 0.25}), out, progress=False
+        )
+    # a simulation made before twins existed (no such setting recorded) resumes without them
+    settings = rows_dir(out) / RUN_FILE
+    recorded = json.loads(settings.read_text())
+    settings.write_text(
+        json.dumps({k: v for k, v in recorded.items() if k != "lens_twin_fraction"})
+    )
+    with pytest.raises(ConfigError, match=r"lens_twin_fraction was 0\.0, now 0\.5"):
+        simulate(config, out, progress=False)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
         ({"n": 0}, "n must be >= 1, got 0"),
         ({"lens_fraction": 1.5}, "lens_fraction must be in"),
         ({"lens_fraction": -0.1}, "lens_fraction must be in"),
+        ({"lens_twin_fraction": 1.5}, "lens_twin_fraction must be in"),
         ({"workers": 0}, "workers"),
         ({"label_rule": "halo_mass > 1e12"}, "does not compute"),
         ({"label_rule": "mag_eff >> 2"}, "cannot read clause"),

@@ -222,7 +222,8 @@ def _same(*names: str, **renamed: str) -> dict[str, str]:
 # (paths, --no-resume, --overwrite, ...) are listed in that test.
 OPTION_FIELDS: dict[str, Settings] = {
     "simulate": Settings(
-        SimulateConfig, _same("n", "seed", "workers", "lens_fraction", "first_id")
+        SimulateConfig,
+        _same("n", "seed", "workers", "lens_fraction", "first_id", "lens_twin_fraction"),
     ),
     "inject": Settings(
         InjectConfig,
@@ -361,6 +362,15 @@ def simulate(
             help="ID of the first object.", min=0, show_default=_shown("simulate", "first_id")
         ),
     ] = None,
+    lens_twin_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="Share of the non-lenses that are a lens's scene without its source.",
+            min=0.0,
+            max=1.0,
+            show_default=_shown("simulate", "lens_twin_fraction"),
+        ),
+    ] = None,
     config: Annotated[str | None, _config_option(SimulateConfig)] = None,
 ) -> None:
     """Simulate Euclid-like cutouts in the Lens Finding Challenge 2 layout."""
@@ -374,6 +384,7 @@ def simulate(
         workers=workers,
         lens_fraction=lens_fraction,
         first_id=first_id,
+        lens_twin_fraction=lens_twin_fraction,
     )
     result = run(cfg, out)
     typer.echo(result.summary())

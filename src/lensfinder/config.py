@@ -145,6 +145,10 @@ class SimulateConfig(Checked):
     # (rings, mergers, blue companions) about twice as common as in a real lens search.
     # "subthreshold": multiply imaged sources that fail the label rule (a non-lens by the rule).
     nonlens_mix: dict[str, float] = field(default_factory=lambda: dict(NONLENS_MIX))
+    # This share of the non-lenses are lens twins (kind "lens_twin"): a lens's own scene drawn
+    # again without its source (the same deflector, environment, observing and noise), so that
+    # the pair differs only by the arc and nothing else in the data tells a lens from a non-lens.
+    lens_twin_fraction: float = 0.0
     # Source morphologies and their shares (all colours, sizes and clumps drawn per source).
     source_mix: dict[str, float] = field(default_factory=lambda: dict(SOURCE_MIX))
     # --- environments: the same around lenses and non-lenses (simulate/sky.py cites them) ---
@@ -192,7 +196,10 @@ class SimulateConfig(Checked):
         problems = _outside(self, ("n", "workers", "supersampling"), 1)
         problems += _outside(self, ("first_id", "seed", "psf_fwhm_scatter", "depth_scatter_mag"), 0)
         problems += _outside(
-            self, ("lens_fraction", "correlated_noise_fraction", "stamp_fraction"), 0, 1
+            self,
+            ("lens_fraction", "correlated_noise_fraction", "stamp_fraction", "lens_twin_fraction"),
+            0,
+            1,
         )
         lo, hi = self.theta_e_range
         if not 0 < lo <= hi or self.theta_e_median <= 0 or self.theta_e_sigma < 0:

@@ -3,9 +3,10 @@
 Each object is a pure function of (seed, ID, lens or not): its generator is
 ``np.random.default_rng([seed, ID])``, so the files are the same whatever the worker count or the
 order objects finish in. Which IDs are lenses is fixed up front (a seeded permutation), so the
-lens fraction is exact. An intended lens whose measured quantities fail the label rule is redrawn
-(new source, then new lens galaxy, a bounded number of times); an intended non-lens with a
-background source that passes the rule is redrawn too.
+lens fraction is exact; so is which non-lenses are lens twins, and of which lens: a twin is drawn
+from its lens's generator and rendered without the source. An intended lens whose measured
+quantities fail the label rule is redrawn (new source, then new lens galaxy, a bounded number of
+times); an intended non-lens with a background source that passes the rule is redrawn too.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ GALAXY_TRIES = 20  # lens galaxies tried per intended lens ...
 SOURCE_TRIES = 25  # ... and sources behind each
 NONLENS_TRIES = 50
 _PLAN_TAG = 0x51D  # keeps the plan's generator apart from the per-object ones
+_TWIN_TAG = 0x7A1  # ... and the twins' plan apart from both
+LENS_TWIN = "lens_twin"  # the kind of a lens's scene drawn again without its source
 
 
 @dataclass
@@ -52,6 +55,7 @@ class SimulatedObject:
     row: dict[str, Any]  # catalogue columns: numbers, and the scene's kind
     observing: Observing = NOMINAL
     bands: dict[str, BandImages] = field(default_factory=dict)  # components + observed image
+    twin_of: int | None = None  # a lens twin's lens (its ID)
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -68,6 +72,7 @@ class SimulatedObject:
             "correlated_noise": self.observing.noise_shift is not None,
             "ra": self.ra,
             "dec": self.dec,
+            "twin_of": self.twin_of,
         }
 
 
@@ -206,17 +211,43 @@ def _draw_nonlens(object_id: int, rng: np.random.Generator, ctx: _Context) -> _D
     )
 
 
+def _without_source(object_id: int, drawn: _Drawn, ctx: _Context) -> _Drawn:
+    """A lens's scene without its source (kind ``lens_twin``): the deflector keeps its mass, so
+    the twin is what the sky would show had nothing been behind it."""
+    scene = dataclasses.replace(
+        drawn[0], kind=LENS_TWIN, source=[], source_family="", source_centre=(math.nan, math.nan)
+    )
+    renderer = ctx.renderer(scene)
+    row = _measure(object_id, renderer, ctx)
+    if _passes(ctx.rule, row):
+        raise ConfigError(f"label rule '{ctx.rule}': a lens without its source passes it")
+    return scene, row, renderer
+
+
 def simulate_object(
-    config: SimulateConfig, object_id: int, intended_lens: bool, observe: bool = True
+    config: SimulateConfig,
+    object_id: int,
+    intended_lens: bool,
+    observe: bool = True,
+    twin_of: int | None = None,
 ) -> SimulatedObject:
-    """Draw, measure and render one object in every band (with noise when ``observe``)."""
-    rng = np.random.default_rng([config.seed, object_id])
+    """Draw, measure and render one object in every band (with noise when ``observe``).
+    ``twin_of``: a lens's ID; the object is then that lens drawn from its own generator (same
+    scene, observing and noise seeds) and rendered without its source, a non-lens at its own
+    sky position (a catalogue holds no two objects at one place)."""
+    drawn_id = object_id if twin_of is None else twin_of
+    rng = np.random.default_rng([config.seed, drawn_id])
     ra, dec = scenes.sky_position(rng)
     ctx = _Context(config, draw_observing(rng, config))
-    draw = _draw_lens if intended_lens else _draw_nonlens
-    scene, row, renderer = draw(object_id, rng, ctx)
+    draw = _draw_lens if intended_lens or twin_of is not None else _draw_nonlens
+    scene, row, renderer = draw(drawn_id, rng, ctx)
     noise_seeds = {band.name: int(rng.integers(2**31 - 1)) for band in ctx.survey.bands}
+    if twin_of is not None:
+        scene, row, renderer = _without_source(object_id, (scene, row, renderer), ctx)
+        intended_lens = False
+        ra, dec = scenes.sky_position(np.random.default_rng([config.seed, object_id]))
     obj = SimulatedObject(object_id, intended_lens, scene, ra, dec, row, ctx.observing)
+    obj.twin_of = twin_of
     obj.row["kind"] = scene.kind  # an extra catalogue column; readers ignore what they lack
     for band in ctx.survey.bands:
         obj.bands[band.name] = renderer.render(band, noise_seeds[band.name] if observe else None)
@@ -235,10 +266,13 @@ def draw_scene(
     return scene, {**row, "kind": scene.kind}
 
 
-def _make_and_write(task: tuple[SimulateConfig, str, int, bool]) -> tuple[int, bool]:
+_Task = tuple[SimulateConfig, str, int, bool, int | None]  # config, root, ID, lens, twin of
+
+
+def _make_and_write(task: _Task) -> tuple[int, bool]:
     """Worker: simulate one object, write its band files, then its row file (last)."""
-    config, root, object_id, intended_lens = task
-    obj = simulate_object(config, object_id, intended_lens)
+    config, root, object_id, intended_lens, twin_of = task
+    obj = simulate_object(config, object_id, intended_lens, twin_of=twin_of)
     survey = get_survey(config.survey)
     for band in survey.bands:
         image = obj.bands[band.name].image
@@ -258,6 +292,17 @@ def lens_plan(config: SimulateConfig) -> np.ndarray:
     plan = np.zeros(config.n, dtype=bool)
     plan[order[:n_lenses]] = True
     return plan
+
+
+def twin_plan(config: SimulateConfig, plan: np.ndarray) -> np.ndarray:
+    """Per object, the position of the lens it is a twin of, or -1: round(non-lenses x
+    lens_twin_fraction) non-lenses, each the twin of another lens (as many as there are)."""
+    lenses, nonlenses = np.flatnonzero(plan), np.flatnonzero(~plan)
+    n_twins = min(round(len(nonlenses) * config.lens_twin_fraction), len(lenses))
+    rng = np.random.default_rng([config.seed, config.n, _TWIN_TAG])
+    twins = np.full(config.n, -1, dtype=np.int64)
+    twins[rng.permutation(nonlenses)[:n_twins]] = rng.permutation(lenses)[:n_twins]
+    return twins
 
 
 def validate(config: SimulateConfig) -> tuple[Survey, LabelRule]:
@@ -304,6 +349,7 @@ def _population_summary(config: SimulateConfig) -> str:
         "source_mag_range",
         "psf_family",
         "nonlens_mix",
+        "lens_twin_fraction",
     )
     settings = to_dict(config)
     return "; ".join(f"{k}={settings[k]}" for k in keys)
@@ -368,13 +414,16 @@ def _simulate_locked(config: SimulateConfig, out: Path, progress: bool) -> Simul
     writer.check_run_settings(
         out,
         {k: v for k, v in to_dict(config).items() if k != "workers"} | {"label_rule": str(rule)},
+        added={"lens_twin_fraction": 0.0},  # simulations made before twins existed resume
     )
     ids = config.first_id + np.arange(config.n)
     plan = lens_plan(config)
-    tasks = [
-        (config, str(out), int(object_id), bool(is_lens))
-        for object_id, is_lens in zip(ids, plan, strict=True)
-        if not writer.is_done(out, int(object_id), survey.bands)
+    twins = twin_plan(config, plan)
+    partners = [int(ids[t]) if t >= 0 else None for t in twins]
+    tasks: list[_Task] = [
+        (config, str(out), int(ids[i]), bool(plan[i]), partners[i])
+        for i in range(config.n)
+        if not writer.is_done(out, int(ids[i]), survey.bands)
     ]
     skipped = config.n - len(tasks)
     start = time.perf_counter()
