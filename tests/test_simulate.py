@@ -122,11 +122,14 @@ def test_lenses_carry_source_light_around_the_einstein_radius(simulated):
     source: lensed light sits within ~2 Einstein radii for lenses, not for non-lenses."""
     out, _ = simulated
     plan = lens_plan(CONFIG)
+    twins = twin_plan(CONFIG, plan)
+    assert (twins >= 0).sum() == 1  # the default share (0.25) of the 5 non-lenses
     x = (np.arange(200) - 99.5) * 0.1
     radius = np.hypot(*np.meshgrid(x, x))
     snr = {True: [], False: []}
-    for object_id, is_lens in zip(IDS, plan, strict=True):
-        obj = simulate_object(CONFIG, object_id, bool(is_lens))
+    for object_id, is_lens, twin in zip(IDS, plan, twins, strict=True):
+        twin_of = IDS[twin] if twin >= 0 else None
+        obj = simulate_object(CONFIG, object_id, bool(is_lens), twin_of=twin_of)
         vis = obj.bands["VIS"]
         written = image_data(out, "VIS", object_id)
         assert np.array_equal(vis.image, written)  # an object is a pure function of (seed, ID)
@@ -261,7 +264,7 @@ def test_simulate_writes_lens_twins_by_the_plan_and_resumes_only_with_the_same_s
     assert len(set(twins[twins >= 0])) == 2  # twins of two different lenses
     out = tmp_path / "sim"
     result = simulate(config, out, progress=False)
-    assert result.lenses == 3
+    assert result.lenses == 3 and "(2 non-lenses are lens twins)" in result.summary()
     _, header, rows = read_catalogue(layout.catalog_path(out))
     kinds = [row[header.index("kind")] for row in rows]
     assert [k == LENS_TWIN for k in kinds] == (twins >= 0).tolist()

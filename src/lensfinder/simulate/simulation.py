@@ -88,6 +88,7 @@ class SimulateResult:
     seconds: float
     workers: int
     label_rule: str
+    twins: int = 0  # non-lenses that are a lens's scene without its source (lens_twin_fraction)
 
     @property
     def rate(self) -> float:
@@ -97,10 +98,11 @@ class SimulateResult:
     def summary(self) -> str:
         done = f" ({self.skipped} already done)" if self.skipped else ""
         preview = f"; preview {self.preview}" if self.preview else ""
+        twins = f" ({self.twins} non-lenses are lens twins)" if self.twins else ""
         return (
             f"simulated {self.written} cutouts{done} into {self.out} in {self.seconds:.1f} s "
             f"({self.rate:.2f}/s, {self.workers} worker(s)); {self.lenses}/{self.n} lenses by "
-            f"'{self.label_rule}'; catalogue {self.catalog}{preview}"
+            f"'{self.label_rule}'{twins}; catalogue {self.catalog}{preview}"
         )
 
 
@@ -454,4 +456,5 @@ def _simulate_locked(config: SimulateConfig, out: Path, progress: bool) -> Simul
         seconds=seconds,
         workers=workers,
         label_rule=str(rule),
+        twins=int((twins >= 0).sum()),
     )
