@@ -148,7 +148,7 @@ class SimulateConfig(Checked):
     # This share of the non-lenses are lens twins (kind "lens_twin"): a lens's own scene drawn
     # again without its source (the same deflector, environment, observing and noise), so that
     # the pair differs only by the arc and nothing else in the data tells a lens from a non-lens.
-    lens_twin_fraction: float = 0.25
+    lens_twin_fraction: float = 0.0
     # Source morphologies and their shares (all colours, sizes and clumps drawn per source).
     source_mix: dict[str, float] = field(default_factory=lambda: dict(SOURCE_MIX))
     # --- environments: the same around lenses and non-lenses (simulate/sky.py cites them) ---

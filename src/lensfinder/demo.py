@@ -187,7 +187,6 @@ def _scan_field(
         seed=cfg.seed + 1,
         lens_fraction=cfg.field_lens_fraction,
         first_id=sim.first_id + 100000,
-        lens_twin_fraction=0.0,  # twins teach training; a survey field has none
     )
     header = f"Simulating a field of {cfg.n_field} cutouts with few lenses"
     steps.run(header, "simulate", simulate, field_sim, paths["field layout"])
