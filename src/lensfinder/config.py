@@ -148,6 +148,9 @@ class SimulateConfig(Checked):
     # This share of the non-lenses are lens twins (kind "lens_twin"): a lens's own scene drawn
     # again without its source (the same deflector, environment, observing and noise), so that
     # the pair differs only by the arc and nothing else in the data tells a lens from a non-lens.
+    # Off: at 0.25, cpu-small on the shifted set gained AUROC on two seeds of three (+0.011,
+    # -0.006, +0.014) but not at FPR 1e-3, lost on the real-morphology HDF discs (the twins
+    # displace a quarter of the other non-lenses), and cpu-best did not move (README, "Session 17").
     lens_twin_fraction: float = 0.0
     # Source morphologies and their shares (all colours, sizes and clumps drawn per source).
     source_mix: dict[str, float] = field(default_factory=lambda: dict(SOURCE_MIX))
