@@ -189,6 +189,7 @@ Models = Annotated[
 Data = Annotated[Path, typer.Option("--data", "-d", help="A packed store or a challenge layout.")]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Output directory.", callback=_output_dir)]
 Count = {"min": 1}  # typer.Option keywords of a count: at least 1
+Share = {"min": 0.0, "max": 1.0}  # ... and of a fraction
 
 
 def _budget(text: str) -> str:
@@ -351,8 +352,7 @@ def simulate(
         float | None,
         typer.Option(
             help="Fraction of lenses.",
-            min=0.0,
-            max=1.0,
+            **Share,
             show_default=_shown("simulate", "lens_fraction"),
         ),
     ] = None,
@@ -366,8 +366,7 @@ def simulate(
         float | None,
         typer.Option(
             help="Share of the non-lenses that are a lens's scene without its source.",
-            min=0.0,
-            max=1.0,
+            **Share,
             show_default=_shown("simulate", "lens_twin_fraction"),
         ),
     ] = None,
@@ -401,8 +400,7 @@ def inject(
         float | None,
         typer.Option(
             help="Fraction of the field's cutouts to paint a lensed source on.",
-            min=0.0,
-            max=1.0,
+            **Share,
             show_default=_shown("inject", "paint_fraction"),
         ),
     ] = None,
@@ -518,8 +516,7 @@ def simulate_tile(
         float | None,
         typer.Option(
             help="Share of galaxies drawn as lenses.",
-            min=0.0,
-            max=1.0,
+            **Share,
             show_default=_shown("simulate-tile", "lens_fraction"),
         ),
     ] = None,
@@ -990,12 +987,8 @@ def gallery(
             help="How many top candidates.", show_default=_shown("gallery", "top"), **Count
         ),
     ] = None,
-    score_min: Annotated[
-        float | None, typer.Option(help="Lowest score to show.", min=0.0, max=1.0)
-    ] = None,
-    score_max: Annotated[
-        float | None, typer.Option(help="Highest score to show.", min=0.0, max=1.0)
-    ] = None,
+    score_min: Annotated[float | None, typer.Option(help="Lowest score to show.", **Share)] = None,
+    score_max: Annotated[float | None, typer.Option(help="Highest score to show.", **Share)] = None,
     known_lenses: Annotated[
         str | None,
         typer.Option(help="Flag known lenses: a catalogue file, or 'lenscat'."),
@@ -1074,8 +1067,7 @@ def inspect(
         float | None,
         typer.Option(
             help="Share of the queue that is sentinels.",
-            min=0.0,
-            max=1.0,
+            **Share,
             show_default=_shown("inspect", "sentinel_rate"),
         ),
     ] = None,
