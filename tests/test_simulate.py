@@ -259,7 +259,8 @@ def test_a_lens_twin_is_its_lens_without_the_arc():
 
 def test_simulate_writes_lens_twins_by_the_plan_and_resumes_only_with_the_same_share(tmp_path):
     config = SimulateConfig(n=6, seed=2, supersampling=1, lens_twin_fraction=0.5)
-    plan, twins = lens_plan(config), twin_plan(config, lens_plan(config))
+    plan = lens_plan(config)
+    twins = twin_plan(config, plan)
     assert (twins >= 0).sum() == 2 and plan[twins[twins >= 0]].all() and not plan[twins >= 0].any()
     assert len(set(twins[twins >= 0])) == 2  # twins of two different lenses
     out = tmp_path / "sim"

@@ -248,8 +248,9 @@ def simulate_object(
         scene, row, renderer = _without_source(object_id, (scene, row, renderer), ctx)
         intended_lens = False
         ra, dec = scenes.sky_position(np.random.default_rng([config.seed, object_id]))
-    obj = SimulatedObject(object_id, intended_lens, scene, ra, dec, row, ctx.observing)
-    obj.twin_of = twin_of
+    obj = SimulatedObject(
+        object_id, intended_lens, scene, ra, dec, row, ctx.observing, twin_of=twin_of
+    )
     obj.row["kind"] = scene.kind  # an extra catalogue column; readers ignore what they lack
     for band in ctx.survey.bands:
         obj.bands[band.name] = renderer.render(band, noise_seeds[band.name] if observe else None)
