@@ -16,6 +16,10 @@ noise texture and confuser mix) is made twice, with different seeds:
   non-lens, so single runs differ there by seed noise; scored beside the evaluation copy's lenses,
   the tail copy's non-lenses put ~``tail-n / 1000`` false positives at that point and give it a
   bootstrap CI (``tail`` in each row).
+- with ``--real-neighbours`` (in a ``--workdir`` of their own): the three copies again with
+  every blue neighbour (field galaxies, satellites, compact companions) a Hubble Deep Field
+  galaxy. On independent data the failure is neighbours and companions taken for arcs, and
+  real neighbours are real galaxies, where the default sets' are parametric.
 
 Each ``--model LABEL=RUN`` (a run or ensemble directory, trained however its label says) is
 scored with D4 test-time augmentation on the evaluation copy: AUROC with its bootstrap CI, TPR0,
@@ -44,20 +48,32 @@ TAIL_FPRS = (1e-2, 1e-3)
 TOP_KINDS = 20  # kinds of this many highest-scoring non-lenses are reported
 
 
-def make_sets(workdir: Path, n_eval: int, n_field: int, workers: int) -> tuple[Path, Path]:
+def make_sets(
+    workdir: Path, n_eval: int, n_field: int, workers: int, variant: dict[str, Any] | None = None
+) -> tuple[Path, Path]:
     """The evaluation copy and the unlabelled field copy (resumable)."""
-    evaluation = shift.shifted_store(workdir, n_eval, 990, workers)
+    evaluation = shift.shifted_store(workdir, n_eval, 990, workers, variant=variant)
     field = shift.shifted_store(
-        workdir, n_field, FIELD_SEED, workers, lens_fraction=FIELD_LENS_FRACTION, name="field"
+        workdir,
+        n_field,
+        FIELD_SEED,
+        workers,
+        lens_fraction=FIELD_LENS_FRACTION,
+        name="field",
+        variant=variant,
     )
     return evaluation, field
 
 
-def tail_copy(workdir: Path, n: int, workers: int) -> Path | None:
+def tail_copy(
+    workdir: Path, n: int, workers: int, variant: dict[str, Any] | None = None
+) -> Path | None:
     """Non-lenses only, made like the evaluation copy with another seed (resumable)."""
     if n <= 0:
         return None
-    return shift.shifted_store(workdir, n, TAIL_SEED, workers, lens_fraction=0.0, name="tail")
+    return shift.shifted_store(
+        workdir, n, TAIL_SEED, workers, lens_fraction=0.0, name="tail", variant=variant
+    )
 
 
 def score_with_kinds(
@@ -383,12 +399,18 @@ def main() -> None:
         action="store_true",
         help="read back an earlier evaluation of the same model (eval/NAME) instead of rescoring",
     )
+    parser.add_argument(
+        "--real-neighbours",
+        action="store_true",
+        help="every blue neighbour a Hubble Deep Field galaxy (with its own --workdir)",
+    )
     parser.add_argument("--bootstrap", type=int, default=1000)
     common.add_json_argument(parser)
     args = parser.parse_args()
     print(common.machine_line())
-    evaluation, field = make_sets(args.workdir, args.n, args.n_field, args.workers)
-    tail = tail_copy(args.workdir, args.tail_n, args.workers)
+    variant = shift.REAL_NEIGHBOURS if args.real_neighbours else None
+    evaluation, field = make_sets(args.workdir, args.n, args.n_field, args.workers, variant)
+    tail = tail_copy(args.workdir, args.tail_n, args.workers, variant)
     print(f"field copy (for --adapt): {field}\nevaluation copy: {evaluation}\ntail copy: {tail}")
     if args.make_sets:
         return
@@ -441,7 +463,7 @@ def main() -> None:
         __file__,
         rows + [{**r, "on": "field"} for r in field_rows],
         {
-            "shift_settings": shift.SHIFT_SETTINGS,
+            "shift_settings": {**shift.SHIFT_SETTINGS, **(variant or {})},
             "field_seed": FIELD_SEED,
             "tail_seed": TAIL_SEED,
             "tail_n": args.tail_n,

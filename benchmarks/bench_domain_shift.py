@@ -39,9 +39,11 @@ SHIFT_SETTINGS: dict[str, Any] = {
     "depth_scatter_mag": 0.6,
     "correlated_noise_fraction": 1.0,
     "theta_e_median": 0.7,
-    # the sets as first made (before the training population's radii were broadened)
+    # the sets as first made (before the training population's radii were broadened, and before
+    # blue neighbours could take the sources' looks: ``REAL_NEIGHBOURS`` makes that variant)
     "theta_e_broad_fraction": 0.0,
     "ring_radius_like_lenses": False,
+    "irregular_neighbour_fraction": 0.0,
     "nonlens_mix": {
         "elliptical": 0.2,
         "spiral": 0.2,
@@ -52,6 +54,12 @@ SHIFT_SETTINGS: dict[str, Any] = {
         "satellites": 0.1,
     },
 }
+
+
+# The "real neighbours" variant: every blue neighbour (field galaxy, satellite, companion) a
+# Hubble Deep Field galaxy, as every neighbour on real survey cutouts is a real galaxy; the
+# failure on independent data is neighbours and companions taken for arcs.
+REAL_NEIGHBOURS: dict[str, Any] = {"irregular_neighbour_fraction": 1.0}
 
 
 def make_hdf_stamps(out: Path) -> int:
@@ -94,12 +102,19 @@ def make_hdf_stamps(out: Path) -> int:
 
 
 def shifted_store(
-    workdir: Path, n: int, seed: int, workers: int, lens_fraction: float = 0.5, name: str = "shift"
+    workdir: Path,
+    n: int,
+    seed: int,
+    workers: int,
+    lens_fraction: float = 0.5,
+    name: str = "shift",
+    variant: dict[str, Any] | None = None,
 ) -> Path:
     """Simulate (resumably) and pack a shifted set into ``workdir/<name>.zarr``; returns the store.
 
     The evaluation copy is ``shift`` (half lenses); the domain-adaptation benchmark also makes an
-    unlabelled field copy with another seed and few lenses, as a survey field has.
+    unlabelled field copy with another seed and few lenses, as a survey field has. ``variant``:
+    settings over ``SHIFT_SETTINGS`` (e.g. ``REAL_NEIGHBOURS``).
     """
     from lensfinder.config import SimulateConfig, from_dict
     from lensfinder.data.store import pack
@@ -109,6 +124,7 @@ def shifted_store(
     print(f"HDF stamps: {make_hdf_stamps(stamps)} galaxies in {stamps}")
     settings = {
         **SHIFT_SETTINGS,
+        **(variant or {}),
         "n": n,
         "seed": seed,
         "workers": workers,

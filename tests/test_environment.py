@@ -244,6 +244,7 @@ def test_truncated_neighbours_keep_their_flux_and_fade_to_nothing_at_the_edge():
         ({"field_mag_range": (25.5, 18.0)}, "field_mag_range must be (low, high)"),
         ({"group_members": (0, 3)}, "group_members must be"),
         ({"field_count_slope": 0.0}, "field_count_slope must be > 0"),
+        ({"irregular_neighbour_fraction": 1.2}, "irregular_neighbour_fraction must be in [0, 1]"),
     ],
 )
 def test_impossible_environment_settings_are_one_line_config_errors(overrides, message):
@@ -276,3 +277,41 @@ def test_irregular_nonlenses_are_drawn_at_their_share_of_the_mix():
     kinds = [scenes.draw_nonlens_kind(rng, DEFAULT) for _ in range(N)]
     share = NONLENS_MIX["irregular"] / sum(NONLENS_MIX.values())
     assert kinds.count("irregular") / N == pytest.approx(share, abs=4 * math.sqrt(share / N))
+
+
+def _blue_neighbour_looks(config: SimulateConfig) -> tuple[int, int]:
+    """(blue field galaxies, satellites and companions; lights drawn as shapelet stamps) over
+    non-lens scenes of every kind, sources all shapelets so a source's look is told by profile."""
+    config = dataclasses.replace(config, source_mix={"shapelets": 1.0})
+    drawn = draw(config, lens=False, n=300, seed=11)
+    blue = sum(
+        nb.blue and nb.origin in ("field", "satellite", "companion")
+        for s in drawn
+        for nb in s.neighbours
+    )
+    return blue, sum(light.profile == "INTERPOL" for s in drawn for light in s.field)
+
+
+def test_blue_neighbours_take_the_sources_looks_at_their_share():
+    """irregular_neighbour_fraction: that share of the blue neighbours (field galaxies,
+    satellites, compact companions) is drawn from the lensed sources' families, so a source's
+    look beside a galaxy never marks a lens; none at the default share."""
+    half = dataclasses.replace(DEFAULT, irregular_neighbour_fraction=0.5)
+    blue, looks = _blue_neighbour_looks(half)
+    assert blue > 500
+    assert looks / blue == pytest.approx(0.5, abs=4 * math.sqrt(0.25 / blue))
+    assert _blue_neighbour_looks(DEFAULT)[1] == 0
+
+
+def test_neighbours_with_the_sources_looks_keep_the_cited_counts_and_magnitudes(default_scenes):
+    """The looks change how a blue neighbour is drawn, not where or how bright: n_gal_3/5/10
+    keep the default's distribution and each look's flux is its neighbour's magnitude."""
+    config = dataclasses.replace(DEFAULT, irregular_neighbour_fraction=1.0)
+    before, after = counts(default_scenes[1]), counts(draw(config, lens=False, n=500, seed=1))
+    for column in range(before.shape[1]):
+        assert stats.mannwhitneyu(before[:, column], after[:, column]).pvalue > 1e-3
+    d = scenes._Draw(np.random.default_rng(3), BANDS)
+    for _ in range(50):
+        mag = d.u(20.0, 25.0)
+        lights = scenes._neighbour_galaxy(d, mag, 1.0, 2.0, True, config)
+        assert scenes.total_magnitude(lights, BANDS[0].name) == pytest.approx(mag, abs=0.2)

@@ -288,6 +288,23 @@ def test_simulate_writes_lens_twins_by_the_plan_and_resumes_only_with_the_same_s
         simulate(config, out, progress=False)
 
 
+def test_a_simulation_made_before_irregular_neighbours_resumes_and_a_new_share_is_refused(
+    tmp_path,
+):
+    config = SimulateConfig(n=2, seed=2, supersampling=1)
+    out = tmp_path / "sim"
+    simulate(config, out, progress=False)
+    settings = rows_dir(out) / RUN_FILE
+    recorded = json.loads(settings.read_text())
+    assert recorded["irregular_neighbour_fraction"] == 0.0
+    del recorded["irregular_neighbour_fraction"]
+    settings.write_text(json.dumps(recorded))
+    assert simulate(config, out, progress=False).lenses == 1  # absent means 0: it resumes
+    changed = SimulateConfig(**{**vars(config), "irregular_neighbour_fraction": 0.5})
+    with pytest.raises(ConfigError, match=r"irregular_neighbour_fraction was 0\.0, now 0\.5"):
+        simulate(changed, out, progress=False)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

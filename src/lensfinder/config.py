@@ -165,6 +165,11 @@ class SimulateConfig(Checked):
     field_mag_range: tuple[float, float] = (18.0, 25.5)  # VIS; also the faintest companion drawn
     field_exclusion_radius: float = 0.3  # arcsec: closer than this, a blend with the nucleus
     field_blue_fraction: float = 0.75  # star-forming share of field galaxies
+    # This share of the blue neighbours (field galaxies, satellites, companions) take the lensed
+    # sources' own morphologies (source_mix: clumps, lobes, edge-on, shapelets; stamps where
+    # given): irregular and peculiar galaxies are a third to a half of faint field galaxies, so
+    # a source's look beside a galaxy must not mean "arc".
+    irregular_neighbour_fraction: float = 0.0
     # Satellites of the central galaxy: Poisson mean within satellite_max_gap mag of it,
     # projected density ~ 1/R (uniform in R) between the radii, aligned with its major axis;
     # dN/d(gap) ~ 10^(satellite_gap_slope gap): ~9% within 1.5 mag (major pairs).
@@ -220,6 +225,7 @@ class SimulateConfig(Checked):
             (
                 "field_blue_fraction", "satellite_blue_fraction", "group_fraction",
                 "group_red_fraction", "tidal_fraction", "near_caustic_fraction",
+                "irregular_neighbour_fraction",
             ),
             0,
             1,

@@ -514,27 +514,33 @@ def _merger(d: _Draw) -> tuple[list[Light], list[Light], list[Neighbour]]:
     return central, companion, [neighbour]
 
 
-def _compact_blue(d: _Draw, x: float, y: float) -> Light:
-    return d.sersic(
-        d.mags(d.u(22.0, 25.5), d.normal(0.3, 0.4, -0.5, 1.5)),
-        d.lognormal(0.12, 0.5, 0.04, 0.35),
-        d.u(0.5, 2.0),
-        d.u(0.4, 1.0),
-        d.angle(),
-        x,
-        y,
-    )
+def _compact_blue(
+    d: _Draw, x: float, y: float, config: SimulateConfig | None, stamps: StampLibrary | None
+) -> tuple[list[Light], float]:
+    """A small blue galaxy and its magnitude in the bluest band: a compact Sersic, or a
+    source's look (``_source_look``)."""
+    mag, colour = d.u(22.0, 25.5), d.normal(0.3, 0.4, -0.5, 1.5)
+    mags = d.mags(mag, colour)
+    radius = d.lognormal(0.12, 0.5, 0.04, 0.35)
+    look = _source_look(d, config, stamps, mag, colour, radius, x, y)
+    if look is not None:
+        return look, total_magnitude(look, d.blue_band)
+    return [d.sersic(mags, radius, d.u(0.5, 2.0), d.u(0.4, 1.0), d.angle(), x, y)], mags[
+        d.blue_band
+    ]
 
 
-def _satellites(d: _Draw) -> tuple[list[Light], list[Neighbour]]:
+def _satellites(
+    d: _Draw, config: SimulateConfig | None = None, stamps: StampLibrary | None = None
+) -> tuple[list[Light], list[Neighbour]]:
     """2-6 small blue galaxies 0.6-3" from the centre (not lensed): fake 'multiple images'."""
     lights, neighbours = [], []
     for _ in range(int(d.rng.integers(2, 7))):
         r, a = d.u(0.6, 3.0), d.angle() * 2
         x, y = r * math.cos(a), r * math.sin(a)
-        light = _compact_blue(d, x, y)
-        lights.append(light)
-        neighbours.append(Neighbour(x, y, light.mags[d.blue_band], "companion", True))
+        light, mag = _compact_blue(d, x, y, config, stamps)
+        lights += light
+        neighbours.append(Neighbour(x, y, mag, "companion", True))
     return lights, neighbours
 
 
@@ -547,12 +553,44 @@ def _galaxy_size(d: _Draw, mag: float) -> float:
     return d.lognormal(0.3 * 10 ** (-0.1 * (mag - 24.0)), 0.35, 0.05, 2.5)
 
 
-def _neighbour_galaxy(d: _Draw, mag: float, x: float, y: float, blue: bool) -> list[Light]:
+def _source_look(
+    d: _Draw,
+    config: SimulateConfig | None,
+    stamps: StampLibrary | None,
+    mag: float,
+    colour: float,
+    radius: float,
+    x: float,
+    y: float,
+) -> list[Light] | None:
+    """A blue neighbour drawn, ``config.irregular_neighbour_fraction`` of the time, from the
+    lensed sources' own morphologies (clumpy, multi-lobed, edge-on, shapelets; real stamps
+    where given), else None. Irregular and peculiar galaxies are a third to a half of faint
+    field galaxies (Abraham et al. 1996; Brinchmann et al. 1998), so a source's look beside a
+    galaxy must not mean "arc". Nothing is drawn at a share of 0: older simulations replay."""
+    share = 0.0 if config is None else config.irregular_neighbour_fraction
+    if config is None or share <= 0 or d.rng.random() >= share:
+        return None
+    return _source_morphology(d, config, stamps, mag, colour, radius, x, y)[1]
+
+
+def _neighbour_galaxy(
+    d: _Draw,
+    mag: float,
+    x: float,
+    y: float,
+    blue: bool,
+    config: SimulateConfig | None = None,
+    stamps: StampLibrary | None = None,
+) -> list[Light]:
     """A field galaxy or satellite: a blue star-forming disc (with knots when bright enough to
-    show them) or a red spheroid."""
+    show them, or a source's look: ``_source_look``) or a red spheroid."""
     radius = _galaxy_size(d, mag)
     if blue:
         colour = d.normal(0.6, 0.35, -0.5, 1.8)
+        look = _source_look(d, config, stamps, mag, colour, radius, x, y)
+        if look is not None:
+            return look
         if mag < 23.0:
             return _sersic_with_clumps(d, mag, colour, radius, x, y)
         q, n = d.u(0.25, 1.0), d.u(0.6, 1.8)
@@ -561,7 +599,9 @@ def _neighbour_galaxy(d: _Draw, mag: float, x: float, y: float, blue: bool) -> l
     return [d.sersic(d.mags(mag, colour), radius, d.u(2.5, 5.0), d.u(0.5, 1.0), d.angle(), x, y)]
 
 
-def _field_galaxies(d: _Draw, config: SimulateConfig) -> tuple[list[Light], list[Neighbour]]:
+def _field_galaxies(
+    d: _Draw, config: SimulateConfig, stamps: StampLibrary | None
+) -> tuple[list[Light], list[Neighbour]]:
     """Unrelated galaxies: a Poisson number from the sky's counts, uniform over the cutout."""
     exclusion = config.field_exclusion_radius
     area = (2 * FIELD_HALF_WIDTH) ** 2 - math.pi * exclusion**2
@@ -572,13 +612,13 @@ def _field_galaxies(d: _Draw, config: SimulateConfig) -> tuple[list[Light], list
     for mag in mags.tolist():
         x, y = _field_position(d, exclusion, FIELD_HALF_WIDTH)
         blue = bool(d.rng.random() < config.field_blue_fraction)
-        lights += _neighbour_galaxy(d, mag, x, y, blue)
+        lights += _neighbour_galaxy(d, mag, x, y, blue, config, stamps)
         neighbours.append(Neighbour(x, y, mag, "field", blue))
     return lights, neighbours
 
 
 def _satellites_of(
-    d: _Draw, host_mag: float, host_phi: float, config: SimulateConfig
+    d: _Draw, host_mag: float, host_phi: float, config: SimulateConfig, stamps: StampLibrary | None
 ) -> tuple[list[Light], list[Neighbour]]:
     """The central galaxy's own satellites: a Poisson number, magnitude gaps from a power law,
     uniform in radius (projected density ~ 1/R), along the host's major axis (sky.py); those
@@ -595,7 +635,7 @@ def _satellites_of(
         if mag > config.field_mag_range[1]:
             continue
         x, y = r * math.cos(angle), r * math.sin(angle)
-        lights += _neighbour_galaxy(d, mag, x, y, blue)
+        lights += _neighbour_galaxy(d, mag, x, y, blue, config, stamps)
         neighbours.append(Neighbour(x, y, mag, "satellite", blue))
     return lights, neighbours
 
@@ -645,7 +685,9 @@ def _tidal_debris(d: _Draw, host_mag: float, host_phi: float) -> list[Light]:
     )
 
 
-def _look_alike_for_lens(d: _Draw, scene: Scene, host_mag: float, config: SimulateConfig) -> None:
+def _look_alike_for_lens(
+    d: _Draw, scene: Scene, host_mag: float, config: SimulateConfig, stamps: StampLibrary | None
+) -> None:
     """A lens galaxy gets the non-lens mix's look-alike systems (a rich system of compact blue
     satellites, a merging companion with tails) as often as a non-lens is one, so that they
     never mark a non-lens."""
@@ -653,7 +695,7 @@ def _look_alike_for_lens(d: _Draw, scene: Scene, host_mag: float, config: Simula
     total = sum(shares.values())
     u = d.rng.random() * total
     if u < shares.get("satellites", 0.0):
-        lights, neighbours = _satellites(d)
+        lights, neighbours = _satellites(d, config, stamps)
         scene.environment.append("satellites")
     elif u < shares.get("satellites", 0.0) + shares.get("merger", 0.0):
         ratio = d.u(0.15, 1.0)  # companion over host flux, as in a non-lens merger
@@ -697,11 +739,15 @@ def star_mags(rng: np.random.Generator, bands: Sequence[Band]) -> dict[str, floa
 
 
 def field_galaxy(
-    rng: np.random.Generator, bands: Sequence[Band], mag: float, blue: bool
+    rng: np.random.Generator,
+    bands: Sequence[Band],
+    mag: float,
+    blue: bool,
+    config: SimulateConfig | None = None,
 ) -> list[Light]:
     """One field galaxy of VIS magnitude ``mag`` centred on the origin, drawn as the unrelated
     galaxies around every cutout are (``simulate.tile`` places them on a mosaic)."""
-    return _neighbour_galaxy(_Draw(rng, bands), mag, 0.0, 0.0, blue)
+    return _neighbour_galaxy(_Draw(rng, bands), mag, 0.0, 0.0, blue, config)
 
 
 def _field_position(d: _Draw, min_radius: float, half_width: float) -> tuple[float, float]:
@@ -922,7 +968,7 @@ def draw_nonlens(
     if kind in ("elliptical", "elliptical+source", "satellites", "subthreshold"):
         scene = draw_lens_galaxy(rng, bands, kind, config)
         if kind == "satellites":
-            scene.field, scene.neighbours = _satellites(d)
+            scene.field, scene.neighbours = _satellites(d, config, stamps)
             scene.environment.append("satellites")
         return scene
     z = d.normal(0.4, 0.2, 0.05, 1.2)
@@ -947,7 +993,11 @@ def draw_nonlens_kind(rng: np.random.Generator, config: SimulateConfig) -> str:
 
 
 def add_field(
-    rng: np.random.Generator, bands: Sequence[Band], scene: Scene, config: SimulateConfig
+    rng: np.random.Generator,
+    bands: Sequence[Band],
+    scene: Scene,
+    config: SimulateConfig,
+    stamps: StampLibrary | None = None,
 ) -> None:
     """The environment of a central galaxy, drawn from one distribution whatever the label:
     field galaxies, its satellites, its group (sometimes), tidal debris (sometimes), stars;
@@ -955,9 +1005,9 @@ def add_field(
     d = _Draw(rng, bands)
     host_mag, host_phi = _host(d, scene)
     if scene.kind == "lens":
-        _look_alike_for_lens(d, scene, host_mag, config)
-    lights, neighbours = _field_galaxies(d, config)
-    more_lights, more_neighbours = _satellites_of(d, host_mag, host_phi, config)
+        _look_alike_for_lens(d, scene, host_mag, config, stamps)
+    lights, neighbours = _field_galaxies(d, config, stamps)
+    more_lights, more_neighbours = _satellites_of(d, host_mag, host_phi, config, stamps)
     lights, neighbours = lights + more_lights, neighbours + more_neighbours
     if d.rng.random() < config.group_fraction:
         more_lights, more_neighbours = _group_members(d, host_mag, config)

@@ -167,7 +167,7 @@ _Drawn = tuple[scenes.Scene, dict[str, float], SceneRenderer]
 def _draw_lens(object_id: int, rng: np.random.Generator, ctx: _Context) -> _Drawn:
     for _ in range(GALAXY_TRIES):
         scene = scenes.draw_lens_galaxy(rng, ctx.survey.bands, "lens", ctx.config)
-        scenes.add_field(rng, ctx.survey.bands, scene, ctx.config)
+        scenes.add_field(rng, ctx.survey.bands, scene, ctx.config, ctx.stamps)
         renderer = ctx.renderer(scene)
         for _ in range(SOURCE_TRIES):
             ctx.source(rng, scene, "lensed")
@@ -187,7 +187,7 @@ def _draw_nonlens(object_id: int, rng: np.random.Generator, ctx: _Context) -> _D
     fallback: _Drawn | None = None
     for _ in range(NONLENS_TRIES):
         scene = scenes.draw_nonlens(rng, ctx.survey.bands, kind, ctx.config, ctx.stamps)
-        scenes.add_field(rng, ctx.survey.bands, scene, ctx.config)
+        scenes.add_field(rng, ctx.survey.bands, scene, ctx.config, ctx.stamps)
         renderer = ctx.renderer(scene)
         if kind not in ("elliptical+source", "subthreshold"):
             row = _measure(object_id, renderer, ctx)
@@ -353,6 +353,7 @@ def _population_summary(config: SimulateConfig) -> str:
         "psf_family",
         "nonlens_mix",
         "lens_twin_fraction",
+        "irregular_neighbour_fraction",
     )
     settings = to_dict(config)
     return "; ".join(f"{k}={settings[k]}" for k in keys)
@@ -417,7 +418,8 @@ def _simulate_locked(config: SimulateConfig, out: Path, progress: bool) -> Simul
     writer.check_run_settings(
         out,
         {k: v for k, v in to_dict(config).items() if k != "workers"} | {"label_rule": str(rule)},
-        added={"lens_twin_fraction": 0.0},  # simulations made before twins existed resume
+        # simulations made before these settings existed resume
+        added={"lens_twin_fraction": 0.0, "irregular_neighbour_fraction": 0.0},
     )
     ids = config.first_id + np.arange(config.n)
     plan = lens_plan(config)

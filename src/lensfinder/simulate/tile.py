@@ -207,7 +207,7 @@ def _scene(config: TileSimulateConfig, obj: TileObject) -> tuple[scenes.Scene, d
     rng = _object_rng(config, obj)
     bands = EUCLID.bands
     if obj.kind == "galaxy":
-        lights = scenes.field_galaxy(rng, bands, obj.mag, obj.blue)
+        lights = scenes.field_galaxy(rng, bands, obj.mag, obj.blue, config.population)
         kind = "field_blue" if obj.blue else "field_red"
         return scenes.Scene(kind=kind, central_type="field", central=lights), {"kind": kind}
     # The tile is the field: no unrelated neighbours or stars around each scene.
