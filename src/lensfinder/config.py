@@ -168,7 +168,9 @@ class SimulateConfig(Checked):
     # This share of the blue neighbours (field galaxies, satellites, companions) take the lensed
     # sources' own morphologies (source_mix: clumps, lobes, edge-on, shapelets; stamps where
     # given): irregular and peculiar galaxies are a third to a half of faint field galaxies, so
-    # a source's look beside a galaxy must not mean "arc".
+    # a source's look beside a galaxy must not mean "arc". Off: at 0.5, cpu-small over three
+    # seeds moved neither the shifted set (AUROC +0.007/-0.015/+0.010) nor its variant with
+    # real-galaxy neighbours (+0.016/-0.015/-0.001); README, "Session 18".
     irregular_neighbour_fraction: float = 0.0
     # Satellites of the central galaxy: Poisson mean within satellite_max_gap mag of it,
     # projected density ~ 1/R (uniform in R) between the radii, aligned with its major axis;
