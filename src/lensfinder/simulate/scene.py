@@ -525,9 +525,8 @@ def _compact_blue(
     look = _source_look(d, config, stamps, mag, colour, radius, x, y)
     if look is not None:
         return look, total_magnitude(look, d.blue_band)
-    return [d.sersic(mags, radius, d.u(0.5, 2.0), d.u(0.4, 1.0), d.angle(), x, y)], mags[
-        d.blue_band
-    ]
+    sersic = d.sersic(mags, radius, d.u(0.5, 2.0), d.u(0.4, 1.0), d.angle(), x, y)
+    return [sersic], mags[d.blue_band]
 
 
 def _satellites(
@@ -568,8 +567,9 @@ def _source_look(
     where given), else None. Irregular and peculiar galaxies are a third to a half of faint
     field galaxies (Abraham et al. 1996; Brinchmann et al. 1998), so a source's look beside a
     galaxy must not mean "arc". Nothing is drawn at a share of 0: older simulations replay."""
-    share = 0.0 if config is None else config.irregular_neighbour_fraction
-    if config is None or share <= 0 or d.rng.random() >= share:
+    if config is None or config.irregular_neighbour_fraction <= 0:
+        return None
+    if d.rng.random() >= config.irregular_neighbour_fraction:
         return None
     return _source_morphology(d, config, stamps, mag, colour, radius, x, y)[1]
 
