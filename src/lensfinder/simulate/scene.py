@@ -515,7 +515,7 @@ def _merger(d: _Draw) -> tuple[list[Light], list[Light], list[Neighbour]]:
 
 
 def _compact_blue(
-    d: _Draw, x: float, y: float, config: SimulateConfig | None, stamps: StampLibrary | None
+    d: _Draw, x: float, y: float, config: SimulateConfig, stamps: StampLibrary | None
 ) -> tuple[list[Light], float]:
     """A small blue galaxy and its magnitude in the bluest band: a compact Sersic, or a
     source's look (``_source_look``)."""
@@ -530,7 +530,7 @@ def _compact_blue(
 
 
 def _satellites(
-    d: _Draw, config: SimulateConfig | None = None, stamps: StampLibrary | None = None
+    d: _Draw, config: SimulateConfig, stamps: StampLibrary | None
 ) -> tuple[list[Light], list[Neighbour]]:
     """2-6 small blue galaxies 0.6-3" from the centre (not lensed): fake 'multiple images'."""
     lights, neighbours = [], []
@@ -554,7 +554,7 @@ def _galaxy_size(d: _Draw, mag: float) -> float:
 
 def _source_look(
     d: _Draw,
-    config: SimulateConfig | None,
+    config: SimulateConfig,
     stamps: StampLibrary | None,
     mag: float,
     colour: float,
@@ -567,9 +567,8 @@ def _source_look(
     where given), else None. Irregular and peculiar galaxies are a third to a half of faint
     field galaxies (Abraham et al. 1996; Brinchmann et al. 1998), so a source's look beside a
     galaxy must not mean "arc". Nothing is drawn at a share of 0: older simulations replay."""
-    if config is None or config.irregular_neighbour_fraction <= 0:
-        return None
-    if d.rng.random() >= config.irregular_neighbour_fraction:
+    share = config.irregular_neighbour_fraction
+    if share <= 0 or d.rng.random() >= share:
         return None
     return _source_morphology(d, config, stamps, mag, colour, radius, x, y)[1]
 
@@ -580,7 +579,7 @@ def _neighbour_galaxy(
     x: float,
     y: float,
     blue: bool,
-    config: SimulateConfig | None = None,
+    config: SimulateConfig,
     stamps: StampLibrary | None = None,
 ) -> list[Light]:
     """A field galaxy or satellite: a blue star-forming disc (with knots when bright enough to
@@ -655,7 +654,7 @@ def _group_members(
         mag = min(host_mag + d.u(-0.75, 2.5), config.field_mag_range[1])
         red = d.rng.random() < config.group_red_fraction
         if red:
-            lights += _neighbour_galaxy(d, mag, x, y, blue=False)
+            lights += _neighbour_galaxy(d, mag, x, y, False, config)
         else:
             lights += _disc(d, mag, x, y, knots_per_arm=(3, 7))[0]  # a neighbour: fewer knots
         neighbours.append(Neighbour(x, y, mag, "group", not red))
@@ -743,7 +742,7 @@ def field_galaxy(
     bands: Sequence[Band],
     mag: float,
     blue: bool,
-    config: SimulateConfig | None = None,
+    config: SimulateConfig,
 ) -> list[Light]:
     """One field galaxy of VIS magnitude ``mag`` centred on the origin, drawn as the unrelated
     galaxies around every cutout are (``simulate.tile`` places them on a mosaic)."""
