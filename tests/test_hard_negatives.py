@@ -240,32 +240,92 @@ def test_a_run_dir_of_another_config_is_refused_before_the_first_pass(store, poo
     assert not (out / FIRST_PASS_DIR).exists()
 
 
-def test_a_time_budget_plans_the_first_pass_with_mining_paid_for(
-    store, pool, tmp_path, monkeypatch
-):
-    """The pool is opened before the first pass, and its scoring and the second pass come out
-    of the same minutes: the first pass gets what is left; model.json records the plan."""
-    from lensfinder.models.meta import read_meta
+@pytest.fixture
+def epochs_of_4_s(monkeypatch):
+    """This machine 'measured': an epoch takes 4 s (3 s of steps, 1 s overhead), scoring and
+    preparing nothing; returns whether each measurement had mining on (it never should)."""
     from lensfinder.train import time_budget
 
     seen = []
 
     def measure(config, datamodule):
         seen.append(config.hard_negatives.enabled)
-        return time_budget.Rates(1.0 / datamodule.samples_per_epoch, 1e-9, 1e-9, 0.0)
+        return time_budget.Rates(3.0 / datamodule.samples_per_epoch, 1e-9, 1e-9, 0.0)
 
     monkeypatch.setattr(time_budget, "measure_rates", measure)
-    config = dataclasses.replace(
-        mining_config(pool, epochs=2), max_epochs=10, warmup_epochs=0, time_budget_minutes=0.5
+    return seen
+
+
+def budgeted(pool: Path | None, max_epochs: int, minutes: float) -> TrainConfig:
+    config = mining_config(pool, epochs=2)
+    return dataclasses.replace(
+        config, max_epochs=max_epochs, warmup_epochs=0, time_budget_minutes=minutes
     )
+
+
+def test_a_time_budget_mines_when_the_configured_epochs_fit_beside_it(
+    store, pool, tmp_path, epochs_of_4_s
+):
+    """Mining's minutes (the pool's scoring, the second pass) are planned before the first
+    pass; where all configured epochs fit beside them, the run mines; model.json says so."""
+    from lensfinder.models.meta import read_meta
+    from lensfinder.train import time_budget
+
     out = tmp_path / "run"
-    result = train(config, store, out, progress=False)
+    result = train(budgeted(pool, max_epochs=2, minutes=1.0), store, out, progress=False)
     plan = read_meta(out)["time_plan"]
-    assert seen == [False]  # measured once, for the first pass (mining settings removed)
+    assert epochs_of_4_s == [False]  # measured once, for the first pass (mining removed)
     assert plan == read_meta(out / FIRST_PASS_DIR)["time_plan"]
-    # 40 pool cutouts scored, then 2 epochs of the second pass (2 s each with overhead)
-    assert plan["after_s"] == pytest.approx(time_budget.PASS_OVERHEAD_S + 2 * 2.0, abs=0.1)
-    left = time_budget.SAFETY * 30 - plan["spent_before_s"] - plan["setup_s"] - plan["after_s"]
-    assert plan["planned_epochs"] == max(1, min(10, int(left // plan["epoch_s"]))) < 10
-    assert read_meta(out / FIRST_PASS_DIR)["metrics"]["epochs"] == plan["planned_epochs"]
+    assert plan["planned_epochs"] == 2 and plan["hard_negatives"]["mined"]
+    # 40 pool cutouts scored (~0 s), then 2 epochs of the second pass (4 s each)
+    assert plan["after_s"] == pytest.approx(time_budget.PASS_OVERHEAD_S + 2 * 4.0, abs=0.1)
+    assert read_meta(out)["hard_negatives"]["n_nonlenses"] == 5
     assert result.epochs == 2
+
+
+def test_a_time_budget_gives_mining_minutes_to_epochs_when_they_do_not_fit(
+    store, pool, tmp_path, epochs_of_4_s
+):
+    """Beside mining (18 s) only 4 of 5 epochs fit in the 34.9 s planned: one pass of all 5
+    epochs, into OUT itself, no pool scored; a re-run reads the decision back."""
+    from lensfinder.models.meta import read_meta
+
+    out = tmp_path / "run"
+    config = budgeted(pool, max_epochs=5, minutes=0.6)
+    result = train(config, store, out, progress=False)
+    meta = read_meta(out)
+    plan = meta["time_plan"]
+    assert plan["planned_epochs"] == 5 and result.epochs == 5
+    assert not plan["hard_negatives"]["mined"]
+    assert plan["hard_negatives"]["epochs_with_mining"] < 5
+    assert meta["hard_negatives"] is None and not meta["train"]["hard_negatives"]["enabled"]
+    assert not (out / FIRST_PASS_DIR).exists() and not (out / MINED_RECORD).exists()
+    assert any("hard negatives left out" in note for note in result.notes)
+    again = train(config, store, out, progress=False)
+    assert again.already_trained and epochs_of_4_s == [False]
+
+
+def test_a_time_budget_counts_the_pool_simulation_before_making_it(
+    store, tmp_path, epochs_of_4_s, monkeypatch
+):
+    """A pool still to simulate is timed first (``planned_seconds``) and its minutes weigh
+    against mining: here they leave no room, so nothing is simulated."""
+    from lensfinder.models.meta import read_meta
+
+    asked = []
+
+    def planned_seconds(sim, path):
+        asked.append((sim.n, path))
+        return 40.0
+
+    monkeypatch.setattr(hard_negatives, "planned_seconds", planned_seconds)
+    out = tmp_path / "run"
+    config = budgeted(None, max_epochs=2, minutes=1.0)
+    config = dataclasses.replace(
+        config, hard_negatives=dataclasses.replace(config.hard_negatives, pool_size=30)
+    )
+    train(config, store, out, progress=False)
+    decided = read_meta(out)["time_plan"]["hard_negatives"]
+    assert decided["pool_simulate_s"] == 40.0 and not decided["mined"]
+    assert asked[0][0] == 30 and asked[0][1].name.startswith(hard_negatives.POOL_DIR)
+    assert not list(out.glob(f"{hard_negatives.POOL_DIR}*"))

@@ -347,3 +347,24 @@ def test_fits_files_are_byte_for_byte_what_astropy_writes():
             expected = io.BytesIO()
             fits.PrimaryHDU(image, band_header(band, object_id, ra, dec)).writeto(expected)
             assert fits_bytes(band, object_id, image, ra, dec) == expected.getvalue()
+
+
+def test_planned_seconds_times_only_the_objects_left_and_writes_nothing(simulated, tmp_path):
+    """A time budget plans a simulation before making it: the unfinished objects times a
+    measured object's seconds over the workers the cores run (0 when all are done), and the
+    timed objects go to a scratch folder, never into the simulation's own."""
+    from lensfinder.simulate.simulation import planned_seconds
+
+    source, _ = simulated
+    assert planned_seconds(CONFIG, source) == 0.0
+    out = tmp_path / "partial"
+    shutil.copytree(source, out)
+    for object_id in IDS[:4]:
+        row_path(out, object_id).unlink()
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    one = planned_seconds(CONFIG, out, timed=2)
+    assert 0.0 < one < 60.0
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    fresh = planned_seconds(CONFIG, tmp_path / "nothing-yet", timed=2)
+    assert fresh > one  # 10 objects left against 4, each timed afresh (noisy, but 2.5x)
+    assert not (tmp_path / "nothing-yet").exists()

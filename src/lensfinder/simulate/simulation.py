@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import multiprocessing
+import os
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -397,6 +399,40 @@ def _run_tasks(tasks: list, workers: int, show: bool) -> Iterator[tuple[int, boo
         yield from shown(pool.imap_unordered(_make_and_write, tasks, chunksize=1))
 
 
+def _tasks(config: SimulateConfig, out: Path) -> list[_Task]:
+    """The objects of ``config`` not yet finished in ``out``, as worker tasks."""
+    bands = get_survey(config.survey).bands
+    ids = config.first_id + np.arange(config.n)
+    plan = lens_plan(config)
+    twins = twin_plan(config, plan)
+    partners = [int(ids[t]) if t >= 0 else None for t in twins]
+    return [
+        (config, str(out), int(ids[i]), bool(plan[i]), partners[i])
+        for i in range(config.n)
+        if not writer.is_done(out, int(ids[i]), bands)
+    ]
+
+
+def planned_seconds(config: SimulateConfig, out: Path, timed: int = 8) -> float:
+    """Seconds ``simulate(config, out)`` will take on this machine, before it is made (a time
+    budget plans with it): ``timed`` of its unfinished objects drawn, rendered and written into
+    a scratch folder on one worker, after one untimed (imports, caches), times the objects
+    left, over the workers the cores run at once."""
+    tasks = _tasks(config, Path(out))
+    if not tasks:
+        return 0.0
+    with tempfile.TemporaryDirectory() as scratch, _single_threaded_blas():
+        probe = [(config, scratch, *task[2:]) for task in tasks[: timed + 1]]
+        if len(probe) > 1:
+            _make_and_write(probe.pop(0))
+        began = time.perf_counter()
+        for task in probe:
+            _make_and_write(task)
+        per_object = (time.perf_counter() - began) / len(probe)
+    parallel = max(1, min(config.workers, len(tasks), os.cpu_count() or 1))
+    return len(tasks) * per_object / parallel
+
+
 def simulate(config: SimulateConfig, out: Path, progress: bool = True) -> SimulateResult:
     """Simulate ``config.n`` Euclid-like objects into the challenge layout at ``out``.
 
@@ -422,14 +458,8 @@ def _simulate_locked(config: SimulateConfig, out: Path, progress: bool) -> Simul
         added={"lens_twin_fraction": 0.0, "irregular_neighbour_fraction": 0.0},
     )
     ids = config.first_id + np.arange(config.n)
-    plan = lens_plan(config)
-    twins = twin_plan(config, plan)
-    partners = [int(ids[t]) if t >= 0 else None for t in twins]
-    tasks: list[_Task] = [
-        (config, str(out), int(ids[i]), bool(plan[i]), partners[i])
-        for i in range(config.n)
-        if not writer.is_done(out, int(ids[i]), survey.bands)
-    ]
+    twins = twin_plan(config, lens_plan(config))
+    tasks = _tasks(config, out)
     skipped = config.n - len(tasks)
     start = time.perf_counter()
     workers = max(1, min(config.workers, len(tasks)))

@@ -58,6 +58,7 @@ from lensfinder.files import atomic_path, atomic_write_text
 from lensfinder.models.checkpoint import WEIGHTS_FILE
 from lensfinder.predict import Predictor
 from lensfinder.simulate import simulate
+from lensfinder.simulate.simulation import planned_seconds
 from lensfinder.train.datamodule import ConcatSource
 
 FIRST_PASS_DIR = "first_pass"
@@ -168,30 +169,46 @@ def pool_simulate_config(
     )
 
 
-def simulated_pool(
-    config: TrainConfig, training: CutoutSource, out: Path, progress: bool
-) -> tuple[Path, dict[str, Any]]:
-    """Simulate the pool (resumable: finished objects are kept) into a folder named by its
-    settings, so changed settings never mix with an earlier pool."""
+def _pool_simulation(
+    config: TrainConfig, training: CutoutSource, out: Path
+) -> tuple[SimulateConfig, Path, dict[str, Any]]:
+    """The pool's simulation, the folder it goes to (named by its settings, so changed
+    settings never mix with an earlier pool) and its settings as recorded."""
     sim = pool_simulate_config(config, training, getattr(training, "label_rule", None))
     settings = {k: v for k, v in to_dict(sim).items() if k != "workers"}
     tag = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-    path = out / f"{POOL_DIR}-{tag}"
-    simulate(sim, path, progress=progress)
-    return path, settings
+    return sim, out / f"{POOL_DIR}-{tag}", settings
+
+
+def _training(parts: Sequence[CutoutSource]) -> CutoutSource:
+    return parts[0] if len(parts) == 1 else ConcatSource(parts)
+
+
+def planned_pool(
+    config: TrainConfig, parts: Sequence[CutoutSource], out: Path
+) -> tuple[int, float]:
+    """The cutouts mining will score and the seconds the pool's simulation will take here (0
+    for a given pool or one already made): what a time budget weighs mining with, before the
+    pool is made."""
+    hn = config.hard_negatives
+    if hn.pool is not None:
+        return len(open_pool(config, parts, out, progress=False).candidates), 0.0
+    sim, path, _ = _pool_simulation(config, _training(parts), out)
+    return sim.n, planned_seconds(sim, path)
 
 
 def open_pool(
     config: TrainConfig, parts: Sequence[CutoutSource], out: Path, progress: bool
 ) -> Pool:
-    """The given pool, or a freshly simulated one; a training set as a pool is mined only in
-    its training split (its validation and test objects must stay unseen). ``parts``: the
-    training sets (``train --data A --data B``)."""
-    training = parts[0] if len(parts) == 1 else ConcatSource(parts)
+    """The given pool, or a freshly simulated one (resumable: finished objects are kept); a
+    training set as a pool is mined only in its training split (its validation and test
+    objects must stay unseen). ``parts``: the training sets (``train --data A --data B``)."""
+    training = _training(parts)
     hn = config.hard_negatives
     simulation = None
     if hn.pool is None:
-        path, simulation = simulated_pool(config, training, out, progress)
+        sim, path, simulation = _pool_simulation(config, training, out)
+        simulate(sim, path, progress=progress)
     else:
         path = Path(hn.pool)  # check_config made sure it exists
     source = open_source(path)

@@ -8,8 +8,13 @@ model on random inputs (``BareTrainingLoop``; the trainer runs at 0.97-0.99 of i
 ``benchmarks/bench_train.py``), a few forward passes for validation and scoring, and the input
 preparation of a few cutouts. It then trains the most epochs, never more than ``max_epochs``,
 whose estimated end, with what follows them (mining and its second pass, AdaBN), lies within
-the budget counted from the start of ``train`` (painting a field and simulating the mining
-pool come first, so they are counted as spent, not estimated).
+the budget counted from the start of ``train`` (painting a field comes first, so it is counted
+as spent, not estimated).
+
+Mining is planned before its pool is simulated (a few of the pool's objects are timed): it
+runs only when the first pass keeps all its configured epochs beside it; otherwise its minutes
+go to epochs (``plan_mining``: on a CPU where cpu-best's 28 epochs do not fit, 20 epochs
+without mining beat 15 with it on two seeds; README, "Session 15" and "Session 16").
 
 Everything that derives from ``max_epochs`` (the cosine schedule, warm-up, progressive
 resizing, freezing, SWA, early stopping's first epoch) derives from the planned number, so a
@@ -167,6 +172,7 @@ class AfterFirstPass:
     views: int = 1
     epochs: int = 0
     replayed: int = 0
+    simulate_s: float = 0.0  # the pool's simulation, where it is still to be made
 
 
 @dataclass
@@ -178,6 +184,9 @@ class TimeBudget:
     started: float
     after: AfterFirstPass = field(default_factory=AfterFirstPass)
     plan: dict[str, Any] | None = None
+    rates: Rates | None = None  # measured once per command, by the first plan
+    # made in this process for the pass about to train (``plan_mining``), saved by ``reuse``
+    decided: dict[str, Any] | None = None
 
     @classmethod
     def start(cls, config: TrainConfig) -> TimeBudget | None:
@@ -189,10 +198,16 @@ class TimeBudget:
         return time.monotonic() - self.started
 
     def reuse(self, config: TrainConfig, out: Path) -> TrainConfig | None:
-        """``config`` with the planned ``max_epochs`` of the plan saved in ``out`` when it was
-        made for the same budget and ``max_epochs`` (a resumed run, DDP's other processes),
-        else None."""
-        saved = read_plan(out)
+        """``config`` with the planned ``max_epochs`` of the plan decided for this pass
+        (``plan_mining``; saved in ``out`` now) or of the plan saved in ``out`` when it was made
+        for the same budget and ``max_epochs`` (a resumed run, DDP's other processes), else
+        None."""
+        decided, self.decided = self.decided, None
+        if decided is not None and _same_request(decided, config):
+            _save_plan(decided, out)
+            saved: dict[str, Any] | None = decided
+        else:
+            saved = read_plan(out)
         if saved is None or not _same_request(saved, config):
             return None
         self.plan = saved
@@ -205,14 +220,39 @@ class TimeBudget:
         return ``config`` with the planned ``max_epochs``. ``done_epochs``: epochs a checkpoint
         already holds (they are not trained again, so they cost no time)."""
         self.plan = self._measure_and_plan(config, datamodule, done_epochs)
-        Path(out).mkdir(parents=True, exist_ok=True)
-        atomic_write_text(Path(out) / PLAN_FILE, json.dumps(self.plan, indent=1) + "\n")
+        _save_plan(self.plan, out)
         return dataclasses.replace(config, max_epochs=int(self.plan["planned_epochs"]))
+
+    def plan_mining(self, config: TrainConfig, datamodule: Any, mining: AfterFirstPass) -> bool:
+        """Whether hard-negative mining (``mining``: its pool, scoring and second pass) runs
+        after the first pass of ``config`` on ``datamodule``: only when the first pass keeps
+        all its configured epochs beside it; otherwise the epochs get its minutes. The chosen
+        plan (with ``hard_negatives``: what was decided, and the epochs mining would have left)
+        waits in ``decided`` for the pass that trains next, mining's in the first pass, the
+        other in the one pass."""
+        self.after = mining
+        with_mining = self._measure_and_plan(config, datamodule, 0)
+        mines = with_mining["planned_epochs"] >= config.max_epochs
+        if mines:
+            chosen = with_mining
+        else:
+            self.after = AfterFirstPass()
+            chosen = self._measure_and_plan(config, datamodule, 0)
+        chosen["hard_negatives"] = {
+            "mined": mines,
+            "epochs_with_mining": with_mining["planned_epochs"],
+            "mining_s": with_mining["after_s"],  # the pool's simulation and scoring, 2nd pass
+            "pool_simulate_s": round(mining.simulate_s, 1),
+        }
+        self.decided = chosen
+        return mines
 
     def _measure_and_plan(
         self, config: TrainConfig, datamodule: Any, done_epochs: int
     ) -> dict[str, Any]:
-        rates = measure_rates(config, datamodule)
+        if self.rates is None:
+            self.rates = measure_rates(config, datamodule)
+        rates = self.rates
         costs = pass_costs(config, datamodule, rates)
         after = self.after
         second_pass_s = (
@@ -221,7 +261,8 @@ class TimeBudget:
             else 0.0
         )
         after_s = (
-            after.pool_rows * (after.views * rates.predict_s + rates.prepare_s) * SCORING_FACTOR
+            after.simulate_s
+            + after.pool_rows * (after.views * rates.predict_s + rates.prepare_s) * SCORING_FACTOR
             + second_pass_s
             + after.epochs * costs["epoch_s"]
             + costs["finish_s"]
@@ -239,7 +280,7 @@ class TimeBudget:
             "planned_epochs": epochs,
             "fits": done_epochs + fitting >= least,
             "resumed_after_epoch": done_epochs or None,
-            "spent_before_s": round(elapsed, 1),  # painting, the mining pool, setup, measuring
+            "spent_before_s": round(elapsed, 1),  # painting, a given pool's opening, measuring
             "epoch_s": round(costs["epoch_s"], 1),
             "setup_s": round(costs["setup_s"], 1),
             "after_s": round(after_s, 1),
@@ -260,6 +301,12 @@ class TimeBudget:
             f"{plan['configured_epochs']} epochs planned (~{plan['epoch_s']:.0f} s each; "
             f"estimated {plan['estimated_total_s'] / 60:.1f} min)"
         )
+        mining = plan.get("hard_negatives")
+        if mining is not None and not mining["mined"]:
+            text += (
+                f"; hard negatives left out: beside them {mining['epochs_with_mining']} "
+                "epochs would fit, and the configured epochs come first"
+            )
         if not plan["fits"]:
             text += "; even the fewest epochs do not fit: give more minutes or fewer samples"
         if total_s is not None:
@@ -272,6 +319,22 @@ def _same_request(plan: dict[str, Any], config: TrainConfig) -> bool:
         plan.get("budget_minutes") == config.time_budget_minutes
         and plan.get("configured_epochs") == config.max_epochs
     )
+
+
+def _save_plan(plan: dict[str, Any], out: Path) -> None:
+    Path(out).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(out) / PLAN_FILE, json.dumps(plan, indent=1) + "\n")
+
+
+def mining_plan(out: Path, config: TrainConfig) -> bool | None:
+    """What the plan saved in ``out`` for ``config``'s budget says about mining (False: left
+    out; a plan made before mining was planned says True), or None when ``out`` holds no plan
+    for that budget."""
+    plan = read_plan(out)
+    if plan is None or not _same_request(plan, config):
+        return None
+    decided = plan.get("hard_negatives")
+    return bool(decided.get("mined", True)) if isinstance(decided, dict) else True
 
 
 def read_plan(out: Path) -> dict[str, Any] | None:

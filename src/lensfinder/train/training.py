@@ -68,7 +68,7 @@ from lensfinder.train.datamodule import LensDataModule
 from lensfinder.train.devices import check_devices, resolve_precision
 from lensfinder.train.hard_negatives import MinedSet, check_hard_negatives
 from lensfinder.train.module import LensClassifier, initial_model, regularisation
-from lensfinder.train.time_budget import PLAN_FILE, AfterFirstPass, TimeBudget
+from lensfinder.train.time_budget import PLAN_FILE, AfterFirstPass, TimeBudget, mining_plan
 from lensfinder.train.weight_averaging import (
     averaging_record,
     weight_averaging_callback,
@@ -376,11 +376,7 @@ def _train_locked(
     finished = _is_finished(out, config) if resume else None
     if finished is not None:
         return TrainResult.from_metrics(out, finished, already_trained=True)
-    datamodule = LensDataModule(config, store)
-    datamodule.prepare()
-    if replay is not None:
-        replay.add_to(datamodule)
-    datamodule.train_label_filter = UnpaintedHoldback.of(config, datamodule)
+    datamodule = _prepared_datamodule(config, store, replay)
     if planner is not None and planned is None:
         done = checkpoint_epoch(checkpoint) + 1 if checkpoint is not None else 0
         config = datamodule.config = planner.make(config, datamodule, out, done)
@@ -394,6 +390,19 @@ def _train_locked(
     return TrainResult.from_metrics(
         out, metrics, resumed_from_epoch=fitted.last_epoch, dropped=datamodule.dropped
     )
+
+
+def _prepared_datamodule(
+    config: TrainConfig, store: list[Path], replay: MinedSet | None = None
+) -> LensDataModule:
+    """The data of a pass: split, with the mined ``replay`` added and the field's likeliest
+    real lenses held back from its non-lenses."""
+    datamodule = LensDataModule(config, store)
+    datamodule.prepare()
+    if replay is not None:
+        replay.add_to(datamodule)
+    datamodule.train_label_filter = UnpaintedHoldback.of(config, datamodule)
+    return datamodule
 
 
 def _fit(
@@ -554,24 +563,19 @@ def train_with_hard_negatives(
     budget: TimeBudget | None = None,
 ) -> TrainResult:
     """First pass, mining, second pass (see ``train/hard_negatives.py``); the second pass's
-    result. The pool is made before the first pass: it does not depend on it, and a time
-    budget then counts its minutes as spent instead of estimating them."""
+    result. With a time budget that cannot hold both the configured epochs and mining, one
+    pass without mining, into ``out`` (``_mining_fits``)."""
     first_dir = out / hard_negatives.FIRST_PASS_DIR
-    second = hard_negatives.second_pass_config(config, first_dir)
     is_rank_zero = rank_zero_only.rank == 0  # type: ignore[attr-defined]
+    if budget is not None and not _mining_fits(config, store, out, budget, resume):
+        one_pass = hard_negatives.first_pass_config(config)
+        return _train_locked(one_pass, store, out, resume, progress, callbacks, budget=budget)
+    second = hard_negatives.second_pass_config(config, first_dir)
     pool = None
     if is_rank_zero:  # refuses another config's run in OUT before anything is trained
         prepare_run_dir(second, out, resume)
         parts = [open_source(path) for path in store]
         pool = hard_negatives.open_pool(config, parts, out, progress)
-        if budget is not None:
-            hn = config.hard_negatives
-            budget.after = AfterFirstPass(
-                pool_rows=len(pool.candidates),
-                views=8 if hn.tta else 1,
-                epochs=hn.epochs,
-                replayed=(hn.top_nonlenses + hn.bottom_lenses) * hn.replay_copies,
-            )
     first_config = hard_negatives.first_pass_config(config)
     first = _train_locked(
         first_config, store, first_dir, resume, progress, callbacks, budget=budget
@@ -607,6 +611,35 @@ def train_with_hard_negatives(
         f"({first_dir}); IDs in {out / hard_negatives.MINED_CSV}"
     )
     return result
+
+
+def _mining_fits(
+    config: TrainConfig, store: list[Path], out: Path, budget: TimeBudget, resume: bool
+) -> bool:
+    """Whether a budgeted run mines: rank 0 decides before the pool is made
+    (``TimeBudget.plan_mining``, from this machine's rates and a few of the pool's objects
+    timed); the plan it chose, saved in ``out`` (one pass) or its first pass's directory,
+    answers for a resumed run and for DDP's other processes."""
+    one_pass = hard_negatives.first_pass_config(config)
+    is_rank_zero = rank_zero_only.rank == 0  # type: ignore[attr-defined]
+    if resume or not is_rank_zero:
+        if mining_plan(out, one_pass) is False:
+            return False
+        if mining_plan(out / hard_negatives.FIRST_PASS_DIR, one_pass):
+            return True
+    if not is_rank_zero:
+        raise ConfigError(f"{out}: no time plan from rank 0 (time_budget_minutes)")
+    datamodule = _prepared_datamodule(one_pass, store)
+    hn = config.hard_negatives
+    pool_rows, simulate_s = hard_negatives.planned_pool(config, datamodule.parts, out)
+    mining = AfterFirstPass(
+        pool_rows=pool_rows,
+        views=8 if hn.tta else 1,
+        epochs=hn.epochs,
+        replayed=(hn.top_nonlenses + hn.bottom_lenses) * hn.replay_copies,
+        simulate_s=simulate_s,
+    )
+    return budget.plan_mining(one_pass, datamodule, mining)
 
 
 def _score_text(value: float | None) -> str:
