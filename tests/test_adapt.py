@@ -23,6 +23,7 @@ from lensfinder.config import AdaptConfig, SplitConfig, TrainConfig, load_config
 from lensfinder.data import open_source
 from lensfinder.data.dataset import CutoutDataset, tensors
 from lensfinder.data.source import open_unlabelled
+from lensfinder.data.splits import split_indices
 from lensfinder.ensemble import is_ensemble, member_dir, write_ensemble
 from lensfinder.errors import ConfigError
 from lensfinder.layout import CATALOG_NAME
@@ -30,10 +31,12 @@ from lensfinder.models.batchnorm import batchnorm_layers
 from lensfinder.models.checkpoint import load_model
 from lensfinder.models.meta import read_meta
 from lensfinder.testing import TINY_INPUT, TINY_MODEL, make_run
+from lensfinder.train import adapt
 from lensfinder.train.adapt import (
     FieldCutouts,
     UnpaintedHoldback,
     adapt_methods,
+    finish_adaptation,
     recompute_batchnorm,
 )
 from lensfinder.train.datamodule import ConcatSource, split_parts
@@ -270,6 +273,77 @@ def test_methods_and_their_checks(field_store):
         )
     shipped = load_config(TrainConfig, "adabn-only")
     assert shipped.adapt.only and shipped.adapt.method == "adabn"
+
+
+@pytest.mark.parametrize(("painted_after", "kept"), [(0.8, True), (0.6, False), (0.7, False)])
+def test_adabn_if_better_keeps_the_statistics_only_where_the_painted_field_gains(
+    monkeypatch, painted_after, kept
+):
+    """``adabn_keep: if_better``: AdaBN is judged on the painted field's validation cutouts
+    alone (the last data set's rows), and where its AUROC there does not rise (0.7 before),
+    every batch-norm statistic of training is put back."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2))
+    trained = model[1].running_mean.clone()
+    lit = type("Lit", (), {"model": model})()
+    parts = [np.zeros(6), np.zeros(4)]  # 6 simulated cutouts, then 4 painted
+    labels = np.array([0, 1, 0, 1, 0, 1, 0, 1, 1, 0])
+    datamodule = type(
+        "DM",
+        (),
+        {"parts": parts, "val_indices": np.array([1, 2, 6, 7, 9]), "source": None},
+    )()
+    datamodule.source = type("Src", (), {"labels": labels})()
+    judged = []
+
+    def auroc(lit, dm, positions=None):
+        judged.append(None if positions is None else positions.tolist())
+        if positions is None:
+            return 0.5
+        return 0.7 if len(judged) == 2 else painted_after
+
+    def fake_adabn(model, field, config):
+        model[1].running_mean.fill_(5.0)
+        return {"layers": 1}
+
+    monkeypatch.setattr(adapt, "validation_auroc", auroc)
+    monkeypatch.setattr(adapt, "adabn_as_configured", fake_adabn)
+    config = tiny_config(Path("field"), paint_lenses=True, adabn_keep="if_better")
+    field = type("Field", (), {"record": lambda self: {}})()
+    record = finish_adaptation(config, lit, field, datamodule)
+    assert judged[1] == [2, 3, 4]  # the painted rows 6, 7, 9 of the validation set
+    assert record["adabn"]["kept"] is kept
+    assert record["adabn"]["painted_val_auroc_before"] == 0.7
+    expected = torch.full((2,), 5.0) if kept else trained
+    assert torch.equal(model[1].running_mean, expected)
+
+
+def test_adabn_if_better_needs_painted_lenses_and_a_known_choice():
+    with pytest.raises(ConfigError, match=r"needs adapt\.paint_lenses"):
+        AdaptConfig(field="f", method="adabn", paint_lenses=False, adabn_keep="if_better")
+    with pytest.raises(ConfigError, match="adabn_keep 'sometimes'"):
+        AdaptConfig(field="f", method="adabn", adabn_keep="sometimes")
+
+
+def test_a_painted_run_with_adabn_if_better_records_its_judgement(
+    train_store, field_layout, tmp_path
+):
+    from lensfinder.config import InjectConfig
+
+    config = tiny_config(
+        field_layout,
+        method="adabn",
+        paint_lenses=True,
+        paint=InjectConfig(paint_fraction=0.5, min_snr=10.0),
+        adabn_keep="if_better",
+    )
+    out = tmp_path / "run"
+    train_models(config, train_store, out, progress=False)
+    adabn = read_meta(out)["adapt"]["adabn"]
+    store = open_source(out / "field-painted.zarr")
+    val = split_indices(np.asarray(store.ids), config.split)["val"]
+    assert adabn["painted_val_cutouts"] == len(val)
+    before, after = adabn["painted_val_auroc_before"], adabn["painted_val_auroc_after"]
+    assert adabn["kept"] is (after > before)
 
 
 # -- several labelled data sets ------------------------------------------------------------------

@@ -451,6 +451,7 @@ class SplitConfig(Checked):
 
 # --- learning from a survey's unlabelled cutouts (``train --adapt FIELD``, train/adapt.py) ---
 ADAPT_METHODS: tuple[str, ...] = ("adabn", "dann", "consistency")
+ADABN_KEEP: tuple[str, ...] = ("always", "if_better")  # adapt.adabn_keep
 
 
 @dataclass
@@ -496,6 +497,12 @@ class AdaptConfig(Checked):
     # a survey; deep ones see lens-or-not features, whose field statistics follow the field's
     # few lenses (~1e-3), not the balanced batches the classifier learnt on.
     adabn_depth: float = 1.0
+    # "always" keeps AdaBN's statistics; "if_better" keeps them only where the model's AUROC on
+    # the painted field's validation cutouts (the survey's own galaxies and noise, labels from
+    # the painting, never from the field) rises with them, and else puts training's back: our
+    # shifted sets and the maintainers' independent data disagree on AdaBN (README), so the
+    # field decides. Needs ``paint_lenses``.
+    adabn_keep: str = "always"
     # Joint methods: the field batch per step is this share of the labelled batch (cheap on CPU).
     field_batch_fraction: float = 0.5
     # Both joint losses ramp from 0 to their weight as 2 / (1 + exp(-10 p)) - 1 over the
@@ -522,6 +529,15 @@ class AdaptConfig(Checked):
                 problems.append(f"adapt.{name} {getattr(self, name)} not in 1..{D4_ELEMENTS}")
         if not 0 < self.adabn_depth <= 1:
             problems.append(f"adapt.adabn_depth {self.adabn_depth} not in (0, 1]")
+        if self.adabn_keep not in ADABN_KEEP:
+            problems.append(
+                f"adapt.adabn_keep {self.adabn_keep!r}: expected one of {', '.join(ADABN_KEEP)}"
+            )
+        elif self.adabn_keep == "if_better" and not self.paint_lenses:
+            problems.append(
+                "adapt.adabn_keep 'if_better' judges AdaBN on the painted field's validation "
+                "cutouts: it needs adapt.paint_lenses"
+            )
         if self.adabn_batch < 2:
             problems.append(f"adapt.adabn_batch {self.adabn_batch} < 2 (a batch statistic)")
         if not 0 < self.field_batch_fraction <= 4:

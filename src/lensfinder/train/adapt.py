@@ -563,7 +563,8 @@ def finish_adaptation(
     config: TrainConfig, lit: Any, field: FieldCutouts | None, datamodule: Any = None
 ) -> dict[str, Any] | None:
     """After training: AdaBN (when asked) on the selected model; the model.json record, with
-    the validation AUROC (on the labelled data) before and after it."""
+    the validation AUROC (on the labelled data) before and after it. With ``adabn_keep:
+    if_better`` the statistics stay only where the painted field's validation AUROC rises."""
     if field is None:
         return None
     methods = adapt_methods(config.adapt)
@@ -571,11 +572,67 @@ def finish_adaptation(
     before = after = None
     if "adabn" in methods:
         before = validation_auroc(lit, datamodule)
+        judged = painted_validation(datamodule) if config.adapt.adabn_keep == "if_better" else None
+        if judged is not None:
+            painted_before = validation_auroc(lit, datamodule, judged)
+            training_statistics = batchnorm_statistics(lit.model)
         adabn = adabn_as_configured(lit.model, field, config)
         after = validation_auroc(lit, datamodule)
+        if judged is not None:
+            painted_after = validation_auroc(lit, datamodule, judged)
+            kept = (
+                painted_before is not None
+                and painted_after is not None
+                and painted_after > painted_before
+            )
+            if not kept:
+                restore_batchnorm_statistics(training_statistics)
+                after = before
+            adabn |= {
+                "kept": kept,
+                "painted_val_cutouts": len(judged),
+                "painted_val_auroc_before": painted_before,
+                "painted_val_auroc_after": painted_after,
+            }
     record = adapt_record(config.adapt, methods, field, adabn)
     record["val_auroc_before_adabn"], record["val_auroc_after_adabn"] = before, after
     return record
+
+
+def painted_validation(datamodule: Any) -> np.ndarray | None:
+    """Positions, in the validation set, of the painted field's cutouts (the last part of a
+    run trained with ``--adapt``), or None where there are none of both classes."""
+    parts = getattr(datamodule, "parts", None)
+    if datamodule is None or not parts or len(parts) < 2:
+        return None
+    offset = sum(len(part) for part in parts[:-1])
+    rows = np.asarray(datamodule.val_indices)
+    positions = np.flatnonzero(rows >= offset)
+    labels = np.asarray(datamodule.source.labels)[rows[positions]]
+    return positions if len(np.unique(labels[labels >= 0])) == 2 else None
+
+
+def batchnorm_statistics(model: nn.Module) -> list[tuple[nn.Module, dict[str, torch.Tensor]]]:
+    """A copy of every batch-norm layer's running statistics (``restore_...`` puts it back)."""
+    names = ("running_mean", "running_var", "num_batches_tracked")
+    return [
+        (
+            layer,
+            {
+                n: getattr(layer, n).detach().clone()
+                for n in names
+                if getattr(layer, n, None) is not None
+            },
+        )
+        for layer in batchnorm_layers(model)
+    ]
+
+
+def restore_batchnorm_statistics(saved: list[tuple[nn.Module, dict[str, torch.Tensor]]]) -> None:
+    with torch.no_grad():
+        for layer, buffers in saved:
+            for name, value in buffers.items():
+                getattr(layer, name).copy_(value)
 
 
 def eval_logits(lit: Any, dataset: CutoutDataset, positions: np.ndarray) -> np.ndarray:
@@ -595,18 +652,21 @@ def eval_logits(lit: Any, dataset: CutoutDataset, positions: np.ndarray) -> np.n
     return np.concatenate(scores) if scores else np.empty(0, np.float32)
 
 
-def validation_auroc(lit: Any, datamodule: Any) -> float | None:
-    """AUROC of the model (eval mode) on the labelled validation set; None where not known
-    (no datamodule, or a model validated with batch statistics)."""
+def validation_auroc(
+    lit: Any, datamodule: Any, positions: np.ndarray | None = None
+) -> float | None:
+    """AUROC of the model (eval mode) on the labelled validation set (or its ``positions``);
+    None where not known (no datamodule, or a model validated with batch statistics)."""
     from torchmetrics.functional.classification import binary_auroc
 
     dataset = getattr(datamodule, "val_dataset", None)
     if dataset is None or lit.config.model.bn_inference != "eval" or len(dataset) == 0:
         return None
-    labels = np.asarray(dataset.labels)
+    positions = np.arange(len(dataset)) if positions is None else np.asarray(positions)
+    labels = np.asarray(dataset.labels)[positions]
     if len(np.unique(labels)) < 2:
         return None
-    scores = eval_logits(lit, dataset, np.arange(len(dataset)))
+    scores = eval_logits(lit, dataset, positions)
     auroc = binary_auroc(torch.from_numpy(scores), torch.from_numpy(labels).long())
     return float(auroc)
 
