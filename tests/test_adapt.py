@@ -44,7 +44,7 @@ from lensfinder.train.members import train_models
 from lensfinder.train.training import check_config
 
 # What ``--adapt`` did by default before painted lenses became the default: AdaBN alone.
-ADABN: dict[str, object] = {"method": "adabn", "paint_lenses": False}
+ADABN: dict[str, object] = {"method": "adabn", "paint_lenses": False, "adabn_keep": "always"}
 
 
 def tiny_config(field: Path | None = None, **adapt: object) -> TrainConfig:
@@ -295,8 +295,8 @@ def test_adabn_if_better_keeps_the_statistics_only_where_the_painted_field_gains
     datamodule.source = type("Src", (), {"labels": labels})()
     judged = []
 
-    def auroc(lit, dm, positions=None):
-        judged.append(None if positions is None else positions.tolist())
+    def auroc(lit, dm, positions=None, views=1):
+        judged.append(None if positions is None else (positions.tolist(), views))
         if positions is None:
             return 0.5
         return 0.7 if len(judged) == 2 else painted_after
@@ -310,7 +310,8 @@ def test_adabn_if_better_keeps_the_statistics_only_where_the_painted_field_gains
     config = tiny_config(Path("field"), paint_lenses=True, adabn_keep="if_better")
     field = type("Field", (), {"record": lambda self: {}})()
     record = finish_adaptation(config, lit, field, datamodule)
-    assert judged[1] == [2, 3, 4]  # the painted rows 6, 7, 9 of the validation set
+    # the painted rows 6, 7, 9 of the validation set, scored with all D4 views (as scans do)
+    assert judged[1] == judged[3] == ([2, 3, 4], 8)
     assert record["adabn"]["kept"] is kept
     assert record["adabn"]["painted_val_auroc_before"] == 0.7
     expected = torch.full((2,), 5.0) if kept else trained
@@ -337,8 +338,10 @@ def test_a_painted_run_with_adabn_if_better_records_its_judgement(
         adabn_keep="if_better",
     )
     out = tmp_path / "run"
-    train_models(config, train_store, out, progress=False)
+    result = train_models(config, train_store, out, progress=False)
     adabn = read_meta(out)["adapt"]["adabn"]
+    verdict = "kept" if adabn["kept"] else "left out"
+    assert any(f"AdaBN on the field {verdict}" in note for note in result.notes)
     store = open_source(out / "field-painted.zarr")
     val = split_indices(np.asarray(store.ids), config.split)["val"]
     assert adabn["painted_val_cutouts"] == len(val)

@@ -45,7 +45,7 @@ from lensfinder.config import (
     adapt_method_names,
     to_dict,
 )
-from lensfinder.data.augment import N_ELEMENTS, apply_d4_per_sample
+from lensfinder.data.augment import N_ELEMENTS, apply_d4, apply_d4_per_sample
 from lensfinder.data.cutouts import CutoutSource
 from lensfinder.data.dataset import CutoutDataset, tensors
 from lensfinder.data.identity import data_record
@@ -56,6 +56,7 @@ from lensfinder.ensemble import is_ensemble, member_dir, read_ensemble, write_en
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.models.batchnorm import batchnorm_layers, bn_train_mode, leading_batchnorm_layers
 from lensfinder.models.checkpoint import input_config, load_model, save_model
+from lensfinder.predict.predictor import average_logits
 from lensfinder.safety import ENSEMBLE, TRAIN
 from lensfinder.simulate.inject import inject
 from lensfinder.stages import run_stage
@@ -574,12 +575,12 @@ def finish_adaptation(
         before = validation_auroc(lit, datamodule)
         judged = painted_validation(datamodule) if config.adapt.adabn_keep == "if_better" else None
         if judged is not None:
-            painted_before = validation_auroc(lit, datamodule, judged)
+            painted_before = validation_auroc(lit, datamodule, judged, N_ELEMENTS)
             training_statistics = batchnorm_statistics(lit.model)
         adabn = adabn_as_configured(lit.model, field, config)
         after = validation_auroc(lit, datamodule)
         if judged is not None:
-            painted_after = validation_auroc(lit, datamodule, judged)
+            painted_after = validation_auroc(lit, datamodule, judged, N_ELEMENTS)
             kept = (
                 painted_before is not None
                 and painted_after is not None
@@ -597,6 +598,21 @@ def finish_adaptation(
     record = adapt_record(config.adapt, methods, field, adabn)
     record["val_auroc_before_adabn"], record["val_auroc_after_adabn"] = before, after
     return record
+
+
+def adabn_judgement(adabn: dict[str, Any] | None) -> str | None:
+    """The summary's line on a judged AdaBN (``adabn_keep: if_better``), else None."""
+    if not adabn or "kept" not in adabn:
+        return None
+    before, after = (
+        "-" if v is None else f"{v:.3f}"
+        for v in (adabn["painted_val_auroc_before"], adabn["painted_val_auroc_after"])
+    )
+    verdict = "kept" if adabn["kept"] else "left out, training's statistics kept"
+    return (
+        f"AdaBN on the field {verdict}: AUROC on {adabn['painted_val_cutouts']} painted-field "
+        f"validation cutouts {before} without, {after} with"
+    )
 
 
 def painted_validation(datamodule: Any) -> np.ndarray | None:
@@ -635,9 +651,12 @@ def restore_batchnorm_statistics(saved: list[tuple[nn.Module, dict[str, torch.Te
                 getattr(layer, name).copy_(value)
 
 
-def eval_logits(lit: Any, dataset: CutoutDataset, positions: np.ndarray) -> np.ndarray:
-    """The model's logits (eval mode, one view, no gradient) for ``positions`` of ``dataset``,
-    as stored: no augmentation and no random draw."""
+def eval_logits(
+    lit: Any, dataset: CutoutDataset, positions: np.ndarray, views: int = 1
+) -> np.ndarray:
+    """The model's logits (eval mode, no gradient) for ``positions`` of ``dataset`` as stored
+    (no random draw); with ``views`` > 1 the logit of the mean probability over the first
+    ``views`` D4 elements, as a scan with TTA scores."""
     model = lit.model
     was_training = model.training
     model.eval()
@@ -645,18 +664,26 @@ def eval_logits(lit: Any, dataset: CutoutDataset, positions: np.ndarray) -> np.n
     try:
         with torch.no_grad():
             for lo in range(0, len(positions), 64):
-                x = dataset.plain_input(positions[lo : lo + 64])
-                scores.append(lit(to_device(x, lit.device)).float().cpu().numpy())
+                x = to_device(dataset.plain_input(positions[lo : lo + 64]), lit.device)
+                if views == 1:
+                    scores.append(lit(x).float().cpu().numpy())
+                    continue
+                per_view = [
+                    lit(map_input(x, functools.partial(apply_d4, k=k))) for k in range(views)
+                ]
+                logits = torch.stack(per_view).float().cpu().numpy()
+                scores.append(average_logits(logits, axis=0, average="probability"))
     finally:
         model.train(was_training)
     return np.concatenate(scores) if scores else np.empty(0, np.float32)
 
 
 def validation_auroc(
-    lit: Any, datamodule: Any, positions: np.ndarray | None = None
+    lit: Any, datamodule: Any, positions: np.ndarray | None = None, views: int = 1
 ) -> float | None:
-    """AUROC of the model (eval mode) on the labelled validation set (or its ``positions``);
-    None where not known (no datamodule, or a model validated with batch statistics)."""
+    """AUROC of the model (eval mode; ``views`` D4 views averaged) on the labelled validation
+    set (or its ``positions``); None where not known (no datamodule, or a model validated with
+    batch statistics)."""
     from torchmetrics.functional.classification import binary_auroc
 
     dataset = getattr(datamodule, "val_dataset", None)
@@ -666,7 +693,7 @@ def validation_auroc(
     labels = np.asarray(dataset.labels)[positions]
     if len(np.unique(labels)) < 2:
         return None
-    scores = eval_logits(lit, dataset, positions)
+    scores = eval_logits(lit, dataset, positions, views)
     auroc = binary_auroc(torch.from_numpy(scores), torch.from_numpy(labels).long())
     return float(auroc)
 

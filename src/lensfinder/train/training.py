@@ -52,6 +52,7 @@ from lensfinder.stages import run_stage
 from lensfinder.train import hard_negatives
 from lensfinder.train.adapt import (
     UnpaintedHoldback,
+    adabn_judgement,
     field_adaptation,
     finish_adaptation,
     paint_field,
@@ -384,12 +385,16 @@ def _train_locked(
     metrics = _metrics(
         fitted.trainer, fitted.stopping, fitted.history, datamodule, fitted.precision
     )
+    adapted = None
     if fitted.trainer.is_global_zero:
         plan = budget.plan if budget is not None else None
-        _save_run(config, out, fitted, datamodule, metrics, replay, plan)
-    return TrainResult.from_metrics(
+        adapted = _save_run(config, out, fitted, datamodule, metrics, replay, plan)
+    result = TrainResult.from_metrics(
         out, metrics, resumed_from_epoch=fitted.last_epoch, dropped=datamodule.dropped
     )
+    judged = adabn_judgement((adapted or {}).get("adabn"))
+    result.notes += [judged] if judged else []
+    return result
 
 
 def _prepared_datamodule(
@@ -456,8 +461,9 @@ def _save_run(
     metrics: dict[str, Any],
     replay: MinedSet | None,
     time_plan: dict[str, Any] | None,
-) -> None:
-    """Adapt to the field when asked (AdaBN runs here), then write the model and model.json."""
+) -> dict[str, Any] | None:
+    """Adapt to the field when asked (AdaBN runs here), then write the model and model.json;
+    returns model.json's ``adapt`` record."""
     adapted = finish_adaptation(config, fitted.module, fitted.field, datamodule)
     if painted_store_path(config, out) is not None:  # the painted field is the last part
         adapted = {
@@ -469,6 +475,7 @@ def _save_run(
             adapted["unpainted_holdback"] = holdback.record()
     meta = _model_meta(config, datamodule, metrics, adapted, replay, time_plan)
     save_model(out, fitted.module.model, meta)
+    return adapted
 
 
 def _make_trainer(
