@@ -288,11 +288,8 @@ def test_adabn_if_better_keeps_the_statistics_only_where_the_painted_field_gains
     parts = [np.zeros(6), np.zeros(4)]  # 6 simulated cutouts, then 4 painted
     labels = np.array([0, 1, 0, 1, 0, 1, 0, 1, 1, 0])
     datamodule = type(
-        "DM",
-        (),
-        {"parts": parts, "val_indices": np.array([1, 2, 6, 7, 9]), "source": None},
+        "DM", (), {"parts": parts, "val_indices": np.array([1, 2, 6, 7, 9]), "labels": labels}
     )()
-    datamodule.source = type("Src", (), {"labels": labels})()
     judged = []
 
     def auroc(lit, dm, positions=None, views=1):

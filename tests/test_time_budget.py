@@ -177,3 +177,23 @@ def test_a_budget_that_fits_changes_nothing_the_run_learns(store, tmp_path):
     weights = [load_file(tmp_path / run / "model.safetensors") for run in ("plain", "timed")]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_a_judged_adabn_is_planned_with_its_judgement(fixed_rates):
+    """AdaBN after training (2,000 field cutouts x 2 views, prepared once) and, with
+    ``adabn_keep: if_better``, the painted field's validation cutouts scored with 8 D4 views
+    before and after it: all within the budget (``finish_s`` in ``after_s``)."""
+    from lensfinder.config import AdaptConfig
+
+    datamodule = fake_datamodule()
+    datamodule.parts = [np.zeros(900), np.zeros(300)]  # simulations, then the painted field
+    datamodule.val_indices = np.array([10, 20, 900, 901, 902])
+    datamodule.labels = np.r_[np.zeros(900), np.tile([0, 1], 150)]
+    adabn_s = 2000 * (2 * RATES.predict_s + RATES.prepare_s)
+    for keep, judged_s in (("always", 0.0), ("if_better", 3 * 2 * 8 * RATES.predict_s)):
+        adapt = AdaptConfig(field="field.zarr", method="adabn", adabn_keep=keep)
+        config = TrainConfig(max_epochs=5, time_budget_minutes=60, adapt=adapt)
+        budget = TimeBudget.start(config)
+        assert budget is not None
+        plan = budget._measure_and_plan(config, datamodule, done_epochs=0)
+        assert plan["after_s"] == pytest.approx(adabn_s + judged_s, abs=0.1)

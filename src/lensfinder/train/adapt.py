@@ -621,10 +621,10 @@ def painted_validation(datamodule: Any) -> np.ndarray | None:
     parts = getattr(datamodule, "parts", None)
     if datamodule is None or not parts or len(parts) < 2:
         return None
-    offset = sum(len(part) for part in parts[:-1])
+    start = sum(len(part) for part in parts[:-1])
     rows = np.asarray(datamodule.val_indices)
-    positions = np.flatnonzero(rows >= offset)
-    labels = np.asarray(datamodule.source.labels)[rows[positions]]
+    positions = np.flatnonzero((rows >= start) & (rows < start + len(parts[-1])))
+    labels = np.asarray(datamodule.labels)[rows[positions]]
     return positions if len(np.unique(labels[labels >= 0])) == 2 else None
 
 

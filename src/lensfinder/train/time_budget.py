@@ -37,11 +37,17 @@ import numpy as np
 import torch
 
 from lensfinder.config import PredictConfig, TrainConfig
+from lensfinder.data.augment import N_ELEMENTS
 from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE
 from lensfinder.data.dataset import CutoutDataset
 from lensfinder.data.transforms import map_input, to_model_input
 from lensfinder.files import atomic_write_text
-from lensfinder.train.adapt import JOINT_METHODS, UnpaintedHoldback, adapt_methods
+from lensfinder.train.adapt import (
+    JOINT_METHODS,
+    UnpaintedHoldback,
+    adapt_methods,
+    painted_validation,
+)
 from lensfinder.train.devices import resolve_precision, uses_cuda
 from lensfinder.train.module import (
     LensClassifier,
@@ -365,6 +371,9 @@ def pass_costs(config: TrainConfig, datamodule: Any, rates: Rates) -> dict[str, 
         finish_s = config.adapt.max_cutouts * (
             config.adapt.adabn_views * rates.predict_s + rates.prepare_s
         )
+        judged = painted_validation(datamodule) if config.adapt.adabn_keep == "if_better" else None
+        if judged is not None:  # scored with every D4 view, without and with AdaBN
+            finish_s += len(judged) * 2 * N_ELEMENTS * rates.predict_s
     return {
         "setup_s": (n_train + n_val) * rates.prepare_s,
         "epoch_s": epoch_s,
