@@ -224,6 +224,8 @@ def test_settings_come_from_yaml_and_bad_ones_fail_in_one_line(tmp_path):
         load_config(TrainConfig, path)
     with pytest.raises(ConfigError, match=r"both 0.*lr_scale"):  # refused as it is made
         HardNegativeConfig(enabled=True, top_nonlenses=0, bottom_lenses=0, lr_scale=2.0)
+    with pytest.raises(ConfigError, match="short_budget 'never': expected one of mine, epochs"):
+        HardNegativeConfig(enabled=True, short_budget="never")
     # A pool that is not there fails before the first pass trains.
     with pytest.raises(ConfigError, match="nowhere: no such store or layout"):
         check_config(mining_config(tmp_path / "nowhere"))
@@ -256,8 +258,10 @@ def epochs_of_4_s(monkeypatch):
     return seen
 
 
-def budgeted(pool: Path | None, max_epochs: int, minutes: float) -> TrainConfig:
-    config = mining_config(pool, epochs=2)
+def budgeted(
+    pool: Path | None, max_epochs: int, minutes: float, short_budget: str = "epochs"
+) -> TrainConfig:
+    config = mining_config(pool, epochs=2, short_budget=short_budget)
     return dataclasses.replace(
         config, max_epochs=max_epochs, warmup_epochs=0, time_budget_minutes=minutes
     )
@@ -283,11 +287,27 @@ def test_a_time_budget_mines_when_the_configured_epochs_fit_beside_it(
     assert result.epochs == 2
 
 
+def test_a_short_budget_mines_after_fewer_epochs_by_default(store, pool, tmp_path, epochs_of_4_s):
+    """``short_budget: mine`` (the default): beside mining (18 s) only 4 of 5 epochs fit in
+    the 34.9 s planned, so the first pass trains 4, then the run mines."""
+    from lensfinder.models.meta import read_meta
+
+    out = tmp_path / "run"
+    config = budgeted(pool, max_epochs=5, minutes=0.6, short_budget="mine")
+    train(config, store, out, progress=False)
+    plan = read_meta(out)["time_plan"]
+    assert plan["hard_negatives"]["mined"] and plan["planned_epochs"] < 5
+    assert plan["planned_epochs"] == plan["hard_negatives"]["epochs_with_mining"]
+    assert read_meta(out / FIRST_PASS_DIR)["metrics"]["epochs"] == plan["planned_epochs"]
+    assert read_meta(out)["hard_negatives"]["n_nonlenses"] == 5
+
+
 def test_a_time_budget_gives_mining_minutes_to_epochs_when_they_do_not_fit(
     store, pool, tmp_path, epochs_of_4_s
 ):
-    """Beside mining (18 s) only 4 of 5 epochs fit in the 34.9 s planned: one pass of all 5
-    epochs, into OUT itself, no pool scored; a re-run reads the decision back."""
+    """``short_budget: epochs``: beside mining (18 s) only 4 of 5 epochs fit in the 34.9 s
+    planned: one pass of all 5 epochs, into OUT itself, no pool scored; a re-run reads the
+    decision back."""
     from lensfinder.models.meta import read_meta
 
     out = tmp_path / "run"

@@ -11,10 +11,10 @@ whose estimated end, with what follows them (mining and its second pass, AdaBN),
 the budget counted from the start of ``train`` (painting a field comes first, so it is counted
 as spent, not estimated).
 
-Mining is planned before its pool is simulated (a few of the pool's objects are timed): it
-runs only when the first pass keeps all its configured epochs beside it; otherwise its minutes
-go to epochs (``plan_mining``: on a CPU where cpu-best's 28 epochs do not fit, 20 epochs
-without mining beat 15 with it on two seeds; README, "Session 15" and "Session 16").
+Mining is planned before its pool is simulated (a few of the pool's objects are timed), and
+where the minutes cannot hold it and all the configured epochs, ``hard_negatives.short_budget``
+chooses (``plan_mining``): "mine" (fewer epochs, then mining: the tail gains) or "epochs" (no
+mining: AUROC gains; README, "Session 19").
 
 Everything that derives from ``max_epochs`` (the cosine schedule, warm-up, progressive
 resizing, freezing, SWA, early stopping's first epoch) derives from the planned number, so a
@@ -229,16 +229,19 @@ class TimeBudget:
         _save_plan(self.plan, out)
         return dataclasses.replace(config, max_epochs=int(self.plan["planned_epochs"]))
 
-    def plan_mining(self, config: TrainConfig, datamodule: Any, mining: AfterFirstPass) -> bool:
+    def plan_mining(
+        self, config: TrainConfig, datamodule: Any, mining: AfterFirstPass, short: str = "mine"
+    ) -> bool:
         """Whether hard-negative mining (``mining``: its pool, scoring and second pass) runs
-        after the first pass of ``config`` on ``datamodule``: only when the first pass keeps
-        all its configured epochs beside it; otherwise the epochs get its minutes. The chosen
+        after the first pass of ``config`` on ``datamodule``: always with ``short`` "mine" (the
+        first pass gets the minutes it leaves); with "epochs" only when the first pass keeps
+        all its configured epochs beside it, otherwise the epochs get its minutes. The chosen
         plan (with ``hard_negatives``: what was decided, and the epochs mining would have left)
         waits in ``decided`` for the pass that trains next, mining's in the first pass, the
         other in the one pass."""
         self.after = mining
         with_mining = self._measure_and_plan(config, datamodule, 0)
-        mines = with_mining["planned_epochs"] >= config.max_epochs
+        mines = short == "mine" or with_mining["planned_epochs"] >= config.max_epochs
         if mines:
             chosen = with_mining
         else:
@@ -310,8 +313,8 @@ class TimeBudget:
         mining = plan.get("hard_negatives")
         if mining is not None and not mining["mined"]:
             text += (
-                f"; hard negatives left out: beside them {mining['epochs_with_mining']} "
-                "epochs would fit, and the configured epochs come first"
+                f"; hard negatives left out (short_budget: epochs): beside them "
+                f"{mining['epochs_with_mining']} epochs would fit"
             )
         if not plan["fits"]:
             text += "; even the fewest epochs do not fit: give more minutes or fewer samples"

@@ -570,8 +570,8 @@ def train_with_hard_negatives(
     budget: TimeBudget | None = None,
 ) -> TrainResult:
     """First pass, mining, second pass (see ``train/hard_negatives.py``); the second pass's
-    result. With a time budget that cannot hold both the configured epochs and mining, one
-    pass without mining, into ``out`` (``_mining_fits``)."""
+    result. With a time budget that cannot hold both the configured epochs and mining and
+    ``short_budget: epochs``, one pass without mining, into ``out`` (``_mining_fits``)."""
     first_dir = out / hard_negatives.FIRST_PASS_DIR
     is_rank_zero = rank_zero_only.rank == 0  # type: ignore[attr-defined]
     if budget is not None and not _mining_fits(config, store, out, budget, resume):
@@ -623,10 +623,10 @@ def train_with_hard_negatives(
 def _mining_fits(
     config: TrainConfig, store: list[Path], out: Path, budget: TimeBudget, resume: bool
 ) -> bool:
-    """Whether a budgeted run mines: rank 0 decides before the pool is made
-    (``TimeBudget.plan_mining``, from this machine's rates and a few of the pool's objects
-    timed); the plan it chose, saved in ``out`` (one pass) or its first pass's directory,
-    answers for a resumed run and for DDP's other processes."""
+    """Whether a budgeted run mines (``hard_negatives.short_budget``): rank 0 decides before
+    the pool is made (``TimeBudget.plan_mining``, from this machine's rates and a few of the
+    pool's objects timed); the plan it chose, saved in ``out`` (one pass) or its first pass's
+    directory, answers for a resumed run and for DDP's other processes."""
     one_pass = hard_negatives.first_pass_config(config)
     is_rank_zero = rank_zero_only.rank == 0  # type: ignore[attr-defined]
     if resume or not is_rank_zero:
@@ -646,7 +646,7 @@ def _mining_fits(
         replayed=(hn.top_nonlenses + hn.bottom_lenses) * hn.replay_copies,
         simulate_s=simulate_s,
     )
-    return budget.plan_mining(one_pass, datamodule, mining)
+    return budget.plan_mining(one_pass, datamodule, mining, hn.short_budget)
 
 
 def _score_text(value: float | None) -> str:
