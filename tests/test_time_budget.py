@@ -59,9 +59,7 @@ def plan_for(config: TrainConfig, after: AfterFirstPass | None = None, spent_s: 
     budget = TimeBudget.start(config)
     assert budget is not None
     budget.started -= spent_s  # as if painting and the pool had taken spent_s
-    if after is not None:
-        budget.after = after
-    return budget._measure_and_plan(config, fake_datamodule(), done_epochs=0)
+    return budget._measure_and_plan(config, fake_datamodule(), done_epochs=0, after=after)
 
 
 def test_the_plan_trains_the_epochs_that_fit_and_never_more_than_max_epochs(fixed_rates):

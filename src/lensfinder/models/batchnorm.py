@@ -50,6 +50,25 @@ def reinit_batchnorm(model: nn.Module, affine: bool = False) -> int:
     return len(layers)
 
 
+BatchNormStatistics = list[tuple[_BatchNorm, dict[str, torch.Tensor]]]
+
+
+def batchnorm_statistics(model: nn.Module) -> BatchNormStatistics:
+    """A copy of every BN layer's running statistics (its buffers), for
+    ``restore_batchnorm_statistics`` (e.g. to undo AdaBN)."""
+    return [
+        (layer, {name: b.detach().clone() for name, b in layer.named_buffers(recurse=False)})
+        for layer in batchnorm_layers(model)
+    ]
+
+
+def restore_batchnorm_statistics(saved: BatchNormStatistics) -> None:
+    with torch.no_grad():
+        for layer, buffers in saved:
+            for name, buffer in layer.named_buffers(recurse=False):
+                buffer.copy_(buffers[name])
+
+
 @contextlib.contextmanager
 def bn_train_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Method 2: inside the block BN layers normalise with batch statistics, nothing else changes.

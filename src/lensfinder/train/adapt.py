@@ -54,7 +54,13 @@ from lensfinder.data.store import pack
 from lensfinder.data.transforms import ModelInput, map_input
 from lensfinder.ensemble import is_ensemble, member_dir, read_ensemble, write_ensemble
 from lensfinder.errors import ConfigError, DataError
-from lensfinder.models.batchnorm import batchnorm_layers, bn_train_mode, leading_batchnorm_layers
+from lensfinder.models.batchnorm import (
+    batchnorm_layers,
+    batchnorm_statistics,
+    bn_train_mode,
+    leading_batchnorm_layers,
+    restore_batchnorm_statistics,
+)
 from lensfinder.models.checkpoint import input_config, load_model, save_model
 from lensfinder.predict.predictor import average_logits
 from lensfinder.safety import ENSEMBLE, TRAIN
@@ -573,31 +579,37 @@ def finish_adaptation(
     before = after = None
     if "adabn" in methods:
         before = validation_auroc(lit, datamodule)
-        judged = painted_validation(datamodule) if config.adapt.adabn_keep == "if_better" else None
-        if judged is not None:
-            painted_before = validation_auroc(lit, datamodule, judged, N_ELEMENTS)
-            training_statistics = batchnorm_statistics(lit.model)
-        adabn = adabn_as_configured(lit.model, field, config)
-        after = validation_auroc(lit, datamodule)
-        if judged is not None:
-            painted_after = validation_auroc(lit, datamodule, judged, N_ELEMENTS)
-            kept = (
-                painted_before is not None
-                and painted_after is not None
-                and painted_after > painted_before
-            )
-            if not kept:
-                restore_batchnorm_statistics(training_statistics)
-                after = before
-            adabn |= {
-                "kept": kept,
-                "painted_val_cutouts": len(judged),
-                "painted_val_auroc_before": painted_before,
-                "painted_val_auroc_after": painted_after,
-            }
+        adabn = _judged_adabn(config, lit, field, datamodule)
+        after = before if adabn.get("kept") is False else validation_auroc(lit, datamodule)
     record = adapt_record(config.adapt, methods, field, adabn)
     record["val_auroc_before_adabn"], record["val_auroc_after_adabn"] = before, after
     return record
+
+
+def _judged_adabn(
+    config: TrainConfig, lit: Any, field: FieldCutouts, datamodule: Any
+) -> dict[str, Any]:
+    """AdaBN as configured; with ``adabn_keep: if_better`` undone (training's statistics put
+    back) unless the painted field's validation AUROC, all D4 views, rises with it."""
+    keep = config.adapt.adabn_keep
+    judged = painted_validation(config, datamodule) if keep == "if_better" else None
+    if judged is None:
+        return adabn_as_configured(lit.model, field, config)
+    painted_before = validation_auroc(lit, datamodule, judged, N_ELEMENTS)
+    training_statistics = batchnorm_statistics(lit.model)
+    adabn = adabn_as_configured(lit.model, field, config)
+    painted_after = validation_auroc(lit, datamodule, judged, N_ELEMENTS)
+    kept = (
+        painted_before is not None and painted_after is not None and painted_after > painted_before
+    )
+    if not kept:
+        restore_batchnorm_statistics(training_statistics)
+    return adabn | {
+        "kept": kept,
+        "painted_val_cutouts": len(judged),
+        "painted_val_auroc_before": painted_before,
+        "painted_val_auroc_after": painted_after,
+    }
 
 
 def adabn_judgement(adabn: dict[str, Any] | None) -> str | None:
@@ -615,40 +627,29 @@ def adabn_judgement(adabn: dict[str, Any] | None) -> str | None:
     )
 
 
-def painted_validation(datamodule: Any) -> np.ndarray | None:
-    """Positions, in the validation set, of the painted field's cutouts (the last part of a
-    run trained with ``--adapt``), or None where there are none of both classes."""
-    parts = getattr(datamodule, "parts", None)
-    if datamodule is None or not parts or len(parts) < 2:
+def painted_validation(config: TrainConfig, datamodule: Any) -> np.ndarray | None:
+    """Positions, in the validation set, of the painted field's cutouts, or None where the run
+    paints no field or its validation holds not both classes of them."""
+    if datamodule is None:
         return None
-    start = sum(len(part) for part in parts[:-1])
     rows = np.asarray(datamodule.val_indices)
-    positions = np.flatnonzero((rows >= start) & (rows < start + len(parts[-1])))
+    painted = in_painted_part(config, datamodule, rows)
+    if painted is None:
+        return None
+    positions = np.flatnonzero(painted)
     labels = np.asarray(datamodule.labels)[rows[positions]]
     return positions if len(np.unique(labels[labels >= 0])) == 2 else None
 
 
-def batchnorm_statistics(model: nn.Module) -> list[tuple[nn.Module, dict[str, torch.Tensor]]]:
-    """A copy of every batch-norm layer's running statistics (``restore_...`` puts it back)."""
-    names = ("running_mean", "running_var", "num_batches_tracked")
-    return [
-        (
-            layer,
-            {
-                n: getattr(layer, n).detach().clone()
-                for n in names
-                if getattr(layer, n, None) is not None
-            },
-        )
-        for layer in batchnorm_layers(model)
-    ]
-
-
-def restore_batchnorm_statistics(saved: list[tuple[nn.Module, dict[str, torch.Tensor]]]) -> None:
-    with torch.no_grad():
-        for layer, buffers in saved:
-            for name, value in buffers.items():
-                getattr(layer, name).copy_(value)
+def in_painted_part(config: TrainConfig, datamodule: Any, rows: np.ndarray) -> np.ndarray | None:
+    """Which ``rows`` of the datamodule's source belong to the painted field (the last data
+    set of a run that paints; rows appended later, a mined replay, do not); None where the run
+    paints no field."""
+    parts = datamodule.parts
+    if painted_store_path(config, "") is None or len(parts) < 2:
+        return None
+    start = int(sum(len(p) for p in parts[:-1]))
+    return (rows >= start) & (rows < start + len(parts[-1]))
 
 
 def eval_logits(
@@ -716,13 +717,11 @@ class UnpaintedHoldback:
     def of(cls, config: TrainConfig, datamodule: Any) -> UnpaintedHoldback | None:
         """The holdback of a run that trains on a painted field (its last part), else None."""
         share = config.adapt.unpainted_holdback
-        parts = datamodule.parts
-        if share == 0 or painted_store_path(config, "") is None or len(parts) < 2:
-            return None
-        start = int(sum(len(p) for p in parts[:-1]))  # later additions (replay) come after
         rows = np.asarray(datamodule.train_indices)
-        labels = np.asarray(datamodule.labels)[rows]
-        unpainted = (rows >= start) & (rows < start + len(parts[-1])) & (labels == 0)
+        painted = in_painted_part(config, datamodule, rows) if share else None
+        if painted is None:
+            return None
+        unpainted = painted & (np.asarray(datamodule.labels)[rows] == 0)
         return cls(np.flatnonzero(unpainted), share)
 
     def __call__(self, dataset: CutoutDataset, epoch: int, lit: Any) -> np.ndarray:

@@ -29,7 +29,7 @@ import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +188,6 @@ class TimeBudget:
 
     minutes: float
     started: float
-    after: AfterFirstPass = field(default_factory=AfterFirstPass)
     plan: dict[str, Any] | None = None
     rates: Rates | None = None  # measured once per command, by the first plan
     # made in this process for the pass about to train (``plan_mining``), saved by ``reuse``
@@ -239,31 +238,31 @@ class TimeBudget:
         plan (with ``hard_negatives``: what was decided, and the epochs mining would have left)
         waits in ``decided`` for the pass that trains next, mining's in the first pass, the
         other in the one pass."""
-        self.after = mining
-        with_mining = self._measure_and_plan(config, datamodule, 0)
+        with_mining = self._measure_and_plan(config, datamodule, 0, mining)
         mines = short == "mine" or with_mining["planned_epochs"] >= config.max_epochs
-        if mines:
-            chosen = with_mining
-        else:
-            self.after = AfterFirstPass()
-            chosen = self._measure_and_plan(config, datamodule, 0)
+        chosen = with_mining if mines else self._measure_and_plan(config, datamodule, 0)
         chosen["hard_negatives"] = {
             "mined": mines,
             "epochs_with_mining": with_mining["planned_epochs"],
-            "mining_s": with_mining["after_s"],  # the pool's simulation and scoring, 2nd pass
+            "mining_s": with_mining["after_s"],  # all that follows the first pass's epochs
             "pool_simulate_s": round(mining.simulate_s, 1),
         }
         self.decided = chosen
         return mines
 
     def _measure_and_plan(
-        self, config: TrainConfig, datamodule: Any, done_epochs: int
+        self,
+        config: TrainConfig,
+        datamodule: Any,
+        done_epochs: int,
+        after: AfterFirstPass | None = None,
     ) -> dict[str, Any]:
+        """The plan of a pass followed by ``after`` (mining), from this machine's rates."""
         if self.rates is None:
             self.rates = measure_rates(config, datamodule)
         rates = self.rates
         costs = pass_costs(config, datamodule, rates)
-        after = self.after
+        after = after or AfterFirstPass()
         second_pass_s = (
             PASS_OVERHEAD_S + costs["setup_s"] + after.replayed * rates.prepare_s
             if after.epochs
@@ -374,7 +373,11 @@ def pass_costs(config: TrainConfig, datamodule: Any, rates: Rates) -> dict[str, 
         finish_s = config.adapt.max_cutouts * (
             config.adapt.adabn_views * rates.predict_s + rates.prepare_s
         )
-        judged = painted_validation(datamodule) if config.adapt.adabn_keep == "if_better" else None
+        judged = (
+            painted_validation(config, datamodule)
+            if config.adapt.adabn_keep == "if_better"
+            else None
+        )
         if judged is not None:  # scored with every D4 view, without and with AdaBN
             finish_s += len(judged) * 2 * N_ELEMENTS * rates.predict_s
     return {
