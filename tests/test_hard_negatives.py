@@ -262,8 +262,12 @@ def budgeted(
     pool: Path | None, max_epochs: int, minutes: float, short_budget: str = "epochs"
 ) -> TrainConfig:
     config = mining_config(pool, epochs=2, short_budget=short_budget)
-    return dataclasses.replace(
-        config, max_epochs=max_epochs, warmup_epochs=0, time_budget_minutes=minutes
+    return dataclasses.replace(  # the probe's plan, not one re-planned from real epochs
+        config,
+        max_epochs=max_epochs,
+        warmup_epochs=0,
+        time_budget_minutes=minutes,
+        time_budget_replan=False,
     )
 
 

@@ -127,7 +127,9 @@ def test_a_budgeted_run_trains_the_planned_epochs_on_the_planned_schedule(
 
     monkeypatch.setattr(time_budget, "measure_rates", measure)
     minutes = 15.5 / SAFETY / 60
-    config = tiny_config(max_epochs=6, warmup_epochs=0, time_budget_minutes=minutes)
+    config = tiny_config(
+        max_epochs=6, warmup_epochs=0, time_budget_minutes=minutes, time_budget_replan=False
+    )
     result = train(config, store, tmp_path / "run", progress=False)
     plan = json.loads((tmp_path / "run" / PLAN_FILE).read_text())
     assert plan["planned_epochs"] == 2 and plan["configured_epochs"] == 6
@@ -195,3 +197,118 @@ def test_a_judged_adabn_is_planned_with_its_judgement(fixed_rates):
         assert budget is not None
         plan = budget._measure_and_plan(config, datamodule, done_epochs=0)
         assert plan["after_s"] == pytest.approx(adabn_s + judged_s, abs=0.1)
+
+
+class ShiftedClock:
+    """``time_budget``'s clock, pushed ``shift_s`` ahead during the first epoch: a first epoch
+    that 'took' that much longer, without waiting for it."""
+
+    def __init__(self, monkeypatch, shift_s: float) -> None:
+        import time
+
+        self.offset, self.shift_s = 0.0, shift_s
+        clock = SimpleNamespace(
+            monotonic=lambda: time.monotonic() + self.offset, perf_counter=time.perf_counter
+        )
+        monkeypatch.setattr(time_budget, "time", clock)
+
+    def callback(self):
+        import lightning.pytorch as pl
+
+        clock = self
+
+        class Slow(pl.Callback):
+            def on_train_epoch_start(self, trainer, pl_module):
+                if trainer.current_epoch == 0:
+                    clock.offset += clock.shift_s
+
+        return Slow()
+
+
+def probe_says(monkeypatch, epoch_s: float) -> None:
+    """The probe measures epochs of ``epoch_s`` (with the per-epoch overhead)."""
+
+    def measure(config, datamodule):
+        train_s = (epoch_s - EPOCH_OVERHEAD_S) / datamodule.samples_per_epoch
+        return Rates(train_s, 1e-9, 1e-9, 0.0)
+
+    monkeypatch.setattr(time_budget, "measure_rates", measure)
+
+
+def test_a_first_epoch_slower_than_planned_replans_fewer_epochs_on_their_schedule(
+    store, tmp_path, monkeypatch
+):
+    """A probe that saw a faster machine than training did (6 epochs of 1.5 s planned in 60 s;
+    the first epoch takes 20 s): after it the run plans again and trains the 2 that fit, on a
+    cosine schedule over 2."""
+    probe_says(monkeypatch, 1.5)
+    clock = ShiftedClock(monkeypatch, 20.0)
+    config = tiny_config(max_epochs=6, warmup_epochs=0, time_budget_minutes=1.0)
+    out = tmp_path / "run"
+    result = train(config, store, out, progress=False, callbacks=[clock.callback()])
+    plan = json.loads((out / PLAN_FILE).read_text())
+    replanned = plan["replanned"]
+    assert replanned["planned_epochs_before"] == 6 and replanned["after_epoch"] == 1
+    assert replanned["epoch_s"] >= 20 and replanned["of_planned"] > 10
+    assert plan["planned_epochs"] == replanned["planned_epochs"] == 2 == result.epochs
+    assert replanned["estimated_total_s"] <= SAFETY * 60 + 1
+    meta = read_meta(out)
+    assert meta["time_plan"] == plan and meta["train"]["max_epochs"] == 2
+    lrs = meta["metrics"]["lr_history"]
+    assert lrs[0] == pytest.approx(config.lr) and lrs[1] == pytest.approx(config.lr / 2)
+    assert any("re-planned after epoch 1" in note and ": 2 epochs" in note for note in result.notes)
+    # the saved plan and config say 2: the same command again finds the run finished
+    assert train(config, store, out, progress=False).already_trained
+
+
+def test_a_first_epoch_faster_than_planned_replans_more_epochs(store, tmp_path, monkeypatch):
+    """A probe caught by another job's burst (epochs of 5 s planned: 2 of 6 fit in 15.5 s);
+    the real epochs take a fraction of that, so after the first the run trains all 6, the
+    cosine schedule spanning 6."""
+    probe_says(monkeypatch, 6.0)
+    minutes = 15.5 / SAFETY / 60
+    config = tiny_config(max_epochs=6, warmup_epochs=0, time_budget_minutes=minutes)
+    result = train(config, store, tmp_path / "run", progress=False)
+    meta = read_meta(tmp_path / "run")
+    replanned = meta["time_plan"]["replanned"]
+    assert replanned["planned_epochs_before"] == 2 and replanned["of_planned"] < 0.9
+    assert result.epochs == 6 == meta["time_plan"]["planned_epochs"] == meta["train"]["max_epochs"]
+    lrs = meta["metrics"]["lr_history"]
+    assert lrs[1] == pytest.approx(config.lr * 0.5 * (1 + math.cos(math.pi / 6)))
+
+
+def test_a_replan_keeps_a_plan_within_its_tolerance_and_scales_what_follows(fixed_rates):
+    """An epoch within 10% of the plan keeps it; otherwise mining's scoring and second pass
+    scale with the epoch's ratio, its pool's simulation (timed apart) does not."""
+    config = TrainConfig(max_epochs=100, time_budget_minutes=30, warmup_epochs=1)
+    budget = TimeBudget.start(config)
+    assert budget is not None
+    after = AfterFirstPass(pool_rows=2000, views=1, epochs=3, replayed=100, simulate_s=100.0)
+    budget.plan = budget._measure_and_plan(config, fake_datamodule(), 0, after)
+    budget.plan["hard_negatives"] = {"mined": True, "pool_simulate_s": 100.0}
+    planned, epoch_s, after_s = (budget.plan[k] for k in ("planned_epochs", "epoch_s", "after_s"))
+    assert budget.replan(config, epoch_s * 1.08, 1) is None
+    assert budget.plan["replanned"]["planned_epochs"] == planned == budget.plan["planned_epochs"]
+    epochs = budget.replan(config, epoch_s / 2, 1)
+    scaled = 100.0 + (after_s - 100.0) / 2
+    assert budget.plan["replanned"]["after_s"] == pytest.approx(scaled, abs=0.1)
+    left = SAFETY * 1800 - budget.elapsed_s() - scaled
+    assert epochs == 1 + math.floor(left / (epoch_s / 2)) == budget.plan["planned_epochs"]
+    assert epochs > planned
+    # never below the warm-up and the epoch after it, never above max_epochs
+    budget.started -= 1800
+    assert budget.replan(config, epoch_s * 2, 1) == 2
+    fast = dataclasses.replace(config, max_epochs=planned + 3)
+    budget.started += 1800
+    budget.plan["configured_epochs"] = fast.max_epochs
+    assert budget.replan(fast, 0.1, 1) == fast.max_epochs
+
+
+def test_no_replan_where_epochs_were_set_from_the_first_plan():
+    from lensfinder.train.time_budget import replans
+
+    assert replans(TrainConfig())
+    assert not replans(TrainConfig(time_budget_replan=False))
+    assert not replans(TrainConfig(weight_averaging="swa"))
+    assert not replans(TrainConfig(low_res_size=64))
+    assert not replans(TrainConfig(frozen_stages=2))

@@ -71,6 +71,17 @@ def lr_multiplier(epoch: int, warmup_epochs: int, max_epochs: int, shape: str) -
     return 0.5 * (1.0 + math.cos(math.pi * min(epoch - warmup_epochs, span) / span))
 
 
+def epoch_schedule(config: TrainConfig) -> Callable[[int], float]:
+    """``lr_multiplier`` for ``config``'s warm-up, epochs and shape: the LambdaLR of a run, also
+    set again when a time budget re-plans its epochs."""
+    return functools.partial(
+        lr_multiplier,
+        warmup_epochs=config.warmup_epochs,
+        max_epochs=config.max_epochs,
+        shape=config.lr_schedule,
+    )
+
+
 def to_channels_last(x: Any) -> Any:
     """Channels-last for 4-D image tensors (also inside a two-branch tuple); others unchanged."""
     if isinstance(x, torch.Tensor):
@@ -262,13 +273,7 @@ class LensClassifier(pl.LightningModule):
         if not trainable:
             raise ValueError("the model has no trainable parameters")
         optimizer = make_optimizer(config, trainable)
-        shape = functools.partial(
-            lr_multiplier,
-            warmup_epochs=config.warmup_epochs,
-            max_epochs=config.max_epochs,
-            shape=config.lr_schedule,
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, shape)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, epoch_schedule(config))
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},

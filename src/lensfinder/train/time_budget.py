@@ -16,6 +16,12 @@ where the minutes cannot hold it and all the configured epochs, ``hard_negatives
 chooses (``plan_mining``): "mine" (fewer epochs, then mining: the tail gains) or "epochs" (no
 mining: AUROC gains; README, "Session 19").
 
+The probe is seconds long, so another job's burst can catch it (README "Session 19": 44 images/s
+measured, 61 trained, 9 epochs planned where 13 fit). So the run looks again once, when its first
+epoch is done (``EpochReplan``): where that epoch took more than 10% longer or shorter than the
+plan said, the epochs are planned again from its measured time (``TimeBudget.replan``), and the
+schedule follows (``time_budget_replan``, on by default).
+
 Everything that derives from ``max_epochs`` (the cosine schedule, warm-up, progressive
 resizing, freezing, SWA, early stopping's first epoch) derives from the planned number, so a
 slower machine trains the same recipe, shorter. The plan is written to the run directory
@@ -33,8 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import numpy as np
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 
 from lensfinder.config import PredictConfig, TrainConfig
 from lensfinder.data.augment import N_ELEMENTS
@@ -51,6 +59,7 @@ from lensfinder.train.adapt import (
 from lensfinder.train.devices import resolve_precision, uses_cuda
 from lensfinder.train.module import (
     LensClassifier,
+    epoch_schedule,
     initial_model,
     make_optimizer,
     to_channels_last,
@@ -74,6 +83,10 @@ PROBE_PREPARED = 128  # cutouts read and prepared to time the input preparation
 # Joint adaptation (dann, consistency) runs the network on a field batch beside every labelled
 # batch: about twice the work per step.
 JOINT_STEP_FACTOR = 2.0
+# The first epoch re-plans the run when its wall time is off the plan's by more than this share
+# (the probe's step-to-step spread is +-15%, its median's much less; the first epoch also holds
+# one-time costs, so a plan within 10% is kept).
+REPLAN_TOLERANCE = 0.10
 
 
 class BareTrainingLoop:
@@ -192,6 +205,9 @@ class TimeBudget:
     rates: Rates | None = None  # measured once per command, by the first plan
     # made in this process for the pass about to train (``plan_mining``), saved by ``reuse``
     decided: dict[str, Any] | None = None
+    # whether ``plan`` was made by this command (and may be re-planned), not read back from a
+    # run directory (a resumed run, DDP's other processes)
+    fresh: bool = False
 
     @classmethod
     def start(cls, config: TrainConfig) -> TimeBudget | None:
@@ -208,8 +224,9 @@ class TimeBudget:
         for the same budget and ``max_epochs`` (a resumed run, DDP's other processes), else
         None."""
         decided, self.decided = self.decided, None
-        if decided is not None and _same_request(decided, config):
-            _save_plan(decided, out)
+        self.fresh = decided is not None and _same_request(decided, config)
+        if self.fresh:
+            _save_plan(decided, out)  # type: ignore[arg-type]
             saved: dict[str, Any] | None = decided
         else:
             saved = read_plan(out)
@@ -225,6 +242,7 @@ class TimeBudget:
         return ``config`` with the planned ``max_epochs``. ``done_epochs``: epochs a checkpoint
         already holds (they are not trained again, so they cost no time)."""
         self.plan = self._measure_and_plan(config, datamodule, done_epochs)
+        self.fresh = True
         _save_plan(self.plan, out)
         return dataclasses.replace(config, max_epochs=int(self.plan["planned_epochs"]))
 
@@ -299,16 +317,71 @@ class TimeBudget:
             "probe_s": round(rates.probe_s, 1),
         }
 
+    def replan(self, config: TrainConfig, epoch_s: float, done_epochs: int) -> int | None:
+        """The epochs to train now that ``done_epochs`` are done and the last took ``epoch_s``
+        (first epoch, wall clock), or None to keep the plan: kept where ``epoch_s`` is within
+        ``REPLAN_TOLERANCE`` of the plan's epoch, else the most epochs (between the warm-up's
+        end and the configured number) that fit with what follows them, itself scaled by the
+        same ratio (all of it but a mining pool's simulation, timed apart). Recorded in the
+        plan's ``replanned``."""
+        plan = self.plan
+        if plan is None:
+            return None
+        before = int(plan["planned_epochs"])
+        ratio = epoch_s / max(float(plan["epoch_s"]), 1e-9)
+        record: dict[str, Any] = {
+            "after_epoch": done_epochs,
+            "epoch_s": round(epoch_s, 1),
+            "of_planned": round(ratio, 2),
+            "planned_epochs_before": before,
+            "planned_epochs": before,
+        }
+        plan["replanned"] = record
+        if abs(ratio - 1.0) <= REPLAN_TOLERANCE:
+            return None
+        mining = plan.get("hard_negatives")
+        simulate_s = (
+            float(mining.get("pool_simulate_s", 0.0))
+            if isinstance(mining, dict) and mining.get("mined")
+            else 0.0
+        )
+        after_s = simulate_s + (float(plan["after_s"]) - simulate_s) * ratio
+        elapsed = self.elapsed_s()
+        left = SAFETY * 60.0 * self.minutes - elapsed - after_s
+        fitting = math.floor(left / epoch_s) if left > 0 else 0
+        configured = int(plan["configured_epochs"])
+        least = min(configured, max(config.warmup_epochs + 1, done_epochs))
+        epochs = max(least, min(configured, done_epochs + fitting))
+        estimate_s = elapsed + (epochs - done_epochs) * epoch_s + after_s
+        record.update(
+            planned_epochs=epochs,
+            after_s=round(after_s, 1),
+            estimated_total_s=round(estimate_s, 1),
+        )
+        if epochs == before:
+            return None
+        plan["planned_epochs"] = epochs
+        plan["fits"] = done_epochs + fitting >= least
+        return epochs
+
     def describe(self, total_s: float | None = None) -> str:
         """One line for the summary: what was planned, and against what it ran."""
         plan = self.plan
         if plan is None:
             return f"time budget {self.minutes:g} min: no epochs planned"
+        replanned = plan.get("replanned") or {}
+        first = replanned.get("planned_epochs_before", plan["planned_epochs"])
         text = (
-            f"time budget {plan['budget_minutes']:g} min: {plan['planned_epochs']} of "
+            f"time budget {plan['budget_minutes']:g} min: {first} of "
             f"{plan['configured_epochs']} epochs planned (~{plan['epoch_s']:.0f} s each; "
             f"estimated {plan['estimated_total_s'] / 60:.1f} min)"
         )
+        if first != plan["planned_epochs"]:
+            text += (
+                f"; re-planned after epoch {replanned['after_epoch']}, which took "
+                f"{replanned['epoch_s']:.0f} s: {plan['planned_epochs']} epochs (estimated "
+                f"{replanned['estimated_total_s'] / 60:.1f} min)"
+            )
         mining = plan.get("hard_negatives")
         if mining is not None and not mining["mined"]:
             text += (
@@ -320,6 +393,68 @@ class TimeBudget:
         if total_s is not None:
             text += f"; took {total_s / 60:.1f} min"
         return text
+
+
+def replans(config: TrainConfig) -> bool:
+    """Whether a budgeted run of ``config`` may re-plan its epochs after the first: not where
+    progressive resizing, freezing or SWA have set their epochs from the first plan."""
+    return (
+        config.time_budget_replan
+        and not config.low_res_size
+        and not config.frozen_stages
+        and config.weight_averaging != "swa"
+    )
+
+
+class EpochReplan(pl.Callback):
+    """Time the first epoch this process trains (from the start of training to the end of its
+    validation) and hand it to ``TimeBudget.replan``; where the epochs change, the run follows:
+    the loop's end, the module's config and the cosine schedule from the next epoch on (the
+    warm-up keeps its epochs). Rank 0 decides (``decides``) and broadcasts, so DDP's processes
+    agree; the plan in ``out`` is saved again, which a resumed run reads."""
+
+    def __init__(self, budget: TimeBudget, out: Path, decides: bool) -> None:
+        self.budget, self.out, self.decides = budget, Path(out), decides
+        self.began: float | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.began = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if self.began is None:  # once per run
+            return
+        epoch_s, self.began = time.monotonic() - self.began, None
+        epochs = None
+        if self.decides and self.budget.plan is not None:
+            epochs = self.budget.replan(pl_module.config, epoch_s, trainer.current_epoch + 1)
+            _save_plan(self.budget.plan, self.out)
+        epochs = trainer.strategy.broadcast(epochs, src=0)
+        if epochs is not None:
+            follow_planned_epochs(trainer, pl_module, int(epochs))
+
+
+def follow_planned_epochs(trainer: pl.Trainer, pl_module: Any, epochs: int) -> None:
+    """Make a running fit train ``epochs`` in all: its loop, its module's (and datamodule's)
+    config, and a cosine schedule's learning rate from the next epoch on."""
+    config = dataclasses.replace(pl_module.config, max_epochs=epochs)
+    pl_module.config = config
+    datamodule = getattr(trainer, "datamodule", None)
+    if datamodule is not None and hasattr(datamodule, "config"):
+        datamodule.config = config
+    trainer.fit_loop.max_epochs = epochs
+    if config.lr_schedule != "cosine":  # the other shapes do not depend on the epochs
+        return
+    shape = epoch_schedule(config)
+    for scheduler_config in trainer.lr_scheduler_configs:
+        scheduler = scheduler_config.scheduler
+        if not isinstance(scheduler, LambdaLR):
+            continue
+        scheduler.lr_lambdas = [shape for _ in scheduler.lr_lambdas]
+        # the epoch scheduler has already stepped to the next epoch (``last_epoch``)
+        groups = scheduler.optimizer.param_groups
+        for group, base in zip(groups, scheduler.base_lrs, strict=True):
+            group["lr"] = base * shape(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in groups]
 
 
 def _same_request(plan: dict[str, Any], config: TrainConfig) -> bool:

@@ -69,7 +69,14 @@ from lensfinder.train.datamodule import LensDataModule
 from lensfinder.train.devices import check_devices, resolve_precision
 from lensfinder.train.hard_negatives import MinedSet, check_hard_negatives
 from lensfinder.train.module import LensClassifier, initial_model, regularisation
-from lensfinder.train.time_budget import PLAN_FILE, AfterFirstPass, TimeBudget, mining_plan
+from lensfinder.train.time_budget import (
+    PLAN_FILE,
+    AfterFirstPass,
+    EpochReplan,
+    TimeBudget,
+    mining_plan,
+    replans,
+)
 from lensfinder.train.weight_averaging import (
     averaging_record,
     weight_averaging_callback,
@@ -381,7 +388,14 @@ def _train_locked(
     if planner is not None and planned is None:
         done = checkpoint_epoch(checkpoint) + 1 if checkpoint is not None else 0
         config = datamodule.config = planner.make(config, datamodule, out, done)
+    if planner is not None and planner.plan is not None and replans(config):
+        decides = is_rank_zero and planner.fresh
+        extra_callbacks = [EpochReplan(planner, out, decides), *extra_callbacks]
     fitted = _fit(config, out, datamodule, checkpoint, progress, extra_callbacks, is_rank_zero)
+    if fitted.module.config.max_epochs != config.max_epochs:  # re-planned after its first epoch
+        config = datamodule.config = fitted.module.config
+        if is_rank_zero:
+            save_config(config, out / CONFIG_FILE)
     metrics = _metrics(
         fitted.trainer, fitted.stopping, fitted.history, datamodule, fitted.precision
     )
