@@ -200,13 +200,13 @@ def test_a_judged_adabn_is_planned_with_its_judgement(fixed_rates):
 
 
 class ShiftedClock:
-    """``time_budget``'s clock, pushed ``shift_s`` ahead during the first epoch: a first epoch
-    that 'took' that much longer, without waiting for it."""
+    """``time_budget``'s clock, pushed ``shift_s`` ahead during ``epoch``: an epoch that 'took'
+    that much longer, without waiting for it."""
 
-    def __init__(self, monkeypatch, shift_s: float) -> None:
+    def __init__(self, monkeypatch, shift_s: float, epoch: int = 0) -> None:
         import time
 
-        self.offset, self.shift_s = 0.0, shift_s
+        self.offset, self.shift_s, self.epoch = 0.0, shift_s, epoch
         clock = SimpleNamespace(
             monotonic=lambda: time.monotonic() + self.offset, perf_counter=time.perf_counter
         )
@@ -219,7 +219,7 @@ class ShiftedClock:
 
         class Slow(pl.Callback):
             def on_train_epoch_start(self, trainer, pl_module):
-                if trainer.current_epoch == 0:
+                if trainer.current_epoch == clock.epoch:
                     clock.offset += clock.shift_s
 
         return Slow()
@@ -248,15 +248,16 @@ def test_a_first_epoch_slower_than_planned_replans_fewer_epochs_on_their_schedul
     result = train(config, store, out, progress=False, callbacks=[clock.callback()])
     plan = json.loads((out / PLAN_FILE).read_text())
     replanned = plan["replanned"]
-    assert replanned["planned_epochs_before"] == 6 and replanned["after_epoch"] == 1
-    assert replanned["epoch_s"] >= 20 and replanned["of_planned"] > 10
+    assert replanned["planned_epochs_before"] == 6
+    assert replanned["changes"] == [{"after_epoch": 1, "planned_epochs": 2}]
+    assert replanned["epoch_s"] >= 10 and replanned["of_planned"] > 5  # the mean of 2 epochs
     assert plan["planned_epochs"] == replanned["planned_epochs"] == 2 == result.epochs
     assert replanned["estimated_total_s"] <= SAFETY * 60 + 1
     meta = read_meta(out)
     assert meta["time_plan"] == plan and meta["train"]["max_epochs"] == 2
     lrs = meta["metrics"]["lr_history"]
     assert lrs[0] == pytest.approx(config.lr) and lrs[1] == pytest.approx(config.lr / 2)
-    assert any("re-planned after epoch 1" in note and ": 2 epochs" in note for note in result.notes)
+    assert any("re-planned" in note and "after epoch 1 2 epochs" in note for note in result.notes)
     # the saved plan and config say 2: the same command again finds the run finished
     assert train(config, store, out, progress=False).already_trained
 
@@ -272,9 +273,25 @@ def test_a_first_epoch_faster_than_planned_replans_more_epochs(store, tmp_path, 
     meta = read_meta(tmp_path / "run")
     replanned = meta["time_plan"]["replanned"]
     assert replanned["planned_epochs_before"] == 2 and replanned["of_planned"] < 0.9
+    assert replanned["changes"] == [{"after_epoch": 1, "planned_epochs": 6}]
     assert result.epochs == 6 == meta["time_plan"]["planned_epochs"] == meta["train"]["max_epochs"]
     lrs = meta["metrics"]["lr_history"]
     assert lrs[1] == pytest.approx(config.lr * 0.5 * (1 + math.cos(math.pi / 6)))
+
+
+def test_later_epochs_slower_than_the_first_shrink_the_plan_never_grow_it(
+    store, tmp_path, monkeypatch
+):
+    """The first epoch kept the plan (6 of 6); the third 'takes' 45 s more, so after it the
+    mean epoch says nothing more fits in the minute: the run ends there, within its budget."""
+    probe_says(monkeypatch, 1.5)
+    clock = ShiftedClock(monkeypatch, 45.0, epoch=2)
+    config = tiny_config(max_epochs=6, warmup_epochs=0, time_budget_minutes=1.0)
+    out = tmp_path / "run"
+    result = train(config, store, out, progress=False, callbacks=[clock.callback()])
+    replanned = read_meta(out)["time_plan"]["replanned"]
+    assert replanned["planned_epochs_before"] == 6 and result.epochs == 3
+    assert replanned["changes"] == [{"after_epoch": 3, "planned_epochs": 3}]
 
 
 def test_a_replan_keeps_a_plan_within_its_tolerance_and_scales_what_follows(fixed_rates):
@@ -287,21 +304,30 @@ def test_a_replan_keeps_a_plan_within_its_tolerance_and_scales_what_follows(fixe
     budget.plan = budget._measure_and_plan(config, fake_datamodule(), 0, after)
     budget.plan["hard_negatives"] = {"mined": True, "pool_simulate_s": 100.0}
     planned, epoch_s, after_s = (budget.plan[k] for k in ("planned_epochs", "epoch_s", "after_s"))
-    assert budget.replan(config, epoch_s * 1.08, 1) is None
+    assert budget.replan(config, epoch_s * 1.08, 1, first=True) is None
     assert budget.plan["replanned"]["planned_epochs"] == planned == budget.plan["planned_epochs"]
-    epochs = budget.replan(config, epoch_s / 2, 1)
+    epochs = budget.replan(config, epoch_s / 2, 1, first=True)
     scaled = 100.0 + (after_s - 100.0) / 2
     assert budget.plan["replanned"]["after_s"] == pytest.approx(scaled, abs=0.1)
     left = SAFETY * 1800 - budget.elapsed_s() - scaled
     assert epochs == 1 + math.floor(left / (epoch_s / 2)) == budget.plan["planned_epochs"]
-    assert epochs > planned
+    assert epochs is not None and epochs > planned
+    # later epochs only shrink the plan: a faster mean keeps it, a slower one cuts it
+    assert budget.replan(config, epoch_s / 4, 2, first=False) is None
+    assert budget.plan["planned_epochs"] == epochs
+    shrunk = budget.replan(config, epoch_s, 2, first=False)
+    assert shrunk is not None and planned - 1 <= shrunk < epochs
+    assert budget.plan["replanned"]["changes"] == [
+        {"after_epoch": 1, "planned_epochs": epochs},
+        {"after_epoch": 2, "planned_epochs": shrunk},
+    ]
     # never below the warm-up and the epoch after it, never above max_epochs
     budget.started -= 1800
-    assert budget.replan(config, epoch_s * 2, 1) == 2
+    assert budget.replan(config, epoch_s * 2, 1, first=True) == 2
     fast = dataclasses.replace(config, max_epochs=planned + 3)
     budget.started += 1800
     budget.plan["configured_epochs"] = fast.max_epochs
-    assert budget.replan(fast, 0.1, 1) == fast.max_epochs
+    assert budget.replan(fast, 0.1, 1, first=True) == fast.max_epochs
 
 
 def test_no_replan_where_epochs_were_set_from_the_first_plan():

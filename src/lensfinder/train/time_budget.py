@@ -17,9 +17,10 @@ chooses (``plan_mining``): "mine" (fewer epochs, then mining: the tail gains) or
 mining: AUROC gains; README, "Session 19").
 
 The probe is seconds long, so another job's burst can catch it (README "Session 19": 44 images/s
-measured, 61 trained, 9 epochs planned where 13 fit). So the run looks again once, when its first
-epoch is done (``EpochReplan``): where that epoch took more than 10% longer or shorter than the
-plan said, the epochs are planned again from its measured time (``TimeBudget.replan``), and the
+measured, 61 trained, 9 epochs planned where 13 fit). So the run looks again when its first epoch
+is done (``EpochReplan``): where that epoch took more than 10% longer or shorter than the plan
+said, the epochs are planned again from its measured time (``TimeBudget.replan``); after every
+later epoch the plan may only shrink, where the mean epoch so far says it would overrun. The
 schedule follows (``time_budget_replan``, on by default).
 
 Everything that derives from ``max_epochs`` (the cosine schedule, warm-up, progressive
@@ -317,27 +318,35 @@ class TimeBudget:
             "probe_s": round(rates.probe_s, 1),
         }
 
-    def replan(self, config: TrainConfig, epoch_s: float, done_epochs: int) -> int | None:
-        """The epochs to train now that ``done_epochs`` are done and the last took ``epoch_s``
-        (first epoch, wall clock), or None to keep the plan: kept where ``epoch_s`` is within
-        ``REPLAN_TOLERANCE`` of the plan's epoch, else the most epochs (between the warm-up's
-        end and the configured number) that fit with what follows them, itself scaled by the
-        same ratio (all of it but a mining pool's simulation, timed apart). Recorded in the
-        plan's ``replanned``."""
+    def replan(
+        self, config: TrainConfig, epoch_s: float, done_epochs: int, first: bool
+    ) -> int | None:
+        """The epochs to train now that ``done_epochs`` are done at ``epoch_s`` each (the mean
+        wall time of the epochs this process trained), or None to keep the plan.
+
+        After the ``first`` epoch the plan is kept where ``epoch_s`` lies within
+        ``REPLAN_TOLERANCE`` of the plan's epoch, and is otherwise made again: the most epochs
+        (between the warm-up's end and the configured number) that fit with what follows them,
+        itself scaled by the same ratio (all of it but a mining pool's simulation, timed apart).
+        After later epochs it only ever shrinks, where the mean says the plan would overrun
+        (epochs on 2 shared cores vary by +-15%: a first epoch on a fast spell must not commit
+        the run to minutes it will not have); it never grows again, so the schedule does not
+        swing. Recorded in the plan's ``replanned``."""
         plan = self.plan
         if plan is None:
             return None
         before = int(plan["planned_epochs"])
         ratio = epoch_s / max(float(plan["epoch_s"]), 1e-9)
-        record: dict[str, Any] = {
-            "after_epoch": done_epochs,
-            "epoch_s": round(epoch_s, 1),
-            "of_planned": round(ratio, 2),
-            "planned_epochs_before": before,
-            "planned_epochs": before,
-        }
-        plan["replanned"] = record
-        if abs(ratio - 1.0) <= REPLAN_TOLERANCE:
+        record: dict[str, Any] = plan.setdefault(
+            "replanned", {"planned_epochs_before": before, "changes": []}
+        )
+        record.update(
+            after_epoch=done_epochs,
+            epoch_s=round(epoch_s, 1),
+            of_planned=round(ratio, 2),
+            planned_epochs=before,
+        )
+        if first and abs(ratio - 1.0) <= REPLAN_TOLERANCE:
             return None
         mining = plan.get("hard_negatives")
         simulate_s = (
@@ -352,15 +361,16 @@ class TimeBudget:
         configured = int(plan["configured_epochs"])
         least = min(configured, max(config.warmup_epochs + 1, done_epochs))
         epochs = max(least, min(configured, done_epochs + fitting))
-        estimate_s = elapsed + (epochs - done_epochs) * epoch_s + after_s
+        if not first:
+            epochs = min(epochs, before)
         record.update(
-            planned_epochs=epochs,
             after_s=round(after_s, 1),
-            estimated_total_s=round(estimate_s, 1),
+            estimated_total_s=round(elapsed + (epochs - done_epochs) * epoch_s + after_s, 1),
         )
         if epochs == before:
             return None
-        plan["planned_epochs"] = epochs
+        record["planned_epochs"] = plan["planned_epochs"] = epochs
+        record["changes"].append({"after_epoch": done_epochs, "planned_epochs": epochs})
         plan["fits"] = done_epochs + fitting >= least
         return epochs
 
@@ -376,11 +386,14 @@ class TimeBudget:
             f"{plan['configured_epochs']} epochs planned (~{plan['epoch_s']:.0f} s each; "
             f"estimated {plan['estimated_total_s'] / 60:.1f} min)"
         )
-        if first != plan["planned_epochs"]:
+        if replanned.get("changes"):
+            changes = ", ".join(
+                f"after epoch {c['after_epoch']} {c['planned_epochs']}"
+                for c in replanned["changes"]
+            )
             text += (
-                f"; re-planned after epoch {replanned['after_epoch']}, which took "
-                f"{replanned['epoch_s']:.0f} s: {plan['planned_epochs']} epochs (estimated "
-                f"{replanned['estimated_total_s'] / 60:.1f} min)"
+                f"; re-planned from the epochs' measured ~{replanned['epoch_s']:.0f} s: "
+                f"{changes} epochs"
             )
         mining = plan.get("hard_negatives")
         if mining is not None and not mining["mined"]:
@@ -407,26 +420,28 @@ def replans(config: TrainConfig) -> bool:
 
 
 class EpochReplan(pl.Callback):
-    """Time the first epoch this process trains (from the start of training to the end of its
-    validation) and hand it to ``TimeBudget.replan``; where the epochs change, the run follows:
-    the loop's end, the module's config and the cosine schedule from the next epoch on (the
-    warm-up keeps its epochs). Rank 0 decides (``decides``) and broadcasts, so DDP's processes
-    agree; the plan in ``out`` is saved again, which a resumed run reads."""
+    """Time the epochs this process trains (from the start of training to the end of each
+    epoch's validation) and hand their mean to ``TimeBudget.replan`` after each; where the
+    epochs change, the run follows: the loop's end, the module's config and the cosine schedule
+    from the next epoch on (the warm-up keeps its epochs). Rank 0 decides (``decides``) and
+    broadcasts, so DDP's processes agree; the plan in ``out`` is saved again, which a resumed
+    run reads."""
 
     def __init__(self, budget: TimeBudget, out: Path, decides: bool) -> None:
         self.budget, self.out, self.decides = budget, Path(out), decides
-        self.began: float | None = None
+        self.began = 0.0
+        self.epochs = 0
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.began = time.monotonic()
+        self.began, self.epochs = time.monotonic(), 0
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
-        if self.began is None:  # once per run
-            return
-        epoch_s, self.began = time.monotonic() - self.began, None
+        self.epochs += 1
+        epoch_s = (time.monotonic() - self.began) / self.epochs
         epochs = None
         if self.decides and self.budget.plan is not None:
-            epochs = self.budget.replan(pl_module.config, epoch_s, trainer.current_epoch + 1)
+            done = trainer.current_epoch + 1
+            epochs = self.budget.replan(pl_module.config, epoch_s, done, self.epochs == 1)
             _save_plan(self.budget.plan, self.out)
         epochs = trainer.strategy.broadcast(epochs, src=0)
         if epochs is not None:
