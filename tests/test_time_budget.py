@@ -279,7 +279,7 @@ def test_a_first_epoch_faster_than_planned_replans_more_epochs(store, tmp_path, 
     assert lrs[1] == pytest.approx(config.lr * 0.5 * (1 + math.cos(math.pi / 6)))
 
 
-def test_later_epochs_slower_than_the_first_shrink_the_plan_never_grow_it(
+def test_later_epochs_slower_than_the_first_shrink_the_plan_past_its_half(
     store, tmp_path, monkeypatch
 ):
     """The first epoch kept the plan (6 of 6); the third 'takes' 45 s more, so after it the
@@ -312,14 +312,18 @@ def test_a_replan_keeps_a_plan_within_its_tolerance_and_scales_what_follows(fixe
     left = SAFETY * 1800 - budget.elapsed_s() - scaled
     assert epochs == 1 + math.floor(left / (epoch_s / 2)) == budget.plan["planned_epochs"]
     assert epochs is not None and epochs > planned
-    # later epochs only shrink the plan: a faster mean keeps it, a slower one cuts it
-    assert budget.replan(config, epoch_s / 4, 2, first=False) is None
-    assert budget.plan["planned_epochs"] == epochs
-    shrunk = budget.replan(config, epoch_s, 2, first=False)
-    assert shrunk is not None and planned - 1 <= shrunk < epochs
+    # later epochs: in the plan's first half a faster mean grows it (to max_epochs here) ...
+    grown = budget.replan(config, epoch_s / 4, 2, first=False)
+    assert grown == config.max_epochs == budget.plan["planned_epochs"]
+    # ... past it a faster mean keeps it, a slower one cuts it
+    past_half = grown // 2 + 1
+    assert budget.replan(config, epoch_s / 8, past_half, first=False) is None
+    shrunk = budget.replan(config, epoch_s, past_half, first=False)
+    assert shrunk is not None and past_half < shrunk < grown
     assert budget.plan["replanned"]["changes"] == [
         {"after_epoch": 1, "planned_epochs": epochs},
-        {"after_epoch": 2, "planned_epochs": shrunk},
+        {"after_epoch": 2, "planned_epochs": grown},
+        {"after_epoch": past_half, "planned_epochs": shrunk},
     ]
     # never below the warm-up and the epoch after it, never above max_epochs
     budget.started -= 1800

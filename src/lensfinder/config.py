@@ -656,9 +656,10 @@ class TrainConfig(Checked):
     # follows max_epochs (schedule, resizing, SWA) follows the planned number. The same config
     # thus trains fewer epochs on a slower CPU instead of overrunning. None or 0: no budget.
     time_budget_minutes: float | None = None
-    # With a budget, the plan is made again once, from the first epoch's measured wall time,
-    # when it differs from the probe's estimate by more than 10% (a probe caught by another
-    # job's burst planned 9 epochs where 13 fit: README "Session 20"). Off where progressive
+    # With a budget, the plan is made again from the epochs' measured wall time: after the
+    # first where it is >10% off the probe's estimate (a probe caught by another job's burst
+    # planned 9 epochs where 13 fit), after later ones from their mean, both ways in the plan's
+    # first half and after it only shrinking (README "Session 20"). Off where progressive
     # resizing, freezing or SWA derive epochs from max_epochs (their epochs are already set).
     time_budget_replan: bool = True
     optimizer: Literal["adam", "adamw", "sgd"] = "adamw"  # sgd: Nesterov, momentum 0.9

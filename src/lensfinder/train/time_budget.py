@@ -19,9 +19,9 @@ mining: AUROC gains; README, "Session 19").
 The probe is seconds long, so another job's burst can catch it (README "Session 19": 44 images/s
 measured, 61 trained, 9 epochs planned where 13 fit). So the run looks again when its first epoch
 is done (``EpochReplan``): where that epoch took more than 10% longer or shorter than the plan
-said, the epochs are planned again from its measured time (``TimeBudget.replan``); after every
-later epoch the plan may only shrink, where the mean epoch so far says it would overrun. The
-schedule follows (``time_budget_replan``, on by default).
+said, the epochs are planned again from its measured time (``TimeBudget.replan``); after later
+epochs again from their mean, both ways in the plan's first half and after it only shrinking,
+where the run would overrun. The schedule follows (``time_budget_replan``, on by default).
 
 Everything that derives from ``max_epochs`` (the cosine schedule, warm-up, progressive
 resizing, freezing, SWA, early stopping's first epoch) derives from the planned number, so a
@@ -328,10 +328,11 @@ class TimeBudget:
         ``REPLAN_TOLERANCE`` of the plan's epoch, and is otherwise made again: the most epochs
         (between the warm-up's end and the configured number) that fit with what follows them,
         itself scaled by the same ratio (all of it but a mining pool's simulation, timed apart).
-        After later epochs it only ever shrinks, where the mean says the plan would overrun
-        (epochs on 2 shared cores vary by +-15%: a first epoch on a fast spell must not commit
-        the run to minutes it will not have); it never grows again, so the schedule does not
-        swing. Recorded in the plan's ``replanned``."""
+        After later epochs the same count is made from the mean so far; it replaces the plan
+        in the first half of the planned epochs (the cosine has barely begun to fall), and
+        after that only where it is smaller, so that a run never overruns (epochs on 2 shared
+        cores vary by +-15%: a fast spell must not commit the run to minutes it will not have)
+        and its schedule's end does not swing. Recorded in the plan's ``replanned``."""
         plan = self.plan
         if plan is None:
             return None
@@ -361,7 +362,7 @@ class TimeBudget:
         configured = int(plan["configured_epochs"])
         least = min(configured, max(config.warmup_epochs + 1, done_epochs))
         epochs = max(least, min(configured, done_epochs + fitting))
-        if not first:
+        if not first and 2 * done_epochs > before:  # past the plan's first half: only shrink
             epochs = min(epochs, before)
         record.update(
             after_s=round(after_s, 1),
