@@ -439,12 +439,15 @@ class EpochReplan(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
         self.epochs += 1
         epoch_s = (time.monotonic() - self.began) / self.epochs
-        epochs = None
+        epochs, plan = None, None
         if self.decides and self.budget.plan is not None:
             done = trainer.current_epoch + 1
             epochs = self.budget.replan(pl_module.config, epoch_s, done, self.epochs == 1)
-            _save_plan(self.budget.plan, self.out)
-        epochs = trainer.strategy.broadcast(epochs, src=0)
+            plan = self.budget.plan
+            _save_plan(plan, self.out)
+        epochs, plan = trainer.strategy.broadcast((epochs, plan), src=0)
+        if plan is not None:  # DDP's other processes describe the plan rank 0 follows
+            self.budget.plan = plan
         if epochs is not None:
             follow_planned_epochs(trainer, pl_module, int(epochs))
 
