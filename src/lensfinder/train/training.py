@@ -392,8 +392,8 @@ def _train_locked(
         decides = is_rank_zero and planner.fresh
         extra_callbacks = [EpochReplan(planner, out, decides), *extra_callbacks]
     fitted = _fit(config, out, datamodule, checkpoint, progress, extra_callbacks, is_rank_zero)
-    if fitted.module.config.max_epochs != config.max_epochs:  # re-planned after its first epoch
-        config = datamodule.config = fitted.module.config
+    if fitted.module.config.max_epochs != config.max_epochs:  # re-planned as it trained
+        config = fitted.module.config  # the datamodule's was changed with it
         if is_rank_zero:
             save_config(config, out / CONFIG_FILE)
     metrics = _metrics(
