@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lensfinder.config import SimulateConfig
-from lensfinder.simulate.observing import NOMINAL, Observing, draw_observing
+from lensfinder.simulate.observing import NOMINAL, Observing, draw_observing, with_band_offsets
 from lensfinder.surveys import EUCLID
 
 VIS = EUCLID.band("VIS")
@@ -60,3 +60,26 @@ def test_draws_follow_the_settings() -> None:
     assert 60 < sum(d.psf_family == "moffat" for d in mixed) < 140
     assert 60 < sum(d.noise_shift is not None for d in mixed) < 140
     assert max(abs(d.depth_offset_mag) for d in mixed) <= SimulateConfig().depth_scatter_mag
+
+
+def test_band_offsets_move_one_band_on_top_of_the_shared_draws() -> None:
+    shared = Observing("gaussian", 1.1, 3.0, 0.2, None)
+    own = Observing("gaussian", 1.1, 3.0, 0.2, None, band_offsets=(("Y", 0.5, 1.2),))
+    y = EUCLID.band("Y")
+    assert own.band(VIS) == shared.band(VIS)
+    assert own.band(y).exposure_time == pytest.approx(shared.band(y).exposure_time * 10**0.4)
+    assert own.band(y).psf_fwhm == pytest.approx(shared.band(y).psf_fwhm * 1.2)
+
+
+def test_band_offsets_are_drawn_only_when_asked_and_within_the_settings() -> None:
+    rng = np.random.default_rng(3)
+    assert with_band_offsets(NOMINAL, rng, SimulateConfig(), ["Y", "J", "H"]) is NOMINAL
+    config = SimulateConfig(band_depth_scatter_mag=0.5, band_psf_scatter=0.15)
+    drawn = [with_band_offsets(NOMINAL, rng, config, ["Y", "J", "H"]) for _ in range(100)]
+    assert all([name for name, _, _ in d.band_offsets] == ["Y", "J", "H"] for d in drawn)
+    depths = np.array([depth for d in drawn for _, depth, _ in d.band_offsets])
+    fwhms = np.array([fwhm for d in drawn for _, _, fwhm in d.band_offsets])
+    assert np.abs(depths).max() <= 0.5 and depths.std() > 0.2  # uniform on +-0.5: std 0.29
+    assert 0.7 <= fwhms.min() and fwhms.max() <= 1.4 and 0.1 < fwhms.std() < 0.2
+    # the bands of one object differ from each other (drawn independently)
+    assert all(len({depth for _, depth, _ in d.band_offsets}) == 3 for d in drawn)

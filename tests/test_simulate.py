@@ -368,3 +368,27 @@ def test_planned_seconds_times_only_the_objects_left_and_writes_nothing(simulate
     fresh = planned_seconds(CONFIG, tmp_path / "nothing-yet", timed=2)
     assert fresh > one  # 10 objects left against 4, each timed afresh (noisy, but 2.5x)
     assert not (tmp_path / "nothing-yet").exists()
+
+
+def test_nisp_bands_own_depth_and_psf_leave_the_scene_vis_and_label_alone():
+    """Each NISP band's own depth and PSF change only that band's image: the scene, its row
+    (and so the label, measured in VIS) and the VIS image are those of the shared draws."""
+    shared = SimulateConfig(seed=11, supersampling=1)
+    apart = SimulateConfig(
+        seed=11, supersampling=1, band_depth_scatter_mag=0.5, band_psf_scatter=0.15
+    )
+    for object_id, intended_lens in ((600, True), (601, False)):
+        before = simulate_object(shared, object_id, intended_lens)
+        after = simulate_object(apart, object_id, intended_lens)
+        np.testing.assert_equal(after.row, before.row)  # NaN where a non-lens has no source
+        assert "band_offsets" not in before.meta
+        assert [name for name, _, _ in after.meta["band_offsets"]] == ["Y", "J", "H"]
+        assert np.array_equal(after.bands["VIS"].image, before.bands["VIS"].image)
+        for name, depth, fwhm in after.meta["band_offsets"]:
+            observed, nominal = after.bands[name], before.bands[name]
+            assert observed.band.exposure_time == pytest.approx(
+                nominal.band.exposure_time * 10 ** (0.8 * depth)
+            )
+            shallower = observed.background_noise > nominal.background_noise
+            assert shallower == (depth < 0)
+            assert observed.band.psf_fwhm == pytest.approx(nominal.band.psf_fwhm * fwhm)

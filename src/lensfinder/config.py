@@ -196,6 +196,12 @@ class SimulateConfig(Checked):
     psf_fwhm_scatter: float = 0.1  # fractional spread of the FWHM around the band's value
     depth_scatter_mag: float = 0.3  # depth drawn uniformly within +- this (exposure time)
     correlated_noise_fraction: float = 0.5  # objects whose noise is correlated by resampling
+    # NISP bands' own depth (uniform within +- this, mag) and FWHM factor (fractional spread) on
+    # top of the shared ones: another depth or PSF ratio between VIS and NISP, as bands observed
+    # apart or another pipeline's noise model give, shows the per-band normalised input other
+    # colours. VIS (the label rule's band) keeps the shared draws. 0: files as before.
+    band_depth_scatter_mag: float = 0.0
+    band_psf_scatter: float = 0.0
     # --- real galaxy stamps (optional): FITS images with a PIXSCALE header (arcsec) ---
     source_stamps: str | None = None  # a folder; used as sources and as non-lens galaxies
     stamp_fraction: float = 0.5  # share of sources and of non-lens galaxies taken from stamps
@@ -204,7 +210,18 @@ class SimulateConfig(Checked):
 
     def problems(self) -> list[str]:
         problems = _outside(self, ("n", "workers", "supersampling"), 1)
-        problems += _outside(self, ("first_id", "seed", "psf_fwhm_scatter", "depth_scatter_mag"), 0)
+        problems += _outside(
+            self,
+            (
+                "first_id",
+                "seed",
+                "psf_fwhm_scatter",
+                "depth_scatter_mag",
+                "band_depth_scatter_mag",
+                "band_psf_scatter",
+            ),
+            0,
+        )
         problems += _outside(
             self,
             ("lens_fraction", "correlated_noise_fraction", "stamp_fraction", "lens_twin_fraction"),

@@ -9,7 +9,12 @@ survey cutouts differ across the focal plane and the sky. So each object draws:
 - a depth: the exposure time scaled so the limiting magnitude moves by up to
   ``depth_scatter_mag`` (background-limited: depth changes by 1.25 log10 of the time);
 - white noise, or noise correlated between neighbouring pixels as after resampling a dithered
-  stack onto the output grid (a bilinear kernel with a random sub-pixel shift).
+  stack onto the output grid (a bilinear kernel with a random sub-pixel shift);
+- optionally, each band's own further depth and PSF width beside the reference band's
+  (``band_depth_scatter_mag``, ``band_psf_scatter``): bands observed apart, or another
+  pipeline's noise and PSF models, give another depth ratio between VIS and NISP, and the
+  per-band noise normalisation then shows a network other colours; drawn from a generator of
+  their own, so every other draw (and the label, measured in the reference band) is unchanged.
 
 All numbers are drawn from the object's own generator, so objects stay reproducible.
 """
@@ -37,13 +42,19 @@ class Observing:
     moffat_beta: float
     depth_offset_mag: float  # > 0: deeper than the band table
     noise_shift: tuple[float, float] | None  # sub-pixel shift of the resampling; None: white
+    # per band on top of the above: (name, depth offset in mag, FWHM factor); empty: none
+    band_offsets: tuple[tuple[str, float, float], ...] = ()
 
     def band(self, band: Band) -> Band:
         """The band as observed for this object: its PSF width and exposure time."""
+        depth, fwhm = self.depth_offset_mag, self.fwhm_factor
+        for name, band_depth, band_fwhm in self.band_offsets:
+            if name == band.name:
+                depth, fwhm = depth + band_depth, fwhm * band_fwhm
         return replace(
             band,
-            psf_fwhm=band.psf_fwhm * self.fwhm_factor,
-            exposure_time=band.exposure_time * 10 ** (0.8 * self.depth_offset_mag),
+            psf_fwhm=band.psf_fwhm * fwhm,
+            exposure_time=band.exposure_time * 10 ** (0.8 * depth),
         )
 
     def psf_kernel(self, band: Band) -> np.ndarray:
@@ -88,3 +99,19 @@ def draw_observing(rng: np.random.Generator, config: SimulateConfig) -> Observin
     if rng.random() < config.correlated_noise_fraction:
         shift = (float(rng.uniform(0.2, 0.8)), float(rng.uniform(0.2, 0.8)))
     return Observing(family, fwhm, beta, depth, shift)
+
+
+def with_band_offsets(
+    observing: Observing, rng: np.random.Generator, config: SimulateConfig, bands: list[str]
+) -> Observing:
+    """``observing`` with each band's own depth and FWHM drawn (``band_depth_scatter_mag``,
+    ``band_psf_scatter``); unchanged where both are 0. ``rng`` should be a generator of its own,
+    so that switching this on changes nothing else an object draws."""
+    if config.band_depth_scatter_mag == 0 and config.band_psf_scatter == 0:
+        return observing
+    offsets = []
+    for name in bands:
+        depth = float(rng.uniform(-config.band_depth_scatter_mag, config.band_depth_scatter_mag))
+        fwhm = float(np.clip(1 + config.band_psf_scatter * rng.standard_normal(), 0.7, 1.4))
+        offsets.append((name, depth, fwhm))
+    return replace(observing, band_offsets=tuple(offsets))

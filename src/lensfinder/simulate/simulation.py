@@ -31,7 +31,7 @@ from lensfinder.labels import LabelRule, label_rule
 from lensfinder.safety import SIMULATION
 from lensfinder.simulate import scene as scenes
 from lensfinder.simulate import writer
-from lensfinder.simulate.observing import NOMINAL, Observing, draw_observing
+from lensfinder.simulate.observing import NOMINAL, Observing, draw_observing, with_band_offsets
 from lensfinder.simulate.quantities import SIMULATED_COLUMNS, catalogue_row
 from lensfinder.simulate.render import BandImages, SceneRenderer, preload
 from lensfinder.simulate.stamps import StampLibrary
@@ -44,6 +44,7 @@ SOURCE_TRIES = 25  # ... and sources behind each
 NONLENS_TRIES = 50
 _PLAN_TAG = 0x51D  # keeps the plan's generator apart from the per-object ones
 _TWIN_TAG = 0x7A1  # ... and the twins' plan apart from both
+_BAND_OFFSETS_TAG = 0xBA4D  # each band's own depth and PSF: apart from the object's other draws
 LENS_TWIN = "lens_twin"  # the kind of a lens's scene drawn again without its source
 
 
@@ -72,6 +73,11 @@ class SimulatedObject:
             "fwhm_factor": self.observing.fwhm_factor,
             "depth_offset_mag": self.observing.depth_offset_mag,
             "correlated_noise": self.observing.noise_shift is not None,
+            **(
+                {"band_offsets": [list(offset) for offset in self.observing.band_offsets]}
+                if self.observing.band_offsets
+                else {}
+            ),
             "ra": self.ra,
             "dec": self.dec,
             "twin_of": self.twin_of,
@@ -242,7 +248,13 @@ def simulate_object(
     drawn_id = object_id if twin_of is None else twin_of
     rng = np.random.default_rng([config.seed, drawn_id])
     ra, dec = scenes.sky_position(rng)
-    ctx = _Context(config, draw_observing(rng, config))
+    observing = with_band_offsets(
+        draw_observing(rng, config),
+        np.random.default_rng([config.seed, drawn_id, _BAND_OFFSETS_TAG]),
+        config,
+        _other_bands(get_survey(config.survey)),
+    )
+    ctx = _Context(config, observing)
     draw = _draw_lens if intended_lens or twin_of is not None else _draw_nonlens
     scene, row, renderer = draw(drawn_id, rng, ctx)
     noise_seeds = {band.name: int(rng.integers(2**31 - 1)) for band in ctx.survey.bands}
@@ -257,6 +269,12 @@ def simulate_object(
     for band in ctx.survey.bands:
         obj.bands[band.name] = renderer.render(band, noise_seeds[band.name] if observe else None)
     return obj
+
+
+def _other_bands(survey: Survey) -> list[str]:
+    """The bands that may take their own depth and PSF: all but the reference band, whose noise
+    the label rule measures, so an object's label and scene do not depend on these draws."""
+    return [name for name in survey.band_names if name != survey.reference_band]
 
 
 def draw_scene(
@@ -356,6 +374,9 @@ def _population_summary(config: SimulateConfig) -> str:
         "nonlens_mix",
         "lens_twin_fraction",
         "irregular_neighbour_fraction",
+        "depth_scatter_mag",
+        "band_depth_scatter_mag",
+        "band_psf_scatter",
     )
     settings = to_dict(config)
     return "; ".join(f"{k}={settings[k]}" for k in keys)
@@ -455,7 +476,12 @@ def _simulate_locked(config: SimulateConfig, out: Path, progress: bool) -> Simul
         out,
         {k: v for k, v in to_dict(config).items() if k != "workers"} | {"label_rule": str(rule)},
         # simulations made before these settings existed resume
-        added={"lens_twin_fraction": 0.0, "irregular_neighbour_fraction": 0.0},
+        added={
+            "lens_twin_fraction": 0.0,
+            "irregular_neighbour_fraction": 0.0,
+            "band_depth_scatter_mag": 0.0,
+            "band_psf_scatter": 0.0,
+        },
     )
     ids = config.first_id + np.arange(config.n)
     twins = twin_plan(config, lens_plan(config))
