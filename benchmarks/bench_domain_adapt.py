@@ -19,7 +19,10 @@ noise texture and confuser mix) is made twice, with different seeds:
 - with ``--real-neighbours`` (in a ``--workdir`` of their own): the three copies again with
   every blue neighbour (field galaxies, satellites, compact companions) a Hubble Deep Field
   galaxy. On independent data the failure is neighbours and companions taken for arcs, and
-  real neighbours are real galaxies, where the default sets' are parametric.
+  real neighbours are real galaxies, where the default sets' are parametric;
+- with ``--bands-apart`` (likewise): the three copies again with each NISP band at its own depth
+  and PSF width beside VIS (``bench_domain_shift.BANDS_APART``): the same scenes, VIS images and
+  labels, other colours in noise units, as another pipeline's noise model would give.
 
 Each ``--model LABEL=RUN`` (a run or ensemble directory, trained however its label says) is
 scored with D4 test-time augmentation on the evaluation copy: AUROC with its bootstrap CI, TPR0,
@@ -404,11 +407,19 @@ def main() -> None:
         action="store_true",
         help="every blue neighbour a Hubble Deep Field galaxy (with its own --workdir)",
     )
+    parser.add_argument(
+        "--bands-apart",
+        action="store_true",
+        help="each NISP band at its own depth and PSF width beside VIS (with its own --workdir)",
+    )
     parser.add_argument("--bootstrap", type=int, default=1000)
     common.add_json_argument(parser)
     args = parser.parse_args()
     print(common.machine_line())
-    variant = shift.REAL_NEIGHBOURS if args.real_neighbours else None
+    variant = {
+        **(shift.REAL_NEIGHBOURS if args.real_neighbours else {}),
+        **(shift.BANDS_APART if args.bands_apart else {}),
+    } or None
     evaluation, field = make_sets(args.workdir, args.n, args.n_field, args.workers, variant)
     tail = tail_copy(args.workdir, args.tail_n, args.workers, variant)
     print(f"field copy (for --adapt): {field}\nevaluation copy: {evaluation}\ntail copy: {tail}")

@@ -60,6 +60,10 @@ SHIFT_SETTINGS: dict[str, Any] = {
 # Hubble Deep Field galaxy, as every neighbour on real survey cutouts is a real galaxy; the
 # failure on independent data is neighbours and companions taken for arcs.
 REAL_NEIGHBOURS: dict[str, Any] = {"irregular_neighbour_fraction": 1.0}
+# The "bands apart" variant: each NISP band observed at its own depth (+-0.75 mag) and PSF width
+# (25% spread) beside VIS, as another pipeline's noise and PSF models give. Drawn apart from
+# everything else, so its VIS images, scenes and labels are the default sets' own.
+BANDS_APART: dict[str, Any] = {"band_depth_scatter_mag": 0.75, "band_psf_scatter": 0.25}
 
 
 def make_hdf_stamps(out: Path) -> int:
