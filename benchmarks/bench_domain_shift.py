@@ -39,11 +39,14 @@ SHIFT_SETTINGS: dict[str, Any] = {
     "depth_scatter_mag": 0.6,
     "correlated_noise_fraction": 1.0,
     "theta_e_median": 0.7,
-    # the sets as first made (before the training population's radii were broadened, and before
-    # blue neighbours could take the sources' looks: ``REAL_NEIGHBOURS`` makes that variant)
+    # the sets as first made (before the training population's radii were broadened, before
+    # blue neighbours could take the sources' looks: ``REAL_NEIGHBOURS`` makes that variant, and
+    # before NISP bands had their own depth and PSF: ``BANDS_APART``)
     "theta_e_broad_fraction": 0.0,
     "ring_radius_like_lenses": False,
     "irregular_neighbour_fraction": 0.0,
+    "band_depth_scatter_mag": 0.0,  # every band at the shared depth and PSF (``BANDS_APART``)
+    "band_psf_scatter": 0.0,
     "nonlens_mix": {
         "elliptical": 0.2,
         "spiral": 0.2,

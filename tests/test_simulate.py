@@ -373,10 +373,9 @@ def test_planned_seconds_times_only_the_objects_left_and_writes_nothing(simulate
 def test_nisp_bands_own_depth_and_psf_leave_the_scene_vis_and_label_alone():
     """Each NISP band's own depth and PSF change only that band's image: the scene, its row
     (and so the label, measured in VIS) and the VIS image are those of the shared draws."""
-    shared = SimulateConfig(seed=11, supersampling=1)
-    apart = SimulateConfig(
-        seed=11, supersampling=1, band_depth_scatter_mag=0.5, band_psf_scatter=0.15
-    )
+    apart = SimulateConfig(seed=11, supersampling=1)  # the defaults draw them
+    assert (apart.band_depth_scatter_mag, apart.band_psf_scatter) == (0.5, 0.15)
+    shared = SimulateConfig(seed=11, supersampling=1, band_depth_scatter_mag=0, band_psf_scatter=0)
     for object_id, intended_lens in ((600, True), (601, False)):
         before = simulate_object(shared, object_id, intended_lens)
         after = simulate_object(apart, object_id, intended_lens)
