@@ -201,7 +201,7 @@ class SimulateConfig(Checked):
     # apart or another pipeline's noise model give, shows the per-band normalised input other
     # colours. VIS (the label rule's band) keeps the shared draws. 0 and 0: files as before
     # session 21. On the shifted set with NISP at +-0.75 mag and 25% apart, cpu-small trained
-    # without them lost 0.037 AUROC, with them 0.004 (README, "Session 21").
+    # without them lost 0.037-0.052 AUROC, with them 0.004-0.007 (README, "Session 21").
     band_depth_scatter_mag: float = 0.5
     band_psf_scatter: float = 0.15
     # --- real galaxy stamps (optional): FITS images with a PIXSCALE header (arcsec) ---
