@@ -74,9 +74,9 @@ def test_band_offsets_move_one_band_on_top_of_the_shared_draws() -> None:
 def test_band_offsets_are_drawn_only_when_asked_and_within_the_settings() -> None:
     rng = np.random.default_rng(3)
     together = SimulateConfig(band_depth_scatter_mag=0.0, band_psf_scatter=0.0)
-    assert with_band_offsets(NOMINAL, rng, together, ["Y", "J", "H"]) is NOMINAL
+    assert with_band_offsets(NOMINAL, rng, together, EUCLID) is NOMINAL
     config = SimulateConfig(band_depth_scatter_mag=0.5, band_psf_scatter=0.15)
-    drawn = [with_band_offsets(NOMINAL, rng, config, ["Y", "J", "H"]) for _ in range(100)]
+    drawn = [with_band_offsets(NOMINAL, rng, config, EUCLID) for _ in range(100)]
     assert all([name for name, _, _ in d.band_offsets] == ["Y", "J", "H"] for d in drawn)
     depths = np.array([depth for d in drawn for _, depth, _ in d.band_offsets])
     fwhms = np.array([fwhm for d in drawn for _, _, fwhm in d.band_offsets])

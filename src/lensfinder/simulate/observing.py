@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from lensfinder.config import SimulateConfig
-from lensfinder.surveys import Band
+from lensfinder.surveys import Band, Survey
 
 KERNEL_RADIUS_FWHM = 4.0  # kernels reach this many FWHM from the centre (Moffat wings)
 MOFFAT_BETA = (2.5, 4.5)
@@ -102,15 +102,19 @@ def draw_observing(rng: np.random.Generator, config: SimulateConfig) -> Observin
 
 
 def with_band_offsets(
-    observing: Observing, rng: np.random.Generator, config: SimulateConfig, bands: list[str]
+    observing: Observing, rng: np.random.Generator, config: SimulateConfig, survey: Survey
 ) -> Observing:
-    """``observing`` with each band's own depth and FWHM drawn (``band_depth_scatter_mag``,
-    ``band_psf_scatter``); unchanged where both are 0. ``rng`` should be a generator of its own,
-    so that switching this on changes nothing else an object draws."""
+    """``observing`` with each band but the reference one drawing its own depth and FWHM
+    (``band_depth_scatter_mag``, ``band_psf_scatter``); unchanged where both are 0. The
+    reference band keeps the shared draws: the label rule measures its noise, so an object's
+    scene and label do not depend on these. ``rng`` should be a generator of its own, so that
+    switching this on changes nothing else an object draws."""
     if config.band_depth_scatter_mag == 0 and config.band_psf_scatter == 0:
         return observing
     offsets = []
-    for name in bands:
+    for name in survey.band_names:
+        if name == survey.reference_band:
+            continue
         depth = float(rng.uniform(-config.band_depth_scatter_mag, config.band_depth_scatter_mag))
         fwhm = float(np.clip(1 + config.band_psf_scatter * rng.standard_normal(), 0.7, 1.4))
         offsets.append((name, depth, fwhm))

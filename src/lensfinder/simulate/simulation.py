@@ -252,7 +252,7 @@ def simulate_object(
         draw_observing(rng, config),
         np.random.default_rng([config.seed, drawn_id, _BAND_OFFSETS_TAG]),
         config,
-        _other_bands(get_survey(config.survey)),
+        get_survey(config.survey),
     )
     ctx = _Context(config, observing)
     draw = _draw_lens if intended_lens or twin_of is not None else _draw_nonlens
@@ -269,12 +269,6 @@ def simulate_object(
     for band in ctx.survey.bands:
         obj.bands[band.name] = renderer.render(band, noise_seeds[band.name] if observe else None)
     return obj
-
-
-def _other_bands(survey: Survey) -> list[str]:
-    """The bands that may take their own depth and PSF: all but the reference band, whose noise
-    the label rule measures, so an object's label and scene do not depend on these draws."""
-    return [name for name in survey.band_names if name != survey.reference_band]
 
 
 def draw_scene(
