@@ -62,6 +62,32 @@ def test_drop_rate_reaches_the_network():
     assert model.backbone.drop_rate == 0.35
 
 
+@pytest.mark.parametrize("layout", ["stacked", "two_branch"])
+def test_stochastic_depth_trains_on_random_subnetworks_and_infers_on_the_whole(layout):
+    """drop_path_rate skips residual blocks per sample in training only: a model file with it
+    scores exactly as one without it (the same weights), while its training passes vary."""
+    cfg = InputConfig(size=32, layout=layout)
+    deep = create_model(ModelConfig(pretrained=None, drop_rate=0.0, drop_path_rate=0.5), cfg)
+    plain = create_model(ModelConfig(pretrained=None, drop_rate=0.0), cfg)
+    rates = [m.drop_prob for m in deep.modules() if type(m).__name__ == "DropPath"]
+    assert rates and max(rates) == pytest.approx(0.5, abs=0.05)  # grows to the rate at the end
+    assert not any(type(m).__name__ == "DropPath" for m in plain.modules())
+    plain.load_state_dict(deep.state_dict())
+    x = (
+        (torch.randn(4, 1, 32, 32), torch.randn(4, 3, 66, 66))
+        if layout == "two_branch"
+        else (torch.randn(4, 4, 32, 32))
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(deep.eval()(x), plain.eval()(x))
+        deep.train()
+        torch.manual_seed(0)
+        first = deep(x)
+        assert not torch.allclose(first, deep(x))
+    with pytest.raises(ConfigError, match="drop_path_rate"):
+        ModelConfig(drop_path_rate=1.0)
+
+
 def test_instance_norm_variant_has_no_batchnorm_and_ignores_the_batch(imagenet):
     model = create_model(ModelConfig(norm="instance"), InputConfig(size=64))
     assert not any(isinstance(m, _BatchNorm) for m in model.modules())

@@ -424,6 +424,9 @@ class ModelConfig(Checked):
     bn_inference_batch: int = 8  # method 2's batch size at inference
     freeze_backbone: bool = False  # the frozen-backbone baseline: only the head trains
     drop_rate: float = 0.2
+    # Stochastic depth: the chance that a residual block is skipped for a sample in training
+    # (timm's drop_path_rate, the largest at the last block); no effect at inference.
+    drop_path_rate: float = 0.0
     # An Einstein-radius head beside the lens logit: theta_E (arcsec) and its 1-sigma, trained on
     # lenses only (``TrainConfig.theta_e_weight``); off in every shipped config until measured.
     theta_e_head: bool = False
@@ -434,8 +437,9 @@ class ModelConfig(Checked):
 
     def problems(self) -> list[str]:
         problems = []
-        if not 0 <= self.drop_rate < 1:
-            problems.append(f"model.drop_rate {self.drop_rate} not in [0, 1)")
+        for name in ("drop_rate", "drop_path_rate"):
+            if not 0 <= getattr(self, name) < 1:
+                problems.append(f"model.{name} {getattr(self, name)} not in [0, 1)")
         if self.bn_reinit and self.freeze_backbone:
             problems.append(
                 "model.bn_reinit with model.freeze_backbone: the reset BN layers would stay "

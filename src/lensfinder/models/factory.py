@@ -66,6 +66,7 @@ def create_model(model_cfg: ModelConfig, input_cfg: InputConfig) -> OneLogitMode
         in_chans=len(input_cfg.bands),
         num_classes=n_outputs(model_cfg),
         drop_rate=model_cfg.drop_rate,
+        drop_path_rate=model_cfg.drop_path_rate,
     )
     if model_cfg.norm == "instance":
         check_instance_norm_size(backbone, input_cfg.size, model_cfg.arch)

@@ -94,8 +94,9 @@ def create_two_branch(model_cfg: ModelConfig, input_cfg: InputConfig) -> TwoBran
             f"{', '.join(BANDS_NISP)}), got {list(input_cfg.bands)}"
         )
     weights = load_weights(model_cfg)
-    vis = create_timm(model_cfg.arch, in_chans=1, num_classes=0)
-    nisp_net = create_timm(model_cfg.arch, in_chans=len(BANDS_NISP), num_classes=0)
+    depth = {"drop_path_rate": model_cfg.drop_path_rate}
+    vis = create_timm(model_cfg.arch, in_chans=1, num_classes=0, **depth)
+    nisp_net = create_timm(model_cfg.arch, in_chans=len(BANDS_NISP), num_classes=0, **depth)
     if not hasattr(nisp_net, "prune_intermediate_layers"):
         raise ConfigError(
             f"model.arch {model_cfg.arch!r}: timm cannot cut it into stages, so it cannot be the "
