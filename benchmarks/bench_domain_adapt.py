@@ -23,6 +23,9 @@ noise texture and confuser mix) is made twice, with different seeds:
 - with ``--bands-apart`` (likewise): the three copies again with each NISP band at its own depth
   and PSF width beside VIS (``bench_domain_shift.BANDS_APART``): the same scenes, VIS images and
   labels, other colours in noise units, as another pipeline's noise model would give.
+- with ``--nisp-shifted`` (likewise): the three copies again with the NISP images shifted
+  together against VIS by up to half a NISP pixel (``bench_domain_shift.NISP_SHIFTED``): the same
+  scenes, VIS images and labels, NISP centred as cutouts of another mosaic are.
 
 Each ``--model LABEL=RUN`` (a run or ensemble directory, trained however its label says) is
 scored with D4 test-time augmentation on the evaluation copy: AUROC with its bootstrap CI, TPR0,
@@ -412,6 +415,11 @@ def main() -> None:
         action="store_true",
         help="each NISP band at its own depth and PSF width beside VIS (with its own --workdir)",
     )
+    parser.add_argument(
+        "--nisp-shifted",
+        action="store_true",
+        help="NISP shifted against VIS by up to half a NISP pixel (with its own --workdir)",
+    )
     parser.add_argument("--bootstrap", type=int, default=1000)
     common.add_json_argument(parser)
     args = parser.parse_args()
@@ -419,6 +427,7 @@ def main() -> None:
     variant = {
         **(shift.REAL_NEIGHBOURS if args.real_neighbours else {}),
         **(shift.BANDS_APART if args.bands_apart else {}),
+        **(shift.NISP_SHIFTED if args.nisp_shifted else {}),
     } or None
     evaluation, field = make_sets(args.workdir, args.n, args.n_field, args.workers, variant)
     tail = tail_copy(args.workdir, args.tail_n, args.workers, variant)

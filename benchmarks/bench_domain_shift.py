@@ -47,6 +47,7 @@ SHIFT_SETTINGS: dict[str, Any] = {
     "irregular_neighbour_fraction": 0.0,
     "band_depth_scatter_mag": 0.0,  # every band at the shared depth and PSF (``BANDS_APART``)
     "band_psf_scatter": 0.0,
+    "band_shift_pixels": 0.0,  # NISP centred on VIS (``NISP_SHIFTED``)
     "nonlens_mix": {
         "elliptical": 0.2,
         "spiral": 0.2,
@@ -67,6 +68,10 @@ REAL_NEIGHBOURS: dict[str, Any] = {"irregular_neighbour_fraction": 1.0}
 # (25% spread) beside VIS, as another pipeline's noise and PSF models give. Drawn apart from
 # everything else, so its VIS images, scenes and labels are the default sets' own.
 BANDS_APART: dict[str, Any] = {"band_depth_scatter_mag": 0.75, "band_psf_scatter": 0.25}
+# The "NISP shifted" variant: the three NISP images shifted together against VIS by up to half a
+# NISP pixel (0.15") per axis, as cutouts of two mosaics each cut at whole pixels are. Drawn
+# apart from everything else, so its VIS images, scenes and labels are the default sets' own.
+NISP_SHIFTED: dict[str, Any] = {"band_shift_pixels": 0.5}
 
 
 def make_hdf_stamps(out: Path) -> int:

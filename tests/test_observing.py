@@ -84,3 +84,44 @@ def test_band_offsets_are_drawn_only_when_asked_and_within_the_settings() -> Non
     assert fwhms.min() >= 0.7 and fwhms.max() <= 1.4 and 0.1 < fwhms.std() < 0.2
     # the bands of one object differ from each other (drawn independently)
     assert all(len({depth for _, depth, _ in d.band_offsets}) == 3 for d in drawn)
+
+
+def _centroid(kernel: np.ndarray) -> tuple[float, float]:
+    half = kernel.shape[0] // 2
+    axis = np.arange(-half, half + 1)
+    return float((kernel.sum(0) * axis).sum()), float((kernel.sum(1) * axis).sum())
+
+
+def test_a_band_shift_moves_that_bands_psf_centre_and_nothing_else() -> None:
+    """The shift is made in the PSF kernel: its centroid lands at the shift (in the band's own
+    pixels, x along columns); unshifted bands keep the kernel exactly as before."""
+    y = EUCLID.band("Y")
+    shared = Observing("moffat", 1.0, 3.0, 0.0, None)
+    shifted = Observing("moffat", 1.0, 3.0, 0.0, None, band_shifts=(("Y", 0.12, -0.06),))
+    assert np.array_equal(shifted.psf_kernel(VIS), shared.psf_kernel(VIS))
+    x, row = _centroid(shifted.psf_kernel(y))
+    # a Moffat's truncated wings pull the centroid in a little; a sampled Gaussian's hardly
+    assert x == pytest.approx(0.4, abs=0.03) and row == pytest.approx(-0.2, abs=0.03)
+    gaussian = Observing("gaussian", 1.0, 3.0, 0.0, None, band_shifts=(("Y", 0.12, -0.06),))
+    x, row = _centroid(gaussian.psf_kernel(y))
+    assert x == pytest.approx(0.4, abs=0.002) and row == pytest.approx(-0.2, abs=0.002)
+    assert shifted.psf_kernel(y).sum() == pytest.approx(1.0)
+
+
+def test_band_shifts_are_one_for_all_nisp_bands_within_half_a_pixel() -> None:
+    rng = np.random.default_rng(5)
+    config = SimulateConfig(band_depth_scatter_mag=0, band_psf_scatter=0, band_shift_pixels=0.5)
+    drawn = [with_band_offsets(NOMINAL, rng, config, EUCLID) for _ in range(200)]
+    assert all(d.band_offsets == () for d in drawn)  # only what was asked for
+    pixel = EUCLID.band("Y").pixel_scale
+    for d in drawn:
+        assert [name for name, _, _ in d.band_shifts] == ["Y", "J", "H"]
+        assert len({(x, y) for _, x, y in d.band_shifts}) == 1  # one grid for NISP
+    shifts = np.array([d.band_shifts[0][1:] for d in drawn]) / pixel
+    assert np.abs(shifts).max() <= 0.5 and 0.2 < shifts.std() < 0.35  # uniform: std 0.29
+    # the offsets' draws come first, so switching the shift on leaves them as they were
+    apart = SimulateConfig(band_shift_pixels=0.0)
+    both = SimulateConfig(band_shift_pixels=0.5)
+    first = with_band_offsets(NOMINAL, np.random.default_rng([1, 2]), apart, EUCLID)
+    second = with_band_offsets(NOMINAL, np.random.default_rng([1, 2]), both, EUCLID)
+    assert first.band_offsets == second.band_offsets and first.band_shifts == ()

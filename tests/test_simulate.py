@@ -370,6 +370,31 @@ def test_planned_seconds_times_only_the_objects_left_and_writes_nothing(simulate
     assert not (tmp_path / "nothing-yet").exists()
 
 
+def test_nisp_shifted_against_vis_moves_its_light_and_leaves_vis_and_label_alone():
+    """NISP's images shifted together (``band_shift_pixels``): the scene, row, label and VIS
+    image are those of the aligned object; each NISP band's noise-free light moves by the
+    recorded shift."""
+    aligned = SimulateConfig(seed=11, supersampling=1)
+    shifted = SimulateConfig(seed=11, supersampling=1, band_shift_pixels=0.5)
+    before = simulate_object(aligned, 602, True)
+    after = simulate_object(shifted, 602, True)
+    np.testing.assert_equal(after.row, before.row)
+    assert np.array_equal(after.bands["VIS"].image, before.bands["VIS"].image)
+    assert (
+        "band_shifts" not in before.meta
+        and after.meta["band_offsets"] == before.meta["band_offsets"]
+    )
+    (_, x, y), *_ = after.meta["band_shifts"]
+    for name in ("Y", "J", "H"):
+        pixel = after.bands[name].band.pixel_scale
+        moved, still = after.bands[name].model, before.bands[name].model
+        axis = np.arange(moved.shape[0])
+        for axis_sum, offset in ((0, x), (1, y)):  # columns carry x, rows y
+            centre = [(m.sum(axis_sum) * axis).sum() / m.sum() for m in (moved, still)]
+            assert centre[0] - centre[1] == pytest.approx(offset / pixel, abs=0.02)
+        assert np.abs(after.bands[name].image - before.bands[name].image).max() > 0
+
+
 def test_nisp_bands_own_depth_and_psf_leave_the_scene_vis_and_label_alone():
     """Each NISP band's own depth and PSF change only that band's image: the scene, its row
     (and so the label, measured in VIS) and the VIS image are those of the shared draws."""

@@ -204,6 +204,11 @@ class SimulateConfig(Checked):
     # without them lost 0.037-0.052 AUROC, with them 0.004-0.007 (README, "Session 21").
     band_depth_scatter_mag: float = 0.5
     band_psf_scatter: float = 0.15
+    # NISP's images shifted together against VIS by up to this many NISP pixels per axis
+    # (uniform): survey cutouts of two instruments' mosaics, each cut at whole pixels or
+    # registered by its own pipeline, are centred up to half a pixel apart. 0: aligned, as
+    # before session 22.
+    band_shift_pixels: float = 0.0
     # --- real galaxy stamps (optional): FITS images with a PIXSCALE header (arcsec) ---
     source_stamps: str | None = None  # a folder; used as sources and as non-lens galaxies
     stamp_fraction: float = 0.5  # share of sources and of non-lens galaxies taken from stamps
@@ -224,6 +229,7 @@ class SimulateConfig(Checked):
             ),
             0,
         )
+        problems += _outside(self, ("band_shift_pixels",), 0, 2)
         problems += _outside(
             self,
             ("lens_fraction", "correlated_noise_fraction", "stamp_fraction", "lens_twin_fraction"),

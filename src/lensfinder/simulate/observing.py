@@ -14,7 +14,11 @@ survey cutouts differ across the focal plane and the sky. So each object draws:
   (``band_depth_scatter_mag``, ``band_psf_scatter``): bands observed apart, or another
   pipeline's noise and PSF models, give another depth ratio between VIS and NISP, and the
   per-band noise normalisation then shows a network other colours; drawn from a generator of
-  their own, so every other draw (and the label, measured in the reference band) is unchanged.
+  their own, so every other draw (and the label, measured in the reference band) is unchanged;
+- optionally, the other bands' images shifted together by a sub-pixel offset against the
+  reference band (``band_shift_pixels``): cutouts of another instrument's mosaic cut at whole
+  pixels, or registered by another pipeline, are centred up to half a pixel apart. Made by
+  shifting the band's PSF kernel, so the light moves before the noise is drawn.
 
 All numbers are drawn from the object's own generator, so objects stay reproducible.
 """
@@ -44,6 +48,9 @@ class Observing:
     noise_shift: tuple[float, float] | None  # sub-pixel shift of the resampling; None: white
     # per band on top of the above: (name, depth offset in mag, FWHM factor); empty: none
     band_offsets: tuple[tuple[str, float, float], ...] = ()
+    # per band: (name, x, y), the image's shift against the reference band (arcsec, along
+    # columns and rows); empty: all bands centred alike
+    band_shifts: tuple[tuple[str, float, float], ...] = ()
 
     def band(self, band: Band) -> Band:
         """The band as observed for this object: its PSF width and exposure time."""
@@ -61,9 +68,11 @@ class Observing:
         """The normalised pixel kernel of ``self.band(band)``'s PSF."""
         observed = self.band(band)
         fwhm_pixels = observed.psf_fwhm / observed.pixel_scale
-        half = max(2, math.ceil(KERNEL_RADIUS_FWHM * fwhm_pixels))
+        dx, dy = next(((x, y) for name, x, y in self.band_shifts if name == band.name), (0, 0))
+        dx, dy = dx / observed.pixel_scale, dy / observed.pixel_scale  # centre off by, pixels
+        half = max(2, math.ceil(KERNEL_RADIUS_FWHM * fwhm_pixels + max(abs(dx), abs(dy))))
         axis = np.arange(-half, half + 1, dtype=float)
-        r2 = axis[None, :] ** 2 + axis[:, None] ** 2
+        r2 = (axis[None, :] - dx) ** 2 + (axis[:, None] - dy) ** 2
         if self.psf_family == "moffat":
             alpha = fwhm_pixels / (2 * math.sqrt(2 ** (1 / self.moffat_beta) - 1))
             kernel = (1 + r2 / alpha**2) ** (-self.moffat_beta)
@@ -105,17 +114,29 @@ def with_band_offsets(
     observing: Observing, rng: np.random.Generator, config: SimulateConfig, survey: Survey
 ) -> Observing:
     """``observing`` with each band but the reference one drawing its own depth and FWHM
-    (``band_depth_scatter_mag``, ``band_psf_scatter``); unchanged where both are 0. The
-    reference band keeps the shared draws: the label rule measures its noise, so an object's
-    scene and label do not depend on these. ``rng`` should be a generator of its own, so that
-    switching this on changes nothing else an object draws."""
-    if config.band_depth_scatter_mag == 0 and config.band_psf_scatter == 0:
+    (``band_depth_scatter_mag``, ``band_psf_scatter``), then one shift of all of them against
+    the reference band, up to ``band_shift_pixels`` of the coarsest one's pixels per axis (one
+    instrument's bands share a grid); unchanged where all three are 0. The reference band keeps
+    the shared draws and its centre: the label rule measures it, so an object's scene and label
+    do not depend on these. ``rng`` should be a generator of its own, so that switching these
+    on changes nothing else an object draws (the shift is drawn last: the offsets stay too)."""
+    depth_mag, psf, shift = (
+        config.band_depth_scatter_mag,
+        config.band_psf_scatter,
+        config.band_shift_pixels,
+    )
+    others = [survey.band(name) for name in survey.band_names if name != survey.reference_band]
+    if not others or depth_mag == psf == shift == 0:
         return observing
     offsets = []
-    for name in survey.band_names:
-        if name == survey.reference_band:
-            continue
-        depth = float(rng.uniform(-config.band_depth_scatter_mag, config.band_depth_scatter_mag))
-        fwhm = float(np.clip(1 + config.band_psf_scatter * rng.standard_normal(), 0.7, 1.4))
-        offsets.append((name, depth, fwhm))
-    return replace(observing, band_offsets=tuple(offsets))
+    if depth_mag or psf:
+        for band in others:
+            depth = float(rng.uniform(-depth_mag, depth_mag))
+            fwhm = float(np.clip(1 + psf * rng.standard_normal(), 0.7, 1.4))
+            offsets.append((band.name, depth, fwhm))
+    shifts = []
+    if shift:
+        pixel = max(band.pixel_scale for band in others)
+        x, y = (float(v) for v in rng.uniform(-shift, shift, 2) * pixel)
+        shifts = [(band.name, x, y) for band in others]
+    return replace(observing, band_offsets=tuple(offsets), band_shifts=tuple(shifts))

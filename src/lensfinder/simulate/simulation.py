@@ -44,7 +44,7 @@ SOURCE_TRIES = 25  # ... and sources behind each
 NONLENS_TRIES = 50
 _PLAN_TAG = 0x51D  # keeps the plan's generator apart from the per-object ones
 _TWIN_TAG = 0x7A1  # ... and the twins' plan apart from both
-_BAND_OFFSETS_TAG = 0xBA4D  # each band's own depth and PSF: apart from the object's other draws
+_BAND_OFFSETS_TAG = 0xBA4D  # each band's own depth, PSF, shift: apart from the object's other draws
 LENS_TWIN = "lens_twin"  # the kind of a lens's scene drawn again without its source
 
 
@@ -76,6 +76,11 @@ class SimulatedObject:
             **(
                 {"band_offsets": [list(offset) for offset in self.observing.band_offsets]}
                 if self.observing.band_offsets
+                else {}
+            ),
+            **(
+                {"band_shifts": [list(shift) for shift in self.observing.band_shifts]}
+                if self.observing.band_shifts
                 else {}
             ),
             "ra": self.ra,
@@ -371,6 +376,7 @@ def _population_summary(config: SimulateConfig) -> str:
         "depth_scatter_mag",
         "band_depth_scatter_mag",
         "band_psf_scatter",
+        "band_shift_pixels",
     )
     settings = to_dict(config)
     return "; ".join(f"{k}={settings[k]}" for k in keys)
@@ -475,6 +481,7 @@ def _simulate_locked(config: SimulateConfig, out: Path, progress: bool) -> Simul
             "irregular_neighbour_fraction": 0.0,
             "band_depth_scatter_mag": 0.0,
             "band_psf_scatter": 0.0,
+            "band_shift_pixels": 0.0,
         },
     )
     ids = config.first_id + np.arange(config.n)
