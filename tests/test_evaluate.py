@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from astropy.io import fits
 
 from lensfinder.config import (
     EvaluateConfig,
@@ -154,15 +155,23 @@ def test_unreadable_object_is_skipped_and_counted(runs, layout_factory, tmp_path
     from lensfinder.surveys import EUCLID
 
     layout = layout_factory("broken", n=8, seed=1)
-    broken_id = 200003
+    broken_id, edge_id = 200003, 200005
     image_path(layout, EUCLID.bands[0], broken_id).write_bytes(b"not a FITS file")
+    edge = image_path(layout, EUCLID.bands[0], edge_id)  # off a mosaic's footprint: zeros
+    with fits.open(edge) as hdus:
+        pixels = hdus[0].data.astype(np.float32)
+    pixels[:, :50] = 0.0
+    fits.PrimaryHDU(pixels).writeto(edge, overwrite=True)
     result = evaluate([runs[0]], layout, tmp_path / "eval", cfg("all"))
     scores = read_scores(tmp_path / "eval" / "scores.csv")
-    assert broken_id not in scores["id"].astype(int).tolist()
-    assert len(scores["id"]) == 7 == result.n_evaluated
+    assert not {broken_id, edge_id} & set(scores["id"].astype(int).tolist())
+    assert len(scores["id"]) == 6 == result.n_evaluated
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     # Dropped either when the layout is listed or when the cutout is read, never silently.
-    assert metrics["n_skipped_invalid"] + metrics["n_problems_in_data"] == 1
+    assert metrics["n_skipped_invalid"] + metrics["n_problems_in_data"] == 2
+    # The zero-filled band is found when its pixels are read; the summary names the reasons.
+    assert metrics["skipped_reasons"]["zero-filled pixels"] == 1
+    assert "zero-filled pixels 1" in result.summary()
 
 
 def test_clear_errors(runs, layout_factory, tiny_store, tmp_path):

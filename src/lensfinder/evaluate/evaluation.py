@@ -86,6 +86,7 @@ class EvaluationResult:
     member_auroc: list[float] = field(default_factory=list)
     split_reason: str = ""
     theta_e: dict[str, Any] | None = None  # metrics.json's theta_E section (models with the head)
+    skipped_reasons: dict[str, int] = field(default_factory=dict)  # unreadable, by kind
 
     def summary(self) -> str:
         m = self.metrics
@@ -106,7 +107,9 @@ class EvaluationResult:
             )
         skipped = []
         if self.n_skipped_invalid:
-            skipped.append(f"{self.n_skipped_invalid} unreadable")
+            kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.skipped_reasons.items()))
+            reasons = f" ({kinds})" if kinds else ""
+            skipped.append(f"{self.n_skipped_invalid} unreadable{reasons}")
         if self.n_skipped_unlabelled:
             skipped.append(f"{self.n_skipped_unlabelled} unlabelled")
         if skipped:
@@ -398,6 +401,7 @@ def _write_evaluation(
         member_auroc=[m["auroc"] for m in measured.member_metrics],
         split_reason=reason,
         theta_e=measured.theta_e,
+        skipped_reasons=dict(evaluation["skipped_reasons"]),
     )
 
 
