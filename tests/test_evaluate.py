@@ -164,14 +164,15 @@ def test_unreadable_object_is_skipped_and_counted(runs, layout_factory, tmp_path
     fits.PrimaryHDU(pixels).writeto(edge, overwrite=True)
     result = evaluate([runs[0]], layout, tmp_path / "eval", cfg("all"))
     scores = read_scores(tmp_path / "eval" / "scores.csv")
-    assert not {broken_id, edge_id} & set(scores["id"].astype(int).tolist())
-    assert len(scores["id"]) == 6 == result.n_evaluated
+    ids = scores["id"].astype(int).tolist()
+    assert broken_id not in ids and edge_id in ids  # zeros are missing pixels, not a reason
+    assert len(scores["id"]) == 7 == result.n_evaluated
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     # Dropped either when the layout is listed or when the cutout is read, never silently.
-    assert metrics["n_skipped_invalid"] + metrics["n_problems_in_data"] == 2
-    # The zero-filled band is found when its pixels are read; the summary names the reasons.
-    assert metrics["skipped_reasons"]["zero-filled pixels"] == 1
-    assert "zero-filled pixels 1" in result.summary()
+    assert metrics["n_skipped_invalid"] + metrics["n_problems_in_data"] == 1
+    # This layout's corrupt file is found when read; the summary names the reason.
+    assert metrics["skipped_reasons"] == {"corrupt FITS": 1}
+    assert "1 unreadable (corrupt FITS 1)" in result.summary()
 
 
 def test_clear_errors(runs, layout_factory, tiny_store, tmp_path):

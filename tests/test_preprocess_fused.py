@@ -13,7 +13,7 @@ import torch
 import preprocess_reference as reference
 from lensfinder.config import SHIPPED_CONFIGS, InputConfig, TrainConfig, load_config
 from lensfinder.data import pixels, transforms
-from lensfinder.data.nonfinite import repair_missing
+from lensfinder.data.nonfinite import repair_nonfinite
 from lensfinder.data.transforms import to_model_input
 from lensfinder.testing import tiny_cutouts
 
@@ -48,7 +48,7 @@ def _hostile(vis: np.ndarray, nisp: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     rng = np.random.default_rng(11)
     for image in (vis[0], nisp[0, 1]):  # a few bad pixels, repaired as scans repair them
         image[rng.integers(0, image.shape[0], 6), rng.integers(0, image.shape[1], 6)] = np.nan
-        assert repair_missing(image)[1] is None
+        assert repair_nonfinite(image)[1] is None
     vis[1] = 0.0  # blank VIS: no noise, no spread
     nisp[2, 2] = 7.0  # one blank NISP band
     vis[3] *= 1e30  # very bright, and a saturated star in NISP

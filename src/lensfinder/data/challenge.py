@@ -4,8 +4,8 @@ Bad input never crashes a run over 100,000 objects: a file that cannot be used b
 ``Problem(id, path, reason)`` and the object is skipped and counted. Only a directory that is not
 a layout at all, or a catalogue that cannot give labels, raises ``DataError`` (one line).
 
-Missing pixels (NaN, inf, zero-filled regions) follow the one policy of ``data.nonfinite``: a few
-are repaired and counted, an image with more is rejected with a reason.
+Non-finite pixels follow the one policy of ``data.nonfinite``: a few are repaired and counted,
+an image with more is rejected with a reason.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from lensfinder.data.nonfinite import MAX_NONFINITE_FRACTION, repair_missing
+from lensfinder.data.nonfinite import MAX_NONFINITE_FRACTION, repair_nonfinite
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.labels import LabelRule
 from lensfinder.labels import label_rule as parse_label_rule
@@ -230,7 +230,7 @@ def read_band(path: Path, band: Band, want_position: bool = False) -> tuple[np.n
     if data.shape != expected:
         raise BadImage(path, f"wrong shape {data.shape} for band {band.name}, expected {expected}")
     data = np.array(data, dtype=np.float32, copy=True) if not data.flags.writeable else data
-    repaired, reason = repair_missing(data)
+    repaired, reason = repair_nonfinite(data)
     if reason is not None:
         raise BadImage(path, reason)
     if data.size and data.min() == data.max():  # zeros from a failed writer, a masked field

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from lensfinder.data.challenge import Problem, reason_kind
-from lensfinder.data.nonfinite import may_hold_zero_blocks, repair_missing
+from lensfinder.data.nonfinite import repair_nonfinite
 from lensfinder.stages import progress_bar
 from lensfinder.surveys import EUCLID
 
@@ -84,16 +84,15 @@ def _all_finite(values: np.ndarray) -> bool:
 
 
 def repair_rows(cutouts: Cutouts) -> int:
-    """Apply the missing-pixel policy (``data.nonfinite``: NaN, inf, zero-filled regions) to
-    every valid row, band by band, in place: a few missing pixels are repaired, a row with more
-    is marked invalid with the reason. Returns the number of pixels repaired."""
-    planes = (cutouts.vis, cutouts.nisp)
-    if all(_all_finite(p) for p in planes) and not any(may_hold_zero_blocks(p) for p in planes):
+    """Apply the non-finite policy (``data.nonfinite``) to every valid row, band by band, in
+    place: a few bad pixels are repaired, a row with more is marked invalid with the reason.
+    Returns the number of pixels repaired."""
+    if _all_finite(cutouts.vis) and _all_finite(cutouts.nisp):
         return 0
     repaired = 0
     for row in np.flatnonzero(cutouts.valid).tolist():
         for image in (cutouts.vis[row], *cutouts.nisp[row]):
-            count, reason = repair_missing(image)
+            count, reason = repair_nonfinite(image)
             if reason is not None:
                 cutouts.valid[row] = False
                 cutouts.reasons[row] = reason

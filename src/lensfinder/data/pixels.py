@@ -20,6 +20,10 @@ CLIP_SIGMAS = 3.0
 CLIP_ITERATIONS = 2
 BORDER_FRACTION = 1 / 8  # noise is measured in a frame this wide: sky, away from the lens
 MAX_FRAME_PIXELS = 2048  # enough for a ~3% sigma; more only costs time (medians sort)
+ZERO_BLOCK = 3  # a pixel in a ZERO_BLOCK x ZERO_BLOCK square of exact zeros holds no data
+# ... unless zeros cover more than this share of the image: then the zeros are the image (a
+# blank or noiseless one, refused or handled as such), not a cut-off edge beside data
+MAX_ZERO_FILLED_FRACTION = 0.5
 
 
 def border_index(height: int, width: int) -> np.ndarray:
@@ -30,6 +34,61 @@ def border_index(height: int, width: int) -> np.ndarray:
     index = np.flatnonzero(mask)
     stride = max(1, -(-len(index) // MAX_FRAME_PIXELS))
     return index[::stride]
+
+
+def may_hold_zero_blocks(images: np.ndarray) -> bool:
+    """Whether any image of ``images`` (..., h, w) can hold a ``ZERO_BLOCK`` square of exact
+    zeros: every such square holds one pixel of the lattice of every ``ZERO_BLOCK``-th row and
+    column, so only that ninth of the pixels is read (~0.01 ms per 200x200 image)."""
+    return bool((images[..., ::ZERO_BLOCK, ::ZERO_BLOCK] == 0).any())
+
+
+def zero_filled(image: np.ndarray) -> np.ndarray | None:
+    """The pixels of a 2-D ``image`` that lie in a ``ZERO_BLOCK`` square of exact zeros (a
+    boolean mask), or None where there are none.
+
+    Pipelines fill ground without data (off a mosaic's footprint, chip gaps, masks) with 0 as
+    often as with NaN; noise never makes such a square (integer images with a sigma of 1 count
+    make one in several thousand pixels, at their sky level anyway)."""
+    if image.ndim != 2 or min(image.shape) < ZERO_BLOCK or not may_hold_zero_blocks(image):
+        return None
+    zero = image == 0
+    h, w = zero.shape
+    k = ZERO_BLOCK
+    block = zero[: h - k + 1, : w - k + 1].copy()  # block[i, j]: the square at (i, j) is all 0
+    for dy in range(k):
+        for dx in range(k):
+            block &= zero[dy : h - k + 1 + dy, dx : w - k + 1 + dx]
+    if not block.any():
+        return None
+    filled = np.zeros_like(zero)
+    for dy in range(k):
+        for dx in range(k):
+            filled[dy : h - k + 1 + dy, dx : w - k + 1 + dx] |= block
+    return filled
+
+
+def zero_filled_as_nan(images: np.ndarray) -> np.ndarray:
+    """``images`` (..., h, w) with their zero-filled pixels (``zero_filled``) as NaN, so the
+    noise statistics leave them out and the stretch writes them as sky, as it does NaN: a copy
+    where any are found, else ``images`` itself. An image more than half zero-filled is left
+    as it is (``MAX_ZERO_FILLED_FRACTION``: blank, or noiseless with a source or two).
+
+    A strip of zeros over a fifth of a cutout, read as sky, pulled the noise estimate down and
+    cost cpu-best 0.15 AUROC on our shifted set; as missing pixels, nothing (README, "Session
+    22")."""
+    if images.ndim < 2 or not may_hold_zero_blocks(images):
+        return images
+    flat = images.reshape(-1, *images.shape[-2:])
+    out: np.ndarray | None = None
+    for i in np.flatnonzero((flat[:, ::ZERO_BLOCK, ::ZERO_BLOCK] == 0).any(axis=(1, 2))):
+        filled = zero_filled(flat[i])
+        if filled is None or filled.mean() > MAX_ZERO_FILLED_FRACTION:
+            continue
+        if out is None:
+            out = np.array(flat, dtype=np.float32, copy=True)
+        out[i][filled] = np.nan
+    return images if out is None else out.reshape(images.shape)
 
 
 def _first_false(

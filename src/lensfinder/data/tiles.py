@@ -21,7 +21,7 @@ search over millions of objects must cut them itself, without writing 10^9 files
   pixel-area ratio.
 - **Pixels**: each window copied from a memory map of just its rows (``_pixels``), never a
   whole tile per object, nor a map of the whole file whose pages would stay in memory;
-  FLAG pixels (``flag_mask``) become NaN, then the missing-pixel policy of ``data/nonfinite.py``
+  FLAG pixels (``flag_mask``) become NaN, then the non-finite policy of ``data/nonfinite.py``
   repairs a few or skips the object, as for any other reader.
 
 ``cut_tile`` (one tile's files and catalogue rows -> ``Cutouts`` plus reasons) is a pure
@@ -58,7 +58,7 @@ from lensfinder.data.challenge import (
     summarise_problems,
 )
 from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE, Cutouts
-from lensfinder.data.nonfinite import repair_missing
+from lensfinder.data.nonfinite import repair_nonfinite
 from lensfinder.data.store import STORE_KIND, PackResult, _zarr_entry, write_store
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.files import read_table
@@ -445,9 +445,9 @@ def resample_nisp(
 
 
 def _checked(image: np.ndarray, path: Path) -> int:
-    """The missing-pixel policy (``data/nonfinite.py``) and the blank check of every reader:
+    """The non-finite policy (``data/nonfinite.py``) and the blank check of every reader:
     pixels repaired, or BadImage with the reason."""
-    repaired, reason = repair_missing(image)
+    repaired, reason = repair_nonfinite(image)
     if reason is not None:
         raise BadImage(path, reason)
     if image.size and image.min() == image.max():

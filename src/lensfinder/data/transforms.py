@@ -48,10 +48,18 @@ def map_input(x: ModelInput, func: Callable[[torch.Tensor], torch.Tensor]) -> Mo
 
 
 def _as_tensor(x: ArrayLike) -> torch.Tensor:
-    """float32 tensor; big-endian FITS arrays are converted to native order first."""
+    """float32 tensor; big-endian FITS arrays are converted to native order first.
+    Zero-filled regions (``pixels.zero_filled``: no data) become NaN, on a copy, so they are
+    missing pixels from here on: left out of sky and noise, written as sky."""
     if isinstance(x, torch.Tensor):
-        return x.float()
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        x = x.float()
+        step = pixels.ZERO_BLOCK  # the lattice check on the tensor's own device first
+        if x.ndim < 2 or not bool((x[..., ::step, ::step] == 0).any()):
+            return x
+        array = x.detach().cpu().numpy()
+        masked = pixels.zero_filled_as_nan(array)
+        return x if masked is array else torch.from_numpy(masked).to(x.device)
+    return torch.from_numpy(pixels.zero_filled_as_nan(np.ascontiguousarray(x, dtype=np.float32)))
 
 
 def _quantile_last(x: torch.Tensor, q: float) -> torch.Tensor:

@@ -51,7 +51,6 @@ from lensfinder.data import open_source
 from lensfinder.data.augment import N_ELEMENTS, apply_d4
 from lensfinder.data.challenge import reason_kind
 from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE, Cutouts, CutoutSource, repair_rows
-from lensfinder.data.nonfinite import may_hold_zero_blocks
 from lensfinder.data.transforms import map_input, to_model_input
 from lensfinder.einstein import mixture
 from lensfinder.ensemble import expand_models
@@ -583,8 +582,8 @@ class Predictor:
 
     def predict_arrays(self, vis: np.ndarray, nisp: np.ndarray, progress: bool = False) -> Scores:
         """Score raw cutouts, as a source's ``read`` returns them: ``vis (n,200,200)``,
-        ``nisp (n,3,66,66)``. Every row is scored: a few missing pixels (NaN, inf, zero-filled) are
-        repaired (``data.nonfinite``, on a copy); a row with more is a DataError (in BN method 2 one
+        ``nisp (n,3,66,66)``. Every row is scored: a few non-finite pixels are repaired
+        (``data.nonfinite``, on a copy); a row with more is a DataError (in BN method 2 one
         bad row would spoil its companions), so drop such rows first or use
         ``predict_source``, which skips them.
         """
@@ -594,8 +593,7 @@ class Predictor:
                 f"predict: expected vis (n,H,W) and nisp (n,3,h,w) with the same n, got "
                 f"{vis.shape} and {nisp.shape}"
             )
-        finite = np.isfinite(vis).all() and np.isfinite(nisp).all()
-        if not finite or may_hold_zero_blocks(vis) or may_hold_zero_blocks(nisp):
+        if not (np.isfinite(vis).all() and np.isfinite(nisp).all()):
             cut = Cutouts(vis.copy(), nisp.copy(), np.ones(len(vis), bool), [None] * len(vis))
             repair_rows(cut)
             if not cut.valid.all():

@@ -24,7 +24,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from lensfinder.config import ColourViewConfig, GalleryConfig
-from lensfinder.data.pixels import background_and_noise, resample_nisp
+from lensfinder.data.pixels import background_and_noise, resample_nisp, zero_filled_as_nan
 from lensfinder.files import atomic_path
 from lensfinder.surveys import EUCLID
 
@@ -35,9 +35,10 @@ def robust_background(image: np.ndarray) -> tuple[float, float]:
     median and MAD of the border frame), so pictures and model see the same noise.
 
     The sigma falls back to the standard deviation, then to 1, for images with no spread,
-    so a blank or constant cutout never divides by zero.
+    so a blank or constant cutout never divides by zero. Zero-filled regions (no data) are
+    left out, as the model input leaves them out (``data.pixels.zero_filled_as_nan``).
     """
-    values = np.ascontiguousarray(image, dtype=np.float32)
+    values = zero_filled_as_nan(np.ascontiguousarray(image, dtype=np.float32))
     sky, noise = background_and_noise(values)
     median, sigma = float(sky[0]), float(noise[0])
     finite = values[np.isfinite(values)]

@@ -1,0 +1,84 @@
+"""Regions of exact zeros (how pipelines fill ground without data) are missing pixels to the
+normaliser, as NaN are: left out of sky and noise, written as sky."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lensfinder.config import InputConfig
+from lensfinder.data.pixels import may_hold_zero_blocks, zero_filled, zero_filled_as_nan
+from lensfinder.data.transforms import to_model_input
+from lensfinder.testing import tiny_cutouts
+
+
+def _noisy(seed: int = 0, shape: tuple[int, int] = (200, 200)) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0.0, 1.0, shape).astype(np.float32)
+
+
+def test_a_zero_filled_strip_is_found_to_its_edge_and_noise_is_not():
+    image = _noisy()
+    image[:, :37] = 0.0  # off the footprint along one side
+    image[120:124, 80:83] = 0.0  # a small masked patch
+    filled = zero_filled(image)
+    expected = np.zeros(image.shape, bool)
+    expected[:, :37] = True
+    expected[120:124, 80:83] = True
+    assert filled is not None and np.array_equal(filled, expected)
+    # Scattered exact zeros and a 2x2 zero block are noise's business, not missing data.
+    sparse = _noisy(1)
+    sparse[np.random.default_rng(2).random(sparse.shape) < 0.05] = 0.0
+    sparse[10:12, 10:12] = 0.0
+    assert zero_filled(sparse) is None
+
+
+def test_the_lattice_check_never_misses_a_zero_block():
+    """Every 3x3 square holds one pixel of the every-3rd-row-and-column lattice."""
+    for top in range(3):
+        for left in range(3):
+            image = _noisy(3, (20, 20))
+            image[5 + top : 8 + top, 5 + left : 8 + left] = 0.0
+            assert may_hold_zero_blocks(image[None])
+            assert zero_filled(image) is not None
+    assert not may_hold_zero_blocks(_noisy(4)[None])
+
+
+def test_only_images_with_zero_blocks_are_copied_and_blank_ones_are_left_alone():
+    clean = np.stack([_noisy(5), _noisy(6)])
+    assert zero_filled_as_nan(clean) is clean  # no copy, the same floats
+    blank = np.zeros((2, 66, 66), np.float32)
+    assert zero_filled_as_nan(blank) is blank  # the readers refuse blank images
+    noiseless = blank.copy()
+    noiseless[0, 30:33, 30:33] = 1.0  # zeros around a source: the image, not a cut-off edge
+    assert zero_filled_as_nan(noiseless) is noiseless
+    mixed = clean.copy()
+    mixed[1, -30:] = 0.0
+    out = zero_filled_as_nan(mixed)
+    assert np.isnan(out[1, -30:]).all() and np.isfinite(out[1, :-30]).all()
+    assert np.array_equal(out[0], clean[0]) and (mixed[1, -30:] == 0).all()  # input untouched
+    # Integer images with little noise: the few zero squares noise makes are all there is.
+    counts = np.round(np.random.default_rng(7).normal(0.0, 1.0, (200, 200))).astype(np.float32)
+    assert np.isnan(zero_filled_as_nan(counts)).mean() < 0.005
+
+
+def test_a_zero_strip_enters_the_model_as_missing_sky_not_as_noiseless_data():
+    vis, nisp = tiny_cutouts(4, seed=3)
+    cfg = InputConfig()  # cpu-small's input: native VIS 80 px, NISP resampled
+    strip_zero, strip_nan, as_data = vis.copy(), vis.copy(), vis.copy()
+    strip_zero[:, :, :40] = 0.0  # a fifth of the cutout off the footprint
+    strip_nan[:, :, :40] = np.nan
+    as_data[:, :, :40] = 1e-30  # not exact zeros: read as (noiseless) data
+    nisp_zero, nisp_nan = nisp.copy(), nisp.copy()
+    nisp_zero[:, :, :, :13] = 0.0
+    nisp_nan[:, :, :, :13] = np.nan
+    zero_in = to_model_input(strip_zero, nisp_zero, cfg)
+    assert isinstance(zero_in, torch.Tensor)
+    torch.testing.assert_close(zero_in, to_model_input(strip_nan, nisp_nan, cfg), rtol=0, atol=0)
+    assert (vis[:, :, :40] != 0).all() and (strip_zero[:, :, :40] == 0).all()  # not modified
+    # Read as data, the zeros pull the noise estimate down and stretch the rest harder.
+    data_in = to_model_input(as_data, nisp_nan, cfg)
+    assert (zero_in[:, 0] - data_in[:, 0]).abs().max() > 0.5
+    # Torch input (as a GPU batch would come) gives the same.
+    torch.testing.assert_close(
+        to_model_input(torch.from_numpy(strip_zero), torch.from_numpy(nisp_zero), cfg), zero_in
+    )
