@@ -25,11 +25,13 @@ cover; one that costs nothing rules a difference out cheaply.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import bench_domain_shift as shift
 import common
 import numpy as np
 
@@ -151,26 +153,16 @@ def altered_copy(store: Path, out: Path, alter: Alteration, seed: int) -> Path:
 
 
 def score(model: Path, data: Path, out: Path, bootstrap: int) -> dict[str, Any]:
-    """AUROC [CI], TPR at FPR 1e-2 / 1e-3 with D4 TTA, and how many objects were scored."""
-    from lensfinder.config import EvaluateConfig, PredictConfig
+    """``bench_domain_shift.score``'s row (D4 TTA), with the objects skipped by reason; a store
+    where every object is skipped is the probe's answer, not a crash."""
     from lensfinder.errors import DataError
-    from lensfinder.evaluate import evaluate
 
-    cfg = EvaluateConfig(predict=PredictConfig(tta=True), bootstrap=bootstrap, split="all")
     try:
-        result = evaluate([model], data, out, cfg, progress=False)
-    except DataError as exc:  # e.g. every object skipped: the probe's answer, not a crash
-        return {"auroc": None, "auroc_ci": None, "n_scored": 0, "skipped": {}, "error": str(exc)}
-    m = result.metrics
-    tpr = {k: (v["tpr"] if isinstance(v, dict) else v) for k, v in m["tpr_at_fpr"].items()}
-    return {
-        "auroc": round(m["auroc"], 4),
-        "auroc_ci": [round(c, 3) for c in m["auroc_ci"]] if m.get("auroc_ci") else None,
-        "tpr_at_fpr_1e-02": tpr.get("1e-02"),
-        "tpr_at_fpr_1e-03": tpr.get("1e-03"),
-        "n_scored": result.n_evaluated,
-        "skipped": dict(result.skipped_reasons),
-    }
+        row = shift.score(model, data, out, bootstrap)
+    except DataError as exc:
+        return {"auroc": None, "n": 0, "skipped": {}, "error": str(exc)}
+    row["skipped"] = json.loads((out / "metrics.json").read_text()).get("skipped_reasons", {})
+    return row
 
 
 def main() -> None:
@@ -207,10 +199,10 @@ def main() -> None:
             print(f"| {r['probe']} | - | - | 0 | {r['error']} |")
             continue
         ci = f" [{r['auroc_ci'][0]:.3f}, {r['auroc_ci'][1]:.3f}]" if r["auroc_ci"] else ""
-        tprs = (r["tpr_at_fpr_1e-02"], r["tpr_at_fpr_1e-03"])
+        tprs = (r["tpr_at_fpr_1e-2"], r["tpr_at_fpr_1e-3"])
         tpr = " / ".join("-" if t is None else f"{t:.2f}" for t in tprs)
         skipped = ", ".join(f"{k} {v}" for k, v in r["skipped"].items()) or "-"
-        print(f"| {r['probe']} | {r['auroc']:.3f}{ci} | {tpr} | {r['n_scored']} | {skipped} |")
+        print(f"| {r['probe']} | {r['auroc']:.3f}{ci} | {tpr} | {r['n']} | {skipped} |")
     common.write_results(
         args.json, __file__, rows, {"model": str(args.model), "data": str(args.data)}
     )

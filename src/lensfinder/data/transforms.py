@@ -53,8 +53,7 @@ def _as_tensor(x: ArrayLike) -> torch.Tensor:
     missing pixels from here on: left out of sky and noise, written as sky."""
     if isinstance(x, torch.Tensor):
         x = x.float()
-        step = pixels.ZERO_BLOCK  # the lattice check on the tensor's own device first
-        if x.ndim < 2 or not bool((x[..., ::step, ::step] == 0).any()):
+        if x.ndim < 2 or not pixels.may_hold_zero_blocks(x):  # on the tensor's own device
             return x
         array = x.detach().cpu().numpy()
         masked = pixels.zero_filled_as_nan(array)
