@@ -374,3 +374,41 @@ def test_cli_settings_come_from_the_config_file_then_flags(field, tmp_path, monk
         app, ["inject", str(field), "--out", str(tmp_path / "b"), "--paint-fraction", "2"]
     )
     assert bad.exit_code == 2 and bad.output.startswith("error:")
+
+
+def test_zero_filled_regions_are_missing_to_the_measurement_and_stay_empty(field):
+    """A cutout partly off the survey's footprint (regions of exact zeros): the noise and the
+    galaxy are measured on the data alone, and a painted arc never fills the empty region."""
+    cutouts = open_unlabelled(field).read(range(2))
+    rule = label_rule()
+    for row in range(2):
+        vis, nisp = cutouts.vis[row], cutouts.nisp[row]
+        whole = measure(vis, nisp, EUCLID)
+        edge_vis, edge_nisp = vis.copy(), nisp.copy()
+        edge_vis[:, :60] = 0.0  # 30% of the cutout off the footprint
+        edge_nisp[:, :, :20] = 0.0
+        edge = measure(edge_vis, edge_nisp, EUCLID)
+        as_data_vis = vis.copy()
+        as_data_vis[:, :60] = 1e-30  # not exact zeros: noiseless data
+        as_data = measure(as_data_vis, nisp, EUCLID)
+        assert as_data.noise["VIS"].sigma < 0.8 * whole.noise["VIS"].sigma  # what zeros did
+        for band in EUCLID.bands:
+            assert edge.noise[band.name].sigma == pytest.approx(
+                whole.noise[band.name].sigma, rel=0.06
+            )
+        assert whole.galaxy is not None and edge.galaxy is not None
+        assert edge.galaxy.half_light_radius == pytest.approx(
+            whole.galaxy.half_light_radius, rel=0.02
+        )
+        assert edge.galaxy.mag["VIS"] == pytest.approx(whole.galaxy.mag["VIS"], abs=0.1)
+
+        masked_vis, masked_nisp = vis.copy(), nisp.copy()
+        masked_vis[:, 106:120] = 0.0  # a masked column through the arc's ring
+        masked_nisp[:, :, 35:40] = 0.0
+        rng = np.random.default_rng(row)
+        result = paint(masked_vis, masked_nisp, 1, rng, NOISE_FREE, survey=EUCLID, rule=rule)
+        assert (result.images["VIS"][:, 106:120] == 0).all()
+        assert (result.arc["VIS"][:, 100:106] > 0).any()  # the arc reaches the mask's edge
+        for i, band in enumerate(("Y", "J", "H")):
+            assert (result.images[band][:, 35:40] == 0).all()
+            assert (result.images[band] != masked_nisp[i]).any()

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from lensfinder.config import InjectConfig
+from lensfinder.data.pixels import zero_filled_as_nan
 from lensfinder.simulate.quantities import NEIGHBOUR_RADII
 from lensfinder.simulate.render import block_mean, pixel_grid
 from lensfinder.simulate.scene import ellipticity
@@ -197,12 +198,17 @@ def measure(vis: np.ndarray, nisp: np.ndarray, survey: Survey) -> Measurement:
 
 
 def _band_images(vis: np.ndarray, nisp: np.ndarray, survey: Survey) -> dict[str, np.ndarray]:
-    """Band name -> float64 image: the reference band (VIS) first, then the others in order."""
+    """Band name -> float64 image: the reference band (VIS) first, then the others in order.
+    Zero-filled regions (off a mosaic's footprint: ``pixels.missing_pixels``) are NaN, missing
+    pixels, as the model input has them: noise, background and segments come from the data."""
     reference = survey.band(survey.reference_band)
     others = [b for b in survey.bands if b.name != reference.name]
-    images = {reference.name: np.asarray(vis, np.float64)}
+    images = {reference.name: zero_filled_as_nan(np.asarray(vis, np.float64))}
     images.update(
-        {b.name: np.asarray(img, np.float64) for b, img in zip(others, nisp, strict=True)}
+        {
+            b.name: zero_filled_as_nan(np.asarray(img, np.float64))
+            for b, img in zip(others, nisp, strict=True)
+        }
     )
     return images
 

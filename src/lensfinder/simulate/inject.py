@@ -47,6 +47,7 @@ from lensfinder import __version__, layout
 from lensfinder.config import InjectConfig, SimulateConfig, to_dict
 from lensfinder.data.challenge import Problem
 from lensfinder.data.cutouts import CutoutSource
+from lensfinder.data.pixels import missing_pixels
 from lensfinder.data.source import open_unlabelled
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.files import atomic_path
@@ -358,7 +359,8 @@ def _add_arcs(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Each band's field cutout with the rendered arc added (in the field's units, with its
     photon noise when ``config.arc_noise``), and the arcs; pixels the arc does not reach are
-    the field's, bit for bit."""
+    the field's, bit for bit. Zero-filled regions (``pixels.missing_pixels``: no data, e.g.
+    off the footprint) stay zeros: the survey would not have seen the arc there either."""
     reference = survey.band(survey.reference_band)
     fields = {reference.name: vis, **{b.name: nisp[i] for i, b in enumerate(_nisp(survey))}}
     images, arcs = {}, {}
@@ -367,6 +369,9 @@ def _add_arcs(
         arc = renderer.source(band) * noise.scale  # e-/s -> field units
         arc[arc < PAINT_FLOOR * noise.sigma] = 0.0
         field = np.asarray(fields[band.name], dtype=np.float32)
+        missing = missing_pixels(field)
+        if missing is not None:
+            arc[missing] = 0.0
         painted = field.copy()
         where = arc > 0
         added = arc[where]
