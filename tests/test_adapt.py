@@ -275,6 +275,33 @@ def test_methods_and_their_checks(field_store):
     assert shipped.adapt.only and shipped.adapt.method == "adabn"
 
 
+@pytest.mark.parametrize("joint", [False, True])
+def test_joint_batch_norm_puts_both_batches_through_one_forward_pass(
+    joint, train_store, field_store, tmp_path, monkeypatch
+):
+    """With ``joint_batch_norm`` the labelled and the field batch are one batch to the network
+    (batch norm normalises both with the same statistics: what the domain head must see);
+    without, two passes, each normalised by its own statistics."""
+    sizes: list[int] = []
+    original = adapt.JointAdaptation._forward_with_features
+
+    def recorded(self, lit, x, call=None):
+        sizes.append(len(x[0] if isinstance(x, tuple) else x))
+        return original(self, lit, x, call)
+
+    monkeypatch.setattr(adapt.JointAdaptation, "_forward_with_features", recorded)
+    config = tiny_config(field_store, method="dann", joint_batch_norm=joint)
+    run = train_models(config, train_store, tmp_path / "run", progress=False)
+    assert sizes and sizes == ([8 + 4] if joint else [8, 4]) * (len(sizes) // (1 if joint else 2))
+    with open(run.run_dir / "metrics.csv") as handle:
+        losses = [
+            float(r["adapt_domain_loss"])
+            for r in csv.DictReader(handle)
+            if r.get("adapt_domain_loss")
+        ]
+    assert losses and all(math.isfinite(v) for v in losses)
+
+
 @pytest.mark.parametrize(("painted_after", "kept"), [(0.8, True), (0.6, False), (0.7, False)])
 def test_adabn_if_better_keeps_the_statistics_only_where_the_painted_field_gains(
     monkeypatch, painted_after, kept

@@ -366,16 +366,24 @@ class JointAdaptation(nn.Module):
         each adaptation term.
         """
         x, y = batch
-        outputs, labelled_features = self._forward_with_features(lit, x, lit.outputs)
-        supervised, _, target = lit.loss_of(outputs, y)  # with the theta_E head's term, if any
-        n = len(target)
+        n = len(y)
         strength, rank = _strength_and_rank(lit.trainer, batch_idx)
         field_n = max(2, round(n * self.adapt.field_batch_fraction))  # BN needs 2 for statistics
         field_x = self._draw(field_n, lit.device, rank)
         teacher = (
             self._teacher_probabilities(lit, field_x) if "consistency" in self.methods else None
         )
-        field_logits, field_features = self._forward_with_features(lit, field_x)
+        if self.adapt.joint_batch_norm:  # one forward pass: shared batch statistics
+            joint = _concatenated(x, field_x)
+            outputs, features = self._forward_with_features(lit, joint, lit.outputs)
+            logits, theta_e = outputs
+            outputs = (logits[:n], None if theta_e is None else theta_e[:n])
+            field_logits = logits[n:]
+            labelled_features, field_features = features[:n], features[n:]
+        else:
+            outputs, labelled_features = self._forward_with_features(lit, x, lit.outputs)
+            field_logits, field_features = self._forward_with_features(lit, field_x)
+        supervised = lit.loss_of(outputs, y)[0]  # with the theta_E head's term, if any
         total = supervised
         logs: dict[str, torch.Tensor | float] = {"train_loss": supervised}
         if self.domain_head is not None:
@@ -428,6 +436,15 @@ class JointAdaptation(nn.Module):
         )
         consistency = (per_cutout * confident.float()).sum() / len(teacher)
         return consistency, confident.float().mean()
+
+
+def _concatenated(a: ModelInput, b: ModelInput) -> ModelInput:
+    """Two model inputs as one batch (``a``'s rows first), stacked or two-branch alike."""
+    if isinstance(a, tuple):
+        assert isinstance(b, tuple)
+        return tuple(torch.cat([p, q]) for p, q in zip(a, b, strict=True))
+    assert isinstance(b, torch.Tensor)
+    return torch.cat([a, b])
 
 
 def _strength_and_rank(trainer: Any, batch_idx: int) -> tuple[float, int]:
