@@ -151,7 +151,7 @@ def test_objects_that_cannot_be_cut_are_counted(sky, scheduler, tmp_path):
                       "DECLINATION": [float(edge_dec), -40.0]})  # fmt: skip
     cat = tmp_path / "cat.csv"
     pacsv.write_csv(pa.concat_tables([table, extra]), cat)
-    # a copy of the tiles whose VIS flag map masks the window of one cuttable object
+    # a copy of the tiles whose VIS flag map flags pixels all over one cuttable object
     copy = tmp_path / "tiles"
     for path in tiles.rglob("*.fits"):
         (copy / path.relative_to(tiles)).parent.mkdir(parents=True, exist_ok=True)
@@ -161,7 +161,8 @@ def test_objects_that_cannot_be_cut_are_counted(sky, scheduler, tmp_path):
     tile = int(planned.catalog["TILE_INDEX"][0])
     flag = next(copy.rglob(f"EUC_MER_MOSAIC-VIS-FLAG_TILE{tile}-*.fits"))
     with fits.open(flag, mode="update") as hdul:
-        hdul[0].data[round(y) - 60 : round(y) + 60, round(x) - 60 : round(x) + 60] = 1
+        # scattered flagged pixels (a region would be scored as missing data)
+        hdul[0].data[round(y) - 60 : round(y) + 60 : 2, round(x) - 60 : round(x) + 60 : 2] = 1
 
     result = scan([run], copy, tmp_path / "scan", _cfg(), scheduler=scheduler, progress=False,
                   catalog=cat)  # fmt: skip

@@ -22,6 +22,7 @@ from lensfinder import mer
 from lensfinder.config import CutoutsConfig, SimulateConfig
 from lensfinder.data import tiles as tiles_module
 from lensfinder.data.challenge import reason_kind
+from lensfinder.data.pixels import square_blocks
 from lensfinder.data.store import open_store
 from lensfinder.data.tiles import cutouts, parse_selection
 from lensfinder.errors import ConfigError
@@ -186,12 +187,14 @@ def test_flagged_pixels_go_through_the_nonfinite_policy(tmp_path):
     planted_tile(tmp_path / "tiles", 1, sources)
     flag_path = tmp_path / "tiles" / mer.image_name("flag", "VIS", 1, TAG)
     with fits.open(flag_path, mode="update") as hdul:
-        hdul[0].data[100:110, 100:110] = 4  # 100 pixels of object 1's cutout: repaired
-        hdul[0].data[300:330, 300:330] = 1  # 900 pixels of object 2's (> 1%): skipped
+        hdul[0].data[100:130, 100:130] = 4  # a 30x30 mask in object 1's cutout: no data
+        hdul[0].data[280:340:2, 280:340:2] = 1  # 900 scattered pixels of object 2's (> 1%)
     cat = catalogue(tmp_path / "cat.fits", sources)
     result = cutouts(tmp_path / "tiles", cat, tmp_path / "st.zarr", progress=False)
     assert result.n_objects == 1 and result.repaired_objects == 1
     assert [reason_kind(p.reason) for p in result.problems] == ["non-finite pixels"]
+    vis = open_store(tmp_path / "st.zarr").read([0]).vis[0]
+    assert int((square_blocks(vis == 0)).sum()) == 900  # the mask, as a zero-filled region
     off = CutoutsConfig(flag_mask=0)
     assert cutouts(tmp_path / "tiles", cat, tmp_path / "b.zarr", off, progress=False).n_objects == 2
 

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from lensfinder.config import InputConfig
+from lensfinder.data.nonfinite import repair_nonfinite
 from lensfinder.data.pixels import may_hold_zero_blocks, zero_filled, zero_filled_as_nan
 from lensfinder.data.transforms import to_model_input
 from lensfinder.testing import tiny_cutouts
@@ -81,4 +82,43 @@ def test_a_zero_strip_enters_the_model_as_missing_sky_not_as_noiseless_data():
     # Torch input (as a GPU batch would come) gives the same.
     torch.testing.assert_close(
         to_model_input(torch.from_numpy(strip_zero), torch.from_numpy(nisp_zero), cfg), zero_in
+    )
+
+
+def test_nonfinite_regions_become_missing_pixels_and_scattered_ones_the_median():
+    """NaN regions (masks, ground off the footprint) are no data, as zero-filled ones: they
+    become zeros the model input leaves out; a few scattered NaN take the median; many
+    scattered ones, or regions over half the image, refuse it and leave it as it was."""
+    image = _noisy(8)
+    image[:, :60] = np.nan  # 30% of the cutout: a region, kept as missing
+    image[150, 150] = np.inf  # one scattered bad pixel
+    median = np.median(image[np.isfinite(image)])
+    count, reason = repair_nonfinite(image)
+    assert reason is None and count == 200 * 60 + 1
+    assert (image[:, :60] == 0).all() and np.isfinite(image).all()
+    assert image[150, 150] == median
+    missing = zero_filled(image)
+    assert missing is not None and missing.sum() == 200 * 60
+
+    scattered = _noisy(9)
+    scattered[::4, ::4] = np.nan  # 6% of the pixels, none in a region
+    before = scattered.copy()
+    assert "2500 of 40000" in str(repair_nonfinite(scattered)[1])
+    np.testing.assert_array_equal(scattered, before)  # refused: untouched
+    half = _noisy(10)
+    half[:, :80] = 0.0  # 40% off the footprint already ...
+    half[:, 80:110] = np.nan  # ... and 15% masked: more than half without data
+    assert repair_nonfinite(half)[1] is not None
+
+
+def test_a_nan_strip_enters_the_model_as_the_same_strip_of_zeros():
+    vis, nisp = tiny_cutouts(2, seed=5)
+    nan_strip, zero_strip = vis.copy(), vis.copy()
+    nan_strip[:, :, :50] = np.nan
+    zero_strip[:, :, :50] = 0.0
+    for image in nan_strip:
+        assert repair_nonfinite(image)[1] is None
+    cfg = InputConfig()
+    torch.testing.assert_close(
+        to_model_input(nan_strip, nisp, cfg), to_model_input(zero_strip, nisp, cfg), rtol=0, atol=0
     )

@@ -372,7 +372,8 @@ class CutoutsConfig(Checked):
     # Only objects passing this, e.g. "FLUX_VIS_PSF > 10 and POINT_LIKE_PROB < 0.5"; None: all.
     select: str | None = None
     # Pixels whose FLAG map value has any of these bits set are treated as missing (the
-    # non-finite policy of data/nonfinite.py then repairs a few or skips the object); 0: ignore.
+    # non-finite policy of data/nonfinite.py: masked regions are missing data, a few scattered
+    # pixels are repaired, more skip the object); 0: ignore.
     flag_mask: int = -1
     chunk: int = 8  # objects per store chunk, as pack
     workers: int = 1  # Dask worker processes, one tile per task

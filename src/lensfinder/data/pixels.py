@@ -55,10 +55,18 @@ def zero_filled(image: np.ndarray) -> np.ndarray | None:
     make one in several thousand pixels, at their sky level anyway)."""
     if image.ndim != 2 or min(image.shape) < ZERO_BLOCK or not may_hold_zero_blocks(image):
         return None
-    from scipy.ndimage import binary_opening  # only for images with zeros: no import cost
-
-    filled = binary_opening(image == 0, structure=np.ones((ZERO_BLOCK, ZERO_BLOCK), bool))
+    filled = square_blocks(image == 0)
     return filled if filled.any() else None
+
+
+def square_blocks(mask: np.ndarray) -> np.ndarray:
+    """The pixels of a 2-D boolean ``mask`` that lie in a ``ZERO_BLOCK`` square of it (its
+    morphological opening by the square): regions, not scattered pixels."""
+    if mask.ndim != 2 or min(mask.shape) < ZERO_BLOCK:
+        return np.zeros(mask.shape, bool)
+    from scipy.ndimage import binary_opening  # only for images with such pixels: no import cost
+
+    return binary_opening(mask, structure=np.ones((ZERO_BLOCK, ZERO_BLOCK), bool))
 
 
 def missing_pixels(image: np.ndarray) -> np.ndarray | None:

@@ -22,7 +22,8 @@ search over millions of objects must cut them itself, without writing 10^9 files
 - **Pixels**: each window copied from a memory map of just its rows (``_pixels``), never a
   whole tile per object, nor a map of the whole file whose pages would stay in memory;
   FLAG pixels (``flag_mask``) become NaN, then the non-finite policy of ``data/nonfinite.py``
-  repairs a few or skips the object, as for any other reader.
+  (masked regions: missing data; a few scattered pixels: repaired; more: the object skipped),
+  as for any other reader.
 
 ``cut_tile`` (one tile's files and catalogue rows -> ``Cutouts`` plus reasons) is a pure
 function that ``cutouts`` runs per task on Dask and a scan shard can run per tile.
