@@ -539,10 +539,11 @@ class AdaptConfig(Checked):
     # Joint methods: the field batch per step is this share of the labelled batch (cheap on CPU).
     field_batch_fraction: float = 0.5
     # Joint methods: the labelled and the field batch go through the network as one batch, so
-    # batch norm normalises both with the same statistics. Apart (false), each batch is
-    # normalised by its own, which hides their first and second moments from every later
-    # layer: the domain head then cannot tell the domains apart (its loss stays at log 2).
-    joint_batch_norm: bool = False
+    # batch norm normalises both with the same statistics (as DANN and FixMatch do). Apart
+    # (false), each batch is normalised by its own, which hides their first and second moments
+    # from every later layer: the domain head then cannot tell the domains apart (its loss
+    # stayed at log 2 on cpu-small; README, "Session 23").
+    joint_batch_norm: bool = True
     # Both joint losses ramp from 0 to their weight as 2 / (1 + exp(-10 p)) - 1 over the
     # training progress p (Ganin et al. 2016), so early, still-random features are left alone.
     dann_weight: float = 0.1  # gradient-reversal strength into the features at the end of ramp
