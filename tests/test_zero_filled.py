@@ -5,12 +5,24 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from astropy.io import fits
 
 from lensfinder.config import InputConfig
+from lensfinder.data import open_source
+from lensfinder.data.challenge import read_layout, reason_kind
+from lensfinder.data.cutouts import Cutouts, mark_blank
 from lensfinder.data.nonfinite import repair_nonfinite
-from lensfinder.data.pixels import may_hold_zero_blocks, zero_filled, zero_filled_as_nan
+from lensfinder.data.pixels import (
+    centre_missing,
+    may_hold_zero_blocks,
+    zero_filled,
+    zero_filled_as_nan,
+)
+from lensfinder.data.store import pack
 from lensfinder.data.transforms import to_model_input
-from lensfinder.testing import tiny_cutouts
+from lensfinder.layout import image_path
+from lensfinder.surveys import EUCLID
+from lensfinder.testing import make_tiny_layout, tiny_cutouts, write_fits
 
 
 def _noisy(seed: int = 0, shape: tuple[int, int] = (200, 200)) -> np.ndarray:
@@ -122,3 +134,40 @@ def test_a_nan_strip_enters_the_model_as_the_same_strip_of_zeros():
     torch.testing.assert_close(
         to_model_input(nan_strip, nisp, cfg), to_model_input(zero_strip, nisp, cfg), rtol=0, atol=0
     )
+
+
+def test_cutouts_without_data_at_the_centre_are_skipped_with_the_reason(tmp_path):
+    """An object inside a masked or zero-filled region (in any band) would be scored as sky:
+    layout and store readers refuse it with the reason; a region beside it is scored."""
+    root = make_tiny_layout(tmp_path / "layout", n=4, seed=2)
+    ids = read_layout(root).ids.tolist()
+    vis_path = image_path(root, EUCLID.band("VIS"), ids[0])
+    vis = fits.getdata(vis_path).astype(np.float32)
+    vis[90:110, 90:110] = np.nan  # a mask over the object: a NaN region, zeros once read
+    write_fits(vis_path, vis)
+    h_path = image_path(root, EUCLID.band("H"), ids[1])
+    h = fits.getdata(h_path).astype(np.float32)
+    h[:, 30:40] = 0.0  # H zero-filled through the centre
+    write_fits(h_path, h)
+    edge_path = image_path(root, EUCLID.band("VIS"), ids[2])
+    edge = fits.getdata(edge_path).astype(np.float32)
+    edge[:, :50] = 0.0  # off the footprint beside the object: scored
+    write_fits(edge_path, edge)
+    cutouts = open_source(root).read(range(4))
+    assert cutouts.valid.tolist() == [False, False, True, True]
+    assert [reason_kind(r) for r in cutouts.reasons[:2]] == ["no data at the centre"] * 2
+    pack(root, tmp_path / "store.zarr", progress=False)  # packs the two it can score
+    store = open_source(tmp_path / "store.zarr")
+    assert store.ids.tolist() == ids[2:]
+    assert {p.id for p in store.problems} == set(ids[:2])
+
+    # rows read from a store (written before this check) are refused the same way
+    scorable = [3, 3, 2, 3]  # pixels of the rows that were read (refused rows are zeros)
+    rows = Cutouts(cutouts.vis[scorable], cutouts.nisp[scorable], np.ones(4, bool), [None] * 4)
+    rows.vis[0, 95:105, 95:105] = 0.0
+    rows.nisp[1, 2, 30:36, 30:36] = 0.0
+    mark_blank(rows, tmp_path / "store.zarr")
+    assert rows.valid.tolist() == [False, False, True, True]
+    assert "no data at the centre (H masked or zero-filled)" in str(rows.reasons[1])
+    assert centre_missing(np.zeros((2, 66, 66))).all()
+    assert not centre_missing(_noisy(12)[None]).any()

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from lensfinder.data.nonfinite import MAX_NONFINITE_FRACTION, repair_nonfinite
+from lensfinder.data.pixels import NO_DATA_AT_CENTRE, centre_missing
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.labels import LabelRule
 from lensfinder.labels import label_rule as parse_label_rule
@@ -235,6 +236,8 @@ def read_band(path: Path, band: Band, want_position: bool = False) -> tuple[np.n
         raise BadImage(path, reason)
     if data.size and data.min() == data.max():  # zeros from a failed writer, a masked field
         raise BadImage(path, f"blank image (every pixel is {float(data.flat[0]):g})")
+    if centre_missing(data):
+        raise BadImage(path, f"{NO_DATA_AT_CENTRE} (masked or zero-filled)")
     position = _centre_radec(header, data.shape) if want_position else (np.nan, np.nan)
     return data, repaired, position
 

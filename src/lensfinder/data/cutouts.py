@@ -18,6 +18,7 @@ import numpy as np
 
 from lensfinder.data.challenge import Problem, reason_kind
 from lensfinder.data.nonfinite import repair_nonfinite
+from lensfinder.data.pixels import NO_DATA_AT_CENTRE, centre_missing
 from lensfinder.stages import progress_bar
 from lensfinder.surveys import EUCLID
 
@@ -102,9 +103,10 @@ def repair_rows(cutouts: Cutouts) -> int:
 
 
 def mark_blank(cutouts: Cutouts, where: Path) -> None:
-    """Mark valid rows with a constant (e.g. all-zero) band invalid, with the reason: such an
-    image holds no information and its score would mean nothing. Each band on its own, as the
-    FITS reader does (``read_band``): a zeroed Y plane beside good J and H is still blank."""
+    """Mark valid rows with a constant (e.g. all-zero) band, or one without data at its centre
+    (``pixels.centre_missing``), invalid, with the reason: their scores would mean nothing.
+    Each band on its own, as the FITS reader does (``read_band``): a zeroed Y plane beside
+    good J and H is still blank."""
     planes = [("VIS", cutouts.vis)] + [
         (band.name, cutouts.nisp[:, k]) for k, band in enumerate(EUCLID.bands[1:])
     ]
@@ -119,6 +121,9 @@ def mark_blank(cutouts: Cutouts, where: Path) -> None:
         for row in maybe[constant].tolist():
             cutouts.valid[row] = False
             cutouts.reasons[row] = f"{where}: blank image ({name} constant)"
+        for row in np.flatnonzero(centre_missing(images) & cutouts.valid).tolist():
+            cutouts.valid[row] = False
+            cutouts.reasons[row] = f"{where}: {NO_DATA_AT_CENTRE} ({name} masked or zero-filled)"
 
 
 class CutoutSource(ABC):

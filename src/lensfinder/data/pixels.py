@@ -25,6 +25,7 @@ ZERO_BLOCK = 3  # a pixel in a ZERO_BLOCK x ZERO_BLOCK square of exact zeros hol
 # ... unless zeros cover more than this share of the image: then the zeros are the image (a
 # blank or noiseless one, refused or handled as such), not a cut-off edge beside data
 MAX_ZERO_FILLED_FRACTION = 0.5
+NO_DATA_AT_CENTRE = "no data at the centre"  # the skip reason of ``centre_missing`` images
 
 
 def border_index(height: int, width: int) -> np.ndarray:
@@ -67,6 +68,17 @@ def square_blocks(mask: np.ndarray) -> np.ndarray:
     from scipy.ndimage import binary_opening  # only for images with such pixels: no import cost
 
     return binary_opening(mask, structure=np.ones((ZERO_BLOCK, ZERO_BLOCK), bool))
+
+
+def centre_missing(images: np.ndarray) -> np.ndarray:
+    """Per image of ``images`` (..., h, w): whether its central ``ZERO_BLOCK`` square is all
+    exact zeros, i.e. the object itself lies in a region without data (masked, off the
+    footprint; NaN regions are zeros by then, ``data/nonfinite.py``): a score of it would be a
+    score of nothing, so readers refuse it. Nine pixels per image."""
+    h, w = images.shape[-2:]
+    top, left = max(0, h // 2 - 1), max(0, w // 2 - 1)
+    block = images[..., top : top + ZERO_BLOCK, left : left + ZERO_BLOCK]
+    return np.asarray((block == 0).all(axis=(-2, -1)))
 
 
 def missing_pixels(image: np.ndarray) -> np.ndarray | None:

@@ -60,6 +60,7 @@ from lensfinder.data.challenge import (
 )
 from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE, Cutouts
 from lensfinder.data.nonfinite import repair_nonfinite
+from lensfinder.data.pixels import NO_DATA_AT_CENTRE, centre_missing
 from lensfinder.data.store import STORE_KIND, PackResult, _zarr_entry, write_store
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.files import read_table
@@ -453,6 +454,8 @@ def _checked(image: np.ndarray, path: Path) -> int:
         raise BadImage(path, reason)
     if image.size and image.min() == image.max():
         raise BadImage(path, f"blank image (every pixel is {float(image.flat[0]):g})")
+    if centre_missing(image):
+        raise BadImage(path, f"{NO_DATA_AT_CENTRE} (masked or zero-filled)")
     return repaired
 
 
