@@ -22,8 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from lensfinder.data.nonfinite import MAX_NONFINITE_FRACTION, repair_nonfinite
-from lensfinder.data.pixels import NO_DATA_AT_CENTRE, centre_missing
+from lensfinder.data.nonfinite import MAX_NONFINITE_FRACTION, checked_pixels
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.labels import LabelRule
 from lensfinder.labels import label_rule as parse_label_rule
@@ -231,13 +230,9 @@ def read_band(path: Path, band: Band, want_position: bool = False) -> tuple[np.n
     if data.shape != expected:
         raise BadImage(path, f"wrong shape {data.shape} for band {band.name}, expected {expected}")
     data = np.array(data, dtype=np.float32, copy=True) if not data.flags.writeable else data
-    repaired, reason = repair_nonfinite(data)
+    repaired, reason = checked_pixels(data)
     if reason is not None:
         raise BadImage(path, reason)
-    if data.size and data.min() == data.max():  # zeros from a failed writer, a masked field
-        raise BadImage(path, f"blank image (every pixel is {float(data.flat[0]):g})")
-    if centre_missing(data):
-        raise BadImage(path, f"{NO_DATA_AT_CENTRE} (masked or zero-filled)")
     position = _centre_radec(header, data.shape) if want_position else (np.nan, np.nan)
     return data, repaired, position
 

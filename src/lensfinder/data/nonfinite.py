@@ -18,7 +18,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from lensfinder.data.pixels import MAX_ZERO_FILLED_FRACTION, square_blocks
+from lensfinder.data.pixels import (
+    MAX_ZERO_FILLED_FRACTION,
+    NO_DATA_AT_CENTRE,
+    centre_missing,
+    square_blocks,
+)
 
 MAX_NONFINITE_FRACTION = 0.01
 
@@ -41,3 +46,19 @@ def repair_nonfinite(image: np.ndarray) -> tuple[int, str | None]:
         image[scattered] = np.median(image[~bad])
     image[regions] = 0.0
     return count, None
+
+
+def checked_pixels(image: np.ndarray) -> tuple[int, str | None]:
+    """What every reader of single images does (the FITS reader, the tile cutter): the
+    non-finite policy, then a blank image (constant: zeros from a failed writer, a masked
+    field) or one without data at its centre (``pixels.centre_missing``) refused.
+    ``(pixels repaired, reason)``; reason None means usable. ``cutouts.mark_blank`` does the
+    last two for batches of rows."""
+    repaired, reason = repair_nonfinite(image)
+    if reason is not None:
+        return repaired, reason
+    if image.size and image.min() == image.max():
+        return repaired, f"blank image (every pixel is {float(image.flat[0]):g})"
+    if centre_missing(image):
+        return repaired, f"{NO_DATA_AT_CENTRE} (masked or zero-filled)"
+    return repaired, None

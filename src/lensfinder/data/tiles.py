@@ -59,8 +59,7 @@ from lensfinder.data.challenge import (
     summarise_problems,
 )
 from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE, Cutouts
-from lensfinder.data.nonfinite import repair_nonfinite
-from lensfinder.data.pixels import NO_DATA_AT_CENTRE, centre_missing
+from lensfinder.data.nonfinite import checked_pixels
 from lensfinder.data.store import STORE_KIND, PackResult, _zarr_entry, write_store
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.files import read_table
@@ -447,15 +446,11 @@ def resample_nisp(
 
 
 def _checked(image: np.ndarray, path: Path) -> int:
-    """The non-finite policy (``data/nonfinite.py``) and the blank check of every reader:
-    pixels repaired, or BadImage with the reason."""
-    repaired, reason = repair_nonfinite(image)
+    """The checks of every reader (``nonfinite.checked_pixels``): pixels repaired, or
+    BadImage with the reason."""
+    repaired, reason = checked_pixels(image)
     if reason is not None:
         raise BadImage(path, reason)
-    if image.size and image.min() == image.max():
-        raise BadImage(path, f"blank image (every pixel is {float(image.flat[0]):g})")
-    if centre_missing(image):
-        raise BadImage(path, f"{NO_DATA_AT_CENTRE} (masked or zero-filled)")
     return repaired
 
 
