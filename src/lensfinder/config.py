@@ -410,6 +410,11 @@ class InputConfig(Checked):
     layout: Literal["stacked", "two_branch"] = "stacked"
     normalization: Literal["asinh_noise", "asinh_percentile", "instance"] = "asinh_noise"
     asinh_softening: float = 3.0  # in units of the per-band noise sigma
+    # The sky subtracted before the stretch, measured on the border frame: "constant" (its
+    # clipped median; model files written before this field) or "plane" (a tilted plane fitted
+    # to it, for cutouts on gradients: a neighbour's or a group's halo, scattered light;
+    # ``data.pixels.sky_plane_and_noise``). asinh_noise only.
+    sky: Literal["constant", "plane"] = "constant"
     clip: float = 10.0  # clip of the stretched values (asinh units)
 
     def problems(self) -> list[str]:
@@ -1281,6 +1286,10 @@ def input_problems(input_cfg: InputConfig) -> list[str]:
         problems.append(
             f"input asinh_softening {input_cfg.asinh_softening} and clip {input_cfg.clip} must "
             "be > 0 (they divide and bound every pixel)"
+        )
+    if input_cfg.sky == "plane" and input_cfg.normalization != "asinh_noise":
+        problems.append(
+            f"input sky plane needs normalization asinh_noise, not {input_cfg.normalization}"
         )
     return problems
 

@@ -147,7 +147,19 @@ def _normalizer(x: torch.Tensor, input_cfg: InputConfig, crop: int | None = None
     method = input_cfg.normalization
     clip = input_cfg.clip
     if method in ("asinh_noise", "asinh_percentile"):
-        sky, scale = _asinh_sky_and_scale(x, input_cfg)
+        sky, scale, slopes = _asinh_sky_and_scale(x, input_cfg)
+        if slopes is not None:  # a tilted sky, made for each chunk on the pixels kept
+            along_x, along_y = _centred_coordinates(x.shape[-2:], crop, x.device)
+            slope_x, slope_y = slopes
+            if crop is not None:
+                x = crop_centre(x, crop)
+            return lambda rows, out: asinh_stretch(
+                x[rows],
+                sky[rows] + slope_x[rows] * along_x + slope_y[rows] * along_y,
+                scale[rows],
+                clip,
+                out,
+            )
         if crop is not None:
             x = crop_centre(x, crop)
         return lambda rows, out: asinh_stretch(x[rows], sky[rows], scale[rows], clip, out)
@@ -198,12 +210,35 @@ def _instance(x: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
     return torch.where(spread.reshape(*x.shape[:2], 1, 1) > 0, out, 0.0)  # constant images
 
 
+def _centred_coordinates(
+    shape: tuple[int, ...], crop: int | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column and row offsets from the centre of an (h, w) image, (1, 1, 1, w) and (1, 1, h, 1),
+    cut as ``crop_centre`` cuts the image: the coordinates of ``pixels.sky_plane_and_noise``."""
+    height, width = shape
+    along_x = (torch.arange(width, dtype=torch.float32) - (width - 1) / 2).reshape(1, 1, 1, -1)
+    along_y = (torch.arange(height, dtype=torch.float32) - (height - 1) / 2).reshape(1, 1, -1, 1)
+    if crop is not None:
+        along_x = crop_centre(along_x.expand(1, 1, height, width), crop)[..., :1, :]
+        along_y = crop_centre(along_y.expand(1, 1, height, width), crop)[..., :, :1]
+    return along_x.to(device), along_y.to(device)
+
+
 def _asinh_sky_and_scale(
     x: torch.Tensor, input_cfg: InputConfig
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
     """Per image and band (n, c, 1, 1): the sky to subtract and the scale to divide by before
-    the asinh stretch, measured on the whole image."""
-    sky, sigma = background_and_noise(x)
+    the asinh stretch, measured on the whole image, and with ``input.sky: plane`` the sky's
+    slopes along x and y (per pixel from the centre; else None)."""
+    slopes = None
+    if input_cfg.sky == "plane":
+        level, slope_x, slope_y, noise = pixels.sky_plane_and_noise(x.detach().cpu().numpy())
+        sky, sigma, along_x, along_y = (
+            torch.from_numpy(v[..., None]).to(x.device) for v in (level, noise, slope_x, slope_y)
+        )
+        slopes = (along_x, along_y)
+    else:
+        sky, sigma = background_and_noise(x)
     sky = torch.where(torch.isfinite(sky), sky, torch.zeros_like(sky))
     if input_cfg.normalization == "asinh_noise":
         unusable = ~_usable(sigma)
@@ -212,10 +247,10 @@ def _asinh_sky_and_scale(
             part = x[rows]
             residual = torch.where(torch.isfinite(part), part - sky[rows], 0.0)
             sigma[rows] = torch.where(unusable[rows], _fallback_scale(residual), sigma[rows])
-        return sky, input_cfg.asinh_softening * sigma
+        return sky, input_cfg.asinh_softening * sigma, slopes
     residual = torch.where(torch.isfinite(x), x - sky, 0.0)
     scale = _quantile_last(residual.flatten(2), FALLBACK_QUANTILE).reshape(*x.shape[:2], 1, 1)
-    return sky, torch.where(_usable(scale), scale, _fallback_scale(residual))
+    return sky, torch.where(_usable(scale), scale, _fallback_scale(residual)), None
 
 
 def resize_vis(vis: torch.Tensor, size: int) -> torch.Tensor:
