@@ -30,30 +30,34 @@ def test_the_plane_is_measured_through_companions_and_holes() -> None:
     rng = np.random.default_rng(3)
     n, sigma = 12, 2.0
     images = rng.normal(7.0, sigma, (n, 120, 120)).astype(np.float32)
-    rise = rng.uniform(-2, 2, n) * sigma  # up to 2 sigma at the edge
+    rise = rng.choice([-1, 1], n) * rng.uniform(0.5, 2, n) * sigma  # at the right edge
     tilted = images + _plane(images.shape, rise)
     tilted[:, 2:10, 100:112] += 50 * sigma  # a bright companion in the frame
     tilted[:4, :, :20] = np.nan  # a masked edge strip on some
     sky, slope_x, slope_y, noise = pixels.sky_plane_and_noise(tilted)
-    assert np.allclose(slope_x[:, 0], rise / 60, atol=0.004 * sigma)
-    assert np.allclose(slope_y[:, 0], 0.5 * rise / 60, atol=0.004 * sigma)
+    # the rise from the centre to the right edge within 0.25 sigma (fit noise, clipping)
+    assert np.allclose(slope_x[:, 0] * 60, rise, atol=0.25 * sigma)
+    assert np.allclose(slope_y[:, 0] * 60, 0.5 * rise, atol=0.25 * sigma)
     assert np.allclose(sky, 7.0, atol=0.1 * sigma)
     assert np.allclose(noise, sigma, rtol=0.08)
     # what a constant sky makes of the same frames: the gradient read as noise
     _, constant_noise = pixels.background_and_noise(tilted)
     steep = np.abs(rise) > 1.5 * sigma
-    assert (constant_noise[steep, 0] > 1.3 * sigma).all()
+    assert steep.any() and (constant_noise[steep, 0] > 1.3 * sigma).all()
 
 
-def test_a_flat_sky_gives_the_constant_estimate() -> None:
+def test_a_flat_sky_keeps_the_constant_estimate_exactly() -> None:
+    """Without a gradient (the fit's noise, or a tilt under 0.3 sigma) the plane changes no
+    float, so a model gives the same scores to flat-sky cutouts either way."""
     rng = np.random.default_rng(4)
-    images = rng.normal(-3.0, 0.5, (16, 3, 66, 66)).astype(np.float32)
+    images = rng.normal(-3.0, 0.5, (64, 3, 66, 66)).astype(np.float32)
+    images[:8] += _plane(images[:8].shape, np.full(8, 0.05 * 0.5))  # a tilt too small to count
     sky, slope_x, slope_y, noise = pixels.sky_plane_and_noise(images)
     level, constant_noise = pixels.background_and_noise(images)
-    assert sky.shape == slope_x.shape == noise.shape == (16, 3, 1)
-    assert np.abs(slope_x).max() < 0.01 * 0.5 and np.abs(slope_y).max() < 0.01 * 0.5
-    assert np.allclose(sky, level, atol=0.05 * 0.5)
-    assert np.allclose(noise, constant_noise, rtol=0.05)
+    assert sky.shape == slope_x.shape == noise.shape == (64, 3, 1)
+    assert (slope_x == 0).all() and (slope_y == 0).all()
+    np.testing.assert_array_equal(sky, level)
+    np.testing.assert_array_equal(noise, constant_noise)
 
 
 def test_undetermined_planes_fall_back_to_the_constant_sky() -> None:
@@ -92,8 +96,9 @@ def test_a_gradient_leaves_the_model_input_as_on_a_flat_sky(tiny_store, input_cf
         *(x if isinstance(x, tuple) else (x,) for x in (tilted, flat, before)), strict=True
     ):
         # asinh units: pure noise of sigma 1 has a spread of ~0.32
-        assert (got - want).abs().mean() < 0.01
-        assert (old - want).abs().mean() > 0.05  # a constant sky keeps the gradient
+        assert (got - want).abs().mean() < 0.02 and (got - want).abs().max() < 0.1
+        # a constant sky keeps the gradient: 0.10-0.14 here
+        assert (old - want).abs().mean() > 5 * (got - want).abs().mean()
 
 
 def test_plane_needs_the_noise_stretch() -> None:
