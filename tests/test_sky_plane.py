@@ -4,6 +4,8 @@ noise."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,7 @@ from lensfinder.config import InputConfig
 from lensfinder.data import pixels
 from lensfinder.data.store import open_store
 from lensfinder.data.transforms import to_model_input
-from lensfinder.errors import ConfigError, ModelFileError
+from lensfinder.errors import ModelFileError
 from lensfinder.models.meta import input_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -90,7 +92,7 @@ def test_a_gradient_leaves_the_model_input_as_on_a_flat_sky(tiny_store, input_cf
     nisp = cutouts.nisp + 2e-10 * _plane(cutouts.nisp.shape, rise)
     flat = to_model_input(cutouts.vis, cutouts.nisp, input_cfg)
     tilted = to_model_input(vis, nisp, input_cfg)
-    constant = InputConfig(**{**input_cfg.__dict__, "sky": "constant"})
+    constant = dataclasses.replace(input_cfg, sky="constant")
     before = to_model_input(vis, nisp, constant)
     for got, want, old in zip(
         *(x if isinstance(x, tuple) else (x,) for x in (tilted, flat, before)), strict=True
@@ -101,15 +103,23 @@ def test_a_gradient_leaves_the_model_input_as_on_a_flat_sky(tiny_store, input_cf
         assert (old - want).abs().mean() > 5 * (got - want).abs().mean()
 
 
-def test_plane_needs_the_noise_stretch() -> None:
-    with pytest.raises(ConfigError, match="sky plane needs normalization asinh_noise"):
-        InputConfig(sky="plane", normalization="instance").validate()
+def test_the_percentile_stretch_takes_the_plane_too(tiny_store) -> None:
+    cutouts = open_store(tiny_store).read(range(4))
+    vis = cutouts.vis + 1e-11 * _plane(cutouts.vis.shape, np.full(4, 2.0))
+    for sky, most in (("plane", 0.02), ("constant", None)):
+        cfg = InputConfig(normalization="asinh_percentile", sky=sky, bands=("VIS",))
+        moved = (to_model_input(vis, None, cfg) - to_model_input(cutouts.vis, None, cfg)).abs()
+        if most is None:
+            assert moved.mean() > 0.05
+        else:
+            assert moved.mean() < most
 
 
 def test_model_files_without_the_field_keep_the_constant_sky() -> None:
     """A model.json written before ``input.sky`` existed is read with the sky it was trained
     with; one that names the plane keeps it."""
     old = {"bands": ["VIS", "Y", "J", "H"], "size": 80, "normalization": "asinh_noise"}
+    assert InputConfig().sky == "plane"  # new models
     assert input_config({"input": old}).sky == "constant"
     assert input_config({"input": {**old, "sky": "plane"}}).sky == "plane"
     with pytest.raises(ModelFileError, match=r"model\.json: bad .input. section .*sky"):

@@ -248,9 +248,14 @@ def _asinh_sky_and_scale(
             residual = torch.where(torch.isfinite(part), part - sky[rows], 0.0)
             sigma[rows] = torch.where(unusable[rows], _fallback_scale(residual), sigma[rows])
         return sky, input_cfg.asinh_softening * sigma, slopes
-    residual = torch.where(torch.isfinite(x), x - sky, 0.0)
+    if slopes is not None:
+        along_x, along_y = _centred_coordinates(x.shape[-2:], None, x.device)
+        residual = x - (sky + slopes[0] * along_x + slopes[1] * along_y)
+    else:
+        residual = x - sky
+    residual = torch.where(torch.isfinite(x), residual, 0.0)
     scale = _quantile_last(residual.flatten(2), FALLBACK_QUANTILE).reshape(*x.shape[:2], 1, 1)
-    return sky, torch.where(_usable(scale), scale, _fallback_scale(residual)), None
+    return sky, torch.where(_usable(scale), scale, _fallback_scale(residual)), slopes
 
 
 def resize_vis(vis: torch.Tensor, size: int) -> torch.Tensor:
