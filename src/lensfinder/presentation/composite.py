@@ -24,23 +24,24 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from lensfinder.config import ColourViewConfig, GalleryConfig
-from lensfinder.data.pixels import background_and_noise, resample_nisp, zero_filled_as_nan
+from lensfinder.data.pixels import resample_nisp, sky_plane_and_noise, zero_filled_as_nan
 from lensfinder.files import atomic_path
 from lensfinder.surveys import EUCLID
 
 
-def robust_background(image: np.ndarray) -> tuple[float, float]:
-    """(background level, noise sigma) of one image: the model input's estimator
-    (``data.pixels.background_and_noise``, the numpy twin of ``data.transforms``': clipped
-    median and MAD of the border frame), so pictures and model see the same noise.
+def robust_background(image: np.ndarray) -> tuple[np.ndarray, float]:
+    """(sky, noise sigma) of one 2-D image: the model input's estimator (``data.pixels.
+    sky_plane_and_noise``, the numpy twin of ``data.transforms``': clipped median and MAD of
+    the border frame, a tilted plane where the sky has a significant gradient), so pictures and
+    model see the same noise. The sky is an image-sized array (a constant one on a flat sky).
 
     The sigma falls back to the standard deviation, then to 1, for images with no spread,
     so a blank or constant cutout never divides by zero. Zero-filled regions (no data) are
     left out, as the model input leaves them out (``data.pixels.zero_filled_as_nan``).
     """
     values = zero_filled_as_nan(np.ascontiguousarray(image, dtype=np.float32))
-    sky, noise = background_and_noise(values)
-    median, sigma = float(sky[0]), float(noise[0])
+    level, slope_x, slope_y, noise = sky_plane_and_noise(values)
+    median, sigma = float(level[0]), float(noise[0])
     finite = values[np.isfinite(values)]
     if not np.isfinite(median):
         median = float(np.median(finite)) if finite.size else 0.0
@@ -48,13 +49,16 @@ def robust_background(image: np.ndarray) -> tuple[float, float]:
         sigma = float(finite.std()) if finite.size else 0.0
     if not sigma > 0:
         sigma = 1.0
-    return median, sigma
+    height, width = values.shape
+    along_x = np.arange(width) - (width - 1) / 2
+    along_y = np.arange(height)[:, None] - (height - 1) / 2
+    return median + float(slope_x[0]) * along_x + float(slope_y[0]) * along_y, sigma
 
 
 def in_noise_units(image: np.ndarray) -> np.ndarray:
     """Background-subtracted image divided by its noise sigma (NaN and inf become 0)."""
-    median, sigma = robust_background(image)
-    scaled = (np.asarray(image, dtype=np.float64) - median) / sigma
+    sky, sigma = robust_background(image)
+    scaled = (np.asarray(image, dtype=np.float64) - sky) / sigma
     return np.nan_to_num(scaled, nan=0.0, posinf=0.0, neginf=0.0)
 
 
