@@ -245,19 +245,19 @@ def sky_plane_and_noise(
     / 2) + slope_y * (row - (h - 1) / 2)``.
 
     Real cutouts sit on gradients (a bright neighbour's or a group's halo, scattered light,
-    imperfect background subtraction) that a constant sky leaves in the image and that inflate
-    the noise measured in the frame (a 2-sigma gradient cost 0.022 AUROC, README "Session
-    22"). The plane is a least-squares fit to every ``TILT_FRAME_STRIDE``-th pixel of the border
-    frame that ``background_and_noise`` keeps (companions clipped). Where it rises more than
-    ``TILT_SIGMAS`` noise sigmas from the centre to a corner, and ``TILT_SIGNIFICANCE`` times
-    the fit's own error, sky and sigma are the clipped
-    statistics of the frame's residual; elsewhere (a flat sky: the fit's own noise is ~0.1
-    sigma there) and where no fit is determined, slopes are 0 and sky and sigma are exactly
-    ``background_and_noise``'s, so images without a gradient keep their floats.
+    imperfect background subtraction) that a constant sky leaves in the image and reads as
+    noise (a 2-sigma gradient cost cpu-small 0.077 AUROC: README, "Session 24"). The plane is a
+    least-squares fit to every ``TILT_FRAME_STRIDE``-th border-frame pixel that
+    ``background_and_noise`` keeps (companions clipped). Where it rises more than
+    ``TILT_SIGMAS`` noise sigmas from the centre to a corner, and ``TILT_SIGNIFICANCE`` times the
+    fit's own error, sky and sigma are the clipped statistics of the frame's residual;
+    elsewhere (a flat sky) and where no fit is determined (more than half the frame clipped or
+    masked), slopes are 0 and sky and sigma are exactly ``background_and_noise``'s, so images
+    without a gradient keep their floats.
     """
     images = np.asarray(images, dtype=np.float32)
     batch, (height, width) = images.shape[:-2], images.shape[-2:]
-    index, coords, products = _frame_geometry(height, width)
+    index, coords, design = _frame_geometry(height, width)
     frame = np.take(images.reshape(-1, height * width), index, axis=-1)
     median, sigma = _frame_statistics(frame.copy())
     sample, at = frame[:, ::TILT_FRAME_STRIDE], coords[::TILT_FRAME_STRIDE]
@@ -267,9 +267,10 @@ def sky_plane_and_noise(
     # The normal equations' sums, one einsum per column: BLAS would start its threads on
     # every batch beside the scan's and the loader's (and is no faster at these shapes).
     weights, kept_deviation = kept.astype(np.float32), np.where(kept, deviation, np.float32(0))
-    normal = np.stack(
-        [np.einsum("rm,m->r", weights, p) for p in products[::TILT_FRAME_STRIDE].T], axis=-1
-    ).reshape(-1, 3, 3)
+    n, sx, sy, sxx, sxy, syy = (
+        np.einsum("rm,m->r", weights, column) for column in design[::TILT_FRAME_STRIDE].T
+    )
+    normal = np.stack([n, sx, sy, sx, sxx, sxy, sy, sxy, syy], axis=-1).reshape(-1, 3, 3)
     moments = np.stack([np.einsum("rm,m->r", kept_deviation, c) for c in at.T], axis=-1)
     # Determined where at least half the sample is kept: its pixels then span x and y.
     fitted = np.count_nonzero(kept, axis=1) >= len(at) / 2
@@ -305,16 +306,16 @@ def sky_plane_and_noise(
 @functools.lru_cache(maxsize=16)
 def _frame_geometry(height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The border frame's flat positions, its pixels' (1, x, y) from the image centre (m, 3)
-    and their products (m, 9), float32: a plane fit's design, made once per image shape."""
+    and (1, x, y, xx, xy, yy) (m, 6), float32: a plane fit's design, made once per shape."""
     index = border_index(height, width)
     row, col = np.divmod(index, width)
-    coords = np.stack(
-        [np.ones(len(index)), col - (width - 1) / 2, row - (height - 1) / 2], axis=-1
-    ).astype(np.float32)
-    products = (coords[:, :, None] * coords[:, None, :]).reshape(len(index), 9)
-    for array in (index, coords, products):
+    x, y = col - (width - 1) / 2, row - (height - 1) / 2
+    one = np.ones(len(index))
+    coords = np.stack([one, x, y], axis=-1).astype(np.float32)
+    design = np.stack([one, x, y, x * x, x * y, y * y], axis=-1).astype(np.float32)
+    for array in (index, coords, design):
         array.flags.writeable = False
-    return index, coords, products
+    return index, coords, design
 
 
 def _bilinear_weights(size: int, pixels: int, ratio: float) -> np.ndarray:
