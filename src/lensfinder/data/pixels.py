@@ -303,13 +303,25 @@ def sky_plane_and_noise(
     return shaped[0], shaped[1], shaped[2], shaped[3]
 
 
+def centred_offsets(size: int) -> np.ndarray:
+    """Pixel offsets from the centre along an axis of ``size`` pixels: the coordinates a tilted
+    sky's slopes are per (``sky_plane_and_noise``; the model input and pictures use these)."""
+    return np.arange(size) - (size - 1) / 2
+
+
+def tilted_sky(sky: float, slope_x: float, slope_y: float, shape: tuple[int, int]) -> np.ndarray:
+    """The (h, w) sky image of one ``sky_plane_and_noise`` result."""
+    height, width = shape
+    return sky + slope_x * centred_offsets(width) + slope_y * centred_offsets(height)[:, None]
+
+
 @functools.lru_cache(maxsize=16)
 def _frame_geometry(height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The border frame's flat positions, its pixels' (1, x, y) from the image centre (m, 3)
     and (1, x, y, xx, xy, yy) (m, 6), float32: a plane fit's design, made once per shape."""
     index = border_index(height, width)
     row, col = np.divmod(index, width)
-    x, y = col - (width - 1) / 2, row - (height - 1) / 2
+    x, y = centred_offsets(width)[col], centred_offsets(height)[row]
     one = np.ones(len(index))
     coords = np.stack([one, x, y], axis=-1).astype(np.float32)
     design = np.stack([one, x, y, x * x, x * y, y * y], axis=-1).astype(np.float32)

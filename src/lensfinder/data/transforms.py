@@ -216,8 +216,8 @@ def _centred_coordinates(
     """Column and row offsets from the centre of an (h, w) image, (1, 1, 1, w) and (1, 1, h, 1),
     cut as ``crop_centre`` cuts the image: the coordinates of ``pixels.sky_plane_and_noise``."""
     height, width = shape
-    along_x = (torch.arange(width, dtype=torch.float32) - (width - 1) / 2).reshape(1, 1, 1, -1)
-    along_y = (torch.arange(height, dtype=torch.float32) - (height - 1) / 2).reshape(1, 1, -1, 1)
+    along_x = torch.from_numpy(pixels.centred_offsets(width)).float().reshape(1, 1, 1, -1)
+    along_y = torch.from_numpy(pixels.centred_offsets(height)).float().reshape(1, 1, -1, 1)
     if crop is not None:
         along_x = crop_centre(along_x.expand(1, 1, height, width), crop)[..., :1, :]
         along_y = crop_centre(along_y.expand(1, 1, height, width), crop)[..., :, :1]

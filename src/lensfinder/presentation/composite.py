@@ -24,7 +24,12 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from lensfinder.config import ColourViewConfig, GalleryConfig
-from lensfinder.data.pixels import resample_nisp, sky_plane_and_noise, zero_filled_as_nan
+from lensfinder.data.pixels import (
+    resample_nisp,
+    sky_plane_and_noise,
+    tilted_sky,
+    zero_filled_as_nan,
+)
 from lensfinder.files import atomic_path
 from lensfinder.surveys import EUCLID
 
@@ -49,10 +54,7 @@ def robust_background(image: np.ndarray) -> tuple[np.ndarray, float]:
         sigma = float(finite.std()) if finite.size else 0.0
     if not sigma > 0:
         sigma = 1.0
-    height, width = values.shape
-    along_x = np.arange(width) - (width - 1) / 2
-    along_y = np.arange(height)[:, None] - (height - 1) / 2
-    return median + float(slope_x[0]) * along_x + float(slope_y[0]) * along_y, sigma
+    return tilted_sky(median, float(slope_x[0]), float(slope_y[0]), values.shape), sigma
 
 
 def in_noise_units(image: np.ndarray) -> np.ndarray:
