@@ -153,13 +153,14 @@ def _normalizer(x: torch.Tensor, input_cfg: InputConfig, crop: int | None = None
             slope_x, slope_y = slopes
             if crop is not None:
                 x = crop_centre(x, crop)
-            return lambda rows, out: asinh_stretch(
-                x[rows],
-                sky[rows] + slope_x[rows] * along_x + slope_y[rows] * along_y,
-                scale[rows],
-                clip,
-                out,
-            )
+
+            def tilted(rows: slice, out: torch.Tensor) -> torch.Tensor:
+                level, tilt_x, tilt_y = sky[rows], slope_x[rows], slope_y[rows]
+                if bool(tilt_x.any()) or bool(tilt_y.any()):  # else the same floats, cheaper
+                    level = level + tilt_x * along_x + tilt_y * along_y
+                return asinh_stretch(x[rows], level, scale[rows], clip, out)
+
+            return tilted
         if crop is not None:
             x = crop_centre(x, crop)
         return lambda rows, out: asinh_stretch(x[rows], sky[rows], scale[rows], clip, out)
@@ -236,7 +237,8 @@ def _asinh_sky_and_scale(
         sky, sigma, along_x, along_y = (
             torch.from_numpy(v[..., None]).to(x.device) for v in (level, noise, slope_x, slope_y)
         )
-        slopes = (along_x, along_y)
+        if slope_x.any() or slope_y.any():  # a flat sky everywhere: the constant path
+            slopes = (along_x, along_y)
     else:
         sky, sigma = background_and_noise(x)
     sky = torch.where(torch.isfinite(sky), sky, torch.zeros_like(sky))
