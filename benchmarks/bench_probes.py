@@ -20,6 +20,9 @@ cover; one that costs nothing rules a difference out cheaply.
 - ``nan-strip:FRACTION[,SHARE]``: the same with NaN;
 - ``nisp-noise:FACTOR``: NISP's noise multiplied by FACTOR (extra Gaussian noise of the
   measured sigma): another depth ratio between the instruments;
+- ``halo:SIGMAS[,SCALE]``: the exponential wings (scale length SCALE arcsec, default 2) of a
+  bright galaxy centred 2" beyond a random edge, SIGMAS noise sigmas where they enter the
+  cutout: a curved gradient, as real neighbours make (in every band, on the sky's own grid);
 - ``cosmic-rays:COUNT[,SIGMAS]``: COUNT cosmic-ray residuals in VIS only, each a sharp
   one-pixel track of 3-15 pixels at a random angle, SIGMAS (default 30) noise sigmas per pixel,
   in the central 100x100 VIS pixels (a hit the stack did not reject; NISP sees nothing).
@@ -93,6 +96,21 @@ def gradient(sigmas: float) -> Alteration:
     return alter
 
 
+def halo(sigmas: float, scale: float) -> Alteration:
+    def alter(vis: np.ndarray, nisp: np.ndarray, rng: np.random.Generator) -> None:
+        angle = rng.uniform(0, 2 * np.pi)
+        for images, pixel in ((vis[None], 0.1), (nisp, 0.3)):
+            side = images.shape[-1]
+            offset = (np.arange(side) - (side - 1) / 2) * pixel  # arcsec from the centre
+            distance = side * pixel / 2 + 2.0  # the galaxy 2" beyond the edge
+            x0, y0 = distance * np.cos(angle), distance * np.sin(angle)
+            r = np.hypot(offset[None, :] - x0, offset[:, None] - y0)
+            wings = np.exp(-(r - 2.0) / scale)  # 1 where the wings enter the cutout
+            images += (sigmas * _sigma(images) * wings).astype(np.float32)
+
+    return alter
+
+
 def strip(fraction: float, share: float, value: float) -> Alteration:
     def alter(vis: np.ndarray, nisp: np.ndarray, rng: np.random.Generator) -> None:
         side, chosen = int(rng.integers(0, 4)), rng.random() < share
@@ -141,13 +159,14 @@ def probe(spec: str) -> Alteration:
             "zero-strip": lambda: strip(args[0], args[1] if len(args) > 1 else 1.0, 0.0),
             "nan-strip": lambda: strip(args[0], args[1] if len(args) > 1 else 1.0, np.nan),
             "nisp-noise": lambda: nisp_noise(args[0]),
+            "halo": lambda: halo(args[0], args[1] if len(args) > 1 else 2.0),
             "cosmic-rays": lambda: cosmic_rays(int(args[0]), args[1] if len(args) > 1 else 30.0),
         }
         return makers[name]()
     except (KeyError, IndexError, ValueError):
         raise SystemExit(
-            f"bench_probes: --probe {spec!r}: expected NAME:ARGS, NAME one of elongated-psf, "
-            "blur, gradient, zero-strip, nan-strip, nisp-noise, cosmic-rays (see the module doc)"
+            f"bench_probes: --probe {spec!r}: expected NAME:ARGS, NAME one of elongated-psf, blur, "
+            "gradient, halo, zero-strip, nan-strip, nisp-noise, cosmic-rays (see the module doc)"
         ) from None
 
 
