@@ -99,7 +99,9 @@ def test_model_input_is_identical_to_the_reference(
 ) -> None:
     """Every shipped input config, the other layouts and normalisations: the same floats as
     the reference, for the whole batch and for batches of 0, 1, 5 and 13, with the default
-    chunks and with chunks of one or a few images."""
+    chunks and with chunks of one or a few images. The configs take the tilted sky (``sky:
+    plane``, the default), the reference the constant one: on these flat-sky cutouts, hostile
+    rows included, the plane path must fall back to exactly the constant sky's floats."""
     if small_chunks:
         monkeypatch.setattr(transforms, "STRETCH_CHUNK_VALUES", 5000)
         monkeypatch.setattr(transforms, "RESAMPLE_CHUNK_VALUES", 50000)
