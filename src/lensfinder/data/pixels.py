@@ -285,7 +285,7 @@ def sky_plane_and_noise(
     with np.errstate(invalid="ignore"):
         significant = rise > sigma * np.maximum(TILT_SIGMAS, TILT_SIGNIFICANCE * error)
         tilted = np.flatnonzero(fitted & significant)
-    sky, sigma = median.copy(), sigma.copy()
+    sky = median.copy()  # median is read below; sigma is not, and is fresh
     slope_x, slope_y = np.zeros_like(median), np.zeros_like(median)
     if len(tilted):
         a, bx, by = (plane[tilted, i : i + 1] for i in range(3))

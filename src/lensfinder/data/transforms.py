@@ -40,6 +40,7 @@ ArrayLike = np.ndarray | torch.Tensor
 
 
 ModelInput = torch.Tensor | tuple[torch.Tensor, ...]  # stacked bands, or two-branch (vis, nisp)
+Pair = tuple[torch.Tensor, torch.Tensor]  # along x, along y
 
 
 def map_input(x: ModelInput, func: Callable[[torch.Tensor], torch.Tensor]) -> ModelInput:
@@ -149,15 +150,15 @@ def _normalizer(x: torch.Tensor, input_cfg: InputConfig, crop: int | None = None
     if method in ("asinh_noise", "asinh_percentile"):
         sky, scale, slopes = _asinh_sky_and_scale(x, input_cfg)
         if slopes is not None:  # a tilted sky, made for each chunk on the pixels kept
-            along_x, along_y = _centred_coordinates(x.shape[-2:], crop, x.device)
+            along = _centred_coordinates(x.shape[-2:], crop, x.device)
             slope_x, slope_y = slopes
             if crop is not None:
                 x = crop_centre(x, crop)
 
             def tilted(rows: slice, out: torch.Tensor) -> torch.Tensor:
-                level, tilt_x, tilt_y = sky[rows], slope_x[rows], slope_y[rows]
-                if bool(tilt_x.any()) or bool(tilt_y.any()):  # else the same floats, cheaper
-                    level = level + tilt_x * along_x + tilt_y * along_y
+                level, tilt = sky[rows], (slope_x[rows], slope_y[rows])
+                if bool(tilt[0].any()) or bool(tilt[1].any()):  # else the same floats, cheaper
+                    level = _tilted_sky(level, tilt, along)
                 return asinh_stretch(x[rows], level, scale[rows], clip, out)
 
             return tilted
@@ -211,9 +212,7 @@ def _instance(x: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
     return torch.where(spread.reshape(*x.shape[:2], 1, 1) > 0, out, 0.0)  # constant images
 
 
-def _centred_coordinates(
-    shape: tuple[int, ...], crop: int | None, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _centred_coordinates(shape: tuple[int, ...], crop: int | None, device: torch.device) -> Pair:
     """Column and row offsets from the centre of an (h, w) image, (1, 1, 1, w) and (1, 1, h, 1),
     cut as ``crop_centre`` cuts the image: the coordinates of ``pixels.sky_plane_and_noise``."""
     height, width = shape
@@ -225,9 +224,14 @@ def _centred_coordinates(
     return along_x.to(device), along_y.to(device)
 
 
+def _tilted_sky(level: torch.Tensor, slopes: Pair, along: Pair) -> torch.Tensor:
+    """The sky image: ``level`` plus the slopes times the coordinates (``_centred_coordinates``)."""
+    return level + slopes[0] * along[0] + slopes[1] * along[1]
+
+
 def _asinh_sky_and_scale(
     x: torch.Tensor, input_cfg: InputConfig
-) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+) -> tuple[torch.Tensor, torch.Tensor, Pair | None]:
     """Per image and band (n, c, 1, 1): the sky to subtract and the scale to divide by before
     the asinh stretch, measured on the whole image, and with ``input.sky: plane`` the sky's
     slopes along x and y (per pixel from the centre; else None)."""
@@ -251,8 +255,7 @@ def _asinh_sky_and_scale(
             sigma[rows] = torch.where(unusable[rows], _fallback_scale(residual), sigma[rows])
         return sky, input_cfg.asinh_softening * sigma, slopes
     if slopes is not None:
-        along_x, along_y = _centred_coordinates(x.shape[-2:], None, x.device)
-        residual = x - (sky + slopes[0] * along_x + slopes[1] * along_y)
+        residual = x - _tilted_sky(sky, slopes, _centred_coordinates(x.shape[-2:], None, x.device))
     else:
         residual = x - sky
     residual = torch.where(torch.isfinite(x), residual, 0.0)
