@@ -327,7 +327,9 @@ class TimeBudget:
         After the ``first`` epoch the plan is kept where ``epoch_s`` lies within
         ``REPLAN_TOLERANCE`` of the plan's epoch, and is otherwise made again: the most epochs
         (between the warm-up's end and the configured number) that fit with what follows them,
-        itself scaled by the same ratio (all of it but a mining pool's simulation, timed apart).
+        itself scaled by the same ratio (all of it but a mining pool's simulation, made before
+        the first epoch: it is then spent, counted in the elapsed time, and the plan is made
+        again after the first epoch whatever its time).
         After later epochs the same count is made from the mean so far; it replaces the plan
         in the first half of the planned epochs (the cosine has barely begun to fall), and
         after that only where it is smaller, so that a run never overruns (epochs on 2 shared
@@ -347,15 +349,18 @@ class TimeBudget:
             of_planned=round(ratio, 2),
             planned_epochs=before,
         )
-        if first and abs(ratio - 1.0) <= REPLAN_TOLERANCE:
-            return None
         mining = plan.get("hard_negatives")
         simulate_s = (
             float(mining.get("pool_simulate_s", 0.0))
             if isinstance(mining, dict) and mining.get("mined")
             else 0.0
         )
-        after_s = simulate_s + (float(plan["after_s"]) - simulate_s) * ratio
+        # A mining pool is made before the first epoch (``train_with_hard_negatives``): by now
+        # its simulation is in ``elapsed``, no longer ahead, and its estimate (a few objects
+        # timed; 4x too long in one run) is replaced by what it took.
+        if first and abs(ratio - 1.0) <= REPLAN_TOLERANCE and not simulate_s:
+            return None
+        after_s = (float(plan["after_s"]) - simulate_s) * ratio
         elapsed = self.elapsed_s()
         left = SAFETY * 60.0 * self.minutes - elapsed - after_s
         fitting = math.floor(left / epoch_s) if left > 0 else 0
