@@ -19,7 +19,8 @@ mining: AUROC gains; README, "Session 19").
 The probe is seconds long, so another job's burst can catch it (README "Session 19": 44 images/s
 measured, 61 trained, 9 epochs planned where 13 fit). So the run looks again when its first epoch
 is done (``EpochReplan``): where that epoch took more than 10% longer or shorter than the plan
-said, the epochs are planned again from its measured time (``TimeBudget.replan``); after later
+said, or where a mining pool was simulated before it (its estimate, from a few objects, is
+then replaced by what it took), the epochs are planned again (``TimeBudget.replan``); after later
 epochs again from their mean, both ways in the plan's first half and after it only shrinking,
 where the run would overrun. The schedule follows (``time_budget_replan``, on by default).
 
