@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 import common
 import numpy as np
@@ -47,11 +46,14 @@ def view_logits(model: Path, data: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def rules(views: np.ndarray) -> dict[str, np.ndarray]:
-    """Every combination rule's score of (8, n) view logits."""
+    """Every combination rule's score of (8, n) view logits; the first two are ``predict``'s own
+    (``ensemble_average`` "probability", its default, and "logit"), computed by its code."""
+    from lensfinder.predict.predictor import ensemble_score
+
     ordered = np.sort(views, axis=0)
     return {
-        "mean probability (predict's)": (1 / (1 + np.exp(-views))).mean(axis=0),
-        "mean logit": views.mean(axis=0),
+        "mean probability (predict's)": ensemble_score(views, "probability"),
+        "mean logit": ensemble_score(views, "logit"),
         "median logit": np.median(views, axis=0),
         "lowest logit": ordered[0],
         "second-lowest logit": ordered[1],
@@ -60,7 +62,9 @@ def rules(views: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def cached_views(model: Path, data: Path, workdir: Path, reuse: bool) -> tuple[Any, Any]:
+def cached_views(
+    model: Path, data: Path, workdir: Path, reuse: bool
+) -> tuple[np.ndarray, np.ndarray]:
     path = workdir / f"{model.name}-{data.stem}.npz"
     if reuse and path.exists():
         with np.load(path) as cached:
