@@ -11,7 +11,8 @@ whose estimated end, with what follows them (mining and its second pass, AdaBN),
 the budget counted from the start of ``train`` (painting a field comes first, so it is counted
 as spent, not estimated).
 
-Mining is planned before its pool is simulated (a few of the pool's objects are timed), and
+Mining is planned before its pool is simulated (a few of the pool's objects are made twice and
+timed warm: ``simulation.planned_seconds``), and
 where the minutes cannot hold it and all the configured epochs, ``hard_negatives.short_budget``
 chooses (``plan_mining``): "mine" (fewer epochs, then mining: the tail gains) or "epochs" (no
 mining: AUROC gains; README, "Session 19").
