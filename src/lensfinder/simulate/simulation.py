@@ -439,20 +439,24 @@ def planned_seconds(config: SimulateConfig, out: Path, timed: int = 12) -> float
     budget plans with it): ``timed`` of its unfinished objects drawn, rendered and written into
     a scratch folder on one worker, twice, and timed the second time, over the workers the
     cores run at once. The first rendering of each kind of object compiles and caches what it
-    uses (lenstronomy's numba profiles, stamps): timed once, 8 objects said 0.10 s each where a
-    6,000-object pool then took 0.026 s each per worker, and the plan left 4 of 30 minutes
-    unused (README, "Session 26"). Workers fork after this, so they start warm too."""
+    uses (lenstronomy's numba profiles): timed once, 8 objects said 0.10 s each where a
+    6,000-object pool then took 0.026 s each per worker, a first plan 4x too long (README,
+    "Session 26"). Workers fork after this, so they inherit what it compiled."""
     tasks = _tasks(config, Path(out))
     if not tasks:
         return 0.0
     probe = tasks[:timed]
+
+    def make_probe() -> None:
+        with tempfile.TemporaryDirectory() as scratch:
+            for task in probe:
+                _make_and_write((config, scratch, *task[2:]))
+
     with _single_threaded_blas():
-        for _ in range(2):  # the first pass warms what the objects use; the second is timed
-            with tempfile.TemporaryDirectory() as scratch:
-                began = time.perf_counter()
-                for task in probe:
-                    _make_and_write((config, scratch, *task[2:]))
-                per_object = (time.perf_counter() - began) / len(probe)
+        make_probe()  # warms what the objects use
+        began = time.perf_counter()
+        make_probe()
+        per_object = (time.perf_counter() - began) / len(probe)
     parallel = max(1, min(config.workers, len(tasks), os.cpu_count() or 1))
     return len(tasks) * per_object / parallel
 

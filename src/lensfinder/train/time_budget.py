@@ -359,7 +359,7 @@ class TimeBudget:
         )
         # A mining pool is made before the first epoch (``train_with_hard_negatives``): by now
         # its simulation is in ``elapsed``, no longer ahead, and its estimate (a few objects
-        # timed; 4x too long in one run) is replaced by what it took.
+        # timed) is replaced by what it took.
         if first and abs(ratio - 1.0) <= REPLAN_TOLERANCE and not simulate_s:
             return None
         after_s = (float(plan["after_s"]) - simulate_s) * ratio
