@@ -16,8 +16,9 @@ PACKAGE = Path(lensfinder.__file__).parent
 
 # Lowest first. A package may import only packages of lower layers (and itself).
 LAYERS: list[set[str]] = [
+    {"machine"},  # the machine's facts: the package root reads them as it is imported
     {"lensfinder", "errors", "surveys"},  # the base: facts and helpers every stage uses
-    {"files", "machine", "labels", "layout", "einstein", "mer"},
+    {"files", "labels", "layout", "einstein", "mer"},
     {"config", "safety", "ensemble"},
     {"stages"},
     {"data"},

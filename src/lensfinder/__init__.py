@@ -9,7 +9,13 @@ import os
 
 __version__ = "0.1.0"
 
-# OpenMP threads that spin while waiting steal the cores from each other on small machines
-# (measured: 6.7 -> 45 training images/s on 2 busy cores). Set here, before any stage imports
-# torch, so the CLI and notebooks alike get it; a user's own setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# How torch's threads wait (see machine.openmp_wait_policy), decided once, before any stage
+# imports torch (OpenMP reads it when it loads), so the CLI and notebooks alike get it; a
+# user's own OMP_WAIT_POLICY wins.
+if "OMP_WAIT_POLICY" not in os.environ:
+    from lensfinder.machine import available_cores, openmp_wait_policy, others_running
+
+    _policy = openmp_wait_policy(others_running(), available_cores())
+    if _policy is not None:
+        os.environ["OMP_WAIT_POLICY"] = _policy

@@ -66,7 +66,12 @@ from lensfinder.train.callbacks import (
     EpochHistory,
 )
 from lensfinder.train.datamodule import LensDataModule
-from lensfinder.train.devices import check_devices, resolve_precision
+from lensfinder.train.devices import (
+    check_devices,
+    flush_denormals,
+    resolve_precision,
+    uses_cuda,
+)
 from lensfinder.train.hard_negatives import MinedSet, check_hard_negatives
 from lensfinder.train.module import LensClassifier, initial_model, regularisation
 from lensfinder.train.time_budget import (
@@ -320,6 +325,7 @@ def train(
     model between epochs with one); they must not change what is trained.
     """
     check_config(config)
+    late_flush = flush_denormals()  # before torch's threads start, so that they inherit it
     stores = [Path(store)] if isinstance(store, str | Path) else [Path(s) for s in store]
     # DDP's other processes: rank 0 holds the lock and made the painted field before they start
     follower = rank_zero_only.rank != 0  # type: ignore[attr-defined]  # set by Lightning at import
@@ -336,6 +342,8 @@ def train(
         )
         if budget is not None and not result.already_trained:
             result.notes.append(budget.describe(budget.elapsed_s()))
+        if late_flush and not uses_cuda(config.accelerator):
+            result.notes.append(late_flush)
         return stage.finish(result)
 
 
