@@ -190,13 +190,14 @@ def test_focal_loss_weighs_confident_right_answers_down_and_wrong_ones_not():
         TrainConfig(focal_gamma=-1.0)
 
 
-def _in_a_fresh_process(code: str) -> str:
-    """stdout of ``code`` in a new interpreter whose torch has a pool of two threads."""
+def _in_a_fresh_process(code: str, **env: str) -> str:
+    """stdout of ``code`` in a new interpreter whose torch has a pool of two threads, with
+    ``env`` added to its environment."""
     import os
     import subprocess
     import sys
 
-    env = os.environ | {"OMP_NUM_THREADS": "2"}
+    env = os.environ | {"OMP_NUM_THREADS": "2"} | env
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stderr
     return run.stdout.strip()
@@ -264,11 +265,5 @@ def test_openmp_threads_wait_passively_only_beside_other_busy_processes(tmp_path
 
 
 def test_a_users_own_openmp_wait_policy_wins():
-    import os
-    import subprocess
-    import sys
-
     code = "import os, lensfinder; print(os.environ['OMP_WAIT_POLICY'])"
-    env = os.environ | {"OMP_WAIT_POLICY": "ACTIVE"}
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert run.stdout.strip() == "ACTIVE"
+    assert _in_a_fresh_process(code, OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"

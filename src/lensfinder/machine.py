@@ -37,10 +37,11 @@ def others_running(
     kernel's count of runnable tasks (Linux ``/proc/loadavg``); 0 where it cannot be read."""
     counts = []
     try:
-        for _ in range(samples):
+        for look in range(samples):
+            if look:
+                time.sleep(pause_s)
             with open(source) as f:
                 counts.append(int(f.read().split()[3].split("/")[0]) - 1)  # less this process
-            time.sleep(pause_s)
     except (OSError, ValueError, IndexError):
         return 0.0
     return float(statistics.median(counts))
