@@ -59,7 +59,7 @@ from lensfinder.train.adapt import (
     adapt_methods,
     painted_validation,
 )
-from lensfinder.train.devices import flush_denormals, resolve_precision, uses_cuda
+from lensfinder.train.devices import prepare_cpu_for_training, resolve_precision, uses_cuda
 from lensfinder.train.module import (
     LensClassifier,
     epoch_schedule,
@@ -98,7 +98,7 @@ class BareTrainingLoop:
     batch already in memory: the yardstick of the trainer's speed, and what the plan times."""
 
     def __init__(self, config: TrainConfig, warmup: int = 3) -> None:
-        flush_denormals()  # as training does, so that the yardstick is timed as it trains
+        prepare_cpu_for_training()  # as training does, so that the yardstick is timed as it trains
         self.device = torch.device("cuda" if uses_cuda(config.accelerator) else "cpu")
         self.module = LensClassifier(config, initial_model(config)).to(self.device).train()
         trainable = [p for p in self.module.parameters() if p.requires_grad]

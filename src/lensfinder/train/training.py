@@ -68,7 +68,7 @@ from lensfinder.train.callbacks import (
 from lensfinder.train.datamodule import LensDataModule
 from lensfinder.train.devices import (
     check_devices,
-    flush_denormals,
+    prepare_cpu_for_training,
     resolve_precision,
     uses_cuda,
 )
@@ -325,7 +325,7 @@ def train(
     model between epochs with one); they must not change what is trained.
     """
     check_config(config)
-    late_flush = flush_denormals()  # before torch's threads start, so that they inherit it
+    late_flush = prepare_cpu_for_training()  # before torch's threads start: they inherit it
     stores = [Path(store)] if isinstance(store, str | Path) else [Path(s) for s in store]
     # DDP's other processes: rank 0 holds the lock and made the painted field before they start
     follower = rank_zero_only.rank != 0  # type: ignore[attr-defined]  # set by Lightning at import
