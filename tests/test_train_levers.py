@@ -300,7 +300,7 @@ def test_freed_memory_is_kept_for_reuse_and_a_users_own_malloc_settings_win(monk
     and, kept, ~22,000 here."""
     from lensfinder.machine import MALLOC_ENVIRONMENT
 
-    for name in (*MALLOC_ENVIRONMENT, "GLIBC_TUNABLES"):  # Dask sets one in this process
+    for name in (*MALLOC_ENVIRONMENT, "GLIBC_TUNABLES"):  # Dask's nannies may leave one here
         monkeypatch.delenv(name, raising=False)
     kept, faults_kept = _page_faults_of_growing_blocks(retain=True)
     _, faults_default = _page_faults_of_growing_blocks(retain=False)

@@ -64,8 +64,8 @@ def resolve_precision(config: TrainConfig) -> str:
 LATE_FLUSH_NOTE = (
     "torch's worker threads started before training and compute denormal floats at full "
     "cost, which slows a confident network's steps on x86 CPUs; call "
-    "lensfinder.train.devices.flush_denormals() before any other torch work (the command "
-    "line does)"
+    "lensfinder.train.devices.prepare_cpu_for_training() before any other torch work (the "
+    "command line does)"
 )
 
 
