@@ -224,7 +224,9 @@ def _same(*names: str, **renamed: str) -> dict[str, str]:
 OPTION_FIELDS: dict[str, Settings] = {
     "simulate": Settings(
         SimulateConfig,
-        _same("n", "seed", "workers", "lens_fraction", "first_id", "lens_twin_fraction"),
+        _same(
+            "n", "seed", "workers", "lens_fraction", "first_id", "lens_twin_fraction", "arc_maps"
+        ),
     ),
     "inject": Settings(
         InjectConfig,
@@ -370,6 +372,13 @@ def simulate(
             show_default=_shown("simulate", "lens_twin_fraction"),
         ),
     ] = None,
+    arc_maps: Annotated[
+        bool,
+        typer.Option(
+            "--arc-maps",
+            help="Also write each object's arc map (where its lensed source is), for training.",
+        ),
+    ] = False,
     config: Annotated[str | None, _config_option(SimulateConfig)] = None,
 ) -> None:
     """Simulate Euclid-like cutouts in the Lens Finding Challenge 2 layout."""
@@ -384,6 +393,7 @@ def simulate(
         lens_fraction=lens_fraction,
         first_id=first_id,
         lens_twin_fraction=lens_twin_fraction,
+        arc_maps=arc_maps or None,  # not given: the config file's choice stands
     )
     result = run(cfg, out)
     typer.echo(result.summary())

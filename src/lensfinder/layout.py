@@ -44,6 +44,15 @@ def image_path(root: str | Path, band: Band, object_id: int) -> Path:
     return band_dir(root, band) / f"imageEUC_{band.name}-{object_id}.fits"
 
 
+ARC_MAP_DIR = "arc_maps"  # beside Public/: simulator truth, not part of the challenge's layout
+
+
+def arc_map_path(root: str | Path, object_id: int) -> Path:
+    """An object's arc map (``SimulateConfig.arc_maps``): uint8 FITS on the VIS grid, 1 where
+    the noise-free lensed source is above 1 sigma of the noise (the pixels of n_pix_source)."""
+    return Path(root) / ARC_MAP_DIR / f"arc-{object_id}.fits"
+
+
 def parse_image_name(name: str) -> tuple[str, int] | None:
     """(band, ID) from a file name like ``imageEUC_VIS-200123.fits``, or None."""
     match = _FILE_ID.match(name)

@@ -32,6 +32,7 @@ from lensfinder.layout import (
     KNOWN_MISSING_IDS,
     PUBLIC_DIR,
     STRING_COLUMNS,
+    arc_map_path,
     band_dir,
     catalog_path,
     image_path,
@@ -194,6 +195,25 @@ def _read_fits_image(path: Path) -> tuple[np.ndarray, object]:
         data = data[0]
     # Native byte order float32: astropy gives big-endian '>f4', which torch cannot take.
     return data.astype(np.float32, copy=False), header
+
+
+def read_arc_maps(root: Path, ids: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
+    """The layout's arc maps (``layout.arc_map_path``) for ``ids``, (n, *shape) uint8, or None
+    unless every one of them is there and of that shape (a layout has them for all its objects
+    or for none: ``SimulateConfig.arc_maps``)."""
+    if not all(arc_map_path(root, int(i)).is_file() for i in ids[:1]):
+        return None
+    maps = np.zeros((len(ids), *shape), np.uint8)
+    for row, object_id in enumerate(ids):
+        path = arc_map_path(root, int(object_id))
+        try:
+            data, _ = _read_fits_image(path)
+        except BadImage:
+            return None
+        if data.shape != shape:
+            return None
+        maps[row] = data > 0
+    return maps
 
 
 def _centre_radec(header, shape: tuple[int, ...]) -> tuple[float, float]:

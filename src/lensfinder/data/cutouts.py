@@ -126,6 +126,28 @@ def mark_blank(cutouts: Cutouts, where: Path) -> None:
             cutouts.reasons[row] = f"{where}: {NO_DATA_AT_CENTRE} ({name} masked or zero-filled)"
 
 
+ARC_UNKNOWN = 255  # an arc map's value for an object that has none (training ignores it)
+
+
+def combined_arc_maps(
+    n: int, pieces: Iterable[tuple[np.ndarray, CutoutSource, np.ndarray]]
+) -> np.ndarray | None:
+    """Arc maps of ``n`` rows drawn from several sources: each piece is (where its rows go:
+    a mask or indices, the source, their positions in it); ``ARC_UNKNOWN`` for the rows of a
+    source without arc maps, None when no source has any."""
+    out: np.ndarray | None = None
+    for where, source, positions in pieces:
+        if not len(positions):
+            continue
+        maps = source.arc_maps(positions)
+        if maps is None:
+            continue
+        if out is None:
+            out = np.full((n, *maps.shape[1:]), ARC_UNKNOWN, np.uint8)
+        out[where] = maps
+    return out
+
+
 class CutoutSource(ABC):
     """Objects with pixels, labels and positions; subclasses say where the pixels come from."""
 
@@ -156,6 +178,12 @@ class CutoutSource(ABC):
     @abstractmethod
     def read(self, indices: Indices) -> Cutouts:
         """Pixels of the objects at these positions (0..len-1), in the order given."""
+
+    def arc_maps(self, indices: Indices) -> np.ndarray | None:
+        """The simulator's arc maps of these objects ((n, 200, 200) uint8: 1 on the lensed
+        source's pixels, ``ARC_UNKNOWN`` for an object without one), or None when the source
+        has none at all (this default: real data, layouts simulated without them)."""
+        return None
 
     def check(self, indices: Indices | None = None, progress: bool = True) -> RowCheck:
         """Read ``indices`` (default all) once, with the checks every reader applies: ``read``

@@ -23,9 +23,16 @@ from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from lensfinder.config import InputConfig, check_bands
 from lensfinder.data.augment import N_ELEMENTS, apply_d4_per_sample
-from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE, CutoutSource, repair_rows
+from lensfinder.data.cutouts import (
+    ARC_UNKNOWN,
+    NISP_SHAPE,
+    VIS_SHAPE,
+    CutoutSource,
+    repair_rows,
+)
 from lensfinder.data.transforms import ModelInput, crop_centre, map_input, to_model_input
 from lensfinder.einstein import EIN_AREA, lens_theta_e
+from lensfinder.errors import ConfigError
 from lensfinder.stages import progress_bar
 
 Item = tuple[ModelInput, torch.Tensor]
@@ -65,6 +72,18 @@ def collate(items: list[Item]) -> Any:
     return default_collate(items)
 
 
+def arc_target(maps: np.ndarray | None, labels: np.ndarray, n: int) -> torch.Tensor:
+    """(n, 1, 200, 200) float32: a lens's arc map (1 on its arc), 0 everywhere for a non-lens
+    (an unlensed or sub-threshold source is not an arc, as the label rule says), -1 where it
+    is not known (no map, or no label)."""
+    if maps is None:
+        return torch.full((n, 1, *VIS_SHAPE), -1.0)
+    target = torch.from_numpy(np.asarray(maps)).float()[:, None]
+    label = torch.from_numpy(np.asarray(labels, dtype=np.float32)).reshape(-1, 1, 1, 1)
+    unknown = (target == ARC_UNKNOWN) | (label < 0)
+    return torch.where(unknown, -1.0, target * label)
+
+
 class CutoutDataset(Dataset):
     """Objects ``indices`` of ``source`` (default all) as model input and float32 labels.
 
@@ -78,7 +97,10 @@ class CutoutDataset(Dataset):
     for non-lenses and lenses without a known radius). With ``shift`` (and ``augment``), each
     item is also cut up to ``shift`` pixels off centre (``TrainConfig.augment_shift``): inputs
     are prepared ``shift`` pixels wider each side (``prepared_input``); unaugmented items are
-    their centres, the same pixels as without ``shift``.
+    their centres, the same pixels as without ``shift``. With ``arc_maps`` (training with
+    ``TrainConfig.arc_map_weight``), each input gets one more plane after its bands: the arc
+    target (``arc_target``), cut and D4-transformed with the pixels, so it stays on the arc;
+    the module takes it off before the network sees the input (``train.arc_maps``).
     """
 
     def __init__(
@@ -92,10 +114,18 @@ class CutoutDataset(Dataset):
         check: bool = True,
         theta_e: bool = False,
         shift: int = 0,
+        arc_maps: bool = False,
     ) -> None:
         self.source = source
         self.input_cfg = input_cfg or InputConfig()
         check_bands(self.input_cfg)
+        if arc_maps and (
+            self.input_cfg.layout != "stacked" or self.input_cfg.vis_sampling != "native"
+        ):
+            raise ConfigError(
+                "arc_map_weight: arc maps need a stacked input at native VIS sampling"
+            )
+        self.arc_maps = arc_maps
         self.shift = shift
         self.prepared_input = (
             dataclasses.replace(self.input_cfg, size=self.input_cfg.size + 2 * shift)
@@ -142,7 +172,13 @@ class CutoutDataset(Dataset):
         as prediction does (``repair_rows``), ``to_model_input``."""
         cutouts = self.source.read(self.indices[positions])
         repair_rows(cutouts)
-        return to_model_input(cutouts.vis, cutouts.nisp, self.prepared_input)
+        x = to_model_input(cutouts.vis, cutouts.nisp, self.prepared_input)
+        if not self.arc_maps:
+            return x
+        assert isinstance(x, torch.Tensor)  # stacked (checked in __init__)
+        rows = self.indices[positions]
+        target = arc_target(self.source.arc_maps(rows), self.labels[positions], len(rows))
+        return torch.cat([x, crop_centre(target, self.prepared_input.size)], dim=1)
 
     def precompute(self, progress: bool = False) -> None:
         """Compute every item's model input now and serve batches from memory from then on.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lensfinder.data.cutouts import Cutouts, CutoutSource, Indices
+from lensfinder.data.cutouts import Cutouts, CutoutSource, Indices, combined_arc_maps
 from lensfinder.data.grades import GRADES
 from lensfinder.data.identity import index_of_ids
 from lensfinder.errors import ConfigError, DataError
@@ -102,6 +102,12 @@ class GradedSource(CutoutSource):
                 for slot, reason in zip(np.flatnonzero(mask), part.reasons, strict=True):
                     out.reasons[slot] = reason
         return out
+
+    def arc_maps(self, indices: Indices) -> np.ndarray | None:
+        rows, from_extra = self._parts(indices)
+        extra_rows = self.positions[rows[from_extra] - len(self.base)]
+        pieces = ((~from_extra, self.base, rows[~from_extra]), (from_extra, self.extra, extra_rows))
+        return combined_arc_maps(len(rows), pieces)
 
     def validate(self, indices: Indices | None = None, progress: bool = True) -> np.ndarray:
         rows, from_extra = self._parts(range(len(self)) if indices is None else indices)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lensfinder.data.challenge import BadImage, ChallengeLayout, read_layout
-from lensfinder.data.cutouts import Cutouts, CutoutSource, Indices
+from lensfinder.data.challenge import BadImage, ChallengeLayout, read_arc_maps, read_layout
+from lensfinder.data.cutouts import VIS_SHAPE, Cutouts, CutoutSource, Indices
 from lensfinder.data.store import open_store
 from lensfinder.errors import DataError
 from lensfinder.labels import LabelRule
@@ -53,6 +53,10 @@ class LayoutSource(CutoutSource):
     @property
     def catalog(self) -> dict[str, np.ndarray]:
         return self.layout.catalog
+
+    def arc_maps(self, indices: Indices) -> np.ndarray | None:
+        """The layout's arc maps (``SimulateConfig.arc_maps``) of these objects, or None."""
+        return read_arc_maps(self.path, self.ids[self._as_indices(indices)], VIS_SHAPE)
 
     def content_fingerprint(self) -> str:
         files = [self.layout.path(i, band) for i in range(len(self)) for band in EUCLID.bands]

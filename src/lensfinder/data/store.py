@@ -39,6 +39,7 @@ from lensfinder.data.challenge import (
     LoadedObject,
     Problem,
     describe_label_gaps,
+    read_arc_maps,
     read_layout,
     summarise_problems,
 )
@@ -62,6 +63,7 @@ VECTOR_CHUNK = 65536  # ids, labels, positions, catalogue columns: a few chunks 
 PARTIAL_SUFFIX = ".partial"
 STORE_KIND = STORE  # the output marker's kind: what ``pack --overwrite`` may replace
 PIXEL_ARRAYS = ("vis", "nisp")  # the store's pixel arrays
+ARC_ARRAY = "arc"  # the simulator's arc maps, when the layout has them (``_pack_arc_maps``)
 FLUSH_OBJECTS = 256  # objects per write (rounded to whole chunks); also the resume granularity
 
 
@@ -233,7 +235,29 @@ def _finish(group, layout: PackListing, written: int) -> np.ndarray:
         # Text (an object's kind) as Zarr's variable-length UTF-8 strings.
         dtype = str if column.dtype.kind == "U" else column.dtype
         catalog.create_array(name, shape=column.shape, dtype=dtype, **vector)[:] = column
+    _pack_arc_maps(group, layout.root, group["ids"][:])
     return labels
+
+
+def _pack_arc_maps(group, root: Path, ids: np.ndarray) -> None:
+    """The simulator's arc maps (``SimulateConfig.arc_maps``) as ``arc`` (N, 200, 200) uint8,
+    compressed (mostly zeros: ~1% of a float VIS array), when the layout has one per object;
+    written a chunk at a time."""
+    if ARC_ARRAY in group:
+        del group[ARC_ARRAY]
+    if not len(ids) or read_arc_maps(Path(root), ids[:1], VIS_SHAPE) is None:
+        return
+    step = min(len(ids), FLUSH_OBJECTS)
+    array = group.create_array(
+        ARC_ARRAY, shape=(len(ids), *VIS_SHAPE), dtype="uint8", chunks=(step, *VIS_SHAPE),
+        fill_value=0,
+    )  # fmt: skip
+    for lo in range(0, len(ids), step):
+        maps = read_arc_maps(Path(root), ids[lo : lo + step], VIS_SHAPE)
+        if maps is None:  # not one per object after all: none
+            del group[ARC_ARRAY]
+            return
+        array[lo : lo + len(maps)] = maps
 
 
 def _resume_or_start(partial: Path, identity: dict, n: int, chunk: int) -> tuple[Any, dict]:
@@ -618,6 +642,15 @@ class StoreSource(CutoutSource):
             vis[lo : lo + len(cutouts)], nisp[lo : lo + len(cutouts)] = cutouts.vis, cutouts.nisp
         self._memory = (vis, nisp)
         return self
+
+    def arc_maps(self, indices: Indices) -> np.ndarray | None:
+        """The packed arc maps of these objects (``SimulateConfig.arc_maps``), or None."""
+        group = self._open()["group"]
+        if ARC_ARRAY not in group:
+            return None
+        positions = self._as_indices(indices)
+        unique, inverse = np.unique(positions, return_inverse=True)
+        return np.asarray(group[ARC_ARRAY].oindex[unique], dtype=np.uint8)[inverse]
 
     def content_fingerprint(self) -> str:
         """The content hash recorded at pack time (older stores: their creation time and IDs)."""

@@ -59,6 +59,7 @@ class SimulatedObject:
     observing: Observing = NOMINAL
     bands: dict[str, BandImages] = field(default_factory=dict)  # components + observed image
     twin_of: int | None = None  # a lens twin's lens (its ID)
+    arc_map: np.ndarray | None = None  # (VIS grid) uint8, with ``SimulateConfig.arc_maps``
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -273,7 +274,16 @@ def simulate_object(
     obj.row["kind"] = scene.kind  # an extra catalogue column; readers ignore what they lack
     for band in ctx.survey.bands:
         obj.bands[band.name] = renderer.render(band, noise_seeds[band.name] if observe else None)
+    if config.arc_maps:
+        obj.arc_map = arc_map(renderer)
     return obj
+
+
+def arc_map(renderer: SceneRenderer) -> np.ndarray:
+    """Where the lensed source shows (reference band, uint8): its noise-free, PSF-convolved
+    light above 1 sigma of the background noise, exactly the pixels ``n_pix_source`` counts.
+    Set for any source (an unlensed or sub-threshold one too); training keeps it for lenses."""
+    return (renderer.source() > renderer.background_noise()).astype(np.uint8)
 
 
 def draw_scene(
@@ -300,6 +310,8 @@ def _make_and_write(task: _Task) -> tuple[int, bool]:
         image = obj.bands[band.name].image
         assert image is not None
         writer.write_band_fits(root, band, object_id, image, obj.ra, obj.dec)
+    if obj.arc_map is not None:
+        writer.write_arc_map(root, object_id, obj.arc_map)
     writer.write_row(root, object_id, obj.row, obj.meta)
     return object_id, intended_lens
 
@@ -430,7 +442,7 @@ def _tasks(config: SimulateConfig, out: Path) -> list[_Task]:
     return [
         (config, str(out), int(ids[i]), bool(plan[i]), partners[i])
         for i in range(config.n)
-        if not writer.is_done(out, int(ids[i]), bands)
+        if not writer.is_done(out, int(ids[i]), bands, config.arc_maps)
     ]
 
 
@@ -489,6 +501,7 @@ def _simulate_locked(config: SimulateConfig, out: Path, progress: bool) -> Simul
             "band_depth_scatter_mag": 0.0,
             "band_psf_scatter": 0.0,
             "band_shift_pixels": 0.0,
+            "arc_maps": False,
         },
     )
     ids = config.first_id + np.arange(config.n)

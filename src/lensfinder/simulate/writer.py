@@ -130,6 +130,22 @@ def write_band_fits(
     return path
 
 
+def write_arc_map(root: str | Path, object_id: int, mask: np.ndarray) -> Path:
+    """An object's arc map (``layout.arc_map_path``, uint8 primary HDU), atomically."""
+    from astropy.io import fits
+
+    path = layout.arc_map_path(root, object_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = fits.Header()
+    header["OBJ_ID"] = (int(object_id), "object ID")
+    header["CONTENT"] = ("arc map", "1: lensed source above 1 sigma of the VIS noise")
+    buffer = io.BytesIO()
+    fits.PrimaryHDU(np.asarray(mask, dtype=np.uint8), header=header).writeto(buffer)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+    return path
+
+
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -162,9 +178,12 @@ def read_row(root: str | Path, object_id: int) -> dict[str, Any] | None:
     return record
 
 
-def is_done(root: str | Path, object_id: int, bands: Sequence[Band]) -> bool:
-    """Finished = the row file (written last) and every band's FITS file exist."""
+def is_done(root: str | Path, object_id: int, bands: Sequence[Band], arc_map: bool = False) -> bool:
+    """Finished = the row file (written last), every band's FITS file and (``arc_map``) the
+    arc map exist."""
     if not row_path(root, object_id).is_file():
+        return False
+    if arc_map and not layout.arc_map_path(root, object_id).is_file():
         return False
     return all(layout.image_path(root, band, object_id).is_file() for band in bands)
 

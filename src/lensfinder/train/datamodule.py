@@ -36,7 +36,14 @@ from torch.utils.data import DataLoader
 from lensfinder.config import PredictConfig, SplitConfig, TrainConfig
 from lensfinder.data import open_source
 from lensfinder.data.challenge import reason_kind
-from lensfinder.data.cutouts import NISP_SHAPE, VIS_SHAPE, Cutouts, CutoutSource, Indices
+from lensfinder.data.cutouts import (
+    NISP_SHAPE,
+    VIS_SHAPE,
+    Cutouts,
+    CutoutSource,
+    Indices,
+    combined_arc_maps,
+)
 from lensfinder.data.dataset import CutoutDataset, collate, input_bytes_per_item
 from lensfinder.data.graded import add_graded
 from lensfinder.data.grades import posterior_grades, read_graded, read_graded_posteriors
@@ -205,6 +212,12 @@ class ConcatSource(CutoutSource):
                 out.reasons[slot] = reason
         return out
 
+    def arc_maps(self, indices: Indices) -> np.ndarray | None:
+        """Each part's arc maps; ``ARC_UNKNOWN`` for the rows of a part without them."""
+        rows = self._as_indices(indices)
+        pieces = ((mask, self.parts[part], at) for part, mask, at in self._by_part(rows))
+        return combined_arc_maps(len(rows), pieces)
+
     def content_fingerprint(self) -> str:
         digest = hashlib.sha256("|".join(p.content_fingerprint() for p in self.parts).encode())
         return digest.hexdigest()[:16]
@@ -274,6 +287,11 @@ class LensDataModule(pl.LightningDataModule):
         labelled = {name: idx[labels[idx] >= 0] for name, idx in splits.items()}
         for name in ("train", "val"):
             self._check_classes(name, labels[labelled[name]])
+        if self.config.arc_map_weight > 0 and source.arc_maps(labelled["train"][:1]) is None:
+            raise DataError(
+                f"arc_map_weight {self.config.arc_map_weight:g}: {self.store} has no arc maps "
+                "(simulate with arc_maps: true and pack again, or set arc_map_weight: 0)"
+            )
         self.source = source
         self.train_indices = self._cap(labelled["train"], self.config.max_train_objects)
         self.val_indices = self._cap(labelled["val"], self.config.limit_val_samples)
@@ -381,6 +399,7 @@ class LensDataModule(pl.LightningDataModule):
             check=False,  # prepare() dropped what cannot be used
             theta_e=self.config.model.theta_e_head,
             shift=self.config.augment_shift,  # the config refuses it without augment_d4
+            arc_maps=self.config.arc_map_weight > 0,
         )
         self.val_dataset = CutoutDataset(
             self.source,

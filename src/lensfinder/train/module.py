@@ -22,6 +22,7 @@ from lensfinder.errors import ConfigError
 from lensfinder.models.batchnorm import bn_train_mode
 from lensfinder.models.checkpoint import load_model
 from lensfinder.models.factory import create_model
+from lensfinder.train.arc_maps import ArcMapHead, split_arc
 
 Batch = tuple[Any, torch.Tensor]
 Outputs = tuple[torch.Tensor, torch.Tensor | None]  # logits (n,), theta_E (n, 2) or None
@@ -157,6 +158,10 @@ class LensClassifier(pl.LightningModule):
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
+        # ``train.arc_maps``: the per-cell arc loss's head, hooked on the backbone (training only)
+        self.arc_head = (
+            ArcMapHead.attach(model, config.arc_map_stride) if config.arc_map_weight > 0 else None
+        )
         self.loss_fn = classification_loss(config.focal_gamma)
         self.val_auroc = BinaryAUROC()
         # ``train.adapt.JointAdaptation`` (--adapt FIELD with dann/consistency): adds the field's
@@ -196,7 +201,20 @@ class LensClassifier(pl.LightningModule):
 
     def _loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = batch
-        return self.loss_of(self.outputs(x), y)
+        x, arc = split_arc(x, len(self.config.input.bands))
+        loss, logits, labels = self.loss_of(self.outputs(x), y)
+        if arc is not None and self.arc_head is not None and self.arc_head.training:
+            arc_loss = self.arc_head.loss(arc)
+            self.log(
+                "train_arc_loss",
+                arc_loss,
+                on_epoch=True,
+                on_step=False,
+                batch_size=len(labels),
+                sync_dist=True,
+            )
+            loss = loss + self.config.arc_map_weight * arc_loss
+        return loss, logits, labels
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Progressive resizing: the batches of the first ``low_res_epochs()`` epochs at
@@ -217,8 +235,10 @@ class LensClassifier(pl.LightningModule):
         return small, y
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        if self.adaptation is not None:  # logs its own terms
-            return self.adaptation.training_loss(self, batch, batch_idx)[0]
+        if self.adaptation is not None:  # logs its own terms; arc maps are not among them
+            x, y = batch
+            plain = (split_arc(x, len(self.config.input.bands))[0], y)
+            return self.adaptation.training_loss(self, plain, batch_idx)[0]
         loss, _, target = self._loss(batch)
         n = len(target)
         self.log(
@@ -270,6 +290,8 @@ class LensClassifier(pl.LightningModule):
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         if self.adaptation is not None:
             trainable += [p for p in self.adaptation.parameters() if p.requires_grad]
+        if self.arc_head is not None:
+            trainable += list(self.arc_head.parameters())
         if not trainable:
             raise ValueError("the model has no trainable parameters")
         optimizer = make_optimizer(config, trainable)
