@@ -145,6 +145,7 @@ def test_the_arc_target_moves_with_the_pixels_and_is_zero_for_non_lenses():
     assert len(seen) > 1  # the D4 elements differed, and the target followed each
     plain = CutoutDataset(_ArcOnVis(maps, labels), input_cfg=NATIVE_32, check=False)
     assert plain.get_batch([0])[0].shape == (1, 4, 32, 32)
+    assert (plain.bytes_per_item, dataset.bytes_per_item) == (4 * 32 * 32 * 4, 5 * 32 * 32 * 4)
     with pytest.raises(ConfigError, match="native"):
         CutoutDataset(
             _ArcOnVis(maps, labels), input_cfg=InputConfig(size=32, vis_sampling="bin"),

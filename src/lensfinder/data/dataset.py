@@ -153,6 +153,14 @@ class CutoutDataset(Dataset):
         return len(self.indices)
 
     @property
+    def bytes_per_item(self) -> int:
+        """RAM of one precomputed item: its model input, and the arc target plane if any."""
+        size = input_bytes_per_item(self.prepared_input)
+        if self.arc_maps:  # one more float32 plane beside the stacked bands
+            size += size // len(self.prepared_input.bands)
+        return size
+
+    @property
     def ids(self) -> np.ndarray:
         return self.source.ids[self.indices]
 
@@ -183,7 +191,7 @@ class CutoutDataset(Dataset):
     def precompute(self, progress: bool = False) -> None:
         """Compute every item's model input now and serve batches from memory from then on.
 
-        Costs the input's size in RAM (``input_bytes_per_item`` per object) and one pass of
+        Costs the input's size in RAM (``bytes_per_item`` per object) and one pass of
         reading and normalising; the store's pixels themselves are not needed afterwards.
         """
         starts = range(0, len(self), PRECOMPUTE_CHUNK)

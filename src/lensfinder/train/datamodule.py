@@ -44,7 +44,7 @@ from lensfinder.data.cutouts import (
     Indices,
     combined_arc_maps,
 )
-from lensfinder.data.dataset import CutoutDataset, collate, input_bytes_per_item
+from lensfinder.data.dataset import CutoutDataset, collate
 from lensfinder.data.graded import add_graded
 from lensfinder.data.grades import posterior_grades, read_graded, read_graded_posteriors
 from lensfinder.data.sampler import BalancedBatchSampler
@@ -410,7 +410,7 @@ class LensDataModule(pl.LightningDataModule):
             theta_e=self.config.model.theta_e_head,
         )
         nbytes = sum(
-            len(dataset) * input_bytes_per_item(dataset.prepared_input)
+            len(dataset) * dataset.bytes_per_item
             for dataset in (self.train_dataset, self.val_dataset)
         )
         if fits_in_memory(nbytes, processes, PRECOMPUTE_SHARE):
