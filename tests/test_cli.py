@@ -66,9 +66,11 @@ PRECEDENCE = [
         "simulate",
         "lensfinder.simulate.simulate",
         ["--out", "{tmp}/sim"],
-        "n: 7\nseed: 3\nworkers: 2\nlens_fraction: 0.25\nfirst_id: 5\n",
-        lambda c: _fields(c.config(), ["n", "seed", "workers", "lens_fraction", "first_id"]),
-        {"n": 7, "seed": 3, "workers": 2, "lens_fraction": 0.25, "first_id": 5},
+        "n: 7\nseed: 3\nworkers: 2\nlens_fraction: 0.25\nfirst_id: 5\narc_maps: true\n",
+        lambda c: _fields(
+            c.config(), ["n", "seed", "workers", "lens_fraction", "first_id", "arc_maps"]
+        ),
+        {"n": 7, "seed": 3, "workers": 2, "lens_fraction": 0.25, "first_id": 5, "arc_maps": True},
         ["--n", "9", "--lens-fraction", "0.5"],
         {"n": 9, "lens_fraction": 0.5},
     ),
@@ -169,6 +171,19 @@ def test_config_file_beats_defaults_and_typed_flags_beat_the_file(
         result = runner.invoke(app, [*argv, *flags])
         assert result.exit_code == 0, result.output
         assert read(captured) == {**from_yaml, **from_flags}
+
+
+def test_arc_maps_flag_turns_them_on_and_its_absence_leaves_the_file_s_choice(
+    tmp_path, monkeypatch
+):
+    captured = _Captured()
+    monkeypatch.setattr("lensfinder.simulate.simulate", captured)
+    result = runner.invoke(app, ["simulate", "--out", str(tmp_path / "s"), "--arc-maps"])
+    assert result.exit_code == 0, result.output
+    assert captured.config().arc_maps is True
+    result = runner.invoke(app, ["simulate", "--out", str(tmp_path / "s")])
+    assert result.exit_code == 0, result.output
+    assert captured.config().arc_maps is False
 
 
 def test_options_show_the_config_classes_defaults():
