@@ -201,8 +201,8 @@ def read_arc_maps(root: Path, ids: np.ndarray, shape: tuple[int, int]) -> np.nda
     """The layout's arc maps (``layout.arc_map_path``) for ``ids``, (n, *shape) uint8, or None
     unless every one of them is there and of that shape (a layout has them for all its objects
     or for none: ``SimulateConfig.arc_maps``)."""
-    if not all(arc_map_path(root, int(i)).is_file() for i in ids[:1]):
-        return None
+    if len(ids) and not arc_map_path(root, int(ids[0])).is_file():
+        return None  # the common case, a layout without them: no read attempted
     maps = np.zeros((len(ids), *shape), np.uint8)
     for row, object_id in enumerate(ids):
         path = arc_map_path(root, int(object_id))

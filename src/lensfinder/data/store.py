@@ -242,22 +242,22 @@ def _finish(group, layout: PackListing, written: int) -> np.ndarray:
 def _pack_arc_maps(group, root: Path, ids: np.ndarray) -> None:
     """The simulator's arc maps (``SimulateConfig.arc_maps``) as ``arc`` (N, 200, 200) uint8,
     compressed (mostly zeros: ~1% of a float VIS array), when the layout has one per object;
-    written a chunk at a time."""
+    read and written a chunk at a time."""
     if ARC_ARRAY in group:
         del group[ARC_ARRAY]
-    if not len(ids) or read_arc_maps(Path(root), ids[:1], VIS_SHAPE) is None:
-        return
-    step = min(len(ids), FLUSH_OBJECTS)
-    array = group.create_array(
-        ARC_ARRAY, shape=(len(ids), *VIS_SHAPE), dtype="uint8", chunks=(step, *VIS_SHAPE),
-        fill_value=0,
-    )  # fmt: skip
+    step = max(1, min(len(ids), FLUSH_OBJECTS))
     for lo in range(0, len(ids), step):
         maps = read_arc_maps(Path(root), ids[lo : lo + step], VIS_SHAPE)
-        if maps is None:  # not one per object after all: none
-            del group[ARC_ARRAY]
+        if maps is None:  # none, or not one per object after all: none
+            if ARC_ARRAY in group:
+                del group[ARC_ARRAY]
             return
-        array[lo : lo + len(maps)] = maps
+        if lo == 0:
+            group.create_array(
+                ARC_ARRAY, shape=(len(ids), *VIS_SHAPE), dtype="uint8",
+                chunks=(step, *VIS_SHAPE), fill_value=0,
+            )  # fmt: skip
+        group[ARC_ARRAY][lo : lo + len(maps)] = maps
 
 
 def _resume_or_start(partial: Path, identity: dict, n: int, chunk: int) -> tuple[Any, dict]:
