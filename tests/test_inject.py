@@ -333,6 +333,36 @@ def test_resume_and_refusals(field, painted, tmp_path):
         inject(field, field / "Public" / "painted", NOISY, progress=False)
 
 
+def test_blue_field_galaxies_become_source_looks_never_behind_themselves(field, tmp_path):
+    """``field_stamps``: the blue plausible central galaxies are cut as source looks (red ones
+    are deflectors, not looks); with ``stamp_fraction`` 1 every painted source is one, except
+    behind the galaxy whose own light would be the only look (a parametric source there)."""
+    source = open_unlabelled(field)
+    cutouts = source.read(list(range(N)))
+    colours = [measure(cutouts.vis[i], cutouts.nisp[i], EUCLID).galaxy.colour for i in range(N)]
+    bluest = int(source.ids[int(np.argmin(colours))])
+    only_bluest = float(np.sort(colours)[1])  # the bluest alone is bluer than this
+    config = dataclasses.replace(
+        NOISE_FREE, field_stamps=True, stamp_fraction=1.0, red_colour=only_bluest
+    )
+    out = tmp_path / "looks"
+    result = inject(field, out, config, progress=False)
+    assert result.field_stamps == 1 and "1 blue galaxies as source looks" in result.summary()
+    families = {
+        int(r["row"]["field_id"]): r["meta"]["source_family"] for r in _records(out).values()
+    }
+    assert len(families) == N
+    assert families.pop(bluest) != "stamp"
+    assert set(families.values()) == {"stamp"}
+    without = inject(field, tmp_path / "off", dataclasses.replace(config, field_stamps=False),
+                     progress=False)  # fmt: skip
+    assert without.field_stamps == 0 and "source looks" not in without.summary()
+    off = {r["meta"]["source_family"] for r in _records(tmp_path / "off").values()}
+    assert "stamp" not in off
+    with pytest.raises(ConfigError, match="field_stamps"):  # resuming asks for the same looks
+        inject(field, out, dataclasses.replace(config, field_stamps=False), progress=False)
+
+
 def test_cli_inject(field, tmp_path):
     runner = CliRunner()
     out = tmp_path / "cli"
@@ -370,6 +400,12 @@ def test_cli_settings_come_from_the_config_file_then_flags(field, tmp_path, monk
     assert result.exit_code == 0, result.output
     config = captured["config"]
     assert (config.paint_fraction, config.seed, config.theta_e_range) == (0.2, 5, (0.6, 2.0))
+    assert not config.field_stamps
+    looks = CliRunner().invoke(
+        app, ["inject", str(field), "--out", str(tmp_path / "o"), "--field-stamps"]
+    )
+    assert looks.exit_code == 0, looks.output
+    assert captured["config"].field_stamps
     bad = CliRunner().invoke(
         app, ["inject", str(field), "--out", str(tmp_path / "b"), "--paint-fraction", "2"]
     )

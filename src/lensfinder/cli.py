@@ -230,7 +230,10 @@ OPTION_FIELDS: dict[str, Settings] = {
     ),
     "inject": Settings(
         InjectConfig,
-        _same("paint_fraction", "min_snr", "seed", "workers", "first_id", "unpainted_twins"),
+        _same(
+            "paint_fraction", "min_snr", "seed", "workers", "first_id", "unpainted_twins",
+            "field_stamps",
+        ),
     ),
     "pack": Settings(PackConfig, _same("label_rule", "chunk", "workers")),
     "simulate-tile": Settings(
@@ -444,6 +447,13 @@ def inject(
             show_default=_shown("inject", "unpainted_twins"),
         ),
     ] = None,
+    field_stamps: Annotated[
+        bool,
+        typer.Option(
+            "--field-stamps",
+            help="Also draw sources' looks from the field's own blue galaxies.",
+        ),
+    ] = False,
     config: Annotated[str | None, _config_option(InjectConfig)] = None,
 ) -> None:
     """Paint simulated lensed sources onto a survey's own galaxies (challenge layout out)."""
@@ -458,6 +468,7 @@ def inject(
         workers=workers,
         first_id=first_id,
         unpainted_twins=unpainted_twins,
+        field_stamps=field_stamps or None,  # not given: the config file's choice stands
     )
     result = run(field, out, cfg)
     typer.echo(result.summary())

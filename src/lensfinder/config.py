@@ -305,7 +305,15 @@ class InjectConfig(Checked):
     # --- the source, drawn as the simulator draws it (simulate/scene.draw_source) ---
     source_mag_range: tuple[float, float] = (22.5, 26.5)  # unlensed, VIS AB
     source_mix: dict[str, float] = field(default_factory=lambda: dict(SOURCE_MIX))
-    source_stamps: str | None = None
+    source_stamps: str | None = None  # a folder of FITS stamps (``simulate --source-stamps``)
+    # Source looks also cut from the field's own galaxies: the central galaxy of every cutout
+    # that is blue (VIS - H below ``red_colour``), plausible by ``min_snr`` and
+    # ``half_light_range``, its sky-subtracted VIS light on its segment, shrunk to the source's
+    # drawn size. Real survey galaxies have morphologies no parametric family has (HOLISMOKES
+    # paints real HUDF galaxies as sources; Cañameras et al. 2020); lensed sources are mostly
+    # blue star-forming galaxies. They join ``source_stamps`` (drawn ``stamp_fraction`` of the
+    # time) and are never painted behind their own galaxy's cutout.
+    field_stamps: bool = False
     stamp_fraction: float = 0.5
     source_tries: int = 10  # sources drawn per galaxy until one passes the label rule
     supersampling: int = 3

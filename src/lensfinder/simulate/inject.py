@@ -68,7 +68,7 @@ from lensfinder.simulate.quantities import catalogue_row
 from lensfinder.simulate.render import SceneRenderer, counts_per_second, preload
 from lensfinder.simulate.simulation import _pool_context, _single_threaded_blas
 from lensfinder.simulate.simulation import validate as validate_simulation
-from lensfinder.simulate.stamps import StampLibrary
+from lensfinder.simulate.stamps import Stamp, StampLibrary, cut_stamp
 from lensfinder.simulate.writer import finish_layout
 from lensfinder.stages import Stage, progress_bar, run_stage
 from lensfinder.surveys import Band, Survey, get_survey
@@ -100,15 +100,17 @@ class InjectResult:
     unusable: list[Problem]  # field cutouts that could not be read or measured (not written)
     seconds: float
     label_rule: str
+    field_stamps: int = 0  # field galaxies cut as source looks (``field_stamps``)
 
     def summary(self) -> str:
         done = f" ({self.skipped} already done)" if self.skipped else ""
         bad = f"; {len(self.unusable)} unusable field cutouts left out" if self.unusable else ""
         preview = f"; preview {self.preview}" if self.preview else ""
         twins = f" (and each untouched: {self.twins} twins)" if self.twins else ""
+        looks = f", {self.field_stamps} blue galaxies as source looks" if self.field_stamps else ""
         return (
             f"painted {self.painted} of {self.n} cutouts of {self.field}{twins} ({self.candidates} "
-            f"plausible deflectors) into {self.out}: wrote {self.written}{done} in "
+            f"plausible deflectors{looks}) into {self.out}: wrote {self.written}{done} in "
             f"{self.seconds:.1f} s; {self.lenses} lenses by '{self.label_rule}'{bad}; "
             f"catalogue {self.catalog}{preview}"
         )
@@ -134,6 +136,7 @@ class FieldSurvey:
     hashes: list[str]  # per usable cutout
     unusable: list[Problem]
     fingerprint: str  # of the whole field: IDs and pixels, never labels
+    stamps: list[Stamp]  # source looks cut from its blue galaxies (``field_stamps``)
 
 
 def survey_field(
@@ -145,6 +148,7 @@ def survey_field(
     flags: list[bool] = []
     colours: list[float] = []
     hashes: list[str] = []
+    stamps: list[Stamp] = []
     unusable = list(source.problems)
     starts: Iterable[int] = range(0, len(source), MEASURE_CHUNK)
     if progress:
@@ -168,6 +172,8 @@ def survey_field(
             flags.append(plausible(measured, config))
             colours.append(measured.galaxy.colour if measured.galaxy else math.nan)
             hashes.append(pixel_hash(vis, nisp))
+            if config.field_stamps and flags[-1] and colours[-1] < config.red_colour:
+                stamps.extend(_field_stamp(vis, measured, object_id))
             digest.update(f"{object_id}:{hashes[-1]}\n".encode())
     return FieldSurvey(
         np.asarray(usable, dtype=np.int64),
@@ -176,7 +182,23 @@ def survey_field(
         hashes,
         unusable,
         digest.hexdigest()[:16],
+        stamps,
     )
+
+
+def field_stamp_name(object_id: int) -> str:
+    return f"field:{object_id}"
+
+
+def _field_stamp(vis: np.ndarray, measured: Measurement, object_id: int) -> list[Stamp]:
+    """The central galaxy of a field cutout as a source look (``InjectConfig.field_stamps``):
+    its sky-subtracted VIS light on its segment; none when that has no positive flux."""
+    assert measured.galaxy is not None  # a plausible deflector was measured
+    sky = np.asarray(vis, np.float64) - measured.noise["VIS"].background
+    try:
+        return [cut_stamp(sky, measured.galaxy.segment, field_stamp_name(object_id))]
+    except DataError:
+        return []
 
 
 # ------------------------------------------------------------------------------ painting
@@ -440,16 +462,22 @@ class _Painter:
     """Paints or copies one field cutout into the output, as a pool task."""
 
     def __init__(
-        self, source: CutoutSource, config: InjectConfig, out: Path, field_fingerprint: str
+        self,
+        source: CutoutSource,
+        config: InjectConfig,
+        out: Path,
+        field_fingerprint: str,
+        field_stamps: list[Stamp],
     ) -> None:
         self.source = source
         self.config = config
         self.out = out
         self.survey = get_survey(config.survey)
         self.rule = label_rule(config.label_rule)
-        self.stamps = (
-            StampLibrary.from_folder(config.source_stamps) if config.source_stamps else None
-        )
+        libraries = [StampLibrary(field_stamps)] if field_stamps else []
+        if config.source_stamps:
+            libraries.insert(0, StampLibrary.from_folder(config.source_stamps))
+        self.stamps = sum(libraries[1:], libraries[0]) if libraries else None
         self.field = str(Path(source.path).resolve())
         self.fingerprint = field_fingerprint
         self.ra, self.dec = np.asarray(source.ra, float), np.asarray(source.dec, float)
@@ -470,9 +498,11 @@ class _Painter:
             self._write(twin_id, twin, position, field_id, expected_hash)
         if paint_it:
             rng = np.random.default_rng([self.config.seed, _OBJECT_TAG, field_id])
+            own = field_stamp_name(field_id)  # never a galaxy's own light behind it
+            stamps = self.stamps.without(own) if self.stamps is not None else None
             result = paint(
                 vis, nisp, object_id, rng, self.config,
-                survey=self.survey, rule=self.rule, stamps=self.stamps, measured=measured,
+                survey=self.survey, rule=self.rule, stamps=stamps, measured=measured,
             )  # fmt: skip
         else:
             result = untouched(vis, nisp, object_id, self.survey, measured)
@@ -579,7 +609,7 @@ def _inject_locked(
     """``inject`` once it holds the lock of ``stage.out``: plan, paint, finish the layout."""
     survey, rule = validate(config)
     plan = _plan_injection(source, field, stage.out, config, survey, rule, stage.progress)
-    painter = _Painter(source, config, stage.out, plan.measured.fingerprint)
+    painter = _Painter(source, config, stage.out, plan.measured.fingerprint, plan.measured.stamps)
     start = time.perf_counter()
     workers = max(1, min(config.workers, len(plan.tasks)))
     for _ in _run(painter, plan.tasks, workers, stage.progress):
@@ -588,12 +618,14 @@ def _inject_locked(
     measured, n = plan.measured, len(plan.measured.usable)
     twins = len(plan.ids) - n
     written = sum(1 if task[4] is None else 2 for task in plan.tasks)  # a twin rides along
+    looks = len(measured.stamps)
     comments = [
         f"Lensed sources painted onto the galaxies of {painter.field} (pixel fingerprint "
         f"{measured.fingerprint}), lensfinder {__version__} (lenstronomy), survey {survey.name}",
         f"seed={config.seed} paint_fraction={config.paint_fraction} painted={plan.n_paint} "
         f"of {n}; plausible deflectors={int(measured.plausible.sum())}"
-        + (f"; unpainted twins={twins} (kind {TWIN}, IDs after the others)" if twins else ""),
+        + (f"; unpainted twins={twins} (kind {TWIN}, IDs after the others)" if twins else "")
+        + (f"; source looks cut from {looks} field galaxies" if looks else ""),
         f"label rule: {rule}",
         "pixel units: those of the field; fluxes (lens_flux, source_flux) too; "
         "field_id: the field object each cutout came from; empty fields are not measured",
@@ -615,6 +647,7 @@ def _inject_locked(
         unusable=measured.unusable,
         seconds=seconds,
         label_rule=str(rule),
+        field_stamps=looks,
     )
 
 
@@ -641,7 +674,8 @@ def _plan_injection(
         out,
         {k: v for k, v in to_dict(config).items() if k != "workers"}
         | {"label_rule": str(rule), "field_fingerprint": measured.fingerprint},
-        added={"unpainted_twins": False},  # outputs made before twins existed resume
+        # outputs made before twins and field stamps existed resume
+        added={"unpainted_twins": False, "field_stamps": False},
     )
     if config.first_id is None:
         ids = source.ids[measured.usable].astype(np.int64)

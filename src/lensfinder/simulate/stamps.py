@@ -20,6 +20,7 @@ from lensfinder.errors import DataError
 
 STAMP_SUFFIXES = (".fits", ".fit", ".fits.gz")
 MIN_STAMP_PIXELS = 8
+STAMP_PAD = 4  # pixels of zeros around a galaxy cut from an image (its border median is 0)
 SHAPELET_PIXELS = 48  # side of a made shapelet image
 
 
@@ -56,6 +57,20 @@ def prepare(image: np.ndarray, name: str) -> Stamp:
         raise DataError(f"{name}: the stamp has no flux above its border")
     clean /= clean.sum()
     return Stamp(clean, half_light_radius(clean), name)
+
+
+def cut_stamp(image: np.ndarray, segment: np.ndarray, name: str) -> Stamp:
+    """One galaxy's light cut from a sky-subtracted ``image``: the pixels of ``segment`` (bool,
+    the image's shape) on their bounding box, zeros elsewhere and for missing (non-finite)
+    pixels, with a border of ``STAMP_PAD`` zeros; so a neighbour outside the segment is never
+    part of it. Refuses an empty segment or one without positive flux (``prepare``)."""
+    rows, cols = np.flatnonzero(segment.any(axis=1)), np.flatnonzero(segment.any(axis=0))
+    if rows.size == 0:
+        raise DataError(f"{name}: the galaxy's segment is empty")
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    part = np.asarray(image, dtype=float)[box]
+    light = np.where(segment[box] & np.isfinite(part), part, 0.0)
+    return prepare(np.pad(light, STAMP_PAD), name)
 
 
 class StampLibrary:
@@ -95,6 +110,16 @@ class StampLibrary:
 
     def draw(self, rng: np.random.Generator) -> Stamp:
         return self.stamps[int(rng.integers(len(self.stamps)))]
+
+    def __add__(self, other: StampLibrary) -> StampLibrary:
+        return StampLibrary(self.stamps + other.stamps)
+
+    def without(self, name: str) -> StampLibrary | None:
+        """The library less the stamps called ``name`` (None when nothing is left)."""
+        kept = [s for s in self.stamps if s.name != name]
+        if len(kept) == len(self.stamps):
+            return self
+        return StampLibrary(kept) if kept else None
 
 
 def _hermite_basis(n_max: int, coordinates: np.ndarray) -> np.ndarray:
