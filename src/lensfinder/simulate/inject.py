@@ -474,10 +474,9 @@ class _Painter:
         self.out = out
         self.survey = get_survey(config.survey)
         self.rule = label_rule(config.label_rule)
-        libraries = [StampLibrary(field_stamps)] if field_stamps else []
-        if config.source_stamps:
-            libraries.insert(0, StampLibrary.from_folder(config.source_stamps))
-        self.stamps = sum(libraries[1:], libraries[0]) if libraries else None
+        folder = StampLibrary.from_folder(config.source_stamps) if config.source_stamps else None
+        stamps = (folder.stamps if folder else []) + field_stamps
+        self.stamps = StampLibrary(stamps) if stamps else None
         self.field = str(Path(source.path).resolve())
         self.fingerprint = field_fingerprint
         self.ra, self.dec = np.asarray(source.ra, float), np.asarray(source.dec, float)

@@ -111,9 +111,6 @@ class StampLibrary:
     def draw(self, rng: np.random.Generator) -> Stamp:
         return self.stamps[int(rng.integers(len(self.stamps)))]
 
-    def __add__(self, other: StampLibrary) -> StampLibrary:
-        return StampLibrary(self.stamps + other.stamps)
-
     def without(self, name: str) -> StampLibrary | None:
         """The library less the stamps called ``name`` (None when nothing is left)."""
         kept = [s for s in self.stamps if s.name != name]
