@@ -80,3 +80,18 @@ class LabelRule:
 def label_rule(text: str | None = None) -> LabelRule:
     """Parse ``text``, or the default challenge-2 rule when None."""
     return LabelRule.parse(text or DEFAULT_LABEL_RULE)
+
+
+def lenses_outside(
+    rule_text: str, columns: Mapping[str, np.ndarray], labels: np.ndarray, rows: np.ndarray
+) -> np.ndarray:
+    """Per row of ``rows``: whether it is a lens (label 1) that fails the rule ``rule_text``
+    (``TrainConfig.train_lens_rule``: lenses whose arcs are too faint to learn from). A NaN
+    fails the rule, as in ``LabelRule.apply``; a missing column is a ValueError."""
+    rows = np.asarray(rows, dtype=np.int64)
+    rule = LabelRule.parse(rule_text)
+    missing = [name for name in rule.columns if name not in columns]
+    if missing:
+        raise ValueError(f"rule '{rule}' needs catalogue column(s) {', '.join(missing)}")
+    kept = rule.apply({name: np.asarray(columns[name])[rows] for name in rule.columns})
+    return (np.asarray(labels)[rows] == 1) & (kept == 0)

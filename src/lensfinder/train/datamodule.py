@@ -50,6 +50,7 @@ from lensfinder.data.grades import posterior_grades, read_graded, read_graded_po
 from lensfinder.data.sampler import BalancedBatchSampler
 from lensfinder.data.splits import split_indices
 from lensfinder.errors import ConfigError, DataError
+from lensfinder.labels import lenses_outside
 
 MEMORY_SHARE = 0.5  # load a store into RAM when all processes' copies fit in this share
 # Precompute the model inputs of the training and validation sets when all processes' copies fit
@@ -265,6 +266,7 @@ class LensDataModule(pl.LightningDataModule):
         self.graded_record: dict[str, Any] | None = None  # what model.json says about grades
         self.precompute_seconds: float | None = None  # None: batches are normalised as drawn
         self.dropped: dict[str, Any] = {}  # what was left out of training, and why (model.json)
+        self.lens_rule_record: dict[str, Any] = {}  # the lenses ``train_lens_rule`` left out
         # (train dataset, epoch, LightningModule) -> the labels this epoch's sampler draws from
         # (-1: not drawn); the painted field's holdback of likely real lenses (train/adapt.py)
         self.train_label_filter: Callable[[CutoutDataset, int, Any], np.ndarray] | None = None
@@ -293,7 +295,8 @@ class LensDataModule(pl.LightningDataModule):
                 "(simulate with arc_maps: true and pack again, or set arc_map_weight: 0)"
             )
         self.source = source
-        self.train_indices = self._cap(labelled["train"], self.config.max_train_objects)
+        train = self._lenses_to_learn(source, labelled["train"], labels)
+        self.train_indices = self._cap(train, self.config.max_train_objects)
         self.val_indices = self._cap(labelled["val"], self.config.limit_val_samples)
         self.test_indices = np.asarray(splits["test"])
         self.base_source = source
@@ -311,6 +314,31 @@ class LensDataModule(pl.LightningDataModule):
             self.graded_record["file"] = str(Path(self.config.graded).resolve())
             self.graded_record["by"] = self.config.graded_by
         self._drop_unusable()
+
+    def _lenses_to_learn(
+        self, source: CutoutSource, rows: np.ndarray, labels: np.ndarray
+    ) -> np.ndarray:
+        """The training split's ``rows`` less its lenses that fail ``train_lens_rule`` (arcs
+        too faint to learn from), counted in ``dropped``; every row without a rule."""
+        rule = self.config.train_lens_rule
+        if rule is None:
+            return rows
+        try:
+            outside = lenses_outside(rule, source.catalog, labels, rows)
+        except ValueError as error:
+            raise DataError(f"{self.store}: train_lens_rule: {error}") from None
+        n_lenses = int((labels[rows] == 1).sum())
+        if n_lenses and outside.sum() == n_lenses:
+            raise DataError(
+                f"{self.store}: train_lens_rule '{rule}' leaves none of the training split's "
+                f"{n_lenses} lenses to learn from"
+            )
+        self.lens_rule_record = {
+            "train_lens_rule": rule,
+            "n_lenses_outside_rule": int(outside.sum()),
+            "n_lenses_learnt": n_lenses - int(outside.sum()),
+        }
+        return rows[~outside]
 
     def _graded(self) -> tuple[dict[int, str], tuple[str, ...], tuple[str, ...]]:
         """(ID -> grade, lens grades, non-lens grades) to learn from: the consensus grades, or
@@ -337,7 +365,7 @@ class LensDataModule(pl.LightningDataModule):
         self.val_indices = self.val_indices[checked.valid[n_train:]]
         problems = list(getattr(self.base_source, "problems", []))
         kinds = Counter(reason_kind(p.reason) for p in problems)
-        self.dropped = {
+        self.dropped = self.lens_rule_record | {
             "n_unreadable": checked.n_invalid,
             "unreadable_reasons": checked.kinds(),
             "unreadable_ids": [int(i) for i in np.asarray(self.source.ids)[wanted[~checked.valid]]],

@@ -55,6 +55,7 @@ from lensfinder.data.identity import data_record, fingerprint, same_data
 from lensfinder.data.splits import split_indices
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.files import atomic_path, atomic_write_text
+from lensfinder.labels import lenses_outside
 from lensfinder.models.checkpoint import WEIGHTS_FILE
 from lensfinder.predict import Predictor
 from lensfinder.simulate import simulate
@@ -224,6 +225,12 @@ def open_pool(
     if is_training:
         rows = split_indices(np.asarray(source.ids), config.split)["train"]
     candidates = rows[labels[rows] >= 0]
+    if config.train_lens_rule is not None:  # its lenses too faint to learn from are not mined
+        try:
+            outside = lenses_outside(config.train_lens_rule, source.catalog, labels, candidates)
+        except ValueError as error:
+            raise DataError(f"{path}: train_lens_rule: {error}") from None
+        candidates = candidates[~outside]
     if len(candidates) == 0:
         raise DataError(f"{path}: no labelled objects to mine hard negatives from")
     record = {

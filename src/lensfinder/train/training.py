@@ -169,6 +169,11 @@ def describe_dropped(dropped: dict[str, Any]) -> str:
             f"{dropped['n_data_problems']} objects the data reader skipped "
             f"({counts(dropped.get('data_problem_reasons', {}))})"
         )
+    if dropped.get("n_lenses_outside_rule"):
+        parts.append(
+            f"{dropped['n_lenses_outside_rule']} lenses outside train_lens_rule "
+            f"'{dropped['train_lens_rule']}' (not trained on)"
+        )
     return "; ".join(parts)
 
 
