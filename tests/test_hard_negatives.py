@@ -16,7 +16,7 @@ from lensfinder.config import HardNegativeConfig, SplitConfig, TrainConfig, load
 from lensfinder.data import open_source
 from lensfinder.data.splits import split_indices
 from lensfinder.errors import ConfigError
-from lensfinder.testing import TINY_INPUT, TINY_MODEL
+from lensfinder.testing import tiny_train_config
 from lensfinder.train import hard_negatives, train
 from lensfinder.train.hard_negatives import (
     FIRST_PASS_DIR,
@@ -31,16 +31,8 @@ from lensfinder.train.training import check_config
 
 def mining_config(pool: Path | None, **hn) -> TrainConfig:
     settings = {"enabled": True, "top_nonlenses": 5, "bottom_lenses": 2, "epochs": 1} | hn
-    return TrainConfig(
-        input=TINY_INPUT,
-        model=TINY_MODEL,
-        split=SplitConfig(seed=0, test_fraction=0.1, val_fraction=0.3),
-        max_epochs=1,
-        batch_size=8,
-        batch_size_max=8,
-        stop_auroc_drop=1.0,
-        channels_last=False,
-        hard_negatives=HardNegativeConfig(pool=None if pool is None else str(pool), **settings),
+    return tiny_train_config(
+        hard_negatives=HardNegativeConfig(pool=None if pool is None else str(pool), **settings)
     )
 
 

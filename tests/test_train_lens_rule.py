@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lensfinder.config import HardNegativeConfig, SplitConfig, TrainConfig
+from lensfinder.config import HardNegativeConfig, TrainConfig
 from lensfinder.data import open_source
 from lensfinder.errors import ConfigError, DataError
 from lensfinder.labels import lenses_outside
-from lensfinder.testing import TINY_INPUT, TINY_MODEL
+from lensfinder.testing import tiny_train_config
 from lensfinder.train import train
 from lensfinder.train.datamodule import LensDataModule
 from lensfinder.train.hard_negatives import open_pool
@@ -32,18 +32,8 @@ def store(layout_factory, tmp_path_factory) -> Path:
     return out
 
 
-def config(**overrides) -> TrainConfig:
-    return TrainConfig(
-        input=TINY_INPUT,
-        model=TINY_MODEL,
-        split=SplitConfig(seed=0, test_fraction=0.1, val_fraction=0.3),
-        max_epochs=1,
-        batch_size=8,
-        batch_size_max=8,
-        stop_auroc_drop=1.0,
-        channels_last=False,
-        **overrides,
-    )
+def config(**overrides: object) -> TrainConfig:
+    return tiny_train_config(**overrides)
 
 
 def faint_lenses(store: Path, rows: np.ndarray) -> set[int]:

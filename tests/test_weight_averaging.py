@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from lensfinder.config import HardNegativeConfig, SplitConfig, TrainConfig, load_config
+from lensfinder.config import HardNegativeConfig, TrainConfig, load_config
 from lensfinder.errors import ConfigError
-from lensfinder.testing import TINY_INPUT, TINY_MODEL
+from lensfinder.testing import tiny_train_config
 from lensfinder.train import train
 from lensfinder.train.training import check_config
 from lensfinder.train.weight_averaging import (
@@ -29,17 +29,7 @@ from lensfinder.train.weight_averaging import (
 
 
 def tiny_config(**overrides) -> TrainConfig:
-    base = TrainConfig(
-        input=TINY_INPUT,
-        model=TINY_MODEL,
-        split=SplitConfig(seed=0, test_fraction=0.1, val_fraction=0.3),
-        max_epochs=2,
-        batch_size=8,
-        batch_size_max=8,
-        stop_auroc_drop=1.0,
-        channels_last=False,
-    )
-    return dataclasses.replace(base, **overrides)
+    return tiny_train_config(**({"max_epochs": 2} | overrides))
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,23 @@ TINY_MODEL = ModelConfig(arch="test_efficientnet", pretrained=None)  # ~100k par
 # BN method 2: batch statistics at inference, in groups of 4.
 TINY_BN_BATCH_MODEL = replace(TINY_MODEL, bn_inference="batch", bn_inference_batch=4)
 
+
+def tiny_train_config(**overrides: Any) -> TrainConfig:
+    """One epoch of the test network at 32 px, batches of 8, never stopped for a low AUROC:
+    the training settings most tests start from (``overrides`` replace any field)."""
+    base = TrainConfig(
+        input=TINY_INPUT,
+        model=TINY_MODEL,
+        split=SplitConfig(seed=0, test_fraction=0.1, val_fraction=0.3),
+        max_epochs=1,
+        batch_size=8,
+        batch_size_max=8,
+        stop_auroc_drop=1.0,
+        channels_last=False,
+    )
+    return replace(base, **overrides)
+
+
 # Per-band flux factors relative to VIS, like the real challenge files (VIS ~3e-11, NISP ~6e-10):
 # normalisation must cope with bands whose units differ by an order of magnitude.
 TINY_BAND_FLUX = {"VIS": 1.0, "Y": 20.0, "J": 20.0, "H": 20.0}
