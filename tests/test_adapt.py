@@ -30,7 +30,7 @@ from lensfinder.layout import CATALOG_NAME
 from lensfinder.models.batchnorm import batchnorm_layers
 from lensfinder.models.checkpoint import load_model
 from lensfinder.models.meta import read_meta
-from lensfinder.testing import TINY_INPUT, TINY_MODEL, make_run
+from lensfinder.testing import TINY_INPUT, make_run, tiny_train_config
 from lensfinder.train import adapt
 from lensfinder.train.adapt import (
     FieldCutouts,
@@ -49,15 +49,9 @@ ADABN: dict[str, object] = {"method": "adabn", "paint_lenses": False, "adabn_kee
 
 def tiny_config(field: Path | None = None, **adapt: object) -> TrainConfig:
     """One short epoch of the test network at 32 px."""
-    return TrainConfig(
-        input=TINY_INPUT,
-        model=TINY_MODEL,
-        split=SplitConfig(seed=0, test_fraction=0.1, val_fraction=0.3),
-        max_epochs=1,
-        batch_size=8,
-        batch_size_max=8,
+    return tiny_train_config(
         max_train_samples=16,
-        stop_auroc_drop=1.0,
+        channels_last=True,
         adapt=AdaptConfig(field=None if field is None else str(field), **(ADABN | adapt)),  # type: ignore[arg-type]
     )
 
