@@ -46,16 +46,19 @@ def faint_lenses(store: Path, rows: np.ndarray) -> set[int]:
 def test_lenses_outside_picks_only_lenses_that_fail_the_rule():
     labels = np.array([1, 1, 0, 1, -1])
     columns = {"sb_contrast": np.array([0.6, 0.1, 0.05, np.nan, 0.01])}
-    assert lenses_outside(RULE, columns, labels, np.arange(5)).tolist() == [
+    assert lenses_outside(RULE, columns, labels, np.arange(5), "cat.csv").tolist() == [
         False,
         True,  # a faint lens
         False,  # a non-lens is never left out, however faint
         True,  # NaN fails the rule, as in the label rule
         False,  # unlabelled
     ]
-    assert lenses_outside(RULE, columns, labels, np.array([3, 0])).tolist() == [True, False]
-    with pytest.raises(ValueError, match=r"needs catalogue column.*arc_snr"):
-        lenses_outside("arc_snr > 5", columns, labels, np.arange(5))
+    assert lenses_outside(RULE, columns, labels, np.array([3, 0]), "cat.csv").tolist() == [
+        True,
+        False,
+    ]
+    with pytest.raises(DataError, match=r"^cat.csv: .*needs catalogue column.*arc_snr"):
+        lenses_outside("arc_snr > 5", columns, labels, np.arange(5), "cat.csv")
 
 
 def test_a_rule_that_cannot_be_read_is_a_config_error():
@@ -95,14 +98,14 @@ def test_a_rule_the_data_cannot_serve_fails_in_one_line_naming_the_store(store, 
     assert str(store) in str(error.value) and "\n" not in str(error.value)
 
 
-def test_the_pools_faint_lenses_are_not_mined(store):
+def test_the_pools_faint_lenses_are_not_mined(store, tmp_path):
     mining = HardNegativeConfig(
         enabled=True, pool=str(store), top_nonlenses=5, bottom_lenses=2, epochs=1
     )
     source = open_source(store)
-    every = open_pool(config(hard_negatives=mining), [source], Path("unused"), progress=False)
+    every = open_pool(config(hard_negatives=mining), [source], tmp_path, progress=False)
     ruled = open_pool(
-        config(hard_negatives=mining, train_lens_rule=RULE), [source], Path("unused"), False
+        config(hard_negatives=mining, train_lens_rule=RULE), [source], tmp_path, False
     )
     faint = faint_lenses(store, every.candidates)
     assert faint and set(ruled.candidates.tolist()) == set(every.candidates.tolist()) - faint

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lensfinder.errors import DataError
+
 DEFAULT_LABEL_RULE = "n_source_im > 0 & mag_eff > 1.6 & n_pix_source > 20"
 
 _OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq}
@@ -83,15 +85,20 @@ def label_rule(text: str | None = None) -> LabelRule:
 
 
 def lenses_outside(
-    rule_text: str, columns: Mapping[str, np.ndarray], labels: np.ndarray, rows: np.ndarray
+    rule_text: str,
+    columns: Mapping[str, np.ndarray],
+    labels: np.ndarray,
+    rows: np.ndarray,
+    where: object,
 ) -> np.ndarray:
     """Per row of ``rows``: whether it is a lens (label 1) that fails the rule ``rule_text``
     (``TrainConfig.train_lens_rule``: lenses whose arcs are too faint to learn from). A NaN
-    fails the rule, as in ``LabelRule.apply``; a missing column is a ValueError."""
+    fails the rule, as in ``LabelRule.apply``; a column the data ``where`` lacks is a one-line
+    DataError naming it."""
     rows = np.asarray(rows, dtype=np.int64)
     rule = LabelRule.parse(rule_text)
     missing = [name for name in rule.columns if name not in columns]
     if missing:
-        raise ValueError(f"rule '{rule}' needs catalogue column(s) {', '.join(missing)}")
+        raise DataError(f"{where}: rule '{rule}' needs catalogue column(s) {', '.join(missing)}")
     kept = rule.apply({name: np.asarray(columns[name])[rows] for name in rule.columns})
     return (np.asarray(labels)[rows] == 1) & (kept == 0)

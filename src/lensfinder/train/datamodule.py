@@ -323,10 +323,7 @@ class LensDataModule(pl.LightningDataModule):
         rule = self.config.train_lens_rule
         if rule is None:
             return rows
-        try:
-            outside = lenses_outside(rule, source.catalog, labels, rows)
-        except ValueError as error:
-            raise DataError(f"{self.store}: train_lens_rule: {error}") from None
+        outside = lenses_outside(rule, source.catalog, labels, rows, self.store)
         n_lenses = int((labels[rows] == 1).sum())
         if n_lenses and outside.sum() == n_lenses:
             raise DataError(

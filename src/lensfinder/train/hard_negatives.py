@@ -226,11 +226,8 @@ def open_pool(
         rows = split_indices(np.asarray(source.ids), config.split)["train"]
     candidates = rows[labels[rows] >= 0]
     if config.train_lens_rule is not None:  # its lenses too faint to learn from are not mined
-        try:
-            outside = lenses_outside(config.train_lens_rule, source.catalog, labels, candidates)
-        except ValueError as error:
-            raise DataError(f"{path}: train_lens_rule: {error}") from None
-        candidates = candidates[~outside]
+        rule = config.train_lens_rule
+        candidates = candidates[~lenses_outside(rule, source.catalog, labels, candidates, path)]
     if len(candidates) == 0:
         raise DataError(f"{path}: no labelled objects to mine hard negatives from")
     record = {
